@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` and `make test`. Each sets itself up.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/livemig run scenarios/quickstart.toml --out runs/quickstart
+
+test: $(STAMP)
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) || \
+	  echo "note: the Prometheus server is not installed; its test will be skipped"; }
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/livemig bench pipeline
+	$(VENV)/bin/livemig bench link
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

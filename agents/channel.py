@@ -1,0 +1,72 @@
+"""Descriptor channels between processes: Unix SOCK_SEQPACKET sockets.
+
+Bulk bytes travel in shared memory; these sockets carry only small
+fixed-size descriptors (which slot, how many bytes, when sent). SEQPACKET keeps
+message boundaries, so one send is one receive.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+# kind, vm, slot, npages, wire_bytes, seq, t_sent, t_done
+DESCRIPTOR = struct.Struct("<BxxxIIIQQdd")
+KIND_BATCH, KIND_STATE, KIND_ACK, KIND_CLOSE = 1, 2, 3, 4
+
+
+class Listener:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.bind(path)
+        self.sock.listen(8)
+
+    def accept(self, timeout: float = 60.0) -> "Channel":
+        self.sock.settimeout(timeout)
+        conn, _ = self.sock.accept()
+        conn.settimeout(None)
+        return Channel(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class Channel:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @classmethod
+    def connect(cls, path: str) -> "Channel":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(path)
+        return cls(s)
+
+    def send(self, kind: int, vm: int = 0, slot: int = 0, npages: int = 0, wire_bytes: int = 0,
+             seq: int = 0, t_sent: float = 0.0, t_done: float = 0.0) -> None:
+        self.sock.send(DESCRIPTOR.pack(kind, vm, slot, npages, wire_bytes, seq, t_sent, t_done))
+
+    def recv(self) -> tuple | None:
+        """A descriptor tuple, or None when the peer closed."""
+        try:
+            data = self.sock.recv(DESCRIPTOR.size)
+        except OSError:
+            return None
+        if not data:
+            return None
+        return DESCRIPTOR.unpack(data)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()

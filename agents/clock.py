@@ -1,0 +1,51 @@
+"""Precise waiting and charged CPU.
+
+`sleep_until` sleeps most of the way and spins the last stretch, because
+plain sleeps overshoot by up to a millisecond. `ChargedCore` makes a stage
+take as long as its emulated CPU cost says, and records when real work took
+longer than that (saturation: the emulation is then slower than the system it
+stands for).
+"""
+from __future__ import annotations
+
+import time
+
+_SPIN_S = 0.0015
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+def sleep_until(deadline: float) -> None:
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if left > _SPIN_S:
+            time.sleep(left - _SPIN_S)
+        # else: spin; the loop re-reads the clock
+
+
+class ChargedCore:
+    """One emulated core. `charge(real_cost_s, started)` holds the caller
+    until `started + real_cost_s`, so a stage never runs faster than its model.
+    Costs are in real seconds (already dilated)."""
+
+    def __init__(self) -> None:
+        self.charged_s = 0.0  # real seconds charged
+        self.overrun_s = 0.0  # real seconds by which real work exceeded the charge
+
+    def charge(self, real_cost_s: float, started: float) -> None:
+        self.charged_s += real_cost_s
+        deadline = started + real_cost_s
+        late = time.monotonic() - deadline
+        if late > 0:
+            self.overrun_s += late
+        else:
+            sleep_until(deadline)
+
+    @property
+    def saturation(self) -> float:
+        """Fraction of charged time that real work overran (0 = faithful)."""
+        return self.overrun_s / self.charged_s if self.charged_s else 0.0

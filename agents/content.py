@@ -1,0 +1,79 @@
+"""Page contents: what guest pages hold, so that compression means something.
+
+Four classes, as in real guests: zero pages, text-like pages (words, about
+3-4x compressible with zstd), structured pages (records of small integers,
+highly compressible) and incompressible pages (random bytes, like encrypted
+or already-compressed data). Each class has a pool of template pages; a guest
+write copies a template and stamps a counter into it, so every write really
+changes the page while keeping its class's compressibility.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PAGE = 4096
+CLASSES = ("zero", "text", "structured", "random")
+ZERO, TEXT, STRUCTURED, RANDOM = range(4)
+POOL_PAGES = 64
+
+_WORDS = (
+    "the of and to in is was for that on as with by at from his an were are which this be or "
+    "has had one their its new after who they have her she two been other when there all into "
+    "more year first time would out also people some them than only about page memory host "
+    "migration server request cache value key session user order item price account total"
+).split()
+
+
+def template_pools(seed: int) -> np.ndarray:
+    """(4, POOL_PAGES, PAGE) uint8 templates, one pool per class."""
+    rng = np.random.default_rng(seed)
+    pools = np.zeros((4, POOL_PAGES, PAGE), dtype=np.uint8)
+    vocab = [w.encode() + b" " for w in _WORDS]
+    for p in range(POOL_PAGES):
+        words = rng.choice(len(vocab), size=PAGE // 3)
+        text = b"".join(vocab[w] for w in words)[:PAGE]
+        pools[TEXT, p, : len(text)] = np.frombuffer(text, dtype=np.uint8)
+    # Records of (id, small counter, flags): a typical heap of structs.
+    recs = pools[STRUCTURED].view(np.uint32).reshape(POOL_PAGES, -1, 4)
+    recs[:, :, 0] = np.arange(recs.shape[1], dtype=np.uint32)[None, :] + rng.integers(0, 1 << 20, (POOL_PAGES, 1), dtype=np.uint32)
+    recs[:, :, 1] = rng.integers(0, 16, recs.shape[:2], dtype=np.uint32)
+    recs[:, :, 2] = 0x1
+    pools[RANDOM] = rng.integers(0, 256, (POOL_PAGES, PAGE), dtype=np.uint8)
+    return pools
+
+
+def assign_classes(npages: int, mix: dict[str, float], seed: int) -> np.ndarray:
+    """Class of every page, in proportion to `mix` (fractions by class name)."""
+    rng = np.random.default_rng(seed + 1)
+    p = np.array([mix[c] for c in CLASSES], dtype=float)
+    return rng.choice(4, size=npages, p=p / p.sum()).astype(np.uint8)
+
+
+def fill_image(pages: np.ndarray, classes: np.ndarray, pools: np.ndarray, seed: int, chunk: int = 4096) -> None:
+    """Initial contents of a guest image (zero-class pages stay zero)."""
+    rng = np.random.default_rng(seed + 2)
+    for start in range(0, len(pages), chunk):
+        cls = classes[start: start + chunk]
+        variant = rng.integers(0, POOL_PAGES, len(cls))
+        pages[start: start + len(cls)] = pools[cls, variant]
+        stamp_pages(pages, np.arange(start, start + len(cls)), cls, rng, start)
+
+
+def stamp_pages(pages: np.ndarray, idx: np.ndarray, cls: np.ndarray, rng: np.random.Generator, counter: int) -> None:
+    """Write a distinct 8-byte counter into each non-zero page of `idx`."""
+    keep = cls != ZERO
+    if not keep.any():
+        return
+    words = pages.view(np.uint64)
+    rows = idx[keep]
+    cols = rng.integers(0, PAGE // 8, len(rows))
+    words[rows, cols] = np.arange(counter, counter + len(rows), dtype=np.uint64) | np.uint64(1 << 63)
+
+
+def write_pages(pages: np.ndarray, idx: np.ndarray, classes: np.ndarray, pools: np.ndarray,
+                rng: np.random.Generator, counter: int) -> None:
+    """A guest write to pages `idx`: fresh contents of each page's own class."""
+    cls = classes[idx]
+    variant = rng.integers(0, POOL_PAGES, len(idx))
+    pages[idx] = pools[cls, variant]
+    stamp_pages(pages, idx, cls, rng, counter)

@@ -1,0 +1,94 @@
+"""Shared-memory regions: guest images, wire rings, in /dev/shm.
+
+Every region of a run is a file named `livemig-<run>-<what>` in /dev/shm,
+mapped as a numpy array. The run id is in the name so that tear-down (also
+after Ctrl-C or a crash) can remove exactly what a run created, and so that
+`sweep_stale` can remove what dead runs left behind.
+"""
+from __future__ import annotations
+
+import glob
+import mmap
+import os
+
+import numpy as np
+
+SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+PREFIX = "livemig-"
+
+
+def region_path(run_id: str, what: str) -> str:
+    return os.path.join(SHM_DIR, f"{PREFIX}{run_id}-{what}")
+
+
+class Region:
+    """A named shared-memory byte region mapped as a numpy uint8 array."""
+
+    def __init__(self, path: str, nbytes: int, create: bool) -> None:
+        self.path = path
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            if create:
+                os.ftruncate(fd, nbytes)
+            else:
+                nbytes = os.fstat(fd).st_size
+            self._mmap = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self.array = np.frombuffer(self._mmap, dtype=np.uint8)
+        self.nbytes = nbytes
+
+    @classmethod
+    def create(cls, path: str, nbytes: int) -> "Region":
+        return cls(path, nbytes, create=True)
+
+    @classmethod
+    def attach(cls, path: str) -> "Region":
+        return cls(path, 0, create=False)
+
+    def pages(self, page_size: int = 4096) -> np.ndarray:
+        return self.array[: self.nbytes // page_size * page_size].reshape(-1, page_size)
+
+    def prefault(self) -> None:
+        """Touch every page now, so that first-touch costs stay out of the migration clock."""
+        self.array[::4096] = self.array[::4096]
+
+    def close(self) -> None:
+        self.array = None  # drop the exported buffer before closing the map
+        try:
+            self._mmap.close()
+        except BufferError:
+            pass  # a view is still alive somewhere; the map goes with the process
+
+    def unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def remove_run(run_id: str) -> int:
+    """Remove every region of a run; returns how many were removed."""
+    n = 0
+    for path in glob.glob(os.path.join(SHM_DIR, f"{PREFIX}{run_id}-*")):
+        try:
+            os.unlink(path)
+            n += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def sweep_stale() -> int:
+    """Remove regions of runs whose driver process is gone (run ids start with its pid)."""
+    n = 0
+    for path in glob.glob(os.path.join(SHM_DIR, f"{PREFIX}*")):
+        pid = os.path.basename(path)[len(PREFIX):].split("-", 1)[0].split("_", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.unlink(path)
+                n += 1
+            except FileNotFoundError:
+                pass
+    return n

@@ -1,0 +1,194 @@
+"""The `livemig` command line.
+
+  livemig run SCENARIO        emulate a migration on a local Ray cluster
+  livemig predict SCENARIO    the analytic model's figures, instantly
+  livemig validate SCENARIO   check a scenario file
+  livemig list                the shipped scenarios
+  livemig bench pipeline|link|codec   figures of this machine
+
+Exit codes: 0 done (and verified), 1 the migration failed or was aborted,
+2 bad input (one line on stderr naming file, field and what is allowed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cluster.scenario import ScenarioError, load_scenario
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="livemig: a live VM migration emulator. Real bytes move between Ray actors over shaped links.")
+bench_app = typer.Typer(no_args_is_help=True, help="Measure what this machine does (prints JSON).")
+app.add_typer(bench_app, name="bench")
+
+out = Console()
+err = Console(stderr=True)
+SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def _fail_input(lines: list[str]) -> None:
+    for line in lines:
+        print(line, file=sys.stderr)
+    raise typer.Exit(2)
+
+
+def _load(path: Path):
+    try:
+        return load_scenario(path)
+    except ScenarioError as exc:
+        _fail_input(exc.lines)
+
+
+def _summary_table(title: str, columns: list[tuple[str, dict]]) -> Table:
+    from cluster.results import summary_rows
+    t = Table(title=title, title_justify="left")
+    t.add_column("Metric")
+    rows = [summary_rows(r) for _, r in columns]
+    for name, _ in columns:
+        t.add_column(name, justify="right")
+    for i, (label, _) in enumerate(rows[0]):
+        t.add_row(label, *[r[i][1] for r in rows])
+    return t
+
+
+@app.command()
+def run(
+    scenario: Path = typer.Argument(..., help="Scenario TOML file (see `livemig list`)."),
+    out_dir: Path = typer.Option(None, "--out", help="Directory for result.json [default: runs/<scenario name>]."),
+    dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second; overrides the scenario. Raise it when the result reports saturation."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; only the result path."),
+    address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (e.g. 'auto') instead of starting one."),
+    dashboard: bool = typer.Option(False, help="Start the Ray dashboard (http://127.0.0.1:8265) to watch the actors."),
+    metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT during the run."),
+    inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit."),
+) -> None:
+    """Emulate the scenario's migration and print the paper-style summary; writes result.json."""
+    sc = _load(scenario)
+    if dilation is not None and dilation <= 0:
+        _fail_input([f"--dilation: must be > 0 (got {dilation:g})"])
+    if inject_fault not in (None, "corrupt-page"):
+        _fail_input([f"--inject-fault: unknown fault {inject_fault!r}; allowed: corrupt-page"])
+    from cluster.results import write_result
+    from cluster.runner import RunOptions, run_scenario
+
+    out_dir = out_dir or Path("runs") / sc.name
+    progress_cb, stop_progress = (None, lambda: None) if quiet else _progress_bar()
+    opts = RunOptions(address=address, dilation=dilation, dashboard=dashboard, metrics_port=metrics_port,
+                      inject_fault=inject_fault, progress=progress_cb)
+    try:
+        result = run_scenario(sc, opts, str(scenario))
+    except KeyboardInterrupt:
+        stop_progress()
+        err.print("interrupted: the VM stays on its source; cluster torn down")
+        raise typer.Exit(1)
+    except OSError as exc:
+        stop_progress()
+        print(f"livemig: {exc}", file=sys.stderr)
+        raise typer.Exit(1)
+    finally:
+        stop_progress()
+    path = write_result(result, out_dir)
+    if quiet:
+        print(path)
+    else:
+        cols = [(v["vm"], v) for v in result["vms"]]
+        out.print(_summary_table(f"{sc.name}: emulated at memory_scale {sc.emulation.memory_scale:g}, "
+                                 f"dilation {result['emulation']['dilation']:g}", cols))
+        fid = result["emulation"]["fidelity"]
+        if not fid["faithful"]:
+            err.print(f"[yellow]fidelity: saturation {fid['saturation']:.1%}: real work overran its charged CPU; "
+                      f"rerun with a higher --dilation[/]")
+        out.print(f"result: {path}   (wall clock {result['emulation']['wall_clock_s']['total_s']:.1f} s)")
+    raise typer.Exit(0 if result["status"] == "completed" and result["verified"] else 1)
+
+
+def _progress_bar():
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cluster.scenario import MIB
+    prog = Progress(TextColumn("{task.fields[vm]:>10}"), TextColumn("{task.fields[phase]:<16}"),
+                    TextColumn("iter {task.fields[iteration]:>3}"), BarColumn(),
+                    TextColumn("{task.fields[remaining]:>11} left"), TextColumn("{task.fields[tp]:>12}"),
+                    TimeElapsedColumn(), console=err, transient=True)
+    task = prog.add_task("migrate", total=1.0, vm="", phase="starting", iteration=0, remaining="", tp="")
+    prog.start()
+
+    def update(state) -> None:
+        mem = state.memory_bytes or 1
+        done = 1 - min(1.0, state.remaining_bytes / mem) if state.memory_bytes else 0.0
+        prog.update(task, completed=done, vm=state.vm, phase=state.phase, iteration=state.iteration,
+                    remaining=f"{state.remaining_bytes / MIB:,.0f} MiB",
+                    tp=f"{state.throughput_bytes_s / MIB:,.0f} MiB/s")
+
+    return update, prog.stop
+
+
+@app.command()
+def predict(scenario: Path = typer.Argument(..., help="Scenario TOML file."),
+            json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON (result.json keys).")) -> None:
+    """The analytic pre-copy model's figures for the scenario, instantly and without Ray."""
+    sc = _load(scenario)
+    from cluster.predict import predict as model
+    result = model(sc, str(scenario))
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    out.print(_summary_table(f"{sc.name}: analytic prediction", [(v["vm"], v) for v in result["vms"]]))
+
+
+@app.command()
+def validate(scenario: Path = typer.Argument(..., help="Scenario TOML file.")) -> None:
+    """Check a scenario: one line per problem on stderr and exit 2, or 'ok'."""
+    sc = _load(scenario)
+    print(f"{scenario}: ok ({len(sc.vms)} VM(s), {len(sc.hosts)} hosts)")
+
+
+@app.command("list")
+def list_scenarios() -> None:
+    """The shipped scenarios, one line each."""
+    for p in sorted(SCENARIO_DIR.rglob("*.toml")):
+        try:
+            data = tomllib.loads(p.read_text())
+            desc = data.get("description", "").strip().splitlines()[0] if data.get("description") else ""
+        except (tomllib.TOMLDecodeError, OSError):
+            desc = "(unreadable)"
+        print(f"{p.relative_to(SCENARIO_DIR.parent)}  {desc}")
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(mib: int = typer.Option(256, help="Real MiB of guest memory per content mix."),
+                   batch_pages: int = typer.Option(256, help="Pages per batch.")) -> None:
+    """Unshaped real MB/s of the whole path (scan, encode, send, restore, verify) per content mix."""
+    from cluster.bench import pipeline_bench
+    print(json.dumps(pipeline_bench(mib, batch_pages), indent=2))
+
+
+@bench_app.command("link")
+def bench_link(seconds: float = typer.Option(3.0, help="Seconds per rate measured.")) -> None:
+    """Achieved rate against target at 1 and 10 Gbit/s, and latency error at 1 and 10 ms RTT."""
+    from cluster.bench import link_bench
+    print(json.dumps(link_bench(seconds), indent=2))
+
+
+@bench_app.command("codec")
+def bench_codec(seconds: float = typer.Option(0.5, help="Seconds per case.")) -> None:
+    """Real MB/s on one core: zero detection, zstd levels 1 and 3, XBZRLE encode and decode."""
+    from agents.codec_bench import run_codec_bench
+    print(json.dumps(run_codec_bench(seconds), indent=2))
+
+
+def main() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Results: the figures of a run, as result.json and as a table for people.
+
+The keys follow DESIGN.md and mirror the columns of the papers' tables
+(PMigrate Tables 3-8) and QEMU's query-migrate. All figures are emulated
+(physical) units: seconds, bytes, MiB/s ("MByte/s" in the papers is 2^20
+bytes per second: their 16.2 GByte in 422.8 s is 39.3 MByte/s only so).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cluster.scaling import Scale
+from cluster.scenario import GIB, MIB, Scenario, Vm
+
+PAGE = 4096
+
+
+def _rate(samples: list, t1: float, t2: float, dilation: float) -> float | None:
+    """Operations per emulated second between real times t1 and t2."""
+    pts = [(t, o) for t, o in samples if t1 <= t <= t2]
+    if len(pts) < 2 or pts[-1][0] <= pts[0][0]:
+        return None
+    return (pts[-1][1] - pts[0][1]) / ((pts[-1][0] - pts[0][0]) / dilation)
+
+
+def _non_response_s(samples: list, t1: float, t2: float, dilation: float, frozen: tuple[float, float]) -> float:
+    """Emulated seconds, between t1 and t2, in which the guest made no progress.
+
+    `frozen` is the real interval spent verifying at switchover: emulated
+    time stands still then, so it does not count.
+    """
+    stalled = 0.0
+    prev = None
+    f0, f1 = frozen
+    for t, ops in samples:
+        if prev is not None and t1 <= t <= t2 and ops <= prev[1]:
+            overlap = max(0.0, min(t, f1) - max(prev[0], f0))
+            stalled += (t - prev[0]) - overlap
+        prev = (t, ops)
+    return stalled / dilation
+
+
+def app_figures(samples: list, t_mig: float, mig: dict, dilation: float, warmup_s: float,
+                guest_resumed_at: float | None) -> dict:
+    """Guest throughput before, during and after; `guest_resumed_at` is when it really ran again."""
+    end = mig.get("resumed_at") or (samples[-1][0] if samples else t_mig)
+    paused = mig.get("paused_at") or end
+    frozen = (end, guest_resumed_at) if guest_resumed_at else (0.0, 0.0)
+    before = _rate(samples, t_mig - warmup_s * dilation * 0.8, t_mig, dilation)
+    during = _rate(samples, t_mig, paused, dilation)
+    after = _rate(samples, guest_resumed_at, samples[-1][0], dilation) if samples and guest_resumed_at else None
+    deg = None
+    if before and during is not None:
+        deg = max(0.0, 1 - during / before)
+    return {
+        "ops_per_s_before": before,
+        "ops_per_s_during": during,
+        "ops_per_s_after": after,
+        "degradation": deg,
+        "non_response_s": _non_response_s(samples, t_mig, samples[-1][0] if samples else t_mig, dilation, frozen),
+    }
+
+
+def vm_result(scenario: Scenario, vm: Vm, scale: Scale, lp, mig: dict, verified: bool, bad: list,
+              samples: list, t_mig: float, cpu_src_s: float, cpu_dst_s: float, overrun_s: float,
+              sender: dict, sender_before: dict, link_bytes: int, guest_faults: float, warmup_s: float,
+              guest_resumed_at: float | None) -> dict:
+    ms = scale.memory_scale
+    total = mig["total_time_s"]
+    sent = mig["memory_bytes_sent"]
+    cpu_s = (cpu_src_s + cpu_dst_s) / scale.dilation
+    charged = cpu_src_s + cpu_dst_s
+    pages = {
+        "normal": (sender.get("pages_normal", 0) - sender_before.get("pages_normal", 0)) / ms,
+        "zero": (sender.get("pages_zero", 0) - sender_before.get("pages_zero", 0)) / ms,
+        "compressed": 0,
+        "delta": 0,
+    }
+    return {
+        "vm": vm.name,
+        "status": mig["status"],
+        "stop_reason": mig["stop_reason"],
+        "verified": verified,
+        "mismatched_pages": bad[:20],
+        "memory_bytes": vm.memory_gib * GIB,
+        "total_time_s": total,
+        "downtime_ms": mig["downtime_s"] * 1000,
+        "setup_time_s": mig["setup_time_s"],
+        "iterations": len(mig["iterations"]),
+        "memory_bytes_sent": sent,
+        "disk_bytes_sent": 0,
+        "downtime_bytes_sent": mig["downtime_bytes"],
+        "pages": {k: int(round(v)) for k, v in pages.items()},
+        "avg_throughput_mbytes_s": sent / total / MIB if total > 0 else 0.0,
+        "cpu_seconds": cpu_s,
+        "cpu_usage_percent": 100 * cpu_s / total if total > 0 else 0.0,
+        "app": app_figures(samples, t_mig, mig, scale.dilation, warmup_s, guest_resumed_at) | {"dirty_tracking_faults": guest_faults},
+        "iteration_log": [
+            {"iteration": it["number"], "pages": it["dirty_pages"], "bytes": it["wire_bytes"],
+             "duration_s": it["duration_s"], "throughput_mbytes_s": it["bandwidth_bytes_s"] / MIB}
+            for it in mig["iterations"]
+        ],
+        "link": {"name": lp.name, "bandwidth_mbytes_s": lp.emulated_bandwidth_bytes_s / MIB,
+                 "batch_pages": lp.batch_pages, "bytes_shaped": link_bytes / ms},
+        "saturation": overrun_s / charged if charged else 0.0,
+    }
+
+
+_SUMMED = ("total_time_s", "memory_bytes_sent", "disk_bytes_sent", "downtime_bytes_sent", "cpu_seconds", "iterations")
+
+
+def combine(scenario: Scenario, path: str, per_vm: list[dict], scale: Scale, lp, wall: dict) -> dict:
+    """The run's result: top-level keys describe the whole run (for one VM, that VM)."""
+    if not per_vm:
+        status = "aborted"
+    elif all(v["status"] == "completed" for v in per_vm):
+        status = "completed"
+    elif any(v["status"] == "failed" for v in per_vm):
+        status = "failed"
+    else:
+        status = "aborted"
+    out: dict = {"scenario": scenario.name, "scenario_file": path, "status": status,
+                 "verified": bool(per_vm) and all(v["verified"] for v in per_vm)}
+    if len(per_vm) == 1:
+        out |= {k: v for k, v in per_vm[0].items() if k not in ("status", "verified")}
+    elif per_vm:
+        for k in _SUMMED:
+            out[k] = sum(v[k] for v in per_vm)
+        out["downtime_ms"] = max(v["downtime_ms"] for v in per_vm)
+        out["setup_time_s"] = sum(v["setup_time_s"] for v in per_vm)
+        out["pages"] = {k: sum(v["pages"][k] for v in per_vm) for k in per_vm[0]["pages"]}
+        out["avg_throughput_mbytes_s"] = out["memory_bytes_sent"] / out["total_time_s"] / MIB if out["total_time_s"] else 0.0
+        out["cpu_usage_percent"] = 100 * out["cpu_seconds"] / out["total_time_s"] if out["total_time_s"] else 0.0
+        out["app"] = {v["vm"]: v["app"] for v in per_vm}
+    out["vms"] = per_vm
+    saturation = max((v["saturation"] for v in per_vm), default=0.0)
+    out["emulation"] = {
+        "memory_scale": scale.memory_scale,
+        "dilation": scale.dilation,
+        "fidelity": {
+            "saturation": saturation,
+            "faithful": saturation < 0.05,
+            "note": "saturation: share of charged CPU time that real work overran; above 0.05, raise dilation",
+        },
+        "wall_clock_s": wall,
+    }
+    return out
+
+
+def write_result(result: dict, out_dir: str | Path) -> Path:
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / "result.json"
+    p.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    return p
+
+
+def _fmt_bytes(b: float | None) -> str:
+    if b is None:
+        return "-"
+    if b >= GIB:
+        return f"{b / GIB:.2f} GByte"
+    if b >= MIB:
+        return f"{b / MIB:.1f} MByte"
+    return f"{b / 1024:.1f} KByte"
+
+
+def _fmt(v, fmt: str, unit: str = "") -> str:
+    return "-" if v is None else f"{v:{fmt}}{unit}"
+
+
+def summary_rows(r: dict) -> list[tuple[str, str]]:
+    """The rows of PMigrate's tables, for one VM's (or a prediction's) figures."""
+    app = r.get("app") or {}
+    deg = app.get("degradation")
+    return [
+        ("Status", f"{r.get('status', '-')}" + ("" if r.get("verified") is None else (" (verified)" if r.get("verified") else " (NOT verified)"))),
+        ("Migration time", _fmt(r.get("total_time_s"), ".2f", " s")),
+        ("Downtime", _fmt(r.get("downtime_ms"), ".1f", " ms")),
+        ("# of pre-copy iterations", _fmt(r.get("iterations"), "d")),
+        ("Stop reason", r.get("stop_reason") or "-"),
+        ("Total memory sent", _fmt_bytes(r.get("memory_bytes_sent"))),
+        ("Downtime send", _fmt_bytes(r.get("downtime_bytes_sent"))),
+        ("Avg. network throughput", _fmt(r.get("avg_throughput_mbytes_s"), ".1f", " MByte/s")),
+        ("Avg. CPU usage", _fmt(r.get("cpu_usage_percent"), ".1f", " %")),
+        ("Total CPU cost", _fmt(r.get("cpu_seconds"), ".2f", " CPU-s")),
+        ("App throughput before", _fmt(app.get("ops_per_s_before"), ",.0f", " ops/s")),
+        ("App throughput during", _fmt(app.get("ops_per_s_during"), ",.0f", " ops/s")),
+        ("App throughput after", _fmt(app.get("ops_per_s_after"), ",.0f", " ops/s")),
+        ("App degradation", _fmt(None if deg is None else deg * 100, ".1f", " %")),
+        ("App non-response", _fmt(app.get("non_response_s"), ".3f", " s")),
+    ]

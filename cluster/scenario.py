@@ -1,0 +1,314 @@
+"""Scenario files: the schema of a migration experiment and its validation.
+
+A scenario is TOML in physical units (GiB, Gbit/s, ms, pages/s, cores). This
+module knows what a valid scenario is and turns every problem into one line
+that names the file, the field path, what is wrong and what is allowed. It
+knows nothing of Ray, scaling or migration mechanics.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PAGE_SIZE = 4096
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+class ScenarioError(Exception):
+    """A scenario that cannot be used; `lines` holds one message per problem."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Positive = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class Nic(_Strict):
+    name: str = Field(min_length=1)
+    speed_gbps: Positive
+    # A pass-through NIC (SR-IOV / DirectPath I/O) cannot be live-migrated.
+    passthrough: bool = False
+
+
+class Host(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    role: Literal["source", "destination", "sub-host"]
+    cores: Annotated[int, Field(ge=1, le=4096)] = 16
+    memory_gib: Positive = 64
+    nics: list[Nic] = Field(min_length=1)
+
+
+class BackgroundTraffic(_Strict):
+    """A co-located VM's traffic sharing the link (e.g. a web server)."""
+
+    mbytes_s: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Link(_Strict):
+    """One NIC pair: `from_nic` and `to_nic` are written "host:nic"."""
+
+    from_nic: str = Field(alias="from", pattern=r"^[^:]+:[^:]+$")
+    to_nic: str = Field(alias="to", pattern=r"^[^:]+:[^:]+$")
+    bandwidth_gbps: Positive | None = None  # default: the slower NIC's speed
+    rtt_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.2
+    background: BackgroundTraffic = BackgroundTraffic()
+
+
+class Network(_Strict):
+    links: list[Link] = Field(min_length=1)
+
+
+class ContentMix(_Strict):
+    """What guest pages hold; the fractions must add up to 1."""
+
+    zero: Fraction = 0.25
+    text: Fraction = 0.25
+    structured: Fraction = 0.25
+    random: Fraction = 0.25
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "ContentMix":
+        total = self.zero + self.text + self.structured + self.random
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"zero + text + structured + random is {total:g}; they must add up to 1")
+        return self
+
+
+class IdleWorkload(_Strict):
+    kind: Literal["idle"]
+
+
+class UniformWorkload(_Strict):
+    """Writes pages chosen uniformly at random in a working set."""
+
+    kind: Literal["uniform"]
+    dirty_pages_per_s: Annotated[float, Field(ge=0)]
+    working_set_gib: Positive | None = None  # default: all of memory
+
+
+class HotsetWorkload(_Strict):
+    """memcached-like: Zipf-skewed keys over a hot set, a read/write mix."""
+
+    kind: Literal["hotset"]
+    ops_per_s: Annotated[float, Field(gt=0)]
+    write_fraction: Fraction = 0.1
+    zipf_s: Annotated[float, Field(gt=1, le=5)] = 1.2
+    working_set_gib: Positive | None = None
+
+
+class SweeperWorkload(_Strict):
+    """RapidWrite-like: writes `sweep_gib` sequentially, then sleeps."""
+
+    kind: Literal["sweeper"]
+    sweep_gib: Positive
+    write_mbytes_s: Positive = 1000
+    sleep_s: Annotated[float, Field(ge=0)] = 5
+
+
+Workload = Annotated[
+    IdleWorkload | UniformWorkload | HotsetWorkload | SweeperWorkload,
+    Field(discriminator="kind"),
+]
+
+
+class Vm(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    memory_gib: Positive
+    vcpus: Annotated[int, Field(ge=1, le=1024)] = 2
+    nic: Literal["virtio", "e1000", "vmxnet3", "passthrough"] = "virtio"
+    disk_gib: Annotated[float, Field(ge=0)] = 0
+    workload: Workload = IdleWorkload(kind="idle")
+    content: ContentMix = ContentMix()
+
+
+class Migration(_Strict):
+    technique: Literal["precopy"] = "precopy"
+    strategy: Literal["image"] = "image"
+    downtime_limit_ms: Annotated[float, Field(gt=0)] = 300
+    max_iterations: Annotated[int, Field(ge=1, le=100_000)] = 30
+    # Stop when the remaining dirty set has not shrunk for this many iterations.
+    stall_iterations: Annotated[int, Field(ge=1)] = 3
+    max_sent_ratio: Annotated[float, Field(ge=1)] = 3.0  # total sent / memory size
+    bandwidth_cap_gbps: Positive | None = None
+    device_state_kib: Annotated[float, Field(ge=0)] = 256
+    batch_pages: Annotated[int, Field(ge=1, le=4096)] | None = None  # default: a few ms of link time
+    setup_ms: Annotated[float, Field(ge=0)] = 50
+
+
+class CpuModel(_Strict):
+    """Charged CPU: cost of each pipeline stage in emulated CPU-seconds.
+
+    Defaults describe a current x86 host sending plain TCP: about 2.5 GB/s of
+    page handling per core on the source and 3 GB/s on the destination.
+    """
+
+    profile: Literal["modern", "custom"] = "modern"
+    send_ns_per_page: Annotated[float, Field(ge=0)] = 1600.0
+    receive_ns_per_page: Annotated[float, Field(ge=0)] = 1300.0
+    dirty_sync_ns_per_page: Annotated[float, Field(ge=0)] = 2.0
+    # Guest side: a write-protection fault on the first write to a page after
+    # each dirty-log reset (what dirty tracking costs a running guest).
+    guest_fault_us: Annotated[float, Field(ge=0)] = 3.0
+    migration_cores: Annotated[float, Field(gt=0)] = 1.0
+
+
+class Emulation(_Strict):
+    memory_scale: Annotated[float, Field(gt=0, le=1)] = 1 / 64
+    dilation: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    seed: int = 1
+
+
+class Scenario(_Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    hosts: list[Host] = Field(min_length=2)
+    network: Network
+    vms: list[Vm] = Field(min_length=1)
+    migration: Migration = Migration()
+    cpu: CpuModel = CpuModel()
+    emulation: Emulation = Emulation()
+
+    def host(self, role: str) -> Host:
+        return next(h for h in self.hosts if h.role == role)
+
+    @property
+    def source(self) -> Host:
+        return self.host("source")
+
+    @property
+    def destination(self) -> Host:
+        return self.host("destination")
+
+    def migration_links(self) -> list[Link]:
+        """Links from the source host to the destination host."""
+        src, dst = self.source.name, self.destination.name
+        return [
+            l for l in self.network.links
+            if l.from_nic.split(":")[0] == src and l.to_nic.split(":")[0] == dst
+        ]
+
+    def link_bandwidth_gbps(self, link: Link) -> float:
+        if link.bandwidth_gbps is not None:
+            return link.bandwidth_gbps
+        return min(self._nic(link.from_nic).speed_gbps, self._nic(link.to_nic).speed_gbps)
+
+    def _nic(self, ref: str) -> Nic:
+        host_name, nic_name = ref.split(":")
+        host = next(h for h in self.hosts if h.name == host_name)
+        return next(n for n in host.nics if n.name == nic_name)
+
+
+def _semantic_problems(s: Scenario) -> list[tuple[str, str]]:
+    """Cross-field checks pydantic cannot express; (field path, message)."""
+    problems: list[tuple[str, str]] = []
+    roles = [h.role for h in s.hosts]
+    for role in ("source", "destination"):
+        if roles.count(role) != 1:
+            problems.append(("hosts", f"needs exactly one host with role = \"{role}\", found {roles.count(role)}"))
+    names = [h.name for h in s.hosts]
+    for i, h in enumerate(s.hosts):
+        if names.count(h.name) > 1:
+            problems.append((f"hosts[{i}].name", f"\"{h.name}\" is used by more than one host; host names must be unique"))
+    nic_refs = {f"{h.name}:{n.name}" for h in s.hosts for n in h.nics}
+    for i, link in enumerate(s.network.links):
+        for key, ref in (("from", link.from_nic), ("to", link.to_nic)):
+            if ref not in nic_refs:
+                problems.append((f"network.links[{i}].{key}", f"\"{ref}\" is not a NIC of any host; known: {', '.join(sorted(nic_refs))}"))
+    if problems:
+        return problems
+    if not s.migration_links():
+        problems.append(("network.links", f"no link goes from the source host \"{s.source.name}\" to the destination \"{s.destination.name}\"; add one with from = \"{s.source.name}:<nic>\" and to = \"{s.destination.name}:<nic>\""))
+    vm_names = [v.name for v in s.vms]
+    total_gib = 0.0
+    for i, vm in enumerate(s.vms):
+        if vm_names.count(vm.name) > 1:
+            problems.append((f"vms[{i}].name", f"\"{vm.name}\" is used by more than one VM; VM names must be unique"))
+        if vm.nic == "passthrough":
+            problems.append((f"vms[{i}].nic", "a pass-through NIC (DirectPath I/O / SR-IOV) forbids live migration; use \"virtio\", \"e1000\" or \"vmxnet3\""))
+        ws = getattr(vm.workload, "working_set_gib", None)
+        if ws is not None and ws > vm.memory_gib:
+            problems.append((f"vms[{i}].workload.working_set_gib", f"{ws:g} GiB exceeds the VM's memory_gib of {vm.memory_gib:g}"))
+        sweep = getattr(vm.workload, "sweep_gib", None)
+        if sweep is not None and sweep > vm.memory_gib:
+            problems.append((f"vms[{i}].workload.sweep_gib", f"{sweep:g} GiB exceeds the VM's memory_gib of {vm.memory_gib:g}"))
+        if vm.memory_gib * s.emulation.memory_scale * GIB < 16 * PAGE_SIZE:
+            problems.append((f"vms[{i}].memory_gib", f"{vm.memory_gib:g} GiB at emulation.memory_scale {s.emulation.memory_scale:g} is under 16 real pages; raise memory_scale"))
+        total_gib += vm.memory_gib
+    dst = s.destination
+    if total_gib > dst.memory_gib:
+        problems.append(("vms", f"the VMs need {total_gib:g} GiB but the destination \"{dst.name}\" has memory_gib = {dst.memory_gib:g}"))
+    real_bytes = total_gib * GIB * s.emulation.memory_scale
+    if real_bytes > 8 * GIB:
+        problems.append(("emulation.memory_scale", f"the images would take {real_bytes / GIB:.1f} GiB of real memory per host; lower memory_scale so they stay under 8 GiB"))
+    return problems
+
+
+def _format_location(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            # Discriminated unions add the tag ("uniform") as a path element: drop it.
+            if part in ("idle", "uniform", "hotset", "sweeper", "function-after"):
+                continue
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _pydantic_line(path: str, err: dict) -> str:
+    field = _format_location(err["loc"])
+    kind = err["type"]
+    msg = err["msg"]
+    if kind == "extra_forbidden":
+        msg = "unknown field; check its spelling against the documented fields"
+    elif kind == "missing":
+        msg = "is required but missing"
+    elif kind == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        msg = f"unknown kind {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
+    elif kind == "union_tag_not_found":
+        msg = "needs a `kind` (idle, uniform, hotset or sweeper)"
+    else:
+        got = err.get("input")
+        if not isinstance(got, (dict, list)):
+            msg = f"{msg} (got {got!r})"
+    msg = msg.replace("Value error, ", "")
+    return f"{path}: {field}: {msg}"
+
+
+def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError([f"{path}: not valid TOML: {exc}"]) from None
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError([_pydantic_line(path, e) for e in exc.errors()]) from None
+    problems = _semantic_problems(scenario)
+    if problems:
+        raise ScenarioError([f"{path}: {field}: {msg}" for field, msg in problems])
+    return scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError([f"{p}: no such file; `livemig list` shows the shipped scenarios"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError([f"{p}: cannot read: {exc}"]) from None
+    return parse_scenario(text, str(p))

@@ -27,7 +27,7 @@ from agents.precopy import PrecopyMigration, StopPolicy
 from agents.receiver import PageReceiver
 from agents.sender import PageSender
 from agents.shm import Region
-from agents.verify import page_digests
+from agents.verify import chunk_digests, page_digests
 from agents.wire_format import SlotLayout
 from agents.workloads import make_workload
 
@@ -64,7 +64,11 @@ class HostAgent:
         return time.monotonic() - t0
 
     def digests(self, vm: int) -> np.ndarray:
-        return page_digests(self.images[vm].pages())
+        """Digests of runs of pages (see agents/verify.py)."""
+        return chunk_digests(self.images[vm].pages())
+
+    def page_digests(self, vm: int, idx: np.ndarray) -> np.ndarray:
+        return page_digests(self.images[vm].pages()[idx])
 
     # --- links ------------------------------------------------------------
     def create_ring(self, link: int, path: str, slots: int, batch_pages: int) -> None:
@@ -124,6 +128,14 @@ class HostAgent:
                     pass
 
         threading.Thread(target=run, daemon=True, name=f"migrate-{vm}").start()
+
+    def send_image(self, vm: int, link: int) -> float:
+        """Benchmark: send the whole image once, unshaped by any policy; real seconds until restored."""
+        t0 = time.monotonic()
+        pages = self.images[vm].pages()
+        self.senders[link].send_pages(vm, pages, np.arange(len(pages)), "bench")
+        self.senders[link].drain()
+        return time.monotonic() - t0
 
     def abort(self, vm: int) -> None:
         if vm in self.migrations:

@@ -44,8 +44,3 @@ class ChargedCore:
             self.overrun_s += late
         else:
             sleep_until(deadline)
-
-    @property
-    def saturation(self) -> float:
-        """Fraction of charged time that real work overran (0 = faithful)."""
-        return self.overrun_s / self.charged_s if self.charged_s else 0.0

@@ -1,20 +1,26 @@
 """A link: one NIC pair, shaped to its bandwidth and latency.
 
-Descriptors of batches arrive from the sender; the token bucket decides when
-each batch has finished leaving the NIC (bandwidth), and the delay line hands
-it to the receiver one one-way latency later. Bytes stay in shared memory;
-only descriptors pass through here, so shaping costs no copies. Background
-traffic of a co-located VM takes its share of the bucket first.
+Descriptors of batches arrive from the sender; the token bucket gives the
+time each batch has finished leaving the NIC (bandwidth), and the batch is
+handed to the receiver one one-way latency after that. Bytes stay in shared
+memory; only descriptors pass through here, so shaping costs no copies.
+Background traffic of a co-located VM takes its share of the rate first.
+
+One thread does both pacing and delivery, waiting in `select` and spinning
+only the last stretch: two threads spinning in one process would fight over
+the GIL and blur the latency by milliseconds.
 """
 from __future__ import annotations
 
 import collections
+import select
 import threading
 import time
 
 from agents.channel import DESCRIPTOR, KIND_CLOSE, Channel
-from agents.clock import sleep_until
 from agents.token_bucket import TokenBucket
+
+_SPIN_S = 0.001
 
 
 class LinkShaper:
@@ -26,59 +32,52 @@ class LinkShaper:
         self.burst_s = burst_s
         self.bytes_forwarded = 0
         self.batches_forwarded = 0
-        self.busy_until = 0.0
-        self._delay_line: collections.deque = collections.deque()
-        self._cv = threading.Condition()
-        self._threads: list[threading.Thread] = []
-        self._closed = False
-        self.corrupt_next = None  # callable(descriptor) used by fault injection
+        self.corrupt_next = None  # fault injection: callable(descriptor)
+        self._thread: threading.Thread | None = None
 
     @property
     def migration_rate(self) -> float:
         return self.capacity - self.background
 
     def run(self, inbound: Channel, outbound: Channel) -> None:
-        """Start shaping descriptors from `inbound` to `outbound` in threads."""
-        self._bucket = TokenBucket(self.migration_rate, self.migration_rate * self.burst_s, time.monotonic())
-        t1 = threading.Thread(target=self._pace, args=(inbound,), daemon=True, name="link-pace")
-        t2 = threading.Thread(target=self._deliver, args=(outbound,), daemon=True, name="link-deliver")
-        self._threads = [t1, t2]
-        t1.start()
-        t2.start()
+        """Start shaping descriptors from `inbound` to `outbound` in a thread."""
+        self._thread = threading.Thread(target=self._loop, args=(inbound, outbound), daemon=True, name="link")
+        self._thread.start()
 
-    def _pace(self, inbound: Channel) -> None:
-        while True:
-            d = inbound.recv()
-            if d is None or d[0] == KIND_CLOSE:
-                break
-            if self.corrupt_next is not None:
-                self.corrupt_next(d)
-            wire_bytes = d[4]
-            done = self._bucket.departure(wire_bytes, time.monotonic())
-            sleep_until(done)
-            self.busy_until = done
-            with self._cv:
-                self._delay_line.append((done + self.one_way_s, d))
-                self._cv.notify()
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-
-    def _deliver(self, outbound: Channel) -> None:
-        while True:
-            with self._cv:
-                while not self._delay_line and not self._closed:
-                    self._cv.wait()
-                if not self._delay_line:
-                    break
-                arrival, d = self._delay_line.popleft()
-            sleep_until(arrival)
+    def _loop(self, inbound: Channel, outbound: Channel) -> None:
+        rate = self.migration_rate
+        bucket = TokenBucket(rate, rate * self.burst_s, time.monotonic())
+        line: collections.deque = collections.deque()  # (arrival time, descriptor), FIFO
+        sock = inbound.sock
+        open_ = True
+        while open_ or line:
+            now = time.monotonic()
+            wait = (line[0][0] - now) if line else None
+            if open_ and (wait is None or wait > _SPIN_S):
+                ready, _, _ = select.select([sock], [], [], None if wait is None else wait - _SPIN_S)
+                if ready:
+                    d = inbound.recv()
+                    if d is None or d[0] == KIND_CLOSE:
+                        open_ = False
+                    else:
+                        if self.corrupt_next is not None:
+                            self.corrupt_next(d)
+                        # Offered when the sender posted it (d[6]), not when this
+                        # thread woke up: wake-up latency is not link latency.
+                        done = bucket.departure(d[4], min(d[6], time.monotonic()))
+                        line.append((done + self.one_way_s, d))
+                    continue
+            if not line:
+                continue
+            arrival, d = line[0]
+            while time.monotonic() < arrival:
+                pass  # the last fraction of a millisecond: spin for precision
+            line.popleft()
             outbound.sock.send(DESCRIPTOR.pack(*d))
             self.bytes_forwarded += d[4]
             self.batches_forwarded += 1
         outbound.send(KIND_CLOSE)
 
     def join(self, timeout: float | None = None) -> None:
-        for t in self._threads:
-            t.join(timeout)
-
+        if self._thread:
+            self._thread.join(timeout)

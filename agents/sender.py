@@ -17,7 +17,7 @@ import numpy as np
 
 from agents.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, KIND_STATE, Channel
 from agents.clock import ChargedCore
-from agents.wire_format import PAGE, SlotLayout, SlotView, pack_pages
+from agents.wire_format import SlotLayout, SlotView, pack_pages
 
 
 @dataclass
@@ -42,7 +42,6 @@ class PageSender:
         self.to_link = to_link
         self.core = core
         self.cost_per_page = send_cost_s_per_page
-        self.scratch = np.empty((layout.batch_pages, PAGE), dtype=np.uint8)
         self.counters = SendCounters()
         self._seq = 0
         self._outstanding = 0
@@ -77,7 +76,7 @@ class PageSender:
     def _send_batch(self, vm: int, image: np.ndarray, idx: np.ndarray, phase: str) -> int:
         slot = self.free.get()
         t0 = time.monotonic()
-        stats = pack_pages(image, idx, self.views[slot], self.scratch)
+        stats = pack_pages(image, idx, self.views[slot])
         self.core.charge(self.cost_per_page * len(idx), t0)
         self._post(KIND_BATCH, vm, slot, len(idx), stats.wire_bytes)
         c = self.counters

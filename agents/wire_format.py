@@ -81,26 +81,22 @@ class PackStats:
     wire_bytes: int = 0
 
 
-def pack_pages(image: np.ndarray, idx: np.ndarray, slot: SlotView, scratch: np.ndarray) -> PackStats:
+def pack_pages(image: np.ndarray, idx: np.ndarray, slot: SlotView) -> PackStats:
     """Gather pages `idx` of `image` into `slot`: zero pages as markers, others raw.
 
-    `scratch` is a (batch_pages, PAGE) buffer of the caller's, used so the
-    gather is one copy and zero-page compaction a second one only when needed.
+    The gather lands straight in the payload (one copy); only when there are
+    zero pages are the others moved up to close the gaps.
     """
     n = len(idx)
-    gathered = scratch[:n]
+    gathered = slot.payload[: n * PAGE].reshape(n, PAGE)
     np.take(image, idx, axis=0, out=gathered)
     zero = zero_mask(gathered)
     slot.idx[:n] = idx
-    enc = slot.enc[:n]
-    enc[:] = np.where(zero, ENC_ZERO, ENC_NORMAL)
-    nz = int(zero.sum())
+    slot.enc[:n] = np.where(zero, ENC_ZERO, ENC_NORMAL)
+    nz = int(np.count_nonzero(zero))
     k = n - nz
-    out = slot.payload[: k * PAGE].reshape(k, PAGE)
     if nz:
-        np.compress(~zero, gathered, axis=0, out=out)
-    else:
-        out[:] = gathered
+        gathered[:k] = gathered[~zero]  # fancy indexing copies first, so the overlap is safe
     slot.lengths[:n] = np.where(zero, 0, PAGE)
     slot.set_header(n, 0, k * PAGE)
     wire = n * PAGE_HEADER_BYTES + nz * ZERO_MARKER_BYTES + k * PAGE

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tomllib
 from pathlib import Path
@@ -83,10 +84,13 @@ def run(
     progress_cb, stop_progress = (None, lambda: None) if quiet else _progress_bar()
     opts = RunOptions(address=address, dilation=dilation, dashboard=dashboard, metrics_port=metrics_port,
                       inject_fault=inject_fault, progress=progress_cb)
+    signal.signal(signal.SIGTERM, _interrupt)  # tear down cleanly when killed, too
     try:
         result = run_scenario(sc, opts, str(scenario))
     except KeyboardInterrupt:
         stop_progress()
+        write_result({"scenario": sc.name, "scenario_file": str(scenario), "status": "aborted", "verified": False,
+                      "stop_reason": "interrupted before the migration started"}, out_dir)
         err.print("interrupted: the VM stays on its source; cluster torn down")
         raise typer.Exit(1)
     except OSError as exc:
@@ -108,6 +112,10 @@ def run(
                       f"rerun with a higher --dilation[/]")
         out.print(f"result: {path}   (wall clock {result['emulation']['wall_clock_s']['total_s']:.1f} s)")
     raise typer.Exit(0 if result["status"] == "completed" and result["verified"] else 1)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _progress_bar():

@@ -79,14 +79,27 @@ def plan_link(scenario: Scenario, scale: Scale, index: int = 0) -> LinkPlan:
                     batch, slots, emu_rate)
 
 
-def auto_batch_pages(real_rate: float, scale: Scale, target_emulated_s: float = 0.004) -> int:
+def auto_batch_pages(real_rate: float, scale: Scale, target_emulated_s: float = 0.008) -> int:
     """Pages per batch so one batch crosses the link in a few emulated ms.
 
     Coarser batches would blur the downtime (the last batch is sent whole);
     finer ones cost per-batch overhead on this machine.
     """
     pages = real_rate * scale.real_seconds(target_emulated_s) / PAGE
-    return int(min(256, max(1, pages)))
+    return int(min(256, max(2, pages)))
+
+
+def verify_images(src, dst, vm: int, npages: int) -> list[int]:
+    """Page numbers whose contents differ between the two hosts' images of `vm`."""
+    import ray
+
+    from agents.verify import chunk_pages, mismatched
+    bad_chunks = mismatched(*ray.get([src.digests.remote(vm), dst.digests.remote(vm)]))
+    if len(bad_chunks) == 0:
+        return []
+    idx = chunk_pages(bad_chunks, npages)
+    bad = mismatched(*ray.get([src.page_digests.remote(vm, idx), dst.page_digests.remote(vm, idx)]))
+    return idx[bad].tolist()
 
 
 def new_run_id() -> str:
@@ -96,7 +109,7 @@ def new_run_id() -> str:
 class Cluster:
     """The actors of one run. Use as a context manager: leaving it tears all down."""
 
-    def __init__(self, scenario: Scenario, scale: Scale, opts: RunOptions) -> None:
+    def __init__(self, scenario: Scenario | None, scale: Scale, opts: RunOptions) -> None:
         self.scenario, self.scale, self.opts = scenario, scale, opts
         self.run_id = new_run_id()
         self.sock_dir = tempfile.mkdtemp(prefix=f"livemig-{self.run_id}-", dir="/tmp")
@@ -155,7 +168,6 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
 
     from agents.actors import GuestAgent, HostAgent, LinkAgent
     from agents.shm import region_path
-    from agents.verify import mismatched_pages
     from cluster import results
     from cluster.metrics import MetricsExporter
 
@@ -264,24 +276,23 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                 mig["stop_reason"] = st["error"].strip().splitlines()[-1]
 
             # Switchover: verify page for page, then the guest runs on the destination.
-            verified, bad, guest_resumed_at = False, [], None
+            # Otherwise it runs on (or never left) its source, whose memory is intact.
+            verified, bad = False, []
             if mig["status"] == "completed":
                 emit(phase="verifying")
-                d_src, d_dst = ray.get([src.digests.remote(i), dst.digests.remote(i)])
-                bad = mismatched_pages(d_src, d_dst).tolist()
-                verified = not bad
-                recv = ray.get(dst.receiver_status.remote())
-                if recv["errors"]:
-                    verified = False
-                if verified:
-                    guest_resumed_at = ray.get(guests[i].resume_on.remote(region_path(cl.run_id, f"dst-vm{i}")))
-                else:
-                    # Never run a guest on a wrong image: it stays (paused) on the source copy.
-                    ray.get(guests[i].resume.remote())
+                bad = verify_images(src, dst, i, npages[i])
+                recv_errors = ray.get(dst.receiver_status.remote())["errors"]
+                verified = not bad and not recv_errors
+                if not verified:
                     mig["status"] = "failed"
-                    mig["stop_reason"] = f"verification failed: {len(bad)} page(s) differ"
-                emit(phase="after switchover")
-                time.sleep(scale.real_seconds(AFTER_S))
+                    mig["stop_reason"] = (f"verification failed: {len(bad)} page(s) differ" if bad
+                                          else f"destination could not restore: {recv_errors[0]}")
+            if verified:
+                guest_resumed_at = ray.get(guests[i].resume_on.remote(region_path(cl.run_id, f"dst-vm{i}")))
+            else:
+                guest_resumed_at = ray.get(guests[i].resume.remote())
+            emit(phase="after switchover" if verified else "VM stays on source")
+            time.sleep(scale.real_seconds(AFTER_S))
             samples, faults = ray.get(guests[i].timeline.remote())
             after_status = ray.get(src.status.remote(i))
             after_recv = ray.get(dst.receiver_status.remote())
@@ -290,8 +301,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                 scenario, vm, scale, lp, mig, verified, bad, samples, t_mig,
                 cpu_src_s=after_status["cpu_charged_s"] - before_status["cpu_charged_s"],
                 cpu_dst_s=after_recv["cpu_charged_s"] - before_recv["cpu_charged_s"],
-                overrun_s=(after_status["cpu_overrun_s"] - before_status["cpu_overrun_s"])
-                + (after_recv["cpu_overrun_s"] - before_recv["cpu_overrun_s"]),
+                overrun_s=(after_status["cpu_overrun_s"] - before_status["cpu_overrun_s"],
+                           after_recv["cpu_overrun_s"] - before_recv["cpu_overrun_s"]),
                 sender=after_status, sender_before=before_status,
                 link_bytes=link_after["bytes"] - link_before["bytes"], guest_faults=faults,
                 warmup_s=WARMUP_S, guest_resumed_at=guest_resumed_at)

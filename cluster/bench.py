@@ -1,0 +1,158 @@
+"""Benchmarks: figures of this machine, printed as JSON (not tests).
+
+- pipeline: unshaped real MB/s of the whole source-to-destination path on
+  the real actors (gather + zero-page scan, send through the link, restore,
+  acknowledge) and of verification (both sides hash their image in parallel).
+- link: achieved rate of the link shaper against its target at 1 and 10
+  Gbit/s, and the error of its emulated latency at 1 ms and 10 ms round trips.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+import statistics
+import threading
+import time
+
+import numpy as np
+
+from agents.channel import KIND_BATCH, KIND_CLOSE, Channel
+from agents.link import LinkShaper
+
+MIXES = {
+    "random": {"zero": 0.0, "text": 0.0, "structured": 0.0, "random": 1.0},
+    "text": {"zero": 0.0, "text": 1.0, "structured": 0.0, "random": 0.0},
+    "mixed": {"zero": 0.25, "text": 0.25, "structured": 0.25, "random": 0.25},
+    "zero": {"zero": 1.0, "text": 0.0, "structured": 0.0, "random": 0.0},
+}
+
+
+def pipeline_bench(mib: int = 256, batch_pages: int = 256) -> dict:
+    import ray
+
+    from agents.actors import HostAgent, LinkAgent
+    from agents.shm import region_path
+    from cluster.runner import Cluster, RunOptions, verify_images
+    from cluster.scaling import Scale
+
+    npages = mib * 256
+    out: dict = {"bench": "pipeline", "image_mib": mib, "batch_pages": batch_pages, "unit": "MB/s real (1e6 bytes/s)", "mixes": {}}
+    with Cluster(None, Scale(1.0, 1.0), RunOptions()) as cl:
+        src = cl.track(HostAgent.options(name="bench-source").remote("source", "bench-src", cl.run_id, cl.sock_dir, 2))
+        dst = cl.track(HostAgent.options(name="bench-destination").remote("destination", "bench-dst", cl.run_id, cl.sock_dir, 2))
+        link = cl.track(LinkAgent.options(name="bench-link").remote("bench", 1e15, 0.0, 0.0))
+        for i, (name, mix) in enumerate(MIXES.items()):
+            ray.get([src.create_image.remote(i, region_path(cl.run_id, f"s{i}"), npages, mix, 1),
+                     dst.create_image.remote(i, region_path(cl.run_id, f"d{i}"), npages, None, 1)])
+        ring = region_path(cl.run_id, "ring")
+        slots = 8
+        ray.get(src.create_ring.remote(0, ring, slots, batch_pages))
+        ray.get(dst.attach_ring.remote(0, ring))
+        s = cl.sock_dir
+        ray.get(link.listen.remote(f"{s}/in", f"{s}/out"))
+        ray.get(src.listen.remote(f"{s}/ack"))
+        ray.get(dst.open_receiver.remote(0, f"{s}/out", f"{s}/ack", slots, batch_pages, 0.0))
+        ray.get(src.open_sender.remote(0, f"{s}/in", f"{s}/ack", slots, batch_pages, 0.0))
+        nbytes = npages * 4096
+        for i, name in enumerate(MIXES):
+            ray.get(src.send_image.remote(i, 0))  # warm-up: first touch of the ring and image maps
+            send_s = min(ray.get(src.send_image.remote(i, 0)) for _ in range(3))
+            t0 = time.monotonic()
+            ok = not verify_images(src, dst, i, npages)
+            verify_s = time.monotonic() - t0
+            out["mixes"][name] = {
+                "transfer_mb_s": round(nbytes / send_s / 1e6, 1),
+                "verify_mb_s": round(nbytes / verify_s / 1e6, 1),
+                "transfer_and_verify_mb_s": round(nbytes / (send_s + verify_s) / 1e6, 1),
+                "verified": ok,
+            }
+    return out
+
+
+def _link_process(rate: float, one_way: float, a_fd: int, b_fd: int) -> None:
+    inbound = Channel(socket.socket(fileno=a_fd))
+    outbound = Channel(socket.socket(fileno=b_fd))
+    shaper = LinkShaper(rate, one_way)
+    shaper.run(inbound, outbound)
+    shaper.join()
+
+
+def _shaped_pair(rate: float, one_way: float):
+    """A link shaper in its own process, as in a run; returns (to_link, from_link, process)."""
+    a1, a2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    b1, b2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ctx = mp.get_context("fork")
+    p = ctx.Process(target=_link_process, args=(rate, one_way, a2.fileno(), b1.fileno()), daemon=True)
+    p.start()
+    a2.close()
+    b1.close()
+    return Channel(a1), Channel(b2), p
+
+
+def _measure_rate(rate: float, seconds: float, batch_bytes: int) -> dict:
+    to_link, from_link, proc = _shaped_pair(rate, 0.0)
+    arrivals: list[tuple[float, int]] = []
+
+    def receive() -> None:
+        while True:
+            d = from_link.recv()
+            if d is None or d[0] == KIND_CLOSE:
+                return
+            arrivals.append((time.monotonic(), d[4]))
+
+    rx = threading.Thread(target=receive, daemon=True)
+    rx.start()
+    n = int(rate * seconds / batch_bytes) + 1
+    for i in range(n):
+        to_link.send(KIND_BATCH, 0, 0, 0, batch_bytes, i, time.monotonic())
+    to_link.send(KIND_CLOSE)
+    rx.join(seconds * 3 + 10)
+    proc.join(5)
+    # Steady state: skip the first 10% (the initial burst of the bucket).
+    skip = len(arrivals) // 10
+    t0, t1 = arrivals[skip][0], arrivals[-1][0]
+    moved = sum(b for _, b in arrivals[skip + 1:])
+    achieved = moved / (t1 - t0)
+    return {"target_bytes_s": rate, "achieved_bytes_s": round(achieved), "error_percent": round(100 * (achieved / rate - 1), 3),
+            "batch_bytes": batch_bytes}
+
+
+def _measure_latency(rtt_s: float, samples: int = 400, gap_s: float = 0.004) -> dict:
+    one_way = rtt_s / 2
+    to_link, from_link, proc = _shaped_pair(1e12, one_way)
+    errors: list[float] = []
+
+    def receive() -> None:
+        while True:
+            d = from_link.recv()
+            if d is None or d[0] == KIND_CLOSE:
+                return
+            errors.append(time.monotonic() - d[6] - one_way)
+
+    rx = threading.Thread(target=receive, daemon=True)
+    rx.start()
+    for i in range(samples):
+        to_link.send(KIND_BATCH, 0, 0, 0, 64, i, time.monotonic())
+        time.sleep(gap_s)
+    to_link.send(KIND_CLOSE)
+    rx.join(10)
+    proc.join(5)
+    errs_ms = sorted(e * 1000 for e in errors)
+    p = lambda q: errs_ms[min(len(errs_ms) - 1, int(q * len(errs_ms)))]
+    return {"rtt_ms": rtt_s * 1000, "one_way_ms": one_way * 1000, "samples": len(errs_ms),
+            "error_ms_p50": round(statistics.median(errs_ms), 4), "error_ms_p99": round(p(0.99), 4),
+            "error_ms_max": round(errs_ms[-1], 4)}
+
+
+def link_bench(seconds: float = 3.0) -> dict:
+    return {
+        "bench": "link",
+        "rates": {
+            "1gbit": _measure_rate(125e6, seconds, 256 * 1024),
+            "10gbit": _measure_rate(1.25e9, seconds, 1024 * 1024),
+        },
+        "latency": {
+            "rtt_1ms": _measure_latency(0.001),
+            "rtt_10ms": _measure_latency(0.010),
+        },
+    }

@@ -1,0 +1,101 @@
+"""`livemig run` end to end, as a user types it: exit codes, result.json, clean tear-down."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import LIVEMIG, ROOT, scenario_text
+
+REQUIRED_KEYS = {"scenario", "status", "verified", "total_time_s", "downtime_ms", "setup_time_s", "iterations",
+                 "memory_bytes_sent", "disk_bytes_sent", "downtime_bytes_sent", "pages", "avg_throughput_mbytes_s",
+                 "cpu_seconds", "app", "emulation"}
+
+
+def _livemig(*args, timeout=180, **kw):
+    return subprocess.run([LIVEMIG, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw)
+
+
+def _leftover_shm(pid: int) -> list[str]:
+    return glob.glob(f"/dev/shm/livemig-{pid}_*")
+
+
+def test_quickstart_completes_and_verifies(tmp_path):
+    p = subprocess.Popen([LIVEMIG, "run", "scenarios/quickstart.toml", "--out", str(tmp_path), "--quiet"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert REQUIRED_KEYS <= set(r)
+    assert r["status"] == "completed" and r["verified"] is True
+    by_name = {v["vm"]: v for v in r["vms"]}
+    idle, busy = by_name["idle-vm"], by_name["busy-vm"]
+    assert idle["verified"] and busy["verified"]
+    # The dirtying VM has to send more, and more in its downtime, than the idle one.
+    assert busy["memory_bytes_sent"] > idle["memory_bytes_sent"]
+    assert busy["downtime_bytes_sent"] > idle["downtime_bytes_sent"]
+    assert r["emulation"]["memory_scale"] == pytest.approx(1 / 64)
+    assert not _leftover_shm(p.pid), "shared memory left behind"
+
+
+def test_corrupted_page_in_transit_fails_verification(tmp_path):
+    r = _livemig("run", "scenarios/quickstart.toml", "--out", str(tmp_path), "--quiet", "--inject-fault", "corrupt-page")
+    assert r.returncode == 1, r.stderr
+    res = json.loads((tmp_path / "result.json").read_text())
+    assert res["verified"] is False
+    assert res["status"] == "failed"
+    bad = [v for v in res["vms"] if not v["verified"]]
+    assert len(bad) == 1 and len(bad[0]["mismatched_pages"]) == 1
+    assert "verification failed" in bad[0]["stop_reason"]
+
+
+@pytest.mark.parametrize("body, field", [
+    (scenario_text().replace("memory_gib = 1", "memory_gib = -1"), "vms[0].memory_gib"),
+    (scenario_text().replace('kind = "idle"', 'kind = "sleepy"'), "vms[0].workload"),
+    (scenario_text().replace("dilation = 1.0", "dilation = 1.0\nspeed = 3"), "emulation.speed"),
+    (scenario_text().replace('to = "dst:eth0"', 'to = "dst:eth9"'), "network.links[0].to"),
+])
+def test_bad_scenario_exit_2_one_line(tmp_path, body, field):
+    f = tmp_path / "bad.toml"
+    f.write_text(body)
+    r = _livemig("run", str(f), "--out", str(tmp_path / "out"), timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"{f}: {field}")
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_aborts_and_vm_stays_on_source(tmp_path):
+    f = tmp_path / "slow.toml"
+    writer = '{ kind = "uniform", dirty_pages_per_s = 4000, working_set_gib = 0.25 }'
+    f.write_text(scenario_text("slow", memory_gib=1, workload=writer, gbps=1, dilation=1.0))
+    port = 19311
+    p = subprocess.Popen([LIVEMIG, "run", str(f), "--out", str(tmp_path), "--quiet", "--metrics-port", str(port)],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # wait until the migration is under way
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+            if 'livemig_phase{phase="precopy",vm="vm"} 1.0' in body:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    else:
+        p.kill()
+        pytest.fail("the migration never started")
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["status"] == "aborted"
+    assert r["verified"] is False
+    # The guest went on running on its source after the abort.
+    assert r["app"]["ops_per_s_after"] == pytest.approx(4000, rel=0.2)
+    assert not _leftover_shm(p.pid)

@@ -1,0 +1,175 @@
+"""The analytic pre-copy model: limits it must respect and its dirtying formula."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agents.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
+from cluster.predict import dirty_pages_after, effective_bandwidth, predict
+from cluster.scenario import GIB, parse_scenario
+
+PAGE = 4096
+TEMPLATE = """
+name = "p"
+[[hosts]]
+name = "a"
+role = "source"
+nics = [{{ name = "eth0", speed_gbps = {gbps} }}]
+[[hosts]]
+name = "b"
+role = "destination"
+nics = [{{ name = "eth0", speed_gbps = {gbps} }}]
+[[network.links]]
+from = "a:eth0"
+to = "b:eth0"
+rtt_ms = 0.2
+[[vms]]
+name = "vm"
+memory_gib = {mem}
+workload = {workload}
+content = {{ zero = {zero}, text = {text}, structured = 0, random = 0.5 }}
+[migration]
+downtime_limit_ms = {limit}
+max_iterations = {max_it}
+"""
+
+
+def scenario(workload='{ kind = "idle" }', gbps=10, mem=2, zero=0.0, limit=300, max_it=30, extra=""):
+    text = TEMPLATE.format(gbps=gbps, mem=mem, workload=workload, zero=zero, text=0.5 - zero, limit=limit,
+                           max_it=max_it) + extra
+    return parse_scenario(text, "p.toml")
+
+
+def wire_bytes_per_page(zero: float) -> float:
+    return (1 - zero) * (PAGE + PAGE_HEADER_BYTES) + zero * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES)
+
+
+@pytest.mark.parametrize("zero", [0.0, 0.25])
+def test_idle_vm_one_iteration_sends_memory_times_wire_overhead(zero):
+    sc = scenario(zero=zero)
+    p = predict(sc, "p.toml")
+    assert p["iterations"] == 1
+    assert p["stop_reason"] == "converged"
+    pages = 2 * GIB / PAGE
+    assert p["memory_bytes_sent"] == pytest.approx(pages * wire_bytes_per_page(zero), rel=1e-9)
+    if zero == 0:
+        assert p["memory_bytes_sent"] / (2 * GIB) == pytest.approx(1 + PAGE_HEADER_BYTES / PAGE)
+    # Downtime: only device state and half an RTT.
+    state = sc.migration.device_state_kib * 1024
+    rate, _ = effective_bandwidth(sc)
+    assert p["downtime_ms"] == pytest.approx((state / rate + 0.0001) * 1000, rel=1e-6)
+    assert p["downtime_bytes_sent"] == pytest.approx(state)
+    assert p["pages"]["normal"] + p["pages"]["zero"] == pytest.approx(pages, abs=1)
+    # First iteration at line rate: 2 GiB x overhead at 1.25 GB/s.
+    assert p["iteration_log"][0]["duration_s"] == pytest.approx(pages * wire_bytes_per_page(zero) / 1.25e9, rel=1e-9)
+    assert p["total_time_s"] == pytest.approx(sc.migration.setup_ms / 1000 + p["iteration_log"][0]["duration_s"]
+                                              + p["downtime_ms"] / 1000)
+
+
+def test_result_keys_and_single_vm_flattening():
+    p = predict(scenario(), "p.toml")
+    for key in ("scenario", "scenario_file", "status", "total_time_s", "downtime_ms", "setup_time_s", "iterations",
+                "memory_bytes_sent", "disk_bytes_sent", "downtime_bytes_sent", "pages", "avg_throughput_mbytes_s",
+                "cpu_seconds", "vms"):
+        assert key in p, key
+    assert p["scenario"] == "p" and p["scenario_file"] == "p.toml" and p["status"] == "predicted"
+    assert len(p["vms"]) == 1 and p["vms"][0]["vm"] == "vm"
+
+
+@pytest.mark.parametrize("max_it", [3, 30])
+def test_dirty_rate_above_bandwidth_does_not_converge(max_it):
+    # 1e6 pages/s over all 2 GiB (4 GB/s of writes) against a 10 GbE link (1.25 GB/s).
+    sc = scenario('{ kind = "uniform", dirty_pages_per_s = 1000000 }', max_it=max_it)
+    p = predict(sc)
+    assert p["stop_reason"] in ("max-iterations", "stalled", "max-sent")
+    assert p["iterations"] <= max_it
+    assert p["downtime_ms"] > 300
+    # The cap is checked before each iteration: at most one more full pass and the stop-and-copy beyond it.
+    assert p["memory_bytes_sent"] <= (sc.migration.max_sent_ratio + 2) * 2 * GIB * wire_bytes_per_page(0) / PAGE
+    if max_it == 3:
+        assert p["stop_reason"] == "max-iterations" and p["iterations"] == 3
+
+
+def test_non_converging_stops_by_stall_when_nothing_else_does():
+    sc = scenario('{ kind = "uniform", dirty_pages_per_s = 1000000, working_set_gib = 1 }', max_it=1000,
+                  extra="stall_iterations = 2\nmax_sent_ratio = 1000\n")
+    p = predict(sc)
+    assert p["stop_reason"] == "stalled"
+    assert p["iterations"] < 50
+
+
+def test_converging_workload_needs_more_iterations_than_idle():
+    sc = scenario('{ kind = "uniform", dirty_pages_per_s = 30000, working_set_gib = 0.5 }', gbps=5)
+    p = predict(sc)
+    assert p["stop_reason"] == "converged"
+    assert p["iterations"] >= 2
+    log = p["iteration_log"]
+    assert all(a["bytes"] > b["bytes"] for a, b in zip(log, log[1:]))  # shrinking: geometric series
+    assert p["downtime_ms"] <= 300 + 1
+
+
+def test_halving_bandwidth_doubles_first_iteration():
+    fast = predict(scenario(gbps=10))["iteration_log"][0]["duration_s"]
+    slow = predict(scenario(gbps=5))["iteration_log"][0]["duration_s"]
+    assert slow / fast == pytest.approx(2.0, rel=0.01)
+
+
+def test_bandwidth_cap_and_background_traffic_lower_the_rate():
+    base, _ = effective_bandwidth(scenario(gbps=10))
+    assert base == pytest.approx(1.25e9)
+    capped, _ = effective_bandwidth(scenario(gbps=10, extra="bandwidth_cap_gbps = 2\n"))
+    assert capped == pytest.approx(0.25e9)
+
+
+def test_cpu_bound_when_the_link_is_faster_than_the_cores():
+    # 100 Gbit/s is 12.5 GB/s; 1600 ns per page is ~2.56 GB/s: the CPU sets the pace.
+    p = predict(scenario(gbps=100))
+    pages = 2 * GIB / PAGE
+    assert p["iteration_log"][0]["duration_s"] == pytest.approx(pages * 1600e-9, rel=1e-9)
+
+
+# --- distinct dirty pages ---------------------------------------------------------
+
+def _vm(workload):
+    return scenario(workload).vms[0]
+
+
+def test_uniform_distinct_pages_formula():
+    vm = _vm('{ kind = "uniform", dirty_pages_per_s = 10000, working_set_gib = 1 }')
+    w = GIB / PAGE
+    for t in (0.001, 0.1, 1.0, 10.0, 100.0, 1000.0):
+        assert dirty_pages_after(vm, t) == pytest.approx(w * (1 - math.exp(-10000 * t / w)), rel=1e-12)
+    # Small t: every write is a new page. Large t: the whole working set.
+    assert dirty_pages_after(vm, 0.001) == pytest.approx(10.0, rel=1e-3)
+    assert dirty_pages_after(vm, 1e5) == pytest.approx(w)
+    assert dirty_pages_after(vm, 0) == 0
+    assert dirty_pages_after(vm, -1) == 0
+
+
+def test_distinct_pages_monotone_and_bounded():
+    vm = _vm('{ kind = "uniform", dirty_pages_per_s = 50000 }')
+    values = [dirty_pages_after(vm, t) for t in (0.01, 0.1, 1, 10, 100)]
+    assert all(a < b for a, b in zip(values, values[1:]))
+    assert all(v <= 2 * GIB / PAGE for v in values)
+    assert all(v <= 50000 * t for v, t in zip(values, (0.01, 0.1, 1, 10, 100)))
+
+
+def test_idle_dirties_nothing():
+    assert dirty_pages_after(_vm('{ kind = "idle" }'), 100.0) == 0
+
+
+def test_hotset_dirties_fewer_distinct_pages_than_uniform_at_the_same_write_rate():
+    hot = _vm('{ kind = "hotset", ops_per_s = 100000, write_fraction = 0.5, working_set_gib = 0.25 }')
+    uni = _vm('{ kind = "uniform", dirty_pages_per_s = 50000, working_set_gib = 0.25 }')
+    for t in (0.1, 1.0, 10.0):
+        h, u = dirty_pages_after(hot, t), dirty_pages_after(uni, t)
+        assert 0 < h < u
+        assert h <= 50000 * t
+
+
+def test_sweeper_is_sequential_until_the_sweep_ends():
+    vm = _vm('{ kind = "sweeper", sweep_gib = 1, write_mbytes_s = 1000 }')
+    rate = 1000e6 / PAGE
+    assert dirty_pages_after(vm, 0.1) == pytest.approx(rate * 0.1)
+    assert dirty_pages_after(vm, 100) == pytest.approx(GIB / PAGE, abs=1)

@@ -1,0 +1,211 @@
+"""Wire slots: layout, packing pages (zero pages as markers) and restoring them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agents.wire_format import (
+    ENC_NORMAL,
+    ENC_ZERO,
+    PAGE,
+    PAGE_HEADER_BYTES,
+    ZERO_MARKER_BYTES,
+    SlotLayout,
+    SlotView,
+    pack_pages,
+    restore_pages,
+)
+
+NPAGES = 512
+
+
+def make_image(kind: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (NPAGES, PAGE), dtype=np.uint8)
+    if kind == "zero":
+        img[:] = 0
+    elif kind == "mixed":
+        img[rng.random(NPAGES) < 0.4] = 0
+        # Pages with a single non-zero byte at either end are not zero pages.
+        img[10] = 0
+        img[10, 0] = 1
+        img[11] = 0
+        img[11, -1] = 0x80
+    return img
+
+
+def ring_for(layout: SlotLayout, slots: int) -> np.ndarray:
+    return np.zeros(slots * layout.slot_bytes, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64, 256, 4096])
+def test_layout_is_aligned_and_disjoint(batch):
+    lay = SlotLayout(batch)
+    assert lay.idx_off >= 16
+    assert lay.enc_off >= lay.idx_off + 8 * batch and lay.enc_off % 64 == 0
+    assert lay.len_off >= lay.enc_off + batch and lay.len_off % 64 == 0
+    assert lay.payload_off >= lay.len_off + 4 * batch and lay.payload_off % PAGE == 0
+    assert lay.slot_bytes >= lay.payload_off + batch * PAGE
+    assert lay.slot_bytes % PAGE == 0
+
+
+def test_slot_views_do_not_overlap_between_slots():
+    lay = SlotLayout(8)
+    ring = ring_for(lay, 3)
+    views = [SlotView(ring, s, lay) for s in range(3)]
+    for s, v in enumerate(views):
+        v.set_header(s + 1, s, 1000 * s)
+        v.idx[:] = s
+        v.enc[:] = s
+        v.lengths[:] = s
+        v.payload[:] = s
+    for s, v in enumerate(views):
+        assert v.get_header() == (s + 1, s, 1000 * s)
+        assert (v.idx == s).all() and (v.enc == s).all() and (v.lengths == s).all()
+        assert (v.payload == s).all()
+        assert len(v.payload) == lay.slot_bytes - lay.payload_off
+
+
+def test_header_round_trip_large_values():
+    lay = SlotLayout(4)
+    v = SlotView(ring_for(lay, 1), 0, lay)
+    v.set_header(0xFFFFFFFF, 0xABCD, (1 << 40) + 3)
+    assert v.get_header() == (0xFFFFFFFF, 0xABCD, (1 << 40) + 3)
+
+
+@pytest.mark.parametrize("kind", ["random", "zero", "mixed"])
+@pytest.mark.parametrize("batch", [1, 33, 256])
+def test_pack_then_restore_gives_identical_pages(kind, batch):
+    src = make_image(kind)
+    dst = np.full_like(src, 0xAA)  # stale contents, so zero pages must really be written
+    lay = SlotLayout(batch)
+    ring = ring_for(lay, 2)
+    order = np.random.default_rng(1).permutation(NPAGES)  # pages in any order
+    total_zero = total_normal = 0
+    for i, start in enumerate(range(0, NPAGES, batch)):
+        idx = order[start:start + batch]
+        slot = SlotView(ring, i % 2, lay)
+        st = pack_pages(src, idx, slot)
+        assert st.normal + st.zero == len(idx)
+        assert restore_pages(dst, slot) == len(idx)
+        total_zero += st.zero
+        total_normal += st.normal
+    assert np.array_equal(dst, src)
+    expect_zero = int((src.reshape(NPAGES, -1) == 0).all(axis=1).sum())
+    assert total_zero == expect_zero
+    assert total_normal == NPAGES - expect_zero
+
+
+def test_zero_pages_are_counted_and_cost_header_plus_marker():
+    src = make_image("mixed")
+    zero = ~src.any(axis=1)
+    assert not zero[10] and not zero[11]
+    idx = np.arange(200)
+    lay = SlotLayout(256)
+    slot = SlotView(ring_for(lay, 1), 0, lay)
+    st = pack_pages(src, idx, slot)
+    nz = int(zero[:200].sum())
+    assert nz > 0
+    assert st.zero == nz and st.normal == 200 - nz
+    assert st.wire_bytes == nz * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES) + (200 - nz) * (PAGE_HEADER_BYTES + PAGE)
+    # Slot contents: header, encodings, lengths and a payload with only the normal pages, in order.
+    n, flags, payload_len = slot.get_header()
+    assert (n, flags, payload_len) == (200, 0, (200 - nz) * PAGE)
+    assert np.array_equal(slot.idx[:200], idx)
+    assert np.array_equal(slot.enc[:200], np.where(zero[:200], ENC_ZERO, ENC_NORMAL))
+    assert np.array_equal(slot.lengths[:200], np.where(zero[:200], 0, PAGE))
+    payload = slot.payload[:payload_len].reshape(-1, PAGE)
+    assert np.array_equal(payload, src[:200][~zero[:200]])
+
+
+def test_all_zero_batch_has_no_payload():
+    src = make_image("zero")
+    lay = SlotLayout(64)
+    slot = SlotView(ring_for(lay, 1), 0, lay)
+    st = pack_pages(src, np.arange(64), slot)
+    assert (st.zero, st.normal) == (64, 0)
+    assert st.wire_bytes == 64 * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES)
+    assert slot.get_header() == (64, 0, 0)
+    dst = np.ones_like(src)
+    restore_pages(dst, slot)
+    assert not dst[:64].any() and dst[64:].all()
+
+
+def test_empty_batch():
+    src = make_image("random")
+    lay = SlotLayout(8)
+    slot = SlotView(ring_for(lay, 1), 0, lay)
+    st = pack_pages(src, np.empty(0, dtype=np.int64), slot)
+    assert (st.normal, st.zero, st.wire_bytes) == (0, 0, 0)
+    dst = src.copy()
+    assert restore_pages(dst, slot) == 0
+    assert np.array_equal(dst, src)
+
+
+def test_restore_touches_only_the_batch_pages():
+    src = make_image("mixed")
+    dst = np.full_like(src, 7)
+    idx = np.array([3, 100, 5, 499])
+    lay = SlotLayout(16)
+    slot = SlotView(ring_for(lay, 1), 0, lay)
+    pack_pages(src, idx, slot)
+    restore_pages(dst, slot)
+    other = np.setdiff1d(np.arange(NPAGES), idx)
+    assert np.array_equal(dst[idx], src[idx])
+    assert (dst[other] == 7).all()
+
+
+def test_packing_does_not_change_the_source():
+    src = make_image("mixed")
+    before = src.copy()
+    lay = SlotLayout(64)
+    slot = SlotView(ring_for(lay, 1), 0, lay)
+    pack_pages(src, np.arange(64), slot)
+    assert np.array_equal(src, before)
+
+
+def _packed_slot(zero_every: int = 3):
+    src = make_image("random")
+    src[::zero_every] = 0
+    lay = SlotLayout(16)
+    slot = SlotView(ring_for(lay, 1), 0, lay)
+    pack_pages(src, np.arange(16), slot)
+    return src, slot
+
+
+@pytest.mark.parametrize("delta_pages", [-2, -1, 1, 5])
+def test_corrupted_payload_len_raises(delta_pages):
+    src, slot = _packed_slot()
+    n, flags, payload_len = slot.get_header()
+    slot.set_header(n, flags, payload_len + delta_pages * PAGE)
+    dst = np.zeros_like(src)
+    with pytest.raises(ValueError, match="payload"):
+        restore_pages(dst, slot)
+
+
+def test_corrupted_encoding_byte_flipping_zero_to_normal_raises():
+    src, slot = _packed_slot()
+    slot.enc[0] = ENC_NORMAL  # page 0 was a zero page: one normal page too many
+    with pytest.raises(ValueError):
+        restore_pages(np.zeros_like(src), slot)
+
+
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
+    "BUG: agents/wire_format.py restore_pages compares k with payload_len // PAGE, so a payload_len "
+    "that is not a multiple of PAGE (off by a few bytes) passes; should require payload_len == k * PAGE"))
+def test_payload_len_off_by_a_few_bytes_raises():
+    src, slot = _packed_slot()
+    n, flags, payload_len = slot.get_header()
+    slot.set_header(n, flags, payload_len + 7)
+    with pytest.raises(ValueError):
+        restore_pages(np.zeros_like(src), slot)
+
+
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
+    "BUG: agents/wire_format.py restore_pages ignores encoding bytes other than ENC_NORMAL/ENC_ZERO: "
+    "such a page is silently not restored yet counted in the returned page count; should raise ValueError"))
+def test_unknown_encoding_byte_raises():
+    src, slot = _packed_slot()
+    slot.enc[0] = 7  # page 0 was a zero page; payload_len is still consistent
+    with pytest.raises(ValueError):
+        restore_pages(np.full_like(src, 0xAA), slot)

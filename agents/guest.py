@@ -4,8 +4,8 @@ The guest runs in its own thread, in ticks of a few milliseconds of real
 time. Each tick turns the elapsed emulated time into operations of its
 workload, writes the pages those operations touch, and then marks them in the
 dirty log (after the write, so a page the migration has already read is
-always marked again). The dirty log is the hypervisor's: `harvest` returns
-and resets it atomically with respect to the guest's writes.
+always marked again). The dirty log is the hypervisor's and lives in shared
+memory (agents/dirty_log.py); the migration harvests it without asking.
 
 While dirty logging is on, the first write to a page after each reset costs
 a write-protection fault on a vCPU; operations beyond the vCPUs' capacity are
@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from agents.content import write_pages
+from agents.dirty_log import DirtyLog
 from agents.workloads import Sweeper, Workload
 
 TICK_S = 0.005
@@ -26,8 +27,11 @@ TICK_S = 0.005
 
 class Guest:
     def __init__(self, pages: np.ndarray, workload: Workload, classes: np.ndarray, pools: np.ndarray,
-                 vcpus: int, dilation: float, fault_s: float, seed: int) -> None:
+                 vcpus: int, dilation: float, fault_s: float, seed: int, log: DirtyLog | None = None) -> None:
         self.pages = pages
+        # In a run the log is in shared memory (the source host harvests it);
+        # standing alone, the guest keeps its own.
+        self.log = log or DirtyLog(np.zeros(DirtyLog.nbytes(len(pages)), dtype=np.uint8), len(pages))
         self.workload = workload
         self.classes = classes
         self.pools = pools
@@ -35,14 +39,13 @@ class Guest:
         self.dilation = dilation
         self.fault_s = fault_s
         self.rng = np.random.default_rng(seed + 7)
-        self.dirty = np.zeros(len(pages), dtype=bool)
-        self.logging = False
         self.paused = False
         self.ops = 0.0  # cumulative operations (emulated units)
         self.samples: list[tuple[float, float]] = []  # (real time, cumulative ops)
         self.faults = 0.0
         self._fault_ratio = 0.0
         self._counter = 1 << 32
+        self._tick_no = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -71,22 +74,19 @@ class Guest:
             self.paused = False
             return time.monotonic()
 
-    # --- dirty log -------------------------------------------------------
+    # --- the dirty log, for a migration in the same process ------------
     def start_dirty_log(self) -> None:
-        with self._lock:
-            self.dirty[:] = False
-            self.logging = True
+        self.log.start()
 
     def stop_dirty_log(self) -> None:
-        with self._lock:
-            self.logging = False
+        self.log.stop()
 
     def harvest(self) -> np.ndarray:
-        """Dirty page numbers since the last harvest, sorted; the log is reset."""
-        with self._lock:
-            idx = np.flatnonzero(self.dirty)
-            self.dirty[idx] = False
-            return idx
+        return self.log.harvest()
+
+    @property
+    def logging(self) -> bool:
+        return self.log.logging
 
     # --- the vCPUs ------------------------------------------------------
     def _run(self) -> None:
@@ -107,20 +107,22 @@ class Guest:
         awake = wl.advance(dt) if isinstance(wl, Sweeper) else dt
         offered = wl.ops_rate() * awake + carry
         # vCPU budget: operations plus expected dirty-tracking faults must fit.
-        per_op = wl.op_cost_s + (self._fault_ratio * self.fault_s if self.logging else 0.0)
+        logging = self.log.logging
+        per_op = wl.op_cost_s + (self._fault_ratio * self.fault_s if logging else 0.0)
         capacity = self.vcpus * awake / per_op if per_op > 0 else offered
         ops = min(offered, capacity)
         idx = wl.step(ops)
+        self._tick_no += 1
         if len(idx):
             write_pages(self.pages, idx, self.classes, self.pools, self.rng, self._counter)
             self._counter += len(idx)
-            if self.logging:
-                fresh = int((~self.dirty[idx]).sum())
-                self.dirty[idx] = True
-                # Each real page stands for 1/scale emulated pages.
-                emu_faults = fresh / wl.scale
+            # Marked after the write, and always: the log decides what counts.
+            fresh = self.log.mark(idx, self._tick_no)
+            if logging:
+                emu_faults = fresh / wl.scale  # each real page stands for 1/scale emulated pages
                 self.faults += emu_faults
                 self._fault_ratio = emu_faults / ops if ops > 0 else 0.0
+        self.log.publish(self._tick_no)
         self.ops += ops
         # Work not done is not carried over beyond one tick (an open-loop client gives up).
         return min(offered - ops, wl.ops_rate() * awake)

@@ -17,6 +17,8 @@ class TokenBucket:
         self.t = t0
 
     def set_rate(self, rate_bytes_s: float, t: float) -> None:
+        if rate_bytes_s <= 0:
+            raise ValueError("rate must be positive")
         self._refill(t)
         self.rate = rate_bytes_s
 

@@ -106,12 +106,16 @@ def pack_pages(image: np.ndarray, idx: np.ndarray, slot: SlotView) -> PackStats:
 def restore_pages(image: np.ndarray, slot: SlotView) -> int:
     """Write the pages of `slot` into `image`; returns the number of pages."""
     n, _flags, payload_len = slot.get_header()
+    if n > slot.batch_pages:
+        raise ValueError(f"batch says {n} pages; a slot holds at most {slot.batch_pages}")
     idx = slot.idx[:n]
     enc = slot.enc[:n]
     normal = enc == ENC_NORMAL
     k = int(normal.sum())
-    if k != payload_len // PAGE:
+    if payload_len != k * PAGE:
         raise ValueError(f"batch of {n} pages says {payload_len} payload bytes for {k} normal pages")
+    if k + int(np.count_nonzero(enc == ENC_ZERO)) != n:
+        raise ValueError(f"batch has page encodings other than normal and zero: {sorted(set(enc.tolist()))}")
     if k:
         image[idx[normal]] = slot.payload[: k * PAGE].reshape(k, PAGE)
     if k < n:

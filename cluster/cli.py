@@ -165,7 +165,8 @@ def list_scenarios() -> None:
     for p in sorted(SCENARIO_DIR.rglob("*.toml")):
         try:
             data = tomllib.loads(p.read_text())
-            desc = data.get("description", "").strip().splitlines()[0] if data.get("description") else ""
+            lines = str(data.get("description") or "").strip().splitlines()
+            desc = lines[0] if lines else ""
         except (tomllib.TOMLDecodeError, OSError):
             desc = "(unreadable)"
         print(f"{p.relative_to(SCENARIO_DIR.parent)}  {desc}")

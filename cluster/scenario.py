@@ -7,6 +7,7 @@ knows nothing of Ray, scaling or migration mechanics.
 """
 from __future__ import annotations
 
+import difflib
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -254,6 +255,9 @@ def _semantic_problems(s: Scenario) -> list[tuple[str, str]]:
     return problems
 
 
+_WORKLOADS = {"idle": IdleWorkload, "uniform": UniformWorkload, "hotset": HotsetWorkload, "sweeper": SweeperWorkload}
+
+
 def _format_location(loc: tuple) -> str:
     out = ""
     for part in loc:
@@ -261,31 +265,67 @@ def _format_location(loc: tuple) -> str:
             out += f"[{part}]"
         else:
             # Discriminated unions add the tag ("uniform") as a path element: drop it.
-            if part in ("idle", "uniform", "hotset", "sweeper", "function-after"):
+            if part in _WORKLOADS or part == "function-after":
                 continue
             out += ("." if out else "") + str(part)
     return out or "(top level)"
 
 
-def _pydantic_line(path: str, err: dict) -> str:
-    field = _format_location(err["loc"])
-    kind = err["type"]
-    msg = err["msg"]
-    if kind == "extra_forbidden":
-        msg = "unknown field; check its spelling against the documented fields"
-    elif kind == "missing":
-        msg = "is required but missing"
-    elif kind == "union_tag_invalid":
-        ctx = err.get("ctx", {})
-        msg = f"unknown kind {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
-    elif kind == "union_tag_not_found":
-        msg = "needs a `kind` (idle, uniform, hotset or sweeper)"
-    else:
-        got = err.get("input")
-        if not isinstance(got, (dict, list)):
-            msg = f"{msg} (got {got!r})"
-    msg = msg.replace("Value error, ", "")
-    return f"{path}: {field}: {msg}"
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through list, Optional, Annotated, unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
+def _fields_at(parent: tuple) -> list[str]:
+    """Field names allowed at a location of the scenario (by their TOML names)."""
+    model: type[BaseModel] | None = Scenario
+    for part in parent:
+        if isinstance(part, int) or model is None:
+            continue
+        if part in _WORKLOADS:
+            model = _WORKLOADS[part]
+            continue
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        models = _models_in(field.annotation) if field else []
+        model = models[0] if len(models) == 1 else (None if not models else model)
+    if model is None:
+        return []
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _pydantic_lines(path: str, errors: list[dict]) -> list[str]:
+    """One line per problem; a misspelt required field is one problem, not two."""
+    missing = {e["loc"] for e in errors if e["type"] == "missing"}
+    merged: set[tuple] = set()
+    lines: list[tuple[tuple, str]] = []
+    for err in errors:
+        loc, kind = err["loc"], err["type"]
+        msg = err["msg"]
+        if kind == "extra_forbidden":
+            allowed = _fields_at(loc[:-1])
+            guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            msg = "unknown field"
+            if guess:
+                msg += f"; did you mean {guess[0]!r}?"
+                if loc[:-1] + (guess[0],) in missing:
+                    merged.add(loc[:-1] + (guess[0],))
+            if allowed:
+                msg += f" (allowed: {', '.join(allowed)})"
+        elif kind == "missing":
+            msg = "is required but missing"
+        elif kind == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            msg = f"unknown kind {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
+        elif kind == "union_tag_not_found":
+            msg = "needs a `kind` (idle, uniform, hotset or sweeper)"
+        else:
+            got = err.get("input")
+            if not isinstance(got, (dict, list)):
+                msg = f"{msg} (got {got!r})"
+        lines.append((loc if kind == "missing" else (), f"{path}: {_format_location(loc)}: {msg.replace('Value error, ', '')}"))
+    return [line for loc, line in lines if loc not in merged]
 
 
 def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
@@ -296,7 +336,7 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ScenarioError([_pydantic_line(path, e) for e in exc.errors()]) from None
+        raise ScenarioError(_pydantic_lines(path, exc.errors())) from None
     problems = _semantic_problems(scenario)
     if problems:
         raise ScenarioError([f"{path}: {field}: {msg}" for field, msg in problems])

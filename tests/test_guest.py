@@ -255,24 +255,32 @@ def test_guest_writes_pages_at_its_rate_in_its_working_set(make_guest):
 
 
 def test_dirty_log_contains_every_changed_page(make_guest):
-    # Ordering matters: harvest (reset) -> snapshot S -> run -> snapshot T -> harvest H.
-    # A write before the reset is done before S; one after it is marked before H is taken.
+    # harvest (reset) -> snapshot S -> run -> snapshot T -> harvest H -> harvest H2.
+    # The log is lock-free (agents/dirty_log.py): a page written in a tick that
+    # is still in progress when H is taken may be marked just after it, so it
+    # must be in H or in the next harvest: never lost.
     g = make_guest(uniform(rate=40_000, ws=NPAGES))
     g.start_dirty_log()
     g.start()
     total_changed = 0
+    late = 0
+    g.harvest()
     for _ in range(8):
-        g.harvest()
         s = g.pages.copy()
         time.sleep(0.03)
         t = g.pages.copy()
         h = g.harvest()
         changed = np.flatnonzero((s != t).any(axis=1))
         missing = np.setdiff1d(changed, h)
-        assert len(missing) == 0, f"{len(missing)} changed pages not in the dirty log: {missing[:10]}"
+        time.sleep(0.012)  # more than two guest ticks: the tick in progress has published
+        h2 = g.harvest()
+        still = np.setdiff1d(missing, h2)
+        assert len(still) == 0, f"{len(still)} changed pages in neither harvest: {still[:10]}"
         assert np.all(np.diff(h) > 0)  # sorted, unique
         total_changed += len(changed)
+        late += len(missing)
     assert total_changed > 500
+    assert late < total_changed / 4
 
 
 def test_following_the_dirty_log_reproduces_the_image(make_guest):

@@ -257,10 +257,6 @@ def test_abort_mid_run_leaves_the_guest_running(guests):
     assert g.ops > ops + 100  # still running on the source
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: agents/precopy.py PrecopyMigration._abort leaves the guest's dirty log on (start_dirty_log is "
-    "never undone), so after an aborted migration the source guest keeps paying write-protection "
-    "faults; _abort should call guest.stop_dirty_log() (add it to GuestControl and actors._RemoteGuest)"))
 def test_abort_turns_dirty_logging_off(guests):
     g = guests(uniform(rate=20_000, ws=NPAGES))
     g.start()

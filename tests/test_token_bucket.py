@@ -133,9 +133,6 @@ def test_set_rate_sustained_over_many_batches():
     assert t - T0 == pytest.approx(10000 * n / new, abs=1e-9)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "BUG: agents/token_bucket.py set_rate does not validate the rate as __init__ does; "
-    "set_rate(0) is accepted and the next departure() divides by zero"))
 def test_set_rate_rejects_non_positive_rate():
     tb = TokenBucket(RATE, BURST, T0)
     with pytest.raises(ValueError):

@@ -190,9 +190,6 @@ def test_corrupted_encoding_byte_flipping_zero_to_normal_raises():
         restore_pages(np.zeros_like(src), slot)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "BUG: agents/wire_format.py restore_pages compares k with payload_len // PAGE, so a payload_len "
-    "that is not a multiple of PAGE (off by a few bytes) passes; should require payload_len == k * PAGE"))
 def test_payload_len_off_by_a_few_bytes_raises():
     src, slot = _packed_slot()
     n, flags, payload_len = slot.get_header()
@@ -201,9 +198,6 @@ def test_payload_len_off_by_a_few_bytes_raises():
         restore_pages(np.zeros_like(src), slot)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "BUG: agents/wire_format.py restore_pages ignores encoding bytes other than ENC_NORMAL/ENC_ZERO: "
-    "such a page is silently not restored yet counted in the returned page count; should raise ValueError"))
 def test_unknown_encoding_byte_raises():
     src, slot = _packed_slot()
     slot.enc[0] = 7  # page 0 was a zero page; payload_len is still consistent

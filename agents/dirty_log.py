@@ -1,0 +1,68 @@
+"""The dirty log: which pages the guest wrote since the migration last looked.
+
+It lives in shared memory next to the guest image, as the hypervisor's log
+does, so the migration can fetch it thousands of times a second (the
+time-sliced strategy does) without a call to the guest. Instead of one bit
+per page it keeps, per page, the number of the guest tick that last wrote
+it, and the guest publishes each tick's number once its writes and marks are
+done. A harvest takes every page marked after the previous harvest's tick
+and remembers the last completed tick. A page written in a tick still in
+progress is either taken now and again next time (harmless) or next time:
+never lost, with no lock between two processes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_DONE_TICK, _HARVESTED, _LOGGING = 0, 1, 2
+
+
+class DirtyLog:
+    def __init__(self, buf: np.ndarray, npages: int) -> None:
+        """`buf`: a shared uint8 buffer of at least `nbytes(npages)` bytes."""
+        self.ctrl = buf[:64].view(np.int64)
+        self.tick = buf[64: 64 + 8 * npages].view(np.int64)
+
+    @staticmethod
+    def nbytes(npages: int) -> int:
+        return 64 + 8 * npages
+
+    # --- the guest's side ---
+    @property
+    def logging(self) -> bool:
+        return bool(self.ctrl[_LOGGING])
+
+    def mark(self, idx: np.ndarray, tick: int) -> int:
+        """Mark pages written in `tick` (after writing them); returns how many were clean.
+
+        Nothing is recorded while logging is off: the first pass of a
+        migration reads every page after logging starts anyway.
+        """
+        if not self.ctrl[_LOGGING]:
+            return 0
+        fresh = int(np.count_nonzero(self.tick[idx] <= self.ctrl[_HARVESTED]))
+        self.tick[idx] = tick
+        return fresh
+
+    def publish(self, tick: int) -> None:
+        """Every write and mark of `tick` is done."""
+        self.ctrl[_DONE_TICK] = tick
+
+    # --- the migration's side ---
+    def start(self) -> None:
+        """Start logging; everything before counts as already harvested."""
+        self.ctrl[_HARVESTED] = self.ctrl[_DONE_TICK]
+        self.ctrl[_LOGGING] = 1
+
+    def stop(self) -> None:
+        self.ctrl[_LOGGING] = 0
+
+    def harvest(self) -> np.ndarray:
+        """Pages written since the last harvest (sorted); resets the log."""
+        done = int(self.ctrl[_DONE_TICK])
+        if not self.ctrl[_LOGGING]:
+            self.ctrl[_HARVESTED] = done
+            return np.empty(0, dtype=np.int64)
+        idx = np.flatnonzero(self.tick > self.ctrl[_HARVESTED])
+        self.ctrl[_HARVESTED] = done
+        return idx

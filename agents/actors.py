@@ -1,8 +1,9 @@
 """The Ray actors: thin shells that hold state and call the pure core.
 
 - `HostAgent` plays a host (source, destination): it owns the VM images of
-  its side in shared memory, the sending or receiving end of every link, and
-  on the source the migration thread.
+  its side in shared memory (and, on the source, their dirty logs), the
+  sending or receiving end of every connection, the emulated cores it lends
+  the migration, and on the source the migration thread and its pipeline.
 - `LinkAgent` plays one NIC pair and shapes what crosses it.
 - `GuestAgent` plays a VM's vCPUs: its workload writes into the image of the
   host it runs on.
@@ -18,46 +19,69 @@ import traceback
 import numpy as np
 import ray
 
-from agents.channel import Channel, Listener
-from agents.clock import ChargedCore
+from agents.channel import KIND_BATCH, Channel, Listener
+from agents.clock import precise_threads
 from agents.content import assign_classes, fill_image, template_pools
+from agents.cpu import CorePool, CostModel
+from agents.dirty_log import DirtyLog
 from agents.guest import Guest
 from agents.link import LinkShaper
+from agents.memory_pool import MemoryPool
+from agents.pipeline import SourcePipeline
 from agents.precopy import PrecopyMigration, StopPolicy
+from agents.range_lock import GlobalLock, RangeLock, ReadWriteLock
 from agents.receiver import PageReceiver
 from agents.sender import PageSender
 from agents.shm import Region
 from agents.verify import chunk_digests, page_digests
-from agents.wire_format import SlotLayout
+from agents.wire_format import SlotLayout, SlotView
 from agents.workloads import make_workload
+
+LOCKS = {"global": GlobalLock, "rwlock": ReadWriteLock, "range": RangeLock}
 
 
 @ray.remote(num_cpus=0, max_concurrency=8)
 class HostAgent:
-    def __init__(self, role: str, name: str, run_id: str, sock_dir: str, cores: int) -> None:
-        self.role, self.name, self.run_id, self.sock_dir = role, name, run_id, sock_dir
+    def __init__(self, role: str, name: str) -> None:
+        precise_threads()
+        self.role, self.name = role, name
         self.images: dict[int, Region] = {}
+        self.logs: dict[int, Region] = {}
         self.rings: dict[int, Region] = {}
         self.senders: dict[int, PageSender] = {}
         self.receivers: dict[int, PageReceiver] = {}
         self.migrations: dict[int, PrecopyMigration] = {}
         self.errors: dict[int, str] = {}
-        self.core = ChargedCore()
-        self.cores = cores
+        self.pipeline: SourcePipeline | None = None
+        self.cores = CorePool(1)
+        self.costs = CostModel()
+        self.memory_scale, self.dilation = 1.0, 1.0
         self._listeners: list[Listener] = []
         self._accepted: dict[str, Channel] = {}
 
     def pid(self) -> int:
         return os.getpid()
 
+    def configure(self, cores: int, costs: dict, memory_scale: float, dilation: float) -> None:
+        """The emulated cores this host lends the migration, and what each step costs."""
+        self.cores = CorePool(cores)
+        self.costs = CostModel(**costs)
+        self.memory_scale, self.dilation = memory_scale, dilation
+
+    def _real_s(self, us_per_page: float, real_pages: int) -> float:
+        """Real seconds that `real_pages` cost at `us_per_page` per emulated page."""
+        return us_per_page * 1e-6 * real_pages / self.memory_scale * self.dilation
+
     # --- images -----------------------------------------------------------
     def create_image(self, vm: int, path: str, npages: int, content: dict | None, seed: int) -> float:
-        """Allocate a VM image; the source fills it with the guest's contents. Returns seconds taken."""
+        """Allocate a VM image; the source fills it with the guest's contents and
+        keeps its dirty log next to it. Returns seconds taken."""
         t0 = time.monotonic()
         region = Region.create(path, npages * 4096)
         pages = region.pages()
         if content is not None:
             fill_image(pages, assign_classes(npages, content, seed), template_pools(seed), seed)
+            self.logs[vm] = Region.create(path + "-log", DirtyLog.nbytes(npages))
         else:
             region.prefault()
         self.images[vm] = region
@@ -70,12 +94,12 @@ class HostAgent:
     def page_digests(self, vm: int, idx: np.ndarray) -> np.ndarray:
         return page_digests(self.images[vm].pages()[idx])
 
-    # --- links ------------------------------------------------------------
-    def create_ring(self, link: int, path: str, slots: int, batch_pages: int) -> None:
-        self.rings[link] = Region.create(path, slots * SlotLayout(batch_pages).slot_bytes)
+    # --- connections --------------------------------------------------------
+    def create_ring(self, conn: int, path: str, slots: int, batch_pages: int) -> None:
+        self.rings[conn] = Region.create(path, slots * SlotLayout(batch_pages).slot_bytes)
 
-    def attach_ring(self, link: int, path: str) -> None:
-        self.rings[link] = Region.attach(path)
+    def attach_ring(self, conn: int, path: str) -> None:
+        self.rings[conn] = Region.attach(path)
 
     def listen(self, path: str) -> str:
         """Listen on a Unix socket; the connection is accepted in the background."""
@@ -92,27 +116,34 @@ class HostAgent:
             time.sleep(0.002)
         return self._accepted.pop(path)
 
-    def open_sender(self, link: int, link_in: str, ack_path: str, slots: int, batch_pages: int,
-                    send_cost_s_per_page: float) -> None:
+    def open_sender(self, conn: int, link_in: str, ack_path: str, slots: int, batch_pages: int) -> None:
         to_link = Channel.connect(link_in)
         acks = self._wait_accepted(ack_path)
-        self.senders[link] = PageSender(self.rings[link].array, slots, SlotLayout(batch_pages), to_link, acks,
-                                        self.core, send_cost_s_per_page)
+        self.senders[conn] = PageSender(self.rings[conn].array, slots, SlotLayout(batch_pages), to_link, acks)
 
-    def open_receiver(self, link: int, link_out: str, ack_path: str, slots: int, batch_pages: int,
-                      restore_cost_s_per_page: float) -> None:
+    def open_receiver(self, conn: int, link_out: str, ack_path: str, slots: int, batch_pages: int) -> None:
         from_link = Channel.connect(link_out)
         acks = Channel.connect(ack_path)
         images = {vm: r.pages() for vm, r in self.images.items()}
-        self.receivers[link] = PageReceiver(self.rings[link].array, slots, SlotLayout(batch_pages), from_link, acks,
-                                            self.core, restore_cost_s_per_page, images)
+        per_page = self.costs.destination_us()
+        self.receivers[conn] = PageReceiver(self.rings[conn].array, slots, SlotLayout(batch_pages), from_link, acks,
+                                            self.cores, lambda n: self._real_s(per_page, n), images)
+
+    def start_pipeline(self, consumers: int, lock: str, pool_bytes: int, task_pages: int) -> None:
+        conns = [self.senders[k] for k in sorted(self.senders)]
+        pool = MemoryPool(max(pool_bytes, task_pages * 4096))
+        self.pipeline = SourcePipeline(conns, consumers, self.cores, LOCKS[lock](), self.costs, self._real_s,
+                                       pool, task_pages)
 
     # --- migration (source) ----------------------------------------------
-    def migrate(self, vm: int, link: int, guest, policy: dict, memory_scale: float, dilation: float,
-                state_bytes: float, setup_s: float) -> None:
+    def migrate(self, vm: int, guest, policy: dict, state_bytes: float, setup_s: float,
+                strategy: str, slice_bytes: float) -> None:
         """Start migrating `vm` in a thread; poll `status` and fetch `migration_result`."""
-        mig = PrecopyMigration(vm, self.images[vm].pages(), _RemoteGuest(guest), self.senders[link],
-                               StopPolicy(**policy), memory_scale, dilation, state_bytes, setup_s)
+        pages = self.images[vm].pages()
+        control = _GuestControl(DirtyLog(self.logs[vm].array, len(pages)), guest, self.cores,
+                                self._real_s(self.costs.dirty_sync_ns / 1000, len(pages)))
+        mig = PrecopyMigration(vm, pages, control, self.pipeline, StopPolicy(**policy),
+                               self.memory_scale, self.dilation, state_bytes, setup_s, strategy, slice_bytes)
         self.migrations[vm] = mig
 
         def run() -> None:
@@ -123,18 +154,19 @@ class HostAgent:
                 mig.result.status = "failed"
                 mig.phase = "failed"
                 try:
+                    control.stop_dirty_log()
                     ray.get(guest.resume.remote())  # the VM keeps running on its source
                 except Exception:
                     pass
 
         threading.Thread(target=run, daemon=True, name=f"migrate-{vm}").start()
 
-    def send_image(self, vm: int, link: int) -> float:
-        """Benchmark: send the whole image once, unshaped by any policy; real seconds until restored."""
+    def send_image(self, vm: int) -> float:
+        """Benchmark: send the whole image once through the pipeline; real seconds until restored."""
         t0 = time.monotonic()
         pages = self.images[vm].pages()
-        self.senders[link].send_pages(vm, pages, np.arange(len(pages)), "bench")
-        self.senders[link].drain()
+        self.pipeline.send_pages(vm, pages, np.arange(len(pages)), "bench")
+        self.pipeline.drain()
         return time.monotonic() - t0
 
     def abort(self, vm: int) -> None:
@@ -143,19 +175,23 @@ class HostAgent:
 
     def status(self, vm: int) -> dict:
         mig = self.migrations.get(vm)
-        c = next(iter(self.senders.values())).counters if self.senders else None
         out = {"phase": "idle", "iteration": 0, "remaining_bytes": 0.0, "error": self.errors.get(vm)}
         if mig is not None:
-            its = mig.result.iterations
-            out.update(phase=mig.phase, iteration=len(its) + (1 if mig.phase == "precopy" else 0),
-                       remaining_bytes=mig.remaining_bytes, status=mig.result.status)
+            r = mig.result
+            its = r.iterations
+            out.update(phase=mig.phase, iteration=r.iteration_count + (1 if mig.phase == "precopy" else 0),
+                       remaining_bytes=mig.remaining_bytes, status=r.status)
             if len(its) >= 2 and its[-2].duration_s > 0:
                 out["dirty_pages_per_s"] = its[-1].dirty_pages / its[-2].duration_s
-        if c is not None:
-            out.update(wire_bytes=c.wire_bytes, pages_normal=c.pages_normal, pages_zero=c.pages_zero,
-                       batches=c.batches, by_phase={k: list(v) for k, v in c.by_phase.items()})
-        out["cpu_charged_s"] = self.core.charged_s
-        out["cpu_overrun_s"] = self.core.overrun_s
+        if self.senders:
+            cs = [s.counters for s in self.senders.values()]
+            out.update(wire_bytes=sum(c.wire_bytes for c in cs), pages_normal=sum(c.pages_normal for c in cs),
+                       pages_zero=sum(c.pages_zero for c in cs), batches=sum(c.batches for c in cs))
+        out["cpu_charged_s"] = self.cores.charged_s
+        out["cpu_overrun_s"] = self.cores.overrun_s
+        if self.pipeline is not None:
+            out["pool_high_water_bytes"] = self.pipeline.pool.high_water
+            out["lock"] = self.pipeline.lock.stats()
         return out
 
     def migration_result(self, vm: int) -> dict:
@@ -166,33 +202,44 @@ class HostAgent:
         return {
             "pages_restored": sum(r.pages_restored for r in self.receivers.values()),
             "errors": [r.error for r in self.receivers.values() if r.error],
-            "cpu_charged_s": self.core.charged_s,
-            "cpu_overrun_s": self.core.overrun_s,
+            "cpu_charged_s": self.cores.charged_s,
+            "cpu_overrun_s": self.cores.overrun_s,
         }
 
     def close(self) -> None:
-        for s in self.senders.values():
-            s.close()
+        if self.pipeline is not None:
+            self.pipeline.close()
+        else:
+            for s in self.senders.values():
+                s.close()
         for lst in self._listeners:
             lst.close()
-        for region in list(self.images.values()) + list(self.rings.values()):
+        for region in [*self.images.values(), *self.logs.values(), *self.rings.values()]:
             region.unlink()
 
 
-class _RemoteGuest:
-    """The guest as the migration thread sees it: calls to its GuestAgent."""
+class _GuestControl:
+    """The guest as the migration thread sees it: the dirty log is read here,
+    in shared memory (each fetch charged to a core, as the hypervisor's
+    bitmap sync would be); pausing and resuming are calls to its GuestAgent."""
 
-    def __init__(self, handle) -> None:
-        self.h = handle
+    def __init__(self, log: DirtyLog, handle, cores: CorePool, sync_real_s: float) -> None:
+        self.log, self.h, self.cores, self.sync_real_s = log, handle, cores, sync_real_s
 
     def start_dirty_log(self) -> None:
-        ray.get(self.h.start_dirty_log.remote())
+        self.log.start()
+
+    def stop_dirty_log(self) -> None:
+        self.log.stop()
 
     def harvest(self) -> np.ndarray:
-        return ray.get(self.h.harvest.remote())
+        with self.cores.core() as core:
+            idx = self.log.harvest()
+            core.charge(self.sync_real_s)
+        return idx
 
     def pause(self) -> float:
-        return ray.get(self.h.pause.remote())
+        return self.log.request_pause()
 
     def resume(self) -> float:
         return ray.get(self.h.resume.remote())
@@ -200,44 +247,46 @@ class _RemoteGuest:
 
 @ray.remote(num_cpus=0, max_concurrency=4)
 class LinkAgent:
-    def __init__(self, name: str, rate_bytes_s: float, one_way_s: float, background_bytes_s: float) -> None:
+    def __init__(self, name: str, rate_bytes_s: float, one_way_s: float, background_bytes_s: float,
+                 rate_control: bool, reserved_bytes_s: float, monitor_period_s: float) -> None:
+        precise_threads()
         self.name = name
-        self.shaper = LinkShaper(rate_bytes_s, one_way_s, background_bytes_s=background_bytes_s)
+        self.shaper = LinkShaper(rate_bytes_s, one_way_s, background_bytes_s=background_bytes_s,
+                                 rate_control=rate_control, reserved_bytes_s=reserved_bytes_s,
+                                 monitor_period_s=monitor_period_s)
         self._listeners: list[Listener] = []
-        self._ring: Region | None = None
+        self._rings: list[Region] = []
 
-    def listen(self, in_path: str, out_path: str) -> None:
-        lin, lout = Listener(in_path), Listener(out_path)
-        self._listeners += [lin, lout]
+    def listen(self, paths: list[tuple[str, str]]) -> None:
+        """One (inbound, outbound) socket pair per connection; shaping starts when all are connected."""
+        pairs = [(Listener(i), Listener(o)) for i, o in paths]
+        self._listeners += [l for pair in pairs for l in pair]
 
         def accept_then_run() -> None:
-            inbound = lin.accept()
-            outbound = lout.accept()
-            self.shaper.run(inbound, outbound)
+            self.shaper.run([(lin.accept(), lout.accept()) for lin, lout in pairs])
 
         threading.Thread(target=accept_then_run, daemon=True).start()
 
     def corrupt_one_page(self, ring_path: str, batch_pages: int) -> None:
-        """Fault injection: flip one byte of the first page of the next batch in transit."""
-        self._ring = Region.attach(ring_path)
+        """Fault injection: flip one byte of one page of the next batch in transit."""
+        ring = Region.attach(ring_path)
+        self._rings.append(ring)
         layout = SlotLayout(batch_pages)
-        ring = self._ring.array
 
         def corrupt(d: tuple) -> None:
-            from agents.channel import KIND_BATCH
-            if d[0] == KIND_BATCH and self.shaper.corrupt_next is not None:
-                from agents.wire_format import SlotView
-                view = SlotView(ring, d[2], layout)
-                n, _, payload_len = view.get_header()
-                if payload_len:
-                    view.payload[100] ^= 0xFF
-                    self.shaper.corrupt_next = None
+            if d[0] != KIND_BATCH or self.shaper.corrupt_next is None:
+                return
+            view = SlotView(ring.array, d[2], layout)
+            if view.get_header()[2]:  # a batch with payload: not only zero pages
+                view.payload[100] ^= 0xFF
+                self.shaper.corrupt_next = None
 
         self.shaper.corrupt_next = corrupt
 
     def stats(self) -> dict:
         s = self.shaper
-        return {"bytes": s.bytes_forwarded, "batches": s.batches_forwarded, "rate_bytes_s": s.migration_rate}
+        return {"bytes": s.bytes_forwarded, "batches": s.batches_forwarded, "rate_bytes_s": s.migration_rate,
+                "background_seen": list(s.background_seen)}
 
     def close(self) -> None:
         for lst in self._listeners:
@@ -248,24 +297,20 @@ class LinkAgent:
 class GuestAgent:
     def __init__(self, name: str, image_path: str, workload: dict, content: dict, vcpus: int,
                  memory_scale: float, dilation: float, fault_s: float, seed: int) -> None:
+        precise_threads()
         self.name = name
         self.region = Region.attach(image_path)
+        self.log_region = Region.attach(image_path + "-log")
         pages = self.region.pages()
         npages = len(pages)
         self.guest = Guest(pages, make_workload(workload, npages, memory_scale, seed),
                            assign_classes(npages, content, seed), template_pools(seed),
-                           vcpus, dilation, fault_s, seed)
+                           vcpus, dilation, fault_s, seed, log=DirtyLog(self.log_region.array, npages))
         self._dest: Region | None = None
 
     def start(self) -> float:
         self.guest.start()
         return time.monotonic()
-
-    def start_dirty_log(self) -> None:
-        self.guest.start_dirty_log()
-
-    def harvest(self) -> np.ndarray:
-        return self.guest.harvest()
 
     def pause(self) -> float:
         return self.guest.pause()
@@ -276,11 +321,13 @@ class GuestAgent:
     def resume_on(self, dest_image_path: str) -> float:
         """Switchover: run on the destination's image from now on."""
         self._dest = Region.attach(dest_image_path)
-        self.guest.stop_dirty_log()
         return self.guest.resume(self._dest.pages())
 
     def timeline(self) -> tuple[list, float]:
         return list(self.guest.samples), self.guest.faults
 
     def stop(self) -> None:
+        self.guest.stop()
+
+    def close(self) -> None:
         self.guest.stop()

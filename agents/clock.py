@@ -8,9 +8,16 @@ stands for).
 """
 from __future__ import annotations
 
+import sys
 import time
 
 _SPIN_S = 0.0015
+
+
+def precise_threads() -> None:
+    """Hand the GIL over every 0.2 ms instead of every 5 ms, so that a thread
+    spinning towards its deadline cannot delay another's by milliseconds."""
+    sys.setswitchinterval(0.0002)
 
 
 def now() -> float:

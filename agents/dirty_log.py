@@ -12,15 +12,18 @@ never lost, with no lock between two processes.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-_DONE_TICK, _HARVESTED, _LOGGING = 0, 1, 2
+_DONE_TICK, _HARVESTED, _LOGGING, _PAUSE_REQUESTED, _PAUSED_AT = 0, 1, 2, 3, 4
 
 
 class DirtyLog:
     def __init__(self, buf: np.ndarray, npages: int) -> None:
         """`buf`: a shared uint8 buffer of at least `nbytes(npages)` bytes."""
         self.ctrl = buf[:64].view(np.int64)
+        self.times = buf[:64].view(np.float64)
         self.tick = buf[64: 64 + 8 * npages].view(np.int64)
 
     @staticmethod
@@ -48,7 +51,28 @@ class DirtyLog:
         """Every write and mark of `tick` is done."""
         self.ctrl[_DONE_TICK] = tick
 
+    def pause_requested(self) -> bool:
+        return bool(self.ctrl[_PAUSE_REQUESTED])
+
+    def acknowledge_pause(self, t: float) -> None:
+        self.times[_PAUSED_AT] = t
+        self.ctrl[_PAUSE_REQUESTED] = 2
+
     # --- the migration's side ---
+    def request_pause(self, timeout: float = 10.0) -> float:
+        """Ask the vCPUs to stop (as the hypervisor would, without a round trip
+        through the control plane) and wait until they have; returns when they stopped."""
+        self.ctrl[_PAUSE_REQUESTED] = 1
+        deadline = time.monotonic() + timeout
+        while self.ctrl[_PAUSE_REQUESTED] != 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the guest did not pause")
+            time.sleep(0.0001)
+        return float(self.times[_PAUSED_AT])
+
+    def clear_pause(self) -> None:
+        self.ctrl[_PAUSE_REQUESTED] = 0
+
     def start(self) -> None:
         """Start logging; everything before counts as already harvested."""
         self.ctrl[_HARVESTED] = self.ctrl[_DONE_TICK]

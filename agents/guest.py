@@ -22,7 +22,7 @@ from agents.content import write_pages
 from agents.dirty_log import DirtyLog
 from agents.workloads import Sweeper, Workload
 
-TICK_S = 0.005
+TICK_S = 0.002
 
 
 class Guest:
@@ -71,6 +71,7 @@ class Guest:
         with self._lock:
             if pages is not None:
                 self.pages = pages
+            self.log.clear_pause()
             self.paused = False
             return time.monotonic()
 
@@ -100,6 +101,10 @@ class Guest:
                 last = t
                 if not self.paused:
                     carry = self._tick(dt, carry)
+                    if self.log.pause_requested():
+                        # Paused by the migration through the shared log, not by a call.
+                        self.paused = True
+                        self.log.acknowledge_pause(t)
                 self.samples.append((t, self.ops))
 
     def _tick(self, dt: float, carry: float) -> float:

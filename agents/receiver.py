@@ -1,33 +1,35 @@
-"""The receiving side of the data path: link -> restore into the image -> ack.
+"""The receiving end of one connection: link -> restore into the image -> ack.
 
-A `PageReceiver` runs one thread per link: it restores each arriving batch
-into the destination image of its VM, charges the work to an emulated core of
-the destination host, and acknowledges the slot so the sender may reuse it.
+One `PageReceiver` thread per connection (PMigrate's receivers, one for each
+source consumer): it restores each arriving batch into the destination image
+of its VM on a core of the destination's `CorePool`, charges the work, and
+acknowledges the slot so the sender may reuse it. A connection's batches are
+restored in the order they were sent, so a page's newer copy always lands
+after its older one.
 """
 from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 import numpy as np
 
 from agents.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, KIND_STATE, Channel
-from agents.clock import ChargedCore
+from agents.cpu import CorePool
 from agents.wire_format import SlotLayout, SlotView, restore_pages
 
 
 class PageReceiver:
-    def __init__(self, ring: np.ndarray, slots: int, layout: SlotLayout, from_link: Channel,
-                 acks: Channel, core: ChargedCore, restore_cost_s_per_page: float,
-                 images: dict[int, np.ndarray]) -> None:
+    def __init__(self, ring: np.ndarray, slots: int, layout: SlotLayout, from_link: Channel, acks: Channel,
+                 cores: CorePool, restore_cost: Callable[[int], float], images: dict[int, np.ndarray]) -> None:
         self.views = [SlotView(ring, i, layout) for i in range(slots)]
         self.from_link = from_link
         self.acks = acks
-        self.core = core
-        self.cost_per_page = restore_cost_s_per_page
+        self.cores = cores
+        self.restore_cost = restore_cost  # real seconds for n real pages
         self.images = images
         self.pages_restored = 0
-        self.state_received: dict[int, float] = {}
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="receiver")
         self._thread.start()
@@ -38,16 +40,14 @@ class PageReceiver:
             if d is None or d[0] == KIND_CLOSE:
                 break
             kind, vm, slot, npages = d[0], d[1], d[2], d[3]
-            t0 = time.monotonic()
             if kind == KIND_BATCH:
-                try:
-                    restore_pages(self.images[vm], self.views[slot])
-                except (ValueError, KeyError, IndexError) as exc:
-                    self.error = f"batch {d[5]} could not be restored: {exc}"
-                self.core.charge(self.cost_per_page * npages, t0)
+                with self.cores.core() as core:
+                    try:
+                        restore_pages(self.images[vm], self.views[slot])
+                    except (ValueError, KeyError, IndexError) as exc:
+                        self.error = f"batch {d[5]} could not be restored: {exc}"
+                    core.charge(self.restore_cost(npages))
                 self.pages_restored += npages
-            elif kind == KIND_STATE:
-                self.state_received[vm] = time.monotonic()
             self.acks.send(KIND_ACK, vm, slot, npages, 0, d[5], d[6], time.monotonic())
         try:
             self.acks.send(KIND_CLOSE)

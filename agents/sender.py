@@ -1,10 +1,11 @@
-"""The sending side of the data path: pages -> wire slots -> link.
+"""The sending end of one connection: pages -> a wire slot -> the link.
 
-A `PageSender` owns the shared-memory ring of one link. `send_pages` cuts
-the pages into batches, packs each into a free slot (zero pages as markers),
-charges the packing to an emulated core and hands a descriptor to the link.
-Slots come back when the receiver acknowledges them, so a slow receiver or a
-slow link blocks the sender instead of growing memory.
+A `PageSender` owns the shared-memory ring of one connection (PMigrate gives
+every consumer its own connection; several connections share a NIC pair's
+link). A consumer takes a free slot (waiting, without a core, while the
+link or the receiver is behind), packs its batch into it and posts a small
+descriptor to the link. Slots come back when the receiver acknowledges them:
+the ring is the bounded memory of this stage.
 """
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agents.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, KIND_STATE, Channel
-from agents.clock import ChargedCore
-from agents.wire_format import SlotLayout, SlotView, pack_pages
+from agents.wire_format import PackStats, SlotLayout, SlotView, pack_pages
 
 
 @dataclass
@@ -32,16 +32,13 @@ class SendCounters:
 
 
 class PageSender:
-    def __init__(self, ring: np.ndarray, slots: int, layout: SlotLayout, to_link: Channel,
-                 acks: Channel, core: ChargedCore, send_cost_s_per_page: float) -> None:
+    def __init__(self, ring: np.ndarray, slots: int, layout: SlotLayout, to_link: Channel, acks: Channel) -> None:
         self.layout = layout
         self.views = [SlotView(ring, i, layout) for i in range(slots)]
         self.free: queue.Queue[int] = queue.Queue()
         for i in range(slots):
             self.free.put(i)
         self.to_link = to_link
-        self.core = core
-        self.cost_per_page = send_cost_s_per_page
         self.counters = SendCounters()
         self._seq = 0
         self._outstanding = 0
@@ -62,48 +59,42 @@ class PageSender:
                     self.counters.last_restore_t = max(self.counters.last_restore_t, d[7])
                     self._cv.notify_all()
 
-    def send_pages(self, vm: int, image: np.ndarray, idx: np.ndarray, phase: str,
-                   should_stop=lambda: False) -> int:
-        """Send pages `idx` of `image`; returns wire bytes. Stops early if asked."""
-        sent = 0
-        b = self.layout.batch_pages
-        for start in range(0, len(idx), b):
-            if should_stop():
-                break
-            sent += self._send_batch(vm, image, idx[start:start + b], phase)
-        return sent
+    def acquire_slot(self) -> int:
+        """A free slot; blocks while every slot is on the wire or being restored."""
+        return self.free.get()
 
-    def _send_batch(self, vm: int, image: np.ndarray, idx: np.ndarray, phase: str) -> int:
-        slot = self.free.get()
-        t0 = time.monotonic()
-        stats = pack_pages(image, idx, self.views[slot])
-        self.core.charge(self.cost_per_page * len(idx), t0)
-        self._post(KIND_BATCH, vm, slot, len(idx), stats.wire_bytes)
-        c = self.counters
-        c.pages_normal += stats.normal
-        c.pages_zero += stats.zero
-        c.wire_bytes += stats.wire_bytes
-        p = c.by_phase.setdefault(phase, [0, 0])
-        p[0] += stats.wire_bytes
-        p[1] += len(idx)
-        return stats.wire_bytes
+    def pack(self, slot: int, image: np.ndarray, idx: np.ndarray) -> PackStats:
+        return pack_pages(image, idx, self.views[slot])
+
+    def post(self, slot: int, vm: int, npages: int, stats: PackStats, phase: str) -> None:
+        with self._cv:
+            c = self.counters
+            c.pages_normal += stats.normal
+            c.pages_zero += stats.zero
+            c.wire_bytes += stats.wire_bytes
+            p = c.by_phase.setdefault(phase, [0, 0])
+            p[0] += stats.wire_bytes
+            p[1] += npages
+        self._post(KIND_BATCH, vm, slot, npages, stats.wire_bytes)
 
     def send_state(self, vm: int, state_bytes: int) -> None:
         """CPU and device state: one message of the given wire size (single-threaded, as in the paper)."""
         slot = self.free.get()
         self.views[slot].set_header(0, 0, 0)
+        with self._cv:
+            self.counters.wire_bytes += state_bytes
         self._post(KIND_STATE, vm, slot, 0, state_bytes)
-        self.counters.wire_bytes += state_bytes
 
     def _post(self, kind: int, vm: int, slot: int, npages: int, wire_bytes: int) -> None:
         with self._cv:
             self._outstanding += 1
-        self._seq += 1
-        self.counters.batches += 1
-        self.to_link.send(kind, vm, slot, npages, wire_bytes, self._seq, time.monotonic())
+            self._seq += 1
+            seq = self._seq
+            self.counters.batches += 1
+            self.to_link.send(kind, vm, slot, npages, wire_bytes, seq, time.monotonic())
 
     def drain(self, timeout: float = 600.0) -> float:
-        """Wait until every batch sent so far is restored; returns the last restore time."""
+        """Wait until every batch posted so far is restored; returns the last restore time."""
         deadline = time.monotonic() + timeout
         with self._cv:
             while self._outstanding > 0:

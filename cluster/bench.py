@@ -28,6 +28,7 @@ MIXES = {
 
 
 def pipeline_bench(mib: int = 256, batch_pages: int = 256) -> dict:
+    """The whole path on the real actors, unshaped and with no CPU charged."""
     import ray
 
     from agents.actors import HostAgent, LinkAgent
@@ -36,27 +37,30 @@ def pipeline_bench(mib: int = 256, batch_pages: int = 256) -> dict:
     from cluster.scaling import Scale
 
     npages = mib * 256
-    out: dict = {"bench": "pipeline", "image_mib": mib, "batch_pages": batch_pages, "unit": "MB/s real (1e6 bytes/s)", "mixes": {}}
+    out: dict = {"bench": "pipeline", "image_mib": mib, "batch_pages": batch_pages,
+                 "unit": "MB/s real (1e6 bytes/s)", "mixes": {}}
+    free = {"send_us": 0.0, "receive_us": 0.0, "restore_us": 0.0, "dirty_sync_ns": 0.0}
     with Cluster(None, Scale(1.0, 1.0), RunOptions()) as cl:
-        src = cl.track(HostAgent.options(name="bench-source").remote("source", "bench-src", cl.run_id, cl.sock_dir, 2))
-        dst = cl.track(HostAgent.options(name="bench-destination").remote("destination", "bench-dst", cl.run_id, cl.sock_dir, 2))
-        link = cl.track(LinkAgent.options(name="bench-link").remote("bench", 1e15, 0.0, 0.0))
-        for i, (name, mix) in enumerate(MIXES.items()):
+        src = cl.track(HostAgent.options(name="bench-source").remote("source", "bench-src"))
+        dst = cl.track(HostAgent.options(name="bench-destination").remote("destination", "bench-dst"))
+        link = cl.track(LinkAgent.options(name="bench-link").remote("bench", 1e15, 0.0, 0.0, False, 0.0, 1.0))
+        for host in (src, dst):
+            ray.get(host.configure.remote(2, free, 1.0, 1.0))
+        for i, mix in enumerate(MIXES.values()):
             ray.get([src.create_image.remote(i, region_path(cl.run_id, f"s{i}"), npages, mix, 1),
                      dst.create_image.remote(i, region_path(cl.run_id, f"d{i}"), npages, None, 1)])
-        ring = region_path(cl.run_id, "ring")
-        slots = 8
+        ring, slots, d = region_path(cl.run_id, "ring"), 8, cl.sock_dir
         ray.get(src.create_ring.remote(0, ring, slots, batch_pages))
         ray.get(dst.attach_ring.remote(0, ring))
-        s = cl.sock_dir
-        ray.get(link.listen.remote(f"{s}/in", f"{s}/out"))
-        ray.get(src.listen.remote(f"{s}/ack"))
-        ray.get(dst.open_receiver.remote(0, f"{s}/out", f"{s}/ack", slots, batch_pages, 0.0))
-        ray.get(src.open_sender.remote(0, f"{s}/in", f"{s}/ack", slots, batch_pages, 0.0))
+        ray.get(link.listen.remote([(f"{d}/in", f"{d}/out")]))
+        ray.get(src.listen.remote(f"{d}/ack"))
+        ray.get(dst.open_receiver.remote(0, f"{d}/out", f"{d}/ack", slots, batch_pages))
+        ray.get(src.open_sender.remote(0, f"{d}/in", f"{d}/ack", slots, batch_pages))
+        ray.get(src.start_pipeline.remote(1, "global", 128 << 20, batch_pages))
         nbytes = npages * 4096
         for i, name in enumerate(MIXES):
-            ray.get(src.send_image.remote(i, 0))  # warm-up: first touch of the ring and image maps
-            send_s = min(ray.get(src.send_image.remote(i, 0)) for _ in range(3))
+            ray.get(src.send_image.remote(i))  # warm-up: first touch of the ring and image maps
+            send_s = min(ray.get(src.send_image.remote(i)) for _ in range(3))
             t0 = time.monotonic()
             ok = not verify_images(src, dst, i, npages)
             verify_s = time.monotonic() - t0
@@ -73,7 +77,7 @@ def _link_process(rate: float, one_way: float, a_fd: int, b_fd: int) -> None:
     inbound = Channel(socket.socket(fileno=a_fd))
     outbound = Channel(socket.socket(fileno=b_fd))
     shaper = LinkShaper(rate, one_way)
-    shaper.run(inbound, outbound)
+    shaper.run([(inbound, outbound)])
     shaper.join()
 
 

@@ -35,7 +35,7 @@ class MetricsExporter:
             counter.labels(*key).inc(value - prev)
             self._last[(id(counter), key)] = value
 
-    def update_progress(self, vm: str, link: str, state, status: dict, scale) -> None:
+    def update_progress(self, vm: str, links: list[str], state, status: dict, scale) -> None:
         ms = scale.memory_scale
         normal = status.get("pages_normal", 0) / ms
         zero = status.get("pages_zero", 0) / ms
@@ -45,7 +45,8 @@ class MetricsExporter:
         self._inc(self.bytes_sent, (vm, "zero"), zero)
         self.iterations.labels(vm).set(state.iteration)
         self.remaining.labels(vm).set(state.remaining_bytes)
-        self.link_tp.labels(link).set(state.throughput_bytes_s)
+        # Throughput is measured over all of the migration's links together.
+        self.link_tp.labels(links[0] if len(links) == 1 else "all").set(state.throughput_bytes_s)
         self.total_time.labels(vm).set(state.elapsed_s)
         if "dirty_pages_per_s" in status:
             self.dirty_rate.labels(vm).set(status["dirty_pages_per_s"])

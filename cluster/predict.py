@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from agents.cpu import resolve
 from agents.precopy import StopPolicy, stop_reason
 from agents.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from cluster.results import MIB
@@ -54,59 +55,65 @@ def dirty_pages_after(vm: Vm, t: float) -> float:
     return float(np.sum(-np.expm1(-rate * probs * t)))
 
 
-def effective_bandwidth(scenario: Scenario) -> tuple[float, float]:
-    """(bytes/s on the wire, pages/s the CPUs allow) for the migration."""
-    link = scenario.migration_links()[0]
-    gbps = scenario.link_bandwidth_gbps(link)
+def link_rate(scenario: Scenario) -> float:
+    """Emulated bytes/s the migration's links carry together (after background traffic)."""
+    from agents.link import migration_share
+    total = 0.0
+    caps = [gbps_to_bytes_s(scenario.link_bandwidth_gbps(l)) for l in scenario.migration_links()]
     if scenario.migration.bandwidth_cap_gbps is not None:
-        gbps = min(gbps, scenario.migration.bandwidth_cap_gbps)
-    rate = gbps_to_bytes_s(gbps)
-    rate -= min(link.background.mbytes_s * MIB, rate * 0.95)
-    cpu = scenario.cpu
-    per_page_ns = max(cpu.send_ns_per_page, cpu.receive_ns_per_page)
-    cpu_pages_s = 1e9 / per_page_ns if per_page_ns > 0 else float("inf")
-    return rate, cpu_pages_s
+        factor = min(1.0, gbps_to_bytes_s(scenario.migration.bandwidth_cap_gbps) / sum(caps))
+        caps = [c * factor for c in caps]
+    net = scenario.network
+    for link, cap in zip(scenario.migration_links(), caps):
+        total += migration_share(cap, min(link.background.mbytes_s * MIB, cap), net.rate_control,
+                                 net.reserved_mbytes_s * MIB)
+    return total
+
+
+def cpu_pages_per_s(scenario: Scenario) -> float:
+    """Pages/s the source and destination CPUs allow: cores over cost, and the
+    address-space lock's serial part (Amdahl) on the source."""
+    mig, cpu = scenario.migration, scenario.cpu
+    costs = resolve(cpu.profile, mig.address_space_lock, cpu.overrides())
+    n = mig.consumers
+    cores = [min(h.cores, cpu.migration_cores or h.cores) for h in (scenario.source, scenario.destination)]
+    shootdown = costs.shootdown_us * (n - 1)
+    serial = {"global": costs.mmap_us + costs.map_us + costs.munmap_us + shootdown,
+              "rwlock": costs.mmap_us + costs.munmap_us + shootdown,
+              "range": 0.0}[mig.address_space_lock]
+    rates = [min(n, cores[0]) * 1e6 / costs.source_us(n), min(n, cores[1]) * 1e6 / costs.destination_us()]
+    if serial > 0:
+        rates.append(1e6 / serial)
+    return min(rates)
 
 
 def predict_vm(scenario: Scenario, vm: Vm) -> dict:
     mig = scenario.migration
+    costs = resolve(scenario.cpu.profile, mig.address_space_lock, scenario.cpu.overrides())
     z = vm.content.zero
     bytes_per_page = (1 - z) * (PAGE + PAGE_HEADER_BYTES) + z * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES)
-    wire_rate, cpu_pages_s = effective_bandwidth(scenario)
-    pages_per_s = min(wire_rate / bytes_per_page, cpu_pages_s)
+    wire_rate = link_rate(scenario)
+    pages_per_s = min(wire_rate / bytes_per_page, cpu_pages_per_s(scenario))
     bandwidth = pages_per_s * bytes_per_page  # bytes/s actually achieved on the wire
     mem_pages = vm.memory_gib * GIB / PAGE
+    sync_s = costs.dirty_sync_ns * 1e-9 * mem_pages  # each fetch of the dirty log
     policy = StopPolicy(mig.downtime_limit_ms / 1000, mig.max_iterations, mig.stall_iterations,
                         mig.max_sent_ratio * vm.memory_gib * GIB)
     one_way = scenario.migration_links()[0].rtt_ms / 2000
-
-    todo = mem_pages
-    history: list[float] = []
-    sent = 0.0
-    elapsed = mig.setup_ms / 1000
-    log = []
-    reason = ""
-    while True:
-        remaining = todo * bytes_per_page
-        if log:
-            reason = stop_reason(policy, len(log), remaining, bandwidth, history, sent) or ""
-            if reason:
-                break
-        history.append(remaining)
-        dt = todo / pages_per_s
-        sent += remaining
-        elapsed += dt
-        log.append({"iteration": len(log) + 1, "pages": int(round(todo)), "bytes": remaining, "duration_s": dt,
-                    "throughput_mbytes_s": bandwidth / MIB})
-        todo = dirty_pages_after(vm, dt)
+    if mig.strategy == "time-sliced":
+        todo, sent, elapsed, count, reason, log = _time_sliced(vm, mig, policy, mem_pages, pages_per_s,
+                                                               bytes_per_page, sync_s)
+    else:
+        todo, sent, elapsed, count, reason, log = _image_oriented(vm, policy, mem_pages, pages_per_s,
+                                                                  bytes_per_page, sync_s)
+    elapsed += mig.setup_ms / 1000
     state = mig.device_state_kib * 1024
     downtime_bytes = todo * bytes_per_page + state
-    downtime = todo / pages_per_s + state / wire_rate + one_way
+    downtime = sync_s + todo / pages_per_s + state / wire_rate + one_way
     sent += todo * bytes_per_page
     total = elapsed + downtime
-    cpu = scenario.cpu
     sent_pages = sent / bytes_per_page
-    cpu_s = sent_pages * (cpu.send_ns_per_page + cpu.receive_ns_per_page) * 1e-9
+    cpu_s = sent_pages * (costs.source_us(mig.consumers) + costs.destination_us()) * 1e-6 + sync_s * (count + 1)
     return {
         "vm": vm.name,
         "status": "predicted",
@@ -116,7 +123,7 @@ def predict_vm(scenario: Scenario, vm: Vm) -> dict:
         "total_time_s": total,
         "downtime_ms": downtime * 1000,
         "setup_time_s": mig.setup_ms / 1000,
-        "iterations": len(log),
+        "iterations": count,
         "memory_bytes_sent": sent,
         "disk_bytes_sent": 0,
         "downtime_bytes_sent": downtime_bytes,
@@ -127,6 +134,54 @@ def predict_vm(scenario: Scenario, vm: Vm) -> dict:
         "app": None,
         "iteration_log": log,
     }
+
+
+def _image_oriented(vm, policy, mem_pages, pages_per_s, bytes_per_page, sync_s):
+    """Passes over the dirty image: (left for stop-and-copy, sent, elapsed, iterations, reason, log)."""
+    todo, sent, elapsed = mem_pages, 0.0, 0.0
+    history: list[float] = []
+    log: list[dict] = []
+    reason = ""
+    bandwidth = pages_per_s * bytes_per_page
+    while True:
+        remaining = todo * PAGE  # dirty bytes, as the emulator's stop rule counts them
+        if log:
+            reason = stop_reason(policy, len(log), remaining, bandwidth, history, sent) or ""
+            if reason:
+                return todo, sent, elapsed, len(log), reason, log
+        history.append(remaining)
+        dt = todo / pages_per_s
+        sent += todo * bytes_per_page
+        elapsed += dt + sync_s
+        log.append({"iteration": len(log) + 1, "pages": int(round(todo)), "bytes": todo * bytes_per_page,
+                    "duration_s": dt, "throughput_mbytes_s": bandwidth / MIB})
+        todo = dirty_pages_after(vm, dt + sync_s)
+
+
+def _time_sliced(vm, mig, policy, mem_pages, pages_per_s, bytes_per_page, sync_s):
+    """Vanilla KVM: each iteration fetches the dirty log, then sends one slice.
+
+    Pages dirtied during a slice join the pending set; the distinct-page
+    formula is applied to each slice's time over the pages not yet pending.
+    """
+    slice_pages = mig.slice_mib * MIB / PAGE
+    pending, sent, elapsed, count = mem_pages, 0.0, 0.0, 0
+    rate, probs, ws = _write_probabilities(vm)
+    while True:
+        chosen = min(slice_pages, pending)
+        dt = sync_s + chosen / pages_per_s
+        pending -= chosen
+        sent += chosen * bytes_per_page
+        elapsed += dt
+        count += 1
+        # Newly dirtied pages among those not pending (approximation: a uniform share).
+        fresh = dirty_pages_after(vm, dt) * (1 - pending / mem_pages)
+        pending = min(mem_pages, pending + fresh)
+        bandwidth = chosen * bytes_per_page / dt
+        reason = stop_reason(StopPolicy(policy.downtime_limit_s, policy.max_iterations, 1 << 30, policy.max_sent_bytes),
+                             count, pending * PAGE, bandwidth, [], sent)
+        if reason:
+            return pending, sent, elapsed, count, reason, []
 
 
 def predict(scenario: Scenario, path: str = "") -> dict:

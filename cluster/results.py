@@ -62,10 +62,27 @@ def app_figures(samples: list, t_mig: float, mig: dict, dilation: float, warmup_
     }
 
 
-def vm_result(scenario: Scenario, vm: Vm, scale: Scale, lp, mig: dict, verified: bool, bad: list,
+def _links(topo, before: list[dict], after: list[dict], scale: Scale) -> list[dict]:
+    """Per link: bandwidth, bytes shaped and background traffic during the migration (emulated units)."""
+    out = []
+    for lp, b, a in zip(topo.links, before, after):
+        seen_s = a["background_seen"][0] - b["background_seen"][0]
+        moved = a["background_seen"][1] - b["background_seen"][1]
+        entry = {"name": lp.name, "bandwidth_mbytes_s": lp.emulated_bandwidth_bytes_s / MIB,
+                 "bytes_shaped": (a["bytes"] - b["bytes"]) / scale.memory_scale,
+                 "connections": len(topo.connections_of(lp.index))}
+        if lp.background_bytes_s > 0:
+            per_s = scale.memory_scale / scale.dilation  # real bytes/s -> emulated
+            entry["background_mbytes_s_before"] = min(lp.background_bytes_s, lp.rate_bytes_s) / per_s / MIB
+            entry["background_mbytes_s_during"] = (moved / seen_s) / per_s / MIB if seen_s else None
+        out.append(entry)
+    return out
+
+
+def vm_result(scenario: Scenario, vm: Vm, scale: Scale, topo, mig: dict, verified: bool, bad: list,
               samples: list, t_mig: float, cpu_src_s: float, cpu_dst_s: float, overrun_s: tuple[float, float],
-              sender: dict, sender_before: dict, link_bytes: int, guest_faults: float, warmup_s: float,
-              guest_resumed_at: float | None) -> dict:
+              sender: dict, sender_before: dict, links_before: list[dict], links_after: list[dict],
+              guest_faults: float, warmup_s: float, guest_resumed_at: float | None) -> dict:
     ms = scale.memory_scale
     total = mig["total_time_s"]
     sent = mig["memory_bytes_sent"]
@@ -86,7 +103,7 @@ def vm_result(scenario: Scenario, vm: Vm, scale: Scale, lp, mig: dict, verified:
         "total_time_s": total,
         "downtime_ms": mig["downtime_s"] * 1000,
         "setup_time_s": mig["setup_time_s"],
-        "iterations": len(mig["iterations"]),
+        "iterations": mig["iteration_count"],
         "memory_bytes_sent": sent,
         "disk_bytes_sent": 0,
         "downtime_bytes_sent": mig["downtime_bytes"],
@@ -100,8 +117,15 @@ def vm_result(scenario: Scenario, vm: Vm, scale: Scale, lp, mig: dict, verified:
              "duration_s": it["duration_s"], "throughput_mbytes_s": it["bandwidth_bytes_s"] / MIB}
             for it in mig["iterations"]
         ],
-        "link": {"name": lp.name, "bandwidth_mbytes_s": lp.emulated_bandwidth_bytes_s / MIB,
-                 "batch_pages": lp.batch_pages, "bytes_shaped": link_bytes / ms},
+        "links": _links(topo, links_before, links_after, scale),
+        "pipeline": {
+            "consumers": scenario.migration.consumers,
+            "address_space_lock": scenario.migration.address_space_lock,
+            "cpu_profile": scenario.cpu.profile,
+            "strategy": scenario.migration.strategy,
+            "memory_pool_high_water_bytes": sender.get("pool_high_water_bytes", 0) / ms,
+            "lock": sender.get("lock", {}),
+        },
         # Share of the migration's real time in which a stage (source or
         # destination) was still working past what its CPU model allowed.
         "saturation": max(overrun_s) / (total * scale.dilation) if total > 0 else 0.0,
@@ -111,7 +135,7 @@ def vm_result(scenario: Scenario, vm: Vm, scale: Scale, lp, mig: dict, verified:
 _SUMMED = ("total_time_s", "memory_bytes_sent", "disk_bytes_sent", "downtime_bytes_sent", "cpu_seconds", "iterations")
 
 
-def combine(scenario: Scenario, path: str, per_vm: list[dict], scale: Scale, lp, wall: dict) -> dict:
+def combine(scenario: Scenario, path: str, per_vm: list[dict], scale: Scale, wall: dict) -> dict:
     """The run's result: top-level keys describe the whole run (for one VM, that VM)."""
     if not per_vm:
         status = "aborted"

@@ -9,7 +9,6 @@ process and shared-memory region the run created.
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -18,24 +17,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from cluster.scaling import Scale, gbps_to_bytes_s, scale_of, vm_real_pages
+from cluster.scaling import Scale, scale_of, vm_real_pages
 from cluster.scenario import MIB, Scenario
+from cluster.topology import Topology, plan
 
 PAGE = 4096
 WARMUP_S = 1.0  # emulated seconds of guest activity measured before migrating
 AFTER_S = 1.0  # ... and after switchover
-
-
-@dataclass
-class LinkPlan:
-    index: int
-    name: str
-    rate_bytes_s: float  # real, for migration
-    one_way_s: float  # real
-    background_bytes_s: float  # real
-    batch_pages: int
-    slots: int
-    emulated_bandwidth_bytes_s: float
 
 
 @dataclass
@@ -60,33 +48,6 @@ class RunState:
     elapsed_s: float = 0.0
     throughput_bytes_s: float = 0.0
     extra: dict = field(default_factory=dict)
-
-
-def plan_link(scenario: Scenario, scale: Scale, index: int = 0) -> LinkPlan:
-    link = scenario.migration_links()[index]
-    gbps = scenario.link_bandwidth_gbps(link)
-    if scenario.migration.bandwidth_cap_gbps is not None:
-        gbps = min(gbps, scenario.migration.bandwidth_cap_gbps)
-    emu_rate = gbps_to_bytes_s(gbps)
-    background = min(link.background.mbytes_s * MIB, emu_rate * 0.95)
-    rate = scale.real_rate(emu_rate)
-    one_way = scale.real_seconds(link.rtt_ms / 2000)
-    batch = scenario.migration.batch_pages or auto_batch_pages(scale.real_rate(emu_rate - background), scale)
-    slot_bytes = batch * PAGE
-    bdp = rate * 2 * one_way
-    slots = int(min(64, max(4, math.ceil(bdp / slot_bytes) + 3)))
-    return LinkPlan(index, f"{link.from_nic}->{link.to_nic}", rate, one_way, scale.real_rate(background),
-                    batch, slots, emu_rate)
-
-
-def auto_batch_pages(real_rate: float, scale: Scale, target_emulated_s: float = 0.008) -> int:
-    """Pages per batch so one batch crosses the link in a few emulated ms.
-
-    Coarser batches would blur the downtime (the last batch is sent whole);
-    finer ones cost per-batch overhead on this machine.
-    """
-    pages = real_rate * scale.real_seconds(target_emulated_s) / PAGE
-    return int(min(256, max(2, pages)))
 
 
 def verify_images(src, dst, vm: int, npages: int) -> list[int]:
@@ -161,19 +122,39 @@ class Cluster:
         return actor
 
 
+def _wire(cl: "Cluster", topo: Topology, src, dst, links: list) -> None:
+    """Rings in shared memory and descriptor sockets: source -> link -> destination, acks back."""
+    import ray
+
+    from agents.shm import region_path
+    d = cl.sock_dir
+    for lp in topo.links:
+        ray.get(links[lp.index].listen.remote([(f"{d}/c{c.index}in", f"{d}/c{c.index}out")
+                                               for c in topo.connections_of(lp.index)]))
+    for c in topo.connections:
+        ring = region_path(cl.run_id, f"ring{c.index}")
+        ray.get(src.create_ring.remote(c.index, ring, c.slots, c.batch_pages))
+        ray.get(dst.attach_ring.remote(c.index, ring))
+        ray.get(src.listen.remote(f"{d}/c{c.index}ack"))
+        ray.get(dst.open_receiver.remote(c.index, f"{d}/c{c.index}out", f"{d}/c{c.index}ack", c.slots, c.batch_pages))
+        ray.get(src.open_sender.remote(c.index, f"{d}/c{c.index}in", f"{d}/c{c.index}ack", c.slots, c.batch_pages))
+
+
 def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") -> dict:
     """Run every VM's migration; returns the result dict (see cluster/results.py)."""
-    import numpy as np
     import ray
 
     from agents.actors import GuestAgent, HostAgent, LinkAgent
+    from agents.cpu import resolve
     from agents.shm import region_path
     from cluster import results
     from cluster.metrics import MetricsExporter
 
     scale = scale_of(scenario, opts.dilation)
-    lp = plan_link(scenario, scale)
-    cpu = scenario.cpu
+    topo = plan(scenario, scale)
+    mig_cfg = scenario.migration
+    net = scenario.network
+    costs = resolve(scenario.cpu.profile, mig_cfg.address_space_lock, scenario.cpu.overrides())
     metrics = MetricsExporter(opts.metrics_port) if opts.metrics_port is not None else None
     per_vm: list[dict] = []
     wall0 = time.monotonic()
@@ -189,9 +170,14 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
         t_ray = time.monotonic() - wall0
         emit(phase="starting actors")
         src_h, dst_h = scenario.source, scenario.destination
-        src = cl.track(HostAgent.options(name=f"source:{src_h.name}").remote("source", src_h.name, cl.run_id, cl.sock_dir, src_h.cores))
-        dst = cl.track(HostAgent.options(name=f"destination:{dst_h.name}").remote("destination", dst_h.name, cl.run_id, cl.sock_dir, dst_h.cores))
-        link = cl.track(LinkAgent.options(name=f"link:{lp.name}").remote(lp.name, lp.rate_bytes_s, lp.one_way_s, lp.background_bytes_s))
+        src = cl.track(HostAgent.options(name=f"source:{src_h.name}").remote("source", src_h.name))
+        dst = cl.track(HostAgent.options(name=f"destination:{dst_h.name}").remote("destination", dst_h.name))
+        links = [cl.track(LinkAgent.options(name=f"link:{lp.name}").remote(
+            lp.name, lp.rate_bytes_s, lp.one_way_s, lp.background_bytes_s, net.rate_control,
+            scale.real_rate(net.reserved_mbytes_s * MIB), scale.real_seconds(1.0))) for lp in topo.links]
+        for host, h in ((src, src_h), (dst, dst_h)):
+            cores = min(h.cores, scenario.cpu.migration_cores or h.cores)
+            ray.get(host.configure.remote(cores, costs.__dict__, scale.memory_scale, scale.dilation))
 
         # Images: the source fills its guests' memory, the destination pre-touches.
         emit(phase="allocating memory")
@@ -204,25 +190,19 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             waits.append(dst.create_image.remote(i, region_path(cl.run_id, f"dst-vm{i}"), n, None, seed))
         ray.get(waits)
 
-        # Wiring: ring in shared memory, descriptor sockets through the link.
-        ring = region_path(cl.run_id, "ring0")
-        ray.get(src.create_ring.remote(0, ring, lp.slots, lp.batch_pages))
-        ray.get(dst.attach_ring.remote(0, ring))
-        s = cl.sock_dir
-        ray.get(link.listen.remote(f"{s}/l0in", f"{s}/l0out"))
-        ray.get(src.listen.remote(f"{s}/ack0"))
-        send_cost = scale.real_cpu_seconds(cpu.send_ns_per_page, 1)
-        recv_cost = scale.real_cpu_seconds(cpu.receive_ns_per_page, 1)
-        ray.get(dst.open_receiver.remote(0, f"{s}/l0out", f"{s}/ack0", lp.slots, lp.batch_pages, recv_cost))
-        ray.get(src.open_sender.remote(0, f"{s}/l0in", f"{s}/ack0", lp.slots, lp.batch_pages, send_cost))
+        _wire(cl, topo, src, dst, links)
+        task_pages = min(c.batch_pages for c in topo.connections)
+        ray.get(src.start_pipeline.remote(mig_cfg.consumers, mig_cfg.address_space_lock,
+                                          int(mig_cfg.memory_pool_mib * MIB * scale.memory_scale), task_pages))
         if opts.inject_fault == "corrupt-page":
-            ray.get(link.corrupt_one_page.remote(ring, lp.batch_pages))
+            c0 = topo.connections[0]
+            ray.get(links[c0.link].corrupt_one_page.remote(region_path(cl.run_id, f"ring{c0.index}"), c0.batch_pages))
 
         guests = []
         for i, vm in enumerate(scenario.vms):
             g = cl.track(GuestAgent.options(name=f"guest:{vm.name}").remote(
                 vm.name, region_path(cl.run_id, f"src-vm{i}"), vm.workload.model_dump(), vm.content.model_dump(),
-                vm.vcpus, scale.memory_scale, scale.dilation, cpu.guest_fault_us * 1e-6,
+                vm.vcpus, scale.memory_scale, scale.dilation, costs.guest_fault_us * 1e-6,
                 scenario.emulation.seed + 1000 * i))
             guests.append(g)
         ray.get([g.start.remote() for g in guests])
@@ -232,19 +212,18 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
         emit(phase="guest warm-up")
         time.sleep(scale.real_seconds(WARMUP_S))
 
-        policy_base = scenario.migration
         for i, vm in enumerate(scenario.vms):
             mem_bytes = vm.memory_gib * (1 << 30)
-            policy = dict(downtime_limit_s=policy_base.downtime_limit_ms / 1000,
-                          max_iterations=policy_base.max_iterations,
-                          stall_iterations=policy_base.stall_iterations,
-                          max_sent_bytes=policy_base.max_sent_ratio * mem_bytes)
+            policy = dict(downtime_limit_s=mig_cfg.downtime_limit_ms / 1000,
+                          max_iterations=mig_cfg.max_iterations,
+                          stall_iterations=mig_cfg.stall_iterations,
+                          max_sent_bytes=mig_cfg.max_sent_ratio * mem_bytes)
             before_status = ray.get(src.status.remote(i))
             before_recv = ray.get(dst.receiver_status.remote())
-            link_before = ray.get(link.stats.remote())
+            links_before = ray.get([l.stats.remote() for l in links])
             t_mig = time.monotonic()
-            ray.get(src.migrate.remote(i, 0, guests[i], policy, scale.memory_scale, scale.dilation,
-                                       policy_base.device_state_kib * 1024, policy_base.setup_ms / 1000))
+            ray.get(src.migrate.remote(i, guests[i], policy, mig_cfg.device_state_kib * 1024,
+                                       mig_cfg.setup_ms / 1000, mig_cfg.strategy, mig_cfg.slice_mib * MIB))
             emit(vm=vm.name, phase="setup", iteration=0, memory_bytes=mem_bytes, remaining_bytes=mem_bytes, sent_bytes=0.0)
             last_t, last_sent = t_mig, 0.0
             interrupted = False
@@ -260,7 +239,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                     emit(phase=st["phase"], iteration=st["iteration"], remaining_bytes=st["remaining_bytes"],
                          sent_bytes=sent, elapsed_s=scale.emulated_seconds(now - t_mig), throughput_bytes_s=thr)
                     if metrics:
-                        metrics.update_progress(vm.name, lp.name, state, st, scale)
+                        metrics.update_progress(vm.name, [lp.name for lp in topo.links], state, st, scale)
                     if st.get("status") in ("completed", "aborted", "failed"):
                         break
                     time.sleep(0.1)
@@ -296,15 +275,15 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             samples, faults = ray.get(guests[i].timeline.remote())
             after_status = ray.get(src.status.remote(i))
             after_recv = ray.get(dst.receiver_status.remote())
-            link_after = ray.get(link.stats.remote())
+            links_after = ray.get([l.stats.remote() for l in links])
             vm_result = results.vm_result(
-                scenario, vm, scale, lp, mig, verified, bad, samples, t_mig,
+                scenario, vm, scale, topo, mig, verified, bad, samples, t_mig,
                 cpu_src_s=after_status["cpu_charged_s"] - before_status["cpu_charged_s"],
                 cpu_dst_s=after_recv["cpu_charged_s"] - before_recv["cpu_charged_s"],
                 overrun_s=(after_status["cpu_overrun_s"] - before_status["cpu_overrun_s"],
                            after_recv["cpu_overrun_s"] - before_recv["cpu_overrun_s"]),
                 sender=after_status, sender_before=before_status,
-                link_bytes=link_after["bytes"] - link_before["bytes"], guest_faults=faults,
+                links_before=links_before, links_after=links_after, guest_faults=faults,
                 warmup_s=WARMUP_S, guest_resumed_at=guest_resumed_at)
             per_vm.append(vm_result)
             if metrics:
@@ -315,7 +294,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
         ray.get([g.stop.remote() for g in guests])
         wall = {"ray_start_s": round(t_ray, 3), "setup_s": round(setup_wall_s, 3)}
     wall["total_s"] = round(time.monotonic() - wall0, 3)
-    out = results.combine(scenario, scenario_path, per_vm, scale, lp, wall)
+    out = results.combine(scenario, scenario_path, per_vm, scale, wall)
     if metrics:
         metrics.close()
     return out

@@ -67,7 +67,14 @@ class Link(_Strict):
 
 
 class Network(_Strict):
-    links: list[Link] = Field(min_length=1)
+    """NIC pairs for the migration: listed in `links`, or paired automatically
+    by link speed (the vMotion rule, cluster/nic_pairing.py) when `links` is empty."""
+
+    links: list[Link] = []
+    rtt_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.2  # for automatically paired links
+    # PMigrate §3.2: migration takes only spare bandwidth, keeping a reserved minimum.
+    rate_control: bool = False
+    reserved_mbytes_s: Annotated[float, Field(ge=0)] = 0.0
 
 
 class ContentMix(_Strict):
@@ -135,9 +142,12 @@ class Vm(_Strict):
 
 class Migration(_Strict):
     technique: Literal["precopy"] = "precopy"
-    strategy: Literal["image"] = "image"
+    # image: each iteration a pass over the dirty image (PMigrate); time-sliced:
+    # each iteration a slice of `slice_mib` after fetching the dirty log (vanilla KVM).
+    strategy: Literal["image", "time-sliced"] = "image"
+    slice_mib: Positive = 2.0
     downtime_limit_ms: Annotated[float, Field(gt=0)] = 300
-    max_iterations: Annotated[int, Field(ge=1, le=100_000)] = 30
+    max_iterations: Annotated[int, Field(ge=1, le=1_000_000)] = 30
     # Stop when the remaining dirty set has not shrunk for this many iterations.
     stall_iterations: Annotated[int, Field(ge=1)] = 3
     max_sent_ratio: Annotated[float, Field(ge=1)] = 3.0  # total sent / memory size
@@ -145,23 +155,37 @@ class Migration(_Strict):
     device_state_kib: Annotated[float, Field(ge=0)] = 256
     batch_pages: Annotated[int, Field(ge=1, le=4096)] | None = None  # default: a few ms of link time
     setup_ms: Annotated[float, Field(ge=0)] = 50
+    # PMigrate: consumer threads, each with its own connection; connections are
+    # spread over the NIC pairs (two consumers per port with 8 consumers, 4 ports).
+    consumers: Annotated[int, Field(ge=1, le=64)] = 1
+    address_space_lock: Literal["global", "rwlock", "range"] = "global"
+    memory_pool_mib: Positive = 128  # per pipeline stage, emulated
 
 
 class CpuModel(_Strict):
-    """Charged CPU: cost of each pipeline stage in emulated CPU-seconds.
+    """Charged CPU (agents/cpu.py): a profile, any of whose costs may be overridden.
 
-    Defaults describe a current x86 host sending plain TCP: about 2.5 GB/s of
-    page handling per core on the source and 3 GB/s on the destination.
+    Costs are microseconds of CPU per emulated 4 KiB page. `migration_cores`
+    is how many cores of each host the migration may use (CPU rate control);
+    by default all of them.
     """
 
-    profile: Literal["modern", "custom"] = "modern"
-    send_ns_per_page: Annotated[float, Field(ge=0)] = 1600.0
-    receive_ns_per_page: Annotated[float, Field(ge=0)] = 1300.0
-    dirty_sync_ns_per_page: Annotated[float, Field(ge=0)] = 2.0
-    # Guest side: a write-protection fault on the first write to a page after
-    # each dirty-log reset (what dirty tracking costs a running guest).
-    guest_fault_us: Annotated[float, Field(ge=0)] = 3.0
-    migration_cores: Annotated[float, Field(gt=0)] = 1.0
+    profile: Literal["modern", "xen-4.1", "kvm-0.14"] = "modern"
+    mmap_us: Annotated[float, Field(ge=0)] | None = None
+    map_us: Annotated[float, Field(ge=0)] | None = None
+    munmap_us: Annotated[float, Field(ge=0)] | None = None
+    handle_us: Annotated[float, Field(ge=0)] | None = None
+    send_us: Annotated[float, Field(ge=0)] | None = None
+    receive_us: Annotated[float, Field(ge=0)] | None = None
+    restore_us: Annotated[float, Field(ge=0)] | None = None
+    shootdown_us: Annotated[float, Field(ge=0)] | None = None
+    dirty_sync_ns: Annotated[float, Field(ge=0)] | None = None
+    guest_fault_us: Annotated[float, Field(ge=0)] | None = None
+    migration_cores: Annotated[int, Field(ge=1, le=4096)] | None = None
+
+    def overrides(self) -> dict[str, float | None]:
+        return {k: getattr(self, k) for k in ("mmap_us", "map_us", "munmap_us", "handle_us", "send_us", "receive_us",
+                                              "restore_us", "shootdown_us", "dirty_sync_ns", "guest_fault_us")}
 
 
 class Emulation(_Strict):
@@ -192,11 +216,18 @@ class Scenario(_Strict):
         return self.host("destination")
 
     def migration_links(self) -> list[Link]:
-        """Links from the source host to the destination host."""
-        src, dst = self.source.name, self.destination.name
+        """Links from the source host to the destination host: as listed, or paired by speed."""
+        src, dst = self.source, self.destination
+        if not self.network.links:
+            from cluster.nic_pairing import Nic as PairNic, pair_nics
+            pairs = pair_nics([PairNic(n.name, n.speed_gbps) for n in src.nics if not n.passthrough],
+                              [PairNic(n.name, n.speed_gbps) for n in dst.nics if not n.passthrough])
+            return [Link.model_validate({"from": f"{src.name}:{p.source}", "to": f"{dst.name}:{p.dest}",
+                                         "bandwidth_gbps": p.bandwidth_gbps, "rtt_ms": self.network.rtt_ms})
+                    for p in pairs]
         return [
             l for l in self.network.links
-            if l.from_nic.split(":")[0] == src and l.to_nic.split(":")[0] == dst
+            if l.from_nic.split(":")[0] == src.name and l.to_nic.split(":")[0] == dst.name
         ]
 
     def link_bandwidth_gbps(self, link: Link) -> float:
@@ -228,8 +259,13 @@ def _semantic_problems(s: Scenario) -> list[tuple[str, str]]:
                 problems.append((f"network.links[{i}].{key}", f"\"{ref}\" is not a NIC of any host; known: {', '.join(sorted(nic_refs))}"))
     if problems:
         return problems
-    if not s.migration_links():
+    if s.network.links and not s.migration_links():
         problems.append(("network.links", f"no link goes from the source host \"{s.source.name}\" to the destination \"{s.destination.name}\"; add one with from = \"{s.source.name}:<nic>\" and to = \"{s.destination.name}:<nic>\""))
+    if not s.network.links:
+        try:
+            s.migration_links()
+        except ValueError as exc:
+            problems.append(("network.links", f"empty, and the NICs cannot be paired automatically: {exc}"))
     vm_names = [v.name for v in s.vms]
     total_gib = 0.0
     for i, vm in enumerate(s.vms):

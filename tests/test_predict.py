@@ -6,7 +6,8 @@ import math
 import pytest
 
 from agents.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
-from cluster.predict import dirty_pages_after, effective_bandwidth, predict
+from agents.cpu import resolve
+from cluster.predict import dirty_pages_after, link_rate, predict
 from cluster.scenario import GIB, parse_scenario
 
 PAGE = 4096
@@ -55,16 +56,17 @@ def test_idle_vm_one_iteration_sends_memory_times_wire_overhead(zero):
     assert p["memory_bytes_sent"] == pytest.approx(pages * wire_bytes_per_page(zero), rel=1e-9)
     if zero == 0:
         assert p["memory_bytes_sent"] / (2 * GIB) == pytest.approx(1 + PAGE_HEADER_BYTES / PAGE)
-    # Downtime: only device state and half an RTT.
+    # Downtime: the last fetch of the dirty log, device state and half an RTT.
     state = sc.migration.device_state_kib * 1024
-    rate, _ = effective_bandwidth(sc)
-    assert p["downtime_ms"] == pytest.approx((state / rate + 0.0001) * 1000, rel=1e-6)
+    rate = link_rate(sc)
+    sync = resolve(sc.cpu.profile, "global", {}).dirty_sync_ns * 1e-9 * pages
+    assert p["downtime_ms"] == pytest.approx((sync + state / rate + 0.0001) * 1000, rel=1e-6)
     assert p["downtime_bytes_sent"] == pytest.approx(state)
     assert p["pages"]["normal"] + p["pages"]["zero"] == pytest.approx(pages, abs=1)
     # First iteration at line rate: 2 GiB x overhead at 1.25 GB/s.
     assert p["iteration_log"][0]["duration_s"] == pytest.approx(pages * wire_bytes_per_page(zero) / 1.25e9, rel=1e-9)
     assert p["total_time_s"] == pytest.approx(sc.migration.setup_ms / 1000 + p["iteration_log"][0]["duration_s"]
-                                              + p["downtime_ms"] / 1000)
+                                              + sync + p["downtime_ms"] / 1000)
 
 
 def test_result_keys_and_single_vm_flattening():
@@ -116,9 +118,9 @@ def test_halving_bandwidth_doubles_first_iteration():
 
 
 def test_bandwidth_cap_and_background_traffic_lower_the_rate():
-    base, _ = effective_bandwidth(scenario(gbps=10))
+    base = link_rate(scenario(gbps=10))
     assert base == pytest.approx(1.25e9)
-    capped, _ = effective_bandwidth(scenario(gbps=10, extra="bandwidth_cap_gbps = 2\n"))
+    capped = link_rate(scenario(gbps=10, extra="bandwidth_cap_gbps = 2\n"))
     assert capped == pytest.approx(0.25e9)
 
 

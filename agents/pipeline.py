@@ -1,0 +1,157 @@
+"""PMigrate's parallel source pipeline (§3.1, Figure 2).
+
+A memory task producer checks the dirty set and cuts it into tasks (batches
+of pages); each task waits for room in the stage's bounded memory pool, so a
+slow consumer blocks the producer instead of growing memory (§3.2). N
+consumer threads take tasks and, each on an emulated core of the host's
+`CorePool`: map the guest range (mmap, foreign map; under the address-space
+lock, with Table 9's costs), handle zero and unused pages, encode and send
+the batch on their own connection, and unmap. Consumers are bound to
+connections round-robin, so with two connections per NIC pair two consumers
+share each port, as in the paper.
+
+Getting and resetting the dirty log and sending CPU/device state stay on the
+single migration thread (the paper: not worth parallelising); so does the
+producer. With more than one connection, each pass ends with a barrier:
+every batch is restored before the next pass starts, so a page's newer copy
+can never be overtaken by its older one on another connection.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from agents.cpu import CorePool, CostModel
+from agents.memory_pool import MemoryPool
+from agents.range_lock import AddressSpaceLock
+from agents.sender import PageSender
+
+PAGE = 4096
+# Each consumer maps its batches into its own window of the tool's address space.
+_WINDOW = 1 << 40
+
+
+@dataclass
+class _Task:
+    vm: int
+    image: np.ndarray
+    idx: np.ndarray
+    phase: str
+    nbytes: int
+    call: "_Call"
+
+
+class _Call:
+    """Completion of one `send_pages` call: tasks outstanding and bytes sent."""
+
+    def __init__(self) -> None:
+        self.outstanding = 0
+        self.wire = 0
+        self.error: BaseException | None = None
+        self.cv = threading.Condition()
+
+    def done(self, wire: int) -> None:
+        with self.cv:
+            self.outstanding -= 1
+            self.wire += wire
+            self.cv.notify_all()
+
+
+class SourcePipeline:
+    def __init__(self, connections: list[PageSender], consumers: int, cores: CorePool,
+                 lock: AddressSpaceLock, costs: CostModel, real_s: Callable[[float, int], float],
+                 pool: MemoryPool, task_pages: int) -> None:
+        """`real_s(us_per_emulated_page, real_pages)`: real seconds a step takes."""
+        self.connections = connections
+        self.cores = cores
+        self.lock = lock
+        self.costs = costs
+        self.real_s = real_s
+        self.pool = pool
+        self.task_pages = task_pages
+        self.consumers = consumers
+        self.tasks: queue.Queue[_Task | None] = queue.Queue()
+        # Every pass ends with all batches restored: needed when connections
+        # could reorder a page's copies; otherwise only at stop-and-copy.
+        self.barrier_each_pass = len(connections) > 1
+        self._threads = [threading.Thread(target=self._consume, args=(i,), daemon=True, name=f"consumer-{i}")
+                         for i in range(consumers)]
+        for t in self._threads:
+            t.start()
+
+    # --- the producer (the migration thread) -------------------------------
+    def send_pages(self, vm: int, image: np.ndarray, idx: np.ndarray, phase: str,
+                   should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Send pages `idx` of `image` through the consumers; returns wire bytes (real)."""
+        call = _Call()
+        for start in range(0, len(idx), self.task_pages):
+            if should_stop():
+                break
+            chunk = idx[start:start + self.task_pages]
+            nbytes = len(chunk) * PAGE
+            self.pool.acquire(nbytes)  # blocks while the consumers are behind
+            with call.cv:
+                call.outstanding += 1
+            self.tasks.put(_Task(vm, image, chunk, phase, nbytes, call))
+        with call.cv:
+            while call.outstanding:
+                call.cv.wait(0.5)
+        if call.error is not None:
+            raise call.error
+        if self.barrier_each_pass:
+            self.drain()
+        return call.wire
+
+    def send_state(self, vm: int, state_bytes: int) -> None:
+        self.drain()  # all memory first, then the state, then resume
+        self.connections[0].send_state(vm, state_bytes)
+
+    def drain(self) -> float:
+        return max(c.drain() for c in self.connections)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self.tasks.put(None)
+        for c in self.connections:
+            c.close()
+
+    # --- the consumers -----------------------------------------------------
+    def _consume(self, me: int) -> None:
+        conn = self.connections[me % len(self.connections)]
+        base = me * _WINDOW
+        c = self.costs
+        shootdown = c.shootdown_us * (self.consumers - 1)
+        while True:
+            task = self.tasks.get()
+            if task is None:
+                return
+            n = len(task.idx)
+            length = n * PAGE
+            wire = 0
+            try:
+                slot = conn.acquire_slot()  # waiting for the wire takes no core
+                self._locked_step(base, length, "mmap", c.mmap_us, n)
+                self._locked_step(base, length, "map", c.map_us, n)
+                with self.cores.core() as core:
+                    stats = conn.pack(slot, task.image, task.idx)
+                    core.charge(self.real_s(c.handle_us + c.send_us, n))
+                conn.post(slot, task.vm, n, stats, task.phase)
+                wire = stats.wire_bytes
+                self._locked_step(base, length, "munmap", c.munmap_us + shootdown, n)
+            except BaseException as exc:  # surfaced by send_pages
+                task.call.error = exc
+            finally:
+                self.pool.release(task.nbytes)
+                task.call.done(wire)
+
+    def _locked_step(self, start: int, length: int, mode: str, us_per_page: float, n: int) -> None:
+        """A modelled address-space operation: hold the lock and a core for its cost."""
+        if us_per_page <= 0:
+            return
+        with self.lock.hold(start, length, mode):
+            with self.cores.core() as core:
+                core.hold(self.real_s(us_per_page, n))

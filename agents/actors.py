@@ -137,13 +137,14 @@ class HostAgent:
 
     # --- migration (source) ----------------------------------------------
     def migrate(self, vm: int, guest, policy: dict, state_bytes: float, setup_s: float,
-                strategy: str, slice_bytes: float) -> None:
+                strategy: str, slice_bytes: float, resume_s: float) -> None:
         """Start migrating `vm` in a thread; poll `status` and fetch `migration_result`."""
         pages = self.images[vm].pages()
         control = _GuestControl(DirtyLog(self.logs[vm].array, len(pages)), guest, self.cores,
                                 self._real_s(self.costs.dirty_sync_ns / 1000, len(pages)))
         mig = PrecopyMigration(vm, pages, control, self.pipeline, StopPolicy(**policy),
-                               self.memory_scale, self.dilation, state_bytes, setup_s, strategy, slice_bytes)
+                               self.memory_scale, self.dilation, state_bytes, setup_s, strategy, slice_bytes,
+                               resume_s)
         self.migrations[vm] = mig
 
         def run() -> None:

@@ -138,7 +138,8 @@ class SourcePipeline:
                 self._locked_step(base, length, "map", c.map_us, n)
                 with self.cores.core() as core:
                     stats = conn.pack(slot, task.image, task.idx)
-                    core.charge(self.real_s(c.handle_us + c.send_us, n))
+                    # Every page is checked; only pages with contents are transferred.
+                    core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, n - stats.zero))
                 conn.post(slot, task.vm, n, stats, task.phase)
                 wire = stats.wire_bytes
                 self._locked_step(base, length, "munmap", c.munmap_us + shootdown, n)

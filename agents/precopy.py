@@ -24,6 +24,8 @@ from typing import Protocol
 
 import numpy as np
 
+from agents.clock import sleep_until
+
 
 @dataclass(frozen=True)
 class StopPolicy:
@@ -97,7 +99,8 @@ class PrecopyMigration:
 
     def __init__(self, vm: int, image: np.ndarray, guest: GuestControl, sink: PageSink,
                  policy: StopPolicy, memory_scale: float, dilation: float,
-                 state_bytes: float, setup_s: float, strategy: str = "image", slice_bytes: float = 2 * 2**20) -> None:
+                 state_bytes: float, setup_s: float, strategy: str = "image", slice_bytes: float = 2 * 2**20,
+                 resume_s: float = 0.0) -> None:
         self.vm = vm
         self.image = image
         self.guest = guest
@@ -108,6 +111,7 @@ class PrecopyMigration:
         self.state_bytes = state_bytes
         self.setup_s = setup_s
         self.strategy = strategy
+        self.resume_s = resume_s
         self.slice_pages = max(1, int(round(slice_bytes * memory_scale / 4096)))
         self.result = PrecopyResult()
         self.phase = "setup"
@@ -207,7 +211,9 @@ class PrecopyMigration:
         self.guest.stop_dirty_log()
         wire = self.sink.send_pages(self.vm, self.image, todo, "downtime", lambda: False)
         self.sink.send_state(self.vm, max(1, int(self.state_bytes * self.scale)))
-        r.resumed_at = self.sink.drain()
+        # The destination restores devices and resumes: a fixed cost of the platform.
+        r.resumed_at = self.sink.drain() + self.resume_s * self.dilation
+        sleep_until(r.resumed_at)
         self.remaining_bytes = 0.0
         r.downtime_bytes = wire / self.scale + self.state_bytes
         r.memory_bytes_sent += wire / self.scale

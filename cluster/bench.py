@@ -160,3 +160,71 @@ def link_bench(seconds: float = 3.0) -> dict:
             "rtt_10ms": _measure_latency(0.010),
         },
     }
+
+
+_SCALING_SCENARIO = """
+name = "scaling-{lock}-{n}"
+description = "PMigrate Figures 6-7: an idle Xen VM, {n} consumers, each thread limited to 40 MByte/s"
+[emulation]
+memory_scale = {scale}
+dilation = {dilation}
+[[hosts]]
+name = "src"
+role = "source"
+cores = 12
+nics = [{nics}]
+[[hosts]]
+name = "dst"
+role = "destination"
+cores = 12
+nics = [{nics}]
+[network]
+rtt_ms = 0.076
+[[vms]]
+name = "idle"
+memory_gib = {memory_gib}
+workload = {{ kind = "idle" }}
+content = {{ zero = 0.0, text = 0.5, structured = 0.2, random = 0.3 }}
+[migration]
+consumers = {n}
+address_space_lock = "{lock}"
+[cpu]
+profile = "xen-4.1"
+"""
+
+
+def scaling_bench(memory_gib: float = 2.0, memory_scale: float = 1 / 512, dilation: float = 0.05,
+                  workers=(1, 2, 4, 8), locks=("global", "rwlock", "range")) -> dict:
+    """Migration time of an idle VM with 1-8 consumers under each address-space lock.
+
+    As in PMigrate §6.2.3, each consumer thread is limited to 40 MByte/s: here
+    by giving it a NIC pair of its own at that speed (0.3355 Gbit/s).
+    """
+    import ray
+
+    from cluster.runner import RunOptions, run_scenario
+    from cluster.scenario import parse_scenario
+
+    nic_gbps = 40 * 2**20 * 8 / 1e9
+    out: dict = {"bench": "scaling", "memory_gib": memory_gib, "cpu_profile": "xen-4.1",
+                 "per_thread_limit_mbytes_s": 40, "memory_scale": memory_scale, "dilation": dilation, "locks": {}}
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, namespace="livemig-bench")
+    try:
+        for lock in locks:
+            rows = []
+            for n in workers:
+                nics = ", ".join(f'{{ name = "eth{k}", speed_gbps = {nic_gbps:.6f} }}' for k in range(n))
+                text = _SCALING_SCENARIO.format(lock=lock, n=n, scale=memory_scale, dilation=dilation,
+                                                nics=nics, memory_gib=memory_gib)
+                r = run_scenario(parse_scenario(text, f"scaling-{lock}-{n}"), RunOptions())
+                rows.append({"workers": n, "migration_time_s": round(r["total_time_s"], 2),
+                             "throughput_mbytes_s": round(r["avg_throughput_mbytes_s"], 1),
+                             "cpu_seconds": round(r["cpu_seconds"], 1), "verified": r["verified"],
+                             "saturation": round(r["emulation"]["fidelity"]["saturation"], 3)})
+            base = rows[0]["migration_time_s"]
+            for row in rows:
+                row["speedup"] = round(base / row["migration_time_s"], 2)
+            out["locks"][lock] = rows
+    finally:
+        ray.shutdown()
+    return out

@@ -159,6 +159,35 @@ def validate(scenario: Path = typer.Argument(..., help="Scenario TOML file.")) -
     print(f"{scenario}: ok ({len(sc.vms)} VM(s), {len(sc.hosts)} hosts)")
 
 
+@app.command()
+def compare(result_a: Path = typer.Argument(..., help="result.json (or its directory) of the baseline, e.g. vanilla."),
+            result_b: Path = typer.Argument(..., help="result.json (or its directory) to compare, e.g. PMigrate."),
+            json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON.")) -> None:
+    """Two results side by side with ratios A/B (and the paper's, when the scenarios give them)."""
+    from cluster.compare import CompareError, load, rows
+    try:
+        a, b = load(result_a), load(result_b)
+    except CompareError as exc:
+        _fail_input([str(exc)])
+    table_rows = rows(a, b)
+    if json_out:
+        print(json.dumps({"a": str(result_a), "b": str(result_b), "rows": table_rows}, indent=2))
+        return
+    with_paper = any("paper_ratio" in r for r in table_rows)
+    t = Table(title=f"A = {a.get('scenario')}   B = {b.get('scenario')}", title_justify="left")
+    for col in ["Metric", "A", "B", "A/B"] + (["paper A", "paper B", "paper A/B", "deviation"] if with_paper else []):
+        t.add_column(col, justify="left" if col == "Metric" else "right")
+    fmt = lambda v, u="": "-" if v is None else f"{v:,.2f}{(' ' + u) if u else ''}"
+    for r in table_rows:
+        cells = [r["metric"], fmt(r["a"], r["unit"]), fmt(r["b"], r["unit"]), fmt(r["ratio"])]
+        if with_paper:
+            dev = r.get("deviation")
+            cells += [fmt(r.get("paper_a"), r["unit"]), fmt(r.get("paper_b"), r["unit"]), fmt(r.get("paper_ratio")),
+                      "-" if dev is None else f"{dev:+.0%}"]
+        t.add_row(*cells)
+    out.print(t)
+
+
 @app.command("list")
 def list_scenarios() -> None:
     """The shipped scenarios, one line each."""
@@ -185,6 +214,14 @@ def bench_link(seconds: float = typer.Option(3.0, help="Seconds per rate measure
     """Achieved rate against target at 1 and 10 Gbit/s, and latency error at 1 and 10 ms RTT."""
     from cluster.bench import link_bench
     print(json.dumps(link_bench(seconds), indent=2))
+
+
+@bench_app.command("scaling")
+def bench_scaling(memory_gib: float = typer.Option(2.0, help="Emulated memory of the idle VM."),
+                  dilation: float = typer.Option(0.05, help="Real seconds per emulated second.")) -> None:
+    """PMigrate Figures 6-7: migration time and speed-up with 1, 2, 4, 8 consumers under each address-space lock."""
+    from cluster.bench import scaling_bench
+    print(json.dumps(scaling_bench(memory_gib=memory_gib, dilation=dilation), indent=2))
 
 
 @bench_app.command("codec")

@@ -109,11 +109,11 @@ def predict_vm(scenario: Scenario, vm: Vm) -> dict:
     elapsed += mig.setup_ms / 1000
     state = mig.device_state_kib * 1024
     downtime_bytes = todo * bytes_per_page + state
-    downtime = sync_s + todo / pages_per_s + state / wire_rate + one_way
+    downtime = sync_s + todo / pages_per_s + state / wire_rate + one_way + mig.resume_ms / 1000
     sent += todo * bytes_per_page
     total = elapsed + downtime
     sent_pages = sent / bytes_per_page
-    cpu_s = sent_pages * (costs.source_us(mig.consumers) + costs.destination_us()) * 1e-6 + sync_s * (count + 1)
+    cpu_s = sent_pages * costs.source_us(mig.consumers) * 1e-6 + sync_s * (count + 1)  # the source's, as PMigrate counts
     return {
         "vm": vm.name,
         "status": "predicted",
@@ -131,6 +131,7 @@ def predict_vm(scenario: Scenario, vm: Vm) -> dict:
         "avg_throughput_mbytes_s": sent / total / MIB,
         "cpu_seconds": cpu_s,
         "cpu_usage_percent": 100 * cpu_s / total,
+        "cpu_seconds_destination": sent_pages * costs.destination_us() * 1e-6,
         "app": None,
         "iteration_log": log,
     }

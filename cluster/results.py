@@ -86,7 +86,8 @@ def vm_result(scenario: Scenario, vm: Vm, scale: Scale, topo, mig: dict, verifie
     ms = scale.memory_scale
     total = mig["total_time_s"]
     sent = mig["memory_bytes_sent"]
-    cpu_s = (cpu_src_s + cpu_dst_s) / scale.dilation
+    # The migration process on the source, as PMigrate's tables count it.
+    cpu_s = cpu_src_s / scale.dilation
     pages = {
         "normal": (sender.get("pages_normal", 0) - sender_before.get("pages_normal", 0)) / ms,
         "zero": (sender.get("pages_zero", 0) - sender_before.get("pages_zero", 0)) / ms,
@@ -111,6 +112,7 @@ def vm_result(scenario: Scenario, vm: Vm, scale: Scale, topo, mig: dict, verifie
         "avg_throughput_mbytes_s": sent / total / MIB if total > 0 else 0.0,
         "cpu_seconds": cpu_s,
         "cpu_usage_percent": 100 * cpu_s / total if total > 0 else 0.0,
+        "cpu_seconds_destination": cpu_dst_s / scale.dilation,
         "app": app_figures(samples, t_mig, mig, scale.dilation, warmup_s, guest_resumed_at) | {"dirty_tracking_faults": guest_faults},
         "iteration_log": [
             {"iteration": it["number"], "pages": it["dirty_pages"], "bytes": it["wire_bytes"],
@@ -159,6 +161,7 @@ def combine(scenario: Scenario, path: str, per_vm: list[dict], scale: Scale, wal
         out["cpu_usage_percent"] = 100 * out["cpu_seconds"] / out["total_time_s"] if out["total_time_s"] else 0.0
         out["app"] = {v["vm"]: v["app"] for v in per_vm}
     out["vms"] = per_vm
+    out["reference"] = scenario.reference.model_dump()
     saturation = max((v["saturation"] for v in per_vm), default=0.0)
     out["emulation"] = {
         "memory_scale": scale.memory_scale,

@@ -223,7 +223,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             links_before = ray.get([l.stats.remote() for l in links])
             t_mig = time.monotonic()
             ray.get(src.migrate.remote(i, guests[i], policy, mig_cfg.device_state_kib * 1024,
-                                       mig_cfg.setup_ms / 1000, mig_cfg.strategy, mig_cfg.slice_mib * MIB))
+                                       mig_cfg.setup_ms / 1000, mig_cfg.strategy, mig_cfg.slice_mib * MIB,
+                                       mig_cfg.resume_ms / 1000))
             emit(vm=vm.name, phase="setup", iteration=0, memory_bytes=mem_bytes, remaining_bytes=mem_bytes, sent_bytes=0.0)
             last_t, last_sent = t_mig, 0.0
             interrupted = False

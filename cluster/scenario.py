@@ -155,6 +155,9 @@ class Migration(_Strict):
     device_state_kib: Annotated[float, Field(ge=0)] = 256
     batch_pages: Annotated[int, Field(ge=1, le=4096)] | None = None  # default: a few ms of link time
     setup_ms: Annotated[float, Field(ge=0)] = 50
+    # Suspending on the source and restoring devices and resuming on the
+    # destination: a fixed part of every downtime (Xen 4.1: about 0.3 s).
+    resume_ms: Annotated[float, Field(ge=0)] = 0
     # PMigrate: consumer threads, each with its own connection; connections are
     # spread over the NIC pairs (two consumers per port with 8 consumers, 4 ports).
     consumers: Annotated[int, Field(ge=1, le=64)] = 1
@@ -194,9 +197,22 @@ class Emulation(_Strict):
     seed: int = 1
 
 
+REFERENCE_KEYS = ("total_time_s", "downtime_ms", "iterations", "memory_bytes_sent", "downtime_bytes_sent",
+                  "avg_throughput_mbytes_s", "cpu_usage_percent", "cpu_seconds", "non_response_s",
+                  "memory_compress_rate", "degradation")
+
+
+class Reference(_Strict):
+    """What the paper measured for this experiment, for `livemig compare`."""
+
+    source: str = ""
+    figures: dict[Literal[REFERENCE_KEYS], float] = {}
+
+
 class Scenario(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
+    reference: Reference = Reference()
     hosts: list[Host] = Field(min_length=2)
     network: Network
     vms: list[Vm] = Field(min_length=1)

@@ -1,0 +1,75 @@
+"""`livemig compare A B`: two results side by side, with ratios, like the papers' tables.
+
+The ratio is A over B (how many times B reduced a figure of A; PMigrate
+reports its gains that way). When the scenarios carry the paper's figures
+(`[reference]`), the paper's own ratio is shown next to the emulator's, with
+the deviation between the two.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROWS = [
+    # (label, key, unit, scale)
+    ("Migration time", "total_time_s", "s", 1.0),
+    ("Downtime", "downtime_ms", "ms", 1.0),
+    ("# of pre-copy iterations", "iterations", "", 1.0),
+    ("Total memory sent", "memory_bytes_sent", "GByte", 2.0 ** -30),
+    ("Downtime send", "downtime_bytes_sent", "MByte", 2.0 ** -20),
+    ("Avg. network throughput", "avg_throughput_mbytes_s", "MByte/s", 1.0),
+    ("Avg. CPU usage", "cpu_usage_percent", "%", 1.0),
+    ("Total CPU cost", "cpu_seconds", "CPU-s", 1.0),
+    ("Non-response time", "non_response_s", "s", 1.0),
+    ("App degradation", "degradation", "%", 100.0),
+    ("Memory compress rate", "memory_compress_rate", "%", 100.0),
+]
+
+
+class CompareError(Exception):
+    pass
+
+
+def load(path: str | Path) -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "result.json"
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise CompareError(f"{p}: no such file; give a result.json or the directory holding it") from None
+    except json.JSONDecodeError as exc:
+        raise CompareError(f"{p}: not a result.json ({exc})") from None
+
+
+def figure(result: dict, key: str) -> float | None:
+    """A figure of a result, wherever it lives (top level, app, compression)."""
+    if key in ("non_response_s", "degradation"):
+        app = result.get("app") or {}
+        if "ops_per_s_before" not in app and result.get("vms"):
+            app = result["vms"][0].get("app") or {}
+        return app.get(key)
+    if key == "memory_compress_rate":
+        return (result.get("compression") or {}).get("memory_compress_rate")
+    return result.get(key)
+
+
+def rows(a: dict, b: dict) -> list[dict]:
+    ref_a = (a.get("reference") or {}).get("figures") or {}
+    ref_b = (b.get("reference") or {}).get("figures") or {}
+    out = []
+    for label, key, unit, k in ROWS:
+        va, vb = figure(a, key), figure(b, key)
+        if va is None and vb is None and key not in ref_a:
+            continue
+        row = {"metric": label, "key": key, "unit": unit,
+               "a": None if va is None else va * k, "b": None if vb is None else vb * k}
+        row["ratio"] = va / vb if va is not None and vb else None
+        pa, pb = ref_a.get(key), ref_b.get(key)
+        if pa is not None and pb is not None:
+            row["paper_a"], row["paper_b"] = pa * k, pb * k
+            row["paper_ratio"] = pa / pb if pb else None
+            if row["ratio"] is not None and row["paper_ratio"]:
+                row["deviation"] = row["ratio"] / row["paper_ratio"] - 1
+        out.append(row)
+    return out

@@ -165,11 +165,16 @@ class PrecopyMigration:
             todo = self.guest.harvest()
 
     def _time_sliced(self) -> np.ndarray | None:
-        """Slices of the dirty set, one per iteration, in address order; QEMU 0.14's stage 2."""
+        """Slices of the dirty set, one per iteration, in address order; QEMU 0.14's stage 2.
+
+        A slice ends when it has put `slice_bytes` on the wire (QEMU's rate
+        limit counts bytes sent, so a slice of zero pages covers many pages).
+        """
         r = self.result
         pending = np.ones(len(self.image), dtype=bool)
         cursor = 0
         page_bytes = 4096 / self.scale
+        slice_wire = self.slice_pages * 4096
         self.phase = "precopy"
         no_stall = StopPolicy(self.policy.downtime_limit_s, self.policy.max_iterations, 1 << 30,
                               self.policy.max_sent_bytes)
@@ -178,20 +183,23 @@ class PrecopyMigration:
                 return None
             t_it = time.monotonic()
             pending[self.guest.harvest()] = True
-            dirty = np.flatnonzero(pending)
-            # Continue where the last slice stopped, wrapping around.
-            first = np.searchsorted(dirty, cursor)
-            chosen = np.concatenate([dirty[first:], dirty[:first]])[: self.slice_pages]
-            if len(chosen):
+            wire = 0
+            while wire < slice_wire:
+                dirty = np.flatnonzero(pending)
+                if not len(dirty):
+                    break
+                # Continue where the last slice stopped, wrapping around.
+                first = np.searchsorted(dirty, cursor)
+                chosen = np.concatenate([dirty[first:], dirty[:first]])[: self.slice_pages]
                 pending[chosen] = False
                 cursor = int(chosen[-1]) + 1
-            wire = self.sink.send_pages(self.vm, self.image, chosen, "precopy", lambda: False)
+                wire += self.sink.send_pages(self.vm, self.image, chosen, "precopy", lambda: False)
             dt = self._emu(time.monotonic() - t_it)
             wire_emu = wire / self.scale
             r.memory_bytes_sent += wire_emu
             r.iteration_count += 1
             bandwidth = wire_emu / dt if dt > 0 else float("inf")
-            remaining = (len(dirty) - len(chosen)) * page_bytes
+            remaining = int(np.count_nonzero(pending)) * page_bytes
             self.remaining_bytes = remaining
             why = stop_reason(no_stall, r.iteration_count, remaining, bandwidth, [], r.memory_bytes_sent)
             if why:

@@ -70,9 +70,10 @@ def link_rate(scenario: Scenario) -> float:
     return total
 
 
-def cpu_pages_per_s(scenario: Scenario) -> float:
+def cpu_pages_per_s(scenario: Scenario, zero_fraction: float = 0.0) -> float:
     """Pages/s the source and destination CPUs allow: cores over cost, and the
-    address-space lock's serial part (Amdahl) on the source."""
+    address-space lock's serial part (Amdahl) on the source. Zero pages are
+    checked but not transferred."""
     mig, cpu = scenario.migration, scenario.cpu
     costs = resolve(cpu.profile, mig.address_space_lock, cpu.overrides())
     n = mig.consumers
@@ -81,7 +82,8 @@ def cpu_pages_per_s(scenario: Scenario) -> float:
     serial = {"global": costs.mmap_us + costs.map_us + costs.munmap_us + shootdown,
               "rwlock": costs.mmap_us + costs.munmap_us + shootdown,
               "range": 0.0}[mig.address_space_lock]
-    rates = [min(n, cores[0]) * 1e6 / costs.source_us(n), min(n, cores[1]) * 1e6 / costs.destination_us()]
+    source_us = costs.source_us(n) - zero_fraction * costs.send_us
+    rates = [min(n, cores[0]) * 1e6 / source_us, min(n, cores[1]) * 1e6 / costs.destination_us()]
     if serial > 0:
         rates.append(1e6 / serial)
     return min(rates)
@@ -93,7 +95,7 @@ def predict_vm(scenario: Scenario, vm: Vm) -> dict:
     z = vm.content.zero
     bytes_per_page = (1 - z) * (PAGE + PAGE_HEADER_BYTES) + z * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES)
     wire_rate = link_rate(scenario)
-    pages_per_s = min(wire_rate / bytes_per_page, cpu_pages_per_s(scenario))
+    pages_per_s = min(wire_rate / bytes_per_page, cpu_pages_per_s(scenario, z))
     bandwidth = pages_per_s * bytes_per_page  # bytes/s actually achieved on the wire
     mem_pages = vm.memory_gib * GIB / PAGE
     sync_s = costs.dirty_sync_ns * 1e-9 * mem_pages  # each fetch of the dirty log
@@ -113,7 +115,8 @@ def predict_vm(scenario: Scenario, vm: Vm) -> dict:
     sent += todo * bytes_per_page
     total = elapsed + downtime
     sent_pages = sent / bytes_per_page
-    cpu_s = sent_pages * costs.source_us(mig.consumers) * 1e-6 + sync_s * (count + 1)  # the source's, as PMigrate counts
+    source_us = costs.source_us(mig.consumers) - z * costs.send_us
+    cpu_s = sent_pages * source_us * 1e-6 + sync_s * (count + 1)  # the source's, as PMigrate counts
     return {
         "vm": vm.name,
         "status": "predicted",
@@ -160,14 +163,15 @@ def _image_oriented(vm, policy, mem_pages, pages_per_s, bytes_per_page, sync_s):
 
 
 def _time_sliced(vm, mig, policy, mem_pages, pages_per_s, bytes_per_page, sync_s):
-    """Vanilla KVM: each iteration fetches the dirty log, then sends one slice.
+    """Vanilla KVM: each iteration fetches the dirty log, then puts one slice
+    of `slice_mib` on the wire.
 
     Pages dirtied during a slice join the pending set; the distinct-page
     formula is applied to each slice's time over the pages not yet pending.
     """
-    slice_pages = mig.slice_mib * MIB / PAGE
+    slice_pages = mig.slice_mib * MIB / bytes_per_page
     pending, sent, elapsed, count = mem_pages, 0.0, 0.0, 0
-    rate, probs, ws = _write_probabilities(vm)
+    no_stall = StopPolicy(policy.downtime_limit_s, policy.max_iterations, 1 << 30, policy.max_sent_bytes)
     while True:
         chosen = min(slice_pages, pending)
         dt = sync_s + chosen / pages_per_s
@@ -179,8 +183,7 @@ def _time_sliced(vm, mig, policy, mem_pages, pages_per_s, bytes_per_page, sync_s
         fresh = dirty_pages_after(vm, dt) * (1 - pending / mem_pages)
         pending = min(mem_pages, pending + fresh)
         bandwidth = chosen * bytes_per_page / dt
-        reason = stop_reason(StopPolicy(policy.downtime_limit_s, policy.max_iterations, 1 << 30, policy.max_sent_bytes),
-                             count, pending * PAGE, bandwidth, [], sent)
+        reason = stop_reason(no_stall, count, pending * PAGE, bandwidth, [], sent)
         if reason:
             return pending, sent, elapsed, count, reason, []
 

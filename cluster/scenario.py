@@ -214,7 +214,7 @@ class Scenario(_Strict):
     description: str = ""
     reference: Reference = Reference()
     hosts: list[Host] = Field(min_length=2)
-    network: Network
+    network: Network = Network()
     vms: list[Vm] = Field(min_length=1)
     migration: Migration = Migration()
     cpu: CpuModel = CpuModel()

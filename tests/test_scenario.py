@@ -286,7 +286,7 @@ def test_several_problems_give_one_line_each():
 def test_missing_top_level_tables():
     lines = problems('name = "x"\n')
     fields = {LINE.match(l)["field"] for l in lines}
-    assert {"hosts", "network", "vms"} <= fields
+    assert {"hosts", "vms"} <= fields  # network may be left out: NICs are then paired by speed
 
 
 def test_invalid_toml_is_one_line_with_the_file_name():

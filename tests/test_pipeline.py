@@ -1,0 +1,122 @@
+"""The PMigrate pipeline without Ray: consumers, connections, pool, cores."""
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from agents.channel import Channel
+from agents.cpu import CorePool, CostModel
+from agents.memory_pool import MemoryPool
+from agents.pipeline import SourcePipeline
+from agents.range_lock import GlobalLock, RangeLock
+from agents.receiver import PageReceiver
+from agents.sender import PageSender
+from agents.wire_format import SlotLayout
+
+PAGE = 4096
+FREE = CostModel(send_us=0.0, receive_us=0.0, restore_us=0.0, dirty_sync_ns=0.0)
+
+
+def _pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    return Channel(a), Channel(b)
+
+
+class Harness:
+    """Source image -> pipeline -> connections (no link) -> receivers -> destination image."""
+
+    def __init__(self, npages=2048, consumers=4, connections=2, batch=8, slots=4, pool_bytes=1 << 20,
+                 restore_s_per_page=0.0, lock=None, cores=64, costs=FREE, real_s=lambda us, n: us * 1e-6 * n):
+        rng = np.random.default_rng(1)
+        self.src = rng.integers(0, 256, (npages, PAGE), dtype=np.uint8)
+        self.src[::7] = 0  # some zero pages
+        self.dst = np.zeros_like(self.src)
+        layout = SlotLayout(batch)
+        self.senders, self.receivers = [], []
+        for _ in range(connections):
+            ring = np.zeros(slots * layout.slot_bytes, dtype=np.uint8)
+            to_link, from_link = _pair()
+            acks_rx, acks_tx = _pair()
+            self.senders.append(PageSender(ring, slots, layout, to_link, acks_rx))
+            self.receivers.append(PageReceiver(ring, slots, layout, from_link, acks_tx, CorePool(cores),
+                                               lambda n: restore_s_per_page * n, {0: self.dst}))
+        self.pool = MemoryPool(pool_bytes)
+        self.pipe = SourcePipeline(self.senders, consumers, CorePool(cores), lock or RangeLock(), costs,
+                                   real_s, self.pool, batch)
+
+    def close(self):
+        self.pipe.close()
+
+
+def test_more_consumers_never_lose_a_page():
+    h = Harness(consumers=8, connections=3)
+    try:
+        h.pipe.send_pages(0, h.src, np.arange(len(h.src)), "precopy")
+        sent = len(h.src)
+        rng = np.random.default_rng(2)
+        for _ in range(5):  # later passes: pages change and are sent again, in any order of consumers
+            idx = np.unique(rng.integers(0, len(h.src), 300))
+            h.src[idx] = rng.integers(0, 256, (len(idx), PAGE), dtype=np.uint8)
+            h.pipe.send_pages(0, h.src, idx, "precopy")
+            sent += len(idx)
+        h.pipe.drain()
+        assert np.array_equal(h.src, h.dst)
+        assert sum(r.pages_restored for r in h.receivers) == sent
+        assert all(r.pages_restored > 0 for r in h.receivers)  # every connection carried pages
+    finally:
+        h.close()
+
+
+def test_a_slow_receiver_bounds_the_producers_memory():
+    # 4 KiB of restore time per page on the destination, a pool of 8 batches.
+    batch = 4
+    h = Harness(npages=512, consumers=4, connections=2, batch=batch, slots=2, pool_bytes=8 * batch * PAGE,
+                restore_s_per_page=0.0005)
+    try:
+        t0 = time.monotonic()
+        h.pipe.send_pages(0, h.src, np.arange(512), "precopy")
+        h.pipe.drain()
+        assert time.monotonic() - t0 >= 512 * 0.0005 / 2 * 0.9  # two receivers restore in parallel
+        assert h.pool.high_water <= 8 * batch * PAGE
+        assert h.pool.blocked_seconds > 0.05  # the producer waited for the consumers
+        assert np.array_equal(h.src, h.dst)
+    finally:
+        h.close()
+
+
+def test_consumers_share_the_cores_they_are_given():
+    costs = CostModel(send_us=1000.0, receive_us=0.0, restore_us=0.0)  # 1 ms per page
+    elapsed = {}
+    for cores in (1, 4):
+        h = Harness(npages=64, consumers=4, connections=4, batch=4, cores=cores, costs=costs)
+        try:
+            t0 = time.monotonic()
+            h.pipe.send_pages(0, h.src, np.arange(64), "precopy")
+            h.pipe.drain()
+            elapsed[cores] = time.monotonic() - t0
+            assert np.array_equal(h.src, h.dst)
+        finally:
+            h.close()
+    # 64 pages x 1 ms (some are zero pages and cost nothing to transfer).
+    assert elapsed[1] > 2.5 * elapsed[4]
+
+
+@pytest.mark.parametrize("lock, expect_parallel", [(GlobalLock, False), (RangeLock, True)])
+def test_the_address_space_lock_serialises_mapping_or_not(lock, expect_parallel):
+    costs = CostModel(map_us=2000.0, send_us=0.0, receive_us=0.0, restore_us=0.0)  # 2 ms per page mapped
+    h = Harness(npages=32, consumers=4, connections=4, batch=4, lock=lock(), costs=costs)
+    try:
+        t0 = time.monotonic()
+        h.pipe.send_pages(0, h.src, np.arange(32), "precopy")
+        h.pipe.drain()
+        dt = time.monotonic() - t0
+        serial = 32 * 0.002
+        if expect_parallel:
+            assert dt < serial * 0.6
+        else:
+            assert dt >= serial * 0.95
+        assert h.pipe.lock.stats()["acquisitions"] >= 8
+    finally:
+        h.close()

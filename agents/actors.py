@@ -24,6 +24,7 @@ from agents.clock import precise_threads
 from agents.content import assign_classes, fill_image, template_pools
 from agents.cpu import CorePool, CostModel
 from agents.dirty_log import DirtyLog
+from agents.encoding import BatchEncoder, Compression, XbzrleCaches
 from agents.guest import Guest
 from agents.link import LinkShaper
 from agents.memory_pool import MemoryPool
@@ -53,6 +54,7 @@ class HostAgent:
         self.migrations: dict[int, PrecopyMigration] = {}
         self.errors: dict[int, str] = {}
         self.pipeline: SourcePipeline | None = None
+        self.xbzrle: XbzrleCaches | None = None
         self.cores = CorePool(1)
         self.costs = CostModel()
         self.memory_scale, self.dilation = 1.0, 1.0
@@ -127,13 +129,22 @@ class HostAgent:
         images = {vm: r.pages() for vm, r in self.images.items()}
         per_page = self.costs.destination_us()
         self.receivers[conn] = PageReceiver(self.rings[conn].array, slots, SlotLayout(batch_pages), from_link, acks,
-                                            self.cores, lambda n: self._real_s(per_page, n), images)
+                                            self.cores, lambda n: self._real_s(per_page, n), images,
+                                            decode_cost=lambda s: self._real_s(s * 1e6, 1))
 
-    def start_pipeline(self, consumers: int, lock: str, pool_bytes: int, task_pages: int) -> None:
+    def start_pipeline(self, consumers: int, lock: str, pool_bytes: int, task_pages: int,
+                       compression: dict | None = None) -> None:
+        """`compression`: agents.encoding.Compression's fields (real units); None: zero pages only."""
         conns = [self.senders[k] for k in sorted(self.senders)]
         pool = MemoryPool(max(pool_bytes, task_pages * 4096))
+        settings = Compression(**(compression or {}))
+        encoders = None
+        if settings.method != "none":
+            if settings.xbzrle:
+                self.xbzrle = XbzrleCaches(settings.xbzrle_cache_bytes, settings.xbzrle_budget)
+            encoders = [BatchEncoder(settings, self.xbzrle) for _ in range(consumers)]
         self.pipeline = SourcePipeline(conns, consumers, self.cores, LOCKS[lock](), self.costs, self._real_s,
-                                       pool, task_pages)
+                                       pool, task_pages, encoders)
 
     # --- migration (source) ----------------------------------------------
     def migrate(self, vm: int, guest, policy: dict, state_bytes: float, setup_s: float,
@@ -142,6 +153,8 @@ class HostAgent:
         pages = self.images[vm].pages()
         control = _GuestControl(DirtyLog(self.logs[vm].array, len(pages)), guest, self.cores,
                                 self._real_s(self.costs.dirty_sync_ns / 1000, len(pages)))
+        if self.xbzrle is not None:
+            control.on_sync = lambda: self.xbzrle.new_generation(vm)
         mig = PrecopyMigration(vm, pages, control, self.pipeline, StopPolicy(**policy),
                                self.memory_scale, self.dilation, state_bytes, setup_s, strategy, slice_bytes,
                                resume_s)
@@ -188,6 +201,11 @@ class HostAgent:
             cs = [s.counters for s in self.senders.values()]
             out.update(wire_bytes=sum(c.wire_bytes for c in cs), pages_normal=sum(c.pages_normal for c in cs),
                        pages_zero=sum(c.pages_zero for c in cs), batches=sum(c.batches for c in cs))
+            for key in ("pages_compressed", "pages_delta", "pages_unchanged", "raw_bytes", "payload_bytes",
+                        "encode_s"):
+                out[key] = sum(getattr(c, key) for c in cs)
+        if self.xbzrle is not None:
+            out["xbzrle"] = self.xbzrle.counters(vm)
         out["cpu_charged_s"] = self.cores.charged_s
         out["cpu_overrun_s"] = self.cores.overrun_s
         if self.pipeline is not None:
@@ -203,6 +221,7 @@ class HostAgent:
         return {
             "pages_restored": sum(r.pages_restored for r in self.receivers.values()),
             "errors": [r.error for r in self.receivers.values() if r.error],
+            "decode_s": sum(r.decode_s for r in self.receivers.values()),
             "cpu_charged_s": self.cores.charged_s,
             "cpu_overrun_s": self.cores.overrun_s,
         }
@@ -226,6 +245,7 @@ class _GuestControl:
 
     def __init__(self, log: DirtyLog, handle, cores: CorePool, sync_real_s: float) -> None:
         self.log, self.h, self.cores, self.sync_real_s = log, handle, cores, sync_real_s
+        self.on_sync = lambda: None  # a dirty-log sync ages the XBZRLE cache
 
     def start_dirty_log(self) -> None:
         self.log.start()
@@ -236,6 +256,7 @@ class _GuestControl:
     def harvest(self) -> np.ndarray:
         with self.cores.core() as core:
             idx = self.log.harvest()
+            self.on_sync()
             core.charge(self.sync_real_s)
         return idx
 

@@ -6,6 +6,10 @@ highly compressible) and incompressible pages (random bytes, like encrypted
 or already-compressed data). Each class has a pool of template pages; a guest
 write copies a template and stamps a counter into it, so every write really
 changes the page while keeping its class's compressibility.
+
+Partial-page writes (a benchmark's stores, a database record, a moving part
+of a video frame) change some bytes of a page and keep the rest: what delta
+encoding exploits. They are vectorised over all the writes of a guest tick.
 """
 from __future__ import annotations
 
@@ -60,7 +64,13 @@ def fill_image(pages: np.ndarray, classes: np.ndarray, pools: np.ndarray, seed: 
 
 
 def stamp_pages(pages: np.ndarray, idx: np.ndarray, cls: np.ndarray, rng: np.random.Generator, counter: int) -> None:
-    """Write a distinct 8-byte counter into each non-zero page of `idx`."""
+    """Write a distinct 8-byte counter into each non-zero page of `idx`; give
+    each random page its own bytes (a template XORed with a key of its own),
+    so that a batch of random pages does not compress by repeating a template."""
+    rnd = idx[cls == RANDOM]
+    if len(rnd):
+        keys = rng.integers(0, 1 << 63, len(rnd), dtype=np.uint64, endpoint=True)
+        pages.view(np.uint64)[rnd] ^= keys[:, None]
     keep = cls != ZERO
     if not keep.any():
         return
@@ -77,3 +87,29 @@ def write_pages(pages: np.ndarray, idx: np.ndarray, classes: np.ndarray, pools: 
     variant = rng.integers(0, POOL_PAGES, len(idx))
     pages[idx] = pools[cls, variant]
     stamp_pages(pages, idx, cls, rng, counter)
+
+
+def write_runs(pages: np.ndarray, idx: np.ndarray, offsets: np.ndarray, nbytes: int, rng: np.random.Generator) -> None:
+    """Partial writes: `nbytes` new bytes at byte `offsets[k]` of page `idx[k]`.
+
+    `offsets[k] + nbytes` must not pass the page end. Pages may repeat (the
+    later write wins, as in memory).
+    """
+    if not len(idx) or nbytes <= 0:
+        return
+    flat = pages.reshape(-1)
+    start = np.asarray(idx, dtype=np.int64) * PAGE + np.asarray(offsets, dtype=np.int64)
+    pos = (start[:, None] + np.arange(nbytes, dtype=np.int64)).reshape(-1)
+    flat[pos] = rng.integers(0, 256, len(pos), dtype=np.uint8)
+
+
+def bump_bands(pages: np.ndarray, first: int, stop: int, band_offsets: np.ndarray, band_bytes: int, inc: int) -> None:
+    """Change a band of `band_bytes` in every page of `first:stop` by adding `inc`
+    (mod 256, never 0) to each of its bytes. Page p's band starts at
+    `band_offsets[(p - first) % len(band_offsets)]`: one strided slice per
+    offset group, so the cost does not depend on a Python loop over pages."""
+    inc = inc % 256 or 1
+    groups = len(band_offsets)
+    for g, off in enumerate(band_offsets.tolist()):
+        band = pages[first + g: stop: groups, off: off + band_bytes]
+        band += np.uint8(inc)

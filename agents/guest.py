@@ -116,11 +116,15 @@ class Guest:
         per_op = wl.op_cost_s + (self._fault_ratio * self.fault_s if logging else 0.0)
         capacity = self.vcpus * awake / per_op if per_op > 0 else offered
         ops = min(offered, capacity)
-        idx = wl.step(ops)
         self._tick_no += 1
+        if wl.writes_in_place:
+            idx = wl.write(self.pages, ops)  # partial-page writes, done by the workload
+        else:
+            idx = wl.step(ops)
+            if len(idx):
+                write_pages(self.pages, idx, self.classes, self.pools, self.rng, self._counter)
+                self._counter += len(idx)
         if len(idx):
-            write_pages(self.pages, idx, self.classes, self.pools, self.rng, self._counter)
-            self._counter += len(idx)
             # Marked after the write, and always: the log decides what counts.
             fresh = self.log.mark(idx, self._tick_no)
             if logging:

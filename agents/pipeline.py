@@ -64,8 +64,10 @@ class _Call:
 class SourcePipeline:
     def __init__(self, connections: list[PageSender], consumers: int, cores: CorePool,
                  lock: AddressSpaceLock, costs: CostModel, real_s: Callable[[float, int], float],
-                 pool: MemoryPool, task_pages: int) -> None:
-        """`real_s(us_per_emulated_page, real_pages)`: real seconds a step takes."""
+                 pool: MemoryPool, task_pages: int, encoders: list | None = None) -> None:
+        """`real_s(us_per_emulated_page, real_pages)`: real seconds a step takes.
+        `encoders`: one agents.encoding.BatchEncoder per consumer (None: zero pages only)."""
+        self.encoders = encoders
         self.connections = connections
         self.cores = cores
         self.lock = lock
@@ -137,10 +139,14 @@ class SourcePipeline:
                 self._locked_step(base, length, "mmap", c.mmap_us, n)
                 self._locked_step(base, length, "map", c.map_us, n)
                 with self.cores.core() as core:
-                    stats = conn.pack(slot, task.image, task.idx)
+                    stats = conn.pack(slot, task.image, task.idx, self.encoders and self.encoders[me], task.vm,
+                                      task.phase == "downtime")
                     # Every page is checked; only pages with contents are transferred.
-                    core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, n - stats.zero))
-                conn.post(slot, task.vm, n, stats, task.phase)
+                    # Compression costs its measured CPU time, scaled like a per-page
+                    # cost: a real page stands for 1/memory_scale emulated ones.
+                    core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, stats.pages - stats.zero)
+                                + self.real_s(stats.encode_s * 1e6, 1))
+                conn.post(slot, task.vm, stats.pages, stats, task.phase)
                 wire = stats.wire_bytes
                 self._locked_step(base, length, "munmap", c.munmap_us + shootdown, n)
             except BaseException as exc:  # surfaced by send_pages

@@ -17,13 +17,18 @@ import numpy as np
 
 from agents.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, KIND_STATE, Channel
 from agents.cpu import CorePool
-from agents.wire_format import SlotLayout, SlotView, restore_pages
+from agents.wire_format import SlotLayout, SlotView, Unpacker, restore_pages
 
 
 class PageReceiver:
     def __init__(self, ring: np.ndarray, slots: int, layout: SlotLayout, from_link: Channel, acks: Channel,
-                 cores: CorePool, restore_cost: Callable[[int], float], images: dict[int, np.ndarray]) -> None:
+                 cores: CorePool, restore_cost: Callable[[int], float], images: dict[int, np.ndarray],
+                 decode_cost: Callable[[float], float] = lambda s: 0.0) -> None:
+        """`decode_cost(s)`: real seconds to charge for `s` measured CPU seconds of decoding."""
         self.views = [SlotView(ring, i, layout) for i in range(slots)]
+        self.unpacker = Unpacker()  # one zstd context per receiver
+        self.decode_cost = decode_cost
+        self.decode_s = 0.0
         self.from_link = from_link
         self.acks = acks
         self.cores = cores
@@ -43,10 +48,12 @@ class PageReceiver:
             if kind == KIND_BATCH:
                 with self.cores.core() as core:
                     try:
-                        restore_pages(self.images[vm], self.views[slot])
+                        restore_pages(self.images[vm], self.views[slot], self.unpacker)
                     except (ValueError, KeyError, IndexError) as exc:
                         self.error = f"batch {d[5]} could not be restored: {exc}"
-                    core.charge(self.restore_cost(npages))
+                    decode_s = self.unpacker.take_decode_s()
+                    self.decode_s += decode_s
+                    core.charge(self.restore_cost(npages) + self.decode_cost(decode_s))
                 self.pages_restored += npages
             self.acks.send(KIND_ACK, vm, slot, npages, 0, d[5], d[6], time.monotonic())
         try:

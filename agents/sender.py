@@ -13,17 +13,27 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agents.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, KIND_STATE, Channel
 from agents.wire_format import PackStats, SlotLayout, SlotView, pack_pages
 
+if TYPE_CHECKING:
+    from agents.encoding import BatchEncoder
+
 
 @dataclass
 class SendCounters:
     pages_normal: int = 0
     pages_zero: int = 0
+    pages_compressed: int = 0
+    pages_delta: int = 0
+    pages_unchanged: int = 0
+    raw_bytes: int = 0  # non-zero pages sent, PAGE each
+    payload_bytes: int = 0  # what they cost on the wire after encoding
+    encode_s: float = 0.0  # measured CPU seconds of compression
     wire_bytes: int = 0
     batches: int = 0
     acked_batches: int = 0
@@ -63,14 +73,24 @@ class PageSender:
         """A free slot; blocks while every slot is on the wire or being restored."""
         return self.free.get()
 
-    def pack(self, slot: int, image: np.ndarray, idx: np.ndarray) -> PackStats:
-        return pack_pages(image, idx, self.views[slot])
+    def pack(self, slot: int, image: np.ndarray, idx: np.ndarray, encoder: BatchEncoder | None = None,
+             vm: int = 0, last_stage: bool = False) -> PackStats:
+        """Encode pages `idx` of `image` into `slot` (zero pages only, without an encoder)."""
+        if encoder is None:
+            return pack_pages(image, idx, self.views[slot])
+        return encoder.pack(vm, image, idx, self.views[slot], last_stage)
 
     def post(self, slot: int, vm: int, npages: int, stats: PackStats, phase: str) -> None:
         with self._cv:
             c = self.counters
             c.pages_normal += stats.normal
             c.pages_zero += stats.zero
+            c.pages_compressed += stats.compressed
+            c.pages_delta += stats.delta
+            c.pages_unchanged += stats.unchanged
+            c.raw_bytes += stats.raw_bytes
+            c.payload_bytes += stats.payload_bytes
+            c.encode_s += stats.encode_s
             c.wire_bytes += stats.wire_bytes
             p = c.by_phase.setdefault(phase, [0, 0])
             p[0] += stats.wire_bytes

@@ -5,10 +5,17 @@ application would count: requests, page writes) and the real pages written.
 Rates are given in emulated units; `memory_scale` converts page counts (a
 real page stands for 1/memory_scale emulated pages). Pure: no threads, no
 clocks; the guest runtime drives them.
+
+Most workloads rewrite whole pages (`step`: the pages, filled by the guest
+from its content templates). Those of the delta-compression experiments
+write parts of pages themselves (`writes_in_place`, `write`): the lmbench-like
+memory write benchmark, HD video transcoding and a transactional ERP.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from agents.content import PAGE, bump_bands, write_runs
 
 
 class Workload:
@@ -20,6 +27,13 @@ class Workload:
         self.scale = memory_scale
         self.rng = rng
         self._write_carry = 0.0
+
+    #: True when the workload writes parts of pages itself (`write`), not whole pages (`step`)
+    writes_in_place = False
+
+    def write(self, pages: np.ndarray, ops: float) -> np.ndarray:
+        """Do the writes of `ops` operations into `pages`; returns the real pages written."""
+        raise NotImplementedError
 
     def ops_rate(self) -> float:
         """Offered operations per emulated second."""
@@ -128,6 +142,130 @@ class Sweeper(Workload):
         return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
+class MemWriter(Workload):
+    """lmbench-like memory write benchmark: `bytes_per_write` new bytes at a
+    random offset of a random page of the working set, one op per write."""
+
+    op_cost_s = 0.2e-6
+    writes_in_place = True
+
+    def __init__(self, npages, memory_scale, rng, writes_per_s: float, bytes_per_write: int,
+                 working_set_pages: int) -> None:
+        super().__init__(npages, memory_scale, rng)
+        self.rate = writes_per_s
+        self.nbytes = max(1, min(int(bytes_per_write), PAGE))
+        self.ws = max(1, min(working_set_pages, npages))
+
+    def ops_rate(self) -> float:
+        return self.rate
+
+    def write(self, pages: np.ndarray, ops: float) -> np.ndarray:
+        n = self._real_writes(ops)
+        idx = self.rng.integers(0, self.ws, n)
+        write_runs(pages, idx, self.rng.integers(0, PAGE - self.nbytes + 1, n), self.nbytes, self.rng)
+        return idx
+
+
+class VideoTranscoder(Workload):
+    """HD video transcoding: frame buffers rewritten `fps` times a second.
+
+    Between two frames most of the picture stays; what moves is a part of
+    each page of the frame buffers (`changed_fraction` of its bytes, at an
+    offset that differs between neighbouring pages). One op is one frame.
+    """
+
+    writes_in_place = True
+    GROUPS = 8
+
+    def __init__(self, npages, memory_scale, rng, frame_pages: int, fps: float, changed_fraction: float) -> None:
+        super().__init__(npages, memory_scale, rng)
+        self.frame_pages = max(1, min(frame_pages, npages))
+        self.fps = fps
+        self.op_cost_s = 0.5 / fps  # half a vCPU to transcode
+        self.band = max(1, min(PAGE, int(round(changed_fraction * PAGE))))
+        self.offsets = rng.integers(0, PAGE - self.band + 1, self.GROUPS)
+        self._frame_carry = 0.0
+        self._frame = 0
+
+    def ops_rate(self) -> float:
+        return self.fps
+
+    def write(self, pages: np.ndarray, ops: float) -> np.ndarray:
+        want = ops + self._frame_carry
+        frames = int(want)
+        self._frame_carry = want - frames
+        if frames == 0:
+            return np.empty(0, dtype=np.int64)
+        self._frame += frames
+        bump_bands(pages, 0, self.frame_pages, self.offsets, self.band, frames)
+        return np.arange(self.frame_pages)
+
+
+class Erp(Workload):
+    """A transactional ERP. Each transaction (one op):
+
+    * updates `writes_per_op` records of `record_bytes` in its tables, spread
+      uniformly over the working set: small changes to many pages;
+    * appends `log_bytes_per_op` to a circular redo log;
+    * rolls its session context in and out of the work processes' session
+      memory: `session_kib_per_op` rewritten whole, cycling through an area of
+      `session_pages` (SAP's roll area), which no delta can shorten.
+
+    Memory layout from page 0: log, session area, tables.
+    """
+
+    op_cost_s = 20e-6
+    writes_in_place = True
+
+    def __init__(self, npages, memory_scale, rng, ops_per_s: float, writes_per_op: int, record_bytes: int,
+                 log_bytes_per_op: int, log_pages: int, session_pages: int, session_kib_per_op: float,
+                 working_set_pages: int) -> None:
+        super().__init__(npages, memory_scale, rng)
+        self.rate = ops_per_s
+        self.writes_per_op = writes_per_op
+        self.record = max(1, min(record_bytes, PAGE))
+        self.log_bytes = min(log_bytes_per_op, PAGE)
+        self.log_pages = max(1, min(log_pages, npages // 4)) if self.log_bytes else 0
+        self.session_pages = max(1, min(session_pages, npages // 4)) if session_kib_per_op and session_pages else 0
+        self.session_bytes_per_op = session_kib_per_op * 1024
+        self.first_table = self.log_pages + self.session_pages
+        self.tables = max(1, min(working_set_pages, npages - self.first_table))
+        self._log_cursor = 0  # log entries written, modulo the log's capacity
+        self._session_cursor = 0
+        self._carry = {"log": 0.0, "session": 0.0}
+
+    def ops_rate(self) -> float:
+        return self.rate
+
+    def _real(self, key: str, emulated_units: float) -> int:
+        want = emulated_units * self.scale + self._carry[key]
+        n = int(want)
+        self._carry[key] = want - n
+        return n
+
+    def write(self, pages: np.ndarray, ops: float) -> np.ndarray:
+        n = self._real_writes(ops * self.writes_per_op)
+        idx = self.first_table + self.rng.integers(0, self.tables, n)
+        write_runs(pages, idx, self.rng.integers(0, PAGE // self.record, n) * self.record, self.record, self.rng)
+        out = [idx]
+        entries = self._real("log", ops) if self.log_pages else 0
+        if entries:
+            # Appended in order, wrapping around; an entry never straddles a page.
+            per_page = PAGE // self.log_bytes
+            k = (self._log_cursor + np.arange(entries, dtype=np.int64)) % (self.log_pages * per_page)
+            self._log_cursor = int(k[-1] + 1)
+            log_idx = k // per_page
+            write_runs(pages, log_idx, (k % per_page) * self.log_bytes, self.log_bytes, self.rng)
+            out.append(np.unique(log_idx))
+        rolled = self._real("session", ops * self.session_bytes_per_op / PAGE) if self.session_pages else 0
+        if rolled:
+            rows = self.log_pages + (self._session_cursor + np.arange(min(rolled, self.session_pages))) % self.session_pages
+            self._session_cursor = int((self._session_cursor + rolled) % self.session_pages)
+            pages[rows] += np.uint8(1 + self.rng.integers(0, 255))  # every byte changes
+            out.append(rows)
+        return np.concatenate(out)
+
+
 def make_workload(spec: dict, npages: int, memory_scale: float, seed: int) -> Workload:
     """Build from the scenario's `vms[].workload` table (sizes in GiB)."""
     rng = np.random.default_rng(seed)
@@ -148,4 +286,15 @@ def make_workload(spec: dict, npages: int, memory_scale: float, seed: int) -> Wo
     if kind == "sweeper":
         return Sweeper(npages, memory_scale, rng, int(round(spec["sweep_gib"] * gib_pages)),
                        spec.get("write_mbytes_s", 1000) * 1e6, spec.get("sleep_s", 5))
+    mib_pages = gib_pages / 1024
+    if kind == "memwrite":
+        return MemWriter(npages, memory_scale, rng, spec["writes_per_s"], spec.get("bytes_per_write", 64), ws())
+    if kind == "video":
+        return VideoTranscoder(npages, memory_scale, rng, int(round(spec["frame_mib"] * mib_pages)),
+                               spec.get("fps", 25), spec.get("changed_fraction", 0.1))
+    if kind == "erp":
+        return Erp(npages, memory_scale, rng, spec["ops_per_s"], spec.get("writes_per_op", 8),
+                   spec.get("record_bytes", 128), spec.get("log_bytes_per_op", 256),
+                   int(round(spec.get("log_mib", 64) * mib_pages)), int(round(spec.get("session_mib", 0) * mib_pages)),
+                   spec.get("session_kib_per_op", 64), ws())
     raise ValueError(f"unknown workload kind {kind!r}")

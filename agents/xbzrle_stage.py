@@ -22,6 +22,7 @@ The receiver applies a batch with
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +100,7 @@ class XbzrleEncoder:
         self.cache = cache
         self.budget = cache.page_size if budget is None else int(budget)
         self.counters = XbzrleCounters(cache_size=cache.size_bytes)
+        self.kernel_s = 0.0  # thread CPU seconds spent in the delta encoder itself
 
     def encode(self, page_numbers, new_pages: np.ndarray, *, last_stage: bool = False) -> XbzrleBatch:
         """Encode one batch; ``new_pages[k]`` is the content of page ``page_numbers[k]``."""
@@ -113,6 +115,7 @@ class XbzrleEncoder:
         lengths = np.full(n, xbzrle.OVERFLOW, dtype=np.int32)
         payload = b""
         if len(hit_rows):
+            t0 = time.thread_time()
             payload, hl = xbzrle.encode_batch(
                 self.cache.data,
                 new_pages,
@@ -121,6 +124,7 @@ class XbzrleEncoder:
                 new_index=hit_rows,
                 update_old=not last_stage,
             )
+            self.kernel_s += time.thread_time() - t0
             lengths[hit_rows] = hl
             kinds[hit_rows] = np.where(hl > 0, DELTA, np.where(hl == 0, UNCHANGED, NORMAL))
         miss_rows = np.flatnonzero(~hit)

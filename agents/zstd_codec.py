@@ -44,6 +44,15 @@ class ZstdBatchCodec:
         False.
         """
         view = memoryview(buf).cast("B")
+        frame = self.compress_frame(view)
+        if frame is not None:
+            return frame, True
+        return (buf if type(buf) is bytes else view.tobytes()), False
+
+    def compress_frame(self, buf) -> bytes | None:
+        """The zstd frame of ``buf``, or None when it does not pay (the caller
+        then sends ``buf`` as it is; nothing is copied)."""
+        view = memoryview(buf).cast("B")
         raw_len = view.nbytes
         self.batches += 1
         self.raw_bytes += raw_len
@@ -51,10 +60,10 @@ class ZstdBatchCodec:
             frame = self._cctx.compress(view)
             if len(frame) < raw_len * self.raw_threshold and len(frame) < raw_len:
                 self.payload_bytes += len(frame)
-                return frame, True
+                return frame
         self.raw_batches += 1
         self.payload_bytes += raw_len
-        return (buf if type(buf) is bytes else view.tobytes()), False
+        return None
 
     def decompress(self, payload, raw_len: int) -> bytes:
         """Inverse of :meth:`compress`: the ``raw_len`` original bytes.

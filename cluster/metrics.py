@@ -43,6 +43,12 @@ class MetricsExporter:
         self._inc(self.pages_sent, (vm, "zero"), zero)
         self._inc(self.bytes_sent, (vm, "normal"), normal * 4096)
         self._inc(self.bytes_sent, (vm, "zero"), zero)
+        # Compressed and delta pages by encoding; their bytes on the wire together under
+        # "compressed" (zstd frames and XBZRLE deltas, with the deltas' headers).
+        for enc in ("compressed", "delta"):
+            self._inc(self.pages_sent, (vm, enc), status.get(f"pages_{enc}", 0) / ms)
+        encoded = (status.get("payload_bytes", 0) - status.get("pages_normal", 0) * 4096) / ms
+        self._inc(self.bytes_sent, (vm, "compressed"), encoded)
         self.iterations.labels(vm).set(state.iteration)
         self.remaining.labels(vm).set(state.remaining_bytes)
         # Throughput is measured over all of the migration's links together.

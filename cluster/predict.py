@@ -41,10 +41,28 @@ def _write_probabilities(vm: Vm) -> tuple[float, np.ndarray | None, int]:
         return wl.ops_per_s * wl.write_fraction, p / p.sum(), ws
     if wl.kind == "sweeper":
         return wl.write_mbytes_s * 1e6 / PAGE, None, max(1, int(wl.sweep_gib * GIB / PAGE))
+    if wl.kind == "memwrite":
+        return wl.writes_per_s, None, ws
+    if wl.kind == "video":  # every page of the frame buffers, every frame
+        frames = max(1, int(wl.frame_mib * MIB / PAGE))
+        return wl.fps * frames, None, frames
+    if wl.kind == "erp":  # the record updates (the log and the session area are small next to them)
+        return wl.ops_per_s * wl.writes_per_op, None, ws
     raise ValueError(wl.kind)
 
 
 def dirty_pages_after(vm: Vm, t: float) -> float:
+    wl = vm.workload
+    hot = getattr(wl, "hot_set_gib", 0.0) * GIB / PAGE
+    if hot > 0 and t > 0:
+        # Two uniform writers: the hot set at its own rate, and the rest of the
+        # working set at the base rate (the base rate's share that lands there).
+        rate, _, ws = _write_probabilities(vm)
+        hot = min(hot, ws)
+        cold = ws - hot
+        d_hot = hot * -math.expm1(-(wl.hot_pages_per_s + rate * hot / ws) * t / hot)
+        d_cold = cold * -math.expm1(-rate * cold / ws * t / cold) if cold > 0 else 0.0
+        return d_hot + d_cold
     rate, probs, ws = _write_probabilities(vm)
     if rate == 0 or t <= 0:
         return 0.0
@@ -83,7 +101,8 @@ def cpu_pages_per_s(scenario: Scenario, zero_fraction: float = 0.0) -> float:
               "rwlock": costs.mmap_us + costs.munmap_us + shootdown,
               "range": 0.0}[mig.address_space_lock]
     source_us = costs.source_us(n) - zero_fraction * costs.send_us
-    rates = [min(n, cores[0]) * 1e6 / source_us, min(n, cores[1]) * 1e6 / costs.destination_us()]
+    dest_us = costs.restore_us + (1 - zero_fraction) * costs.receive_us
+    rates = [min(n, cores[0]) * 1e6 / source_us, min(n, cores[1]) * 1e6 / dest_us]
     if serial > 0:
         rates.append(1e6 / serial)
     return min(rates)
@@ -134,7 +153,7 @@ def predict_vm(scenario: Scenario, vm: Vm) -> dict:
         "avg_throughput_mbytes_s": sent / total / MIB,
         "cpu_seconds": cpu_s,
         "cpu_usage_percent": 100 * cpu_s / total,
-        "cpu_seconds_destination": sent_pages * costs.destination_us() * 1e-6,
+        "cpu_seconds_destination": sent_pages * (costs.restore_us + (1 - z) * costs.receive_us) * 1e-6,
         "app": None,
         "iteration_log": log,
     }

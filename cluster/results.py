@@ -79,10 +79,51 @@ def _links(topo, before: list[dict], after: list[dict], scale: Scale) -> list[di
     return out
 
 
+def compression_figures(scenario: Scenario, scale: Scale, sender: dict, before: dict, decode_s: float,
+                        pages: dict, total_s: float) -> dict:
+    """Compression of memory (emulated units): PMigrate Table 10's compress
+    rate and compress time, and QEMU's xbzrle-cache statistics."""
+    ms = scale.memory_scale
+    mig = scenario.migration
+
+    def delta(key: str) -> float:
+        return sender.get(key, 0) - before.get(key, 0)
+
+    raw = delta("raw_bytes")
+    out = {
+        "method": mig.compression,
+        # Wire bytes of the pages with contents, after encoding, over their raw size.
+        "memory_compress_rate": delta("payload_bytes") / raw if raw else 1.0,
+        "raw_bytes": raw / ms,
+        "compressed_bytes": delta("payload_bytes") / ms,
+        # Measured CPU time of compression (source) and decompression
+        # (destination); a real page stands for 1/memory_scale emulated pages.
+        "compress_cpu_seconds": delta("encode_s") / ms,
+        "decompress_cpu_seconds": decode_s / ms,
+        "unchanged_pages": delta("pages_unchanged") / ms,
+        # Guest memory moved per second, whatever its encoding on the wire.
+        "effective_throughput_mbytes_s": sum(pages.values()) * PAGE / total_s / MIB if total_s > 0 else 0.0,
+    }
+    if mig.compression.endswith("zstd"):
+        out["zstd_level"] = mig.zstd_level
+    x = sender.get("xbzrle")
+    if x:
+        out["xbzrle"] = {
+            "cache_size": x["cache_size"] / ms,
+            "bytes": x["bytes"] / ms,
+            "pages": int(round(x["pages"] / ms)),
+            "cache_miss": int(round(x["cache_miss"] / ms)),
+            "cache_miss_rate": x["cache_miss_rate"],
+            "encoding_rate": x["encoding_rate"],
+            "overflow": int(round(x["overflow"] / ms)),
+        }
+    return out
+
+
 def vm_result(scenario: Scenario, vm: Vm, scale: Scale, topo, mig: dict, verified: bool, bad: list,
               samples: list, t_mig: float, cpu_src_s: float, cpu_dst_s: float, overrun_s: tuple[float, float],
               sender: dict, sender_before: dict, links_before: list[dict], links_after: list[dict],
-              guest_faults: float, warmup_s: float, guest_resumed_at: float | None) -> dict:
+              guest_faults: float, warmup_s: float, guest_resumed_at: float | None, decode_s: float = 0.0) -> dict:
     ms = scale.memory_scale
     total = mig["total_time_s"]
     sent = mig["memory_bytes_sent"]
@@ -91,9 +132,16 @@ def vm_result(scenario: Scenario, vm: Vm, scale: Scale, topo, mig: dict, verifie
     pages = {
         "normal": (sender.get("pages_normal", 0) - sender_before.get("pages_normal", 0)) / ms,
         "zero": (sender.get("pages_zero", 0) - sender_before.get("pages_zero", 0)) / ms,
-        "compressed": 0,
-        "delta": 0,
+        "compressed": (sender.get("pages_compressed", 0) - sender_before.get("pages_compressed", 0)) / ms,
+        "delta": (sender.get("pages_delta", 0) - sender_before.get("pages_delta", 0)) / ms,
     }
+    app = app_figures(samples, t_mig, mig, scale.dilation, warmup_s, guest_resumed_at)
+    limit = getattr(vm.workload, "max_downtime_ms", None)
+    if limit is not None:
+        # An application that breaks on a long pause (the ERP of Svärd et al.):
+        # it does not respond after a downtime beyond its limit.
+        app |= {"max_downtime_ms": limit,
+                "survived": mig["status"] == "completed" and mig["downtime_s"] * 1000 <= limit}
     return {
         "vm": vm.name,
         "status": mig["status"],
@@ -113,7 +161,8 @@ def vm_result(scenario: Scenario, vm: Vm, scale: Scale, topo, mig: dict, verifie
         "cpu_seconds": cpu_s,
         "cpu_usage_percent": 100 * cpu_s / total if total > 0 else 0.0,
         "cpu_seconds_destination": cpu_dst_s / scale.dilation,
-        "app": app_figures(samples, t_mig, mig, scale.dilation, warmup_s, guest_resumed_at) | {"dirty_tracking_faults": guest_faults},
+        "app": app | {"dirty_tracking_faults": guest_faults},
+        "compression": compression_figures(scenario, scale, sender, sender_before, decode_s, pages, total),
         "iteration_log": [
             {"iteration": it["number"], "pages": it["dirty_pages"], "bytes": it["wire_bytes"],
              "duration_s": it["duration_s"], "throughput_mbytes_s": it["bandwidth_bytes_s"] / MIB}

@@ -192,8 +192,12 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
 
         _wire(cl, topo, src, dst, links)
         task_pages = min(c.batch_pages for c in topo.connections)
+        compression = dict(method=mig_cfg.compression, zstd_level=mig_cfg.zstd_level,
+                           xbzrle_cache_bytes=int(mig_cfg.xbzrle_cache_mib * MIB * scale.memory_scale),
+                           xbzrle_budget=mig_cfg.xbzrle_budget)
         ray.get(src.start_pipeline.remote(mig_cfg.consumers, mig_cfg.address_space_lock,
-                                          int(mig_cfg.memory_pool_mib * MIB * scale.memory_scale), task_pages))
+                                          int(mig_cfg.memory_pool_mib * MIB * scale.memory_scale), task_pages,
+                                          compression))
         if opts.inject_fault == "corrupt-page":
             c0 = topo.connections[0]
             ray.get(links[c0.link].corrupt_one_page.remote(region_path(cl.run_id, f"ring{c0.index}"), c0.batch_pages))
@@ -285,7 +289,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                            after_recv["cpu_overrun_s"] - before_recv["cpu_overrun_s"]),
                 sender=after_status, sender_before=before_status,
                 links_before=links_before, links_after=links_after, guest_faults=faults,
-                warmup_s=WARMUP_S, guest_resumed_at=guest_resumed_at)
+                warmup_s=WARMUP_S, guest_resumed_at=guest_resumed_at,
+                decode_s=after_recv.get("decode_s", 0.0) - before_recv.get("decode_s", 0.0))
             per_vm.append(vm_result)
             if metrics:
                 metrics.finish(vm.name, vm_result)

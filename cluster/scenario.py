@@ -103,6 +103,10 @@ class UniformWorkload(_Strict):
     kind: Literal["uniform"]
     dirty_pages_per_s: Annotated[float, Field(ge=0)]
     working_set_gib: Positive | None = None  # default: all of memory
+    # A hot set inside the working set, written at its own rate on top (e.g.
+    # memcached's hash table and LRU heads while gets touch random items).
+    hot_set_gib: Annotated[float, Field(ge=0)] = 0.0
+    hot_pages_per_s: Annotated[float, Field(ge=0)] = 0.0
 
 
 class HotsetWorkload(_Strict):
@@ -124,8 +128,48 @@ class SweeperWorkload(_Strict):
     sleep_s: Annotated[float, Field(ge=0)] = 5
 
 
+class MemwriteWorkload(_Strict):
+    """lmbench-like memory write benchmark: small writes at random offsets into
+    pages of a working set, over and over (near-ideal for delta encoding)."""
+
+    kind: Literal["memwrite"]
+    writes_per_s: Annotated[float, Field(ge=0)]
+    bytes_per_write: Annotated[int, Field(ge=1, le=PAGE_SIZE)] = 64
+    working_set_gib: Positive | None = None
+
+
+class VideoWorkload(_Strict):
+    """HD video transcoding: frame buffers of `frame_mib` rewritten at `fps`;
+    per frame, `changed_fraction` of every page (its moving part) changes."""
+
+    kind: Literal["video"]
+    frame_mib: Positive
+    fps: Positive = 25
+    changed_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+
+class ErpWorkload(_Strict):
+    """Transactional ERP-like application: each transaction writes
+    `writes_per_op` records of `record_bytes` in its tables, appends
+    `log_bytes_per_op` to a redo log and rewrites `session_kib_per_op` of a
+    session (roll) area of `session_mib`; it breaks (stops responding) when
+    a downtime exceeds `max_downtime_ms`."""
+
+    kind: Literal["erp"]
+    ops_per_s: Annotated[float, Field(gt=0)]
+    writes_per_op: Annotated[int, Field(ge=1, le=1000)] = 8
+    record_bytes: Annotated[int, Field(ge=1, le=PAGE_SIZE)] = 128
+    log_bytes_per_op: Annotated[int, Field(ge=0, le=PAGE_SIZE)] = 256
+    log_mib: Positive = 64
+    session_mib: Annotated[float, Field(ge=0)] = 0
+    session_kib_per_op: Annotated[float, Field(ge=0)] = 64
+    working_set_gib: Positive | None = None
+    max_downtime_ms: Positive = 500
+
+
 Workload = Annotated[
-    IdleWorkload | UniformWorkload | HotsetWorkload | SweeperWorkload,
+    IdleWorkload | UniformWorkload | HotsetWorkload | SweeperWorkload | MemwriteWorkload | VideoWorkload
+    | ErpWorkload,
     Field(discriminator="kind"),
 ]
 
@@ -163,6 +207,12 @@ class Migration(_Strict):
     consumers: Annotated[int, Field(ge=1, le=64)] = 1
     address_space_lock: Literal["global", "rwlock", "range"] = "global"
     memory_pool_mib: Positive = 128  # per pipeline stage, emulated
+    # Page compression (agents/encoding.py): zstd over each batch (multifd-zstd),
+    # XBZRLE deltas against a per-VM cache of sent pages, or both.
+    compression: Literal["none", "zstd", "xbzrle", "xbzrle+zstd"] = "none"
+    zstd_level: Annotated[int, Field(ge=-7, le=22)] = 1
+    xbzrle_cache_mib: Positive = 64  # per VM, emulated MiB (QEMU's xbzrle-cache-size)
+    xbzrle_budget: Annotated[int, Field(ge=1, le=PAGE_SIZE)] | None = None  # bytes per delta; default a page
 
 
 class CpuModel(_Strict):
@@ -292,6 +342,13 @@ def _semantic_problems(s: Scenario) -> list[tuple[str, str]]:
         ws = getattr(vm.workload, "working_set_gib", None)
         if ws is not None and ws > vm.memory_gib:
             problems.append((f"vms[{i}].workload.working_set_gib", f"{ws:g} GiB exceeds the VM's memory_gib of {vm.memory_gib:g}"))
+        frames = getattr(vm.workload, "frame_mib", None)
+        if frames is not None and frames * MIB > vm.memory_gib * GIB:
+            problems.append((f"vms[{i}].workload.frame_mib", f"{frames:g} MiB exceeds the VM's memory_gib of {vm.memory_gib:g}"))
+        for key in ("log_mib", "session_mib"):
+            mib = getattr(vm.workload, key, None)
+            if mib is not None and mib * MIB > vm.memory_gib * GIB / 4:
+                problems.append((f"vms[{i}].workload.{key}", f"{mib:g} MiB is more than a quarter of the VM's memory_gib of {vm.memory_gib:g}"))
         sweep = getattr(vm.workload, "sweep_gib", None)
         if sweep is not None and sweep > vm.memory_gib:
             problems.append((f"vms[{i}].workload.sweep_gib", f"{sweep:g} GiB exceeds the VM's memory_gib of {vm.memory_gib:g}"))
@@ -307,7 +364,8 @@ def _semantic_problems(s: Scenario) -> list[tuple[str, str]]:
     return problems
 
 
-_WORKLOADS = {"idle": IdleWorkload, "uniform": UniformWorkload, "hotset": HotsetWorkload, "sweeper": SweeperWorkload}
+_WORKLOADS = {"idle": IdleWorkload, "uniform": UniformWorkload, "hotset": HotsetWorkload, "sweeper": SweeperWorkload,
+              "memwrite": MemwriteWorkload, "video": VideoWorkload, "erp": ErpWorkload}
 
 
 def _format_location(loc: tuple) -> str:
@@ -371,7 +429,7 @@ def _pydantic_lines(path: str, errors: list[dict]) -> list[str]:
             ctx = err.get("ctx", {})
             msg = f"unknown kind {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
         elif kind == "union_tag_not_found":
-            msg = "needs a `kind` (idle, uniform, hotset or sweeper)"
+            msg = f"needs a `kind` ({', '.join(_WORKLOADS)})"
         else:
             got = err.get("input")
             if not isinstance(got, (dict, list)):

@@ -193,7 +193,7 @@ profile = "xen-4.1"
 """
 
 
-def scaling_bench(memory_gib: float = 2.0, memory_scale: float = 1 / 512, dilation: float = 0.05,
+def scaling_bench(memory_gib: float = 1.0, memory_scale: float = 1 / 512, dilation: float = 0.15,
                   workers=(1, 2, 4, 8), locks=("global", "rwlock", "range")) -> dict:
     """Migration time of an idle VM with 1-8 consumers under each address-space lock.
 

@@ -127,9 +127,14 @@ class HostAgent:
         from_link = Channel.connect(link_out)
         acks = Channel.connect(ack_path)
         images = {vm: r.pages() for vm, r in self.images.items()}
-        per_page = self.costs.destination_us()
+        c = self.costs
+
+        def restore_cost(pages: int, with_contents: int) -> float:
+            # Every page is restored; only pages that carried contents were received in full.
+            return self._real_s(c.restore_us, pages) + self._real_s(c.receive_us, with_contents)
+
         self.receivers[conn] = PageReceiver(self.rings[conn].array, slots, SlotLayout(batch_pages), from_link, acks,
-                                            self.cores, lambda n: self._real_s(per_page, n), images,
+                                            self.cores, restore_cost, images,
                                             decode_cost=lambda s: self._real_s(s * 1e6, 1))
 
     def start_pipeline(self, consumers: int, lock: str, pool_bytes: int, task_pages: int,
@@ -148,7 +153,7 @@ class HostAgent:
 
     # --- migration (source) ----------------------------------------------
     def migrate(self, vm: int, guest, policy: dict, state_bytes: float, setup_s: float,
-                strategy: str, slice_bytes: float, resume_s: float) -> None:
+                strategy: str, slice_bytes: float, resume_s: float, io_thread_taken: float = 0.0) -> None:
         """Start migrating `vm` in a thread; poll `status` and fetch `migration_result`."""
         pages = self.images[vm].pages()
         control = _GuestControl(DirtyLog(self.logs[vm].array, len(pages)), guest, self.cores,
@@ -157,7 +162,7 @@ class HostAgent:
             control.on_sync = lambda: self.xbzrle.new_generation(vm)
         mig = PrecopyMigration(vm, pages, control, self.pipeline, StopPolicy(**policy),
                                self.memory_scale, self.dilation, state_bytes, setup_s, strategy, slice_bytes,
-                               resume_s)
+                               resume_s, io_thread_taken)
         self.migrations[vm] = mig
 
         def run() -> None:
@@ -208,6 +213,7 @@ class HostAgent:
             out["xbzrle"] = self.xbzrle.counters(vm)
         out["cpu_charged_s"] = self.cores.charged_s
         out["cpu_overrun_s"] = self.cores.overrun_s
+        out["cpu_held_s"] = self.cores.held_s
         if self.pipeline is not None:
             out["pool_high_water_bytes"] = self.pipeline.pool.high_water
             out["lock"] = self.pipeline.lock.stats()
@@ -224,6 +230,7 @@ class HostAgent:
             "decode_s": sum(r.decode_s for r in self.receivers.values()),
             "cpu_charged_s": self.cores.charged_s,
             "cpu_overrun_s": self.cores.overrun_s,
+            "cpu_held_s": self.cores.held_s,
         }
 
     def close(self) -> None:
@@ -253,6 +260,9 @@ class _GuestControl:
     def stop_dirty_log(self) -> None:
         self.log.stop()
 
+    def take_io_thread(self, share: float) -> None:
+        self.log.take_io_thread(share)
+
     def harvest(self) -> np.ndarray:
         with self.cores.core() as core:
             idx = self.log.harvest()
@@ -273,7 +283,9 @@ class LinkAgent:
                  rate_control: bool, reserved_bytes_s: float, monitor_period_s: float) -> None:
         precise_threads()
         self.name = name
-        self.shaper = LinkShaper(rate_bytes_s, one_way_s, background_bytes_s=background_bytes_s,
+        # The bucket's burst is 10 ms of emulated time (one monitor period is one emulated second).
+        self.shaper = LinkShaper(rate_bytes_s, one_way_s, burst_s=0.010 * monitor_period_s,
+                                 background_bytes_s=background_bytes_s,
                                  rate_control=rate_control, reserved_bytes_s=reserved_bytes_s,
                                  monitor_period_s=monitor_period_s)
         self._listeners: list[Listener] = []
@@ -318,7 +330,7 @@ class LinkAgent:
 @ray.remote(num_cpus=0, max_concurrency=4)
 class GuestAgent:
     def __init__(self, name: str, image_path: str, workload: dict, content: dict, vcpus: int,
-                 memory_scale: float, dilation: float, fault_s: float, seed: int) -> None:
+                 memory_scale: float, dilation: float, fault_s: float, seed: int, io_bound: bool = False) -> None:
         precise_threads()
         self.name = name
         self.region = Region.attach(image_path)
@@ -327,7 +339,8 @@ class GuestAgent:
         npages = len(pages)
         self.guest = Guest(pages, make_workload(workload, npages, memory_scale, seed),
                            assign_classes(npages, content, seed), template_pools(seed),
-                           vcpus, dilation, fault_s, seed, log=DirtyLog(self.log_region.array, npages))
+                           vcpus, dilation, fault_s, seed, log=DirtyLog(self.log_region.array, npages),
+                           io_bound=io_bound)
         self._dest: Region | None = None
 
     def start(self) -> float:

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-_DONE_TICK, _HARVESTED, _LOGGING, _PAUSE_REQUESTED, _PAUSED_AT = 0, 1, 2, 3, 4
+_DONE_TICK, _HARVESTED, _LOGGING, _PAUSE_REQUESTED, _PAUSED_AT, _IO_TAKEN = 0, 1, 2, 3, 4, 5
 
 
 class DirtyLog:
@@ -58,7 +58,18 @@ class DirtyLog:
         self.times[_PAUSED_AT] = t
         self.ctrl[_PAUSE_REQUESTED] = 2
 
+    @property
+    def io_taken(self) -> float:
+        """Share of the hypervisor's I/O thread the migration takes from the guest (0 to 1)."""
+        return float(self.times[_IO_TAKEN])
+
     # --- the migration's side ---
+    def take_io_thread(self, share: float) -> None:
+        """Vanilla kvm-qemu migrates from the I/O thread that also serves the
+        guest's network and disk requests: while it does, the guest gets only
+        `1 - share` of it."""
+        self.times[_IO_TAKEN] = share
+
     def request_pause(self, timeout: float = 10.0) -> float:
         """Ask the vCPUs to stop (as the hypervisor would, without a round trip
         through the control plane) and wait until they have; returns when they stopped."""

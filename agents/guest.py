@@ -27,8 +27,10 @@ TICK_S = 0.002
 
 class Guest:
     def __init__(self, pages: np.ndarray, workload: Workload, classes: np.ndarray, pools: np.ndarray,
-                 vcpus: int, dilation: float, fault_s: float, seed: int, log: DirtyLog | None = None) -> None:
+                 vcpus: int, dilation: float, fault_s: float, seed: int, log: DirtyLog | None = None,
+                 io_bound: bool = False) -> None:
         self.pages = pages
+        self.io_bound = io_bound
         # In a run the log is in shared memory (the source host harvests it);
         # standing alone, the guest keeps its own.
         self.log = log or DirtyLog(np.zeros(DirtyLog.nbytes(len(pages)), dtype=np.uint8), len(pages))
@@ -115,6 +117,9 @@ class Guest:
         logging = self.log.logging
         per_op = wl.op_cost_s + (self._fault_ratio * self.fault_s if logging else 0.0)
         capacity = self.vcpus * awake / per_op if per_op > 0 else offered
+        if self.io_bound:
+            # Its requests go through the I/O thread; the migration may hold it.
+            capacity = min(capacity, offered * (1.0 - self.log.io_taken))
         ops = min(offered, capacity)
         self._tick_no += 1
         if wl.writes_in_place:

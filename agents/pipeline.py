@@ -136,9 +136,13 @@ class SourcePipeline:
             wire = 0
             try:
                 slot = conn.acquire_slot()  # waiting for the wire takes no core
-                self._locked_step(base, length, "mmap", c.mmap_us, n)
-                self._locked_step(base, length, "map", c.map_us, n)
+                # One core for the whole task: fewer hand-overs between threads,
+                # so per-task overhead stays inside the charged time. A consumer
+                # waiting for the address-space lock keeps its core, as a thread
+                # spinning on mmap_sem's wait queue would.
                 with self.cores.core() as core:
+                    self._locked_step(core, base, length, "mmap", c.mmap_us, n)
+                    self._locked_step(core, base, length, "map", c.map_us, n)
                     stats = conn.pack(slot, task.image, task.idx, self.encoders and self.encoders[me], task.vm,
                                       task.phase == "downtime")
                     # Every page is checked; only pages with contents are transferred.
@@ -146,19 +150,18 @@ class SourcePipeline:
                     # cost: a real page stands for 1/memory_scale emulated ones.
                     core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, stats.pages - stats.zero)
                                 + self.real_s(stats.encode_s * 1e6, 1))
-                conn.post(slot, task.vm, stats.pages, stats, task.phase)
-                wire = stats.wire_bytes
-                self._locked_step(base, length, "munmap", c.munmap_us + shootdown, n)
+                    conn.post(slot, task.vm, stats.pages, stats, task.phase)
+                    wire = stats.wire_bytes
+                    self._locked_step(core, base, length, "munmap", c.munmap_us + shootdown, n)
             except BaseException as exc:  # surfaced by send_pages
                 task.call.error = exc
             finally:
                 self.pool.release(task.nbytes)
                 task.call.done(wire)
 
-    def _locked_step(self, start: int, length: int, mode: str, us_per_page: float, n: int) -> None:
-        """A modelled address-space operation: hold the lock and a core for its cost."""
+    def _locked_step(self, core, start: int, length: int, mode: str, us_per_page: float, n: int) -> None:
+        """A modelled address-space operation: hold the lock for its cost, on `core`."""
         if us_per_page <= 0:
             return
         with self.lock.hold(start, length, mode):
-            with self.cores.core() as core:
-                core.hold(self.real_s(us_per_page, n))
+            core.hold(self.real_s(us_per_page, n))

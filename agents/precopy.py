@@ -58,6 +58,7 @@ def stop_reason(policy: StopPolicy, iteration: int, remaining_bytes: float, band
 class GuestControl(Protocol):
     def start_dirty_log(self) -> None: ...
     def stop_dirty_log(self) -> None: ...
+    def take_io_thread(self, share: float) -> None: ...
     def harvest(self) -> np.ndarray: ...
     def pause(self) -> float: ...
     def resume(self) -> float: ...
@@ -100,7 +101,7 @@ class PrecopyMigration:
     def __init__(self, vm: int, image: np.ndarray, guest: GuestControl, sink: PageSink,
                  policy: StopPolicy, memory_scale: float, dilation: float,
                  state_bytes: float, setup_s: float, strategy: str = "image", slice_bytes: float = 2 * 2**20,
-                 resume_s: float = 0.0) -> None:
+                 resume_s: float = 0.0, io_thread_taken: float = 0.0) -> None:
         self.vm = vm
         self.image = image
         self.guest = guest
@@ -112,6 +113,7 @@ class PrecopyMigration:
         self.setup_s = setup_s
         self.strategy = strategy
         self.resume_s = resume_s
+        self.io_thread_taken = io_thread_taken
         self.slice_pages = max(1, int(round(slice_bytes * memory_scale / 4096)))
         self.result = PrecopyResult()
         self.phase = "setup"
@@ -127,7 +129,15 @@ class PrecopyMigration:
         time.sleep(self.setup_s * self.dilation)  # connection set-up, destination VM creation
         r.setup_time_s = self._emu(time.monotonic() - t0)
         self.guest.start_dirty_log()
-        todo = self._time_sliced() if self.strategy == "time-sliced" else self._image_oriented()
+        if self.strategy == "time-sliced":
+            # Vanilla KVM migrates from the guest's I/O thread.
+            self.guest.take_io_thread(self.io_thread_taken)
+            try:
+                todo = self._time_sliced()
+            finally:
+                self.guest.take_io_thread(0.0)
+        else:
+            todo = self._image_oriented()
         if todo is None:
             return self._abort()
         return self._stop_and_copy(todo)

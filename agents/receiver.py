@@ -17,12 +17,12 @@ import numpy as np
 
 from agents.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, KIND_STATE, Channel
 from agents.cpu import CorePool
-from agents.wire_format import SlotLayout, SlotView, Unpacker, restore_pages
+from agents.wire_format import ENC_ZERO, SlotLayout, SlotView, Unpacker, restore_pages
 
 
 class PageReceiver:
     def __init__(self, ring: np.ndarray, slots: int, layout: SlotLayout, from_link: Channel, acks: Channel,
-                 cores: CorePool, restore_cost: Callable[[int], float], images: dict[int, np.ndarray],
+                 cores: CorePool, restore_cost: Callable[[int, int], float], images: dict[int, np.ndarray],
                  decode_cost: Callable[[float], float] = lambda s: 0.0) -> None:
         """`decode_cost(s)`: real seconds to charge for `s` measured CPU seconds of decoding."""
         self.views = [SlotView(ring, i, layout) for i in range(slots)]
@@ -32,7 +32,7 @@ class PageReceiver:
         self.from_link = from_link
         self.acks = acks
         self.cores = cores
-        self.restore_cost = restore_cost  # real seconds for n real pages
+        self.restore_cost = restore_cost  # real seconds for (pages, pages with contents)
         self.images = images
         self.pages_restored = 0
         self.error: str | None = None
@@ -47,13 +47,14 @@ class PageReceiver:
             kind, vm, slot, npages = d[0], d[1], d[2], d[3]
             if kind == KIND_BATCH:
                 with self.cores.core() as core:
+                    zero = int(np.count_nonzero(self.views[slot].enc[:npages] == ENC_ZERO))
                     try:
                         restore_pages(self.images[vm], self.views[slot], self.unpacker)
                     except (ValueError, KeyError, IndexError) as exc:
                         self.error = f"batch {d[5]} could not be restored: {exc}"
                     decode_s = self.unpacker.take_decode_s()
                     self.decode_s += decode_s
-                    core.charge(self.restore_cost(npages) + self.decode_cost(decode_s))
+                    core.charge(self.restore_cost(npages, npages - zero) + self.decode_cost(decode_s))
                 self.pages_restored += npages
             self.acks.send(KIND_ACK, vm, slot, npages, 0, d[5], d[6], time.monotonic())
         try:

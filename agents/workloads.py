@@ -61,20 +61,34 @@ class Idle(Workload):
 
 
 class UniformWriter(Workload):
-    """Writes pages chosen uniformly in a working set; one op = one page write."""
+    """Writes pages chosen uniformly in a working set; one op = one page write.
+
+    An optional hot set (the first `hot_pages` of the working set) is written
+    at `hot_pages_per_s` on top, in step with the operations (e.g. memcached's
+    hash table and LRU heads, touched by every get)."""
 
     op_cost_s = 1e-6
 
-    def __init__(self, npages, memory_scale, rng, dirty_pages_per_s: float, working_set_pages: int) -> None:
+    def __init__(self, npages, memory_scale, rng, dirty_pages_per_s: float, working_set_pages: int,
+                 hot_pages: int = 0, hot_pages_per_s: float = 0.0) -> None:
         super().__init__(npages, memory_scale, rng)
         self.rate = dirty_pages_per_s
         self.ws = max(1, min(working_set_pages, npages))
+        self.hot = max(0, min(hot_pages, self.ws))
+        self.hot_rate = hot_pages_per_s if self.hot else 0.0
+        self._hot_carry = 0.0
 
     def ops_rate(self) -> float:
         return self.rate
 
     def step(self, ops: float) -> np.ndarray:
-        return self.rng.integers(0, self.ws, self._real_writes(ops))
+        idx = self.rng.integers(0, self.ws, self._real_writes(ops))
+        if not self.hot_rate or not self.rate:
+            return idx
+        want = ops / self.rate * self.hot_rate * self.scale + self._hot_carry
+        n = int(want)
+        self._hot_carry = want - n
+        return np.concatenate([idx, self.rng.integers(0, self.hot, n)])
 
 
 class HotsetWriter(Workload):
@@ -279,7 +293,8 @@ def make_workload(spec: dict, npages: int, memory_scale: float, seed: int) -> Wo
     if kind == "idle":
         return Idle(npages, memory_scale, rng)
     if kind == "uniform":
-        return UniformWriter(npages, memory_scale, rng, spec["dirty_pages_per_s"], ws())
+        return UniformWriter(npages, memory_scale, rng, spec["dirty_pages_per_s"], ws(),
+                             int(round(spec.get("hot_set_gib", 0.0) * gib_pages)), spec.get("hot_pages_per_s", 0.0))
     if kind == "hotset":
         return HotsetWriter(npages, memory_scale, rng, spec["ops_per_s"], spec.get("write_fraction", 0.1),
                             spec.get("zipf_s", 1.2), ws())

@@ -50,6 +50,14 @@ class RunState:
     extra: dict = field(default_factory=dict)
 
 
+def _lag(before: dict, after: dict) -> tuple[float, float]:
+    """(real seconds cores were held beyond their charges and modelled lock waits, seconds held)."""
+    held = after["cpu_held_s"] - before["cpu_held_s"]
+    charged = after["cpu_charged_s"] - before["cpu_charged_s"]
+    waited = after.get("lock", {}).get("wait_seconds", 0.0) - before.get("lock", {}).get("wait_seconds", 0.0)
+    return max(0.0, held - charged - waited), held
+
+
 def verify_images(src, dst, vm: int, npages: int) -> list[int]:
     """Page numbers whose contents differ between the two hosts' images of `vm`."""
     import ray
@@ -175,8 +183,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
         links = [cl.track(LinkAgent.options(name=f"link:{lp.name}").remote(
             lp.name, lp.rate_bytes_s, lp.one_way_s, lp.background_bytes_s, net.rate_control,
             scale.real_rate(net.reserved_mbytes_s * MIB), scale.real_seconds(1.0))) for lp in topo.links]
-        for host, h in ((src, src_h), (dst, dst_h)):
-            cores = min(h.cores, scenario.cpu.migration_cores or h.cores)
+        host_cores = [min(h.cores, scenario.cpu.migration_cores or h.cores) for h in (src_h, dst_h)]
+        for host, cores in zip((src, dst), host_cores):
             ray.get(host.configure.remote(cores, costs.__dict__, scale.memory_scale, scale.dilation))
 
         # Images: the source fills its guests' memory, the destination pre-touches.
@@ -207,7 +215,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             g = cl.track(GuestAgent.options(name=f"guest:{vm.name}").remote(
                 vm.name, region_path(cl.run_id, f"src-vm{i}"), vm.workload.model_dump(), vm.content.model_dump(),
                 vm.vcpus, scale.memory_scale, scale.dilation, costs.guest_fault_us * 1e-6,
-                scenario.emulation.seed + 1000 * i))
+                scenario.emulation.seed + 1000 * i, vm.io_bound))
             guests.append(g)
         ray.get([g.start.remote() for g in guests])
         setup_wall_s = time.monotonic() - wall0
@@ -228,7 +236,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             t_mig = time.monotonic()
             ray.get(src.migrate.remote(i, guests[i], policy, mig_cfg.device_state_kib * 1024,
                                        mig_cfg.setup_ms / 1000, mig_cfg.strategy, mig_cfg.slice_mib * MIB,
-                                       mig_cfg.resume_ms / 1000))
+                                       mig_cfg.resume_ms / 1000, mig_cfg.io_thread_taken))
             emit(vm=vm.name, phase="setup", iteration=0, memory_bytes=mem_bytes, remaining_bytes=mem_bytes, sent_bytes=0.0)
             last_t, last_sent = t_mig, 0.0
             interrupted = False
@@ -285,8 +293,9 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                 scenario, vm, scale, topo, mig, verified, bad, samples, t_mig,
                 cpu_src_s=after_status["cpu_charged_s"] - before_status["cpu_charged_s"],
                 cpu_dst_s=after_recv["cpu_charged_s"] - before_recv["cpu_charged_s"],
-                overrun_s=(after_status["cpu_overrun_s"] - before_status["cpu_overrun_s"],
-                           after_recv["cpu_overrun_s"] - before_recv["cpu_overrun_s"]),
+                lag=(_lag(before_status, after_status), _lag(before_recv, after_recv)),
+                # How many cores each side can keep busy at once.
+                widths=(min(mig_cfg.consumers, host_cores[0]), min(len(topo.connections), host_cores[1])),
                 sender=after_status, sender_before=before_status,
                 links_before=links_before, links_after=links_after, guest_faults=faults,
                 warmup_s=WARMUP_S, guest_resumed_at=guest_resumed_at,

@@ -182,6 +182,8 @@ class Vm(_Strict):
     disk_gib: Annotated[float, Field(ge=0)] = 0
     workload: Workload = IdleWorkload(kind="idle")
     content: ContentMix = ContentMix()
+    # Its operations are network requests served by the hypervisor's I/O thread.
+    io_bound: bool = False
 
 
 class Migration(_Strict):
@@ -202,6 +204,10 @@ class Migration(_Strict):
     # Suspending on the source and restoring devices and resuming on the
     # destination: a fixed part of every downtime (Xen 4.1: about 0.3 s).
     resume_ms: Annotated[float, Field(ge=0)] = 0
+    # Time-sliced (vanilla kvm-qemu) migration runs in the I/O thread that also
+    # serves the guest's requests: the share of it the migration takes from an
+    # I/O-bound guest while pre-copying.
+    io_thread_taken: Fraction = 0.0
     # PMigrate: consumer threads, each with its own connection; connections are
     # spread over the NIC pairs (two consumers per port with 8 consumers, 4 ports).
     consumers: Annotated[int, Field(ge=1, le=64)] = 1

@@ -16,14 +16,14 @@ def _run(text: str, dilation: float | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def writer_runs(ray_cluster):
-    text = scenario_text("writer", memory_gib=0.5, workload=WRITER, gbps=1, dilation=0.5)
-    return text, {d: _run(text, d) for d in (0.5, 1.0)}
+    text = scenario_text("writer", memory_gib=0.5, workload=WRITER, gbps=1, dilation=1.0)
+    return text, {d: _run(text, d) for d in (1.0, 2.0)}
 
 
 def test_uniform_writer_matches_prediction(writer_runs):
     text, runs = writer_runs
     model = predict(parse_scenario(text, "test.toml"))
-    got = runs[0.5]
+    got = runs[1.0]
     assert got["status"] == "completed" and got["verified"] is True
     assert model["iterations"] >= 2, "the scenario should need several iterations"
     assert got["total_time_s"] == pytest.approx(model["total_time_s"], rel=0.10)
@@ -33,7 +33,7 @@ def test_uniform_writer_matches_prediction(writer_runs):
 
 def test_two_unsaturated_dilations_agree(writer_runs):
     _, runs = writer_runs
-    a, b = runs[0.5], runs[1.0]
+    a, b = runs[1.0], runs[2.0]
     for r in (a, b):
         assert r["verified"] is True
         assert r["emulation"]["fidelity"]["saturation"] < 0.05
@@ -70,7 +70,7 @@ PARALLEL = '''
 name = "parallel"
 [emulation]
 memory_scale = 0.0078125
-dilation = 0.25
+dilation = 0.5
 seed = 9
 [[hosts]]
 name = "src"
@@ -111,5 +111,6 @@ def test_time_sliced_strategy_makes_many_iterations_and_verifies(ray_cluster):
                    .replace('address_space_lock = "range"', 'address_space_lock = "global"').replace("xen-4.1", "kvm-0.14")
     r = run_scenario(parse_scenario(text, "sliced.toml"), RunOptions())
     assert r["status"] == "completed" and r["verified"] is True
-    assert r["iterations"] > 1024 / 16  # at least one slice per 16 MiB of the first pass
+    # One slice per 16 MiB on the wire (zero pages are 9 bytes each): about 1024 x 0.75 / 16 = 48 in the first pass.
+    assert r["iterations"] > 30
     assert r["iteration_log"] == []  # slices are counted, not logged one by one

@@ -41,7 +41,7 @@ class Harness:
             acks_rx, acks_tx = _pair()
             self.senders.append(PageSender(ring, slots, layout, to_link, acks_rx))
             self.receivers.append(PageReceiver(ring, slots, layout, from_link, acks_tx, CorePool(cores),
-                                               lambda n: restore_s_per_page * n, {0: self.dst}))
+                                               lambda n, full: restore_s_per_page * n, {0: self.dst}))
         self.pool = MemoryPool(pool_bytes)
         self.pipe = SourcePipeline(self.senders, consumers, CorePool(cores), lock or RangeLock(), costs,
                                    real_s, self.pool, batch)

@@ -64,11 +64,11 @@ def rows(a: dict, b: dict) -> list[dict]:
             continue
         row = {"metric": label, "key": key, "unit": unit,
                "a": None if va is None else va * k, "b": None if vb is None else vb * k}
-        row["ratio"] = va / vb if va is not None and vb else None
+        row["ratio"] = va / vb if va is not None and vb and abs(vb) > 1e-9 else None
         pa, pb = ref_a.get(key), ref_b.get(key)
         if pa is not None and pb is not None:
             row["paper_a"], row["paper_b"] = pa * k, pb * k
-            row["paper_ratio"] = pa / pb if pb else None
+            row["paper_ratio"] = pa / pb if pb and abs(pb) > 1e-9 else None
             if row["ratio"] is not None and row["paper_ratio"]:
                 row["deviation"] = row["ratio"] / row["paper_ratio"] - 1
         out.append(row)

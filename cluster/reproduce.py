@@ -40,7 +40,8 @@ def judge(row: dict, tolerance: float) -> dict:
     paper, got = row.get("paper_ratio"), row.get("ratio")
     if paper is None or got is None:
         return {"checked": False}
-    same_direction = (paper > 1.02 and got > 1.0) or (paper < 0.98 and got < 1.0) or (0.98 <= paper <= 1.02 and 0.8 <= got <= 1.25)
+    # A paper ratio within 5% of 1 is "about the same" (inside its run-to-run spread).
+    same_direction = (paper > 1.05 and got > 1.0) or (paper < 0.95 and got < 1.0) or 0.95 <= paper <= 1.05
     return {"checked": row["key"] in CHECKED, "direction": same_direction,
             "within": abs(got / paper - 1) <= tolerance}
 

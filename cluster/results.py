@@ -62,7 +62,7 @@ def app_figures(samples: list, t_mig: float, mig: dict, dilation: float, warmup_
     }
 
 
-def _links(topo, before: list[dict], after: list[dict], scale: Scale) -> list[dict]:
+def _links(topo, before: list[dict], after: list[dict], scale: Scale, total_s: float) -> list[dict]:
     """Per link: bandwidth, bytes shaped and background traffic during the migration (emulated units)."""
     out = []
     for lp, b, a in zip(topo.links, before, after):
@@ -71,6 +71,7 @@ def _links(topo, before: list[dict], after: list[dict], scale: Scale) -> list[di
         entry = {"name": lp.name, "bandwidth_mbytes_s": lp.emulated_bandwidth_bytes_s / MIB,
                  "bytes_shaped": (a["bytes"] - b["bytes"]) / scale.memory_scale,
                  "connections": len(topo.connections_of(lp.index))}
+        entry["migration_mbytes_s"] = entry["bytes_shaped"] / total_s / MIB if total_s > 0 else 0.0
         if lp.background_bytes_s > 0:
             per_s = scale.memory_scale / scale.dilation  # real bytes/s -> emulated
             entry["background_mbytes_s_before"] = min(lp.background_bytes_s, lp.rate_bytes_s) / per_s / MIB
@@ -169,7 +170,7 @@ def vm_result(scenario: Scenario, vm: Vm, scale: Scale, topo, mig: dict, verifie
              "duration_s": it["duration_s"], "throughput_mbytes_s": it["bandwidth_bytes_s"] / MIB}
             for it in mig["iterations"]
         ],
-        "links": _links(topo, links_before, links_after, scale),
+        "links": _links(topo, links_before, links_after, scale, total),
         "pipeline": {
             "consumers": scenario.migration.consumers,
             "address_space_lock": scenario.migration.address_space_lock,

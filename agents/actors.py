@@ -60,13 +60,15 @@ class HostAgent:
         self.memory_scale, self.dilation = 1.0, 1.0
         self._listeners: list[Listener] = []
         self._accepted: dict[str, Channel] = {}
+        self._closing = False
 
     def pid(self) -> int:
         return os.getpid()
 
-    def configure(self, cores: int, costs: dict, memory_scale: float, dilation: float) -> None:
+    def configure(self, cores: int, costs: dict, memory_scale: float, dilation: float,
+                  shared_cores: int = 0, priority: float = 1.0) -> None:
         """The emulated cores this host lends the migration, and what each step costs."""
-        self.cores = CorePool(cores)
+        self.cores = CorePool(cores, shared_cores, priority)
         self.costs = CostModel(**costs)
         self.memory_scale, self.dilation = memory_scale, dilation
 
@@ -180,6 +182,24 @@ class HostAgent:
 
         threading.Thread(target=run, daemon=True, name=f"migrate-{vm}").start()
 
+    def share_cores_with(self, vms: list[int], period_s: float) -> None:
+        """CPU rate control: every `period_s`, tell the co-located VMs how many
+        vCPUs' worth of their shared cores the migration is taking."""
+        logs = [DirtyLog(self.logs[vm].array, len(self.images[vm].pages())) for vm in vms]
+        pool = self.cores
+
+        def watch() -> None:
+            last_t, last_busy = time.monotonic(), pool.shared_busy_s
+            while not self._closing:
+                time.sleep(period_s)
+                now, busy = time.monotonic(), pool.shared_busy_s
+                taken = (busy - last_busy) / (now - last_t) * pool.priority / max(1, len(logs))
+                for log in logs:
+                    log.take_cpu(taken)
+                last_t, last_busy = now, busy
+
+        threading.Thread(target=watch, daemon=True, name="cpu-share").start()
+
     def send_image(self, vm: int) -> float:
         """Benchmark: send the whole image once through the pipeline; real seconds until restored."""
         t0 = time.monotonic()
@@ -234,6 +254,7 @@ class HostAgent:
         }
 
     def close(self) -> None:
+        self._closing = True
         if self.pipeline is not None:
             self.pipeline.close()
         else:

@@ -91,11 +91,20 @@ class CorePool:
     `with pool.core() as c:` waits for a free core; `c.charge(real_s)` then
     keeps it busy until `real_s` after the work began (the real work itself
     runs inside that time). Overrun is recorded when real work took longer.
+
+    CPU rate control (PMigrate §3.2, §6.3): `shared` of the cores are also
+    run by co-located VMs' vCPUs. On those the migration gets only its
+    `priority` share (0-1), so its work there takes 1/priority longer, and
+    the VMs lose that share of the core while the migration is busy on it.
+    Free unshared cores are taken first.
     """
 
-    def __init__(self, cores: float) -> None:
+    def __init__(self, cores: float, shared: int = 0, priority: float = 1.0) -> None:
         self.cores = max(1, int(round(cores)))
-        self._sem = threading.Semaphore(self.cores)
+        self.shared = min(shared, self.cores)
+        self.priority = priority
+        self._free = list(range(self.cores))  # ids below `shared` are the shared cores
+        self._cv = threading.Condition()
         self._lock = threading.Lock()
         self.charged_s = 0.0
         self.overrun_s = 0.0
@@ -103,18 +112,27 @@ class CorePool:
         # modelled waits such as an address-space lock) is this machine's
         # overhead leaking into emulated time: the run's saturation.
         self.held_s = 0.0
+        self.shared_busy_s = 0.0  # real time the migration held shared cores
 
     @contextmanager
     def core(self):
-        self._sem.acquire()
+        with self._cv:
+            while not self._free:
+                self._cv.wait()
+            self._free.sort()
+            cid = self._free.pop()  # the highest id: unshared cores first
         t0 = time.monotonic()
         try:
-            yield _Core(self, t0)
+            yield _Core(self, t0, self.priority if cid < self.shared else 1.0)
         finally:
             held = time.monotonic() - t0
-            self._sem.release()
+            with self._cv:
+                self._free.append(cid)
+                self._cv.notify()
             with self._lock:
                 self.held_s += held
+                if cid < self.shared:
+                    self.shared_busy_s += held
 
     def _account(self, charged: float, overrun: float) -> None:
         with self._lock:
@@ -123,12 +141,14 @@ class CorePool:
 
 
 class _Core:
-    def __init__(self, pool: CorePool, started: float) -> None:
+    def __init__(self, pool: CorePool, started: float, speed: float = 1.0) -> None:
         self.pool = pool
         self.t = started
+        self.speed = speed  # below 1 on a core shared with co-located VMs
 
     def charge(self, real_s: float) -> None:
-        """Busy until `real_s` after the previous charge ended (or the core was taken)."""
+        """Busy until `real_s` (stretched on a shared core) after the previous charge ended."""
+        real_s /= self.speed
         deadline = self.t + real_s
         late = time.monotonic() - deadline
         if late > 0:

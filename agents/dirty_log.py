@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-_DONE_TICK, _HARVESTED, _LOGGING, _PAUSE_REQUESTED, _PAUSED_AT, _IO_TAKEN = 0, 1, 2, 3, 4, 5
+_DONE_TICK, _HARVESTED, _LOGGING, _PAUSE_REQUESTED, _PAUSED_AT, _IO_TAKEN, _CPU_TAKEN = 0, 1, 2, 3, 4, 5, 6
 
 
 class DirtyLog:
@@ -62,6 +62,14 @@ class DirtyLog:
     def io_taken(self) -> float:
         """Share of the hypervisor's I/O thread the migration takes from the guest (0 to 1)."""
         return float(self.times[_IO_TAKEN])
+
+    @property
+    def cpu_taken(self) -> float:
+        """vCPUs' worth of cores the migration currently takes from this guest."""
+        return float(self.times[_CPU_TAKEN])
+
+    def take_cpu(self, vcpus: float) -> None:
+        self.times[_CPU_TAKEN] = vcpus
 
     # --- the migration's side ---
     def take_io_thread(self, share: float) -> None:

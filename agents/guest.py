@@ -116,7 +116,8 @@ class Guest:
         # vCPU budget: operations plus expected dirty-tracking faults must fit.
         logging = self.log.logging
         per_op = wl.op_cost_s + (self._fault_ratio * self.fault_s if logging else 0.0)
-        capacity = self.vcpus * awake / per_op if per_op > 0 else offered
+        vcpus = max(0.0, self.vcpus - self.log.cpu_taken)  # co-located with a migration sharing its cores
+        capacity = vcpus * awake / per_op if per_op > 0 else offered
         if self.io_bound:
             # Its requests go through the I/O thread; the migration may hold it.
             capacity = min(capacity, offered * (1.0 - self.log.io_taken))

@@ -212,7 +212,7 @@ def _time_sliced(vm, mig, policy, mem_pages, pages_per_s, bytes_per_page, sync_s
 
 
 def predict(scenario: Scenario, path: str = "") -> dict:
-    per_vm = [predict_vm(scenario, vm) for vm in scenario.vms]
+    per_vm = [predict_vm(scenario, vm) for vm in scenario.vms if vm.migrate]
     out: dict = {"scenario": scenario.name, "scenario_file": path, "status": "predicted", "model": "analytic pre-copy (Clark et al. / Akoush et al.)"}
     if len(per_vm) == 1:
         out |= {k: v for k, v in per_vm[0].items() if k != "status"}

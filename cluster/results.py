@@ -121,6 +121,14 @@ def compression_figures(scenario: Scenario, scale: Scale, sender: dict, before: 
     return out
 
 
+def colocated_figures(samples: list, t_first: float, t_last: float, dilation: float, warmup_s: float) -> dict:
+    """A co-located VM's throughput before and during the others' migration."""
+    before = _rate(samples, t_first - warmup_s * dilation * 0.8, t_first, dilation)
+    during = _rate(samples, t_first, t_last, dilation)
+    return {"ops_per_s_before": before, "ops_per_s_during": during,
+            "during_over_before": during / before if before and during is not None else None}
+
+
 def vm_result(scenario: Scenario, vm: Vm, scale: Scale, topo, mig: dict, verified: bool, bad: list,
               samples: list, t_mig: float, cpu_src_s: float, cpu_dst_s: float, lag: tuple[tuple[float, float], ...],
               widths: tuple[int, int],

@@ -184,8 +184,10 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             lp.name, lp.rate_bytes_s, lp.one_way_s, lp.background_bytes_s, net.rate_control,
             scale.real_rate(net.reserved_mbytes_s * MIB), scale.real_seconds(1.0))) for lp in topo.links]
         host_cores = [min(h.cores, scenario.cpu.migration_cores or h.cores) for h in (src_h, dst_h)]
-        for host, cores in zip((src, dst), host_cores):
-            ray.get(host.configure.remote(cores, costs.__dict__, scale.memory_scale, scale.dilation))
+        cpu = scenario.cpu
+        ray.get(src.configure.remote(host_cores[0], costs.__dict__, scale.memory_scale, scale.dilation,
+                                     cpu.shared_cores, cpu.migration_priority))
+        ray.get(dst.configure.remote(host_cores[1], costs.__dict__, scale.memory_scale, scale.dilation))
 
         # Images: the source fills its guests' memory, the destination pre-touches.
         emit(phase="allocating memory")
@@ -195,7 +197,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             n = npages[i] = vm_real_pages(scale, vm)
             seed = scenario.emulation.seed + 1000 * i
             waits.append(src.create_image.remote(i, region_path(cl.run_id, f"src-vm{i}"), n, vm.content.model_dump(), seed))
-            waits.append(dst.create_image.remote(i, region_path(cl.run_id, f"dst-vm{i}"), n, None, seed))
+            if vm.migrate:
+                waits.append(dst.create_image.remote(i, region_path(cl.run_id, f"dst-vm{i}"), n, None, seed))
         ray.get(waits)
 
         _wire(cl, topo, src, dst, links)
@@ -218,13 +221,20 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                 scenario.emulation.seed + 1000 * i, vm.io_bound))
             guests.append(g)
         ray.get([g.start.remote() for g in guests])
+        colocated = [i for i, vm in enumerate(scenario.vms) if not vm.migrate]
+        if colocated and cpu.shared_cores:
+            # Cores are accounted when released: average over a few tasks.
+            ray.get(src.share_cores_with.remote(colocated, max(0.05, scale.real_seconds(0.05))))
         setup_wall_s = time.monotonic() - wall0
 
         # Guests run a while before migration, so "before" throughput is measured.
         emit(phase="guest warm-up")
         time.sleep(scale.real_seconds(WARMUP_S))
 
+        t_first = time.monotonic()
         for i, vm in enumerate(scenario.vms):
+            if not vm.migrate:
+                continue
             mem_bytes = vm.memory_gib * (1 << 30)
             policy = dict(downtime_limit_s=mig_cfg.downtime_limit_ms / 1000,
                           max_iterations=mig_cfg.max_iterations,
@@ -306,10 +316,18 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             emit(phase=vm_result["status"])
             if interrupted:
                 break
+        t_last = time.monotonic()
+        colocated_figures = {}
+        for i in colocated:
+            samples, _ = ray.get(guests[i].timeline.remote())
+            colocated_figures[scenario.vms[i].name] = results.colocated_figures(samples, t_first, t_last, scale.dilation,
+                                                                                WARMUP_S)
         ray.get([g.stop.remote() for g in guests])
         wall = {"ray_start_s": round(t_ray, 3), "setup_s": round(setup_wall_s, 3)}
     wall["total_s"] = round(time.monotonic() - wall0, 3)
     out = results.combine(scenario, scenario_path, per_vm, scale, wall)
+    if colocated_figures:
+        out["colocated"] = colocated_figures
     if metrics:
         metrics.close()
     return out

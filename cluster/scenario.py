@@ -184,6 +184,9 @@ class Vm(_Strict):
     content: ContentMix = ContentMix()
     # Its operations are network requests served by the hypervisor's I/O thread.
     io_bound: bool = False
+    # false: a co-located VM that stays on the source; its throughput before
+    # and during the others' migration is reported (PMigrate §6.3).
+    migrate: bool = True
 
 
 class Migration(_Strict):
@@ -241,6 +244,11 @@ class CpuModel(_Strict):
     dirty_sync_ns: Annotated[float, Field(ge=0)] | None = None
     guest_fault_us: Annotated[float, Field(ge=0)] | None = None
     migration_cores: Annotated[int, Field(ge=1, le=4096)] | None = None
+    # CPU rate control: how many of the migration's cores on the source are
+    # also run by co-located VMs, and the migration's share of such a core
+    # when both want it (PMigrate: "by default its priority is set below the average").
+    shared_cores: Annotated[int, Field(ge=0, le=4096)] = 0
+    migration_priority: Annotated[float, Field(gt=0, le=1)] = 0.5
 
     def overrides(self) -> dict[str, float | None]:
         return {k: getattr(self, k) for k in ("mmap_us", "map_us", "munmap_us", "handle_us", "send_us", "receive_us",
@@ -338,6 +346,8 @@ def _semantic_problems(s: Scenario) -> list[tuple[str, str]]:
             s.migration_links()
         except ValueError as exc:
             problems.append(("network.links", f"empty, and the NICs cannot be paired automatically: {exc}"))
+    if not any(v.migrate for v in s.vms):
+        problems.append(("vms", "no VM has migrate = true; at least one must migrate"))
     vm_names = [v.name for v in s.vms]
     total_gib = 0.0
     for i, vm in enumerate(s.vms):
@@ -360,7 +370,7 @@ def _semantic_problems(s: Scenario) -> list[tuple[str, str]]:
             problems.append((f"vms[{i}].workload.sweep_gib", f"{sweep:g} GiB exceeds the VM's memory_gib of {vm.memory_gib:g}"))
         if vm.memory_gib * s.emulation.memory_scale * GIB < 16 * PAGE_SIZE:
             problems.append((f"vms[{i}].memory_gib", f"{vm.memory_gib:g} GiB at emulation.memory_scale {s.emulation.memory_scale:g} is under 16 real pages; raise memory_scale"))
-        total_gib += vm.memory_gib
+        total_gib += vm.memory_gib if vm.migrate else 0.0
     dst = s.destination
     if total_gib > dst.memory_gib:
         problems.append(("vms", f"the VMs need {total_gib:g} GiB but the destination \"{dst.name}\" has memory_gib = {dst.memory_gib:g}"))

@@ -122,7 +122,6 @@ def run_codec_bench(seconds_per_case: float = 0.5, batch_pages: int = BATCH, see
 
     mbps, calls = _rate(scan_image, image.nbytes, seconds_per_case)
     cases["zero_detect.zero_image_64MiB"] = {"mb_s": round(mbps, 1), "calls": calls}
-    del image
 
     # zstd
     data = {"text": text_pages(batch_pages, rng), "random": rnd}

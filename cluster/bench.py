@@ -14,7 +14,6 @@ import statistics
 import threading
 import time
 
-import numpy as np
 
 from agents.channel import KIND_BATCH, KIND_CLOSE, Channel
 from agents.link import LinkShaper

@@ -115,7 +115,6 @@ def predict_vm(scenario: Scenario, vm: Vm) -> dict:
     bytes_per_page = (1 - z) * (PAGE + PAGE_HEADER_BYTES) + z * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES)
     wire_rate = link_rate(scenario)
     pages_per_s = min(wire_rate / bytes_per_page, cpu_pages_per_s(scenario, z))
-    bandwidth = pages_per_s * bytes_per_page  # bytes/s actually achieved on the wire
     mem_pages = vm.memory_gib * GIB / PAGE
     sync_s = costs.dirty_sync_ns * 1e-9 * mem_pages  # each fetch of the dirty log
     policy = StopPolicy(mig.downtime_limit_ms / 1000, mig.max_iterations, mig.stall_iterations,

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from cluster.scaling import Scale, scale_of, vm_real_pages
@@ -33,7 +33,7 @@ class RunOptions:
     dashboard: bool = False
     metrics_port: int | None = None
     inject_fault: str | None = None
-    progress: Callable[[dict], None] | None = None
+    progress: Callable[["RunState"], None] | None = None
 
 
 @dataclass
@@ -47,7 +47,6 @@ class RunState:
     sent_bytes: float = 0.0
     elapsed_s: float = 0.0
     throughput_bytes_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def _lag(before: dict, after: dict) -> tuple[float, float]:

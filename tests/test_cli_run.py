@@ -1,7 +1,6 @@
 """`livemig run` end to end, as a user types it: exit codes, result.json, clean tear-down."""
 import glob
 import json
-import os
 import signal
 import subprocess
 import time

@@ -9,7 +9,7 @@ import pytest
 from agents.codec_bench import random_pages, text_pages
 from agents.content import bump_bands, write_runs
 from agents.encoding import BatchEncoder, Compression, XbzrleCaches
-from agents.wire_format import (DELTA_HEADER_BYTES, ENC_DELTA, ENC_NORMAL, ENC_ZERO, FLAG_ZSTD, PAGE,
+from agents.wire_format import (DELTA_HEADER_BYTES, ENC_DELTA, ENC_NORMAL, FLAG_ZSTD, PAGE,
                                 PAGE_HEADER_BYTES, ZERO_MARKER_BYTES, ZSTD_HEADER_BYTES, SlotLayout, SlotView,
                                 Unpacker, restore_pages)
 from agents.workloads import Erp, MemWriter, VideoTranscoder, make_workload

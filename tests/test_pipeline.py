@@ -1,6 +1,5 @@
 """The PMigrate pipeline without Ray: consumers, connections, pool, cores."""
 import socket
-import threading
 import time
 
 import numpy as np

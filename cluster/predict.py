@@ -19,7 +19,6 @@ from agents.cpu import resolve
 from agents.precopy import StopPolicy, stop_reason
 from agents.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from cluster.results import MIB
-from cluster.scaling import gbps_to_bytes_s
 from cluster.scenario import GIB, Scenario, Vm
 
 PAGE = 4096
@@ -74,18 +73,17 @@ def dirty_pages_after(vm: Vm, t: float) -> float:
 
 
 def link_rate(scenario: Scenario) -> float:
-    """Emulated bytes/s the migration's links carry together (after background traffic)."""
+    """Emulated bytes/s the migration's links carry together (after background traffic).
+
+    The links are the emulator's own (cluster/topology.py) at scale 1, so the
+    bandwidth cap and the pairing are worked out in one place.
+    """
     from agents.link import migration_share
-    total = 0.0
-    caps = [gbps_to_bytes_s(scenario.link_bandwidth_gbps(l)) for l in scenario.migration_links()]
-    if scenario.migration.bandwidth_cap_gbps is not None:
-        factor = min(1.0, gbps_to_bytes_s(scenario.migration.bandwidth_cap_gbps) / sum(caps))
-        caps = [c * factor for c in caps]
+    from cluster.scaling import Scale
+    from cluster.topology import plan
     net = scenario.network
-    for link, cap in zip(scenario.migration_links(), caps):
-        total += migration_share(cap, min(link.background.mbytes_s * MIB, cap), net.rate_control,
-                                 net.reserved_mbytes_s * MIB)
-    return total
+    return sum(migration_share(lp.rate_bytes_s, lp.background_bytes_s, net.rate_control, net.reserved_mbytes_s * MIB)
+               for lp in plan(scenario, Scale(1.0, 1.0)).links)
 
 
 def cpu_pages_per_s(scenario: Scenario, zero_fraction: float = 0.0) -> float:

@@ -63,7 +63,7 @@ def _summary_table(title: str, columns: list[tuple[str, dict]]) -> Table:
 @app.command()
 def run(
     scenario: Path = typer.Argument(..., help="Scenario TOML file (see `livemig list`)."),
-    out_dir: Path = typer.Option(None, "--out", help="Directory for result.json [default: runs/<scenario name>]."),
+    out_dir: Path = typer.Option(None, "--out", help="Directory for result.json (default: runs/<scenario name>)."),
     dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second; overrides the scenario. Raise it when the result reports saturation."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; only the result path."),
     address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (e.g. 'auto') instead of starting one."),

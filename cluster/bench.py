@@ -201,13 +201,13 @@ def scaling_bench(memory_gib: float = 1.0, memory_scale: float = 1 / 512, dilati
     """
     import ray
 
-    from cluster.runner import RunOptions, run_scenario
+    from cluster.runner import RunOptions, run_scenario, start_local_ray
     from cluster.scenario import parse_scenario
 
     nic_gbps = 40 * 2**20 * 8 / 1e9
     out: dict = {"bench": "scaling", "memory_gib": memory_gib, "cpu_profile": "xen-4.1",
                  "per_thread_limit_mbytes_s": 40, "memory_scale": memory_scale, "dilation": dilation, "locks": {}}
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, namespace="livemig-bench")
+    start_local_ray("livemig-bench")
     try:
         for lock in locks:
             rows = []

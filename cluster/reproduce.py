@@ -50,11 +50,11 @@ def run_suite(suite: str, out_dir: Path, tolerance: float = 0.25, progress=print
     import ray
 
     from cluster.results import write_result
-    from cluster.runner import RunOptions, run_scenario
+    from cluster.runner import RunOptions, run_scenario, start_local_ray
     from cluster.scenario import load_scenario
 
     report = []
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, namespace="livemig-reproduce")
+    start_local_ray("livemig-reproduce")
     try:
         for title, a_path, b_path in SUITES[suite]:
             results = []

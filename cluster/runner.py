@@ -70,6 +70,20 @@ def verify_images(src, dst, vm: int, npages: int) -> list[int]:
     return idx[bad].tolist()
 
 
+def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | None = None) -> None:
+    """Start the embedded one-machine Ray cluster livemig runs on.
+
+    Token authentication stays on (Ray 2.60's default, the token kept in
+    ~/.ray/auth_token; Ray prints a notice about it). Setting RAY_AUTH_MODE
+    to "token" explicitly to silence that notice made ray.init fail here, so
+    it is left unset. No usage statistics are sent (there is no network here).
+    """
+    import ray
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=num_cpus or os.cpu_count() or 2, namespace=namespace, log_to_driver=False,
+             include_dashboard=dashboard, configure_logging=False)
+
+
 def new_run_id() -> str:
     return f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
@@ -92,14 +106,13 @@ class Cluster:
 
     def _start_ray(self) -> None:
         import ray
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if not ray.is_initialized():
-            kwargs = dict(namespace=f"livemig-{self.run_id}", log_to_driver=False,
-                          include_dashboard=self.opts.dashboard, configure_logging=False)
             if self.opts.address:
-                ray.init(address=self.opts.address, **kwargs)
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                ray.init(address=self.opts.address, namespace=f"livemig-{self.run_id}", log_to_driver=False,
+                         include_dashboard=self.opts.dashboard, configure_logging=False)
             else:
-                ray.init(num_cpus=os.cpu_count() or 2, **kwargs)
+                start_local_ray(f"livemig-{self.run_id}", dashboard=self.opts.dashboard)
             self._started_ray = True
 
     def __exit__(self, *exc) -> None:

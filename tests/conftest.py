@@ -13,8 +13,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 def ray_cluster():
     """One local Ray for a module's in-process runs (the runner reuses it)."""
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             namespace="livemig-tests")
+
+    from cluster.runner import start_local_ray
+    start_local_ray("livemig-tests", num_cpus=2)
     yield
     ray.shutdown()
 

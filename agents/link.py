@@ -128,11 +128,6 @@ class LinkShaper:
             self.bytes_forwarded += d[4]
             self.batches_forwarded += 1
 
-    def background_mbytes(self) -> float | None:
-        """Average background throughput seen during the run, bytes/s (real)."""
-        seen_s, moved = self.background_seen
-        return moved / seen_s if seen_s else None
-
     def join(self, timeout: float | None = None) -> None:
         if self._thread:
             self._thread.join(timeout)

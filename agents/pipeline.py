@@ -150,7 +150,7 @@ class SourcePipeline:
                     # cost: a real page stands for 1/memory_scale emulated ones.
                     core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, stats.pages - stats.zero)
                                 + self.real_s(stats.encode_s * 1e6, 1))
-                    conn.post(slot, task.vm, stats.pages, stats, task.phase)
+                    conn.post(slot, task.vm, stats.pages, stats)
                     wire = stats.wire_bytes
                     self._locked_step(core, base, length, "munmap", c.munmap_us + shootdown, n)
             except BaseException as exc:  # surfaced by send_pages

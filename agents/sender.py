@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,9 +36,7 @@ class SendCounters:
     encode_s: float = 0.0  # measured CPU seconds of compression
     wire_bytes: int = 0
     batches: int = 0
-    acked_batches: int = 0
     last_restore_t: float = 0.0
-    by_phase: dict = field(default_factory=dict)
 
 
 class PageSender:
@@ -65,7 +63,6 @@ class PageSender:
                 self.free.put(d[2])
                 with self._cv:
                     self._outstanding -= 1
-                    self.counters.acked_batches += 1
                     self.counters.last_restore_t = max(self.counters.last_restore_t, d[7])
                     self._cv.notify_all()
 
@@ -80,7 +77,7 @@ class PageSender:
             return pack_pages(image, idx, self.views[slot])
         return encoder.pack(vm, image, idx, self.views[slot], last_stage)
 
-    def post(self, slot: int, vm: int, npages: int, stats: PackStats, phase: str) -> None:
+    def post(self, slot: int, vm: int, npages: int, stats: PackStats) -> None:
         with self._cv:
             c = self.counters
             c.pages_normal += stats.normal
@@ -92,9 +89,6 @@ class PageSender:
             c.payload_bytes += stats.payload_bytes
             c.encode_s += stats.encode_s
             c.wire_bytes += stats.wire_bytes
-            p = c.by_phase.setdefault(phase, [0, 0])
-            p[0] += stats.wire_bytes
-            p[1] += npages
         self._post(KIND_BATCH, vm, slot, npages, stats.wire_bytes)
 
     def send_state(self, vm: int, state_bytes: int) -> None:

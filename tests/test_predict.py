@@ -9,36 +9,15 @@ from agents.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from agents.cpu import resolve
 from cluster.predict import dirty_pages_after, link_rate, predict
 from cluster.scenario import GIB, parse_scenario
+from tests.conftest import scenario_text
 
 PAGE = 4096
-TEMPLATE = """
-name = "p"
-[[hosts]]
-name = "a"
-role = "source"
-nics = [{{ name = "eth0", speed_gbps = {gbps} }}]
-[[hosts]]
-name = "b"
-role = "destination"
-nics = [{{ name = "eth0", speed_gbps = {gbps} }}]
-[[network.links]]
-from = "a:eth0"
-to = "b:eth0"
-rtt_ms = 0.2
-[[vms]]
-name = "vm"
-memory_gib = {mem}
-workload = {workload}
-content = {{ zero = {zero}, text = {text}, structured = 0, random = 0.5 }}
-[migration]
-downtime_limit_ms = {limit}
-max_iterations = {max_it}
-"""
 
 
 def scenario(workload='{ kind = "idle" }', gbps=10, mem=2, zero=0.0, limit=300, max_it=30, extra=""):
-    text = TEMPLATE.format(gbps=gbps, mem=mem, workload=workload, zero=zero, text=0.5 - zero, limit=limit,
-                           max_it=max_it) + extra
+    content = f"content = {{ zero = {zero}, text = {0.5 - zero}, structured = 0, random = 0.5 }}"
+    text = scenario_text("p", memory_gib=mem, workload=workload, gbps=gbps, downtime_ms=limit, extra_vm=content,
+                         migration=f"max_iterations = {max_it}\n{extra}")
     return parse_scenario(text, "p.toml")
 
 

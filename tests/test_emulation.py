@@ -70,7 +70,7 @@ PARALLEL = '''
 name = "parallel"
 [emulation]
 memory_scale = 0.0078125
-dilation = 0.5
+dilation = 1.0   # at 0.5 saturation was 0.035 alone, near the 0.05 bound under a loaded suite
 seed = 9
 [[hosts]]
 name = "src"

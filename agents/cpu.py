@@ -31,7 +31,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from agents.clock import sleep_until
+from agents.datapath.clock import sleep_until
 
 # Table 9 (idle column), us per page, by address-space lock.
 TABLE9 = {

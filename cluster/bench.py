@@ -14,9 +14,8 @@ import statistics
 import threading
 import time
 
-
-from agents.channel import KIND_BATCH, KIND_CLOSE, Channel
-from agents.link import LinkShaper
+from agents.datapath.channel import KIND_BATCH, KIND_CLOSE, Channel
+from agents.datapath.link import LinkShaper
 
 MIXES = {
     "random": {"zero": 0.0, "text": 0.0, "structured": 0.0, "random": 1.0},
@@ -30,8 +29,9 @@ def pipeline_bench(mib: int = 256, batch_pages: int = 256) -> dict:
     """The whole path on the real actors, unshaped and with no CPU charged."""
     import ray
 
-    from agents.actors import HostAgent, LinkAgent
-    from agents.shm import region_path
+    from agents.actors.host import HostAgent
+    from agents.actors.link import LinkAgent
+    from agents.datapath.shm import region_path
     from cluster.runner import Cluster, RunOptions, verify_images
     from cluster.scaling import Scale
 

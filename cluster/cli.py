@@ -252,7 +252,7 @@ def bench_scaling(memory_gib: float = typer.Option(1.0, help="Emulated memory of
 @bench_app.command("codec")
 def bench_codec(seconds: float = typer.Option(0.5, help="Seconds per case.")) -> None:
     """Real MB/s on one core: zero detection, zstd levels 1 and 3, XBZRLE encode and decode."""
-    from agents.codec_bench import run_codec_bench
+    from agents.encodings.codec_bench import run_codec_bench
     print(json.dumps(run_codec_bench(seconds), indent=2))
 
 

@@ -6,7 +6,7 @@ Dirtying is counted in distinct pages (a page written twice is sent once):
 for writes at rate r spread over a working set with page probabilities p_j,
 the pages dirty after t seconds are sum_j 1 - exp(-r p_j t), which for a
 uniform working set of W pages is W (1 - exp(-r t / W)). The stop rule is
-the emulator's own (`agents.precopy.stop_reason`), so the two can be
+the emulator's own (`agents.techniques.precopy.stop_reason`), so the two can be
 compared figure by figure. No Ray, no threads.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import math
 import numpy as np
 
 from agents.cpu import resolve
-from agents.precopy import StopPolicy, stop_reason
-from agents.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
+from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
+from agents.techniques.precopy import StopPolicy, stop_reason
 from cluster.results import MIB
 from cluster.scenario import GIB, Scenario, Vm
 
@@ -78,7 +78,7 @@ def link_rate(scenario: Scenario) -> float:
     The links are the emulator's own (cluster/topology.py) at scale 1, so the
     bandwidth cap and the pairing are worked out in one place.
     """
-    from agents.link import migration_share
+    from agents.datapath.link import migration_share
     from cluster.scaling import Scale
     from cluster.topology import plan
     net = scenario.network

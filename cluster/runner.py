@@ -99,7 +99,7 @@ class Cluster:
         self._started_ray = False
 
     def __enter__(self) -> "Cluster":
-        from agents import shm
+        from agents.datapath import shm
         shm.sweep_stale()
         self._start_ray()
         return self
@@ -120,7 +120,8 @@ class Cluster:
 
     def teardown(self) -> None:
         import ray
-        from agents import shm
+
+        from agents.datapath import shm
         for a in self.actors:
             try:
                 ray.get(a.close.remote(), timeout=5)
@@ -146,7 +147,7 @@ def _wire(cl: "Cluster", topo: Topology, src, dst, links: list) -> None:
     """Rings in shared memory and descriptor sockets: source -> link -> destination, acks back."""
     import ray
 
-    from agents.shm import region_path
+    from agents.datapath.shm import region_path
     d = cl.sock_dir
     for lp in topo.links:
         ray.get(links[lp.index].listen.remote([(f"{d}/c{c.index}in", f"{d}/c{c.index}out")
@@ -164,9 +165,11 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
     """Run every VM's migration; returns the result dict (see cluster/results.py)."""
     import ray
 
-    from agents.actors import GuestAgent, HostAgent, LinkAgent
+    from agents.actors.guest import GuestAgent
+    from agents.actors.host import HostAgent
+    from agents.actors.link import LinkAgent
     from agents.cpu import resolve
-    from agents.shm import region_path
+    from agents.datapath.shm import region_path
     from cluster import results
     from cluster.metrics import MetricsExporter
 

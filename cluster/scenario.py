@@ -216,7 +216,7 @@ class Migration(_Strict):
     consumers: Annotated[int, Field(ge=1, le=64)] = 1
     address_space_lock: Literal["global", "rwlock", "range"] = "global"
     memory_pool_mib: Positive = 128  # per pipeline stage, emulated
-    # Page compression (agents/encoding.py): zstd over each batch (multifd-zstd),
+    # Page compression (agents/encodings/encoding.py): zstd over each batch (multifd-zstd),
     # XBZRLE deltas against a per-VM cache of sent pages, or both.
     compression: Literal["none", "zstd", "xbzrle", "xbzrle+zstd"] = "none"
     zstd_level: Annotated[int, Field(ge=-7, le=22)] = 1
@@ -299,7 +299,8 @@ class Scenario(_Strict):
         """Links from the source host to the destination host: as listed, or paired by speed."""
         src, dst = self.source, self.destination
         if not self.network.links:
-            from cluster.nic_pairing import Nic as PairNic, pair_nics
+            from cluster.nic_pairing import Nic as PairNic
+            from cluster.nic_pairing import pair_nics
             pairs = pair_nics([PairNic(n.name, n.speed_gbps) for n in src.nics if not n.passthrough],
                               [PairNic(n.name, n.speed_gbps) for n in dst.nics if not n.passthrough])
             return [Link.model_validate({"from": f"{src.name}:{p.source}", "to": f"{dst.name}:{p.dest}",

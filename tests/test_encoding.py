@@ -6,13 +6,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.codec_bench import random_pages, text_pages
-from agents.content import bump_bands, write_runs
-from agents.encoding import BatchEncoder, Compression, XbzrleCaches
-from agents.wire_format import (DELTA_HEADER_BYTES, ENC_DELTA, ENC_NORMAL, FLAG_ZSTD, PAGE,
-                                PAGE_HEADER_BYTES, ZERO_MARKER_BYTES, ZSTD_HEADER_BYTES, SlotLayout, SlotView,
-                                Unpacker, restore_pages)
-from agents.workloads import Erp, MemWriter, VideoTranscoder, make_workload
+from agents.datapath.wire_format import (
+    DELTA_HEADER_BYTES,
+    ENC_DELTA,
+    ENC_NORMAL,
+    FLAG_ZSTD,
+    PAGE,
+    PAGE_HEADER_BYTES,
+    ZERO_MARKER_BYTES,
+    ZSTD_HEADER_BYTES,
+    SlotLayout,
+    SlotView,
+    Unpacker,
+    restore_pages,
+)
+from agents.encodings.codec_bench import random_pages, text_pages
+from agents.encodings.encoding import BatchEncoder, Compression, XbzrleCaches
+from agents.guest.content import bump_bands, write_runs
+from agents.guest.workloads import Erp, MemWriter, VideoTranscoder, make_workload
 
 BATCH = 32
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zstandard
 
-from agents.content import (
+from agents.guest.content import (
     CLASSES,
     POOL_PAGES,
     RANDOM,
@@ -23,8 +23,14 @@ from agents.content import (
     template_pools,
     write_pages,
 )
-from agents.guest import Guest
-from agents.workloads import HotsetWriter, Idle, Sweeper, UniformWriter, make_workload
+from agents.guest.vcpus import Guest
+from agents.guest.workloads import (
+    HotsetWriter,
+    Idle,
+    Sweeper,
+    UniformWriter,
+    make_workload,
+)
 
 PAGE = 4096
 MIX = {"zero": 0.2, "text": 0.3, "structured": 0.2, "random": 0.3}
@@ -256,7 +262,7 @@ def test_guest_writes_pages_at_its_rate_in_its_working_set(make_guest):
 
 def test_dirty_log_contains_every_changed_page(make_guest):
     # harvest (reset) -> snapshot S -> run -> snapshot T -> harvest H -> harvest H2.
-    # The log is lock-free (agents/dirty_log.py): a page written in a tick that
+    # The log is lock-free (agents/guest/dirty_log.py): a page written in a tick that
     # is still in progress when H is taken may be marked just after it, so it
     # must be in H or in the next harvest: never lost.
     g = make_guest(uniform(rate=40_000, ws=NPAGES))

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from agents.memory_pool import MemoryPool
+from agents.datapath.memory_pool import MemoryPool
 
 JOIN_S = 10
 MIB = 1 << 20

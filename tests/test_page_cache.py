@@ -4,10 +4,10 @@ XBZRLE encode stage on top of it, end to end against a destination image."""
 import numpy as np
 import pytest
 
-from agents import xbzrle
-from agents.codec_bench import changed_pages, random_pages
-from agents.page_cache import PageCache
-from agents.xbzrle_stage import DELTA, NORMAL, UNCHANGED, XbzrleEncoder
+from agents.encodings import xbzrle
+from agents.encodings.codec_bench import changed_pages, random_pages
+from agents.encodings.page_cache import PageCache
+from agents.encodings.xbzrle_stage import DELTA, NORMAL, UNCHANGED, XbzrleEncoder
 
 PAGE = 4096
 

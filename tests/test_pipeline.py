@@ -5,14 +5,14 @@ import time
 import numpy as np
 import pytest
 
-from agents.channel import Channel
 from agents.cpu import CorePool, CostModel
-from agents.memory_pool import MemoryPool
-from agents.pipeline import SourcePipeline
-from agents.range_lock import GlobalLock, RangeLock
-from agents.receiver import PageReceiver
-from agents.sender import PageSender
-from agents.wire_format import SlotLayout
+from agents.datapath.channel import Channel
+from agents.datapath.memory_pool import MemoryPool
+from agents.datapath.pipeline import SourcePipeline
+from agents.datapath.range_lock import GlobalLock, RangeLock
+from agents.datapath.receiver import PageReceiver
+from agents.datapath.sender import PageSender
+from agents.datapath.wire_format import SlotLayout
 
 PAGE = 4096
 FREE = CostModel(send_us=0.0, receive_us=0.0, restore_us=0.0, dirty_sync_ns=0.0)

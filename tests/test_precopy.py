@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from agents.clock import sleep_until
-from agents.content import assign_classes, fill_image, template_pools
-from agents.guest import Guest
-from agents.precopy import PrecopyMigration, StopPolicy, stop_reason
-from agents.workloads import Idle, UniformWriter
+from agents.datapath.clock import sleep_until
+from agents.guest.content import assign_classes, fill_image, template_pools
+from agents.guest.vcpus import Guest
+from agents.guest.workloads import Idle, UniformWriter
+from agents.techniques.precopy import PrecopyMigration, StopPolicy, stop_reason
 
 PAGE = 4096
 MB = 1e6

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from agents.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from agents.cpu import resolve
+from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from cluster.predict import dirty_pages_after, link_rate, predict
 from cluster.scenario import GIB, parse_scenario
 from tests.conftest import scenario_text

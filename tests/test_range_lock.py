@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.range_lock import (
+from agents.datapath.range_lock import (
     LOCK_KINDS,
     GlobalLock,
     RangeLock,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.token_bucket import TokenBucket
+from agents.datapath.token_bucket import TokenBucket
 
 RATE = 125e6  # 1 Gbit/s in bytes/s
 BURST = 1.25e6  # 10 ms at RATE

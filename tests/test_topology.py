@@ -1,7 +1,7 @@
 """Topology: NIC pairs from a scenario, connections per consumer, link shares."""
 import pytest
 
-from agents.link import migration_share
+from agents.datapath.link import migration_share
 from cluster.scaling import Scale
 from cluster.scenario import parse_scenario
 from cluster.topology import plan

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.wire_format import (
+from agents.datapath.wire_format import (
     ENC_NORMAL,
     ENC_ZERO,
     PAGE,

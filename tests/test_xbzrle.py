@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents import xbzrle
-from agents.codec_bench import changed_pages, random_pages
+from agents.encodings import xbzrle
+from agents.encodings.codec_bench import changed_pages, random_pages
 
 PAGE = 4096
 BIG = 1 << 30  # a budget nothing exceeds
@@ -18,7 +18,7 @@ def impl(request, monkeypatch):
     """Run the public API on the compiled kernels, then on the fallback."""
     if request.param == "c":
         if not xbzrle.HAVE_C:
-            pytest.fail("agents._xbzrle is not built (pip install -e . builds it)")
+            pytest.fail("agents.encodings._xbzrle is not built (pip install -e . builds it)")
     else:
         monkeypatch.setattr(xbzrle, "_c", None)
     return request.param

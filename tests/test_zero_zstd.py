@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from agents.codec_bench import random_pages, run_codec_bench, text_pages
-from agents.zero_pages import nonzero_mask, zero_mask
-from agents.zstd_codec import ZstdBatchCodec
+from agents.encodings.codec_bench import random_pages, run_codec_bench, text_pages
+from agents.encodings.zero_pages import nonzero_mask, zero_mask
+from agents.encodings.zstd_codec import ZstdBatchCodec
 
 PAGE = 4096
 

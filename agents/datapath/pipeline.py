@@ -26,9 +26,9 @@ from typing import Callable
 import numpy as np
 
 from agents.cpu import CorePool, CostModel
-from agents.memory_pool import MemoryPool
-from agents.range_lock import AddressSpaceLock
-from agents.sender import PageSender
+from agents.datapath.memory_pool import MemoryPool
+from agents.datapath.range_lock import AddressSpaceLock
+from agents.datapath.sender import PageSender
 
 PAGE = 4096
 # Each consumer maps its batches into its own window of the tool's address space.
@@ -66,7 +66,7 @@ class SourcePipeline:
                  lock: AddressSpaceLock, costs: CostModel, real_s: Callable[[float, int], float],
                  pool: MemoryPool, task_pages: int, encoders: list | None = None) -> None:
         """`real_s(us_per_emulated_page, real_pages)`: real seconds a step takes.
-        `encoders`: one agents.encoding.BatchEncoder per consumer (None: zero pages only)."""
+        `encoders`: one agents.encodings.encoding.BatchEncoder per consumer (None: zero pages only)."""
         self.encoders = encoders
         self.connections = connections
         self.cores = cores

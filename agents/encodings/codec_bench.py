@@ -22,9 +22,9 @@ import time
 
 import numpy as np
 
-from agents import xbzrle
-from agents.zero_pages import zero_mask
-from agents.zstd_codec import ZstdBatchCodec
+from agents.encodings import xbzrle
+from agents.encodings.zero_pages import zero_mask
+from agents.encodings.zstd_codec import ZstdBatchCodec
 
 __all__ = ["run_codec_bench", "text_pages", "random_pages", "changed_pages"]
 
@@ -164,7 +164,7 @@ def run_codec_bench(seconds_per_case: float = 0.5, batch_pages: int = BATCH, see
     }
 
 
-if __name__ == "__main__":  # python -m agents.codec_bench
+if __name__ == "__main__":  # python -m agents.encodings.codec_bench
     import json
 
     print(json.dumps(run_codec_bench(), indent=2))

@@ -1,8 +1,8 @@
 """The encode stage of the source: zero pages, XBZRLE deltas and zstd, per batch.
 
-Division of labour: :mod:`agents.wire_format` knows the slot layout and how a
-receiver restores any batch; :mod:`agents.xbzrle_stage` decides page by page
-what XBZRLE sends; :mod:`agents.zstd_codec` compresses. This module puts them
+Division of labour: :mod:`agents.datapath.wire_format` knows the slot layout and how a
+receiver restores any batch; :mod:`agents.encodings.xbzrle_stage` decides page by page
+what XBZRLE sends; :mod:`agents.encodings.zstd_codec` compresses. This module puts them
 in the order QEMU does (``ram_save_target_page``: zero page check first, then
 XBZRLE, then the page whole) and adds zstd over the batch (``multifd-zstd``):
 
@@ -10,7 +10,7 @@ XBZRLE, then the page whole) and adds zstd over the batch (``multifd-zstd``):
 * every VM has one XBZRLE page cache (:class:`XbzrleCaches`), shared by the
   consumers under a lock, as QEMU keeps one per migration;
 * the cache starts a new generation at each dirty-log sync, so pages that keep
-  being re-sent stay cached (QEMU's age rule, agents/page_cache.py).
+  being re-sent stay cached (QEMU's age rule, agents/encodings/page_cache.py).
 
 XBZRLE must encode against what the destination holds. The cache copy of a
 page is updated with exactly the bytes sent (the batch snapshot, never the
@@ -21,7 +21,7 @@ arrive out of order. In the stop-and-copy pass the cache is left alone.
 
 CPU: what is charged is the measured thread CPU time of the compression
 kernels (the XBZRLE delta encoder, zstd), scaled like every per-page cost (a
-real page stands for 1/memory_scale emulated pages; see agents/pipeline.py).
+real page stands for 1/memory_scale emulated pages; see agents/datapath/pipeline.py).
 The numpy bookkeeping of the cache around them is the emulator's overhead,
 not the migration's (QEMU's lookup is a hash probe), and is not charged.
 """
@@ -33,13 +33,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.page_cache import PageCache
-from agents.wire_format import (DELTA_HEADER_BYTES, ENC_DELTA, ENC_NORMAL, ENC_ZERO, FLAG_ZSTD, PAGE,
-                                PAGE_HEADER_BYTES, ZERO_MARKER_BYTES, ZSTD_HEADER_BYTES, PackStats, SlotView,
-                                pack_pages)
-from agents.xbzrle_stage import DELTA, NORMAL, XbzrleEncoder
-from agents.zero_pages import zero_mask
-from agents.zstd_codec import ZstdBatchCodec
+from agents.datapath.wire_format import (
+    DELTA_HEADER_BYTES,
+    ENC_DELTA,
+    ENC_NORMAL,
+    ENC_ZERO,
+    FLAG_ZSTD,
+    PAGE,
+    PAGE_HEADER_BYTES,
+    ZERO_MARKER_BYTES,
+    ZSTD_HEADER_BYTES,
+    PackStats,
+    SlotView,
+    pack_pages,
+)
+from agents.encodings.page_cache import PageCache
+from agents.encodings.xbzrle_stage import DELTA, NORMAL, XbzrleEncoder
+from agents.encodings.zero_pages import zero_mask
+from agents.encodings.zstd_codec import ZstdBatchCodec
 
 METHODS = ("none", "zstd", "xbzrle", "xbzrle+zstd")
 

@@ -24,8 +24,8 @@ import select
 import threading
 import time
 
-from agents.channel import DESCRIPTOR, KIND_CLOSE, Channel
-from agents.token_bucket import TokenBucket
+from agents.datapath.channel import DESCRIPTOR, KIND_CLOSE, Channel
+from agents.datapath.token_bucket import TokenBucket
 
 _SPIN_S = 0.001
 _CLOSE = (KIND_CLOSE, 0, 0, 0, 0, 0, 0.0, 0.0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.content import PAGE, bump_bands, write_runs
+from agents.guest.content import PAGE, bump_bands, write_runs
 
 
 class Workload:

@@ -5,7 +5,7 @@ time. Each tick turns the elapsed emulated time into operations of its
 workload, writes the pages those operations touch, and then marks them in the
 dirty log (after the write, so a page the migration has already read is
 always marked again). The dirty log is the hypervisor's and lives in shared
-memory (agents/dirty_log.py); the migration harvests it without asking.
+memory (agents/guest/dirty_log.py); the migration harvests it without asking.
 
 While dirty logging is on, the first write to a page after each reset costs
 a write-protection fault on a vCPU; operations beyond the vCPUs' capacity are
@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 
-from agents.content import write_pages
-from agents.dirty_log import DirtyLog
-from agents.workloads import Sweeper, Workload
+from agents.guest.content import write_pages
+from agents.guest.dirty_log import DirtyLog
+from agents.guest.workloads import Sweeper, Workload
 
 TICK_S = 0.002
 

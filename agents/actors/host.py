@@ -1,13 +1,11 @@
-"""The Ray actors: thin shells that hold state and call the pure core.
+"""HostAgent: a Ray actor that plays one host (source, destination, or both).
 
-- `HostAgent` plays a host (source, destination): it owns the VM images of
-  its side in shared memory (and, on the source, their dirty logs), the
-  sending or receiving end of every connection, the emulated cores it lends
-  the migration, and on the source the migration thread and its pipeline.
-- `LinkAgent` plays one NIC pair and shapes what crosses it.
-- `GuestAgent` plays a VM's vCPUs: its workload writes into the image of the
-  host it runs on.
-Actors are named by role so that the Ray dashboard shows who is who.
+It owns the VM images of its side in shared memory with their dirty logs,
+the sending or receiving ends of the connections of every migration that
+touches it, the emulated cores it lends those migrations, and, on the
+source side, each migration's thread and pipeline. The technique itself
+(agents/techniques/) decides what to send and when; this actor only holds
+state, moves bytes and reports.
 """
 from __future__ import annotations
 
@@ -19,24 +17,21 @@ import traceback
 import numpy as np
 import ray
 
-from agents.channel import KIND_BATCH, Channel, Listener
-from agents.clock import precise_threads
-from agents.content import assign_classes, fill_image, template_pools
 from agents.cpu import CorePool, CostModel
-from agents.dirty_log import DirtyLog
-from agents.encoding import BatchEncoder, Compression, XbzrleCaches
-from agents.guest import Guest
-from agents.link import LinkShaper
-from agents.memory_pool import MemoryPool
-from agents.pipeline import SourcePipeline
-from agents.precopy import PrecopyMigration, StopPolicy
-from agents.range_lock import GlobalLock, RangeLock, ReadWriteLock
-from agents.receiver import PageReceiver
-from agents.sender import PageSender
-from agents.shm import Region
+from agents.datapath.channel import Channel, Listener
+from agents.datapath.clock import precise_threads
+from agents.datapath.memory_pool import MemoryPool
+from agents.datapath.pipeline import SourcePipeline
+from agents.datapath.range_lock import GlobalLock, RangeLock, ReadWriteLock
+from agents.datapath.receiver import PageReceiver
+from agents.datapath.sender import PageSender
+from agents.datapath.shm import Region
+from agents.datapath.wire_format import SlotLayout
+from agents.encodings.encoding import BatchEncoder, Compression, XbzrleCaches
+from agents.guest.content import assign_classes, fill_image, template_pools
+from agents.guest.dirty_log import DirtyLog
+from agents.techniques.precopy import PrecopyMigration, StopPolicy
 from agents.verify import chunk_digests, page_digests
-from agents.wire_format import SlotLayout, SlotView
-from agents.workloads import make_workload
 
 LOCKS = {"global": GlobalLock, "rwlock": ReadWriteLock, "range": RangeLock}
 
@@ -141,7 +136,7 @@ class HostAgent:
 
     def start_pipeline(self, consumers: int, lock: str, pool_bytes: int, task_pages: int,
                        compression: dict | None = None) -> None:
-        """`compression`: agents.encoding.Compression's fields (real units); None: zero pages only."""
+        """`compression`: agents.encodings.encoding.Compression's fields (real units); None: zero pages only."""
         conns = [self.senders[k] for k in sorted(self.senders)]
         pool = MemoryPool(max(pool_bytes, task_pages * 4096))
         settings = Compression(**(compression or {}))
@@ -298,92 +293,3 @@ class _GuestControl:
         return ray.get(self.h.resume.remote())
 
 
-@ray.remote(num_cpus=0, max_concurrency=4)
-class LinkAgent:
-    def __init__(self, name: str, rate_bytes_s: float, one_way_s: float, background_bytes_s: float,
-                 rate_control: bool, reserved_bytes_s: float, monitor_period_s: float) -> None:
-        precise_threads()
-        self.name = name
-        # The bucket's burst is 10 ms of emulated time (one monitor period is one emulated second).
-        self.shaper = LinkShaper(rate_bytes_s, one_way_s, burst_s=0.010 * monitor_period_s,
-                                 background_bytes_s=background_bytes_s,
-                                 rate_control=rate_control, reserved_bytes_s=reserved_bytes_s,
-                                 monitor_period_s=monitor_period_s)
-        self._listeners: list[Listener] = []
-        self._rings: list[Region] = []
-
-    def listen(self, paths: list[tuple[str, str]]) -> None:
-        """One (inbound, outbound) socket pair per connection; shaping starts when all are connected."""
-        pairs = [(Listener(i), Listener(o)) for i, o in paths]
-        self._listeners += [l for pair in pairs for l in pair]
-
-        def accept_then_run() -> None:
-            self.shaper.run([(lin.accept(), lout.accept()) for lin, lout in pairs])
-
-        threading.Thread(target=accept_then_run, daemon=True).start()
-
-    def corrupt_one_page(self, ring_path: str, batch_pages: int) -> None:
-        """Fault injection: flip one byte of one page of the next batch in transit."""
-        ring = Region.attach(ring_path)
-        self._rings.append(ring)
-        layout = SlotLayout(batch_pages)
-
-        def corrupt(d: tuple) -> None:
-            if d[0] != KIND_BATCH or self.shaper.corrupt_next is None:
-                return
-            view = SlotView(ring.array, d[2], layout)
-            if view.get_header()[2]:  # a batch with payload: not only zero pages
-                view.payload[100] ^= 0xFF
-                self.shaper.corrupt_next = None
-
-        self.shaper.corrupt_next = corrupt
-
-    def stats(self) -> dict:
-        s = self.shaper
-        return {"bytes": s.bytes_forwarded, "batches": s.batches_forwarded, "rate_bytes_s": s.migration_rate,
-                "background_seen": list(s.background_seen)}
-
-    def close(self) -> None:
-        for lst in self._listeners:
-            lst.close()
-
-
-@ray.remote(num_cpus=0, max_concurrency=4)
-class GuestAgent:
-    def __init__(self, name: str, image_path: str, workload: dict, content: dict, vcpus: int,
-                 memory_scale: float, dilation: float, fault_s: float, seed: int, io_bound: bool = False) -> None:
-        precise_threads()
-        self.name = name
-        self.region = Region.attach(image_path)
-        self.log_region = Region.attach(image_path + "-log")
-        pages = self.region.pages()
-        npages = len(pages)
-        self.guest = Guest(pages, make_workload(workload, npages, memory_scale, seed),
-                           assign_classes(npages, content, seed), template_pools(seed),
-                           vcpus, dilation, fault_s, seed, log=DirtyLog(self.log_region.array, npages),
-                           io_bound=io_bound)
-        self._dest: Region | None = None
-
-    def start(self) -> float:
-        self.guest.start()
-        return time.monotonic()
-
-    def pause(self) -> float:
-        return self.guest.pause()
-
-    def resume(self) -> float:
-        return self.guest.resume()
-
-    def resume_on(self, dest_image_path: str) -> float:
-        """Switchover: run on the destination's image from now on."""
-        self._dest = Region.attach(dest_image_path)
-        return self.guest.resume(self._dest.pages())
-
-    def timeline(self) -> tuple[list, float]:
-        return list(self.guest.samples), self.guest.faults
-
-    def stop(self) -> None:
-        self.guest.stop()
-
-    def close(self) -> None:
-        self.guest.stop()

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents import xbzrle
-from agents.zero_pages import zero_mask
+from agents.encodings import xbzrle
+from agents.encodings.zero_pages import zero_mask
 
 PAGE = 4096
 ENC_NORMAL, ENC_ZERO, ENC_DELTA = 0, 1, 2

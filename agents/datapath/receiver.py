@@ -15,9 +15,15 @@ from typing import Callable
 
 import numpy as np
 
-from agents.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, Channel
 from agents.cpu import CorePool
-from agents.wire_format import ENC_ZERO, SlotLayout, SlotView, Unpacker, restore_pages
+from agents.datapath.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, Channel
+from agents.datapath.wire_format import (
+    ENC_ZERO,
+    SlotLayout,
+    SlotView,
+    Unpacker,
+    restore_pages,
+)
 
 
 class PageReceiver:

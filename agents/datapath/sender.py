@@ -17,11 +17,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agents.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, KIND_STATE, Channel
-from agents.wire_format import PackStats, SlotLayout, SlotView, pack_pages
+from agents.datapath.channel import (
+    KIND_ACK,
+    KIND_BATCH,
+    KIND_CLOSE,
+    KIND_STATE,
+    Channel,
+)
+from agents.datapath.wire_format import PackStats, SlotLayout, SlotView, pack_pages
 
 if TYPE_CHECKING:
-    from agents.encoding import BatchEncoder
+    from agents.encodings.encoding import BatchEncoder
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The XBZRLE encode stage: page cache + delta codec, with QEMU's statistics.
 
-Division of labour: :mod:`agents.xbzrle` knows the wire format,
-:mod:`agents.page_cache` remembers what was sent, and this stage decides, for a
+Division of labour: :mod:`agents.encodings.xbzrle` knows the wire format,
+:mod:`agents.encodings.page_cache` remembers what was sent, and this stage decides, for a
 batch of dirty pages, which ones travel as deltas (what QEMU's
 ``save_xbzrle_page`` does per page, here per batch):
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents import xbzrle
-from agents.page_cache import PageCache
+from agents.encodings import xbzrle
+from agents.encodings.page_cache import PageCache
 
 __all__ = ["NORMAL", "DELTA", "UNCHANGED", "XbzrleBatch", "XbzrleCounters", "XbzrleEncoder"]
 

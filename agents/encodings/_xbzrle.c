@@ -10,7 +10,7 @@
  * bytes).
  *
  * Written for livemig from the format description; the Python module
- * agents/xbzrle.py is the documented interface.  Batch entry points handle a
+ * agents/encodings/xbzrle.py is the documented interface.  Batch entry points handle a
  * whole batch of pages in one call and release the GIL while they work.
  */
 #define PY_SSIZE_T_CLEAN
@@ -413,8 +413,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "agents._xbzrle",
-    "Compiled XBZRLE kernels; use agents.xbzrle instead.", -1, methods,
+    PyModuleDef_HEAD_INIT, "agents.encodings._xbzrle",
+    "Compiled XBZRLE kernels; use agents.encodings.xbzrle instead.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__xbzrle(void)

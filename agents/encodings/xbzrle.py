@@ -1,8 +1,8 @@
 """XBZRLE: XOR Binary Zero Run-Length Encoding of a page against its old copy.
 
 This module is the codec only (QEMU keeps it apart in ``xbzrle.c``); the page
-cache lives in :mod:`agents.page_cache` and the pipeline stage that ties the
-two together in :mod:`agents.xbzrle_stage`.
+cache lives in :mod:`agents.encodings.page_cache` and the pipeline stage that ties the
+two together in :mod:`agents.encodings.xbzrle_stage`.
 
 Wire format (QEMU's): the delta between an old and a new page is a sequence of
 pairs ::
@@ -13,7 +13,7 @@ where the changed bytes are the NEW bytes.  Runs are maximal.  Only the first
 unchanged run may be 0; a changed run is never 0; the trailing unchanged run is
 not encoded, so equal pages encode to ``b""``.  Because runs are maximal the
 encoding of a pair of pages is unique: the compiled kernels
-(``agents._xbzrle``) and the numpy/pure-Python fallback here give identical
+(``agents.encodings._xbzrle``) and the numpy/pure-Python fallback here give identical
 bytes.
 
 Encoding gives up (returns ``None`` / length -1) as soon as the encoding would
@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 try:  # the package build compiles it; the fallback keeps a source tree usable
-    from agents import _xbzrle as _c
+    from agents.encodings import _xbzrle as _c
 except ImportError:  # pragma: no cover - exercised only without a build
     _c = None
 

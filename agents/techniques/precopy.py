@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from agents.clock import sleep_until
+from agents.datapath.clock import sleep_until
 
 
 @dataclass(frozen=True)

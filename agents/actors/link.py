@@ -1,0 +1,69 @@
+"""LinkAgent: a Ray actor that plays one NIC pair.
+
+It accepts the descriptor sockets of every connection routed over its link
+and runs the shaper (agents/datapath/link.py) on them; the control plane
+may change the link's bandwidth, latency or background traffic at run time.
+"""
+from __future__ import annotations
+
+import threading
+
+import ray
+
+from agents.datapath.channel import KIND_BATCH, Listener
+from agents.datapath.clock import precise_threads
+from agents.datapath.link import LinkShaper
+from agents.datapath.shm import Region
+from agents.datapath.wire_format import SlotLayout, SlotView
+
+
+@ray.remote(num_cpus=0, max_concurrency=4)
+class LinkAgent:
+    def __init__(self, name: str, rate_bytes_s: float, one_way_s: float, background_bytes_s: float,
+                 rate_control: bool, reserved_bytes_s: float, monitor_period_s: float) -> None:
+        precise_threads()
+        self.name = name
+        # The bucket's burst is 10 ms of emulated time (one monitor period is one emulated second).
+        self.shaper = LinkShaper(rate_bytes_s, one_way_s, burst_s=0.010 * monitor_period_s,
+                                 background_bytes_s=background_bytes_s,
+                                 rate_control=rate_control, reserved_bytes_s=reserved_bytes_s,
+                                 monitor_period_s=monitor_period_s)
+        self._listeners: list[Listener] = []
+        self._rings: list[Region] = []
+
+    def listen(self, paths: list[tuple[str, str]]) -> None:
+        """One (inbound, outbound) socket pair per connection; shaping starts when all are connected."""
+        pairs = [(Listener(i), Listener(o)) for i, o in paths]
+        self._listeners += [l for pair in pairs for l in pair]
+
+        def accept_then_run() -> None:
+            self.shaper.run([(lin.accept(), lout.accept()) for lin, lout in pairs])
+
+        threading.Thread(target=accept_then_run, daemon=True).start()
+
+    def corrupt_one_page(self, ring_path: str, batch_pages: int) -> None:
+        """Fault injection: flip one byte of one page of the next batch in transit."""
+        ring = Region.attach(ring_path)
+        self._rings.append(ring)
+        layout = SlotLayout(batch_pages)
+
+        def corrupt(d: tuple) -> None:
+            if d[0] != KIND_BATCH or self.shaper.corrupt_next is None:
+                return
+            view = SlotView(ring.array, d[2], layout)
+            if view.get_header()[2]:  # a batch with payload: not only zero pages
+                view.payload[100] ^= 0xFF
+                self.shaper.corrupt_next = None
+
+        self.shaper.corrupt_next = corrupt
+
+    def stats(self) -> dict:
+        s = self.shaper
+        return {"bytes": s.bytes_forwarded, "batches": s.batches_forwarded, "rate_bytes_s": s.migration_rate,
+                "background_seen": list(s.background_seen)}
+
+    def close(self) -> None:
+        for lst in self._listeners:
+            lst.close()
+
+

@@ -1,0 +1,1 @@
+"""Migration techniques, one module each, registered by name."""

@@ -97,6 +97,11 @@ class CorePool:
     `priority` share (0-1), so its work there takes 1/priority longer, and
     the VMs lose that share of the core while the migration is busy on it.
     Free unshared cores are taken first.
+
+    Several migrations share a host's cores. Each use of a core carries a
+    `tag` (a migration and a stage, e.g. `(2, "send")`), and what was charged
+    and held is also kept per tag, so each migration's CPU and saturation
+    can be told apart.
     """
 
     def __init__(self, cores: float, shared: int = 0, priority: float = 1.0) -> None:
@@ -113,9 +118,11 @@ class CorePool:
         # overhead leaking into emulated time: the run's saturation.
         self.held_s = 0.0
         self.shared_busy_s = 0.0  # real time the migration held shared cores
+        self.charged_by: dict = {}  # tag -> real seconds charged
+        self.held_by: dict = {}  # tag -> real seconds held
 
     @contextmanager
-    def core(self):
+    def core(self, tag=None):
         with self._cv:
             while not self._free:
                 self._cv.wait()
@@ -123,7 +130,7 @@ class CorePool:
             cid = self._free.pop()  # the highest id: unshared cores first
         t0 = time.monotonic()
         try:
-            yield _Core(self, t0, self.priority if cid < self.shared else 1.0)
+            yield _Core(self, t0, self.priority if cid < self.shared else 1.0, tag)
         finally:
             held = time.monotonic() - t0
             with self._cv:
@@ -131,18 +138,27 @@ class CorePool:
                 self._cv.notify()
             with self._lock:
                 self.held_s += held
+                self.held_by[tag] = self.held_by.get(tag, 0.0) + held
                 if cid < self.shared:
                     self.shared_busy_s += held
 
-    def _account(self, charged: float, overrun: float) -> None:
+    def _account(self, charged: float, overrun: float, tag=None) -> None:
         with self._lock:
             self.charged_s += charged
             self.overrun_s += overrun
+            self.charged_by[tag] = self.charged_by.get(tag, 0.0) + charged
+
+    def usage(self) -> dict:
+        """Real seconds charged and held so far, in all and by tag (a snapshot)."""
+        with self._lock:
+            return {"charged_s": self.charged_s, "held_s": self.held_s, "overrun_s": self.overrun_s,
+                    "charged_by": dict(self.charged_by), "held_by": dict(self.held_by)}
 
 
 class _Core:
-    def __init__(self, pool: CorePool, started: float, speed: float = 1.0) -> None:
+    def __init__(self, pool: CorePool, started: float, speed: float = 1.0, tag=None) -> None:
         self.pool = pool
+        self.tag = tag
         self.t = started
         self.speed = speed  # below 1 on a core shared with co-located VMs
 
@@ -152,11 +168,11 @@ class _Core:
         deadline = self.t + real_s
         late = time.monotonic() - deadline
         if late > 0:
-            self.pool._account(real_s, late)
+            self.pool._account(real_s, late, self.tag)
             self.t = time.monotonic()
         else:
             sleep_until(deadline)
-            self.pool._account(real_s, 0.0)
+            self.pool._account(real_s, 0.0, self.tag)
             self.t = deadline
 
     def hold(self, real_s: float) -> None:

@@ -46,22 +46,23 @@ def pipeline_bench(mib: int = 256, batch_pages: int = 256) -> dict:
         for host in (src, dst):
             ray.get(host.configure.remote(2, free, 1.0, 1.0))
         for i, mix in enumerate(MIXES.values()):
-            ray.get([src.create_image.remote(i, region_path(cl.run_id, f"s{i}"), npages, mix, 1),
-                     dst.create_image.remote(i, region_path(cl.run_id, f"d{i}"), npages, None, 1)])
+            ray.get([src.create_image.remote(f"s{i}", region_path(cl.run_id, f"s{i}"), npages, mix, 1),
+                     dst.create_image.remote(f"d{i}", region_path(cl.run_id, f"d{i}"), npages, None, 1)])
         ring, slots, d = region_path(cl.run_id, "ring"), 8, cl.sock_dir
         ray.get(src.create_ring.remote(0, ring, slots, batch_pages))
         ray.get(dst.attach_ring.remote(0, ring))
-        ray.get(link.listen.remote([(f"{d}/in", f"{d}/out")]))
+        ray.get(link.listen.remote([(0, f"{d}/in", f"{d}/out")]))
         ray.get(src.listen.remote(f"{d}/ack"))
-        ray.get(dst.open_receiver.remote(0, f"{d}/out", f"{d}/ack", slots, batch_pages))
+        ray.get(dst.open_receiver.remote(0, f"{d}/out", f"{d}/ack", slots, batch_pages,
+                                         {i: f"d{i}" for i in range(len(MIXES))}))
         ray.get(src.open_sender.remote(0, f"{d}/in", f"{d}/ack", slots, batch_pages))
-        ray.get(src.start_pipeline.remote(1, "global", 128 << 20, batch_pages))
+        ray.get(src.start_pipeline.remote(0, [0], 1, "global", 128 << 20, batch_pages))
         nbytes = npages * 4096
         for i, name in enumerate(MIXES):
-            ray.get(src.send_image.remote(i))  # warm-up: first touch of the ring and image maps
-            send_s = min(ray.get(src.send_image.remote(i)) for _ in range(3))
+            ray.get(src.send_image.remote(0, f"s{i}", i))  # warm-up: first touch of the ring and image maps
+            send_s = min(ray.get(src.send_image.remote(0, f"s{i}", i)) for _ in range(3))
             t0 = time.monotonic()
-            ok = not verify_images(src, dst, i, npages)
+            ok = not verify_images(src, dst, f"s{i}", f"d{i}", npages)
             verify_s = time.monotonic() - t0
             out["mixes"][name] = {
                 "transfer_mb_s": round(nbytes / send_s / 1e6, 1),

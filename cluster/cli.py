@@ -83,7 +83,7 @@ def run(
     out_dir = out_dir or Path("runs") / sc.name
     progress_cb, stop_progress = (None, lambda: None) if quiet else _progress_bar()
     opts = RunOptions(address=address, dilation=dilation, dashboard=dashboard, metrics_port=metrics_port,
-                      inject_fault=inject_fault, progress=progress_cb)
+                      inject_fault=inject_fault, progress=progress_cb, out_dir=str(out_dir))
     signal.signal(signal.SIGTERM, _interrupt)  # tear down cleanly when killed, too
     try:
         result = run_scenario(sc, opts, str(scenario))
@@ -109,9 +109,15 @@ def run(
     if quiet:
         print(path)
     else:
-        cols = [(v["vm"], v) for v in result["vms"]]
+        names = [v["vm"] for v in result["vms"]]
+        cols = [(v["vm"] if names.count(v["vm"]) == 1 else f"{v['vm']} -> {v['destination']}", v)
+                for v in result["vms"]]
         out.print(_summary_table(f"{sc.name}: emulated at memory_scale {sc.emulation.memory_scale:g}, "
                                  f"dilation {result['emulation']['dilation']:g}", cols))
+        for host, e in result.get("evacuations", {}).items():
+            out.print(f"evacuation of {host}: {len(e['vms'])} VMs in {e['evacuation_time_s']:.2f} s "
+                      f"(their migration times add up to {e['sum_of_migration_times_s']:.2f} s), "
+                      f"{e['memory_bytes_sent'] / 2**30:.2f} GByte sent")
         fid = result["emulation"]["fidelity"]
         if not fid["faithful"]:
             err.print(f"[yellow]fidelity: saturation {fid['saturation']:.1%}: real work overran its charged CPU; "
@@ -125,6 +131,7 @@ def _interrupt(signum, frame):
 
 
 def _progress_bar():
+    """One line per migration: its phase, iteration, what is left and its rate."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cluster.scenario import MIB
@@ -132,15 +139,17 @@ def _progress_bar():
                     TextColumn("iter {task.fields[iteration]:>3}"), BarColumn(),
                     TextColumn("{task.fields[remaining]:>11} left"), TextColumn("{task.fields[tp]:>12}"),
                     TimeElapsedColumn(), console=err, transient=True)
-    task = prog.add_task("migrate", total=1.0, vm="", phase="starting", iteration=0, remaining="", tp="")
+    tasks: dict[int, int] = {}
     prog.start()
 
-    def update(state) -> None:
-        mem = state.memory_bytes or 1
-        done = 1 - min(1.0, state.remaining_bytes / mem) if state.memory_bytes else 0.0
-        prog.update(task, completed=done, vm=state.vm, phase=state.phase, iteration=state.iteration,
-                    remaining=f"{state.remaining_bytes / MIB:,.0f} MiB",
-                    tp=f"{state.throughput_bytes_s / MIB:,.0f} MiB/s")
+    def update(states) -> None:
+        for s in states:
+            if s.index not in tasks:
+                tasks[s.index] = prog.add_task("migrate", total=1.0, vm=s.vm, phase="", iteration=0, remaining="",
+                                               tp="")
+            done = 1 - min(1.0, s.remaining_bytes / s.memory_bytes) if s.memory_bytes else 0.0
+            prog.update(tasks[s.index], completed=done, phase=s.phase, iteration=s.iteration,
+                        remaining=f"{s.remaining_bytes / MIB:,.0f} MiB", tp=f"{s.throughput_bytes_s / MIB:,.0f} MiB/s")
 
     return update, prog.stop
 

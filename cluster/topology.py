@@ -1,10 +1,13 @@
-"""Topology: which links carry the migration, and which connection uses which.
+"""Topology: which links carry each migration, and which connection uses which.
 
 From a scenario and its scaling this works out, without starting anything:
-the NIC pairs (as listed, or paired by speed), each link's real rate and
-delay, its background traffic and rate control, and the connections: one per
-consumer (PMigrate), spread round-robin over the links, each with its batch
-size and the slots of its ring. Pure; the runner builds actors from it.
+for every migration, the NIC pairs between its source and destination (as
+listed, or paired by speed), each link's real rate and delay, its background
+traffic, and the migration's connections: as many as its technique needs
+(one per PMigrate consumer), spread round-robin over its links, each with
+its batch size and the slots of its ring. A link used by several migrations
+is one link: their connections share it. Pure; the runner builds actors
+from it.
 """
 from __future__ import annotations
 
@@ -20,11 +23,13 @@ PAGE = 4096
 @dataclass(frozen=True)
 class LinkPlan:
     index: int
-    name: str
+    name: str  # "host:nic->host:nic"
     rate_bytes_s: float  # real capacity
     one_way_s: float  # real
     background_bytes_s: float  # real offered background traffic
     emulated_bandwidth_bytes_s: float
+    source: str = ""  # host names at its two ends
+    destination: str = ""
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class ConnectionPlan:
     link: int
     batch_pages: int
     slots: int
+    migration: int = 0
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,16 @@ class Topology:
 
     def connections_of(self, link: int) -> list[ConnectionPlan]:
         return [c for c in self.connections if c.link == link]
+
+    def connections_of_migration(self, m: int) -> list[ConnectionPlan]:
+        return [c for c in self.connections if c.migration == m]
+
+    def links_of_migration(self, m: int) -> list[LinkPlan]:
+        used = {c.link for c in self.connections_of_migration(m)}
+        return [lp for lp in self.links if lp.index in used]
+
+    def link_named(self, name: str) -> LinkPlan:
+        return next(lp for lp in self.links if lp.name == name)
 
 
 def auto_batch_pages(real_rate: float, scale: Scale, target_emulated_s: float = 0.008) -> int:
@@ -55,27 +71,37 @@ def auto_batch_pages(real_rate: float, scale: Scale, target_emulated_s: float = 
 
 
 def plan(scenario: Scenario, scale: Scale) -> Topology:
-    mig = scenario.migration
-    links = scenario.migration_links()
-    rates = [gbps_to_bytes_s(scenario.link_bandwidth_gbps(l)) for l in links]
-    if mig.bandwidth_cap_gbps is not None:
-        # The cap is on the migration as a whole: each link gets its share of it.
-        cap = gbps_to_bytes_s(mig.bandwidth_cap_gbps)
-        factor = min(1.0, cap / sum(rates))
-        rates = [r * factor for r in rates]
-    link_plans = []
-    for i, (link, emu_rate) in enumerate(zip(links, rates)):
+    from agents.techniques import registry
+    links: dict[str, LinkPlan] = {}
+    conns: list[ConnectionPlan] = []
+    for mp in scenario.migration_plans():
+        o = mp.options
+        mine = [_link(scenario, scale, l, links, o.bandwidth_cap_gbps, mp)
+                for l in scenario.links_between(mp.source, mp.destinations[0])]
+        n = registry.get(mp.technique).load().connections_needed(o)
+        for k in range(n):
+            lp = mine[k % len(mine)]
+            sharing = len(range(k % len(mine), n, len(mine)))
+            share = lp.rate_bytes_s / sharing
+            batch = o.batch_pages or auto_batch_pages(share, scale)
+            bdp = share * 2 * lp.one_way_s
+            slots = int(min(32, max(4, math.ceil(bdp / (batch * PAGE)) + 3)))
+            conns.append(ConnectionPlan(len(conns), lp.index, batch, slots, mp.index))
+    return Topology(list(links.values()), conns)
+
+
+def _link(scenario: Scenario, scale: Scale, link, links: dict, cap_gbps: float | None, mp) -> LinkPlan:
+    """The plan of `link`, made once however many migrations use it."""
+    name = f"{link.from_nic}->{link.to_nic}"
+    if name not in links:
+        emu_rate = gbps_to_bytes_s(scenario.link_bandwidth_gbps(link))
+        if cap_gbps is not None:
+            # QEMU's max-bandwidth is per migration; on a link of its own that is the link's rate
+            # (a link several migrations share takes the first cap given).
+            pairs = scenario.links_between(mp.source, mp.destinations[0])
+            total = sum(gbps_to_bytes_s(scenario.link_bandwidth_gbps(l)) for l in pairs)
+            emu_rate *= min(1.0, gbps_to_bytes_s(cap_gbps) / total)
         background = min(link.background.mbytes_s * MIB, emu_rate)
-        link_plans.append(LinkPlan(i, f"{link.from_nic}->{link.to_nic}", scale.real_rate(emu_rate),
-                                   scale.real_seconds(link.rtt_ms / 2000), scale.real_rate(background), emu_rate))
-    n_links = len(link_plans)
-    conns = []
-    for k in range(mig.consumers):
-        lp = link_plans[k % n_links]
-        sharing = len(range(k % n_links, mig.consumers, n_links))
-        share = lp.rate_bytes_s / sharing
-        batch = mig.batch_pages or auto_batch_pages(share, scale)
-        bdp = share * 2 * lp.one_way_s
-        slots = int(min(32, max(4, math.ceil(bdp / (batch * PAGE)) + 3)))
-        conns.append(ConnectionPlan(k, lp.index, batch, slots))
-    return Topology(link_plans, conns)
+        links[name] = LinkPlan(len(links), name, scale.real_rate(emu_rate), scale.real_seconds(link.rtt_ms / 2000),
+                               scale.real_rate(background), emu_rate, mp.source.name, mp.destinations[0].name)
+    return links[name]

@@ -16,6 +16,7 @@ from agents.datapath.clock import sleep_until
 from agents.guest.content import assign_classes, fill_image, template_pools
 from agents.guest.vcpus import Guest
 from agents.guest.workloads import Idle, UniformWriter
+from agents.techniques.base import MigrationContext, Trigger
 from agents.techniques.precopy import PrecopyMigration, StopPolicy, stop_reason
 
 PAGE = 4096
@@ -141,8 +142,8 @@ def uniform(rate, ws):
 
 def migration(guest, sink, limit_s=0.005, max_it=20, stall=3, max_sent_ratio=10.0):
     policy = StopPolicy(limit_s, max_it, stall, max_sent_ratio * NPAGES * PAGE)
-    return PrecopyMigration(0, guest.pages, guest, sink, policy, memory_scale=1.0, dilation=1.0,
-                            state_bytes=2048, setup_s=0.0)
+    ctx = MigrationContext(0, guest.pages, guest, sink, memory_scale=1.0, dilation=1.0)
+    return PrecopyMigration(ctx, policy, state_bytes=2048, setup_s=0.0)
 
 
 def assert_paused(guest):
@@ -208,8 +209,8 @@ def test_emulated_units_follow_memory_scale_and_dilation(guests):
     g.start()
     dst = np.zeros_like(g.pages)
     policy = StopPolicy(0.3, 20, 3, 1e15)
-    mig = PrecopyMigration(0, g.pages, g, CopySink(dst, bytes_s=200 * MB), policy, memory_scale=1 / 64,
-                           dilation=2.0, state_bytes=256 * 1024, setup_s=0.01)
+    ctx = MigrationContext(0, g.pages, g, CopySink(dst, bytes_s=200 * MB), memory_scale=1 / 64, dilation=2.0)
+    mig = PrecopyMigration(ctx, policy, state_bytes=256 * 1024, setup_s=0.01)
     assert mig.remaining_bytes == NPAGES * PAGE * 64
     r = mig.run()
     assert r.status == "completed"
@@ -233,7 +234,7 @@ def _run_and_abort(g, sink, after_s):
     th.start()
     time.sleep(after_s)
     t_abort = time.monotonic()
-    mig.abort_requested = True
+    mig.abort("aborted", "aborted by request")
     th.join(5)
     assert not th.is_alive()
     return mig, out["result"], time.monotonic() - t_abort
@@ -263,3 +264,57 @@ def test_abort_turns_dirty_logging_off(guests):
     sink = CopySink(np.zeros_like(g.pages), bytes_s=10 * MB)
     _run_and_abort(g, sink, after_s=0.05)
     assert not g.logging
+
+
+def _with_triggers(guest, sink, triggers, **kw):
+    mig = migration(guest, sink, **kw)
+    mig.ctx.triggers = triggers
+    return mig
+
+
+def test_events_carry_iterations_and_the_downtime_checkpoints_in_order(guests):
+    g = guests(uniform(rate=2000, ws=256))
+    g.start()
+    mig = migration(g, CopySink(np.zeros_like(g.pages), bytes_s=40 * MB))
+    assert mig.run().status == "completed"
+    names = [e["event"] for e in mig.ctx.events]
+    its = [e for e in mig.ctx.events if e["event"] == "iteration"]
+    assert len(its) == mig.result.iteration_count >= 1
+    assert [e["iteration"] for e in its] == list(range(1, len(its) + 1))
+    # dirty-sync-count as QEMU counts it: the sync that starts logging, one per iteration, then the last one.
+    assert [e["dirty_sync_count"] for e in its] == list(range(2, len(its) + 2))
+    assert mig.report()["dirty_sync_count"] == len(its) + 2
+    checkpoints = ["vm-stopped", "last-page-sent", "device-state-sent", "destination-loaded", "vm-started"]
+    assert [n for n in names if n in checkpoints] == checkpoints
+    times = [e["t_real"] for e in mig.ctx.events if e["event"] in checkpoints]
+    assert times == sorted(times)
+    assert times[-1] - times[0] == pytest.approx(mig.result.downtime_s, abs=1e-6)
+
+
+@pytest.mark.parametrize("phase, iteration", [("setup", 0), ("precopy", 1), ("precopy", 2), ("stop-and-copy", 0)])
+def test_cancel_on_entering_a_phase_leaves_the_guest_running_on_its_source(guests, phase, iteration):
+    g = guests(uniform(rate=20_000, ws=NPAGES))
+    g.start()
+    sink = CopySink(np.zeros_like(g.pages), bytes_s=40 * MB)
+    mig = _with_triggers(g, sink, [Trigger(0, phase, iteration, cancel=True)], limit_s=0.0005, max_it=4)
+    r = mig.run()
+    assert r.status == "cancelled", (r.status, r.stop_reason)
+    assert phase in r.stop_reason
+    assert "state" not in sink.calls  # the destination never got the device state
+    assert not g.paused and not g.logging
+    fired = [e for e in mig.ctx.events if e["event"] == "trigger"]
+    assert len(fired) == 1 and fired[0]["phase"] == phase
+    its = [e["iteration"] for e in mig.ctx.events if e["event"] == "iteration"]
+    assert len(its) <= max(0, iteration - 1) + (4 if phase == "stop-and-copy" else 0)
+    ops = g.ops
+    time.sleep(0.05)
+    assert g.ops > ops + 100  # the guest runs on
+
+
+def test_a_trigger_without_cancel_is_recorded_and_the_migration_goes_on(guests):
+    g = guests(uniform(rate=2000, ws=256))
+    g.start()
+    mig = _with_triggers(g, CopySink(np.zeros_like(g.pages), bytes_s=40 * MB), [Trigger(3, "precopy", 1)])
+    assert mig.run().status == "completed"
+    fired = [e for e in mig.ctx.events if e["event"] == "trigger"]
+    assert [(e["trigger"], e["iteration"]) for e in fired] == [(3, 1)]

@@ -44,9 +44,20 @@ class GuestAgent:
         return self.guest.resume()
 
     def resume_on(self, dest_image_path: str) -> float:
-        """Switchover: run on the destination's image from now on."""
+        """Switchover: run on the destination's image (and its dirty log) from now on."""
         self._dest = Region.attach(dest_image_path)
-        return self.guest.resume(self._dest.pages())
+        self._dest_log = Region.attach(dest_image_path + "-log")
+        pages = self._dest.pages()
+        return self.guest.resume(pages, DirtyLog(self._dest_log.array, len(pages)))
+
+    def set_rate_factor(self, factor: float) -> None:
+        """A scheduled event: scale the workload's offered rate (1 = as configured)."""
+        self.guest.rate_factor = factor
+
+    def progress(self) -> tuple[float, float]:
+        """(real time, cumulative operations) of the latest tick."""
+        s = self.guest.samples
+        return s[-1] if s else (time.monotonic(), 0.0)
 
     def timeline(self) -> tuple[list, float]:
         return list(self.guest.samples), self.guest.faults

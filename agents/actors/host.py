@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import traceback
+from types import SimpleNamespace
 
 import numpy as np
 import ray
@@ -30,26 +31,24 @@ from agents.datapath.wire_format import SlotLayout
 from agents.encodings.encoding import BatchEncoder, Compression, XbzrleCaches
 from agents.guest.content import assign_classes, fill_image, template_pools
 from agents.guest.dirty_log import DirtyLog
-from agents.techniques.precopy import PrecopyMigration, StopPolicy
+from agents.techniques import registry as techniques
+from agents.techniques.base import MigrationContext, Trigger
 from agents.verify import chunk_digests, page_digests
 
 LOCKS = {"global": GlobalLock, "rwlock": ReadWriteLock, "range": RangeLock}
 
 
-@ray.remote(num_cpus=0, max_concurrency=8)
+@ray.remote(num_cpus=0, max_concurrency=64)
 class HostAgent:
     def __init__(self, role: str, name: str) -> None:
         precise_threads()
         self.role, self.name = role, name
-        self.images: dict[int, Region] = {}
-        self.logs: dict[int, Region] = {}
+        self.images: dict[str, Region] = {}  # by key: "vm<i>" at its first host, "vm<i>-m<k>" as migration k's copy
+        self.logs: dict[str, Region] = {}
         self.rings: dict[int, Region] = {}
         self.senders: dict[int, PageSender] = {}
         self.receivers: dict[int, PageReceiver] = {}
-        self.migrations: dict[int, PrecopyMigration] = {}
-        self.errors: dict[int, str] = {}
-        self.pipeline: SourcePipeline | None = None
-        self.xbzrle: XbzrleCaches | None = None
+        self.jobs: dict[int, _Job] = {}
         self.cores = CorePool(1)
         self.costs = CostModel()
         self.memory_scale, self.dilation = 1.0, 1.0
@@ -62,7 +61,7 @@ class HostAgent:
 
     def configure(self, cores: int, costs: dict, memory_scale: float, dilation: float,
                   shared_cores: int = 0, priority: float = 1.0) -> None:
-        """The emulated cores this host lends the migration, and what each step costs."""
+        """The emulated cores this host lends its migrations, and what each step costs."""
         self.cores = CorePool(cores, shared_cores, priority)
         self.costs = CostModel(**costs)
         self.memory_scale, self.dilation = memory_scale, dilation
@@ -72,26 +71,34 @@ class HostAgent:
         return us_per_page * 1e-6 * real_pages / self.memory_scale * self.dilation
 
     # --- images -----------------------------------------------------------
-    def create_image(self, vm: int, path: str, npages: int, content: dict | None, seed: int) -> float:
-        """Allocate a VM image; the source fills it with the guest's contents and
-        keeps its dirty log next to it. Returns seconds taken."""
+    def create_image(self, key: str, path: str, npages: int, content: dict | None, seed: int) -> float:
+        """Allocate a VM image with its dirty log next to it (any image may
+        later be migrated on); the VM's first host fills it with the guest's
+        contents, a destination pre-touches it. Returns seconds taken."""
         t0 = time.monotonic()
         region = Region.create(path, npages * 4096)
         pages = region.pages()
         if content is not None:
             fill_image(pages, assign_classes(npages, content, seed), template_pools(seed), seed)
-            self.logs[vm] = Region.create(path + "-log", DirtyLog.nbytes(npages))
         else:
             region.prefault()
-        self.images[vm] = region
+        self.logs[key] = Region.create(path + "-log", DirtyLog.nbytes(npages))
+        self.images[key] = region
         return time.monotonic() - t0
 
-    def digests(self, vm: int) -> np.ndarray:
-        """Digests of runs of pages (see agents/verify.py)."""
-        return chunk_digests(self.images[vm].pages())
+    def release_image(self, key: str) -> None:
+        """Discard an image (a cancelled migration's partial copy)."""
+        for regions in (self.images, self.logs):
+            region = regions.pop(key, None)
+            if region is not None:
+                region.unlink()
 
-    def page_digests(self, vm: int, idx: np.ndarray) -> np.ndarray:
-        return page_digests(self.images[vm].pages()[idx])
+    def digests(self, key: str) -> np.ndarray:
+        """Digests of runs of pages (see agents/verify.py)."""
+        return chunk_digests(self.images[key].pages())
+
+    def page_digests(self, key: str, idx: np.ndarray) -> np.ndarray:
+        return page_digests(self.images[key].pages()[idx])
 
     # --- connections --------------------------------------------------------
     def create_ring(self, conn: int, path: str, slots: int, batch_pages: int) -> None:
@@ -120,10 +127,11 @@ class HostAgent:
         acks = self._wait_accepted(ack_path)
         self.senders[conn] = PageSender(self.rings[conn].array, slots, SlotLayout(batch_pages), to_link, acks)
 
-    def open_receiver(self, conn: int, link_out: str, ack_path: str, slots: int, batch_pages: int) -> None:
+    def open_receiver(self, conn: int, link_out: str, ack_path: str, slots: int, batch_pages: int,
+                      images: dict[int, str]) -> None:
+        """`images`: for each migration whose batches may arrive here, the key of its destination image."""
         from_link = Channel.connect(link_out)
         acks = Channel.connect(ack_path)
-        images = {vm: r.pages() for vm, r in self.images.items()}
         c = self.costs
 
         def restore_cost(pages: int, with_contents: int) -> float:
@@ -131,56 +139,89 @@ class HostAgent:
             return self._real_s(c.restore_us, pages) + self._real_s(c.receive_us, with_contents)
 
         self.receivers[conn] = PageReceiver(self.rings[conn].array, slots, SlotLayout(batch_pages), from_link, acks,
-                                            self.cores, restore_cost, images,
+                                            self.cores, restore_cost,
+                                            {m: self.images[key].pages() for m, key in images.items()},
                                             decode_cost=lambda s: self._real_s(s * 1e6, 1))
 
-    def start_pipeline(self, consumers: int, lock: str, pool_bytes: int, task_pages: int,
-                       compression: dict | None = None) -> None:
-        """`compression`: agents.encodings.encoding.Compression's fields (real units); None: zero pages only."""
-        conns = [self.senders[k] for k in sorted(self.senders)]
+    def start_pipeline(self, m: int, conns: list[int], consumers: int, lock: str, pool_bytes: int,
+                       task_pages: int, compression: dict | None = None, costs: dict | None = None) -> None:
+        """Migration `m`'s source pipeline over its connections `conns`.
+        `compression`: agents.encodings.encoding.Compression's fields (real units); None: zero pages only.
+        `costs`: this migration's CostModel fields when they differ from the host's (its address-space lock)."""
         pool = MemoryPool(max(pool_bytes, task_pages * 4096))
         settings = Compression(**(compression or {}))
-        encoders = None
+        caches = encoders = None
         if settings.method != "none":
             if settings.xbzrle:
-                self.xbzrle = XbzrleCaches(settings.xbzrle_cache_bytes, settings.xbzrle_budget)
-            encoders = [BatchEncoder(settings, self.xbzrle) for _ in range(consumers)]
-        self.pipeline = SourcePipeline(conns, consumers, self.cores, LOCKS[lock](), self.costs, self._real_s,
-                                       pool, task_pages, encoders)
+                caches = XbzrleCaches(settings.xbzrle_cache_bytes, settings.xbzrle_budget)
+            encoders = [BatchEncoder(settings, caches) for _ in range(consumers)]
+        pipeline = SourcePipeline([self.senders[c] for c in conns], consumers, self.cores, LOCKS[lock](),
+                                  CostModel(**costs) if costs else self.costs,
+                                  self._real_s, pool, task_pages, encoders, tag=(m, "send"))
+        self.jobs[m] = _Job(conns, pipeline, caches)
 
-    # --- migration (source) ----------------------------------------------
-    def migrate(self, vm: int, guest, policy: dict, state_bytes: float, setup_s: float,
-                strategy: str, slice_bytes: float, resume_s: float, io_thread_taken: float = 0.0) -> None:
-        """Start migrating `vm` in a thread; poll `status` and fetch `migration_result`."""
-        pages = self.images[vm].pages()
-        control = _GuestControl(DirtyLog(self.logs[vm].array, len(pages)), guest, self.cores,
-                                self._real_s(self.costs.dirty_sync_ns / 1000, len(pages)))
-        if self.xbzrle is not None:
-            control.on_sync = lambda: self.xbzrle.new_generation(vm)
-        mig = PrecopyMigration(vm, pages, control, self.pipeline, StopPolicy(**policy),
-                               self.memory_scale, self.dilation, state_bytes, setup_s, strategy, slice_bytes,
-                               resume_s, io_thread_taken)
-        self.migrations[vm] = mig
+    # --- migrations (source) ------------------------------------------------
+    def migrate(self, m: int, key: str, guest, technique: str, options: dict, triggers: list) -> None:
+        """Start migration `m` of image `key` with `technique` in a thread;
+        follow it with `poll`, wait for it with `wait`, cancel it with `cancel`."""
+        job = self.jobs[m]
+        pages = self.images[key].pages()
+        control = _GuestControl(DirtyLog(self.logs[key].array, len(pages)), guest, self.cores,
+                                self._real_s(self.costs.dirty_sync_ns / 1000, len(pages)), (m, "sync"))
+        if job.caches is not None:
+            control.on_sync = lambda: job.caches.new_generation(m)
+        ctx = MigrationContext(m, pages, control, job.pipeline, self.memory_scale, self.dilation,
+                               [Trigger(**tr) for tr in triggers])
+        job.ctx = ctx
+        job.technique = techniques.get(technique).load().from_options(ctx, SimpleNamespace(**options))
+        job.thread = threading.Thread(target=job.run, daemon=True, name=f"migrate-{m}")
+        job.thread.start()
 
-        def run() -> None:
-            try:
-                mig.run()
-            except Exception:  # reported to the driver, which fails the run cleanly
-                self.errors[vm] = traceback.format_exc()
-                mig.result.status = "failed"
-                mig.phase = "failed"
-                try:
-                    control.stop_dirty_log()
-                    ray.get(guest.resume.remote())  # the VM keeps running on its source
-                except Exception:
-                    pass
+    def wait(self, m: int, timeout: float) -> bool:
+        """True once migration `m` has finished (whatever its outcome)."""
+        self.jobs[m].done.wait(timeout)
+        return self.jobs[m].done.is_set()
 
-        threading.Thread(target=run, daemon=True, name=f"migrate-{vm}").start()
+    def cancel(self, m: int, status: str = "cancelled", reason: str = "cancelled") -> None:
+        job = self.jobs.get(m)
+        if job is not None and job.technique is not None:
+            job.technique.abort(status, reason)
 
-    def share_cores_with(self, vms: list[int], period_s: float) -> None:
+    def poll(self, m: int, since: int = 0) -> dict:
+        """Migration `m`'s progress and counters (real units) and its events from number `since` on."""
+        job = self.jobs[m]
+        out = job.technique.progress() if job.technique else {"phase": "idle", "status": "idle"}
+        out["error"] = job.error
+        out["done"] = job.done.is_set()
+        cs = [self.senders[c].counters for c in job.conns]
+        for key in ("wire_bytes", "state_bytes", "pages_normal", "pages_zero", "pages_compressed", "pages_delta",
+                    "pages_unchanged", "raw_bytes", "payload_bytes", "encode_s", "batches"):
+            out[key] = sum(getattr(c, key) for c in cs)
+        if job.caches is not None:
+            out["xbzrle"] = job.caches.counters(m)
+        out["pool_high_water_bytes"] = job.pipeline.pool.high_water
+        out["lock"] = job.pipeline.lock.stats()
+        out["events"] = job.ctx.events[since:] if job.ctx else []
+        return out
+
+    def report(self, m: int) -> dict:
+        job = self.jobs[m]
+        return job.technique.report() if job.technique else {}
+
+    def usage(self) -> dict:
+        """This host's emulated cores: real seconds charged and held, in all and by (migration, stage)."""
+        return self.cores.usage()
+
+    def receiver_status(self, conns: list[int]) -> dict:
+        rs = [self.receivers[c] for c in conns if c in self.receivers]
+        return {"pages_restored": sum(r.pages_restored for r in rs),
+                "errors": [r.error for r in rs if r.error],
+                "decode_s": sum(r.decode_s for r in rs)}
+
+    def share_cores_with(self, keys: list[str], period_s: float) -> None:
         """CPU rate control: every `period_s`, tell the co-located VMs how many
-        vCPUs' worth of their shared cores the migration is taking."""
-        logs = [DirtyLog(self.logs[vm].array, len(self.images[vm].pages())) for vm in vms]
+        vCPUs' worth of their shared cores the migrations are taking."""
+        logs = [DirtyLog(self.logs[k].array, len(self.images[k].pages())) for k in keys]
         pool = self.cores
 
         def watch() -> None:
@@ -195,65 +236,24 @@ class HostAgent:
 
         threading.Thread(target=watch, daemon=True, name="cpu-share").start()
 
-    def send_image(self, vm: int) -> float:
-        """Benchmark: send the whole image once through the pipeline; real seconds until restored."""
+    def send_image(self, m: int, key: str, tag: int) -> float:
+        """Benchmark: send image `key` once through migration `m`'s pipeline, its
+        batches tagged `tag` for the receiver; real seconds until restored."""
         t0 = time.monotonic()
-        pages = self.images[vm].pages()
-        self.pipeline.send_pages(vm, pages, np.arange(len(pages)), "bench")
-        self.pipeline.drain()
+        pages = self.images[key].pages()
+        pipeline = self.jobs[m].pipeline
+        pipeline.send_pages(tag, pages, np.arange(len(pages)), "bench")
+        pipeline.drain()
         return time.monotonic() - t0
-
-    def abort(self, vm: int) -> None:
-        if vm in self.migrations:
-            self.migrations[vm].abort_requested = True
-
-    def status(self, vm: int) -> dict:
-        mig = self.migrations.get(vm)
-        out = {"phase": "idle", "iteration": 0, "remaining_bytes": 0.0, "error": self.errors.get(vm)}
-        if mig is not None:
-            r = mig.result
-            its = r.iterations
-            out.update(phase=mig.phase, iteration=r.iteration_count + (1 if mig.phase == "precopy" else 0),
-                       remaining_bytes=mig.remaining_bytes, status=r.status)
-            if len(its) >= 2 and its[-2].duration_s > 0:
-                out["dirty_pages_per_s"] = its[-1].dirty_pages / its[-2].duration_s
-        if self.senders:
-            cs = [s.counters for s in self.senders.values()]
-            out.update(wire_bytes=sum(c.wire_bytes for c in cs), pages_normal=sum(c.pages_normal for c in cs),
-                       pages_zero=sum(c.pages_zero for c in cs), batches=sum(c.batches for c in cs))
-            for key in ("pages_compressed", "pages_delta", "pages_unchanged", "raw_bytes", "payload_bytes",
-                        "encode_s"):
-                out[key] = sum(getattr(c, key) for c in cs)
-        if self.xbzrle is not None:
-            out["xbzrle"] = self.xbzrle.counters(vm)
-        out["cpu_charged_s"] = self.cores.charged_s
-        out["cpu_overrun_s"] = self.cores.overrun_s
-        out["cpu_held_s"] = self.cores.held_s
-        if self.pipeline is not None:
-            out["pool_high_water_bytes"] = self.pipeline.pool.high_water
-            out["lock"] = self.pipeline.lock.stats()
-        return out
-
-    def migration_result(self, vm: int) -> dict:
-        from dataclasses import asdict
-        return asdict(self.migrations[vm].result)
-
-    def receiver_status(self) -> dict:
-        return {
-            "pages_restored": sum(r.pages_restored for r in self.receivers.values()),
-            "errors": [r.error for r in self.receivers.values() if r.error],
-            "decode_s": sum(r.decode_s for r in self.receivers.values()),
-            "cpu_charged_s": self.cores.charged_s,
-            "cpu_overrun_s": self.cores.overrun_s,
-            "cpu_held_s": self.cores.held_s,
-        }
 
     def close(self) -> None:
         self._closing = True
-        if self.pipeline is not None:
-            self.pipeline.close()
-        else:
-            for s in self.senders.values():
+        for job in self.jobs.values():
+            if job.technique is not None:
+                job.technique.abort("aborted", "host closing")
+            job.pipeline.close()
+        for c, s in self.senders.items():
+            if not any(c in job.conns for job in self.jobs.values()):
                 s.close()
         for lst in self._listeners:
             lst.close()
@@ -261,13 +261,41 @@ class HostAgent:
             region.unlink()
 
 
+class _Job:
+    """One migration leaving this host: its connections, pipeline, XBZRLE
+    caches, technique and thread."""
+
+    def __init__(self, conns: list[int], pipeline: SourcePipeline, caches: XbzrleCaches | None) -> None:
+        self.conns, self.pipeline, self.caches = conns, pipeline, caches
+        self.ctx: MigrationContext | None = None
+        self.technique = None
+        self.thread: threading.Thread | None = None
+        self.error: str | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.technique.run()
+        except Exception:  # reported to the driver, which fails the migration cleanly
+            self.error = traceback.format_exc()
+            self.technique.result.status = "failed"
+            self.technique.phase = "failed"
+            try:
+                self.ctx.guest.stop_dirty_log()
+                self.ctx.guest.resume()  # the VM keeps running on its source
+            except Exception:
+                pass
+        finally:
+            self.done.set()
+
+
 class _GuestControl:
     """The guest as the migration thread sees it: the dirty log is read here,
     in shared memory (each fetch charged to a core, as the hypervisor's
     bitmap sync would be); pausing and resuming are calls to its GuestAgent."""
 
-    def __init__(self, log: DirtyLog, handle, cores: CorePool, sync_real_s: float) -> None:
-        self.log, self.h, self.cores, self.sync_real_s = log, handle, cores, sync_real_s
+    def __init__(self, log: DirtyLog, handle, cores: CorePool, sync_real_s: float, tag=None) -> None:
+        self.log, self.h, self.cores, self.sync_real_s, self.tag = log, handle, cores, sync_real_s, tag
         self.on_sync = lambda: None  # a dirty-log sync ages the XBZRLE cache
 
     def start_dirty_log(self) -> None:
@@ -280,7 +308,7 @@ class _GuestControl:
         self.log.take_io_thread(share)
 
     def harvest(self) -> np.ndarray:
-        with self.cores.core() as core:
+        with self.cores.core(self.tag) as core:
             idx = self.log.harvest()
             self.on_sync()
             core.charge(self.sync_real_s)

@@ -64,9 +64,11 @@ class _Call:
 class SourcePipeline:
     def __init__(self, connections: list[PageSender], consumers: int, cores: CorePool,
                  lock: AddressSpaceLock, costs: CostModel, real_s: Callable[[float, int], float],
-                 pool: MemoryPool, task_pages: int, encoders: list | None = None) -> None:
+                 pool: MemoryPool, task_pages: int, encoders: list | None = None, tag=None) -> None:
         """`real_s(us_per_emulated_page, real_pages)`: real seconds a step takes.
-        `encoders`: one agents.encodings.encoding.BatchEncoder per consumer (None: zero pages only)."""
+        `encoders`: one agents.encodings.encoding.BatchEncoder per consumer (None: zero pages only).
+        `tag`: the cores' accounting tag of this pipeline's work (its migration)."""
+        self.tag = tag
         self.encoders = encoders
         self.connections = connections
         self.cores = cores
@@ -140,7 +142,7 @@ class SourcePipeline:
                 # so per-task overhead stays inside the charged time. A consumer
                 # waiting for the address-space lock keeps its core, as a thread
                 # spinning on mmap_sem's wait queue would.
-                with self.cores.core() as core:
+                with self.cores.core(self.tag) as core:
                     self._locked_step(core, base, length, "mmap", c.mmap_us, n)
                     self._locked_step(core, base, length, "map", c.map_us, n)
                     stats = conn.pack(slot, task.image, task.idx, self.encoders and self.encoders[me], task.vm,

@@ -30,7 +30,9 @@ class PageReceiver:
     def __init__(self, ring: np.ndarray, slots: int, layout: SlotLayout, from_link: Channel, acks: Channel,
                  cores: CorePool, restore_cost: Callable[[int, int], float], images: dict[int, np.ndarray],
                  decode_cost: Callable[[float], float] = lambda s: 0.0) -> None:
-        """`decode_cost(s)`: real seconds to charge for `s` measured CPU seconds of decoding."""
+        """`images`: destination image of each migration, by the descriptors' `vm` field (the
+        migration's number). `decode_cost(s)`: real seconds to charge for `s` measured CPU
+        seconds of decoding. Cores are charged under the tag `(migration, "receive")`."""
         self.views = [SlotView(ring, i, layout) for i in range(slots)]
         self.unpacker = Unpacker()  # one zstd context per receiver
         self.decode_cost = decode_cost
@@ -41,6 +43,7 @@ class PageReceiver:
         self.restore_cost = restore_cost  # real seconds for (pages, pages with contents)
         self.images = images
         self.pages_restored = 0
+        self.restored_by: dict[int, int] = {}
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="receiver")
         self._thread.start()
@@ -52,7 +55,7 @@ class PageReceiver:
                 break
             kind, vm, slot, npages = d[0], d[1], d[2], d[3]
             if kind == KIND_BATCH:
-                with self.cores.core() as core:
+                with self.cores.core((vm, "receive")) as core:
                     zero = int(np.count_nonzero(self.views[slot].enc[:npages] == ENC_ZERO))
                     try:
                         restore_pages(self.images[vm], self.views[slot], self.unpacker)
@@ -62,6 +65,7 @@ class PageReceiver:
                     self.decode_s += decode_s
                     core.charge(self.restore_cost(npages, npages - zero) + self.decode_cost(decode_s))
                 self.pages_restored += npages
+                self.restored_by[vm] = self.restored_by.get(vm, 0) + npages
             self.acks.send(KIND_ACK, vm, slot, npages, 0, d[5], d[6], time.monotonic())
         try:
             self.acks.send(KIND_CLOSE)

@@ -40,7 +40,8 @@ class SendCounters:
     raw_bytes: int = 0  # non-zero pages sent, PAGE each
     payload_bytes: int = 0  # what they cost on the wire after encoding
     encode_s: float = 0.0  # measured CPU seconds of compression
-    wire_bytes: int = 0
+    wire_bytes: int = 0  # everything: pages, their headers, and CPU/device state
+    state_bytes: int = 0  # of which CPU and device state
     batches: int = 0
     last_restore_t: float = 0.0
 
@@ -103,6 +104,7 @@ class PageSender:
         self.views[slot].set_header(0, 0, 0)
         with self._cv:
             self.counters.wire_bytes += state_bytes
+            self.counters.state_bytes += state_bytes
         self._post(KIND_STATE, vm, slot, 0, state_bytes)
 
     def _post(self, kind: int, vm: int, slot: int, npages: int, wire_bytes: int) -> None:

@@ -42,6 +42,7 @@ class Guest:
         self.fault_s = fault_s
         self.rng = np.random.default_rng(seed + 7)
         self.paused = False
+        self.rate_factor = 1.0  # a scheduled event may scale the workload's offered rate
         self.ops = 0.0  # cumulative operations (emulated units)
         self.samples: list[tuple[float, float]] = []  # (real time, cumulative ops)
         self.faults = 0.0
@@ -68,12 +69,14 @@ class Guest:
             self.paused = True
             return time.monotonic()
 
-    def resume(self, pages: np.ndarray | None = None) -> float:
-        """Run again, on a new image if given (the destination's after switchover)."""
+    def resume(self, pages: np.ndarray | None = None, log: DirtyLog | None = None) -> float:
+        """Run again, on a new image and its dirty log if given (the destination's after switchover)."""
         with self._lock:
             if pages is not None:
                 self.pages = pages
             self.log.clear_pause()
+            if log is not None:
+                self.log = log
             self.paused = False
             return time.monotonic()
 
@@ -112,7 +115,7 @@ class Guest:
     def _tick(self, dt: float, carry: float) -> float:
         wl = self.workload
         awake = wl.advance(dt) if isinstance(wl, Sweeper) else dt
-        offered = wl.ops_rate() * awake + carry
+        offered = wl.ops_rate() * self.rate_factor * awake + carry
         # vCPU budget: operations plus expected dirty-tracking faults must fit.
         logging = self.log.logging
         per_op = wl.op_cost_s + (self._fault_ratio * self.fault_s if logging else 0.0)
@@ -140,4 +143,4 @@ class Guest:
         self.log.publish(self._tick_no)
         self.ops += ops
         # Work not done is not carried over beyond one tick (an open-loop client gives up).
-        return min(offered - ops, wl.ops_rate() * awake)
+        return min(offered - ops, wl.ops_rate() * self.rate_factor * awake)

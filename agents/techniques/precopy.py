@@ -1,4 +1,5 @@
-"""Pre-copy live migration (Clark et al.; PMigrate §2.1 Figure 1; S-memV §II).
+"""Pre-copy live migration (Clark et al.; PMigrate §2.1 Figure 1; S-memV §II): the
+`precopy` technique.
 
 The first iteration sends every page; each later one sends the pages dirtied
 during the previous one, the dirty log being fetched and reset atomically at
@@ -19,12 +20,15 @@ Two iteration strategies (PMigrate §5):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from agents.datapath.clock import sleep_until
+from agents.techniques.base import MigrationContext
+
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -55,21 +59,6 @@ def stop_reason(policy: StopPolicy, iteration: int, remaining_bytes: float, band
     return None
 
 
-class GuestControl(Protocol):
-    def start_dirty_log(self) -> None: ...
-    def stop_dirty_log(self) -> None: ...
-    def take_io_thread(self, share: float) -> None: ...
-    def harvest(self) -> np.ndarray: ...
-    def pause(self) -> float: ...
-    def resume(self) -> float: ...
-
-
-class PageSink(Protocol):
-    def send_pages(self, vm: int, image: np.ndarray, idx: np.ndarray, phase: str, should_stop) -> int: ...
-    def send_state(self, vm: int, state_bytes: int) -> None: ...
-    def drain(self) -> float: ...
-
-
 @dataclass
 class Iteration:
     number: int
@@ -81,7 +70,7 @@ class Iteration:
 
 @dataclass
 class PrecopyResult:
-    status: str = "running"
+    status: str = "running"  # then completed | cancelled | aborted | failed
     stop_reason: str = ""
     setup_time_s: float = 0.0
     total_time_s: float = 0.0
@@ -95,40 +84,93 @@ class PrecopyResult:
     started_at: float = 0.0
 
 
-class PrecopyMigration:
-    """Runs one VM's pre-copy on the source. Sizes in, figures out: emulated units."""
 
-    def __init__(self, vm: int, image: np.ndarray, guest: GuestControl, sink: PageSink,
-                 policy: StopPolicy, memory_scale: float, dilation: float,
-                 state_bytes: float, setup_s: float, strategy: str = "image", slice_bytes: float = 2 * 2**20,
-                 resume_s: float = 0.0, io_thread_taken: float = 0.0) -> None:
-        self.vm = vm
-        self.image = image
-        self.guest = guest
-        self.sink = sink
+class PrecopyMigration:
+    """Runs one VM's pre-copy on the source. Sizes in, figures out: emulated units.
+
+    Events recorded in the context (QEMU's names where one fits): `setup`,
+    `iteration` (its number, dirty-sync-count, transferred, remaining,
+    dirty-pages-rate, expected-downtime), `stop` (the stop rule's reason),
+    then the downtime checkpoints `vm-stopped`, `last-page-sent`,
+    `device-state-sent`, `destination-loaded`, `vm-started`; or `cancelled`.
+    """
+
+    name: ClassVar[str] = "precopy"
+
+    def __init__(self, ctx: MigrationContext, policy: StopPolicy, state_bytes: float, setup_s: float,
+                 strategy: str = "image", slice_bytes: float = 2 * 2**20, resume_s: float = 0.0,
+                 io_thread_taken: float = 0.0) -> None:
+        self.ctx = ctx
+        self.vm = ctx.vm
+        self.image = ctx.image
+        self.guest = ctx.guest
+        self.sink = ctx.sink
         self.policy = policy
-        self.scale = memory_scale
-        self.dilation = dilation
+        self.scale = ctx.memory_scale
+        self.dilation = ctx.dilation
         self.state_bytes = state_bytes
         self.setup_s = setup_s
         self.strategy = strategy
         self.resume_s = resume_s
         self.io_thread_taken = io_thread_taken
-        self.slice_pages = max(1, int(round(slice_bytes * memory_scale / 4096)))
+        self.slice_pages = max(1, int(round(slice_bytes * self.scale / 4096)))
         self.result = PrecopyResult()
         self.phase = "setup"
-        self.remaining_bytes = float(len(image) * 4096) / memory_scale
+        self.remaining_bytes = float(len(self.image) * 4096) / self.scale
+        self.dirty_syncs = 0
         self.abort_requested = False
+        self._abort_as = ("cancelled", "cancelled")
 
+    # --- the technique interface ------------------------------------------
+    @classmethod
+    def connections_needed(cls, options) -> int:
+        return options.consumers
+
+    @classmethod
+    def from_options(cls, ctx: MigrationContext, o) -> "PrecopyMigration":
+        """`o`: the scenario's migration options (cluster/scenario.py `Migration`), physical units."""
+        memory_bytes = len(ctx.image) * 4096 / ctx.memory_scale
+        policy = StopPolicy(o.downtime_limit_ms / 1000, o.max_iterations, o.stall_iterations,
+                            o.max_sent_ratio * memory_bytes)
+        return cls(ctx, policy, o.device_state_kib * 1024, o.setup_ms / 1000, o.strategy, o.slice_mib * 2**20,
+                   o.resume_ms / 1000, o.io_thread_taken)
+
+    def abort(self, status: str = "cancelled", reason: str = "cancelled") -> None:
+        self._abort_as = (status, reason)
+        self.abort_requested = True
+
+    def progress(self) -> dict:
+        r = self.result
+        return {"phase": self.phase, "status": r.status, "remaining_bytes": self.remaining_bytes,
+                "iteration": r.iteration_count + (1 if self.phase == "precopy" else 0),
+                "dirty_sync_count": self.dirty_syncs}
+
+    def report(self) -> dict:
+        return asdict(self.result) | {"dirty_sync_count": self.dirty_syncs}
+
+    # --- the mechanism -------------------------------------------------------
     def _emu(self, real_s: float) -> float:
         return real_s / self.dilation
+
+    def _enter(self, phase: str, iteration: int = 0) -> None:
+        self.phase = phase
+        if self.ctx.enter(phase, iteration):
+            self.abort("cancelled", f"cancelled by a scheduled event on entering {phase}")
+
+    def _harvest(self) -> np.ndarray:
+        self.dirty_syncs += 1
+        return self.guest.harvest()
 
     def run(self) -> PrecopyResult:
         r = self.result
         t0 = r.started_at = time.monotonic()
-        time.sleep(self.setup_s * self.dilation)  # connection set-up, destination VM creation
+        self.ctx.record("setup")
+        self._enter("setup")
+        if not self.abort_requested:
+            time.sleep(self.setup_s * self.dilation)  # connection set-up, destination VM creation
         r.setup_time_s = self._emu(time.monotonic() - t0)
         self.guest.start_dirty_log()
+        self.dirty_syncs += 1  # QEMU counts the sync that starts dirty logging
         if self.strategy == "time-sliced":
             # Vanilla KVM migrates from the guest's I/O thread.
             self.guest.take_io_thread(self.io_thread_taken)
@@ -139,8 +181,15 @@ class PrecopyMigration:
         else:
             todo = self._image_oriented()
         if todo is None:
-            return self._abort()
-        return self._stop_and_copy(todo)
+            return self._cancel()
+        return self.switch_over(todo)
+
+    def _iteration_done(self, number: int, pages: int, wire_emu: float, dt: float, remaining: float) -> None:
+        bandwidth = wire_emu / dt if dt > 0 else float("inf")
+        self.ctx.record("iteration", iteration=number, dirty_sync_count=self.dirty_syncs, pages=pages,
+                        transferred=wire_emu, duration_s=dt, remaining=remaining,
+                        dirty_pages_rate=remaining / 4096 / dt if dt > 0 else 0.0,
+                        expected_downtime_s=remaining / bandwidth if bandwidth > 0 else None)
 
     def _image_oriented(self) -> np.ndarray | None:
         """Passes over the dirty image; returns what is left for stop-and-copy (None: aborted)."""
@@ -158,9 +207,12 @@ class PrecopyMigration:
                 why = stop_reason(self.policy, len(r.iterations), remaining, bandwidth, history, r.memory_bytes_sent)
                 if why:
                     r.stop_reason = why
+                    self.ctx.record("stop", reason=why)
                     return todo
             history.append(remaining)
-            self.phase = "precopy"
+            self._enter("precopy", len(r.iterations) + 1)
+            if self.abort_requested:
+                return None
             t_it = time.monotonic()
             wire = self.sink.send_pages(self.vm, self.image, todo, "precopy", lambda: self.abort_requested)
             # A pass ends when its pages have arrived: the bandwidth measured is
@@ -172,7 +224,8 @@ class PrecopyMigration:
             r.memory_bytes_sent += wire_emu
             r.iterations.append(Iteration(len(r.iterations) + 1, int(round(len(todo) / self.scale)), wire_emu, dt, bandwidth))
             r.iteration_count = len(r.iterations)
-            todo = self.guest.harvest()
+            todo = self._harvest()
+            self._iteration_done(r.iteration_count, r.iterations[-1].dirty_pages, wire_emu, dt, len(todo) * page_bytes)
 
     def _time_sliced(self) -> np.ndarray | None:
         """Slices of the dirty set, one per iteration, in address order; QEMU 0.14's stage 2.
@@ -185,15 +238,15 @@ class PrecopyMigration:
         cursor = 0
         page_bytes = 4096 / self.scale
         slice_wire = self.slice_pages * 4096
-        self.phase = "precopy"
+        self._enter("precopy", 1)
         no_stall = StopPolicy(self.policy.downtime_limit_s, self.policy.max_iterations, 1 << 30,
                               self.policy.max_sent_bytes)
         while True:
             if self.abort_requested:
                 return None
             t_it = time.monotonic()
-            pending[self.guest.harvest()] = True
-            wire = 0
+            pending[self._harvest()] = True
+            wire = sent_pages = 0
             while wire < slice_wire:
                 dirty = np.flatnonzero(pending)
                 if not len(dirty):
@@ -203,6 +256,7 @@ class PrecopyMigration:
                 chosen = np.concatenate([dirty[first:], dirty[:first]])[: self.slice_pages]
                 pending[chosen] = False
                 cursor = int(chosen[-1]) + 1
+                sent_pages += len(chosen)
                 wire += self.sink.send_pages(self.vm, self.image, chosen, "precopy", lambda: False)
             dt = self._emu(time.monotonic() - t_it)
             wire_emu = wire / self.scale
@@ -211,27 +265,41 @@ class PrecopyMigration:
             bandwidth = wire_emu / dt if dt > 0 else float("inf")
             remaining = int(np.count_nonzero(pending)) * page_bytes
             self.remaining_bytes = remaining
+            self._iteration_done(r.iteration_count, int(round(sent_pages / self.scale)), wire_emu, dt, remaining)
             why = stop_reason(no_stall, r.iteration_count, remaining, bandwidth, [], r.memory_bytes_sent)
             if why:
                 r.stop_reason = why
+                self.ctx.record("stop", reason=why)
                 return np.flatnonzero(pending)
 
-    def _stop_and_copy(self, todo: np.ndarray) -> PrecopyResult:
-        """`todo`: pages harvested but not sent; the last harvest adds what the guest dirtied since."""
+    def switch_over(self, todo: np.ndarray) -> PrecopyResult:
+        """Stop-and-copy. `todo`: pages harvested but not sent; the last
+        harvest adds what the guest dirtied since. A cancel that arrives while
+        the VM is stopped resumes it on the source."""
         r = self.result
-        self.phase = "stop-and-copy"
+        self._enter("stop-and-copy")
         r.paused_at = self.guest.pause()
+        self.ctx.record("vm-stopped", t_real=r.paused_at)
         # A mask, not np.union1d: that one loads lazily, costing ~10 ms of downtime on first use.
         mask = np.zeros(len(self.image), dtype=bool)
         mask[todo] = True
-        mask[self.guest.harvest()] = True
+        mask[self._harvest()] = True
         todo = np.flatnonzero(mask)
         self.guest.stop_dirty_log()
-        wire = self.sink.send_pages(self.vm, self.image, todo, "downtime", lambda: False)
+        if self.abort_requested:
+            return self._cancel(paused=True)
+        wire = self.sink.send_pages(self.vm, self.image, todo, "downtime", lambda: self.abort_requested)
+        self.ctx.record("last-page-sent", transferred=wire / self.scale)
+        if self.abort_requested:
+            return self._cancel(paused=True)
         self.sink.send_state(self.vm, max(1, int(self.state_bytes * self.scale)))
+        self.ctx.record("device-state-sent", transferred=self.state_bytes)
+        loaded = self.sink.drain()
+        self.ctx.record("destination-loaded", t_real=loaded)
         # The destination restores devices and resumes: a fixed cost of the platform.
-        r.resumed_at = self.sink.drain() + self.resume_s * self.dilation
+        r.resumed_at = loaded + self.resume_s * self.dilation
         sleep_until(r.resumed_at)
+        self.ctx.record("vm-started", t_real=r.resumed_at)
         self.remaining_bytes = 0.0
         r.downtime_bytes = wire / self.scale + self.state_bytes
         r.memory_bytes_sent += wire / self.scale
@@ -241,13 +309,16 @@ class PrecopyMigration:
         self.phase = "switchover"
         return r
 
-    def _abort(self) -> PrecopyResult:
-        """Abandon the migration: the guest keeps running on the source."""
+    def _cancel(self, paused: bool = False) -> PrecopyResult:
+        """Abandon the migration: the guest keeps running on the source, whose
+        memory the migration only ever read."""
         r = self.result
         self.sink.drain()
         self.guest.stop_dirty_log()  # no more write-protection faults for the guest
-        r.status = "aborted"
-        r.stop_reason = "aborted by request"
+        if paused:
+            self.guest.resume()
+        r.status, r.stop_reason = self._abort_as
         r.total_time_s = self._emu(time.monotonic() - r.started_at)
-        self.phase = "aborted"
+        self.ctx.record(r.status, reason=r.stop_reason, during=self.phase)
+        self.phase = r.status
         return r

@@ -1,0 +1,116 @@
+"""The technique interface: what every migration technique implements, and
+what it is given.
+
+A technique runs one VM's migration on its source host. The host actor
+builds its `MigrationContext` (the image, the guest's controls, the sink
+that carries pages, the scaling, and the timeline's `record`) and calls
+`run()` in a thread of its own; the control plane calls `abort()` to cancel
+and reads `progress()` and `report()`. Which connections a technique needs
+is decided before anything starts (`connections_needed`), so the control
+plane can wire them. How pages move (rings, links, encodings) is the data
+path's business (agents/datapath/); the technique decides which pages go
+when, and when the VM switches over.
+
+Phases and events use QEMU's names where one fits (query-migrate's
+dirty-sync-count, remaining, transferred; the downtime checkpoints: the VM
+stopped, the last page sent, the device state sent, the destination loaded,
+the VM started).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+
+class GuestControl(Protocol):
+    """The guest as a migration thread on its source sees it."""
+
+    def start_dirty_log(self) -> None: ...
+    def stop_dirty_log(self) -> None: ...
+    def take_io_thread(self, share: float) -> None: ...
+    def harvest(self) -> np.ndarray: ...
+    def pause(self) -> float: ...
+    def resume(self) -> float: ...
+
+
+class PageSink(Protocol):
+    """Where pages go: the data path of this migration's connections."""
+
+    def send_pages(self, vm: int, image: np.ndarray, idx: np.ndarray, phase: str, should_stop) -> int: ...
+    def send_state(self, vm: int, state_bytes: int) -> None: ...
+    def drain(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A scheduled event tied to a phase: fires when the migration enters
+    `phase` (and, for pre-copy, iteration `iteration`, 0 meaning any)."""
+
+    event: int  # index of the scenario's [[events]] entry
+    phase: str
+    iteration: int = 0
+    cancel: bool = False  # a cancel is carried out on the spot, in the migration thread
+
+
+@dataclass
+class MigrationContext:
+    """What a technique is given. `vm` tags this migration's batches on the
+    wire; `image` is the source image, (pages, 4096) uint8; sizes handed to
+    the sink are real, figures reported are emulated."""
+
+    vm: int
+    image: np.ndarray
+    guest: GuestControl
+    sink: PageSink
+    memory_scale: float = 1.0
+    dilation: float = 1.0
+    triggers: list[Trigger] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)  # the timeline's events, real monotonic times
+
+    def record(self, event: str, **fields) -> None:
+        self.events.append({"t_real": time.monotonic(), "event": event, **fields})
+
+    def enter(self, phase: str, iteration: int = 0) -> bool:
+        """Record entering `phase`; fire its triggers. True when one of them cancels the migration."""
+        self.record("phase", phase=phase, iteration=iteration)
+        cancel = False
+        for tr in self.triggers:
+            if tr.phase == phase and tr.iteration in (0, iteration):
+                self.record("trigger", trigger=tr.event, phase=phase, iteration=iteration)
+                cancel |= tr.cancel
+        return cancel
+
+
+class Technique(Protocol):
+    """One VM's migration, on its source host.
+
+    - `connections_needed(options)`: the plan, before anything starts.
+    - `from_options(ctx, options)`: build it from the scenario's options
+      (physical units, the names the technique declares in agents/techniques/options.py).
+    - `run()`: migrate, switch-over included; returns when the VM runs on the
+      destination (status "completed") or still on its source ("cancelled",
+      "aborted", "failed").
+    - `abort(status, reason)`: ask `run()` to stop as soon as it can; the VM
+      stays on its source with its memory untouched.
+    - `progress()`: phase, iteration, remaining bytes (emulated), for the timeline.
+    - `report()`: the technique's own figures for result.json.
+    """
+
+    name: ClassVar[str]
+
+    @classmethod
+    def connections_needed(cls, options) -> int: ...
+
+    @classmethod
+    def from_options(cls, ctx: MigrationContext, options) -> "Technique": ...
+
+    def run(self): ...
+
+    def abort(self, status: str = "cancelled", reason: str = "") -> None: ...
+
+    def progress(self) -> dict: ...
+
+    def report(self) -> dict: ...

@@ -1,0 +1,252 @@
+"""Building the cluster: from a scenario to live, wired actors.
+
+`Cluster` starts (or joins) Ray and tears everything down however the run
+ends: actors, shared memory, socket directory. `build_slice` creates one
+HostAgent per host that runs a VM or takes part in a migration, one
+LinkAgent per link any migration uses, the VM images (each VM's on its
+first host, and one destination copy per migration), every migration's
+connections (ring, descriptor sockets through its link, receiver, sender,
+pipeline) and one GuestAgent per VM. All of it before the clock starts;
+what happens next is cluster/orchestrate.py's business.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+
+from cluster.scaling import Scale, vm_real_pages
+from cluster.scenario import MIB, Scenario
+from cluster.topology import Topology, plan
+
+
+@dataclass
+class RunOptions:
+    address: str | None = None
+    dilation: float | None = None
+    dashboard: bool = False
+    metrics_port: int | None = None
+    inject_fault: str | None = None
+    progress: object = None  # callable(list of per-migration states), for a progress display
+    out_dir: str | None = None  # where timeline.jsonl is written as the run goes
+    interval_s: float = 0.1  # the timeline's sampling interval, emulated seconds
+
+
+def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | None = None) -> None:
+    """Start the embedded one-machine Ray cluster livemig runs on.
+
+    Token authentication stays on (Ray 2.60's default, the token kept in
+    ~/.ray/auth_token; Ray prints a notice about it). Setting RAY_AUTH_MODE
+    to "token" explicitly to silence that notice made ray.init fail here, so
+    it is left unset. No usage statistics are sent (there is no network here).
+    """
+    import ray
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=num_cpus or os.cpu_count() or 2, namespace=namespace, log_to_driver=False,
+             include_dashboard=dashboard, configure_logging=False)
+
+
+def new_run_id() -> str:
+    return f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+class Cluster:
+    """The actors of one run. Use as a context manager: leaving it tears all down."""
+
+    def __init__(self, scenario: Scenario | None, scale: Scale, opts: RunOptions) -> None:
+        self.scenario, self.scale, self.opts = scenario, scale, opts
+        self.run_id = new_run_id()
+        self.sock_dir = tempfile.mkdtemp(prefix=f"livemig-{self.run_id}-", dir="/tmp")
+        self.actors: list = []
+        self._started_ray = False
+
+    def __enter__(self) -> "Cluster":
+        from agents.datapath import shm
+        shm.sweep_stale()
+        self._start_ray()
+        return self
+
+    def _start_ray(self) -> None:
+        import ray
+        if not ray.is_initialized():
+            if self.opts.address:
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                ray.init(address=self.opts.address, namespace=f"livemig-{self.run_id}", log_to_driver=False,
+                         include_dashboard=self.opts.dashboard, configure_logging=False)
+            else:
+                start_local_ray(f"livemig-{self.run_id}", dashboard=self.opts.dashboard)
+            self._started_ray = True
+
+    def __exit__(self, *exc) -> None:
+        self.teardown()
+
+    def teardown(self) -> None:
+        import ray
+        from agents.datapath import shm
+        for a in self.actors:
+            try:
+                ray.get(a.close.remote(), timeout=5)
+            except Exception:  # noqa: BLE001 - a dead actor is what tear-down is for
+                pass
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001
+                pass
+        self.actors.clear()
+        if self._started_ray:
+            ray.shutdown()
+        shm.remove_run(self.run_id)
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+    def track(self, actor):
+        self.actors.append(actor)
+        return actor
+
+
+@dataclass
+class Slice:
+    """The live datacenter slice of a run: actors by name, and where each VM's image is."""
+
+    cluster: Cluster
+    scenario: Scenario
+    scale: Scale
+    topo: Topology
+    hosts: dict = field(default_factory=dict)  # host name -> HostAgent
+    links: dict = field(default_factory=dict)  # link index -> LinkAgent
+    guests: list = field(default_factory=list)  # by VM index
+    paths: dict = field(default_factory=dict)  # image key -> shared-memory path
+    location: dict = field(default_factory=dict)  # VM index -> (host name, image key) where it runs now
+    npages: dict = field(default_factory=dict)  # VM index -> real pages
+
+    @staticmethod
+    def first_key(vm: int) -> str:
+        return f"vm{vm}"
+
+    @staticmethod
+    def copy_key(vm: int, m: int) -> str:
+        return f"vm{vm}-m{m}"
+
+
+def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions) -> Slice:
+    import ray
+
+    sl = Slice(cl, scenario, scale, plan(scenario, scale))
+    _hosts(sl)
+    _links(sl)
+    ray.get(_images(sl))
+    _wire(sl)
+    _pipelines(sl)
+    if opts.inject_fault == "corrupt-page":
+        from agents.datapath.shm import region_path
+        c0 = sl.topo.connections[0]
+        ray.get(sl.links[c0.link].corrupt_one_page.remote(region_path(cl.run_id, f"ring{c0.index}"), c0.batch_pages))
+    _guests(sl)
+    return sl
+
+
+def _costs(scenario: Scenario, lock: str) -> dict:
+    from agents.cpu import resolve
+    return resolve(scenario.cpu.profile, lock, scenario.cpu.overrides()).__dict__
+
+
+def _hosts(sl: Slice) -> None:
+    """A HostAgent per host that runs a VM or takes part in a migration, named by its roles."""
+    import ray
+
+    from agents.actors.host import HostAgent
+    sc, cpu = sl.scenario, sl.scenario.cpu
+    used = {sc.initial_host(vm).name for vm in sc.vms}
+    for mp in sc.migration_plans():
+        used |= {mp.source.name, *(h.name for h in mp.destinations)}
+    costs = _costs(sc, sc.migration.address_space_lock)
+    waits = []
+    for h in sc.hosts:
+        if h.name not in used:
+            continue
+        roles = "+".join(h.roles)
+        actor = sl.cluster.track(HostAgent.options(name=f"{roles}:{h.name}").remote(roles, h.name))
+        sl.hosts[h.name] = actor
+        cores = min(h.cores, cpu.migration_cores or h.cores)
+        # CPU rate control where migrations share cores with VMs that stay (PMigrate §6.3).
+        shares = any(not vm.migrate and sc.initial_host(vm).name == h.name for vm in sc.vms)
+        waits.append(actor.configure.remote(cores, costs, sl.scale.memory_scale, sl.scale.dilation,
+                                            cpu.shared_cores if shares else 0, cpu.migration_priority))
+    ray.get(waits)
+
+
+def _links(sl: Slice) -> None:
+    from agents.actors.link import LinkAgent
+    net, scale = sl.scenario.network, sl.scale
+    for lp in sl.topo.links:
+        sl.links[lp.index] = sl.cluster.track(LinkAgent.options(name=f"link:{lp.name}").remote(
+            lp.name, lp.rate_bytes_s, lp.one_way_s, lp.background_bytes_s, net.rate_control,
+            scale.real_rate(net.reserved_mbytes_s * MIB), scale.real_seconds(1.0)))
+
+
+def _images(sl: Slice) -> list:
+    """Each VM's image on its first host, filled with its contents; an empty,
+    pre-touched copy on the destination of each of its migrations."""
+    from agents.datapath.shm import region_path
+    sc, waits = sl.scenario, []
+    for i, vm in enumerate(sc.vms):
+        n = sl.npages[i] = vm_real_pages(sl.scale, vm)
+        key = sl.first_key(i)
+        sl.paths[key] = region_path(sl.cluster.run_id, key)
+        host = sc.initial_host(vm).name
+        sl.location[i] = (host, key)
+        waits.append(sl.hosts[host].create_image.remote(key, sl.paths[key], n, vm.content.model_dump(),
+                                                        sc.emulation.seed + 1000 * i))
+    for mp in sc.migration_plans():
+        key = sl.copy_key(mp.vm_index, mp.index)
+        sl.paths[key] = region_path(sl.cluster.run_id, key)
+        waits.append(sl.hosts[mp.destinations[0].name].create_image.remote(
+            key, sl.paths[key], sl.npages[mp.vm_index], None, sc.emulation.seed + 1000 * mp.vm_index))
+    return waits
+
+
+def _wire(sl: Slice) -> None:
+    """Rings in shared memory and descriptor sockets: source -> link -> destination, acks back."""
+    import ray
+
+    from agents.datapath.shm import region_path
+    d, plans = sl.cluster.sock_dir, {mp.index: mp for mp in sl.scenario.migration_plans()}
+    ray.get([sl.links[lp.index].listen.remote([(c.index, f"{d}/c{c.index}in", f"{d}/c{c.index}out")
+                                               for c in sl.topo.connections_of(lp.index)]) for lp in sl.topo.links])
+    for c in sl.topo.connections:
+        mp = plans[c.migration]
+        src, dst = sl.hosts[mp.source.name], sl.hosts[mp.destinations[0].name]
+        ring = region_path(sl.cluster.run_id, f"ring{c.index}")
+        ray.get(src.create_ring.remote(c.index, ring, c.slots, c.batch_pages))
+        ray.get(dst.attach_ring.remote(c.index, ring))
+        ray.get(src.listen.remote(f"{d}/c{c.index}ack"))
+        ray.get(dst.open_receiver.remote(c.index, f"{d}/c{c.index}out", f"{d}/c{c.index}ack", c.slots, c.batch_pages,
+                                         {mp.index: sl.copy_key(mp.vm_index, mp.index)}))
+        ray.get(src.open_sender.remote(c.index, f"{d}/c{c.index}in", f"{d}/c{c.index}ack", c.slots, c.batch_pages))
+
+
+def _pipelines(sl: Slice) -> None:
+    import ray
+    waits = []
+    for mp in sl.scenario.migration_plans():
+        o, conns = mp.options, sl.topo.connections_of_migration(mp.index)
+        compression = dict(method=o.compression, zstd_level=o.zstd_level,
+                           xbzrle_cache_bytes=int(o.xbzrle_cache_mib * MIB * sl.scale.memory_scale),
+                           xbzrle_budget=o.xbzrle_budget)
+        waits.append(sl.hosts[mp.source.name].start_pipeline.remote(
+            mp.index, [c.index for c in conns], o.consumers, o.address_space_lock,
+            int(o.memory_pool_mib * MIB * sl.scale.memory_scale), min(c.batch_pages for c in conns), compression,
+            _costs(sl.scenario, o.address_space_lock)))
+    ray.get(waits)
+
+
+def _guests(sl: Slice) -> None:
+    from agents.actors.guest import GuestAgent
+    sc, scale = sl.scenario, sl.scale
+    fault_s = _costs(sc, sc.migration.address_space_lock)["guest_fault_us"] * 1e-6
+    for i, vm in enumerate(sc.vms):
+        sl.guests.append(sl.cluster.track(GuestAgent.options(name=f"guest:{vm.name}").remote(
+            vm.name, sl.paths[sl.first_key(i)], vm.workload.model_dump(), vm.content.model_dump(), vm.vcpus,
+            scale.memory_scale, scale.dilation, fault_s, sc.emulation.seed + 1000 * i, vm.io_bound)))

@@ -1,0 +1,308 @@
+"""Collecting results: the figures of a run, computed from its timeline.
+
+Times, downtime and its checkpoints, iterations and bytes come from the
+timeline's records (cluster/timeline.py): a migration's figures are its
+events and the sum of its interval samples, so result.json, the timeline
+and the metrics cannot disagree. CPU comes from the hosts' emulated cores,
+counted per migration; the application's figures from its guest's samples.
+The keys follow DESIGN.md and mirror the columns of the papers' tables
+(PMigrate Tables 3-8) and QEMU's query-migrate. All figures are emulated
+(physical) units: seconds, bytes, MiB/s ("MByte/s" in the papers is 2^20
+bytes per second: their 16.2 GByte in 422.8 s is 39.3 MByte/s only so).
+"""
+from __future__ import annotations
+
+from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
+from cluster.scaling import Scale
+from cluster.scenario import GIB, MIB, Scenario
+from cluster.timeline import Timeline
+
+PAGE = 4096
+ENCODINGS = ("normal", "zero", "compressed", "delta")
+CHECKPOINTS = ("vm-stopped", "last-page-sent", "device-state-sent", "destination-loaded", "vm-started")
+
+
+def counters_of(polled: dict, memory_scale: float) -> dict:
+    """A migration's cumulative counters (HostAgent.poll, real units) in emulated units:
+    bytes of memory on the wire by encoding, and pages by encoding."""
+    ms = memory_scale
+    memory = (polled.get("wire_bytes", 0) - polled.get("state_bytes", 0)) / ms
+    normal = polled.get("pages_normal", 0) * (PAGE + PAGE_HEADER_BYTES) / ms
+    zero = polled.get("pages_zero", 0) * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES) / ms
+    out = {"transferred_bytes": memory, "normal_bytes": normal, "zero_bytes": zero,
+           "encoded_bytes": memory - normal - zero}
+    out |= {f"pages_{e}": polled.get(f"pages_{e}", 0) / ms for e in ENCODINGS}
+    return out
+
+
+# --- the application -----------------------------------------------------------
+def _rate(samples: list, t1: float, t2: float, dilation: float) -> float | None:
+    """Operations per emulated second between real times t1 and t2."""
+    pts = [(t, o) for t, o in samples if t1 <= t <= t2]
+    if len(pts) < 2 or pts[-1][0] <= pts[0][0]:
+        return None
+    return (pts[-1][1] - pts[0][1]) / ((pts[-1][0] - pts[0][0]) / dilation)
+
+
+def _non_response_s(samples: list, t1: float, t2: float, dilation: float, frozen: tuple[float, float]) -> float:
+    """Emulated seconds, between t1 and t2, in which the guest made no progress.
+
+    `frozen` is the real interval spent verifying at switchover: emulated
+    time stands still then, so it does not count.
+    """
+    stalled = 0.0
+    prev = None
+    f0, f1 = frozen
+    for t, ops in samples:
+        if prev is not None and t1 <= t <= t2 and ops <= prev[1]:
+            overlap = max(0.0, min(t, f1) - max(prev[0], f0))
+            stalled += (t - prev[0]) - overlap
+        prev = (t, ops)
+    return stalled / dilation
+
+
+def app_figures(samples: list, t_mig: float, paused: float | None, resumed: float | None, dilation: float,
+                warmup_s: float, guest_resumed_at: float | None) -> dict:
+    """Guest throughput before, during and after; real times in, emulated rates out.
+    `guest_resumed_at` is when it really ran again (after verification)."""
+    end = resumed or guest_resumed_at or t_mig
+    paused = paused or end
+    frozen = (end, guest_resumed_at) if resumed and guest_resumed_at else (0.0, 0.0)
+    before = _rate(samples, t_mig - warmup_s * dilation * 0.8, t_mig, dilation)
+    during = _rate(samples, t_mig, paused, dilation)
+    after = _rate(samples, guest_resumed_at, samples[-1][0], dilation) if samples and guest_resumed_at else None
+    deg = max(0.0, 1 - during / before) if before and during is not None else None
+    return {
+        "ops_per_s_before": before,
+        "ops_per_s_during": during,
+        "ops_per_s_after": after,
+        "degradation": deg,
+        "non_response_s": _non_response_s(samples, t_mig, samples[-1][0] if samples else t_mig, dilation, frozen),
+    }
+
+
+def colocated_figures(samples: list, t_first: float, t_last: float, dilation: float, warmup_s: float) -> dict:
+    """A co-located VM's throughput before and during the others' migrations."""
+    before = _rate(samples, t_first - warmup_s * dilation * 0.8, t_first, dilation)
+    during = _rate(samples, t_first, t_last, dilation)
+    return {"ops_per_s_before": before, "ops_per_s_during": during,
+            "during_over_before": during / before if before and during is not None else None}
+
+
+# --- one migration ---------------------------------------------------------------
+def _links(sl, m, total_s: float) -> list[dict]:
+    """Per link: bandwidth, this migration's bytes on it, background traffic during it (emulated units)."""
+    scale, out = sl.scale, []
+    mine = {c.index for c in sl.topo.connections_of_migration(m.index)}
+    for lp in sl.topo.links_of_migration(m.index):
+        b, a = m.links_before.get(lp.index, {}), m.links_after.get(lp.index, {})
+        if "by_connection" in a:
+            moved = sum(v - b.get("by_connection", {}).get(c, 0) for c, v in a["by_connection"].items() if c in mine)
+        else:
+            moved = a.get("bytes", 0) - b.get("bytes", 0)
+        entry = {"name": lp.name, "bandwidth_mbytes_s": lp.emulated_bandwidth_bytes_s / MIB,
+                 "bytes_shaped": moved / scale.memory_scale, "connections": len(mine & {c.index for c in
+                                                                                         sl.topo.connections_of(lp.index)})}
+        entry["migration_mbytes_s"] = entry["bytes_shaped"] / total_s / MIB if total_s > 0 else 0.0
+        if lp.background_bytes_s > 0 and a:
+            seen_s = a["background_seen"][0] - b["background_seen"][0]
+            moved_bg = a["background_seen"][1] - b["background_seen"][1]
+            per_s = scale.memory_scale / scale.dilation  # real bytes/s -> emulated
+            entry["background_mbytes_s_before"] = min(lp.background_bytes_s, lp.rate_bytes_s) / per_s / MIB
+            entry["background_mbytes_s_during"] = (moved_bg / seen_s) / per_s / MIB if seen_s else None
+        out.append(entry)
+    return out
+
+
+def compression_figures(options, scale: Scale, polled: dict, decode_s: float, pages: dict, total_s: float) -> dict:
+    """Compression of memory (emulated units): PMigrate Table 10's compress
+    rate and compress time, and QEMU's xbzrle-cache statistics."""
+    ms = scale.memory_scale
+    raw = polled.get("raw_bytes", 0)
+    out = {
+        "method": options.compression,
+        # Wire bytes of the pages with contents, after encoding, over their raw size.
+        "memory_compress_rate": polled.get("payload_bytes", 0) / raw if raw else 1.0,
+        "raw_bytes": raw / ms,
+        "compressed_bytes": polled.get("payload_bytes", 0) / ms,
+        # Measured CPU time of compression (source) and decompression
+        # (destination); a real page stands for 1/memory_scale emulated pages.
+        "compress_cpu_seconds": polled.get("encode_s", 0.0) / ms,
+        "decompress_cpu_seconds": decode_s / ms,
+        "unchanged_pages": polled.get("pages_unchanged", 0) / ms,
+        # Guest memory moved per second, whatever its encoding on the wire.
+        "effective_throughput_mbytes_s": sum(pages.values()) * PAGE / total_s / MIB if total_s > 0 else 0.0,
+    }
+    if options.compression.endswith("zstd"):
+        out["zstd_level"] = options.zstd_level
+    x = polled.get("xbzrle")
+    if x:
+        out["xbzrle"] = {
+            "cache_size": x["cache_size"] / ms,
+            "bytes": x["bytes"] / ms,
+            "pages": int(round(x["pages"] / ms)),
+            "cache_miss": int(round(x["cache_miss"] / ms)),
+            "cache_miss_rate": x["cache_miss_rate"],
+            "encoding_rate": x["encoding_rate"],
+            "overflow": int(round(x["overflow"] / ms)),
+        }
+    return out
+
+
+def _times(events: list[dict], m) -> dict:
+    """Start, end, set-up, downtime and its checkpoints (emulated seconds), from the migration's events."""
+    at = {}
+    for ev in events:
+        at.setdefault(ev["event"], ev["t"])
+    start = at.get("migration-start", 0.0)
+    end = at.get("vm-started") if m.status == "completed" else at.get(m.status, at.get("stays-on-source", start))
+    first_pass = next((ev["t"] for ev in events if ev["event"] == "phase" and ev.get("phase") == "precopy"), None)
+    out = {"started_at_s": start, "finished_at_s": end, "total_time_s": max(0.0, (end or start) - start),
+           "setup_time_s": (first_pass - at["setup"]) if first_pass is not None and "setup" in at else 0.0,
+           "downtime_s": 0.0, "downtime_breakdown_ms": {}}
+    if m.status == "completed" and "vm-stopped" in at:
+        out["downtime_s"] = at["vm-started"] - at["vm-stopped"]
+        steps = [c for c in CHECKPOINTS if c in at]
+        out["downtime_breakdown_ms"] = {f"{a} -> {b}": (at[b] - at[a]) * 1000 for a, b in zip(steps, steps[1:])}
+    return out
+
+
+def _cpu(sl, m, total_s: float) -> dict:
+    """CPU-seconds of this migration on each side, and its saturation (see combine)."""
+    src, dst = m.plan.source.name, m.plan.destinations[0].name
+    ua, da = m.usage_after.get(src, {}), m.usage_after.get(dst, {})
+
+    def of(usage: dict, key: str, stages: tuple) -> float:
+        return sum(usage.get(key, {}).get((m.index, s), 0.0) for s in stages)
+
+    send, recv = ("send", "sync"), ("receive",)
+    waited = m.final.get("lock", {}).get("wait_seconds", 0.0)
+    lag_src = max(0.0, of(ua, "held_by", send) - of(ua, "charged_by", send) - waited)
+    lag_dst = max(0.0, of(da, "held_by", recv) - of(da, "charged_by", recv))
+    n_conns = len(sl.topo.connections_of_migration(m.index))
+    widths = (min(m.plan.options.consumers, m.plan.source.cores), min(n_conns, m.plan.destinations[0].cores))
+    real_total = total_s * sl.scale.dilation
+    saturation = max((lag / (real_total * w) if real_total > 0 else 0.0) for lag, w in zip((lag_src, lag_dst), widths))
+    return {"cpu_seconds": of(ua, "charged_by", send) / sl.scale.dilation,
+            "cpu_seconds_destination": of(da, "charged_by", recv) / sl.scale.dilation,
+            "saturation": saturation}
+
+
+def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float) -> dict:
+    """One migration's figures (result.json's `vms[]` entry)."""
+    scale, o = sl.scale, m.plan.options
+    events = [r for r in tl.records if r["kind"] == "event" and r.get("migration") == m.index]
+    intervals = [r for r in tl.records if r["kind"] == "migration" and r.get("migration") == m.index]
+    times = _times(events, m)
+    total = times["total_time_s"]
+    sent = sum(r["transferred_bytes"] for r in intervals)
+    pages = {e: sum(r[f"pages_{e}"] for r in intervals) for e in ENCODINGS}
+    iterations = [r for r in events if r["event"] == "iteration"]
+    downtime_bytes = sum(r.get("transferred", 0.0) for r in events if r["event"] in ("last-page-sent", "device-state-sent"))
+    real = lambda t: None if t is None else tl.t0 + t * scale.dilation  # noqa: E731
+    at = {ev["event"]: ev["t"] for ev in events}
+    app = app_figures(samples, real(times["started_at_s"]), real(at.get("vm-stopped")), real(at.get("vm-started")),
+                      scale.dilation, warmup_s, m.guest_resumed_at)
+    limit = getattr(m.plan.vm.workload, "max_downtime_ms", None)
+    if limit is not None:
+        # An application that breaks on a long pause (the ERP of Svärd et al.):
+        # it does not respond after a downtime beyond its limit.
+        app |= {"max_downtime_ms": limit,
+                "survived": m.status == "completed" and times["downtime_s"] * 1000 <= limit}
+    cpu = _cpu(sl, m, total)
+    return {
+        "vm": m.vm, "migration": m.index, "technique": m.plan.technique,
+        "source": m.plan.source.name, "destination": m.plan.destinations[0].name,
+        "status": m.status, "stop_reason": m.reason, "verified": m.verified, "mismatched_pages": m.mismatched[:20],
+        "memory_bytes": m.plan.vm.memory_gib * GIB,
+        "started_at_s": times["started_at_s"], "finished_at_s": times["finished_at_s"],
+        "total_time_s": total, "downtime_ms": times["downtime_s"] * 1000,
+        "downtime_breakdown_ms": times["downtime_breakdown_ms"], "setup_time_s": times["setup_time_s"],
+        "iterations": len(iterations), "dirty_sync_count": m.report.get("dirty_sync_count", 0),
+        "memory_bytes_sent": sent, "disk_bytes_sent": 0, "downtime_bytes_sent": downtime_bytes,
+        "pages": {k: int(round(v)) for k, v in pages.items()},
+        "avg_throughput_mbytes_s": sent / total / MIB if total > 0 else 0.0,
+        "cpu_seconds": cpu["cpu_seconds"],
+        "cpu_usage_percent": 100 * cpu["cpu_seconds"] / total if total > 0 else 0.0,
+        "cpu_seconds_destination": cpu["cpu_seconds_destination"],
+        "app": app | {"dirty_tracking_faults": m.guest_faults},
+        "compression": compression_figures(o, scale, m.final, m.receiver.get("decode_s", 0.0), pages, total),
+        "iteration_log": [{"iteration": r["iteration"], "pages": r["pages"], "bytes": r["transferred"],
+                           "duration_s": r["duration_s"],
+                           "throughput_mbytes_s": r["transferred"] / r["duration_s"] / MIB if r["duration_s"] else 0.0}
+                          for r in iterations if m.plan.options.strategy != "time-sliced"],
+        "links": _links(sl, m, total),
+        "pipeline": {"consumers": o.consumers, "address_space_lock": o.address_space_lock,
+                     "cpu_profile": sl.scenario.cpu.profile, "strategy": o.strategy,
+                     "memory_pool_high_water_bytes": m.final.get("pool_high_water_bytes", 0) / scale.memory_scale,
+                     "lock": m.final.get("lock", {})},
+        # Share of the migration's emulated cores (source or destination, the
+        # worse) spent on this machine's overhead, which no modelled cost
+        # accounts for and which stretches emulated time. Raise the dilation
+        # when it is high.
+        "saturation": cpu["saturation"],
+    }
+
+
+# --- the run ------------------------------------------------------------------------
+_SUMMED = ("total_time_s", "memory_bytes_sent", "disk_bytes_sent", "downtime_bytes_sent", "cpu_seconds", "iterations")
+
+
+def evacuations(per_vm: list[dict]) -> dict:
+    """Hosts that several VMs left during the run: how long until the last ran
+    elsewhere, what it cost, and the sum of the migrations' own times."""
+    out = {}
+    for host in {v["source"] for v in per_vm}:
+        left = [v for v in per_vm if v["source"] == host and v["status"] == "completed"]
+        if len(left) < 2:
+            continue
+        out[host] = {"vms": [v["vm"] for v in left],
+                     "evacuation_time_s": max(v["finished_at_s"] for v in left) - min(v["started_at_s"] for v in left),
+                     "memory_bytes_sent": sum(v["memory_bytes_sent"] for v in left),
+                     "sum_of_migration_times_s": sum(v["total_time_s"] for v in left)}
+    return out
+
+
+def _status(per_vm: list[dict]) -> str:
+    if not per_vm:
+        return "aborted"
+    if all(v["status"] == "completed" for v in per_vm):
+        return "completed"
+    if any(v["status"] == "failed" for v in per_vm):
+        return "failed"
+    return "cancelled" if any(v["status"] == "cancelled" for v in per_vm) else "aborted"
+
+
+def combine(scenario: Scenario, path: str, per_vm: list[dict], scale: Scale, wall: dict) -> dict:
+    """The run's result: top-level keys describe the whole run (for one migration, that migration)."""
+    out: dict = {"scenario": scenario.name, "scenario_file": path, "status": _status(per_vm),
+                 # Every migration that completed verified, and none failed.
+                 "verified": any(v["status"] == "completed" for v in per_vm)
+                 and all(v["verified"] for v in per_vm if v["status"] in ("completed", "failed"))}
+    if len(per_vm) == 1:
+        out |= {k: v for k, v in per_vm[0].items() if k not in ("status", "verified")}
+    elif per_vm:
+        for k in _SUMMED:
+            out[k] = sum(v[k] for v in per_vm)
+        out["total_time_s"] = max(v["finished_at_s"] or 0.0 for v in per_vm) - min(v["started_at_s"] for v in per_vm)
+        out["downtime_ms"] = max(v["downtime_ms"] for v in per_vm)
+        out["setup_time_s"] = max(v["setup_time_s"] for v in per_vm)
+        out["pages"] = {k: sum(v["pages"][k] for v in per_vm) for k in per_vm[0]["pages"]}
+        out["avg_throughput_mbytes_s"] = out["memory_bytes_sent"] / out["total_time_s"] / MIB if out["total_time_s"] else 0.0
+        out["cpu_usage_percent"] = 100 * out["cpu_seconds"] / out["total_time_s"] if out["total_time_s"] else 0.0
+        out["app"] = {v["vm"]: v["app"] for v in per_vm}
+    out["vms"] = per_vm
+    out["evacuations"] = evacuations(per_vm)
+    out["reference"] = scenario.reference.model_dump()
+    saturation = max((v["saturation"] for v in per_vm), default=0.0)
+    out["emulation"] = {
+        "memory_scale": scale.memory_scale,
+        "dilation": scale.dilation,
+        "fidelity": {
+            "saturation": saturation,
+            "faithful": saturation < 0.05,
+            "note": "saturation: share of the emulated cores' busy time not accounted for by the CPU model (this machine's overhead); above 0.05, raise dilation",
+        },
+        "wall_clock_s": wall,
+    }
+    return out

@@ -1,0 +1,369 @@
+"""Orchestrating migrations: start each on time, watch them all, switch over.
+
+The guests run a warm-up first, so their throughput before migration is
+measured. Then each migration starts at its `start_s` (a VM's migrations one
+after the other), scheduled events fire at their time or when a migration
+reaches their phase, and every interval the orchestrator samples each
+migration, link, host and guest into the timeline (cluster/timeline.py).
+When a migration ends it is verified page for page and its VM resumes on the
+destination; a cancelled or failed one leaves the VM running on its source
+and the destination's partial copy is discarded. Ctrl-C aborts every
+migration the same way. Figures are computed afterwards, from the timeline
+(cluster/collect.py).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from cluster.build import RunOptions, Slice
+from cluster.scenario import GIB, MIB
+from cluster.timeline import Timeline
+
+PAGE = 4096
+WARMUP_S = 1.0  # emulated seconds of guest activity measured before migrating
+AFTER_S = 1.0  # ... and after the last switch-over
+FINISHED = ("completed", "cancelled", "aborted", "failed")
+
+
+@dataclass
+class MigrationState:
+    """The driver's view of one migration (also what a progress display shows)."""
+
+    index: int
+    vm: str
+    vm_index: int
+    plan: object  # cluster.scenario.MigrationPlan
+    status: str = "pending"  # running, then one of FINISHED
+    phase: str = "pending"
+    iteration: int = 0
+    memory_bytes: float = 0.0
+    remaining_bytes: float = 0.0
+    sent_bytes: float = 0.0
+    throughput_bytes_s: float = 0.0
+    reason: str = ""
+    t_start: float = 0.0  # real monotonic
+    t_end: float = 0.0
+    events_seen: int = 0
+    counters: dict = field(default_factory=dict)  # last cumulative counters, emulated units
+    usage_after: dict = field(default_factory=dict)  # host name -> CorePool.usage() when it ended
+    receiver: dict = field(default_factory=dict)  # the destination's receivers, when it ended
+    links_before: dict = field(default_factory=dict)  # link index -> LinkAgent.stats()
+    links_after: dict = field(default_factory=dict)
+    final: dict = field(default_factory=dict)  # the last poll
+    report: dict = field(default_factory=dict)
+    verified: bool = False
+    mismatched: list = field(default_factory=list)
+    guest_resumed_at: float | None = None
+    guest_faults: float = 0.0  # the guest's dirty-tracking faults (filled in at the end)
+    ref: object = None  # the pending HostAgent.wait call
+
+
+def verify_images(src, dst, src_key: str, dst_key: str, npages: int) -> list[int]:
+    """Page numbers whose contents differ between the two hosts' images."""
+    import ray
+
+    from agents.verify import chunk_pages, mismatched
+    bad_chunks = mismatched(*ray.get([src.digests.remote(src_key), dst.digests.remote(dst_key)]))
+    if len(bad_chunks) == 0:
+        return []
+    idx = chunk_pages(bad_chunks, npages)
+    bad = mismatched(*ray.get([src.page_digests.remote(src_key, idx), dst.page_digests.remote(dst_key, idx)]))
+    return idx[bad].tolist()
+
+
+class Orchestrator:
+    def __init__(self, sl: Slice, timeline: Timeline, opts: RunOptions) -> None:
+        self.sl, self.tl, self.opts = sl, timeline, opts
+        self.scale = sl.scale
+        self.migs = [MigrationState(mp.index, mp.vm.name, mp.vm_index, mp, memory_bytes=mp.vm.memory_gib * GIB,
+                                    remaining_bytes=mp.vm.memory_gib * GIB)
+                     for mp in sl.scenario.migration_plans()]
+        self.events = list(sl.scenario.events)
+        self.fired: set[int] = set()
+        self.t_run = self.t_mig = 0.0  # real: guests started; migrations' clock zero
+        self._sampled_at = 0.0
+        self._samples: dict = {}  # what the previous sample saw, per entity
+
+    # --- the run ----------------------------------------------------------------
+    def run(self) -> list[MigrationState]:
+        import ray
+        self.t_run = ray.get([g.start.remote() for g in self.sl.guests])[0]
+        self.tl.t0 = self.t_run
+        self.tl.event(self.t_run, "guests-started")
+        self.t_mig = self.t_run + self.scale.real_seconds(WARMUP_S)
+        try:
+            self._loop(until=lambda: time.monotonic() >= self.t_mig)
+            self._loop(until=lambda: all(m.status in FINISHED for m in self.migs))
+        except KeyboardInterrupt:
+            self._interrupt()
+        t_after = time.monotonic() + self.scale.real_seconds(AFTER_S)
+        self._loop(until=lambda: time.monotonic() >= t_after)
+        self._sample(time.monotonic(), force=True)
+        return self.migs
+
+    def _loop(self, until) -> None:
+        """Start, fire, finish and sample until `until()`; sleeps between checks, never blocks long."""
+        import ray
+        period = max(0.02, self.scale.real_seconds(self.opts.interval_s))
+        while not until():
+            now = time.monotonic()
+            if now >= self.t_mig:
+                self._start_due(now)
+                self._fire_timed(now)
+            if now - self._sampled_at >= period:
+                self._sample(now)
+            running = [m for m in self.migs if m.status == "running"]
+            wait = max(0.0, min(0.05, self._sampled_at + period - time.monotonic()))
+            if running:
+                done, _ = ray.wait([m.ref for m in running], num_returns=1, timeout=wait)
+                for m in running:
+                    if m.ref in done:
+                        self._finish(m)
+            else:
+                time.sleep(wait)
+            self._progress()
+
+    def _interrupt(self) -> None:
+        """Ctrl-C: abort every migration; each VM stays on (or goes back to running on) its source."""
+        import ray
+        for m in self.migs:
+            if m.status == "pending":
+                m.status, m.phase, m.reason = "aborted", "aborted", "interrupted before it started"
+        running = [m for m in self.migs if m.status == "running"]
+        ray.get([self._src(m).cancel.remote(m.index, "aborted", "interrupted (Ctrl-C)") for m in running])
+        for m in running:
+            ray.get(m.ref)
+            self._finish(m)
+
+    # --- starting ----------------------------------------------------------------
+    def _src(self, m: MigrationState):
+        return self.sl.hosts[m.plan.source.name]
+
+    def _dst(self, m: MigrationState):
+        return self.sl.hosts[m.plan.destinations[0].name]
+
+    def _start_due(self, now: float) -> None:
+        busy = {m.vm_index for m in self.migs if m.status == "running"}
+        for m in self.migs:
+            if m.status != "pending" or m.vm_index in busy:
+                continue
+            earlier = [e for e in self.migs if e.vm_index == m.vm_index and e.index < m.index]
+            if any(e.status not in FINISHED for e in earlier) or now < self.t_mig + self.scale.real_seconds(m.plan.start_s):
+                continue
+            self._start(m, now)
+            busy.add(m.vm_index)
+
+    def _start(self, m: MigrationState, now: float) -> None:
+        import ray
+        host, key = self.sl.location[m.vm_index]
+        if host != m.plan.source.name:
+            m.status = m.phase = "failed"
+            m.reason = f"{m.vm} runs on {host}, not on {m.plan.source.name}"
+            self.tl.event(now, "failed", vm=m.vm, migration=m.index, reason=m.reason)
+            return
+        src = self._src(m)
+        m.links_before = self._link_stats(m)
+        m.t_start = time.monotonic()
+        m.status, m.phase = "running", "setup"
+        self.tl.event(m.t_start, "migration-start", vm=m.vm, migration=m.index, technique=m.plan.technique,
+                      source=m.plan.source.name, destination=m.plan.destinations[0].name)
+        ray.get(src.migrate.remote(m.index, key, self.sl.guests[m.vm_index], m.plan.technique,
+                                   m.plan.options.model_dump(), self._triggers(m)))
+        m.ref = src.wait.remote(m.index, 1e9)
+
+    def _triggers(self, m: MigrationState) -> list[dict]:
+        """The phase-triggered events of this VM that have not fired yet."""
+        out = []
+        for k, ev in enumerate(self.events):
+            on = getattr(ev, "on", None)
+            if on is not None and on.vm == m.vm and k not in self.fired:
+                out.append({"event": k, "phase": on.phase, "iteration": on.iteration or 0,
+                            "cancel": ev.action == "cancel"})
+        return out
+
+    # --- scheduled events --------------------------------------------------------
+    def _fire_timed(self, now: float) -> None:
+        for k, ev in enumerate(self.events):
+            at = getattr(ev, "at_s", None)
+            if k in self.fired or at is None or now < self.t_mig + self.scale.real_seconds(at):
+                continue
+            self._fire(k, now)
+
+    def _fire(self, k: int, now: float) -> None:
+        import ray
+        ev, scale = self.events[k], self.scale
+        self.fired.add(k)
+        self.tl.event(now, "scheduled", index=k, action=ev.action, **ev.model_dump(exclude={"action", "on", "at_s"}))
+        if ev.action in ("set-link", "set-background"):
+            link = self.sl.links[self.sl.topo.link_named(ev.link).index]
+            calls = []
+            if ev.action == "set-background":
+                calls.append(link.set_background.remote(scale.real_rate(ev.mbytes_s * MIB)))
+            if getattr(ev, "bandwidth_gbps", None) is not None:
+                calls.append(link.set_bandwidth.remote(scale.real_rate(ev.bandwidth_gbps * 1e9 / 8)))
+            if getattr(ev, "rtt_ms", None) is not None:
+                calls.append(link.set_one_way.remote(scale.real_seconds(ev.rtt_ms / 2000)))
+            ray.get(calls)
+        elif ev.action == "set-workload":
+            vm = next(i for i, v in enumerate(self.sl.scenario.vms) if v.name == ev.vm)
+            ray.get(self.sl.guests[vm].set_rate_factor.remote(ev.rate_factor))
+        elif ev.action == "cancel":
+            self._cancel_vm(ev.vm, now)
+
+    def _cancel_vm(self, vm: str, now: float) -> None:
+        """Cancel the VM's running migration, or else its next pending one."""
+        import ray
+        mine = [m for m in self.migs if m.vm == vm]
+        running = [m for m in mine if m.status == "running"]
+        if running:
+            ray.get(self._src(running[0]).cancel.remote(running[0].index, "cancelled", "cancelled by a scheduled event"))
+            return
+        pending = [m for m in mine if m.status == "pending"]
+        if pending:
+            m = pending[0]
+            m.status, m.phase, m.reason = "cancelled", "cancelled", "cancelled by a scheduled event before it started"
+            self.tl.event(now, "cancelled", vm=vm, migration=m.index, reason=m.reason)
+
+    # --- finishing -----------------------------------------------------------------
+    def _finish(self, m: MigrationState) -> None:
+        """Verify and switch over, or leave the VM on its source and discard the copy."""
+        import ray
+        self._sample_migration(m, ray.get(self._src(m).poll.remote(m.index, m.events_seen)), time.monotonic(), final=True)
+        m.report = ray.get(self._src(m).report.remote(m.index))
+        conns = [c.index for c in self.sl.topo.connections_of_migration(m.index)]
+        names = (m.plan.source.name, m.plan.destinations[0].name)
+        m.usage_after = dict(zip(names, ray.get([self.sl.hosts[n].usage.remote() for n in names])))
+        m.receiver = ray.get(self._dst(m).receiver_status.remote(conns))
+        m.status, m.reason = m.report.get("status", "failed"), m.report.get("stop_reason", "")
+        if m.final.get("error"):
+            m.status, m.reason = "failed", m.final["error"].strip().splitlines()[-1]
+        src, dst = self._src(m), self._dst(m)
+        host, src_key = self.sl.location[m.vm_index]
+        dst_key = self.sl.copy_key(m.vm_index, m.index)
+        guest = self.sl.guests[m.vm_index]
+        if m.status == "completed":
+            self._verify(m, src, dst, src_key, dst_key)
+        now = time.monotonic()
+        if m.verified:
+            m.guest_resumed_at = ray.get(guest.resume_on.remote(self.sl.paths[dst_key]))
+            self.sl.location[m.vm_index] = (m.plan.destinations[0].name, dst_key)
+            self.tl.event(m.guest_resumed_at, "switched-over", vm=m.vm, migration=m.index,
+                          host=m.plan.destinations[0].name)
+        else:
+            m.guest_resumed_at = ray.get(guest.resume.remote())  # a no-op unless verification failed
+            ray.get(dst.release_image.remote(dst_key))
+            self.tl.event(now, "stays-on-source", vm=m.vm, migration=m.index, host=host, status=m.status,
+                          reason=m.reason)
+        m.t_end = now
+        m.links_after = self._link_stats(m)
+        m.phase = m.status
+
+    def _verify(self, m: MigrationState, src, dst, src_key: str, dst_key: str) -> None:
+        import ray
+        m.phase = "verifying"
+        bad = verify_images(src, dst, src_key, dst_key, self.sl.npages[m.vm_index])
+        errors = m.receiver["errors"]
+        m.verified, m.mismatched = not bad and not errors, bad
+        self.tl.event(time.monotonic(), "verification", vm=m.vm, migration=m.index, verified=m.verified,
+                      mismatched_pages=len(bad))
+        if not m.verified:
+            m.status = "failed"
+            m.reason = (f"verification failed: {len(bad)} page(s) differ" if bad
+                        else f"destination could not restore: {errors[0]}")
+
+    # --- sampling --------------------------------------------------------------------
+    def _link_stats(self, m: MigrationState) -> dict:
+        import ray
+        lps = self.sl.topo.links_of_migration(m.index)
+        return dict(zip([lp.index for lp in lps], ray.get([self.sl.links[lp.index].stats.remote() for lp in lps])))
+
+    def _sample(self, now: float, force: bool = False) -> None:
+        """One record per running migration, link, host and guest."""
+        import ray
+        self._sampled_at = now
+        running = [m for m in self.migs if m.status == "running"]
+        calls = [self._src(m).poll.remote(m.index, m.events_seen) for m in running]
+        calls += [a.stats.remote() for a in self.sl.links.values()]
+        calls += [a.usage.remote() for a in self.sl.hosts.values()]
+        calls += [g.progress.remote() for g in self.sl.guests]
+        got = ray.get(calls)
+        t = time.monotonic()
+        for m, polled in zip(running, got):
+            self._sample_migration(m, polled, t)
+        got = got[len(running):]
+        for idx, stats in zip(self.sl.links, got):
+            self._sample_link(idx, stats, t)
+        got = got[len(self.sl.links):]
+        for name, usage in zip(self.sl.hosts, got):
+            self._sample_host(name, usage, t)
+        for vm, (tg, ops) in zip(self.sl.scenario.vms, got[len(self.sl.hosts):]):
+            self._sample_guest(vm.name, tg, ops)
+
+    def _sample_migration(self, m: MigrationState, polled: dict, t: float, final: bool = False) -> None:
+        """The migration's events so far, then its interval record: what moved since the last one."""
+        from cluster.collect import counters_of
+        for ev in polled.pop("events"):
+            t_ev = ev.pop("t_real")
+            self.tl.event(t_ev, ev.pop("event"), vm=m.vm, migration=m.index, **ev)
+            m.events_seen += 1
+            self._on_technique_event(m, self.tl.records[-1], t)
+        m.final = polled
+        now_c = counters_of(polled, self.scale.memory_scale)
+        prev = m.counters or {k: 0 for k in now_c}
+        delta = {k: now_c[k] - prev.get(k, 0) for k in now_c}
+        dt = self.scale.emulated_seconds(t - (self._samples.get(("m", m.index)) or m.t_start))
+        self._samples[("m", m.index)] = t
+        m.counters = now_c
+        m.phase, m.iteration = polled.get("phase", m.phase), polled.get("iteration", m.iteration)
+        m.remaining_bytes = polled.get("remaining_bytes", m.remaining_bytes)
+        m.sent_bytes = now_c["transferred_bytes"]
+        m.throughput_bytes_s = delta["transferred_bytes"] / dt if dt > 0 else 0.0
+        self.tl.sample("migration", t, vm=m.vm, migration=m.index, phase=m.phase, iteration=m.iteration,
+                       remaining=m.remaining_bytes, dirty_sync_count=polled.get("dirty_sync_count", 0),
+                       transfer_rate=m.throughput_bytes_s, final=final, **delta)
+
+    def _on_technique_event(self, m: MigrationState, rec: dict, now: float) -> None:
+        """A phase trigger fired in the migration thread: carry out what it asks of the control plane."""
+        if rec["event"] == "trigger" and rec["trigger"] not in self.fired:
+            k = rec["trigger"]
+            if self.events[k].action == "cancel":
+                self.fired.add(k)  # already carried out in the migration thread
+            else:
+                self._fire(k, now)
+
+    def _sample_link(self, idx: int, stats: dict, t: float) -> None:
+        prev = self._samples.get(("l", idx))
+        self._samples[("l", idx)] = (t, stats["bytes"])
+        if prev is None:
+            return
+        dt = self.scale.emulated_seconds(t - prev[0])
+        moved = (stats["bytes"] - prev[1]) / self.scale.memory_scale
+        lp = self.sl.topo.links[idx]
+        cap = stats.get("capacity_bytes_s", lp.rate_bytes_s) * self.scale.dilation / self.scale.memory_scale
+        self.tl.sample("link", t, link=lp.name, throughput_bytes_s=moved / dt if dt > 0 else 0.0,
+                       capacity_bytes_s=cap)
+
+    def _sample_host(self, name: str, usage: dict, t: float) -> None:
+        """Emulated cores kept busy, by stage (send, receive, sync), since the last sample."""
+        prev = self._samples.get(("h", name))
+        self._samples[("h", name)] = (t, usage)
+        if prev is None:
+            return
+        dt = t - prev[0]
+        stages: dict[str, float] = {}
+        for tag, s in usage["charged_by"].items():
+            stage = tag[1] if isinstance(tag, tuple) else "other"
+            stages[stage] = stages.get(stage, 0.0) + s - prev[1]["charged_by"].get(tag, 0.0)
+        self.tl.sample("host", t, host=name, cpu_cores={k: v / dt for k, v in stages.items()} if dt > 0 else {})
+
+    def _sample_guest(self, vm: str, t: float, ops: float) -> None:
+        prev = self._samples.get(("g", vm))
+        self._samples[("g", vm)] = (t, ops)
+        if prev is None or t <= prev[0]:
+            return
+        self.tl.sample("guest", t, vm=vm, ops_per_s=(ops - prev[1]) / self.scale.emulated_seconds(t - prev[0]))
+
+    def _progress(self) -> None:
+        if self.opts.progress:
+            self.opts.progress(self.migs)

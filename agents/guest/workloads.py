@@ -105,14 +105,30 @@ class HotsetWriter(Workload):
         self.ws = max(1, min(working_set_pages, npages))
         # Hot keys are spread over the working set, not packed at its start.
         self.placement = rng.permutation(self.ws)
+        self.cdf = zipf_cdf(self.ws, zipf_s)
 
     def ops_rate(self) -> float:
         return self.rate
 
     def step(self, ops: float) -> np.ndarray:
         n = self._real_writes(ops * self.write_fraction)
-        ranks = (self.rng.zipf(self.zipf_s, n) - 1) % self.ws
-        return self.placement[ranks]
+        return self.placement[zipf_ranks(self.cdf, n, self.rng)]
+
+
+def zipf_cdf(n: int, s: float) -> np.ndarray:
+    """(n,) float64 CDF of Zipf(s) bounded to ranks 0..n-1 (P(rank k) ∝ (k+1)^-s); last entry 1.
+
+    Bounded, not numpy's unbounded `zipf` folded back with a modulo, which
+    puts the tail's mass (17% at s=1.2 over 4,096 ranks) on the wrong ranks.
+    """
+    cdf = np.cumsum(np.arange(1, n + 1, dtype=np.float64) ** -s)
+    return cdf / cdf[-1]
+
+
+def zipf_ranks(cdf: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) int64 ranks drawn from `cdf` by inverse transform."""
+    ranks = np.searchsorted(cdf, rng.random(n), side="right")
+    return np.minimum(ranks, len(cdf) - 1)  # guards u within rounding of 1
 
 
 class Sweeper(Workload):

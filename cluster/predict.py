@@ -100,10 +100,11 @@ def cpu_pages_per_s(scenario: Scenario, zero_fraction: float = 0.0) -> float:
               "range": 0.0}[mig.address_space_lock]
     source_us = costs.source_us(n) - zero_fraction * costs.send_us
     dest_us = costs.restore_us + (1 - zero_fraction) * costs.receive_us
-    rates = [min(n, cores[0]) * 1e6 / source_us, min(n, cores[1]) * 1e6 / dest_us]
+    # A side that costs nothing per page (all zero pages, free steps) sets no limit.
+    rates = [min(n, c) * 1e6 / us for c, us in ((cores[0], source_us), (cores[1], dest_us)) if us > 0]
     if serial > 0:
         rates.append(1e6 / serial)
-    return min(rates)
+    return min(rates, default=math.inf)
 
 
 def predict_vm(scenario: Scenario, vm: Vm) -> dict:

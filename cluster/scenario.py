@@ -78,12 +78,24 @@ class Network(_Strict):
 
 
 class ContentMix(_Strict):
-    """What guest pages hold; the fractions must add up to 1."""
+    """What guest pages hold (agents/guest/content.py). At start, the fractions
+    (adding up to 1) are spread at random over the image; `working_set` names
+    a class that fills the workload's working set instead (the pages it
+    writes, from the first: working set, sweep, frame buffers, or ERP log,
+    session area and tables; `working_set_fraction` of memory overrides its
+    size), and the fractions describe the rest. `writes` is what a guest's
+    whole-page write (uniform, hotset, sweeper) leaves in a page: "image" keeps
+    a page's class and gives a zero page one of the image's non-zero classes;
+    a class name makes every written page that class. (memwrite, video and erp
+    write their own bytes into parts of pages.)"""
 
     zero: Fraction = 0.25
     text: Fraction = 0.25
     structured: Fraction = 0.25
     random: Fraction = 0.25
+    working_set: Literal["zero", "text", "structured", "random"] | None = None
+    working_set_fraction: Fraction | None = None
+    writes: Literal["image", "text", "structured", "random"] = "image"
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> "ContentMix":
@@ -187,6 +199,16 @@ class Vm(_Strict):
     # false: a co-located VM that stays on the source; its throughput before
     # and during the others' migration is reported (PMigrate §6.3).
     migrate: bool = True
+
+    @model_validator(mode="after")
+    def _size_placed_working_set(self) -> "Vm":
+        """content.working_set covers the workload's footprint unless sized."""
+        c = self.content
+        if c.working_set is None or c.working_set_fraction is not None:
+            return self
+        from agents.guest.workloads import footprint_gib
+        share = footprint_gib(self.workload.model_dump(), self.memory_gib) / self.memory_gib
+        return self.model_copy(update={"content": c.model_copy(update={"working_set_fraction": share})})
 
 
 class Migration(_Strict):

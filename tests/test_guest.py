@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import zstandard
 
+from agents.datapath.wire_format import SlotLayout, SlotView, pack_pages
+from agents.encodings.zero_pages import zero_mask
 from agents.guest.content import (
     CLASSES,
     POOL_PAGES,
@@ -29,8 +31,11 @@ from agents.guest.workloads import (
     Idle,
     Sweeper,
     UniformWriter,
+    footprint_gib,
     make_workload,
 )
+from cluster.scenario import ScenarioError, parse_scenario
+from tests.conftest import scenario_text
 
 PAGE = 4096
 MIX = {"zero": 0.2, "text": 0.3, "structured": 0.2, "random": 0.3}
@@ -55,7 +60,7 @@ def test_template_pools_shape_and_determinism():
 
 def test_class_mix_fractions():
     n = 50_000
-    classes = assign_classes(n, MIX, seed=3)
+    classes = assign_classes(n, MIX, seed=3).initial
     assert classes.shape == (n,) and classes.dtype == np.uint8
     got = np.bincount(classes, minlength=4) / n
     for i, name in enumerate(CLASSES):
@@ -64,7 +69,7 @@ def test_class_mix_fractions():
 
 def test_class_mix_with_absent_class():
     classes = assign_classes(10_000, {"zero": 0.0, "text": 1.0, "structured": 0.0, "random": 0.0}, seed=1)
-    assert (classes == TEXT).all()
+    assert (classes.initial == TEXT).all() and (classes.written == TEXT).all()
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,7 @@ def filled():
     classes = assign_classes(n, MIX, seed=5)
     pages = np.zeros((n, PAGE), dtype=np.uint8)
     fill_image(pages, classes, pools, seed=5, chunk=300)  # several chunks
-    return pages, classes, pools
+    return pages, classes.initial, pools
 
 
 def test_fill_image_zero_class_is_zero_and_others_are_not(filled):
@@ -101,16 +106,17 @@ def test_compressibility_by_class(filled):
     assert 0.98 <= rnd <= 1.01, rnd
 
 
-def test_write_changes_every_nonzero_page_and_keeps_its_class(filled):
+def test_write_changes_every_page_and_keeps_its_class(filled):
     pages0, classes, pools = filled
     pages = pages0.copy()
     rng = np.random.default_rng(0)
     idx = np.arange(0, len(pages), 3)
-    write_pages(pages, idx, classes, pools, rng, counter=1 << 40)
+    written = assign_classes(len(pages), MIX, seed=5).written
+    assert np.array_equal(written[classes != ZERO], classes[classes != ZERO])
+    write_pages(pages, idx, written, pools, rng, counter=1 << 40)
     changed = (pages != pages0).any(axis=1)
-    nz = classes[idx] != ZERO
-    assert changed[idx[nz]].all()
-    assert not changed[idx[~nz]].any()  # zero pages stay zero
+    assert changed[idx].all()  # zero pages too: they now hold data
+    assert pages[idx].any(axis=1).all()
     untouched = np.setdiff1d(np.arange(len(pages)), idx)
     assert not changed[untouched].any()
     text_rows = idx[classes[idx] == TEXT][:30]
@@ -129,6 +135,105 @@ def test_rewriting_a_page_changes_it_again(filled):
         write_pages(pages, row, classes, pools, rng, counter=1000 + k)
         seen.add(pages[row[0]].tobytes())
     assert len(seen) == 20
+
+
+# --- what writes leave, and where content lies -------------------------------------
+
+def content(mix=MIX, **extra):
+    return {**mix, **extra}
+
+
+def test_written_zero_pages_take_the_images_data_classes():
+    n = 60_000
+    c = assign_classes(n, content(), seed=2)
+    zero = c.initial == ZERO
+    assert not (c.written == ZERO).any()
+    assert np.array_equal(c.written[~zero], c.initial[~zero])  # data pages keep their class
+    # Zero pages, once written, hold text, structured and random data as the image does (3 : 2 : 3).
+    got = np.bincount(c.written[zero], minlength=4)[1:] / zero.sum()
+    assert got == pytest.approx([0.375, 0.25, 0.375], abs=0.02)
+
+
+def test_an_image_of_zeros_is_written_with_structured_data():
+    c = assign_classes(1000, {"zero": 1.0, "text": 0.0, "structured": 0.0, "random": 0.0}, seed=1)
+    assert (c.initial == ZERO).all() and (c.written == STRUCTURED).all()
+
+
+def test_writes_names_the_class_of_every_written_page():
+    c = assign_classes(1000, content(writes="text"), seed=1)
+    assert (c.written == TEXT).all()
+    assert (c.initial != TEXT).any()
+
+
+def test_working_set_placement_fills_the_first_pages_and_the_mix_the_rest():
+    n = 40_000
+    mix = {"zero": 0.5, "text": 0.0, "structured": 0.0, "random": 0.5}
+    c = assign_classes(n, content(mix, working_set="text", working_set_fraction=0.25), seed=3)
+    assert (c.initial[: n // 4] == TEXT).all()
+    rest = np.bincount(c.initial[n // 4:], minlength=4) / (n - n // 4)
+    assert rest == pytest.approx([0.5, 0.0, 0.0, 0.5], abs=0.02)
+    # The fractions alone lay out the same pages as before placement existed.
+    plain = assign_classes(n, mix, seed=3).initial
+    assert np.array_equal(c.initial[n // 4:], plain[n // 4:])
+    with pytest.raises(ValueError, match="working_set_fraction"):
+        assign_classes(n, content(mix, working_set="text"), seed=3)
+
+
+def test_a_guest_write_to_a_zero_page_is_sent_as_a_normal_page(make_guest):
+    all_zero = {"zero": 1.0, "text": 0.0, "structured": 0.0, "random": 0.0}
+    g = make_guest(uniform(rate=20_000, ws=256), mix=all_zero)
+    assert zero_mask(g.pages).all()
+    g.start_dirty_log()
+    g.start()
+    wait_for(lambda: len(np.flatnonzero(~zero_mask(g.pages[:256]))) > 100)
+    g.pause()
+    written = g.harvest()
+    assert len(written) > 100 and written.max() < 256
+    lay = SlotLayout(256)
+    st = pack_pages(g.pages, written, SlotView(np.zeros(lay.slot_bytes, np.uint8), 0, lay))
+    assert (st.normal, st.zero) == (len(written), 0)
+    assert zero_mask(g.pages[256:]).all()  # unwritten pages are still zero
+
+
+def test_footprint_gib_matches_the_workloads_built():
+    scale, memory_gib = 1 / 64, 4.0
+    npages = int(memory_gib * (1 << 30) / PAGE * scale)
+    gib_pages = (1 << 30) / PAGE * scale
+    specs = [
+        {"kind": "idle"},
+        {"kind": "uniform", "dirty_pages_per_s": 10},
+        {"kind": "uniform", "dirty_pages_per_s": 10, "working_set_gib": 0.5},
+        {"kind": "hotset", "ops_per_s": 10, "working_set_gib": 1.25},
+        {"kind": "sweeper", "sweep_gib": 2},
+        {"kind": "memwrite", "writes_per_s": 10, "working_set_gib": 0.05},
+        {"kind": "video", "frame_mib": 48},
+        {"kind": "erp", "ops_per_s": 10, "log_mib": 16, "session_mib": 8, "working_set_gib": 0.5},
+        {"kind": "erp", "ops_per_s": 10, "log_mib": 16, "session_mib": 8},
+        {"kind": "erp", "ops_per_s": 10, "log_bytes_per_op": 0, "working_set_gib": 1},
+    ]
+    for spec in specs:
+        built = make_workload(spec, npages, scale, 1).footprint
+        assert abs(footprint_gib(spec, memory_gib) * gib_pages - built) <= 1, spec
+
+
+def test_scenario_sizes_the_placed_working_set_from_the_workload():
+    def vm(workload, content_toml):
+        text = scenario_text("c", memory_gib=4, workload=workload, extra_vm=f"content = {content_toml}")
+        return parse_scenario(text, "c.toml").vms[0]
+
+    placed = '{ zero = 0.5, text = 0.5, structured = 0, random = 0, working_set = "structured" }'
+    v = vm('{ kind = "uniform", dirty_pages_per_s = 10, working_set_gib = 1 }', placed)
+    assert v.content.working_set_fraction == pytest.approx(0.25)
+    assert vm('{ kind = "sweeper", sweep_gib = 3 }', placed).content.working_set_fraction == pytest.approx(0.75)
+    sized = '{ zero = 0.5, text = 0.5, structured = 0, random = 0, working_set = "structured", working_set_fraction = 0.1 }'
+    assert vm('{ kind = "sweeper", sweep_gib = 3 }', sized).content.working_set_fraction == 0.1
+    plain = vm('{ kind = "idle" }', "{ zero = 0.5, text = 0.5, structured = 0, random = 0 }").content
+    assert (plain.working_set, plain.working_set_fraction, plain.writes) == (None, None, "image")
+    # What the runner hands the agents places the pages.
+    c = assign_classes(4096, v.content.model_dump(), seed=1)
+    assert (c.initial[:1024] == STRUCTURED).all() and not (c.initial[1024:] == STRUCTURED).any()
+    with pytest.raises(ScenarioError, match="writes"):
+        vm('{ kind = "idle" }', '{ zero = 1.0, text = 0, structured = 0, random = 0, writes = "zero" }')
 
 
 # --- workloads (pure) -----------------------------------------------------------

@@ -154,3 +154,14 @@ def test_sweeper_is_sequential_until_the_sweep_ends():
     rate = 1000e6 / PAGE
     assert dirty_pages_after(vm, 0.1) == pytest.approx(rate * 0.1)
     assert dirty_pages_after(vm, 100) == pytest.approx(GIB / PAGE, abs=1)
+
+
+@pytest.mark.parametrize("workload", ['{ kind = "idle" }', '{ kind = "uniform", dirty_pages_per_s = 20000 }'])
+def test_all_zero_memory_predicts_without_crashing(workload):
+    # Zero pages cost the modern profile's source nothing: no CPU limit, not a division by zero.
+    text = scenario_text("p", memory_gib=2, workload=workload, gbps=10,
+                         extra_vm="content = { zero = 1.0, text = 0.0, structured = 0.0, random = 0.0 }")
+    p = predict(parse_scenario(text, "p.toml"), "p.toml")
+    assert p["pages"]["normal"] == 0 and p["pages"]["zero"] > 0
+    assert math.isfinite(p["total_time_s"]) and p["total_time_s"] > 0
+    assert p["memory_bytes_sent"] == pytest.approx(p["pages"]["zero"] * wire_bytes_per_page(1.0), rel=1e-6)

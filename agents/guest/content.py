@@ -5,13 +5,21 @@ Four classes, as in real guests: zero pages, text-like pages (words, about
 highly compressible) and incompressible pages (random bytes, like encrypted
 or already-compressed data). Each class has a pool of template pages; a guest
 write copies a template and stamps a counter into it, so every write really
-changes the page while keeping its class's compressibility.
+changes the page.
+
+A scenario's content mix says what the image holds at start (its fractions
+spread at random, optionally one class placed over the workload's working
+set) and what a write leaves in a page (`PageClasses`): by default a written
+page keeps its class, and a zero page takes one of the image's non-zero
+classes, since a guest that writes to free memory fills it with data.
 
 Partial-page writes (a benchmark's stores, a database record, a moving part
 of a video frame) change some bytes of a page and keep the rest: what delta
 encoding exploits. They are vectorised over all the writes of a guest tick.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,16 +54,56 @@ def template_pools(seed: int) -> np.ndarray:
     return pools
 
 
-def assign_classes(npages: int, mix: dict[str, float], seed: int) -> np.ndarray:
-    """Class of every page, in proportion to `mix` (fractions by class name)."""
+@dataclass(frozen=True)
+class PageClasses:
+    """Per page (both (npages,) uint8 class numbers): what it holds at start,
+    and what a guest's whole-page write leaves in it."""
+
+    initial: np.ndarray
+    written: np.ndarray
+
+
+def assign_classes(npages: int, content: dict, seed: int) -> PageClasses:
+    """Classes of every page from a scenario's `content` table.
+
+    `content`: fractions by class name (spread at random); optionally
+    `working_set` (a class name) filling the first `working_set_fraction` of
+    the pages, where every workload writes; `writes`: "image" (the default)
+    or the class name every written page takes.
+    """
     rng = np.random.default_rng(seed + 1)
-    p = np.array([mix[c] for c in CLASSES], dtype=float)
-    return rng.choice(4, size=npages, p=p / p.sum()).astype(np.uint8)
+    p = np.array([content[c] for c in CLASSES], dtype=float)
+    initial = rng.choice(4, size=npages, p=p / p.sum()).astype(np.uint8)
+    if content.get("working_set"):
+        if content.get("working_set_fraction") is None:
+            raise ValueError("content.working_set needs working_set_fraction (the scenario fills it in)")
+        initial[: round(content["working_set_fraction"] * npages)] = CLASSES.index(content["working_set"])
+    return PageClasses(initial, _written_classes(initial, content.get("writes", "image"), seed))
 
 
-def fill_image(pages: np.ndarray, classes: np.ndarray, pools: np.ndarray, seed: int, chunk: int = 4096) -> None:
-    """Initial contents of a guest image (zero-class pages stay zero)."""
+def _written_classes(initial: np.ndarray, writes: str, seed: int) -> np.ndarray:
+    """The class a write leaves in each page (see `assign_classes`)."""
+    if writes != "image":
+        return np.full_like(initial, CLASSES.index(writes))
+    # A zero page, once written, holds data like the rest of the image
+    # (structured records when the image has no data at all).
+    shares = np.bincount(initial, minlength=4)[1:].astype(float)
+    written = initial.copy()
+    zero = np.flatnonzero(initial == ZERO)
+    if shares.sum() == 0:
+        written[zero] = STRUCTURED
+    else:
+        rng = np.random.default_rng(seed + 3)
+        written[zero] = 1 + rng.choice(3, size=len(zero), p=shares / shares.sum())
+    return written
+
+
+def fill_image(pages: np.ndarray, classes: PageClasses | np.ndarray, pools: np.ndarray, seed: int,
+               chunk: int = 4096) -> None:
+    """Initial contents of a guest image (zero-class pages stay zero); `classes`:
+    `assign_classes`'s answer or each page's class."""
     rng = np.random.default_rng(seed + 2)
+    classes = classes.initial if isinstance(classes, PageClasses) else classes
     for start in range(0, len(pages), chunk):
         cls = classes[start: start + chunk]
         variant = rng.integers(0, POOL_PAGES, len(cls))
@@ -80,10 +128,11 @@ def stamp_pages(pages: np.ndarray, idx: np.ndarray, cls: np.ndarray, rng: np.ran
     words[rows, cols] = np.arange(counter, counter + len(rows), dtype=np.uint64) | np.uint64(1 << 63)
 
 
-def write_pages(pages: np.ndarray, idx: np.ndarray, classes: np.ndarray, pools: np.ndarray,
+def write_pages(pages: np.ndarray, idx: np.ndarray, written: np.ndarray, pools: np.ndarray,
                 rng: np.random.Generator, counter: int) -> None:
-    """A guest write to pages `idx`: fresh contents of each page's own class."""
-    cls = classes[idx]
+    """A guest write to pages `idx`: fresh contents of the class `written[p]`
+    a write leaves in page p (`PageClasses.written`)."""
+    cls = written[idx]
     variant = rng.integers(0, POOL_PAGES, len(idx))
     pages[idx] = pools[cls, variant]
     stamp_pages(pages, idx, cls, rng, counter)

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from agents.guest.content import write_pages
+from agents.guest.content import PageClasses, write_pages
 from agents.guest.dirty_log import DirtyLog
 from agents.guest.workloads import Sweeper, Workload
 
@@ -26,7 +26,7 @@ TICK_S = 0.002
 
 
 class Guest:
-    def __init__(self, pages: np.ndarray, workload: Workload, classes: np.ndarray, pools: np.ndarray,
+    def __init__(self, pages: np.ndarray, workload: Workload, classes: PageClasses, pools: np.ndarray,
                  vcpus: int, dilation: float, fault_s: float, seed: int, log: DirtyLog | None = None,
                  io_bound: bool = False) -> None:
         self.pages = pages
@@ -131,7 +131,7 @@ class Guest:
         else:
             idx = wl.step(ops)
             if len(idx):
-                write_pages(self.pages, idx, self.classes, self.pools, self.rng, self._counter)
+                write_pages(self.pages, idx, self.classes.written, self.pools, self.rng, self._counter)
                 self._counter += len(idx)
         if len(idx):
             # Marked after the write, and always: the log decides what counts.

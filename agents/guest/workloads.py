@@ -30,6 +30,8 @@ class Workload:
 
     #: True when the workload writes parts of pages itself (`write`), not whole pages (`step`)
     writes_in_place = False
+    #: pages it may write, all from page 0 (its working set, sweep, frames, or log + session + tables)
+    footprint = 0
 
     def write(self, pages: np.ndarray, ops: float) -> np.ndarray:
         """Do the writes of `ops` operations into `pages`; returns the real pages written."""
@@ -77,6 +79,7 @@ class UniformWriter(Workload):
         self.hot = max(0, min(hot_pages, self.ws))
         self.hot_rate = hot_pages_per_s if self.hot else 0.0
         self._hot_carry = 0.0
+        self.footprint = self.ws
 
     def ops_rate(self) -> float:
         return self.rate
@@ -105,14 +108,31 @@ class HotsetWriter(Workload):
         self.ws = max(1, min(working_set_pages, npages))
         # Hot keys are spread over the working set, not packed at its start.
         self.placement = rng.permutation(self.ws)
+        self.cdf = zipf_cdf(self.ws, zipf_s)
+        self.footprint = self.ws
 
     def ops_rate(self) -> float:
         return self.rate
 
     def step(self, ops: float) -> np.ndarray:
         n = self._real_writes(ops * self.write_fraction)
-        ranks = (self.rng.zipf(self.zipf_s, n) - 1) % self.ws
-        return self.placement[ranks]
+        return self.placement[zipf_ranks(self.cdf, n, self.rng)]
+
+
+def zipf_cdf(n: int, s: float) -> np.ndarray:
+    """(n,) float64 CDF of Zipf(s) bounded to ranks 0..n-1 (P(rank k) ∝ (k+1)^-s); last entry 1.
+
+    Bounded, not numpy's unbounded `zipf` folded back with a modulo, which
+    puts the tail's mass (17% at s=1.2 over 4,096 ranks) on the wrong ranks.
+    """
+    cdf = np.cumsum(np.arange(1, n + 1, dtype=np.float64) ** -s)
+    return cdf / cdf[-1]
+
+
+def zipf_ranks(cdf: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) int64 ranks drawn from `cdf` by inverse transform."""
+    ranks = np.searchsorted(cdf, rng.random(n), side="right")
+    return np.minimum(ranks, len(cdf) - 1)  # guards u within rounding of 1
 
 
 class Sweeper(Workload):
@@ -123,6 +143,7 @@ class Sweeper(Workload):
     def __init__(self, npages, memory_scale, rng, sweep_pages: int, write_bytes_s: float, sleep_s: float) -> None:
         super().__init__(npages, memory_scale, rng)
         self.sweep = max(1, min(sweep_pages, npages))
+        self.footprint = self.sweep
         self.rate = write_bytes_s / 4096
         self.sleep_s = sleep_s
         self.cursor = 0
@@ -169,6 +190,7 @@ class MemWriter(Workload):
         self.rate = writes_per_s
         self.nbytes = max(1, min(int(bytes_per_write), PAGE))
         self.ws = max(1, min(working_set_pages, npages))
+        self.footprint = self.ws
 
     def ops_rate(self) -> float:
         return self.rate
@@ -194,6 +216,7 @@ class VideoTranscoder(Workload):
     def __init__(self, npages, memory_scale, rng, frame_pages: int, fps: float, changed_fraction: float) -> None:
         super().__init__(npages, memory_scale, rng)
         self.frame_pages = max(1, min(frame_pages, npages))
+        self.footprint = self.frame_pages
         self.fps = fps
         self.op_cost_s = 0.5 / fps  # half a vCPU to transcode
         self.band = max(1, min(PAGE, int(round(changed_fraction * PAGE))))
@@ -244,6 +267,7 @@ class Erp(Workload):
         self.session_bytes_per_op = session_kib_per_op * 1024
         self.first_table = self.log_pages + self.session_pages
         self.tables = max(1, min(working_set_pages, npages - self.first_table))
+        self.footprint = self.first_table + self.tables
         self._log_cursor = 0  # log entries written, modulo the log's capacity
         self._session_cursor = 0
         self._carry = {"log": 0.0, "session": 0.0}
@@ -313,3 +337,23 @@ def make_workload(spec: dict, npages: int, memory_scale: float, seed: int) -> Wo
                    int(round(spec.get("log_mib", 64) * mib_pages)), int(round(spec.get("session_mib", 0) * mib_pages)),
                    spec.get("session_kib_per_op", 64), ws())
     raise ValueError(f"unknown workload kind {kind!r}")
+
+
+def footprint_gib(spec: dict, memory_gib: float) -> float:
+    """GiB from the first page that the workload `spec` (a scenario's
+    `vms[].workload` table) may write: what `make_workload(...).footprint`
+    covers, without building it."""
+    kind, ws = spec["kind"], spec.get("working_set_gib")
+    if kind in ("uniform", "hotset", "memwrite"):
+        gib = memory_gib if ws is None else ws
+    elif kind == "sweeper":
+        gib = spec["sweep_gib"]
+    elif kind == "video":
+        gib = spec["frame_mib"] / 1024
+    elif kind == "erp":
+        log = spec.get("log_mib", 64) / 1024 if spec.get("log_bytes_per_op", 256) else 0.0
+        session = spec.get("session_mib", 0) / 1024 if spec.get("session_kib_per_op", 64) else 0.0
+        gib = log + session + (memory_gib - log - session if ws is None else ws)
+    else:
+        gib = 0.0  # idle writes nothing
+    return min(gib, memory_gib)

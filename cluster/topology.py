@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from cluster.scaling import Scale, gbps_to_bytes_s
-from cluster.scenario import MIB, Scenario
+from cluster.scenario import MIB, Link, Scenario
 
 PAGE = 4096
 
@@ -54,9 +54,11 @@ def auto_batch_pages(real_rate: float, scale: Scale, target_emulated_s: float = 
     return int(min(256, max(2, pages)))
 
 
-def plan(scenario: Scenario, scale: Scale) -> Topology:
-    mig = scenario.migration
-    links = scenario.migration_links()
+def plan(scenario: Scenario, scale: Scale, links: list[Link] | None = None, migration=None) -> Topology:
+    """The links and connections of one migration. `links` and `migration` (its
+    options) default to the single-pair scenario's: migration_links() and [migration]."""
+    mig = scenario.migration if migration is None else migration
+    links = scenario.migration_links() if links is None else links
     rates = [gbps_to_bytes_s(scenario.link_bandwidth_gbps(l)) for l in links]
     if mig.bandwidth_cap_gbps is not None:
         # The cap is on the migration as a whole: each link gets its share of it.

@@ -3,7 +3,10 @@
   livemig run SCENARIO        emulate a migration on a local Ray cluster
   livemig predict SCENARIO    the analytic model's figures, instantly
   livemig validate SCENARIO   check a scenario file
+  livemig compare A B         two results side by side, with the paper's ratios
+  livemig reproduce SUITE     run a paper's experiment pairs and compare with the paper
   livemig list                the shipped scenarios
+  livemig techniques          the migration techniques and their options
   livemig bench pipeline|link|codec   figures of this machine
 
 Exit codes: 0 done (and verified), 1 the migration failed or was aborted,
@@ -233,6 +236,28 @@ def list_scenarios() -> None:
         except (tomllib.TOMLDecodeError, OSError):
             desc = "(unreadable)"
         print(f"{p.relative_to(SCENARIO_DIR.parent)}  {desc}")
+
+
+@app.command()
+def techniques(json_out: bool = typer.Option(False, "--json", help="Print the declarations as JSON.")) -> None:
+    """The migration techniques and their options: default, unit, allowed values, QEMU name, help."""
+    from agents.techniques import registry
+    specs = registry.all_specs()
+    if json_out:
+        print(json.dumps([spec.describe() for spec in specs], indent=2))
+        return
+    for spec in specs:
+        out.print(_technique_table(spec))
+
+
+def _technique_table(spec) -> Table:
+    t = Table(title=f"{spec.name}: {spec.summary}", title_justify="left")
+    for col in ("option", "default", "unit", "allowed", "QEMU name", "help"):
+        t.add_column(col, overflow="fold")
+    for o in spec.options:
+        default = "-" if o.default is None else str(o.default)
+        t.add_row(o.name, default, o.unit, o.allowed(), o.qemu_name, o.help)
+    return t
 
 
 @bench_app.command("pipeline")

@@ -7,7 +7,9 @@ for writes at rate r spread over a working set with page probabilities p_j,
 the pages dirty after t seconds are sum_j 1 - exp(-r p_j t), which for a
 uniform working set of W pages is W (1 - exp(-r t / W)). The stop rule is
 the emulator's own (`agents.techniques.precopy.stop_reason`), so the two can be
-compared figure by figure. No Ray, no threads.
+compared figure by figure. One prediction per migration of the scenario
+(`Scenario.migration_plans()`), each on its own hosts and links with its own
+options; concurrent migrations are predicted as if alone. No Ray, no threads.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from agents.cpu import resolve
 from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from agents.techniques.precopy import StopPolicy, stop_reason
 from cluster.results import MIB
-from cluster.scenario import GIB, Scenario, Vm
+from cluster.scenario import GIB, MigrationPlan, Scenario, Vm
 
 PAGE = 4096
 
@@ -72,8 +74,13 @@ def dirty_pages_after(vm: Vm, t: float) -> float:
     return float(np.sum(-np.expm1(-rate * probs * t)))
 
 
-def link_rate(scenario: Scenario) -> float:
-    """Emulated bytes/s the migration's links carry together (after background traffic).
+def _links(scenario: Scenario, mp: MigrationPlan) -> list:
+    return scenario.links_between(mp.source, mp.destination)
+
+
+def link_rate(scenario: Scenario, mp: MigrationPlan | None = None) -> float:
+    """Emulated bytes/s a migration's links carry together (after background traffic);
+    by default the scenario's first migration.
 
     The links are the emulator's own (cluster/topology.py) at scale 1, so the
     bandwidth cap and the pairing are worked out in one place.
@@ -81,19 +88,22 @@ def link_rate(scenario: Scenario) -> float:
     from agents.datapath.link import migration_share
     from cluster.scaling import Scale
     from cluster.topology import plan
+    mp = mp or scenario.migration_plans()[0]
     net = scenario.network
+    topo = plan(scenario, Scale(1.0, 1.0))
     return sum(migration_share(lp.rate_bytes_s, lp.background_bytes_s, net.rate_control, net.reserved_mbytes_s * MIB)
-               for lp in plan(scenario, Scale(1.0, 1.0)).links)
+               for lp in topo.links_of_migration(mp.index))
 
 
-def cpu_pages_per_s(scenario: Scenario, zero_fraction: float = 0.0) -> float:
-    """Pages/s the source and destination CPUs allow: cores over cost, and the
-    address-space lock's serial part (Amdahl) on the source. Zero pages are
-    checked but not transferred."""
-    mig, cpu = scenario.migration, scenario.cpu
+def cpu_pages_per_s(scenario: Scenario, zero_fraction: float = 0.0, mp: MigrationPlan | None = None) -> float:
+    """Pages/s a migration's source and destination CPUs allow: cores over cost,
+    and the address-space lock's serial part (Amdahl) on the source. Zero pages
+    are checked but not transferred. By default the scenario's first migration."""
+    mp = mp or scenario.migration_plans()[0]
+    mig, cpu = mp.options, scenario.cpu
     costs = resolve(cpu.profile, mig.address_space_lock, cpu.overrides())
     n = mig.consumers
-    cores = [min(h.cores, cpu.migration_cores or h.cores) for h in (scenario.source, scenario.destination)]
+    cores = [min(h.cores, cpu.migration_cores or h.cores) for h in (mp.source, mp.destination)]
     shootdown = costs.shootdown_us * (n - 1)
     serial = {"global": costs.mmap_us + costs.map_us + costs.munmap_us + shootdown,
               "rwlock": costs.mmap_us + costs.munmap_us + shootdown,
@@ -107,18 +117,19 @@ def cpu_pages_per_s(scenario: Scenario, zero_fraction: float = 0.0) -> float:
     return min(rates, default=math.inf)
 
 
-def predict_vm(scenario: Scenario, vm: Vm) -> dict:
-    mig = scenario.migration
+def predict_migration(scenario: Scenario, mp: MigrationPlan) -> dict:
+    """The figures of one migration, keyed as in result.json."""
+    vm, mig = mp.vm, mp.options
     costs = resolve(scenario.cpu.profile, mig.address_space_lock, scenario.cpu.overrides())
     z = vm.content.zero
     bytes_per_page = (1 - z) * (PAGE + PAGE_HEADER_BYTES) + z * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES)
-    wire_rate = link_rate(scenario)
-    pages_per_s = min(wire_rate / bytes_per_page, cpu_pages_per_s(scenario, z))
+    wire_rate = link_rate(scenario, mp)
+    pages_per_s = min(wire_rate / bytes_per_page, cpu_pages_per_s(scenario, z, mp))
     mem_pages = vm.memory_gib * GIB / PAGE
     sync_s = costs.dirty_sync_ns * 1e-9 * mem_pages  # each fetch of the dirty log
     policy = StopPolicy(mig.downtime_limit_ms / 1000, mig.max_iterations, mig.stall_iterations,
                         mig.max_sent_ratio * vm.memory_gib * GIB)
-    one_way = scenario.migration_links()[0].rtt_ms / 2000
+    one_way = _links(scenario, mp)[0].rtt_ms / 2000
     if mig.strategy == "time-sliced":
         # An I/O-bound guest gets only part of the I/O thread: it runs (and
         # dirties) that much slower; writes are a Poisson process, so slower
@@ -140,6 +151,7 @@ def predict_vm(scenario: Scenario, vm: Vm) -> dict:
     cpu_s = sent_pages * source_us * 1e-6 + sync_s * (count + 1)  # the source's, as PMigrate counts
     return {
         "vm": vm.name,
+        "migration": mp.index,
         "status": "predicted",
         "stop_reason": reason,
         "verified": None,
@@ -210,7 +222,7 @@ def _time_sliced(vm, mig, policy, mem_pages, pages_per_s, bytes_per_page, sync_s
 
 
 def predict(scenario: Scenario, path: str = "") -> dict:
-    per_vm = [predict_vm(scenario, vm) for vm in scenario.vms if vm.migrate]
+    per_vm = [predict_migration(scenario, mp) for mp in scenario.migration_plans()]
     out: dict = {"scenario": scenario.name, "scenario_file": path, "status": "predicted", "model": "analytic pre-copy (Clark et al. / Akoush et al.)"}
     if len(per_vm) == 1:
         out |= {k: v for k, v in per_vm[0].items() if k != "status"}

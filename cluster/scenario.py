@@ -1,18 +1,28 @@
 """Scenario files: the schema of a migration experiment and its validation.
 
-A scenario is TOML in physical units (GiB, Gbit/s, ms, pages/s, cores). This
-module knows what a valid scenario is and turns every problem into one line
-that names the file, the field path, what is wrong and what is allowed. It
-knows nothing of Ray, scaling or migration mechanics.
+A scenario is TOML in physical units (GiB, Gbit/s, ms, pages/s, cores): hosts
+with roles, the links between them, VMs and where they start, the migrations
+(which VM goes from which host to which, with which technique, when) and
+scheduled events. This module knows what a valid scenario is and turns every
+problem into one line that names the file, the field path, what is wrong and
+what is allowed. The migration options' schema is generated from the
+techniques' declarations (agents/techniques/registry.py). `migration_plans()`
+is the resolved view the runner and the predictor read. It knows nothing of
+Ray, scaling or migration mechanics.
 """
 from __future__ import annotations
 
 import difflib
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model,
+                      model_validator)
+
+from agents.techniques import registry
+from agents.techniques.options import Option
 
 PAGE_SIZE = 4096
 GIB = 1 << 30
@@ -42,12 +52,40 @@ class Nic(_Strict):
     passthrough: bool = False
 
 
+ROLES = ("source", "destination", "main", "sub-host")
+Role = Literal[ROLES]
+
+
+def _or(words: tuple[str, ...]) -> str:
+    quoted = [repr(w) for w in words]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def _roles_in(value: Any) -> Any:
+    """One role or a list of them; checked here so a bad role is one line, not one per union branch."""
+    if isinstance(value, str):
+        if value not in ROLES:
+            raise ValueError(f"Input should be {_or(ROLES)}")
+        return value
+    if isinstance(value, (list, tuple)) and value:
+        bad = [r for r in value if r not in ROLES]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a role; allowed: {_or(ROLES)}")
+        return tuple(dict.fromkeys(value))
+    raise ValueError(f"needs a role or a non-empty list of roles ({_or(ROLES)})")
+
+
 class Host(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    role: Literal["source", "destination", "sub-host"]
+    # One role, or several: a host may be the destination of one migration and the source of another.
+    role: Annotated[Role | tuple[Role, ...], BeforeValidator(_roles_in)]
     cores: Annotated[int, Field(ge=1, le=4096)] = 16
     memory_gib: Positive = 64
     nics: list[Nic] = Field(min_length=1)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return (self.role,) if isinstance(self.role, str) else self.role
 
 
 class BackgroundTraffic(_Strict):
@@ -199,6 +237,8 @@ class Vm(_Strict):
     # false: a co-located VM that stays on the source; its throughput before
     # and during the others' migration is reported (PMigrate §6.3).
     migrate: bool = True
+    # Where it runs at the start; default: the only host with role "source".
+    host: str | None = None
 
     @model_validator(mode="after")
     def _size_placed_working_set(self) -> "Vm":
@@ -211,39 +251,135 @@ class Vm(_Strict):
         return self.model_copy(update={"content": c.model_copy(update={"working_set_fraction": share})})
 
 
-class Migration(_Strict):
-    technique: Literal["precopy"] = "precopy"
-    # image: each iteration a pass over the dirty image (PMigrate); time-sliced:
-    # each iteration a slice of `slice_mib` after fetching the dirty log (vanilla KVM).
-    strategy: Literal["image", "time-sliced"] = "image"
-    slice_mib: Positive = 2.0
-    downtime_limit_ms: Annotated[float, Field(gt=0)] = 300
-    max_iterations: Annotated[int, Field(ge=1, le=1_000_000)] = 30
-    # Stop when the remaining dirty set has not shrunk for this many iterations.
-    stall_iterations: Annotated[int, Field(ge=1)] = 3
-    max_sent_ratio: Annotated[float, Field(ge=1)] = 3.0  # total sent / memory size
-    bandwidth_cap_gbps: Positive | None = None
-    device_state_kib: Annotated[float, Field(ge=0)] = 256
-    batch_pages: Annotated[int, Field(ge=1, le=4096)] | None = None  # default: a few ms of link time
-    setup_ms: Annotated[float, Field(ge=0)] = 50
-    # Suspending on the source and restoring devices and resuming on the
-    # destination: a fixed part of every downtime (Xen 4.1: about 0.3 s).
-    resume_ms: Annotated[float, Field(ge=0)] = 0
-    # Time-sliced (vanilla kvm-qemu) migration runs in the I/O thread that also
-    # serves the guest's requests: the share of it the migration takes from an
-    # I/O-bound guest while pre-copying.
-    io_thread_taken: Fraction = 0.0
-    # PMigrate: consumer threads, each with its own connection; connections are
-    # spread over the NIC pairs (two consumers per port with 8 consumers, 4 ports).
-    consumers: Annotated[int, Field(ge=1, le=64)] = 1
-    address_space_lock: Literal["global", "rwlock", "range"] = "global"
-    memory_pool_mib: Positive = 128  # per pipeline stage, emulated
-    # Page compression (agents/encodings/encoding.py): zstd over each batch (multifd-zstd),
-    # XBZRLE deltas against a per-VM cache of sent pages, or both.
-    compression: Literal["none", "zstd", "xbzrle", "xbzrle+zstd"] = "none"
-    zstd_level: Annotated[int, Field(ge=-7, le=22)] = 1
-    xbzrle_cache_mib: Positive = 64  # per VM, emulated MiB (QEMU's xbzrle-cache-size)
-    xbzrle_budget: Annotated[int, Field(ge=1, le=PAGE_SIZE)] | None = None  # bytes per delta; default a page
+def _annotation(opt: Option) -> Any:
+    """The pydantic type of a declared option: its type or choices, its bounds, None if optional."""
+    base: Any = Literal[opt.choices] if opt.choices else opt.type
+    bounds = opt.bounds()
+    ann = Annotated[base, Field(**bounds)] if bounds else base
+    return Optional[ann] if opt.optional else ann
+
+
+def _declared_options() -> dict[str, Option]:
+    """Every registered technique's options by name; techniques sharing a name share its declaration."""
+    out: dict[str, Option] = {}
+    for spec in registry.all_specs():
+        for opt in spec.options:
+            if out.setdefault(opt.name, opt) != opt:
+                raise ValueError(f"option {opt.name!r} is declared differently by two techniques")
+    return out
+
+
+OPTIONS = _declared_options()
+TechniqueName = Literal[registry.names()]
+
+# The scenario-wide [migration] table: every option of every technique, with its declared default.
+Migration = create_model(
+    "Migration", __base__=_Strict, __module__=__name__,
+    __doc__="The scenario-wide [migration] table; generated from the techniques' option declarations.",
+    technique=(TechniqueName, "precopy"),
+    **{name: (_annotation(opt), opt.default) for name, opt in OPTIONS.items()},
+)
+
+
+def _host_names(value: Any) -> Any:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError("needs a host name or a list of host names")
+
+
+class _MigrationEntryBase(_Strict):
+    """One [[migrations]] entry: a VM from one host to one host (or a main host and sub-hosts)."""
+
+    vm: str = Field(min_length=1)
+    to: Annotated[tuple[str, ...], BeforeValidator(_host_names), Field(min_length=1)]
+    from_host: str | None = Field(None, alias="from")  # default: the VM's host at that point
+    start_s: Annotated[float, Field(ge=0)] = 0.0  # emulated seconds after warm-up
+
+    def overrides(self) -> dict[str, Any]:
+        """The options this entry sets, over the [migration] table's."""
+        return {k: getattr(self, k) for k in self.model_fields_set if k in OPTIONS}
+
+
+# Every option may be overridden per migration; unset ones (None) fall back to [migration].
+MigrationEntry = create_model(
+    "MigrationEntry", __base__=_MigrationEntryBase, __module__=__name__,
+    technique=(Optional[TechniqueName], None),
+    **{name: (Optional[_annotation(opt)], None) for name, opt in OPTIONS.items()},
+)
+
+
+# --- scheduled events ---------------------------------------------------------------
+
+def _link_name(value: str) -> str:
+    ends = value.split("->")
+    if len(ends) != 2 or any(len([p for p in end.split(":") if p]) != 2 or end.count(":") != 1 for end in ends):
+        raise ValueError('needs "host:nic->host:nic", as links are named in results')
+    return value
+
+
+LinkName = Annotated[str, AfterValidator(_link_name)]
+
+
+class PhaseTrigger(_Strict):
+    """When a migration of `vm` enters `phase` (for precopy: optionally its `iteration`)."""
+
+    vm: str = Field(min_length=1)
+    phase: Literal["setup", "precopy", "stop-and-copy"]
+    iteration: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _iteration_only_in_precopy(self) -> "PhaseTrigger":
+        if self.iteration is not None and self.phase != "precopy":
+            raise ValueError(f'iteration is only allowed with phase = "precopy" (got phase = "{self.phase}")')
+        return self
+
+
+class _Event(_Strict):
+    """Fires once: at an emulated time after warm-up, or when a migration enters a phase."""
+
+    at_s: Annotated[float, Field(ge=0)] | None = None
+    on: PhaseTrigger | None = None
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> "_Event":
+        if (self.at_s is None) == (self.on is None):
+            raise ValueError("needs exactly one trigger: at_s = <seconds> or on = { vm = ..., phase = ... }")
+        return self
+
+
+class SetLinkEvent(_Event):
+    action: Literal["set-link"]
+    link: LinkName
+    bandwidth_gbps: Positive | None = None
+    rtt_ms: Annotated[float, Field(ge=0, le=10_000)] | None = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> "SetLinkEvent":
+        if self.bandwidth_gbps is None and self.rtt_ms is None:
+            raise ValueError("set-link needs bandwidth_gbps, rtt_ms or both")
+        return self
+
+
+class SetBackgroundEvent(_Event):
+    action: Literal["set-background"]
+    link: LinkName
+    mbytes_s: Annotated[float, Field(ge=0)]
+
+
+class SetWorkloadEvent(_Event):
+    action: Literal["set-workload"]
+    vm: str = Field(min_length=1)
+    rate_factor: Annotated[float, Field(ge=0)]  # multiplies the workload's configured rate
+
+
+class CancelEvent(_Event):
+    action: Literal["cancel"]
+    vm: str = Field(min_length=1)
+
+
+Event = Annotated[SetLinkEvent | SetBackgroundEvent | SetWorkloadEvent | CancelEvent, Field(discriminator="action")]
 
 
 class CpuModel(_Strict):
@@ -295,6 +431,33 @@ class Reference(_Strict):
     figures: dict[Literal[REFERENCE_KEYS], float] = {}
 
 
+@dataclass(frozen=True)
+class MigrationPlan:
+    """One migration, resolved: the VM, its hosts, when it starts, its technique and options."""
+
+    index: int  # position in [[migrations]] (or among the VMs with migrate = true when there is none)
+    vm: Vm
+    vm_index: int  # position in scenario.vms
+    source: Host
+    destinations: tuple[Host, ...]  # one host, or a main host then sub-hosts
+    start_s: float  # emulated seconds after warm-up
+    technique: str
+    options: Any  # a Migration: the [migration] table overlaid with this migration's overrides
+
+    @property
+    def destination(self) -> Host:
+        return self.destinations[0]
+
+
+def link_name(link: Link) -> str:
+    """A link's name in events and results: "host:nic->host:nic"."""
+    return f"{link.from_nic}->{link.to_nic}"
+
+
+def _host_of(ref: str) -> str:
+    return ref.split(":")[0]
+
+
 class Scenario(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
@@ -303,11 +466,18 @@ class Scenario(_Strict):
     network: Network = Network()
     vms: list[Vm] = Field(min_length=1)
     migration: Migration = Migration()
+    # Without it, every VM with migrate = true goes from its host to the one destination, at once.
+    migrations: list[MigrationEntry] = []
+    events: list[Event] = []
     cpu: CpuModel = CpuModel()
     emulation: Emulation = Emulation()
 
     def host(self, role: str) -> Host:
-        return next(h for h in self.hosts if h.role == role)
+        """The first host with this role."""
+        return next(h for h in self.hosts if role in h.roles)
+
+    def host_named(self, name: str) -> Host | None:
+        return next((h for h in self.hosts if h.name == name), None)
 
     @property
     def source(self) -> Host:
@@ -317,21 +487,67 @@ class Scenario(_Strict):
     def destination(self) -> Host:
         return self.host("destination")
 
+    def initial_host(self, vm: Vm) -> Host | None:
+        """Where the VM runs at the start: its `host`, or else the only host with role "source"."""
+        if vm.host is not None:
+            return self.host_named(vm.host)
+        sources = [h for h in self.hosts if "source" in h.roles]
+        return sources[0] if len(sources) == 1 else None
+
+    def migration_entries(self) -> list:
+        """[[migrations]] as written, or else one per VM with migrate = true to the destination host."""
+        if self.migrations:
+            return list(self.migrations)
+        return [MigrationEntry.model_validate({"vm": v.name, "to": self.destination.name})
+                for v in self.vms if v.migrate]
+
+    def migration_plans(self) -> list[MigrationPlan]:
+        """Every migration resolved, in list order (of a validated scenario).
+
+        A migration without `from` starts where the VM is by then: its initial
+        host, or the (main) destination of its previous migration in the list.
+        """
+        index = {v.name: i for i, v in enumerate(self.vms)}
+        left_on: dict[str, Host] = {}
+        plans = []
+        for k, e in enumerate(self.migration_entries()):
+            i = index[e.vm]
+            src = self.host_named(e.from_host) if e.from_host else left_on.get(e.vm, self.initial_host(self.vms[i]))
+            dsts = tuple(self.host_named(n) for n in e.to)
+            technique = e.technique or self.migration.technique
+            options = self.migration.model_copy(update={"technique": technique, **e.overrides()})
+            plans.append(MigrationPlan(k, self.vms[i], i, src, dsts, e.start_s, technique, options))
+            left_on[e.vm] = dsts[0]
+        return plans
+
+    def listed_links(self, src: Host, dst: Host) -> list[Link]:
+        """The [[network.links]] from src to dst."""
+        return [l for l in self.network.links if _host_of(l.from_nic) == src.name and _host_of(l.to_nic) == dst.name]
+
+    def links_between(self, src: Host, dst: Host) -> list[Link]:
+        """Links from src to dst: as listed, or else their NICs paired by speed (the vMotion
+        rule, cluster/nic_pairing.py) at network.rtt_ms. ValueError if they cannot be paired."""
+        return self.listed_links(src, dst) or self._paired_links(src, dst)
+
+    def _paired_links(self, src: Host, dst: Host) -> list[Link]:
+        from cluster.nic_pairing import Nic as PairNic
+        from cluster.nic_pairing import pair_nics
+        pairs = pair_nics([PairNic(n.name, n.speed_gbps) for n in src.nics if not n.passthrough],
+                          [PairNic(n.name, n.speed_gbps) for n in dst.nics if not n.passthrough])
+        return [Link.model_validate({"from": f"{src.name}:{p.source}", "to": f"{dst.name}:{p.dest}",
+                                     "bandwidth_gbps": p.bandwidth_gbps, "rtt_ms": self.network.rtt_ms})
+                for p in pairs]
+
     def migration_links(self) -> list[Link]:
-        """Links from the source host to the destination host: as listed, or paired by speed."""
-        src, dst = self.source, self.destination
-        if not self.network.links:
-            from cluster.nic_pairing import Nic as PairNic
-            from cluster.nic_pairing import pair_nics
-            pairs = pair_nics([PairNic(n.name, n.speed_gbps) for n in src.nics if not n.passthrough],
-                              [PairNic(n.name, n.speed_gbps) for n in dst.nics if not n.passthrough])
-            return [Link.model_validate({"from": f"{src.name}:{p.source}", "to": f"{dst.name}:{p.dest}",
-                                         "bandwidth_gbps": p.bandwidth_gbps, "rtt_ms": self.network.rtt_ms})
-                    for p in pairs]
-        return [
-            l for l in self.network.links
-            if l.from_nic.split(":")[0] == src.name and l.to_nic.split(":")[0] == dst.name
-        ]
+        """Links from the source host to the destination host (single-pair scenarios)."""
+        return self.links_between(self.source, self.destination)
+
+    def link_names(self) -> list[str]:
+        """The links events may name: the listed ones, and those paired between the hosts of a migration."""
+        names = [link_name(l) for l in self.network.links]
+        for p in self.migration_plans():
+            names += [link_name(l) for d in p.destinations for l in self.links_between(p.source, d)]
+        return list(dict.fromkeys(names))
 
     def link_bandwidth_gbps(self, link: Link) -> float:
         if link.bandwidth_gbps is not None:
@@ -344,38 +560,168 @@ class Scenario(_Strict):
         return next(n for n in host.nics if n.name == nic_name)
 
 
-def _semantic_problems(s: Scenario) -> list[tuple[str, str]]:
-    """Cross-field checks pydantic cannot express; (field path, message)."""
-    problems: list[tuple[str, str]] = []
-    roles = [h.role for h in s.hosts]
-    for role in ("source", "destination"):
-        if roles.count(role) != 1:
-            problems.append(("hosts", f"needs exactly one host with role = \"{role}\", found {roles.count(role)}"))
+# --- checks pydantic cannot express: each a (field path, message) -----------------------
+
+Problems = list[tuple[str, str]]
+
+
+def _semantic_problems(s: Scenario) -> Problems:
+    """Names and roles first; links, sizes and events only once the migrations resolve."""
+    problems = _host_problems(s) + _nic_ref_problems(s) + _vm_start_problems(s)
+    problems += _entry_problems(s) if s.migrations else _implicit_problems(s)
+    problems += _option_problems(s.migration.technique, s.migration.model_fields_set, "migration")
+    if problems:
+        return problems
+    links = _link_problems(s)
+    problems = links + _vm_problems(s) + _capacity_problems(s)
+    if not links:  # events name links, which must exist first
+        problems += _event_problems(s)
+    return problems
+
+
+def _host_problems(s: Scenario) -> Problems:
+    problems: Problems = []
+    if not s.migrations:  # the implicit migrations need one source and one destination
+        for role in ("source", "destination"):
+            count = sum(role in h.roles for h in s.hosts)
+            if count != 1:
+                problems.append(("hosts", f"needs exactly one host with role = \"{role}\", found {count}"))
     names = [h.name for h in s.hosts]
     for i, h in enumerate(s.hosts):
         if names.count(h.name) > 1:
             problems.append((f"hosts[{i}].name", f"\"{h.name}\" is used by more than one host; host names must be unique"))
+    return problems
+
+
+def _nic_ref_problems(s: Scenario) -> Problems:
     nic_refs = {f"{h.name}:{n.name}" for h in s.hosts for n in h.nics}
-    for i, link in enumerate(s.network.links):
-        for key, ref in (("from", link.from_nic), ("to", link.to_nic)):
-            if ref not in nic_refs:
-                problems.append((f"network.links[{i}].{key}", f"\"{ref}\" is not a NIC of any host; known: {', '.join(sorted(nic_refs))}"))
-    if problems:
-        return problems
-    if s.network.links and not s.migration_links():
-        problems.append(("network.links", f"no link goes from the source host \"{s.source.name}\" to the destination \"{s.destination.name}\"; add one with from = \"{s.source.name}:<nic>\" and to = \"{s.destination.name}:<nic>\""))
+    return [(f"network.links[{i}].{key}", f"\"{ref}\" is not a NIC of any host; known: {', '.join(sorted(nic_refs))}")
+            for i, link in enumerate(s.network.links)
+            for key, ref in (("from", link.from_nic), ("to", link.to_nic)) if ref not in nic_refs]
+
+
+def _vm_start_problems(s: Scenario) -> Problems:
+    """Unique VM names, and a host each VM starts on."""
+    problems: Problems = []
+    names = [v.name for v in s.vms]
+    hosts = ", ".join(h.name for h in s.hosts)
+    sources = [h.name for h in s.hosts if "source" in h.roles]
+    for i, vm in enumerate(s.vms):
+        if names.count(vm.name) > 1:
+            problems.append((f"vms[{i}].name", f"\"{vm.name}\" is used by more than one VM; VM names must be unique"))
+        if vm.host is not None and s.host_named(vm.host) is None:
+            problems.append((f"vms[{i}].host", f"\"{vm.host}\" is not a host; known: {hosts}"))
+        elif vm.host is None and len(sources) != 1 and s.migrations:  # without them, _host_problems says it
+            problems.append((f"vms[{i}].host", f"missing, and no single host has role = \"source\" to start on "
+                             f"(found {len(sources)}{': ' if sources else ''}{', '.join(sources)}); "
+                             f"name the host the VM starts on"))
+    return problems
+
+
+def _option_problems(technique: str, given, path: str) -> Problems:
+    """Options set for a technique that does not declare them."""
+    spec = registry.get(technique)
+    declared = spec.option_names()
+    return [(f"{path}.{name}", f"not an option of technique \"{technique}\" (its options: {', '.join(declared)})")
+            for name in OPTIONS if name in given and name not in declared]
+
+
+def _endpoint_problems(src: Host, dsts: list[Host], from_path: str, to_path: str) -> Problems:
+    """Roles: the source needs "source"; the (main) destination "destination" or "main"; the rest "sub-host"."""
+    problems: Problems = []
+    if "source" not in src.roles:
+        problems.append((from_path, f"host \"{src.name}\" lacks role \"source\" (its roles: {', '.join(src.roles)}); "
+                                    f"add \"source\" to its role"))
+    for n, dst in enumerate(dsts):
+        wanted = ("destination", "main") if n == 0 else ("sub-host",)
+        if dst.name == src.name:
+            problems.append((to_path, f"\"{dst.name}\" is also the migration's source; a host cannot be its own destination"))
+        elif not set(wanted) & set(dst.roles):
+            which = "the first host of `to`" if n == 0 else "a host after the first in `to`"
+            problems.append((to_path, f"host \"{dst.name}\" lacks role {' or '.join(map(repr, wanted))} needed as {which} "
+                                      f"(its roles: {', '.join(dst.roles)})"))
+    return problems
+
+
+def _entry_problems(s: Scenario) -> Problems:
+    """Each [[migrations]] entry: its VM, its hosts and their roles, its technique's options."""
+    problems: Problems = []
+    vms = {v.name: v for v in s.vms}
+    hosts = {h.name: h for h in s.hosts}
+    known_hosts = ", ".join(hosts)
+    where: dict[str, tuple[str, str]] = {}  # VM -> (the host the previous migrations left it on, why)
+    for k, e in enumerate(s.migrations):
+        p = f"migrations[{k}]"
+        problems += _option_problems(e.technique or s.migration.technique, e.overrides(), p)
+        vm = vms.get(e.vm)
+        if vm is None or not vm.migrate:
+            problems.append((f"{p}.vm", f"\"{e.vm}\" is not a VM; known: {', '.join(vms)}" if vm is None else
+                             f"\"{e.vm}\" has migrate = false; set migrate = true on it or drop this migration"))
+            continue
+        unknown = [(f"{p}.{key}", n) for key, names in (("from", (e.from_host,)), ("to", e.to))
+                   for n in names if n is not None and n not in hosts]
+        problems += [(field, f"\"{n}\" is not a host; known: {known_hosts}") for field, n in unknown]
+        start = s.initial_host(vm)
+        here, why = where.get(e.vm, (start.name if start else None, "its initial host"))
+        if unknown or (e.from_host or here) is None:  # reported above, or at vms[i].host
+            continue
+        if e.from_host and here and e.from_host != here:
+            problems.append((f"{p}.from", f"\"{e.vm}\" is on \"{here}\" at that point ({why}), not \"{e.from_host}\"; "
+                                          f"leave `from` out or write from = \"{here}\""))
+            continue
+        problems += _endpoint_problems(hosts[e.from_host or here], [hosts[n] for n in e.to], f"{p}.from", f"{p}.to")
+        where[e.vm] = (e.to[0], f"the destination of {p}")
+    return problems
+
+
+def _implicit_problems(s: Scenario) -> Problems:
+    """Without [[migrations]]: a VM placed with `host` must start on the source host."""
+    dsts = [h for h in s.hosts if "destination" in h.roles]
+    if len(dsts) != 1:
+        return []  # _host_problems reports it
+    problems: Problems = []
+    for i, vm in enumerate(s.vms):
+        start = s.initial_host(vm)
+        if vm.migrate and vm.host is not None and start is not None:
+            problems += _endpoint_problems(start, dsts, f"vms[{i}].host", f"vms[{i}].host")
+    return problems
+
+
+def _link_problems(s: Scenario) -> Problems:
+    if not s.migrations:
+        return _single_pair_link_problems(s)
+    problems: Problems = []
+    for p in s.migration_plans():
+        for dst in p.destinations:
+            try:
+                s.links_between(p.source, dst)
+            except ValueError as exc:
+                problems.append((f"migrations[{p.index}].to", f"no link from \"{p.source.name}\" to \"{dst.name}\": none is "
+                                 f"listed and their NICs cannot be paired ({exc}); add one with "
+                                 f"from = \"{p.source.name}:<nic>\" and to = \"{dst.name}:<nic>\""))
+    return problems
+
+
+def _single_pair_link_problems(s: Scenario) -> Problems:
+    """Today's rule for one source and one destination: listed links must include one between them."""
+    src, dst = s.source, s.destination
+    if s.network.links and not s.listed_links(src, dst):
+        return [("network.links", f"no link goes from the source host \"{src.name}\" to the destination \"{dst.name}\"; "
+                                  f"add one with from = \"{src.name}:<nic>\" and to = \"{dst.name}:<nic>\"")]
     if not s.network.links:
         try:
-            s.migration_links()
+            s.links_between(src, dst)
         except ValueError as exc:
-            problems.append(("network.links", f"empty, and the NICs cannot be paired automatically: {exc}"))
-    if not any(v.migrate for v in s.vms):
+            return [("network.links", f"empty, and the NICs cannot be paired automatically: {exc}")]
+    return []
+
+
+def _vm_problems(s: Scenario) -> Problems:
+    """Each VM on its own: its NIC and whether its workload fits its memory."""
+    problems: Problems = []
+    if not s.migrations and not any(v.migrate for v in s.vms):
         problems.append(("vms", "no VM has migrate = true; at least one must migrate"))
-    vm_names = [v.name for v in s.vms]
-    total_gib = 0.0
     for i, vm in enumerate(s.vms):
-        if vm_names.count(vm.name) > 1:
-            problems.append((f"vms[{i}].name", f"\"{vm.name}\" is used by more than one VM; VM names must be unique"))
         if vm.nic == "passthrough":
             problems.append((f"vms[{i}].nic", "a pass-through NIC (DirectPath I/O / SR-IOV) forbids live migration; use \"virtio\", \"e1000\" or \"vmxnet3\""))
         ws = getattr(vm.workload, "working_set_gib", None)
@@ -393,18 +739,70 @@ def _semantic_problems(s: Scenario) -> list[tuple[str, str]]:
             problems.append((f"vms[{i}].workload.sweep_gib", f"{sweep:g} GiB exceeds the VM's memory_gib of {vm.memory_gib:g}"))
         if vm.memory_gib * s.emulation.memory_scale * GIB < 16 * PAGE_SIZE:
             problems.append((f"vms[{i}].memory_gib", f"{vm.memory_gib:g} GiB at emulation.memory_scale {s.emulation.memory_scale:g} is under 16 real pages; raise memory_scale"))
-        total_gib += vm.memory_gib if vm.migrate else 0.0
-    dst = s.destination
-    if total_gib > dst.memory_gib:
-        problems.append(("vms", f"the VMs need {total_gib:g} GiB but the destination \"{dst.name}\" has memory_gib = {dst.memory_gib:g}"))
-    real_bytes = total_gib * GIB * s.emulation.memory_scale
+    return problems
+
+
+def _capacity_problems(s: Scenario) -> Problems:
+    """The VMs must fit where they end up, and their images in this machine's memory."""
+    plans = s.migration_plans()
+    last = list({p.vm.name: p for p in plans}.values())  # each VM's last migration
+    if s.migrations:
+        problems = _arrival_problems(last)
+    else:
+        total, dst = sum(p.vm.memory_gib for p in last), s.destination
+        problems = [] if total <= dst.memory_gib else [
+            ("vms", f"the VMs need {total:g} GiB but the destination \"{dst.name}\" has memory_gib = {dst.memory_gib:g}")]
+    per_host: dict[str, dict[str, float]] = {}  # host -> the migrated VMs with an image there
+    for p in plans:
+        for h in (p.source, *p.destinations):
+            per_host.setdefault(h.name, {})[p.vm.name] = p.vm.memory_gib
+    real_bytes = max((sum(v.values()) for v in per_host.values()), default=0.0) * GIB * s.emulation.memory_scale
     if real_bytes > 8 * GIB:
         problems.append(("emulation.memory_scale", f"the images would take {real_bytes / GIB:.1f} GiB of real memory per host; lower memory_scale so they stay under 8 GiB"))
     return problems
 
 
+def _arrival_problems(last: list[MigrationPlan]) -> Problems:
+    """A host must hold the VMs whose last migration goes there (a split VM: its hosts together)."""
+    problems: Problems = []
+    arriving: dict[str, list[MigrationPlan]] = {}
+    for p in last:
+        if len(p.destinations) == 1:
+            arriving.setdefault(p.destination.name, []).append(p)
+            continue
+        room = sum(h.memory_gib for h in p.destinations)
+        if p.vm.memory_gib > room:
+            problems.append((f"migrations[{p.index}].to", f"\"{p.vm.name}\" needs {p.vm.memory_gib:g} GiB but its "
+                                                          f"destinations have memory_gib = {room:g} together"))
+    for name, ps in arriving.items():
+        need, host = sum(p.vm.memory_gib for p in ps), ps[0].destination
+        if need > host.memory_gib:
+            problems.append((f"migrations[{max(p.index for p in ps)}].to",
+                             f"the VMs ending on \"{name}\" ({', '.join(p.vm.name for p in ps)}) need {need:g} GiB "
+                             f"but it has memory_gib = {host.memory_gib:g}"))
+    return problems
+
+
+def _event_problems(s: Scenario) -> Problems:
+    """Events must name links that exist and VMs that migrate."""
+    problems: Problems = []
+    links = s.link_names()
+    migrated = list(dict.fromkeys(p.vm.name for p in s.migration_plans()))
+    for i, ev in enumerate(s.events):
+        link = getattr(ev, "link", None)
+        if link is not None and link not in links:
+            problems.append((f"events[{i}].link", f"\"{link}\" is not a link of the scenario; known: {', '.join(links)}"))
+        for field, vm in (("vm", getattr(ev, "vm", None)), ("on.vm", ev.on.vm if ev.on else None)):
+            if vm is not None and vm not in migrated:
+                problems.append((f"events[{i}].{field}", f"\"{vm}\" is not a migrated VM; migrated: {', '.join(migrated) or 'none'}"))
+    return problems
+
+
 _WORKLOADS = {"idle": IdleWorkload, "uniform": UniformWorkload, "hotset": HotsetWorkload, "sweeper": SweeperWorkload,
               "memwrite": MemwriteWorkload, "video": VideoWorkload, "erp": ErpWorkload}
+_EVENTS = {"set-link": SetLinkEvent, "set-background": SetBackgroundEvent, "set-workload": SetWorkloadEvent,
+           "cancel": CancelEvent}
+_TAGGED = _WORKLOADS | _EVENTS  # members of discriminated unions, by tag
 
 
 def _format_location(loc: tuple) -> str:
@@ -414,7 +812,7 @@ def _format_location(loc: tuple) -> str:
             out += f"[{part}]"
         else:
             # Discriminated unions add the tag ("uniform") as a path element: drop it.
-            if part in _WORKLOADS or part == "function-after":
+            if part in _TAGGED or part == "function-after":
                 continue
             out += ("." if out else "") + str(part)
     return out or "(top level)"
@@ -433,8 +831,8 @@ def _fields_at(parent: tuple) -> list[str]:
     for part in parent:
         if isinstance(part, int) or model is None:
             continue
-        if part in _WORKLOADS:
-            model = _WORKLOADS[part]
+        if part in _TAGGED:
+            model = _TAGGED[part]
             continue
         field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
         models = _models_in(field.annotation) if field else []
@@ -442,6 +840,11 @@ def _fields_at(parent: tuple) -> list[str]:
     if model is None:
         return []
     return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _tag_of(ctx: dict) -> str:
+    """The discriminator of a tagged union's error: "kind" (workloads) or "action" (events)."""
+    return str(ctx.get("discriminator", "kind")).strip("'")
 
 
 def _pydantic_lines(path: str, errors: list[dict]) -> list[str]:
@@ -466,9 +869,10 @@ def _pydantic_lines(path: str, errors: list[dict]) -> list[str]:
             msg = "is required but missing"
         elif kind == "union_tag_invalid":
             ctx = err.get("ctx", {})
-            msg = f"unknown kind {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
+            msg = f"unknown {_tag_of(ctx)} {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
         elif kind == "union_tag_not_found":
-            msg = f"needs a `kind` ({', '.join(_WORKLOADS)})"
+            tag = _tag_of(err.get("ctx", {}))
+            msg = f"needs {'an' if tag == 'action' else 'a'} `{tag}` ({', '.join(_EVENTS if tag == 'action' else _WORKLOADS)})"
         else:
             got = err.get("input")
             if not isinstance(got, (dict, list)):

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from cluster.scaling import Scale, gbps_to_bytes_s
-from cluster.scenario import MIB, Scenario
+from cluster.scenario import MIB, Scenario, link_name
 
 PAGE = 4096
 
@@ -92,7 +92,7 @@ def plan(scenario: Scenario, scale: Scale) -> Topology:
 
 def _link(scenario: Scenario, scale: Scale, link, links: dict, cap_gbps: float | None, mp) -> LinkPlan:
     """The plan of `link`, made once however many migrations use it."""
-    name = f"{link.from_nic}->{link.to_nic}"
+    name = link_name(link)
     if name not in links:
         emu_rate = gbps_to_bytes_s(scenario.link_bandwidth_gbps(link))
         if cap_gbps is not None:

@@ -165,3 +165,19 @@ def test_all_zero_memory_predicts_without_crashing(workload):
     assert p["pages"]["normal"] == 0 and p["pages"]["zero"] > 0
     assert math.isfinite(p["total_time_s"]) and p["total_time_s"] > 0
     assert p["memory_bytes_sent"] == pytest.approx(p["pages"]["zero"] * wire_bytes_per_page(1.0), rel=1e-6)
+
+
+# --- several migrations ---------------------------------------------------------------
+
+def test_one_prediction_per_migration_on_its_own_hosts_and_links():
+    from tests.test_scenario import SLICE
+    sc = parse_scenario(SLICE, "slice.toml")
+    web, db = sc.migration_plans()
+    # A -> B over the listed 10 GbE link; B -> C over B's two 10 GbE NICs paired with C's 25 GbE.
+    assert link_rate(sc, web) == pytest.approx(1.25e9)
+    assert link_rate(sc, db) == pytest.approx(2.5e9)
+    p = predict(sc, "slice.toml")
+    assert [(v["vm"], v["migration"]) for v in p["vms"]] == [("web", 0), ("db", 1)]
+    assert p["setup_time_s"] == pytest.approx(2 * 0.020)  # [migration] setup_ms = 20, for each
+    # Both links are slower than the CPUs: each first pass runs at its own link's rate.
+    assert [v["iteration_log"][0]["throughput_mbytes_s"] * (1 << 20) for v in p["vms"]] == pytest.approx([1.25e9, 2.5e9])

@@ -407,3 +407,217 @@ def test_cli_list_survives_blank_description(tmp_path, monkeypatch):
 
 def test_gib_constant():
     assert GIB == 1 << 30
+
+
+# --- a datacenter slice: roles, placement, [[migrations]], [[events]] -------------------
+
+SLICE = """
+name = "slice"
+[emulation]
+memory_scale = 0.015625
+
+[[hosts]]
+name = "A"
+role = "source"
+nics = [{ name = "eth0", speed_gbps = 10 }]
+
+[[hosts]]
+name = "B"
+role = ["destination", "source"]
+nics = [{ name = "eth0", speed_gbps = 10 }, { name = "eth1", speed_gbps = 10 }]
+
+[[hosts]]
+name = "C"
+role = "destination"
+memory_gib = 8
+nics = [{ name = "eth0", speed_gbps = 25 }]
+
+[[network.links]]
+from = "A:eth0"
+to = "B:eth0"
+rtt_ms = 1
+
+[[vms]]
+name = "web"
+memory_gib = 2
+host = "A"
+
+[[vms]]
+name = "db"
+memory_gib = 4
+host = "B"
+
+[migration]
+consumers = 2
+setup_ms = 20
+
+[[migrations]]
+vm = "web"
+to = "B"
+
+[[migrations]]
+vm = "db"
+to = "C"
+start_s = 2
+consumers = 4
+"""
+
+
+def slice_edit(old: str, new: str) -> str:
+    return edit(old, new, SLICE)
+
+
+def test_three_hosts_a_to_b_and_b_to_c_give_one_plan_each():
+    sc = parse_scenario(SLICE, F)
+    plans = sc.migration_plans()
+    assert [(p.index, p.vm.name, p.vm_index, p.source.name, tuple(d.name for d in p.destinations), p.start_s)
+            for p in plans] == [(0, "web", 0, "A", ("B",), 0.0), (1, "db", 1, "B", ("C",), 2.0)]
+    assert all(p.technique == "precopy" and p.options.technique == "precopy" for p in plans)
+    # A -> B as listed; B -> C is listed nowhere: its NICs are paired by speed.
+    assert [(l.from_nic, l.to_nic, l.rtt_ms) for l in sc.links_between(plans[0].source, plans[0].destination)] == [
+        ("A:eth0", "B:eth0", 1)]
+    assert [(l.from_nic, l.to_nic) for l in sc.links_between(plans[1].source, plans[1].destination)] == [
+        ("B:eth0", "C:eth0"), ("B:eth1", "C:eth0")]
+    assert sc.link_names() == ["A:eth0->B:eth0", "B:eth0->C:eth0", "B:eth1->C:eth0"]
+
+
+def test_a_host_may_have_two_roles():
+    sc = parse_scenario(SLICE, F)
+    b = sc.host_named("B")
+    assert b.roles == ("destination", "source")
+    assert sc.host_named("A").roles == ("source",)
+    assert sc.host("destination").name == "B"
+
+
+def test_per_migration_override_over_the_migration_table():
+    web, db = parse_scenario(SLICE, F).migration_plans()
+    assert web.options.consumers == 2 and db.options.consumers == 4  # [migration], then the override
+    assert web.options.setup_ms == db.options.setup_ms == 20
+    assert db.options.downtime_limit_ms == 300  # the declared default
+
+
+def test_a_vm_migrated_twice_starts_where_the_first_migration_left_it():
+    sc = parse_scenario(SLICE + '\n[[migrations]]\nvm = "web"\nto = "C"\nstart_s = 30\n', F)
+    second = sc.migration_plans()[2]
+    assert (second.vm.name, second.source.name, second.destination.name) == ("web", "B", "C")
+
+
+def test_split_migration_to_a_main_host_and_sub_hosts():
+    text = slice_edit('role = "destination"\nmemory_gib = 8', 'role = "main"\nmemory_gib = 8')
+    text += '\n[[hosts]]\nname = "M1"\nrole = "sub-host"\nnics = [{ name = "eth0", speed_gbps = 10 }]\n'
+    text += '\n[[migrations]]\nvm = "web"\nto = ["C", "M1"]\n'
+    plan = parse_scenario(text, F).migration_plans()[2]
+    assert [d.name for d in plan.destinations] == ["C", "M1"] and plan.destination.name == "C"
+
+
+def test_todays_scenarios_get_one_implicit_migration_per_vm():
+    sc = parse_scenario(BASE + '\n[[vms]]\nname = "colo"\nmemory_gib = 1\nmigrate = false\n', F)
+    (plan,) = sc.migration_plans()
+    assert (plan.index, plan.vm.name, plan.source.name, plan.destination.name, plan.start_s) == (0, "web", "src", "dst", 0)
+    assert plan.options == sc.migration
+    assert sc.links_between(plan.source, plan.destination) == sc.migration_links()
+    assert sc.initial_host(sc.vms[1]).name == "src"  # a co-located VM stays on the source
+
+
+def test_events_of_each_action_and_trigger_parse():
+    events = '''
+[[events]]
+action = "set-link"
+link = "A:eth0->B:eth0"
+at_s = 1.5
+bandwidth_gbps = 1
+[[events]]
+action = "set-link"
+link = "B:eth1->C:eth0"
+rtt_ms = 20
+on = { vm = "db", phase = "precopy", iteration = 3 }
+[[events]]
+action = "set-background"
+link = "A:eth0->B:eth0"
+mbytes_s = 50
+on = { vm = "web", phase = "setup" }
+[[events]]
+action = "set-workload"
+vm = "db"
+rate_factor = 2
+on = { vm = "web", phase = "stop-and-copy" }
+[[events]]
+action = "cancel"
+vm = "web"
+at_s = 0
+'''
+    ev = parse_scenario(SLICE + events, F).events
+    assert [e.action for e in ev] == ["set-link", "set-link", "set-background", "set-workload", "cancel"]
+    assert ev[0].at_s == 1.5 and ev[0].on is None and ev[0].bandwidth_gbps == 1 and ev[0].rtt_ms is None
+    assert (ev[1].on.vm, ev[1].on.phase, ev[1].on.iteration, ev[1].at_s) == ("db", "precopy", 3, None)
+    assert ev[2].mbytes_s == 50 and ev[2].on.iteration is None
+    assert ev[3].rate_factor == 2 and ev[3].on.phase == "stop-and-copy"
+    assert ev[4].vm == "web" and ev[4].at_s == 0
+
+
+def _event(body: str) -> str:
+    return SLICE + "\n[[events]]\n" + body + "\n"
+
+
+@pytest.mark.parametrize("text, field, words", [
+    (slice_edit('to = "C"', 'to = "Z"'), "migrations[1].to", ['"Z" is not a host', "known: A, B, C"]),
+    (slice_edit('to = "C"', 'to = "C"\nfrom = "Y"'), "migrations[1].from", ['"Y" is not a host']),
+    (slice_edit('to = "C"', 'to = "B"'), "migrations[1].to", ["cannot be its own destination"]),
+    (slice_edit('vm = "db"', 'vm = "dbx"'), "migrations[1].vm", ['"dbx" is not a VM', "web, db"]),
+    (slice_edit('host = "B"', 'host = "B"\nmigrate = false'), "migrations[1].vm", ["migrate = false"]),
+    (slice_edit('speed_gbps = 25 }', 'speed_gbps = 25, passthrough = true }'), "migrations[1].to",
+     ['no link from "B" to "C"', 'from = "B:<nic>"']),
+    (slice_edit('role = "destination"\nmemory_gib = 8', 'role = "sub-host"\nmemory_gib = 8'), "migrations[1].to",
+     ['host "C" lacks role', "destination", "main"]),
+    (slice_edit('role = "source"', 'role = "sub-host"'), "migrations[0].from", ['host "A" lacks role "source"']),
+    (slice_edit('memory_gib = 4', 'memory_gib = 9'), "migrations[1].to", ['"C"', "db", "9 GiB", "memory_gib = 8"]),
+    (slice_edit("start_s = 2", "start_s = -2"), "migrations[1].start_s", ["greater than or equal to 0", "-2"]),
+    (slice_edit('to = "C"', 'to = "C"\nfrom = "A"'), "migrations[1].from", ['"db" is on "B"', 'from = "B"']),
+    (slice_edit('host = "A"\n', ''), "vms[0].host", ['role = "source"', "A, B", "name the host"]),
+    (slice_edit('host = "B"', 'host = "Q"'), "vms[1].host", ['"Q" is not a host']),
+    (slice_edit('role = ["destination", "source"]', 'role = ["destination", "target"]'), "hosts[1].role",
+     ["'target' is not a role", "sub-host"]),
+    (slice_edit("consumers = 4", "consumers = 0"), "migrations[1].consumers", ["greater than or equal to 1"]),
+    (slice_edit("consumers = 4", "consumer = 4"), "migrations[1].consumer", ["did you mean 'consumers'"]),
+    (slice_edit('to = "C"', "to = 3"), "migrations[1].to", ["host name"]),
+    (_event('action = "set-link"\nlink = "A:eth0->C:eth0"\nat_s = 1\nrtt_ms = 2'), "events[0].link",
+     ['"A:eth0->C:eth0" is not a link', "known: A:eth0->B:eth0, B:eth0->C:eth0, B:eth1->C:eth0"]),
+    (_event('action = "set-link"\nlink = "A-eth0"\nat_s = 1\nrtt_ms = 2'), "events[0].link", ["host:nic->host:nic"]),
+    (_event('action = "set-link"\nlink = "A:eth0->B:eth0"\nat_s = 1'), "events[0]", ["bandwidth_gbps, rtt_ms"]),
+    (_event('action = "set-background"\nlink = "A:eth0->B:eth0"\nmbytes_s = -1\nat_s = 1'), "events[0].mbytes_s",
+     ["greater than or equal to 0"]),
+    (_event('action = "set-workload"\nvm = "ghost"\nrate_factor = 1\nat_s = 1'), "events[0].vm",
+     ['"ghost" is not a migrated VM', "web, db"]),
+    (_event('action = "set-workload"\nvm = "db"\nrate_factor = -1\nat_s = 1'), "events[0].rate_factor",
+     ["greater than or equal to 0"]),
+    (_event('action = "cancel"\nvm = "web"\non = { vm = "ghost", phase = "setup" }'), "events[0].on.vm",
+     ['"ghost" is not a migrated VM']),
+    (_event('action = "cancel"\nvm = "web"'), "events[0]", ["exactly one trigger"]),
+    (_event('action = "cancel"\nvm = "web"\nat_s = 1\non = { vm = "web", phase = "setup" }'), "events[0]",
+     ["exactly one trigger"]),
+    (_event('action = "cancel"\nvm = "web"\nat_s = -1'), "events[0].at_s", ["greater than or equal to 0"]),
+    (_event('action = "cancel"\nvm = "web"\non = { vm = "web", phase = "setup", iteration = 2 }'), "events[0].on",
+     ['iteration is only allowed with phase = "precopy"']),
+    (_event('action = "cancel"\nvm = "web"\non = { vm = "web", phase = "precopy", iteration = 0 }'),
+     "events[0].on.iteration", ["greater than or equal to 1"]),
+    (_event('action = "reboot"\nvm = "web"\nat_s = 1'), "events[0]", ["unknown action 'reboot'", "'cancel'"]),
+    (_event('vm = "web"\nat_s = 1'), "events[0]", ["needs an `action`", "set-link"]),
+])
+def test_each_slice_problem_is_one_line_naming_file_and_field(text, field, words):
+    got_field, msg = one_problem(text)
+    assert got_field == field, msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_a_migration_may_leave_from_out_or_name_where_the_vm_is():
+    sc = parse_scenario(slice_edit('to = "C"', 'to = "C"\nfrom = "B"'), F)
+    assert sc.migration_plans()[1].source.name == "B"
+
+
+def test_cli_validate_a_slice(tmp_path):
+    p = tmp_path / "slice.toml"
+    p.write_text(SLICE)
+    r = livemig("validate", p)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{p}: ok (2 VM(s), 3 hosts)")

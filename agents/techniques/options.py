@@ -1,0 +1,127 @@
+"""Technique options: each setting of a migration declared once.
+
+An `Option` is a name, a default, a unit, an allowed range and one line of
+help, in the spirit of QEMU's migration parameters (migration/options.c) and
+ns-3's attributes. The scenario schema (cluster/scenario.py), its validation
+and `livemig techniques` are all generated from these declarations, so a
+setting's default or bound is written in exactly one place.
+
+Options come in groups named after what they govern; a technique declares the
+groups (or single options) it understands. Where a QEMU migration parameter
+plays the same part, `qemu_name` names it: downtime_limit_ms is QEMU's
+downtime-limit, bandwidth_cap_gbps its max-bandwidth, consumers roughly its
+multifd-channels, xbzrle_cache_mib its xbzrle-cache-size, zstd_level its
+multifd-zstd-level.
+
+Defaults are written as the schema always had them (300, not 300.0), so a
+dumped scenario reads the same as before. Pure declarations: no pydantic, no
+Ray, no numpy.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+PAGE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting of a technique: default, unit, allowed values and help."""
+
+    name: str
+    default: object
+    unit: str = ""
+    help: str = ""
+    type: type = float
+    gt: float | None = None
+    ge: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[str, ...] = ()
+    optional: bool = False  # None is allowed (and then means "work it out")
+    qemu_name: str = ""
+
+    def bounds(self) -> dict[str, float]:
+        """The numeric bounds that are set, by pydantic's names (gt, ge, le, lt)."""
+        return {k: v for k, v in (("gt", self.gt), ("ge", self.ge), ("le", self.le), ("lt", self.lt))
+                if v is not None}
+
+    def allowed(self) -> str:
+        """The allowed values in words, e.g. "1 to 64", "> 0", "image | time-sliced"."""
+        if self.choices:
+            text = " | ".join(self.choices)
+        elif self.type is bool:
+            text = "true | false"
+        else:
+            text = _range_text(self.bounds()) or f"any {self.type.__name__}"
+        return text + (" (or unset)" if self.optional else "")
+
+    def describe(self) -> dict:
+        """A JSON-ready description (for `livemig techniques --json`)."""
+        d = asdict(self)
+        d["type"] = self.type.__name__
+        d["choices"] = list(self.choices)
+        d["allowed"] = self.allowed()
+        return d
+
+
+def _range_text(b: dict[str, float]) -> str:
+    low = b.get("ge", b.get("gt"))
+    high = b.get("le", b.get("lt"))
+    if "ge" in b and "le" in b:
+        return f"{_num(low)} to {_num(high)}"
+    parts = [f"{op} {_num(b[k])}" for k, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if k in b]
+    return ", ".join(parts)
+
+
+def _num(x: float) -> str:
+    return f"{x:,g}" if isinstance(x, float) else f"{x:,}"
+
+
+# What every technique has: the stop-and-copy, the rate, the batching and the fixed costs.
+COMMON: tuple[Option, ...] = (
+    Option("downtime_limit_ms", 300, "ms", "Longest pause allowed: iterating stops once the rest fits in it",
+           float, gt=0, qemu_name="downtime-limit"),
+    Option("bandwidth_cap_gbps", None, "Gbit/s", "Cap on the migration's rate over all its links together",
+           float, gt=0, optional=True, qemu_name="max-bandwidth"),
+    Option("device_state_kib", 256, "KiB", "CPU and device state sent during the downtime", float, ge=0),
+    Option("batch_pages", None, "pages", "Pages per batch on a connection (default: a few emulated ms of link time)",
+           int, ge=1, le=4096, optional=True),
+    Option("setup_ms", 50, "ms", "Setup before the first iteration (connections, dirty logging on)", float, ge=0),
+    Option("resume_ms", 0, "ms", "Fixed part of every downtime: suspend, restore devices, resume "
+           "(Xen 4.1: about 300 ms)", float, ge=0),
+)
+
+# Iterative pre-copy: how an iteration is cut and when iterating stops.
+PRECOPY: tuple[Option, ...] = (
+    Option("strategy", "image", "", "image: each iteration a pass over the dirty image (PMigrate); time-sliced: "
+           "a slice of slice_mib after each dirty-log fetch (vanilla KVM)", str, choices=("image", "time-sliced")),
+    Option("slice_mib", 2.0, "MiB", "Data put on the wire per iteration by the time-sliced strategy", float, gt=0),
+    Option("max_iterations", 30, "", "Stop iterating after this many iterations", int, ge=1, le=1_000_000),
+    Option("stall_iterations", 3, "", "Stop when the dirty set has not shrunk for this many iterations", int, ge=1),
+    Option("max_sent_ratio", 3.0, "x memory", "Stop when the bytes sent reach this multiple of the VM's memory",
+           float, ge=1),
+    Option("io_thread_taken", 0.0, "fraction", "Share of the I/O thread a time-sliced migration takes from an "
+           "I/O-bound guest while pre-copying", float, ge=0, le=1),
+)
+
+# PMigrate's parallel pipeline: producer -> consumers -> receivers.
+PIPELINE: tuple[Option, ...] = (
+    Option("consumers", 1, "threads", "Consumer threads, each with its own connection, spread over the NIC pairs",
+           int, ge=1, le=64, qemu_name="multifd-channels"),
+    Option("address_space_lock", "global", "", "Guest-mapping lock: global (all exclusive), rwlock (mapping "
+           "shared) or range (only overlapping ranges exclude)", str, choices=("global", "rwlock", "range")),
+    Option("memory_pool_mib", 128, "MiB", "Bounded memory pool per pipeline stage, emulated", float, gt=0),
+)
+
+# Page compression (agents/encodings/encoding.py).
+COMPRESSION: tuple[Option, ...] = (
+    Option("compression", "none", "", "zstd over each batch (multifd-zstd), XBZRLE deltas against a cache of "
+           "sent pages, or both", str, choices=("none", "zstd", "xbzrle", "xbzrle+zstd"),
+           qemu_name="multifd-compression"),
+    Option("zstd_level", 1, "", "zstd compression level", int, ge=-7, le=22, qemu_name="multifd-zstd-level"),
+    Option("xbzrle_cache_mib", 64, "MiB", "Cache of sent pages per VM, emulated", float, gt=0,
+           qemu_name="xbzrle-cache-size"),
+    Option("xbzrle_budget", None, "bytes", "Largest delta per page; a longer one is sent whole (default: a page)",
+           int, ge=1, le=PAGE_SIZE, optional=True),
+)

@@ -1,0 +1,89 @@
+"""The technique registry: every migration technique by name.
+
+A `TechniqueSpec` says what a technique is called, what it does in one line,
+which options it declares (agents/techniques/options.py) and where its code
+lives ("module:Class"). The code is imported only by `spec.load()`, so the
+scenario schema, validation and `livemig techniques` can read the registry
+without importing Ray or the data path.
+
+Adding a technique: write its module under agents/techniques/ and add a
+`TechniqueSpec` to `_BUILTIN` below.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from agents.techniques.options import COMMON, COMPRESSION, PIPELINE, PRECOPY, Option
+
+
+@dataclass(frozen=True)
+class TechniqueSpec:
+    name: str
+    summary: str
+    options: tuple[Option, ...]
+    factory: str  # "package.module:Class", imported lazily by load()
+
+    def option(self, name: str) -> Option:
+        for opt in self.options:
+            if opt.name == name:
+                return opt
+        raise KeyError(f"technique {self.name!r} has no option {name!r}; its options: {', '.join(self.option_names())}")
+
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.options)
+
+    def load(self) -> type:
+        """Import and return the technique's class."""
+        module, _, attr = self.factory.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def describe(self) -> dict:
+        """A JSON-ready description (for `livemig techniques --json`)."""
+        return {"name": self.name, "summary": self.summary, "factory": self.factory,
+                "options": [o.describe() for o in self.options]}
+
+
+_REGISTRY: dict[str, TechniqueSpec] = {}
+
+
+def register(spec: TechniqueSpec) -> TechniqueSpec:
+    """Add a technique; a name may be registered once (again only with the same spec)."""
+    names = [o.name for o in spec.options]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"technique {spec.name!r} declares {', '.join(repeated)} more than once")
+    known = _REGISTRY.get(spec.name)
+    if known is not None and known != spec:
+        raise ValueError(f"technique {spec.name!r} is already registered (factory {known.factory})")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> TechniqueSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown technique {name!r}; known: {', '.join(names())}") from None
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def all_specs() -> tuple[TechniqueSpec, ...]:
+    return tuple(_REGISTRY.values())
+
+
+_BUILTIN = (
+    TechniqueSpec(
+        name="precopy",
+        summary="Iterative pre-copy, image-oriented or time-sliced, with PMigrate's parallel pipeline "
+                "when consumers > 1",
+        options=COMMON + PRECOPY + PIPELINE + COMPRESSION,
+        factory="agents.techniques.precopy:PrecopyMigration",
+    ),
+)
+
+for _spec in _BUILTIN:
+    register(_spec)

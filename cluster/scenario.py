@@ -650,6 +650,7 @@ def _entry_problems(s: Scenario) -> Problems:
     hosts = {h.name: h for h in s.hosts}
     known_hosts = ", ".join(hosts)
     where: dict[str, tuple[str, str]] = {}  # VM -> (the host the previous migrations left it on, why)
+    been: dict[str, set[str]] = {}  # VM -> the hosts it may be on, earlier migrations completed or not
     for k, e in enumerate(s.migrations):
         p = f"migrations[{k}]"
         problems += _option_problems(e.technique or s.migration.technique, e.overrides(), p)
@@ -665,12 +666,15 @@ def _entry_problems(s: Scenario) -> Problems:
         here, why = where.get(e.vm, (start.name if start else None, "its initial host"))
         if unknown or (e.from_host or here) is None:  # reported above, or at vms[i].host
             continue
-        if e.from_host and here and e.from_host != here:
-            problems.append((f"{p}.from", f"\"{e.vm}\" is on \"{here}\" at that point ({why}), not \"{e.from_host}\"; "
-                                          f"leave `from` out or write from = \"{here}\""))
+        # An earlier migration may be cancelled: the VM may then still be on any host it could have reached.
+        reachable = been.setdefault(e.vm, {here})
+        if e.from_host and here and e.from_host not in reachable:
+            problems.append((f"{p}.from", f"\"{e.vm}\" cannot be on \"{e.from_host}\" at that point (it is on \"{here}\", "
+                                          f"{why}); leave `from` out or write from = \"{here}\""))
             continue
         problems += _endpoint_problems(hosts[e.from_host or here], [hosts[n] for n in e.to], f"{p}.from", f"{p}.to")
         where[e.vm] = (e.to[0], f"the destination of {p}")
+        reachable.add(e.to[0])
     return problems
 
 

@@ -572,7 +572,7 @@ def _event(body: str) -> str:
     (slice_edit('role = "source"', 'role = "sub-host"'), "migrations[0].from", ['host "A" lacks role "source"']),
     (slice_edit('memory_gib = 4', 'memory_gib = 9'), "migrations[1].to", ['"C"', "db", "9 GiB", "memory_gib = 8"]),
     (slice_edit("start_s = 2", "start_s = -2"), "migrations[1].start_s", ["greater than or equal to 0", "-2"]),
-    (slice_edit('to = "C"', 'to = "C"\nfrom = "A"'), "migrations[1].from", ['"db" is on "B"', 'from = "B"']),
+    (slice_edit('to = "C"', 'to = "C"\nfrom = "A"'), "migrations[1].from", ['"db" cannot be on "A"', 'from = "B"']),
     (slice_edit('host = "A"\n', ''), "vms[0].host", ['role = "source"', "A, B", "name the host"]),
     (slice_edit('host = "B"', 'host = "Q"'), "vms[1].host", ['"Q" is not a host']),
     (slice_edit('role = ["destination", "source"]', 'role = ["destination", "target"]'), "hosts[1].role",

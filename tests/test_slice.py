@@ -69,8 +69,8 @@ def test_evacuation_of_four_vms_over_one_shared_link(evacuation):
     assert max(starts) - min(starts) < 0.1
     evac = r["evacuations"]["a"]
     assert sorted(evac["vms"]) == [f"vm{i}" for i in range(4)]
-    sent = sum(v["memory_bytes_sent"] + v["downtime_bytes_sent"] - v["memory_bytes_sent"] * 0 for v in r["vms"])
-    floor = sent / GBE + 0.050  # every byte over the one link, plus the set-up
+    state = 256 * 1024
+    floor = sum(v["memory_bytes_sent"] + state for v in r["vms"]) / GBE + 0.050  # all over the one link, plus set-up
     assert evac["evacuation_time_s"] == pytest.approx(floor, rel=0.10)
     # Sharing one link, each took about four times as long as alone would.
     assert evac["sum_of_migration_times_s"] > 3 * evac["evacuation_time_s"]
@@ -81,13 +81,13 @@ def test_four_transfer_rates_are_fair_while_all_four_run(evacuation):
     samples = [x for x in records if x["kind"] == "migration" and not x["final"]]
     # The window in which all four were in their first pass.
     start = max(v["started_at_s"] for v in r["vms"]) + 0.2
-    end = min(min(x["t"] for x in samples if x["vm"] == v["vm"] and x["phase"] != "precopy" and x["t"] > start)
-              for v in r["vms"]) - 0.1
+    end = min(x["t"] for x in records if x["kind"] == "event" and x["event"] == "vm-stopped") - 0.15
     assert end - start > 1.0, (start, end)
     rates = []
     for i in range(4):
         mine = [x for x in samples if x["vm"] == f"vm{i}" and start <= x["t"] <= end]
-        rates.append(sum(x["transferred_bytes"] for x in mine) / (mine[-1]["t"] - mine[0]["t"] + 0.1))
+        # Each sample holds what moved since the previous one.
+        rates.append(sum(x["transferred_bytes"] for x in mine[1:]) / (mine[-1]["t"] - mine[0]["t"]))
     assert max(rates) / min(rates) < 1.2, rates
     assert sum(rates) == pytest.approx(GBE, rel=0.1), rates
 
@@ -143,8 +143,10 @@ def test_cancel_leaves_the_vm_on_its_source_and_a_second_migration_completes(ray
 [[migrations]]
 vm = "vm"
 to = "b"
+downtime_limit_ms = 5  # so that there is a second iteration
 [[migrations]]
 vm = "vm"
+from = "a"
 to = "c"
 [[events]]
 on = {on}

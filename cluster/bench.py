@@ -51,7 +51,7 @@ def pipeline_bench(mib: int = 256, batch_pages: int = 256) -> dict:
         ring, slots, d = region_path(cl.run_id, "ring"), 8, cl.sock_dir
         ray.get(src.create_ring.remote(0, ring, slots, batch_pages))
         ray.get(dst.attach_ring.remote(0, ring))
-        ray.get(link.listen.remote([(f"{d}/in", f"{d}/out")]))
+        ray.get(link.listen.remote([(0, f"{d}/in", f"{d}/out")]))
         ray.get(src.listen.remote(f"{d}/ack"))
         ray.get(dst.open_receiver.remote(0, f"{d}/out", f"{d}/ack", slots, batch_pages))
         ray.get(src.open_sender.remote(0, f"{d}/in", f"{d}/ack", slots, batch_pages))
@@ -76,7 +76,7 @@ def _link_process(rate: float, one_way: float, a_fd: int, b_fd: int) -> None:
     inbound = Channel(socket.socket(fileno=a_fd))
     outbound = Channel(socket.socket(fileno=b_fd))
     shaper = LinkShaper(rate, one_way)
-    shaper.run([(inbound, outbound)])
+    shaper.run([(0, inbound, outbound)])
     shaper.join()
 
 

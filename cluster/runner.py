@@ -150,7 +150,7 @@ def _wire(cl: "Cluster", topo: Topology, src, dst, links: list) -> None:
     from agents.datapath.shm import region_path
     d = cl.sock_dir
     for lp in topo.links:
-        ray.get(links[lp.index].listen.remote([(f"{d}/c{c.index}in", f"{d}/c{c.index}out")
+        ray.get(links[lp.index].listen.remote([(c.index, f"{d}/c{c.index}in", f"{d}/c{c.index}out")
                                                for c in topo.connections_of(lp.index)]))
     for c in topo.connections:
         ring = region_path(cl.run_id, f"ring{c.index}")

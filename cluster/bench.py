@@ -77,7 +77,7 @@ def _link_process(rate: float, one_way: float, a_fd: int, b_fd: int) -> None:
     inbound = Channel(socket.socket(fileno=a_fd))
     outbound = Channel(socket.socket(fileno=b_fd))
     shaper = LinkShaper(rate, one_way)
-    shaper.run([(inbound, outbound)])
+    shaper.run([(0, inbound, outbound)])
     shaper.join()
 
 

@@ -137,3 +137,20 @@ def test_set_rate_rejects_non_positive_rate():
     tb = TokenBucket(RATE, BURST, T0)
     with pytest.raises(ValueError):
         tb.set_rate(0, T0)
+
+
+def test_set_rate_with_a_burst_caps_the_tokens():
+    tb = TokenBucket(RATE, BURST, T0)
+    tb.set_rate(RATE / 2, T0, burst_bytes=BURST / 4)
+    assert tb.burst == BURST / 4 and tb.tokens == BURST / 4
+    assert tb.departure(BURST / 4, T0) == T0
+    assert tb.departure(1000, T0) == pytest.approx(T0 + 1000 / (RATE / 2), abs=1e-12)
+
+
+def test_free_at_is_when_the_last_batch_has_left():
+    tb = TokenBucket(RATE, BURST, T0)
+    assert tb.free_at == T0
+    tb.departure(BURST / 2, T0)
+    assert tb.free_at == T0  # within the burst: the link can take more at once
+    done = tb.departure(BURST, T0)
+    assert tb.free_at == done == pytest.approx(T0 + BURST / 2 / RATE)

@@ -1,8 +1,9 @@
 """LinkAgent: a Ray actor that plays one NIC pair.
 
 It accepts the descriptor sockets of every connection routed over its link
-and runs the shaper (agents/datapath/link.py) on them; the control plane
-may change the link's bandwidth, latency or background traffic at run time.
+(each named by its connection id) and runs the shaper
+(agents/datapath/link.py) on them; the control plane may change the link's
+bandwidth, latency or background traffic at run time, in real units.
 """
 from __future__ import annotations
 
@@ -31,13 +32,13 @@ class LinkAgent:
         self._listeners: list[Listener] = []
         self._rings: list[Region] = []
 
-    def listen(self, paths: list[tuple[str, str]]) -> None:
-        """One (inbound, outbound) socket pair per connection; shaping starts when all are connected."""
-        pairs = [(Listener(i), Listener(o)) for i, o in paths]
-        self._listeners += [l for pair in pairs for l in pair]
+    def listen(self, paths: list[tuple[int, str, str]]) -> None:
+        """One (conn_id, inbound, outbound) socket pair per connection; shaping starts when all are connected."""
+        pairs = [(cid, Listener(i), Listener(o)) for cid, i, o in paths]
+        self._listeners += [l for _, lin, lout in pairs for l in (lin, lout)]
 
         def accept_then_run() -> None:
-            self.shaper.run([(lin.accept(), lout.accept()) for lin, lout in pairs])
+            self.shaper.run([(cid, lin.accept(), lout.accept()) for cid, lin, lout in pairs])
 
         threading.Thread(target=accept_then_run, daemon=True).start()
 
@@ -57,10 +58,23 @@ class LinkAgent:
 
         self.shaper.corrupt_next = corrupt
 
+    def set_bandwidth(self, rate_bytes_s: float) -> None:
+        """The link's capacity in real bytes/s, for batches not yet on the wire."""
+        self.shaper.set_bandwidth(rate_bytes_s)
+
+    def set_one_way(self, one_way_s: float) -> None:
+        """The one-way latency in real seconds, for batches not yet on the wire."""
+        self.shaper.set_one_way(one_way_s)
+
+    def set_background(self, bytes_s: float) -> None:
+        """What the co-located background flow wants, in real bytes/s."""
+        self.shaper.set_background(bytes_s)
+
     def stats(self) -> dict:
         s = self.shaper
         return {"bytes": s.bytes_forwarded, "batches": s.batches_forwarded, "rate_bytes_s": s.migration_rate,
-                "background_seen": list(s.background_seen)}
+                "background_seen": list(s.background_seen), "by_connection": dict(s.bytes_by_connection),
+                "capacity_bytes_s": s.capacity, "one_way_s": s.one_way_s}
 
     def close(self) -> None:
         for lst in self._listeners:

@@ -1,10 +1,15 @@
 """A link: one NIC pair, shaped to its bandwidth and latency.
 
-Several connections may share a link (PMigrate runs two consumers per NIC
-port). Descriptors of batches arrive from the senders; one token bucket per
-link gives the time each batch has finished leaving the NIC (bandwidth), and
-the batch is handed to its connection's receiver one one-way latency later.
-Bytes stay in shared memory; only descriptors pass through here.
+Several connections share a link (PMigrate runs two consumers per NIC port;
+several migrations may cross one link at once). Descriptors of batches
+arrive from the senders and wait in their connection's queue; whenever the
+link can take the next batch, a fair queue (deficit round robin by bytes,
+agents/datapath/fair_queue.py) picks the connection, so backlogged
+connections get equal shares (max-min) and each keeps its own order. One
+token bucket per link gives the time that batch has finished leaving the
+NIC (bandwidth), and the batch is handed to its connection's receiver one
+one-way latency later. Bytes stay in shared memory; only descriptors pass
+through here.
 
 Background traffic of a co-located VM (e.g. a web server) shares the NIC.
 Each emulated second a monitor measures both NICs' use and sets the
@@ -13,18 +18,25 @@ migration's share: without rate control the two flows split the link fairly
 (§3.2) the migration takes only the spare bandwidth, but never less than its
 reserved minimum.
 
-One thread does pacing and delivery, waiting in `select` and spinning only
-the last stretch: two threads spinning in one process would fight over the
-GIL and blur the latency by milliseconds.
+The control plane may change bandwidth, latency and background traffic at
+run time (from another thread); a change applies to batches not yet
+admitted into the bucket.
+
+One thread does admission, pacing and delivery, waiting in `select` and
+spinning only the last stretch: two threads spinning in one process would
+fight over the GIL and blur the latency by milliseconds.
 """
 from __future__ import annotations
 
 import collections
+import math
 import select
 import threading
 import time
+from dataclasses import dataclass
 
 from agents.datapath.channel import DESCRIPTOR, KIND_CLOSE, Channel
+from agents.datapath.fair_queue import DeficitRoundRobin
 from agents.datapath.token_bucket import TokenBucket
 
 _SPIN_S = 0.001
@@ -41,6 +53,14 @@ def migration_share(capacity: float, background: float, rate_control: bool, rese
     return capacity - min(background, capacity / 2)
 
 
+@dataclass
+class _Connection:
+    conn_id: int
+    inbound: Channel
+    outbound: Channel
+    closing: bool = False  # its close arrived while batches still waited
+
+
 class LinkShaper:
     def __init__(self, rate_bytes_s: float, one_way_s: float, burst_s: float = 0.010,
                  background_bytes_s: float = 0.0, rate_control: bool = False, reserved_bytes_s: float = 0.0,
@@ -54,22 +74,93 @@ class LinkShaper:
         self.burst_s = burst_s
         self.bytes_forwarded = 0
         self.batches_forwarded = 0
+        self.bytes_by_connection: dict[int, int] = {}
         # Background throughput the monitor saw: (real seconds observed, bytes moved).
         self.background_seen = [0.0, 0.0]
         self.corrupt_next = None  # fault injection: callable(descriptor)
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._rate_changed_at: float | None = None  # a setter changed the share; the loop applies it
+        # The loop's state, touched by its thread only.
+        self._bucket: TokenBucket | None = None
+        self._queue = DeficitRoundRobin()  # batches received, not yet admitted into the bucket
+        self._line: collections.deque = collections.deque()  # (arrival, connection, descriptor) on the wire
+        self._open: dict = {}  # inbound socket -> connection, until its close
 
     @property
     def migration_rate(self) -> float:
         """The migration's rate while it is sending (the monitor's setting)."""
         return migration_share(self.capacity, self.background, self.rate_control, self.reserved)
 
-    def run(self, pairs: list[tuple[Channel, Channel]]) -> None:
-        """Shape descriptors from each (inbound, outbound) connection, in a thread."""
-        self._thread = threading.Thread(target=self._loop, args=(pairs,), daemon=True, name="link")
+    # -- run-time changes (any thread) --
+
+    def set_bandwidth(self, rate_bytes_s: float) -> None:
+        """The link's capacity; the migration's share is recomputed at once."""
+        if rate_bytes_s <= 0:
+            raise ValueError("bandwidth must be positive")
+        with self._lock:
+            self.capacity = rate_bytes_s
+            self._rate_changed_at = time.monotonic()
+
+    def set_background(self, background_bytes_s: float) -> None:
+        """What the co-located background flow wants; the migration's share is recomputed at once."""
+        if background_bytes_s < 0:
+            raise ValueError("background traffic must not be negative")
+        with self._lock:
+            self.background = background_bytes_s
+            self._rate_changed_at = time.monotonic()
+
+    def set_one_way(self, one_way_s: float) -> None:
+        if one_way_s < 0:
+            raise ValueError("one-way latency must not be negative")
+        self.one_way_s = one_way_s  # read at each admission
+
+    # -- the loop --
+
+    def run(self, pairs: list[tuple[int, Channel, Channel]]) -> None:
+        """Shape descriptors from each (conn_id, inbound, outbound) connection, in a thread."""
+        conns = [_Connection(cid, inbound, outbound) for cid, inbound, outbound in pairs]
+        # Every key exists before the loop starts, so readers may copy the dict any time.
+        self.bytes_by_connection.update({c.conn_id: 0 for c in conns if c.conn_id not in self.bytes_by_connection})
+        self._open = {c.inbound.sock: c for c in conns}
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="link")
         self._thread.start()
 
-    def _monitor(self, bucket: TokenBucket, now: float, window: list) -> None:
+    def _loop(self) -> None:
+        rate = max(1.0, self.migration_rate)
+        now = time.monotonic()
+        self._bucket = TokenBucket(rate, rate * self.burst_s, now)
+        window = [now, 0]
+        while self._open or self._queue or self._line:
+            now = time.monotonic()
+            self._apply_rate_change()
+            self._monitor(now, window)
+            due = self._next_event()
+            wait = due - now
+            if wait > _SPIN_S:
+                self._receive(min(wait - _SPIN_S, self.monitor_period_s))
+                continue
+            while time.monotonic() < due:
+                pass  # the last fraction of a millisecond: spin for precision
+            self._receive(0.0)  # what came in while spinning competes for this turn too
+            self._admit(time.monotonic())
+            self._deliver(time.monotonic())
+
+    def _next_event(self) -> float:
+        """The next time the loop must act: a delivery, or the link free for a waiting batch."""
+        due = self._line[0][0] if self._line else math.inf
+        if self._queue:
+            due = min(due, self._bucket.free_at)
+        return due
+
+    def _apply_rate_change(self) -> None:
+        with self._lock:
+            t, self._rate_changed_at = self._rate_changed_at, None
+            rate = max(1.0, self.migration_rate)
+        if t is not None:
+            self._bucket.set_rate(rate, t, burst_bytes=rate * self.burst_s)
+
+    def _monitor(self, now: float, window: list) -> None:
         """Each period: what did the background get, and what may the migration take next."""
         t0, sent0 = window
         dt = now - t0
@@ -79,54 +170,62 @@ class LinkShaper:
         bg = min(self.background, max(0.0, self.capacity - used))
         self.background_seen[0] += dt
         self.background_seen[1] += bg * dt
-        bucket.set_rate(max(1.0, self.migration_rate), now)
+        self._bucket.set_rate(max(1.0, self.migration_rate), now)
         window[:] = [now, self.bytes_forwarded]
 
-    def _loop(self, pairs: list[tuple[Channel, Channel]]) -> None:
-        rate = max(1.0, self.migration_rate)
-        now = time.monotonic()
-        bucket = TokenBucket(rate, rate * self.burst_s, now)
-        window = [now, 0]
-        line: collections.deque = collections.deque()  # (arrival time, outbound, descriptor): FIFO
-        open_socks = {inbound.sock: (inbound, outbound) for inbound, outbound in pairs}
-        while open_socks or line:
-            now = time.monotonic()
-            self._monitor(bucket, now, window)
-            wait = (line[0][0] - now) if line else self.monitor_period_s
-            if open_socks and wait > _SPIN_S:
-                ready, _, _ = select.select(list(open_socks), [], [], min(wait - _SPIN_S, self.monitor_period_s))
-                for sock in ready:
-                    inbound, outbound = open_socks[sock]
-                    d = inbound.recv()
-                    if d is None or d[0] == KIND_CLOSE:
-                        # Closed: the close goes behind what is still on the wire.
-                        del open_socks[sock]
-                        line.append((time.monotonic(), outbound, _CLOSE))
-                        continue
-                    if self.corrupt_next is not None:
-                        self.corrupt_next(d)
-                    # Offered when the sender posted it (d[6]), not when this
-                    # thread woke up: wake-up latency is not link latency.
-                    done = bucket.departure(d[4], min(d[6], time.monotonic()))
-                    line.append((done + self.one_way_s, outbound, d))
-                if ready:
-                    continue
-            if not line:
-                if not open_socks:
-                    break
+    def _receive(self, timeout: float) -> None:
+        """Queue the descriptors that arrive within `timeout` (or just sleep, when all are closed)."""
+        if not self._open:
+            time.sleep(timeout)
+            return
+        ready, _, _ = select.select(list(self._open), [], [], timeout)
+        for sock in ready:
+            conn = self._open[sock]
+            d = conn.inbound.recv()
+            if d is None or d[0] == KIND_CLOSE:
+                del self._open[sock]
+                self._close(conn)
                 continue
-            arrival, outbound, d = line[0]
-            while time.monotonic() < arrival:
-                pass  # the last fraction of a millisecond: spin for precision
-            line.popleft()
+            if self.corrupt_next is not None:
+                self.corrupt_next(d)
+            # Offered when the sender posted it (d[6]), not when this
+            # thread woke up: wake-up latency is not link latency.
+            self._queue.offer(conn.conn_id, d[4], (conn, min(d[6], time.monotonic()), d))
+
+    def _close(self, conn: _Connection) -> None:
+        """The close goes behind what the connection still has waiting or on the wire."""
+        if self._queue.waiting(conn.conn_id):
+            conn.closing = True
+        else:
+            self._put_on_line(conn, _CLOSE, time.monotonic())
+
+    def _admit(self, now: float) -> None:
+        """While the link can take a batch, the fair queue says whose goes next."""
+        while self._queue and self._bucket.free_at <= now:
+            cid, (conn, offered, d) = self._queue.pop()
+            done = self._bucket.departure(d[4], offered)
+            self._put_on_line(conn, d, done + self.one_way_s)
+            if conn.closing and not self._queue.waiting(cid):
+                self._put_on_line(conn, _CLOSE, now)
+
+    def _put_on_line(self, conn: _Connection, d: tuple, arrival: float) -> None:
+        # Nothing overtakes on the wire, even when the latency has just shrunk.
+        if self._line:
+            arrival = max(arrival, self._line[-1][0])
+        self._line.append((arrival, conn, d))
+
+    def _deliver(self, now: float) -> None:
+        while self._line and self._line[0][0] <= now:
+            _, conn, d = self._line.popleft()
             try:
-                outbound.sock.send(DESCRIPTOR.pack(*d))
+                conn.outbound.sock.send(DESCRIPTOR.pack(*d))
             except OSError:
                 pass  # the receiver is gone (tear-down)
             if d is _CLOSE:
                 continue
             self.bytes_forwarded += d[4]
             self.batches_forwarded += 1
+            self.bytes_by_connection[conn.conn_id] += d[4]
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread:

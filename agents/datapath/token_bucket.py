@@ -2,7 +2,8 @@
 
 Pure arithmetic over a clock value, so it is tested without sleeping. The
 bucket holds at most `burst_bytes`; a batch larger than what is in the bucket
-waits for the deficit to refill. Departures are FIFO.
+waits for the deficit to refill. Departures are FIFO; which batch is offered
+next is the link's choice (agents/datapath/fair_queue.py).
 """
 from __future__ import annotations
 
@@ -16,11 +17,20 @@ class TokenBucket:
         self.tokens = self.burst
         self.t = t0
 
-    def set_rate(self, rate_bytes_s: float, t: float) -> None:
+    def set_rate(self, rate_bytes_s: float, t: float, burst_bytes: float | None = None) -> None:
+        """A new rate (and burst, if given) from `t` on; tokens earned before `t` are kept."""
         if rate_bytes_s <= 0:
             raise ValueError("rate must be positive")
         self._refill(t)
         self.rate = rate_bytes_s
+        if burst_bytes is not None:
+            self.burst = max(burst_bytes, 1.0)
+            self.tokens = min(self.tokens, self.burst)
+
+    @property
+    def free_at(self) -> float:
+        """When the batches offered so far have fully left: the next may start then."""
+        return self.t
 
     def _refill(self, t: float) -> None:
         if t > self.t:

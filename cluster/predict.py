@@ -122,9 +122,12 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan) -> dict:
     vm, mig = mp.vm, mp.options
     costs = resolve(scenario.cpu.profile, mig.address_space_lock, scenario.cpu.overrides())
     z = vm.content.zero
-    bytes_per_page = (1 - z) * (PAGE + PAGE_HEADER_BYTES) + z * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES)
     wire_rate = link_rate(scenario, mp)
-    pages_per_s = min(wire_rate / bytes_per_page, cpu_pages_per_s(scenario, z, mp))
+    # The first pass meets the image's zero pages; every page sent after it
+    # was written by the guest, so it holds data (agents/guest/content.py).
+    first = _pass_rates(scenario, mp, z, wire_rate)
+    dirty = _pass_rates(scenario, mp, 0.0, wire_rate)
+    bytes_per_page, pages_per_s = first
     mem_pages = vm.memory_gib * GIB / PAGE
     sync_s = costs.dirty_sync_ns * 1e-9 * mem_pages  # each fetch of the dirty log
     policy = StopPolicy(mig.downtime_limit_ms / 1000, mig.max_iterations, mig.stall_iterations,
@@ -138,17 +141,19 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan) -> dict:
         todo, sent, elapsed, count, reason, log = _time_sliced(vm, mig, policy, mem_pages, pages_per_s,
                                                                bytes_per_page, sync_s, slow)
     else:
-        todo, sent, elapsed, count, reason, log = _image_oriented(vm, policy, mem_pages, pages_per_s,
-                                                                  bytes_per_page, sync_s)
+        todo, sent, elapsed, count, reason, log = _image_oriented(vm, policy, mem_pages, first, dirty, sync_s)
+        bytes_per_page, pages_per_s = dirty
     elapsed += mig.setup_ms / 1000
     state = mig.device_state_kib * 1024
     downtime_bytes = todo * bytes_per_page + state
     downtime = sync_s + todo / pages_per_s + state / wire_rate + one_way + mig.resume_ms / 1000
     sent += todo * bytes_per_page
     total = elapsed + downtime
-    sent_pages = sent / bytes_per_page
-    source_us = costs.source_us(mig.consumers) - z * costs.send_us
-    cpu_s = sent_pages * source_us * 1e-6 + sync_s * (count + 1)  # the source's, as PMigrate counts
+    # Zero pages are sent once, in the first pass (time-sliced: the model keeps the image's share throughout).
+    zero_pages = mem_pages * z if mig.strategy != "time-sliced" else (sent / bytes_per_page) * z
+    sent_pages = zero_pages + (sent - zero_pages * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES)) / (PAGE + PAGE_HEADER_BYTES)
+    source_us = costs.source_us(mig.consumers)
+    cpu_s = (sent_pages * source_us - zero_pages * costs.send_us) * 1e-6 + sync_s * (count + 1)  # the source's, as PMigrate counts
     return {
         "vm": vm.name,
         "migration": mp.index,
@@ -163,23 +168,32 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan) -> dict:
         "memory_bytes_sent": sent,
         "disk_bytes_sent": 0,
         "downtime_bytes_sent": downtime_bytes,
-        "pages": {"normal": int(round(sent_pages * (1 - z))), "zero": int(round(sent_pages * z)), "compressed": 0, "delta": 0},
+        "pages": {"normal": int(round(sent_pages - zero_pages)), "zero": int(round(zero_pages)), "compressed": 0, "delta": 0},
         "avg_throughput_mbytes_s": sent / total / MIB,
         "cpu_seconds": cpu_s,
         "cpu_usage_percent": 100 * cpu_s / total,
-        "cpu_seconds_destination": sent_pages * (costs.restore_us + (1 - z) * costs.receive_us) * 1e-6,
+        "cpu_seconds_destination": (sent_pages * costs.destination_us() - zero_pages * costs.receive_us) * 1e-6,
         "app": None,
         "iteration_log": log,
     }
 
 
-def _image_oriented(vm, policy, mem_pages, pages_per_s, bytes_per_page, sync_s):
-    """Passes over the dirty image: (left for stop-and-copy, sent, elapsed, iterations, reason, log)."""
+def _pass_rates(scenario: Scenario, mp: MigrationPlan, zero: float, wire_rate: float) -> tuple[float, float]:
+    """(wire bytes per page, pages per second) of a pass over pages of which `zero` are zero pages."""
+    bytes_per_page = (1 - zero) * (PAGE + PAGE_HEADER_BYTES) + zero * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES)
+    return bytes_per_page, min(wire_rate / bytes_per_page, cpu_pages_per_s(scenario, zero, mp))
+
+
+def _image_oriented(vm, policy, mem_pages, first, dirty, sync_s):
+    """Passes over the dirty image, the first at rates `first`, the others at
+    `dirty` ((bytes per page, pages/s) each): (left for stop-and-copy, sent,
+    elapsed, iterations, reason, log)."""
     todo, sent, elapsed = mem_pages, 0.0, 0.0
     history: list[float] = []
     log: list[dict] = []
     reason = ""
-    bandwidth = pages_per_s * bytes_per_page
+    bytes_per_page, pages_per_s = first
+    bandwidth = 0.0
     while True:
         remaining = todo * PAGE  # dirty bytes, as the emulator's stop rule counts them
         if log:
@@ -187,12 +201,14 @@ def _image_oriented(vm, policy, mem_pages, pages_per_s, bytes_per_page, sync_s):
             if reason:
                 return todo, sent, elapsed, len(log), reason, log
         history.append(remaining)
+        bandwidth = pages_per_s * bytes_per_page  # what this pass will measure
         dt = todo / pages_per_s
         sent += todo * bytes_per_page
         elapsed += dt + sync_s
         log.append({"iteration": len(log) + 1, "pages": int(round(todo)), "bytes": todo * bytes_per_page,
                     "duration_s": dt, "throughput_mbytes_s": bandwidth / MIB})
         todo = dirty_pages_after(vm, dt + sync_s)
+        bytes_per_page, pages_per_s = dirty
 
 
 def _time_sliced(vm, mig, policy, mem_pages, pages_per_s, bytes_per_page, sync_s, slow=1.0):

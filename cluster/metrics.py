@@ -76,17 +76,24 @@ class MetricsExporter:
     def collect(self):
         with self._lock:
             yield _family(CounterMetricFamily, "livemig_memory_sent_bytes", "Memory bytes sent on the wire (emulated), by encoding",
-                          ["vm", "encoding"], self.bytes_sent)
+                          _COUNTERS["livemig_memory_sent_bytes"], self.bytes_sent)
             yield _family(CounterMetricFamily, "livemig_pages_sent", "Pages sent, by encoding (emulated pages)",
-                          ["vm", "encoding"], self.pages_sent)
+                          _COUNTERS["livemig_pages_sent"], self.pages_sent)
             for name, (metric, help_, labels) in _GAUGES.items():
                 yield _family(GaugeMetricFamily, metric, help_, labels, self.gauges[name])
+
+    @staticmethod
+    def declared() -> dict[str, tuple[str, ...]]:
+        """Every metric as Prometheus exposes it (counters with `_total`) -> its label names."""
+        out = {f"{name}_total": tuple(labels) for name, labels in _COUNTERS.items()}
+        return out | {metric: tuple(labels) for metric, _, labels in _GAUGES.values()}
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
 
 
+_COUNTERS = {"livemig_memory_sent_bytes": ["vm", "encoding"], "livemig_pages_sent": ["vm", "encoding"]}
 _GAUGES = {
     "iterations": ("livemig_iterations", "Pre-copy iteration in progress", ["vm"]),
     "remaining": ("livemig_remaining_bytes", "Dirty bytes still to send", ["vm"]),

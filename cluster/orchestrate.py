@@ -260,7 +260,6 @@ class Orchestrator:
         m.phase = m.status
 
     def _verify(self, m: MigrationState, src, dst, src_key: str, dst_key: str) -> None:
-        import ray
         m.phase = "verifying"
         bad = verify_images(src, dst, src_key, dst_key, self.sl.npages[m.vm_index])
         errors = m.receiver["errors"]

@@ -5,7 +5,6 @@ import shutil
 import subprocess
 
 import pytest
-from prometheus_client.metrics import MetricWrapperBase
 
 from cluster.metrics import MetricsExporter
 from tests.conftest import ROOT
@@ -24,16 +23,13 @@ def dashboard() -> dict:
 
 @pytest.fixture(scope="module")
 def exported() -> dict[str, tuple[str, ...]]:
-    """Exposition name -> label names, from a real exporter's registry (counters gain `_total`)."""
+    """Exposition name -> label names, as a real exporter declares and serves them."""
     exporter = MetricsExporter(0)  # port 0: the OS picks a free one
     try:
-        labels = {m._name: tuple(m._labelnames) for m in vars(exporter).values()
-                  if isinstance(m, MetricWrapperBase)}
-        names = {}
-        for family in exporter.registry.collect():
-            exposed = family.name + "_total" if family.type == "counter" else family.name
-            names[exposed] = labels[family.name]
-        return names
+        served = {family.name for family in exporter.registry.collect()}
+        declared = exporter.declared()
+        assert {name.removesuffix("_total") for name in declared} == served
+        return declared
     finally:
         exporter.close()
 

@@ -73,11 +73,14 @@ def run(
     dashboard: bool = typer.Option(False, help="Start the Ray dashboard (http://127.0.0.1:8265) to watch the actors."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT during the run."),
     inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit."),
+    interval: float = typer.Option(0.1, help="The timeline's sampling interval, emulated seconds (timeline.jsonl)."),
 ) -> None:
-    """Emulate the scenario's migration and print the paper-style summary; writes result.json."""
+    """Emulate the scenario's migrations and print the paper-style summary; writes result.json and timeline.jsonl."""
     sc = _load(scenario)
     if dilation is not None and dilation <= 0:
         _fail_input([f"--dilation: must be > 0 (got {dilation:g})"])
+    if not 0.001 <= interval <= 60:
+        _fail_input([f"--interval: must be between 0.001 and 60 emulated seconds (got {interval:g})"])
     if inject_fault not in (None, "corrupt-page"):
         _fail_input([f"--inject-fault: unknown fault {inject_fault!r}; allowed: corrupt-page"])
     from cluster.results import write_result
@@ -86,7 +89,7 @@ def run(
     out_dir = out_dir or Path("runs") / sc.name
     progress_cb, stop_progress = (None, lambda: None) if quiet else _progress_bar()
     opts = RunOptions(address=address, dilation=dilation, dashboard=dashboard, metrics_port=metrics_port,
-                      inject_fault=inject_fault, progress=progress_cb, out_dir=str(out_dir))
+                      inject_fault=inject_fault, progress=progress_cb, out_dir=str(out_dir), interval_s=interval)
     signal.signal(signal.SIGTERM, _interrupt)  # tear down cleanly when killed, too
     try:
         result = run_scenario(sc, opts, str(scenario))
@@ -98,35 +101,46 @@ def run(
         raise typer.Exit(1)
     except Exception as exc:  # a bug or a broken environment: one line here, the details in a file
         stop_progress()
-        import traceback
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "error.txt").write_text(traceback.format_exc())
-        write_result({"scenario": sc.name, "scenario_file": str(scenario), "status": "failed", "verified": False,
-                      "stop_reason": f"{type(exc).__name__}: {exc}"}, out_dir)
-        print(f"livemig: the run failed: {type(exc).__name__}: {exc} (traceback in {out_dir / 'error.txt'})",
-              file=sys.stderr)
-        raise typer.Exit(1)
+        _report_crash(sc.name, str(scenario), out_dir, exc)
     finally:
         stop_progress()
     path = write_result(result, out_dir)
     if quiet:
         print(path)
     else:
-        names = [v["vm"] for v in result["vms"]]
-        cols = [(v["vm"] if names.count(v["vm"]) == 1 else f"{v['vm']} -> {v['destination']}", v)
-                for v in result["vms"]]
-        out.print(_summary_table(f"{sc.name}: emulated at memory_scale {sc.emulation.memory_scale:g}, "
-                                 f"dilation {result['emulation']['dilation']:g}", cols))
-        for host, e in result.get("evacuations", {}).items():
-            out.print(f"evacuation of {host}: {len(e['vms'])} VMs in {e['evacuation_time_s']:.2f} s "
-                      f"(their migration times add up to {e['sum_of_migration_times_s']:.2f} s), "
-                      f"{e['memory_bytes_sent'] / 2**30:.2f} GByte sent")
-        fid = result["emulation"]["fidelity"]
-        if not fid["faithful"]:
-            err.print(f"[yellow]fidelity: saturation {fid['saturation']:.1%}: real work overran its charged CPU; "
-                      f"rerun with a higher --dilation[/]")
-        out.print(f"result: {path}   (wall clock {result['emulation']['wall_clock_s']['total_s']:.1f} s)")
+        _print_result(sc, result, path)
     raise typer.Exit(0 if result["status"] == "completed" and result["verified"] else 1)
+
+
+def _report_crash(name: str, scenario_file: str, out_dir: Path, exc: Exception) -> None:
+    """One line on stderr, the traceback in a file, a failed result.json; exit 1."""
+    import traceback
+
+    from cluster.results import write_result
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "error.txt").write_text(traceback.format_exc())
+    write_result({"scenario": name, "scenario_file": scenario_file, "status": "failed", "verified": False,
+                  "stop_reason": f"{type(exc).__name__}: {exc}"}, out_dir)
+    print(f"livemig: the run failed: {type(exc).__name__}: {exc} (traceback in {out_dir / 'error.txt'})",
+          file=sys.stderr)
+    raise typer.Exit(1)
+
+
+def _print_result(sc, result: dict, path: Path) -> None:
+    """The summary table (a column per migration), evacuations, fidelity."""
+    names = [v["vm"] for v in result["vms"]]
+    cols = [(v["vm"] if names.count(v["vm"]) == 1 else f"{v['vm']} -> {v['destination']}", v) for v in result["vms"]]
+    out.print(_summary_table(f"{sc.name}: emulated at memory_scale {sc.emulation.memory_scale:g}, "
+                             f"dilation {result['emulation']['dilation']:g}", cols))
+    for host, e in result.get("evacuations", {}).items():
+        out.print(f"evacuation of {host}: {len(e['vms'])} VMs in {e['evacuation_time_s']:.2f} s "
+                  f"(their migration times add up to {e['sum_of_migration_times_s']:.2f} s), "
+                  f"{e['memory_bytes_sent'] / 2**30:.2f} GByte sent")
+    fid = result["emulation"]["fidelity"]
+    if not fid["faithful"]:
+        err.print(f"[yellow]fidelity: saturation {fid['saturation']:.1%}: real work overran its charged CPU; "
+                  f"rerun with a higher --dilation[/]")
+    out.print(f"result: {path}   (wall clock {result['emulation']['wall_clock_s']['total_s']:.1f} s)")
 
 
 def _interrupt(signum, frame):
@@ -281,6 +295,15 @@ def bench_scaling(memory_gib: float = typer.Option(1.0, help="Emulated memory of
     """PMigrate Figures 6-7: migration time and speed-up with 1, 2, 4, 8 consumers under each address-space lock."""
     from cluster.bench import scaling_bench
     print(json.dumps(scaling_bench(memory_gib=memory_gib, dilation=dilation), indent=2))
+
+
+@bench_app.command("timeline")
+def bench_timeline(scenario: Path = typer.Argument(Path("scenarios/quickstart.toml"), help="Scenario to run."),
+                   repeats: int = typer.Option(2, help="Runs at each interval.")) -> None:
+    """The timeline's cost: the driver's time spent sampling at 0.1 s intervals, as a share of the run."""
+    _load(scenario)
+    from cluster.bench import timeline_bench
+    print(json.dumps(timeline_bench(str(scenario), repeats), indent=2))
 
 
 @bench_app.command("codec")

@@ -84,6 +84,7 @@ class Orchestrator:
         self.t_run = self.t_mig = 0.0  # real: guests started; migrations' clock zero
         self._sampled_at = 0.0
         self._samples: dict = {}  # what the previous sample saw, per entity
+        self.sampling_s = 0.0  # real seconds the driver spent sampling (the timeline's cost)
 
     # --- the run ----------------------------------------------------------------
     def run(self) -> list[MigrationState]:
@@ -281,6 +282,7 @@ class Orchestrator:
         """One record per running migration, link, host and guest."""
         import ray
         self._sampled_at = now
+        t_begin = time.monotonic()
         running = [m for m in self.migs if m.status == "running"]
         calls = [self._src(m).poll.remote(m.index, m.events_seen) for m in running]
         calls += [a.stats.remote() for a in self.sl.links.values()]
@@ -298,6 +300,7 @@ class Orchestrator:
             self._sample_host(name, usage, t)
         for vm, (tg, ops) in zip(self.sl.scenario.vms, got[len(self.sl.hosts):]):
             self._sample_guest(vm.name, tg, ops)
+        self.sampling_s += time.monotonic() - t_begin
 
     def _sample_migration(self, m: MigrationState, polled: dict, t: float, final: bool = False) -> None:
         """The migration's events so far, then its interval record: what moved since the last one."""

@@ -42,7 +42,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             t_ray = time.monotonic() - wall0
             sl = build_slice(cl, scenario, scale, opts)
             setup_s = time.monotonic() - wall0
-            migs = Orchestrator(sl, timeline, opts).run()
+            orchestrator = Orchestrator(sl, timeline, opts)
+            migs = orchestrator.run()
             guest_data = ray.get([g.timeline.remote() for g in sl.guests])
             ray.get([g.stop.remote() for g in sl.guests])
             per_vm = []
@@ -52,7 +53,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                 if metrics:
                     metrics.finish(m.vm, per_vm[-1])
             colocated = _colocated(sl, migs, guest_data, scale)
-            wall = {"ray_start_s": round(t_ray, 3), "setup_s": round(setup_s, 3)}
+            wall = {"ray_start_s": round(t_ray, 3), "setup_s": round(setup_s, 3),
+                    "timeline_sampling_s": round(orchestrator.sampling_s, 4)}
         wall["total_s"] = round(time.monotonic() - wall0, 3)
     finally:
         timeline.close()

@@ -163,7 +163,12 @@ def _times(events: list[dict], m) -> dict:
     if m.status == "completed" and "vm-stopped" in at:
         out["downtime_s"] = at["vm-started"] - at["vm-stopped"]
         steps = [c for c in CHECKPOINTS if c in at]
-        out["downtime_breakdown_ms"] = {f"{a} -> {b}": (at[b] - at[a]) * 1000 for a, b in zip(steps, steps[1:])}
+        # A checkpoint is recorded once its step returns; the destination's ack of the
+        # state may come first. Each step ends no earlier than the one before it.
+        ends = {}
+        for c in steps:
+            ends[c] = max([at[c], *ends.values()])
+        out["downtime_breakdown_ms"] = {f"{a} -> {b}": (ends[b] - ends[a]) * 1000 for a, b in zip(steps, steps[1:])}
     return out
 
 

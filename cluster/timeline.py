@@ -4,7 +4,8 @@ Every run writes `timeline.jsonl` next to result.json: one JSON record per
 line, in emulated seconds from the start of the run (the guests' start; the
 migrations begin after the warm-up). Two kinds of records:
 
-- samples, one per entity per interval (default 100 emulated ms) and one
+- samples, one per entity per interval (default 100 emulated ms, but at
+  least 100 real ms: at a dilation below 1 the records are coarser) and one
   last one when a migration ends: `{"t", "kind": "migration", "vm", ...}`
   (phase, iteration, remaining, bytes and pages transferred in the interval
   by encoding, transfer rate, dirty-pages-rate, expected-downtime),

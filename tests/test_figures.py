@@ -1,0 +1,27 @@
+"""Shipped scenarios still give their committed figures (tests/data/figures.json),
+within 5%: the quickstart, and a PMigrate pair held to what the code gave
+before the control plane was rewritten."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cluster.runner import RunOptions, run_scenario
+from cluster.scenario import load_scenario
+from tests.conftest import ROOT
+
+FIGURES = json.loads((ROOT / "tests" / "data" / "figures.json").read_text())
+
+
+@pytest.mark.parametrize("path", [k for k in FIGURES if not k.startswith("_")])
+def test_shipped_scenario_gives_its_committed_figures(ray_cluster, path):
+    r = run_scenario(load_scenario(ROOT / path), RunOptions(), path)
+    assert r["status"] == "completed" and r["verified"]
+    got = {v["vm"]: v for v in r["vms"]}
+    for vm, want in FIGURES[path].items():
+        for key, value in want.items():
+            if key == "iterations":
+                assert abs(got[vm][key] - value) <= 1, (vm, key)
+            else:
+                assert got[vm][key] == pytest.approx(value, rel=0.05), (vm, key)

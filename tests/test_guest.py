@@ -509,3 +509,23 @@ def test_sweeper_guest_dirties_a_growing_prefix(make_guest):
     g.harvest()
     time.sleep(0.1)
     assert len(g.harvest()) == 0  # asleep: no writes
+
+
+def test_a_rate_factor_scales_the_workload_as_a_scheduled_event_asks(make_guest):
+    g = make_guest(uniform(rate=20_000, ws=NPAGES))
+    g.start()
+
+    def ops_per_s(seconds: float = 0.3) -> float:
+        o0, t0 = g.ops, time.monotonic()
+        time.sleep(seconds)
+        return (g.ops - o0) / (time.monotonic() - t0)
+
+    full = ops_per_s()
+    g.rate_factor = 0.25
+    time.sleep(0.02)
+    quarter = ops_per_s()
+    g.rate_factor = 0.0
+    time.sleep(0.02)
+    assert full == pytest.approx(20_000, rel=0.1)
+    assert quarter == pytest.approx(5_000, rel=0.15)
+    assert ops_per_s() == 0

@@ -47,6 +47,7 @@ class MigrationState:
     t_end: float = 0.0
     events_seen: int = 0
     counters: dict = field(default_factory=dict)  # last cumulative counters, emulated units
+    last_iteration: dict = field(default_factory=dict)  # the latest `iteration` event
     usage_after: dict = field(default_factory=dict)  # host name -> CorePool.usage() when it ended
     receiver: dict = field(default_factory=dict)  # the destination's receivers, when it ended
     links_before: dict = field(default_factory=dict)  # link index -> LinkAgent.stats()
@@ -313,7 +314,10 @@ class Orchestrator:
             t_ev = ev.pop("t_real")
             self.tl.event(t_ev, ev.pop("event"), vm=m.vm, migration=m.index, **ev)
             m.events_seen += 1
-            self._on_technique_event(m, self.tl.records[-1], t)
+            rec = self.tl.records[-1]
+            if rec["event"] == "iteration":
+                m.last_iteration = rec
+            self._on_technique_event(m, rec, t)
         m.final = polled
         now_c = counters_of(polled, self.scale.memory_scale)
         prev = m.counters or {k: 0 for k in now_c}
@@ -325,9 +329,14 @@ class Orchestrator:
         m.remaining_bytes = polled.get("remaining_bytes", m.remaining_bytes)
         m.sent_bytes = now_c["transferred_bytes"]
         m.throughput_bytes_s = delta["transferred_bytes"] / dt if dt > 0 else 0.0
+        last = m.last_iteration
+        # QEMU's expected-downtime: what remains over the bandwidth its last iteration measured.
+        bandwidth = last["transferred"] / last["duration_s"] if last.get("duration_s") else 0.0
         self.tl.sample("migration", t, vm=m.vm, migration=m.index, phase=m.phase, iteration=m.iteration,
                        remaining=m.remaining_bytes, dirty_sync_count=polled.get("dirty_sync_count", 0),
-                       transfer_rate=m.throughput_bytes_s, final=final, **delta)
+                       transfer_rate=m.throughput_bytes_s, dirty_pages_rate=last.get("dirty_pages_rate"),
+                       expected_downtime_s=m.remaining_bytes / bandwidth if bandwidth else None,
+                       final=final, **delta)
 
     def _on_technique_event(self, m: MigrationState, rec: dict, now: float) -> None:
         """A phase trigger fired in the migration thread: carry out what it asks of the control plane."""

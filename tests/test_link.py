@@ -125,7 +125,8 @@ def test_four_windowed_connections_share_the_link_equally():
     link = SharedLink(LinkShaper(RATE, ONE_WAY), [0, 1, 2, 3])
     link.drive(senders, seconds=2.3)
     rates = [link.rate(0.3, 2.3, cid) for cid in range(4)]
-    assert max(rates) / min(rates) < 1.05, rates
+    # 10%: first come, first served gives 2.9 / 5.8 / 8.7 / 22.7 MB/s here (a factor of 8).
+    assert max(rates) / min(rates) < 1.10, rates
     assert sum(rates) == pytest.approx(RATE, rel=0.02)
     assert link.shaper.bytes_by_connection.keys() == {0, 1, 2, 3}
     assert sum(link.shaper.bytes_by_connection.values()) == link.shaper.bytes_forwarded

@@ -144,7 +144,24 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
         c0 = sl.topo.connections[0]
         ray.get(sl.links[c0.link].corrupt_one_page.remote(region_path(cl.run_id, f"ring{c0.index}"), c0.batch_pages))
     _guests(sl)
+    _share_cores(sl)
     return sl
+
+
+def _share_cores(sl: Slice) -> None:
+    """CPU rate control (PMigrate §3.2, §6.3): on each host whose migrations
+    share cores with VMs that stay, tell those VMs what the migrations take."""
+    import ray
+    sc = sl.scenario
+    if not sc.cpu.shared_cores:
+        return
+    staying: dict[str, list[str]] = {}
+    for i, vm in enumerate(sc.vms):
+        if not vm.migrate:
+            staying.setdefault(sc.initial_host(vm).name, []).append(sl.first_key(i))
+    # Cores are accounted when released: average over a few tasks.
+    period = max(0.05, sl.scale.real_seconds(0.05))
+    ray.get([sl.hosts[h].share_cores_with.remote(keys, period) for h, keys in staying.items()])
 
 
 def _costs(scenario: Scenario, lock: str) -> dict:

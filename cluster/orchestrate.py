@@ -202,7 +202,11 @@ class Orchestrator:
         self.fired.add(k)
         self.tl.event(now, "scheduled", index=k, action=ev.action, **ev.model_dump(exclude={"action", "on", "at_s"}))
         if ev.action in ("set-link", "set-background"):
-            link = self.sl.links[self.sl.topo.link_named(ev.link).index]
+            planned = [lp for lp in self.sl.topo.links if lp.name == ev.link]
+            if not planned:
+                self.tl.event(now, "ignored", index=k, reason=f"no migration uses link {ev.link}")
+                return
+            link = self.sl.links[planned[0].index]
             calls = []
             if ev.action == "set-background":
                 calls.append(link.set_background.remote(scale.real_rate(ev.mbytes_s * MIB)))
@@ -284,26 +288,25 @@ class Orchestrator:
         return dict(zip([lp.index for lp in lps], ray.get([self.sl.links[lp.index].stats.remote() for lp in lps])))
 
     def _sample(self, now: float, force: bool = False) -> None:
-        """One record per running migration, link, host and guest."""
+        """One record per running migration, link, host and guest: one call per actor."""
         import ray
         self._sampled_at = now
         t_begin = time.monotonic()
         running = [m for m in self.migs if m.status == "running"]
-        calls = [self._src(m).poll.remote(m.index, m.events_seen) for m in running]
-        calls += [a.stats.remote() for a in self.sl.links.values()]
-        calls += [a.usage.remote() for a in self.sl.hosts.values()]
-        calls += [g.progress.remote() for g in self.sl.guests]
-        got = ray.get(calls)
+        asks = {name: {m.index: m.events_seen for m in running if m.plan.source.name == name} for name in self.sl.hosts}
+        hosts = [self.sl.hosts[name].sample.remote(since) for name, since in asks.items()]
+        links = [a.stats.remote() for a in self.sl.links.values()]
+        guests = [g.progress.remote() for g in self.sl.guests]
+        got_hosts, got_links, got_guests = ray.get(hosts), ray.get(links), ray.get(guests)
         t = time.monotonic()
-        for m, polled in zip(running, got):
-            self._sample_migration(m, polled, t)
-        got = got[len(running):]
-        for idx, stats in zip(self.sl.links, got):
+        for name, got in zip(asks, got_hosts):
+            for m in running:
+                if m.index in got["polls"]:
+                    self._sample_migration(m, got["polls"][m.index], t)
+            self._sample_host(name, got["usage"], t)
+        for idx, stats in zip(self.sl.links, got_links):
             self._sample_link(idx, stats, t)
-        got = got[len(self.sl.links):]
-        for name, usage in zip(self.sl.hosts, got):
-            self._sample_host(name, usage, t)
-        for vm, (tg, ops) in zip(self.sl.scenario.vms, got[len(self.sl.hosts):]):
+        for vm, (tg, ops) in zip(self.sl.scenario.vms, got_guests):
             self._sample_guest(vm.name, tg, ops)
         self.sampling_s += time.monotonic() - t_begin
 

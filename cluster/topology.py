@@ -56,9 +56,6 @@ class Topology:
         used = {c.link for c in self.connections_of_migration(m)}
         return [lp for lp in self.links if lp.index in used]
 
-    def link_named(self, name: str) -> LinkPlan:
-        return next(lp for lp in self.links if lp.name == name)
-
 
 def auto_batch_pages(real_rate: float, scale: Scale, target_emulated_s: float = 0.008) -> int:
     """Pages per batch so one batch crosses its connection in a few emulated ms.

@@ -204,6 +204,11 @@ class HostAgent:
         out["events"] = job.ctx.events[since:] if job.ctx else []
         return out
 
+    def sample(self, since: dict[int, int]) -> dict:
+        """One call per timeline interval: `poll` of each migration in `since`
+        (its number -> events already seen) and this host's `usage`."""
+        return {"polls": {m: self.poll(m, k) for m, k in since.items()}, "usage": self.usage()}
+
     def report(self, m: int) -> dict:
         job = self.jobs[m]
         return job.technique.report() if job.technique else {}

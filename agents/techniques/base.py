@@ -90,9 +90,12 @@ class Technique(Protocol):
     - `connections_needed(options)`: the plan, before anything starts.
     - `from_options(ctx, options)`: build it from the scenario's options
       (physical units, the names the technique declares in agents/techniques/options.py).
-    - `run()`: migrate, switch-over included; returns when the VM runs on the
-      destination (status "completed") or still on its source ("cancelled",
-      "aborted", "failed").
+    - `run()`: migrate, ending with `switch_over()`; returns when the VM runs
+      on the destination (status "completed") or still on its source
+      ("cancelled", "aborted", "failed").
+    - `switch_over(...)`: stop the VM, send what is left and its device
+      state, hand it to the destination (pre-copy: stop-and-copy; post-copy
+      will switch first and keep sending after).
     - `abort(status, reason)`: ask `run()` to stop as soon as it can; the VM
       stays on its source with its memory untouched.
     - `progress()`: phase, iteration, remaining bytes (emulated), for the timeline.
@@ -108,6 +111,8 @@ class Technique(Protocol):
     def from_options(cls, ctx: MigrationContext, options) -> "Technique": ...
 
     def run(self): ...
+
+    def switch_over(self, *args): ...
 
     def abort(self, status: str = "cancelled", reason: str = "") -> None: ...
 

@@ -87,6 +87,8 @@ class Orchestrator:
         self._sampled_at = 0.0
         self._samples: dict = {}  # what the previous sample saw, per entity
         self.sampling_s = 0.0  # real seconds the driver spent sampling (the timeline's cost)
+        self.link_caps = {lp.index: lp.rate_bytes_s for lp in sl.topo.links}  # real; set-link events change them
+        self.link_rates = dict(self.link_caps)  # what each link actor was last told
 
     # --- the run ----------------------------------------------------------------
     def run(self) -> list[MigrationState]:
@@ -174,9 +176,26 @@ class Orchestrator:
         m.status, m.phase = "running", "setup"
         self.tl.event(m.t_start, "migration-start", vm=m.vm, migration=m.index, technique=m.plan.technique,
                       source=m.plan.source.name, destination=m.plan.destinations[0].name)
+        self._share_nics()
         ray.get(src.migrate.remote(m.index, key, self.sl.guests[m.vm_index], m.plan.technique,
                                    m.plan.options.model_dump(), self._triggers(m)))
         m.ref = src.wait.remote(m.index, 1e9)
+
+    def _share_nics(self) -> None:
+        """Give each link its max-min fair share of the NICs it shares with the
+        links of the other running migrations (cluster/fair_share.py)."""
+        import ray
+
+        from cluster.fair_share import max_min_rates
+        topo = self.sl.topo
+        busy = {lp.index for m in self.migs if m.status == "running" for lp in topo.links_of_migration(m.index)}
+        rates = dict(self.link_caps)
+        if topo.shared_nics and busy:
+            rates |= max_min_rates({lp.index: (self.link_caps[lp.index], lp.nics) for lp in topo.links
+                                    if lp.index in busy}, topo.shared_nics)
+        changed = {i: r for i, r in rates.items() if abs(r - self.link_rates[i]) > 1e-6 * max(1.0, r)}
+        ray.get([self.sl.links[i].set_bandwidth.remote(r) for i, r in changed.items()])
+        self.link_rates |= changed
 
     def _triggers(self, m: MigrationState) -> list[dict]:
         """The phase-triggered events of this VM that have not fired yet."""
@@ -211,10 +230,11 @@ class Orchestrator:
             if ev.action == "set-background":
                 calls.append(link.set_background.remote(scale.real_rate(ev.mbytes_s * MIB)))
             if getattr(ev, "bandwidth_gbps", None) is not None:
-                calls.append(link.set_bandwidth.remote(scale.real_rate(ev.bandwidth_gbps * 1e9 / 8)))
+                self.link_caps[planned[0].index] = scale.real_rate(ev.bandwidth_gbps * 1e9 / 8)
             if getattr(ev, "rtt_ms", None) is not None:
                 calls.append(link.set_one_way.remote(scale.real_seconds(ev.rtt_ms / 2000)))
             ray.get(calls)
+            self._share_nics()
         elif ev.action == "set-workload":
             vm = next(i for i, v in enumerate(self.sl.scenario.vms) if v.name == ev.vm)
             ray.get(self.sl.guests[vm].set_rate_factor.remote(ev.rate_factor))
@@ -268,6 +288,7 @@ class Orchestrator:
         m.t_end = now
         m.links_after = self._link_stats(m)
         m.phase = m.status
+        self._share_nics()
 
     def _verify(self, m: MigrationState, src, dst, src_key: str, dst_key: str) -> None:
         m.phase = "verifying"

@@ -554,6 +554,10 @@ class Scenario(_Strict):
             return link.bandwidth_gbps
         return min(self._nic(link.from_nic).speed_gbps, self._nic(link.to_nic).speed_gbps)
 
+    def nic_speed_gbps(self, ref: str) -> float:
+        """The speed of NIC "host:nic"."""
+        return self._nic(ref).speed_gbps
+
     def _nic(self, ref: str) -> Nic:
         host_name, nic_name = ref.split(":")
         host = next(h for h in self.hosts if h.name == host_name)
@@ -788,7 +792,7 @@ def _arrival_problems(last: list[MigrationPlan]) -> Problems:
 
 
 def _event_problems(s: Scenario) -> Problems:
-    """Events must name links that exist and VMs that migrate."""
+    """Events must name links that exist, and VMs that migrate (a workload change: any VM)."""
     problems: Problems = []
     links = s.link_names()
     migrated = list(dict.fromkeys(p.vm.name for p in s.migration_plans()))
@@ -796,9 +800,13 @@ def _event_problems(s: Scenario) -> Problems:
         link = getattr(ev, "link", None)
         if link is not None and link not in links:
             problems.append((f"events[{i}].link", f"\"{link}\" is not a link of the scenario; known: {', '.join(links)}"))
+        # A workload change may concern any VM (a noisy neighbour that stays); the rest, migrated ones.
+        names = [v.name for v in s.vms] if ev.action == "set-workload" else migrated
         for field, vm in (("vm", getattr(ev, "vm", None)), ("on.vm", ev.on.vm if ev.on else None)):
-            if vm is not None and vm not in migrated:
-                problems.append((f"events[{i}].{field}", f"\"{vm}\" is not a migrated VM; migrated: {', '.join(migrated) or 'none'}"))
+            pool = migrated if field == "on.vm" else names
+            if vm is not None and vm not in pool:
+                which = "a VM" if pool is names and ev.action == "set-workload" else "a migrated VM"
+                problems.append((f"events[{i}].{field}", f"\"{vm}\" is not {which}; known: {', '.join(pool) or 'none'}"))
     return problems
 
 

@@ -12,7 +12,7 @@ from it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cluster.scaling import Scale, gbps_to_bytes_s
 from cluster.scenario import MIB, Scenario, link_name
@@ -30,6 +30,7 @@ class LinkPlan:
     emulated_bandwidth_bytes_s: float
     source: str = ""  # host names at its two ends
     destination: str = ""
+    nics: tuple[str, ...] = ()  # "host:nic" at its two ends
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class ConnectionPlan:
 class Topology:
     links: list[LinkPlan]
     connections: list[ConnectionPlan]
+    # Real bytes/s of each NIC that several links share (cluster/fair_share.py divides it).
+    shared_nics: dict[str, float] = field(default_factory=dict)
 
     def connections_of(self, link: int) -> list[ConnectionPlan]:
         return [c for c in self.connections if c.link == link]
@@ -84,7 +87,16 @@ def plan(scenario: Scenario, scale: Scale) -> Topology:
             bdp = share * 2 * lp.one_way_s
             slots = int(min(32, max(4, math.ceil(bdp / (batch * PAGE)) + 3)))
             conns.append(ConnectionPlan(len(conns), lp.index, batch, slots, mp.index))
-    return Topology(list(links.values()), conns)
+    return Topology(list(links.values()), conns, _shared_nics(scenario, scale, list(links.values())))
+
+
+def _shared_nics(scenario: Scenario, scale: Scale, links: list[LinkPlan]) -> dict[str, float]:
+    """NICs that more than one link uses (a host sending to, or receiving from, several hosts)."""
+    uses: dict[str, int] = {}
+    for lp in links:
+        for nic in lp.nics:
+            uses[nic] = uses.get(nic, 0) + 1
+    return {nic: scale.real_rate(gbps_to_bytes_s(scenario.nic_speed_gbps(nic))) for nic, n in uses.items() if n > 1}
 
 
 def _link(scenario: Scenario, scale: Scale, link, links: dict, cap_gbps: float | None, mp) -> LinkPlan:
@@ -100,5 +112,6 @@ def _link(scenario: Scenario, scale: Scale, link, links: dict, cap_gbps: float |
             emu_rate *= min(1.0, gbps_to_bytes_s(cap_gbps) / total)
         background = min(link.background.mbytes_s * MIB, emu_rate)
         links[name] = LinkPlan(len(links), name, scale.real_rate(emu_rate), scale.real_seconds(link.rtt_ms / 2000),
-                               scale.real_rate(background), emu_rate, mp.source.name, mp.destinations[0].name)
+                               scale.real_rate(background), emu_rate, mp.source.name, mp.destinations[0].name,
+                               (link.from_nic, link.to_nic))
     return links[name]

@@ -587,7 +587,7 @@ def _event(body: str) -> str:
     (_event('action = "set-background"\nlink = "A:eth0->B:eth0"\nmbytes_s = -1\nat_s = 1'), "events[0].mbytes_s",
      ["greater than or equal to 0"]),
     (_event('action = "set-workload"\nvm = "ghost"\nrate_factor = 1\nat_s = 1'), "events[0].vm",
-     ['"ghost" is not a migrated VM', "web, db"]),
+     ['"ghost" is not a VM', "web, db"]),
     (_event('action = "set-workload"\nvm = "db"\nrate_factor = -1\nat_s = 1'), "events[0].rate_factor",
      ["greater than or equal to 0"]),
     (_event('action = "cancel"\nvm = "web"\non = { vm = "ghost", phase = "setup" }'), "events[0].on.vm",

@@ -190,3 +190,32 @@ bandwidth_gbps = 0.5
     assert before == pytest.approx(GBE, rel=0.05)
     assert after / before == pytest.approx(0.5, rel=0.10)
     assert any(x["kind"] == "event" and x["event"] == "scheduled" for x in records)
+
+
+def test_one_nic_sending_to_two_hosts_is_shared_between_their_links(ray_cluster, tmp_path):
+    text = HEAD.format(name="fan-out") + _host("s", '"source"') + _host("d1", '"destination"')
+    text += _host("d2", '"destination"')
+    text += _vm("p", 0.25) + _vm("q", 0.25)
+    text += '''
+[[migrations]]
+vm = "p"
+to = "d1"
+[[migrations]]
+vm = "q"
+to = "d2"
+'''
+    r, records = _run(text, tmp_path, "fanout")
+    assert r["status"] == "completed" and r["verified"]
+    p, q = r["vms"]
+    both = (max(p["started_at_s"], q["started_at_s"]) + 0.3, min(p["finished_at_s"], q["finished_at_s"]) - 0.3)
+    assert both[1] - both[0] > 0.8
+    total = {}
+    for x in records:
+        if x["kind"] == "link" and both[0] <= x["t"] <= both[1]:
+            total.setdefault(x["t"], 0.0)
+            total[x["t"]] += x["throughput_bytes_s"]
+    # The two links together never carry more than the one NIC behind them.
+    mean = sum(total.values()) / len(total)
+    assert mean == pytest.approx(GBE, rel=0.08)
+    # Once one migration ends, the other gets the whole NIC.
+    assert p["avg_throughput_mbytes_s"] + q["avg_throughput_mbytes_s"] < 1.5 * GBE / 2**20

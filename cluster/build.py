@@ -48,6 +48,15 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
              include_dashboard=dashboard, configure_logging=False)
 
 
+def _sweep_socket_dirs() -> None:
+    """Remove socket directories of runs whose driver is gone (killed before its tear-down)."""
+    import glob
+    for d in glob.glob("/tmp/livemig-*_*-*"):
+        pid = os.path.basename(d)[len("livemig-"):].split("_", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def new_run_id() -> str:
     return f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
@@ -65,6 +74,7 @@ class Cluster:
     def __enter__(self) -> "Cluster":
         from agents.datapath import shm
         shm.sweep_stale()
+        _sweep_socket_dirs()
         self._start_ray()
         return self
 

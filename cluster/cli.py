@@ -96,8 +96,8 @@ def run(
     except KeyboardInterrupt:
         stop_progress()
         write_result({"scenario": sc.name, "scenario_file": str(scenario), "status": "aborted", "verified": False,
-                      "stop_reason": "interrupted before the migration started"}, out_dir)
-        err.print("interrupted: the VM stays on its source; cluster torn down")
+                      "stop_reason": "interrupted before the migrations started", "vms": []}, out_dir)
+        err.print("interrupted: every VM stays on its source; cluster torn down")
         raise typer.Exit(1)
     except Exception as exc:  # a bug or a broken environment: one line here, the details in a file
         stop_progress()
@@ -267,7 +267,8 @@ def techniques(json_out: bool = typer.Option(False, "--json", help="Print the de
 def _technique_table(spec) -> Table:
     t = Table(title=f"{spec.name}: {spec.summary}", title_justify="left")
     for col in ("option", "default", "unit", "allowed", "QEMU name", "help"):
-        t.add_column(col, overflow="fold")
+        # Names stay whole (they are typed into scenario files); the help wraps.
+        t.add_column(col, no_wrap=col in ("option", "QEMU name"), overflow="fold")
     for o in spec.options:
         default = "-" if o.default is None else str(o.default)
         t.add_row(o.name, default, o.unit, o.allowed(), o.qemu_name, o.help)

@@ -154,10 +154,11 @@ def _times(events: list[dict], m) -> dict:
     at = {}
     for ev in events:
         at.setdefault(ev["event"], ev["t"])
-    start = at.get("migration-start", 0.0)
+    start = at.get("migration-start")  # None: it never started (cancelled before, or its VM was elsewhere)
     end = at.get("vm-started") if m.status == "completed" else at.get(m.status, at.get("stays-on-source", start))
     first_pass = next((ev["t"] for ev in events if ev["event"] == "phase" and ev.get("phase") == "precopy"), None)
-    out = {"started_at_s": start, "finished_at_s": end, "total_time_s": max(0.0, (end or start) - start),
+    out = {"started_at_s": start, "finished_at_s": end if start is not None else None,
+           "total_time_s": max(0.0, end - start) if start is not None and end is not None else 0.0,
            "setup_time_s": (first_pass - at["setup"]) if first_pass is not None and "setup" in at else 0.0,
            "downtime_s": 0.0, "downtime_breakdown_ms": {}}
     if m.status == "completed" and "vm-stopped" in at:
@@ -193,8 +194,9 @@ def _cpu(sl, m, total_s: float) -> dict:
             "saturation": saturation}
 
 
-def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float) -> dict:
-    """One migration's figures (result.json's `vms[]` entry)."""
+def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until: float | None = None) -> dict:
+    """One migration's figures (result.json's `vms[]` entry). `until`: real time at
+    which the VM's next migration started; its application figures stop there."""
     scale, o = sl.scale, m.plan.options
     events = [r for r in tl.records if r["kind"] == "event" and r.get("migration") == m.index]
     intervals = [r for r in tl.records if r["kind"] == "migration" and r.get("migration") == m.index]
@@ -206,8 +208,10 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float) -> dic
     downtime_bytes = sum(r.get("transferred", 0.0) for r in events if r["event"] in ("last-page-sent", "device-state-sent"))
     real = lambda t: None if t is None else tl.t0 + t * scale.dilation  # noqa: E731
     at = {ev["event"]: ev["t"] for ev in events}
-    app = app_figures(samples, real(times["started_at_s"]), real(at.get("vm-stopped")), real(at.get("vm-started")),
-                      scale.dilation, warmup_s, m.guest_resumed_at)
+    mine = [s for s in samples if until is None or s[0] <= until]
+    app = {} if times["started_at_s"] is None else app_figures(
+        mine, real(times["started_at_s"]), real(at.get("vm-stopped")), real(at.get("vm-started")),
+        scale.dilation, warmup_s, m.guest_resumed_at)
     limit = getattr(m.plan.vm.workload, "max_downtime_ms", None)
     if limit is not None:
         # An application that breaks on a long pause (the ERP of Svärd et al.):
@@ -253,13 +257,14 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float) -> dic
 _SUMMED = ("total_time_s", "memory_bytes_sent", "disk_bytes_sent", "downtime_bytes_sent", "cpu_seconds", "iterations")
 
 
-def evacuations(per_vm: list[dict]) -> dict:
-    """Hosts that several VMs left during the run: how long until the last ran
+def evacuations(per_vm: list[dict], final_hosts: dict[str, str]) -> dict:
+    """Hosts that several VMs left and none ran on at the end (`final_hosts`:
+    VM -> where it ran when the run ended): how long until the last ran
     elsewhere, what it cost, and the sum of the migrations' own times."""
     out = {}
-    for host in {v["source"] for v in per_vm}:
+    for host in sorted({v["source"] for v in per_vm}):
         left = [v for v in per_vm if v["source"] == host and v["status"] == "completed"]
-        if len(left) < 2:
+        if len(left) < 2 or host in final_hosts.values():
             continue
         out[host] = {"vms": [v["vm"] for v in left],
                      "evacuation_time_s": max(v["finished_at_s"] for v in left) - min(v["started_at_s"] for v in left),
@@ -278,26 +283,29 @@ def _status(per_vm: list[dict]) -> str:
     return "cancelled" if any(v["status"] == "cancelled" for v in per_vm) else "aborted"
 
 
-def combine(scenario: Scenario, path: str, per_vm: list[dict], scale: Scale, wall: dict) -> dict:
+def combine(scenario: Scenario, path: str, per_vm: list[dict], scale: Scale, wall: dict,
+            final_hosts: dict[str, str] | None = None) -> dict:
     """The run's result: top-level keys describe the whole run (for one migration, that migration)."""
     out: dict = {"scenario": scenario.name, "scenario_file": path, "status": _status(per_vm),
-                 # Every migration that completed verified, and none failed.
-                 "verified": any(v["status"] == "completed" for v in per_vm)
-                 and all(v["verified"] for v in per_vm if v["status"] in ("completed", "failed"))}
+                 "verified": bool(per_vm) and all(v["verified"] for v in per_vm)}
     if len(per_vm) == 1:
         out |= {k: v for k, v in per_vm[0].items() if k not in ("status", "verified")}
     elif per_vm:
         for k in _SUMMED:
             out[k] = sum(v[k] for v in per_vm)
-        out["total_time_s"] = max(v["finished_at_s"] or 0.0 for v in per_vm) - min(v["started_at_s"] for v in per_vm)
+        ran = [v for v in per_vm if v["started_at_s"] is not None] or per_vm
+        out["total_time_s"] = (max(v["finished_at_s"] or 0.0 for v in ran)
+                               - min(v["started_at_s"] or 0.0 for v in ran))
         out["downtime_ms"] = max(v["downtime_ms"] for v in per_vm)
         out["setup_time_s"] = max(v["setup_time_s"] for v in per_vm)
         out["pages"] = {k: sum(v["pages"][k] for v in per_vm) for k in per_vm[0]["pages"]}
         out["avg_throughput_mbytes_s"] = out["memory_bytes_sent"] / out["total_time_s"] / MIB if out["total_time_s"] else 0.0
         out["cpu_usage_percent"] = 100 * out["cpu_seconds"] / out["total_time_s"] if out["total_time_s"] else 0.0
-        out["app"] = {v["vm"]: v["app"] for v in per_vm}
+        names = [v["vm"] for v in per_vm]
+        out["app"] = {(v["vm"] if names.count(v["vm"]) == 1 else f"{v['vm']} -> {v['destination']}"): v["app"]
+                      for v in per_vm}
     out["vms"] = per_vm
-    out["evacuations"] = evacuations(per_vm)
+    out["evacuations"] = evacuations(per_vm, final_hosts or {})
     out["reference"] = scenario.reference.model_dump()
     saturation = max((v["saturation"] for v in per_vm), default=0.0)
     out["emulation"] = {

@@ -138,6 +138,7 @@ class Orchestrator:
         for m in self.migs:
             if m.status == "pending":
                 m.status, m.phase, m.reason = "aborted", "aborted", "interrupted before it started"
+                self.tl.event(time.monotonic(), "aborted", vm=m.vm, migration=m.index, reason=m.reason)
         running = [m for m in self.migs if m.status == "running"]
         ray.get([self._src(m).cancel.remote(m.index, "aborted", "interrupted (Ctrl-C)") for m in running])
         for m in running:

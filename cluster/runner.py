@@ -49,10 +49,12 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             per_vm = []
             for m in migs:
                 samples, m.guest_faults = guest_data[m.vm_index]
-                per_vm.append(collect.migration_result(sl, timeline, m, samples, WARMUP_S))
+                later = [n.t_start for n in migs if n.vm_index == m.vm_index and n.index > m.index and n.t_start]
+                per_vm.append(collect.migration_result(sl, timeline, m, samples, WARMUP_S, min(later, default=None)))
                 if metrics:
                     metrics.finish(m.vm, per_vm[-1])
             colocated = _colocated(sl, migs, guest_data, scale)
+            final_hosts = {vm.name: sl.location[i][0] for i, vm in enumerate(scenario.vms)}
             wall = {"ray_start_s": round(t_ray, 3), "setup_s": round(setup_s, 3),
                     "timeline_sampling_s": round(orchestrator.sampling_s, 4)}
         wall["total_s"] = round(time.monotonic() - wall0, 3)
@@ -60,7 +62,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
         timeline.close()
         if metrics:
             metrics.close()
-    out = collect.combine(scenario, scenario_path, per_vm, scale, wall)
+    out = collect.combine(scenario, scenario_path, per_vm, scale, wall, final_hosts)
     out["timeline"] = {"file": "timeline.jsonl" if path else None, "records": len(timeline.records),
                        "interval_s": opts.interval_s}
     if colocated:

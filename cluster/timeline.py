@@ -34,6 +34,7 @@ class Timeline:
         self.t0, self.dilation = t0_real, dilation
         self.records: list[dict] = []
         self.listeners = listeners or []
+        self._path = path
         self._file = open(path, "w") if path else None
 
     def t(self, t_real: float) -> float:
@@ -63,9 +64,13 @@ class Timeline:
                 and (event is None or r["event"] == event)]
 
     def close(self) -> None:
+        """Rewrite the file in time order: during the run, records are written as the
+        driver learns them, and a technique's events reach it a little after they happen."""
         if self._file:
             self._file.close()
             self._file = None
+            ordered = sorted(self.records, key=lambda r: r["t"])
+            self._path.write_text("".join(json.dumps(r) + "\n" for r in ordered))
 
 
 def _finite(v):

@@ -79,6 +79,7 @@ class SourcePipeline:
         self.task_pages = task_pages
         self.consumers = consumers
         self.tasks: queue.Queue[_Task | None] = queue.Queue()
+        self.pages_sent = 0  # real pages handed to the wire so far (for query-migrate's `remaining`)
         # Every pass ends with all batches restored: needed when connections
         # could reorder a page's copies; otherwise only at stop-and-copy.
         self.barrier_each_pass = len(connections) > 1
@@ -154,6 +155,7 @@ class SourcePipeline:
                                 + self.real_s(stats.encode_s * 1e6, 1))
                     conn.post(slot, task.vm, stats.pages, stats)
                     wire = stats.wire_bytes
+                    self.pages_sent += n  # one writer per consumer; a lost increment only blurs progress
                     self._locked_step(core, base, length, "munmap", c.munmap_us + shootdown, n)
             except BaseException as exc:  # surfaced by send_pages
                 task.call.error = exc

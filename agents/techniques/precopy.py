@@ -118,6 +118,8 @@ class PrecopyMigration:
         self.phase = "setup"
         self.remaining_bytes = float(len(self.image) * 4096) / self.scale
         self.dirty_syncs = 0
+        self._pass_pages = 0  # pages of the pass under way, and the sink's count when it began
+        self._pass_started_at = 0
         self.abort_requested = False
         self._abort_as = ("cancelled", "cancelled")
 
@@ -140,8 +142,13 @@ class PrecopyMigration:
         self.abort_requested = True
 
     def progress(self) -> dict:
+        """QEMU's query-migrate view: `remaining_bytes` falls as this pass's pages go out."""
         r = self.result
-        return {"phase": self.phase, "status": r.status, "remaining_bytes": self.remaining_bytes,
+        sent = getattr(self.sink, "pages_sent", 0) - self._pass_started_at
+        remaining = self.remaining_bytes
+        if self.phase == "precopy" and self._pass_pages:
+            remaining = max(0.0, self.remaining_bytes - min(sent, self._pass_pages) * 4096 / self.scale)
+        return {"phase": self.phase, "status": r.status, "remaining_bytes": remaining,
                 "iteration": r.iteration_count + (1 if self.phase == "precopy" else 0),
                 "dirty_sync_count": self.dirty_syncs}
 
@@ -214,6 +221,7 @@ class PrecopyMigration:
             if self.abort_requested:
                 return None
             t_it = time.monotonic()
+            self._pass_pages, self._pass_started_at = len(todo), getattr(self.sink, "pages_sent", 0)
             wire = self.sink.send_pages(self.vm, self.image, todo, "precopy", lambda: self.abort_requested)
             # A pass ends when its pages have arrived: the bandwidth measured is
             # the link's, and nothing of this pass is left in flight at stop-and-copy.
@@ -278,6 +286,8 @@ class PrecopyMigration:
         the VM is stopped resumes it on the source."""
         r = self.result
         self._enter("stop-and-copy")
+        if self.abort_requested:  # cancelled on entering: the VM is not stopped at all
+            return self._cancel()
         r.paused_at = self.guest.pause()
         self.ctx.record("vm-stopped", t_real=r.paused_at)
         # A mask, not np.union1d: that one loads lazily, costing ~10 ms of downtime on first use.

@@ -237,8 +237,12 @@ class Sdps:
 
 
 def keeps_going(policy, reason: str | None) -> bool:
-    """Pre-copy goes on past a stop other than convergence while the policy can still act."""
-    return bool(reason) and reason != "converged" and not policy.exhausted()
+    """Pre-copy goes on past a stop other than convergence while the policy can
+    still act; once it cannot, only a stall ends it (the bytes already sent or
+    the passes already made say nothing about a guest that is now slowed)."""
+    if not reason or reason == "converged":
+        return False
+    return not policy.exhausted() or reason != "stalled"
 
 
 def policy_from_options(o) -> AutoConverge | DirtyLimit | Sdps | None:

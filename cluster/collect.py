@@ -15,6 +15,7 @@ from __future__ import annotations
 from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from cluster.scaling import Scale
 from cluster.scenario import GIB, MIB, Scenario
+from cluster.convergence_figures import convergence_figures
 from cluster.timeline import Timeline
 
 PAGE = 4096
@@ -236,6 +237,9 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until:
         "cpu_seconds_destination": cpu["cpu_seconds_destination"],
         "app": app | {"dirty_tracking_faults": m.guest_faults},
         "compression": compression_figures(o, scale, m.final, m.receiver.get("decode_s", 0.0), pages, total),
+        "convergence": convergence_figures(o, events, tl.of("guest", vm=m.vm),
+                                           lambda t1, t2: _rate(samples, real(t1), real(t2), scale.dilation),
+                                           times["started_at_s"]),
         "iteration_log": [{"iteration": r["iteration"], "pages": r["pages"], "bytes": r["transferred"],
                            "duration_s": r["duration_s"],
                            "throughput_mbytes_s": r["transferred"] / r["duration_s"] / MIB if r["duration_s"] else 0.0}

@@ -328,8 +328,8 @@ class Orchestrator:
             self._sample_host(name, got["usage"], t)
         for idx, stats in zip(self.sl.links, got_links):
             self._sample_link(idx, stats, t)
-        for vm, (tg, ops) in zip(self.sl.scenario.vms, got_guests):
-            self._sample_guest(vm.name, tg, ops)
+        for vm, (tg, ops, *throttle) in zip(self.sl.scenario.vms, got_guests):
+            self._sample_guest(vm.name, tg, ops, *throttle)
         self.sampling_s += time.monotonic() - t_begin
 
     def _sample_migration(self, m: MigrationState, polled: dict, t: float, final: bool = False) -> None:
@@ -397,12 +397,15 @@ class Orchestrator:
             stages[stage] = stages.get(stage, 0.0) + s - prev[1]["charged_by"].get(tag, 0.0)
         self.tl.sample("host", t, host=name, cpu_cores={k: v / dt for k, v in stages.items()} if dt > 0 else {})
 
-    def _sample_guest(self, vm: str, t: float, ops: float) -> None:
+    def _sample_guest(self, vm: str, t: float, ops: float, throttle: dict | None = None) -> None:
+        """Operations per second since the last sample; while migrating, the
+        vCPUs' throttle and dirty rates too (agents/guest/throttle.py)."""
         prev = self._samples.get(("g", vm))
         self._samples[("g", vm)] = (t, ops)
         if prev is None or t <= prev[0]:
             return
-        self.tl.sample("guest", t, vm=vm, ops_per_s=(ops - prev[1]) / self.scale.emulated_seconds(t - prev[0]))
+        self.tl.sample("guest", t, vm=vm, ops_per_s=(ops - prev[1]) / self.scale.emulated_seconds(t - prev[0]),
+                       **(throttle or {}))
 
     def _progress(self) -> None:
         if self.opts.progress:

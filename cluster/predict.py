@@ -21,6 +21,7 @@ from agents.cpu import resolve
 from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from agents.techniques.precopy import StopPolicy, stop_reason
 from cluster.results import MIB
+from cluster.predict_convergence import convergence_summary, throttled_iterations
 from cluster.scenario import GIB, MigrationPlan, Scenario, Vm
 
 PAGE = 4096
@@ -141,7 +142,8 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan) -> dict:
         todo, sent, elapsed, count, reason, log = _time_sliced(vm, mig, policy, mem_pages, pages_per_s,
                                                                bytes_per_page, sync_s, slow)
     else:
-        todo, sent, elapsed, count, reason, log = _image_oriented(vm, policy, mem_pages, first, dirty, sync_s)
+        iterate = throttled_iterations(mig) or _image_oriented  # convergence control: cluster/predict_convergence.py
+        todo, sent, elapsed, count, reason, log = iterate(vm, policy, mem_pages, first, dirty, sync_s)
         bytes_per_page, pages_per_s = dirty
     elapsed += mig.setup_ms / 1000
     state = mig.device_state_kib * 1024
@@ -175,6 +177,7 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan) -> dict:
         "cpu_seconds_destination": (sent_pages * costs.destination_us() - zero_pages * costs.receive_us) * 1e-6,
         "app": None,
         "iteration_log": log,
+        "convergence": convergence_summary(mig, log),
     }
 
 

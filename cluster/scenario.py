@@ -577,7 +577,7 @@ def _semantic_problems(s: Scenario) -> Problems:
     if problems:
         return problems
     links = _link_problems(s)
-    problems = links + _vm_problems(s) + _capacity_problems(s)
+    problems = links + _vm_problems(s) + _capacity_problems(s) + _convergence_problems(s)
     if not links:  # events name links, which must exist first
         problems += _event_problems(s)
     return problems
@@ -620,6 +620,28 @@ def _vm_start_problems(s: Scenario) -> Problems:
                              f"(found {len(sources)}{': ' if sources else ''}{', '.join(sources)}); "
                              f"name the host the VM starts on"))
     return problems
+
+
+def _convergence_problems(s: Scenario) -> Problems:
+    """One convergence method at a time, and a first throttle within the maximum
+    (agents/techniques/convergence.py); checked where the options are set."""
+    from agents.techniques.convergence import conflicts
+    names = {o.name for o in registry.get("precopy").options if o.name in _CONVERGENCE_NAMES}
+    tables = [("migration", s.migration)]
+    tables += [(f"migrations[{p.index}]", p.options) for p, e in zip(s.migration_plans(), s.migration_entries())
+               if names & set(e.overrides())]
+    problems: Problems = []
+    for path, o in tables:
+        clash = conflicts(o)
+        if clash:
+            problems.append((path, clash))
+        if o.cpu_throttle_initial > o.max_cpu_throttle:
+            problems.append((f"{path}.cpu_throttle_initial", f"{o.cpu_throttle_initial} is above max_cpu_throttle "
+                                                              f"({o.max_cpu_throttle}); lower it or raise the maximum"))
+    return problems
+
+
+_CONVERGENCE_NAMES = {"auto_converge", "dirty_limit", "sdps", "cpu_throttle_initial", "max_cpu_throttle"}
 
 
 def _option_problems(technique: str, given, path: str) -> Problems:

@@ -54,10 +54,13 @@ class GuestAgent:
         """A scheduled event: scale the workload's offered rate (1 = as configured)."""
         self.guest.rate_factor = factor
 
-    def progress(self) -> tuple[float, float]:
-        """(real time, cumulative operations) of the latest tick."""
+    def progress(self) -> tuple[float, float, dict]:
+        """(real time, cumulative operations) of the latest tick, and, while a
+        migration logs its writes or throttles it, the vCPUs' throttle and dirty rates."""
         s = self.guest.samples
-        return s[-1] if s else (time.monotonic(), 0.0)
+        t, ops = s[-1] if s else (time.monotonic(), 0.0)
+        g = self.guest
+        return t, ops, g.throttle.status() if g.logging or g.throttle.active else {}
 
     def timeline(self) -> tuple[list, float]:
         return list(self.guest.samples), self.guest.faults

@@ -312,6 +312,12 @@ class _GuestControl:
     def take_io_thread(self, share: float) -> None:
         self.log.take_io_thread(share)
 
+    def set_throttle(self, pct: float) -> None:
+        self.log.set_throttle(pct)
+
+    def set_dirty_limit(self, quota_bytes_s: float, period_s: float) -> None:
+        self.log.set_dirty_limit(quota_bytes_s, period_s)
+
     def harvest(self) -> np.ndarray:
         with self.cores.core(self.tag) as core:
             idx = self.log.harvest()

@@ -17,18 +17,22 @@ import time
 import numpy as np
 
 _DONE_TICK, _HARVESTED, _LOGGING, _PAUSE_REQUESTED, _PAUSED_AT, _IO_TAKEN, _CPU_TAKEN = 0, 1, 2, 3, 4, 5, 6
+# Convergence control (agents/techniques/convergence.py): a CPU throttle in
+# percent, and a dirty-rate quota per vCPU (emulated bytes/s) with its period.
+_CPU_THROTTLE, _DIRTY_LIMIT, _DIRTY_LIMIT_PERIOD = 7, 8, 9
+HEADER = 128  # bytes of control fields before the per-page ticks
 
 
 class DirtyLog:
     def __init__(self, buf: np.ndarray, npages: int) -> None:
         """`buf`: a shared uint8 buffer of at least `nbytes(npages)` bytes."""
-        self.ctrl = buf[:64].view(np.int64)
-        self.times = buf[:64].view(np.float64)
-        self.tick = buf[64: 64 + 8 * npages].view(np.int64)
+        self.ctrl = buf[:HEADER].view(np.int64)
+        self.times = buf[:HEADER].view(np.float64)
+        self.tick = buf[HEADER: HEADER + 8 * npages].view(np.int64)
 
     @staticmethod
     def nbytes(npages: int) -> int:
-        return 64 + 8 * npages
+        return HEADER + 8 * npages
 
     # --- the guest's side ---
     @property
@@ -71,6 +75,16 @@ class DirtyLog:
     def take_cpu(self, vcpus: float) -> None:
         self.times[_CPU_TAKEN] = vcpus
 
+    @property
+    def cpu_throttle(self) -> float:
+        """Percent of the time the migration makes every vCPU sleep (0: none)."""
+        return float(self.times[_CPU_THROTTLE])
+
+    @property
+    def dirty_limit(self) -> tuple[float, float]:
+        """(quota per vCPU in emulated bytes/s, enforcement period in emulated s); quota 0: none."""
+        return float(self.times[_DIRTY_LIMIT]), float(self.times[_DIRTY_LIMIT_PERIOD])
+
     # --- the migration's side ---
     def take_io_thread(self, share: float) -> None:
         """Vanilla kvm-qemu migrates from the I/O thread that also serves the
@@ -89,6 +103,15 @@ class DirtyLog:
             time.sleep(0.0001)
         return float(self.times[_PAUSED_AT])
 
+    def set_throttle(self, pct: float) -> None:
+        """Throttle the vCPUs to run 1 - pct/100 of the time (QEMU's cpu_throttle_set)."""
+        self.times[_CPU_THROTTLE] = pct
+
+    def set_dirty_limit(self, quota_bytes_s: float, period_s: float) -> None:
+        """Cap each vCPU's dirty rate, enforced by the guest every `period_s` (QEMU's dirty-limit)."""
+        self.times[_DIRTY_LIMIT_PERIOD] = period_s
+        self.times[_DIRTY_LIMIT] = quota_bytes_s
+
     def clear_pause(self) -> None:
         self.ctrl[_PAUSE_REQUESTED] = 0
 
@@ -98,7 +121,10 @@ class DirtyLog:
         self.ctrl[_LOGGING] = 1
 
     def stop(self) -> None:
+        """Logging off: the migration is over, and with it every throttle it set."""
         self.ctrl[_LOGGING] = 0
+        self.set_throttle(0.0)
+        self.set_dirty_limit(0.0, 0.0)
 
     def harvest(self) -> np.ndarray:
         """Pages written since the last harvest (sorted); resets the log."""

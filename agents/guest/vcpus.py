@@ -9,7 +9,9 @@ memory (agents/guest/dirty_log.py); the migration harvests it without asking.
 
 While dirty logging is on, the first write to a page after each reset costs
 a write-protection fault on a vCPU; operations beyond the vCPUs' capacity are
-not done. That is how migration slows a busy guest down.
+not done. That is how migration slows a busy guest down. A migration that
+throttles the guest to converge (agents/guest/throttle.py) shortens the time
+its vCPUs run, and with it the operations and the writes.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from agents.guest.content import PageClasses, write_pages
 from agents.guest.dirty_log import DirtyLog
+from agents.guest.throttle import VcpuThrottle
 from agents.guest.workloads import Sweeper, Workload
 
 TICK_S = 0.002
@@ -46,6 +49,7 @@ class Guest:
         self.ops = 0.0  # cumulative operations (emulated units)
         self.samples: list[tuple[float, float]] = []  # (real time, cumulative ops)
         self.faults = 0.0
+        self.throttle = VcpuThrottle(vcpus)
         self._fault_ratio = 0.0
         self._counter = 1 << 32
         self._tick_no = 0
@@ -115,6 +119,8 @@ class Guest:
     def _tick(self, dt: float, carry: float) -> float:
         wl = self.workload
         awake = wl.advance(dt) if isinstance(wl, Sweeper) else dt
+        shares = self.throttle.shares(self.log)
+        awake *= float(shares.mean())  # a throttled vCPU sleeps part of the tick
         offered = wl.ops_rate() * self.rate_factor * awake + carry
         # vCPU budget: operations plus expected dirty-tracking faults must fit.
         logging = self.log.logging
@@ -141,6 +147,7 @@ class Guest:
                 self.faults += emu_faults
                 self._fault_ratio = emu_faults / ops if ops > 0 else 0.0
         self.log.publish(self._tick_no)
+        self.throttle.count(shares, len(idx) / wl.scale * 4096, dt, self.log)
         self.ops += ops
         # Work not done is not carried over beyond one tick (an open-loop client gives up).
         return min(offered - ops, wl.ops_rate() * self.rate_factor * awake)

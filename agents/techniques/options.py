@@ -125,3 +125,32 @@ COMPRESSION: tuple[Option, ...] = (
     Option("xbzrle_budget", None, "bytes", "Largest delta per page; a longer one is sent whole (default: a page)",
            int, ge=1, le=PAGE_SIZE, optional=True),
 )
+
+# Convergence control (agents/techniques/convergence.py): slowing a guest that
+# dirties memory faster than pre-copy sends it. QEMU's auto-converge and
+# dirty-limit with its parameter names and defaults (qapi/migration.json),
+# and vMotion's SDPS. One method at a time.
+CONVERGENCE: tuple[Option, ...] = (
+    Option("auto_converge", False, "", "Throttle the vCPUs while the guest dirties faster than the threshold "
+           "allows (QEMU's auto-converge capability)", bool, qemu_name="auto-converge"),
+    Option("throttle_trigger_threshold", 50, "%", "Dirtied bytes over transferred bytes in a sync period above "
+           "which a period counts as not converging", int, ge=1, le=100, qemu_name="throttle-trigger-threshold"),
+    Option("cpu_throttle_initial", 20, "%", "First throttle, once two periods did not converge", int, ge=1, le=99,
+           qemu_name="cpu-throttle-initial"),
+    Option("cpu_throttle_increment", 10, "%", "Throttle added each time two more periods did not converge", int,
+           ge=1, le=99, qemu_name="cpu-throttle-increment"),
+    Option("max_cpu_throttle", 99, "%", "Highest throttle (auto-converge and SDPS)", int, ge=1, le=99,
+           qemu_name="max-cpu-throttle"),
+    Option("cpu_throttle_tailslow", False, "", "Step by less than the increment near the end: only as much as "
+           "brings the dirty rate down to the threshold", bool, qemu_name="cpu-throttle-tailslow"),
+    Option("dirty_limit", False, "", "Once two periods did not converge, cap every vCPU's dirty rate at "
+           "vcpu_dirty_limit_mbytes_s (QEMU's dirty-limit capability)", bool, qemu_name="dirty-limit"),
+    Option("vcpu_dirty_limit_mbytes_s", 1.0, "MiB/s", "Dirty-rate cap per vCPU under dirty_limit", float, gt=0,
+           qemu_name="vcpu-dirty-limit"),
+    Option("x_vcpu_dirty_limit_period_ms", 1000, "ms", "How often the guest measures each vCPU's dirty rate and "
+           "adjusts its sleep under dirty_limit", int, ge=1, le=1000, qemu_name="x-vcpu-dirty-limit-period"),
+    Option("sdps", False, "", "Stun During Page Send (vMotion): when pre-copy stops making progress, delay the "
+           "vCPUs so the guest dirties below the transfer rate", bool),
+    Option("sdps_target_ratio", 0.5, "x transfer rate", "Dirty rate SDPS holds the guest at, as a share of the "
+           "transfer rate", float, gt=0, lt=1),
+)

@@ -16,6 +16,11 @@ Two iteration strategies (PMigrate §5):
   and then sends only a slice of the dirty pages (e.g. 2 MByte), so that the
   I/O thread can serve the guest in between. That makes thousands of
   iterations, each paying for a fetch of the whole dirty log.
+
+Convergence control (auto-converge, dirty-limit, SDPS) lives in
+agents/techniques/convergence.py; this module only calls its `Governor` at
+each dirty-log sync, lets it keep pre-copy going past a stop other than
+convergence while it can still slow the guest, and lifts its throttle at the end.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import numpy as np
 
 from agents.datapath.clock import sleep_until
 from agents.techniques.base import MigrationContext
+from agents.techniques.convergence import Governor, SyncPeriod, policy_from_options
 
 GIB = 1 << 30
 
@@ -99,7 +105,7 @@ class PrecopyMigration:
 
     def __init__(self, ctx: MigrationContext, policy: StopPolicy, state_bytes: float, setup_s: float,
                  strategy: str = "image", slice_bytes: float = 2 * 2**20, resume_s: float = 0.0,
-                 io_thread_taken: float = 0.0) -> None:
+                 io_thread_taken: float = 0.0, convergence=None) -> None:
         self.ctx = ctx
         self.vm = ctx.vm
         self.image = ctx.image
@@ -122,6 +128,9 @@ class PrecopyMigration:
         self._pass_started_at = 0
         self.abort_requested = False
         self._abort_as = ("cancelled", "cancelled")
+        # `convergence`: a policy of agents/techniques/convergence.py, or None.
+        self.governor = Governor(convergence, ctx.guest, ctx.record) if convergence else None
+        self._sync_at = (0.0, 0.0)  # real time and bytes sent (emulated) at the last sync
 
     # --- the technique interface ------------------------------------------
     @classmethod
@@ -135,7 +144,7 @@ class PrecopyMigration:
         policy = StopPolicy(o.downtime_limit_ms / 1000, o.max_iterations, o.stall_iterations,
                             o.max_sent_ratio * memory_bytes)
         return cls(ctx, policy, o.device_state_kib * 1024, o.setup_ms / 1000, o.strategy, o.slice_mib * 2**20,
-                   o.resume_ms / 1000, o.io_thread_taken)
+                   o.resume_ms / 1000, o.io_thread_taken, policy_from_options(o))
 
     def abort(self, status: str = "cancelled", reason: str = "cancelled") -> None:
         self._abort_as = (status, reason)
@@ -166,7 +175,29 @@ class PrecopyMigration:
 
     def _harvest(self) -> np.ndarray:
         self.dirty_syncs += 1
-        return self.guest.harvest()
+        idx = self.guest.harvest()
+        if self.governor is not None:
+            self._convergence_sync(len(idx))
+        return idx
+
+    # --- convergence control hooks (agents/techniques/convergence.py) ----------
+    def _convergence_sync(self, dirty_pages: int) -> None:
+        """After a dirty-log sync: tell the governor what the period since the last one saw."""
+        now, sent = time.monotonic(), self.result.memory_bytes_sent
+        t0, sent0 = self._sync_at
+        self._sync_at = (now, sent)
+        dirtied = dirty_pages * 4096 / self.scale
+        self.governor.on_sync(self.dirty_syncs, SyncPeriod(self._emu(now - t0), dirtied, sent - sent0,
+                                                           self.remaining_bytes, dirtied))
+
+    def _converging(self, why: str | None) -> bool:
+        """True when the governor keeps pre-copy going past the stop rule's `why`."""
+        return self.governor is not None and self.governor.overrides(why, self.dirty_syncs)
+
+    def _convergence_stop(self) -> None:
+        if self.governor is not None:
+            self.governor.stop()
+            self.governor = None
 
     def run(self) -> PrecopyResult:
         r = self.result
@@ -178,6 +209,7 @@ class PrecopyMigration:
         r.setup_time_s = self._emu(time.monotonic() - t0)
         self.guest.start_dirty_log()
         self.dirty_syncs += 1  # QEMU counts the sync that starts dirty logging
+        self._sync_at = (time.monotonic(), 0.0)
         if self.strategy == "time-sliced":
             # Vanilla KVM migrates from the guest's I/O thread.
             self.guest.take_io_thread(self.io_thread_taken)
@@ -212,6 +244,7 @@ class PrecopyMigration:
             self.remaining_bytes = remaining
             if r.iterations:
                 why = stop_reason(self.policy, len(r.iterations), remaining, bandwidth, history, r.memory_bytes_sent)
+                why = None if self._converging(why) else why
                 if why:
                     r.stop_reason = why
                     self.ctx.record("stop", reason=why)
@@ -275,6 +308,7 @@ class PrecopyMigration:
             self.remaining_bytes = remaining
             self._iteration_done(r.iteration_count, int(round(sent_pages / self.scale)), wire_emu, dt, remaining)
             why = stop_reason(no_stall, r.iteration_count, remaining, bandwidth, [], r.memory_bytes_sent)
+            why = None if self._converging(why) else why
             if why:
                 r.stop_reason = why
                 self.ctx.record("stop", reason=why)
@@ -290,6 +324,7 @@ class PrecopyMigration:
             return self._cancel()
         r.paused_at = self.guest.pause()
         self.ctx.record("vm-stopped", t_real=r.paused_at)
+        self._convergence_stop()  # the final sync belongs to no throttling period
         # A mask, not np.union1d: that one loads lazily, costing ~10 ms of downtime on first use.
         mask = np.zeros(len(self.image), dtype=bool)
         mask[todo] = True
@@ -324,6 +359,7 @@ class PrecopyMigration:
         memory the migration only ever read."""
         r = self.result
         self.sink.drain()
+        self._convergence_stop()
         self.guest.stop_dirty_log()  # no more write-protection faults for the guest
         if paused:
             self.guest.resume()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from agents.techniques.options import COMMON, COMPRESSION, PIPELINE, PRECOPY, Option
+from agents.techniques.options import COMMON, COMPRESSION, CONVERGENCE, PIPELINE, PRECOPY, Option
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ _BUILTIN = (
     TechniqueSpec(
         name="precopy",
         summary="Iterative pre-copy, image-oriented or time-sliced, with PMigrate's parallel pipeline "
-                "when consumers > 1",
-        options=COMMON + PRECOPY + PIPELINE + COMPRESSION,
+                "when consumers > 1 and convergence control (auto-converge, dirty-limit, SDPS)",
+        options=COMMON + PRECOPY + PIPELINE + COMPRESSION + CONVERGENCE,
         factory="agents.techniques.precopy:PrecopyMigration",
     ),
 )

@@ -307,10 +307,19 @@ def bench_timeline(scenario: Path = typer.Argument(Path("scenarios/quickstart.to
 
 
 @bench_app.command("codec")
-def bench_codec(seconds: float = typer.Option(0.5, help="Seconds per case.")) -> None:
+def bench_codec(seconds: float = typer.Option(0.5, help="Seconds per case."),
+                calibrate: bool = typer.Option(False, "--calibrate", help="Measure the codec cost model's figures "
+                                               "and store them (agents/encodings/codec_costs.json).")) -> None:
     """Real MB/s on one core: zero detection, zstd levels 1 and 3, XBZRLE encode and decode."""
-    from agents.encodings.codec_bench import run_codec_bench
-    print(json.dumps(run_codec_bench(seconds), indent=2))
+    from agents.encodings import codec_bench
+    if not calibrate:
+        print(json.dumps(codec_bench.run_codec_bench(seconds), indent=2))
+        return
+    from agents.encodings.cost_model import CALIBRATION
+    data = codec_bench.calibrate(seconds)
+    CALIBRATION.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))
+    print(f"stored in {CALIBRATION}", file=sys.stderr)
 
 
 def main() -> None:

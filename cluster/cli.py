@@ -182,6 +182,8 @@ def predict(scenario: Path = typer.Argument(..., help="Scenario TOML file."),
         print(json.dumps(result, indent=2))
         return
     out.print(_summary_table(f"{sc.name}: analytic prediction", [(v["vm"], v) for v in result["vms"]]))
+    for line in result["not_modelled"]:
+        print(f"not modelled: {line}")
 
 
 @app.command()

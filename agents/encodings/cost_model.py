@@ -82,6 +82,7 @@ class CodecCosts:
     xbzrle_decode: tuple
     call_us: float  # one codec call's fixed cost, spread over CALL_PAGES emulated pages
     measured: dict  # when, where and how the figures were measured
+    xbzrle_changes: tuple = ()  # ((changed share of a page, payload share of its delta), ...)
 
     def zstd_level(self, level: int) -> ZstdCosts:
         """The calibrated level nearest `level` (see `provenance` for which one)."""
@@ -126,8 +127,9 @@ def from_calibration(data: dict) -> CodecCosts:
     zstd = {int(lv): ZstdCosts(int(lv), v["ratio"], v["compress_mb_s"], v["decompress_mb_s"])
             for lv, v in data["zstd"].items()}
     table = lambda rows: tuple(sorted((float(r["payload_share"]), float(r["mb_s"])) for r in rows))  # noqa: E731
+    changes = tuple(sorted((float(r["changed_bytes"]), float(r["payload_share"])) for r in data["xbzrle"]["encode"]))
     return CodecCosts(zstd, table(data["xbzrle"]["encode"]), table(data["xbzrle"]["decode"]),
-                      float(data["call_us"]), dict(data["measured"]))
+                      float(data["call_us"]), dict(data["measured"]), changes)
 
 
 @lru_cache(maxsize=1)

@@ -4,7 +4,7 @@
   livemig predict SCENARIO    the analytic model's figures, instantly
   livemig validate SCENARIO   check a scenario file
   livemig compare A B         two results side by side, with the paper's ratios
-  livemig reproduce SUITE     run a paper's experiment pairs and compare with the paper
+  livemig reproduce SUITE     run a paper's experiment pairs (or the model grid) and compare
   livemig list                the shipped scenarios
   livemig techniques          the migration techniques and their options
   livemig bench pipeline|link|codec   figures of this machine
@@ -223,12 +223,15 @@ def compare(result_a: Path = typer.Argument(..., help="result.json (or its direc
 
 
 @app.command()
-def reproduce(suite: str = typer.Argument(..., help="pmigrate or xbrle"),
+def reproduce(suite: str = typer.Argument(..., help="pmigrate, xbrle, or model (emulator against predictor)"),
               out_dir: Path = typer.Option(Path("runs/reproduce"), "--out", help="Where each run's result.json goes."),
               tolerance: float = typer.Option(0.25, help="Allowed deviation of a ratio from the paper's."),
               markdown_out: bool = typer.Option(False, "--markdown", help="Print the table as Markdown.")) -> None:
     """Run a paper's experiment pairs and compare every ratio with the paper's (takes minutes)."""
     from cluster.reproduce import SUITES, markdown, run_suite
+    if suite == "model":
+        _reproduce_model(out_dir, markdown_out)
+        return
     if suite not in SUITES:
         _fail_input([f"reproduce: unknown suite {suite!r}; known: {', '.join(SUITES)}"])
     report = run_suite(suite, out_dir, tolerance, progress=lambda m: err.print(m))
@@ -239,6 +242,16 @@ def reproduce(suite: str = typer.Argument(..., help="pmigrate or xbrle"),
     good = [r for r in checked if r.get("direction") and r.get("within")]
     err.print(f"{len(good)} of {len(checked)} checked ratios in the paper's direction and within {tolerance:.0%}")
     raise typer.Exit(0 if all(e["verified"] for e in report) else 1)
+
+
+def _reproduce_model(out_dir: Path, markdown_out: bool) -> None:
+    """The model suite: a grid of pre-copy scenarios through emulator and predictor."""
+    from cluster.reproduce import model_markdown, run_model
+    rows = run_model(out_dir, progress=lambda m: err.print(m))
+    (out_dir / "model.json").write_text(json.dumps(rows, indent=2, default=float))
+    table = model_markdown(rows)
+    print(table if markdown_out else table.replace("|", " ").strip())
+    raise typer.Exit(0 if all(r["verified"] for r in rows) else 1)
 
 
 @app.command("list")

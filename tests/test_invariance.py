@@ -1,19 +1,23 @@
-"""Invariance: an emulated figure must not depend on memory_scale, batch size or dilation.
+"""Invariance: an emulated figure must not depend on memory_scale, batch size or dilation;
+and the predictor must agree with the emulator.
 
 Every technique and encoding is run at a base setting and with one knob
 changed at a time (memory_scale doubled, another batch size, dilation
 doubled); total time, downtime and bytes sent must agree within 5 %. The
 whole matrix is slow (`make test-slow`); the default suite keeps zstd, whose
-charged CPU once depended on the batch size and memory_scale, and pre-copy.
+charged CPU once depended on the batch size and memory_scale. Each case's base
+run is also held to `livemig predict` within 15 %.
 """
 from __future__ import annotations
 
 import pytest
 
+from cluster.predict import predict
 from cluster.runner import RunOptions, run_scenario
 from cluster.scenario import parse_scenario
 
 TOLERANCE = 0.05
+MODEL_TOLERANCE = 0.15
 DOWNTIME_FLOOR_MS = 2.0  # the link's latency error (DESIGN.md: p99 0.13 ms per hop) and the harvest's jitter
 
 WRITER = '{ kind = "uniform", dirty_pages_per_s = 6000, working_set_gib = 0.125 }'
@@ -95,6 +99,27 @@ def check(case: str, knob: str) -> None:
     print(f"invariance {case} {knob}: " + ", ".join(f"{k} {v:+.1%}" for k, v in dev.items()))
     for key, d in dev.items():
         assert d <= TOLERANCE, (case, knob, key, base[key], other[key])
+
+
+def check_model(case: str) -> None:
+    if case not in _BASE:
+        _BASE[case] = run(case)
+    got = _BASE[case]
+    model = predict(parse_scenario(scenario(case, **BASE), f"{case}.toml"))
+    dev = {k: got[k] / model[k] - 1 for k in ("total_time_s", "memory_bytes_sent")}
+    print(f"model {case}: " + ", ".join(f"{k} {v:+.1%}" for k, v in dev.items()))
+    for key, d in dev.items():
+        assert abs(d) <= MODEL_TOLERANCE, (case, key, got[key], model[key])
+
+
+def test_zstd_emulator_and_predictor_agree(ray_cluster):
+    check_model("zstd")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_emulator_and_predictor_agree(ray_cluster, case):
+    check_model(case)
 
 
 @pytest.mark.parametrize("knob", ["batch_pages", "memory_scale"])

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-slow bench clean
 
 $(STAMP): pyproject.toml setup.py agents/encodings/_xbzrle.c
 	python3 -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(STAMP)
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) || \
 	  echo "note: the Prometheus server is not installed; its test will be skipped"; }
 	$(PY) -m pytest -q
+
+# The slow matrices (invariance of every technique and encoding to the scaling knobs).
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -s -m slow
 
 bench: $(STAMP)
 	$(VENV)/bin/livemig bench pipeline

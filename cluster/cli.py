@@ -4,7 +4,7 @@
   livemig predict SCENARIO    the analytic model's figures, instantly
   livemig validate SCENARIO   check a scenario file
   livemig compare A B         two results side by side, with the paper's ratios
-  livemig reproduce SUITE     run a paper's experiment pairs and compare with the paper
+  livemig reproduce SUITE     run a paper's experiment pairs (or the model grid) and compare
   livemig list                the shipped scenarios
   livemig techniques          the migration techniques and their options
   livemig bench pipeline|link|codec   figures of this machine
@@ -182,6 +182,8 @@ def predict(scenario: Path = typer.Argument(..., help="Scenario TOML file."),
         print(json.dumps(result, indent=2))
         return
     out.print(_summary_table(f"{sc.name}: analytic prediction", [(v["vm"], v) for v in result["vms"]]))
+    for line in result["not_modelled"]:
+        print(f"not modelled: {line}")
 
 
 @app.command()
@@ -221,12 +223,15 @@ def compare(result_a: Path = typer.Argument(..., help="result.json (or its direc
 
 
 @app.command()
-def reproduce(suite: str = typer.Argument(..., help="pmigrate or xbrle"),
+def reproduce(suite: str = typer.Argument(..., help="pmigrate, xbrle, or model (emulator against predictor)"),
               out_dir: Path = typer.Option(Path("runs/reproduce"), "--out", help="Where each run's result.json goes."),
               tolerance: float = typer.Option(0.25, help="Allowed deviation of a ratio from the paper's."),
               markdown_out: bool = typer.Option(False, "--markdown", help="Print the table as Markdown.")) -> None:
     """Run a paper's experiment pairs and compare every ratio with the paper's (takes minutes)."""
     from cluster.reproduce import SUITES, markdown, run_suite
+    if suite == "model":
+        _reproduce_model(out_dir, markdown_out)
+        return
     if suite not in SUITES:
         _fail_input([f"reproduce: unknown suite {suite!r}; known: {', '.join(SUITES)}"])
     report = run_suite(suite, out_dir, tolerance, progress=lambda m: err.print(m))
@@ -237,6 +242,16 @@ def reproduce(suite: str = typer.Argument(..., help="pmigrate or xbrle"),
     good = [r for r in checked if r.get("direction") and r.get("within")]
     err.print(f"{len(good)} of {len(checked)} checked ratios in the paper's direction and within {tolerance:.0%}")
     raise typer.Exit(0 if all(e["verified"] for e in report) else 1)
+
+
+def _reproduce_model(out_dir: Path, markdown_out: bool) -> None:
+    """The model suite: a grid of pre-copy scenarios through emulator and predictor."""
+    from cluster.reproduce import model_markdown, run_model
+    rows = run_model(out_dir, progress=lambda m: err.print(m))
+    (out_dir / "model.json").write_text(json.dumps(rows, indent=2, default=float))
+    table = model_markdown(rows)
+    print(table if markdown_out else table.replace("|", " ").strip())
+    raise typer.Exit(0 if all(r["verified"] for r in rows) else 1)
 
 
 @app.command("list")
@@ -308,10 +323,19 @@ def bench_timeline(scenario: Path = typer.Argument(Path("scenarios/quickstart.to
 
 
 @bench_app.command("codec")
-def bench_codec(seconds: float = typer.Option(0.5, help="Seconds per case.")) -> None:
+def bench_codec(seconds: float = typer.Option(0.5, help="Seconds per case."),
+                calibrate: bool = typer.Option(False, "--calibrate", help="Measure the codec cost model's figures "
+                                               "and store them (agents/encodings/codec_costs.json).")) -> None:
     """Real MB/s on one core: zero detection, zstd levels 1 and 3, XBZRLE encode and decode."""
-    from agents.encodings.codec_bench import run_codec_bench
-    print(json.dumps(run_codec_bench(seconds), indent=2))
+    from agents.encodings import codec_bench
+    if not calibrate:
+        print(json.dumps(codec_bench.run_codec_bench(seconds), indent=2))
+        return
+    from agents.encodings.cost_model import CALIBRATION
+    data = codec_bench.calibrate(seconds)
+    CALIBRATION.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))
+    print(f"stored in {CALIBRATION}", file=sys.stderr)
 
 
 def main() -> None:

@@ -18,8 +18,10 @@ import math
 import numpy as np
 
 from agents.cpu import resolve
+from agents.encodings import cost_model
 from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from agents.techniques.precopy import StopPolicy, stop_reason
+from cluster import predict_codec
 from cluster.results import MIB
 from cluster.predict_convergence import convergence_summary, throttled_iterations
 from cluster.scenario import GIB, MigrationPlan, Scenario, Vm
@@ -96,7 +98,8 @@ def link_rate(scenario: Scenario, mp: MigrationPlan | None = None) -> float:
                for lp in topo.links_of_migration(mp.index))
 
 
-def cpu_pages_per_s(scenario: Scenario, zero_fraction: float = 0.0, mp: MigrationPlan | None = None) -> float:
+def cpu_pages_per_s(scenario: Scenario, zero_fraction: float = 0.0, mp: MigrationPlan | None = None,
+                    codec_us: tuple[float, float] = (0.0, 0.0)) -> float:
     """Pages/s a migration's source and destination CPUs allow: cores over cost,
     and the address-space lock's serial part (Amdahl) on the source. Zero pages
     are checked but not transferred. By default the scenario's first migration."""
@@ -109,8 +112,9 @@ def cpu_pages_per_s(scenario: Scenario, zero_fraction: float = 0.0, mp: Migratio
     serial = {"global": costs.mmap_us + costs.map_us + costs.munmap_us + shootdown,
               "rwlock": costs.mmap_us + costs.munmap_us + shootdown,
               "range": 0.0}[mig.address_space_lock]
-    source_us = costs.source_us(n) - zero_fraction * costs.send_us
-    dest_us = costs.restore_us + (1 - zero_fraction) * costs.receive_us
+    # `codec_us`: compression at the source and decompression at the destination, per average page.
+    source_us = costs.source_us(n) - zero_fraction * costs.send_us + codec_us[0]
+    dest_us = costs.restore_us + (1 - zero_fraction) * costs.receive_us + codec_us[1]
     # A side that costs nothing per page (all zero pages, free steps) sets no limit.
     rates = [min(n, c) * 1e6 / us for c, us in ((cores[0], source_us), (cores[1], dest_us)) if us > 0]
     if serial > 0:
@@ -127,7 +131,7 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan) -> dict:
     # The first pass meets the image's zero pages; every page sent after it
     # was written by the guest, so it holds data (agents/guest/content.py).
     first = _pass_rates(scenario, mp, z, wire_rate)
-    dirty = _pass_rates(scenario, mp, 0.0, wire_rate)
+    dirty = _pass_rates(scenario, mp, 0.0, wire_rate, dirty=True, interval_s=(vm.memory_gib * GIB / PAGE) / first[1])
     bytes_per_page, pages_per_s = first
     mem_pages = vm.memory_gib * GIB / PAGE
     sync_s = costs.dirty_sync_ns * 1e-9 * mem_pages  # each fetch of the dirty log
@@ -151,11 +155,13 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan) -> dict:
     downtime = sync_s + todo / pages_per_s + state / wire_rate + one_way + mig.resume_ms / 1000
     sent += todo * bytes_per_page
     total = elapsed + downtime
-    # Zero pages are sent once, in the first pass (time-sliced: the model keeps the image's share throughout).
-    zero_pages = mem_pages * z if mig.strategy != "time-sliced" else (sent / bytes_per_page) * z
-    sent_pages = zero_pages + (sent - zero_pages * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES)) / (PAGE + PAGE_HEADER_BYTES)
+    by_pass = _pages_by_pass(scenario, mp, mem_pages, sent, wire_rate)
+    pages = _pages_by_encoding(by_pass)
+    zero_pages, sent_pages = pages["zero"], sum(pages.values())
     source_us = costs.source_us(mig.consumers)
-    cpu_s = (sent_pages * source_us - zero_pages * costs.send_us) * 1e-6 + sync_s * (count + 1)  # the source's, as PMigrate counts
+    codec_src = sum(n * enc.source_us for n, enc in by_pass)
+    codec_dst = sum(n * enc.destination_us for n, enc in by_pass)
+    cpu_s = (sent_pages * source_us - zero_pages * costs.send_us + codec_src) * 1e-6 + sync_s * (count + 1)  # the source's, as PMigrate counts
     return {
         "vm": vm.name,
         "migration": mp.index,
@@ -170,21 +176,57 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan) -> dict:
         "memory_bytes_sent": sent,
         "disk_bytes_sent": 0,
         "downtime_bytes_sent": downtime_bytes,
-        "pages": {"normal": int(round(sent_pages - zero_pages)), "zero": int(round(zero_pages)), "compressed": 0, "delta": 0},
+        "pages": {k: int(round(v)) for k, v in pages.items()},
         "avg_throughput_mbytes_s": sent / total / MIB,
         "cpu_seconds": cpu_s,
         "cpu_usage_percent": 100 * cpu_s / total,
-        "cpu_seconds_destination": (sent_pages * costs.destination_us() - zero_pages * costs.receive_us) * 1e-6,
+        "cpu_seconds_destination": (sent_pages * costs.destination_us() - zero_pages * costs.receive_us
+                                    + codec_dst) * 1e-6,
         "app": None,
         "iteration_log": log,
         "convergence": convergence_summary(mig, log),
-    }
+    } | _compression_prediction(mig, by_pass, total) | {"not_modelled": predict_codec.limits(scenario, mp)}
 
 
-def _pass_rates(scenario: Scenario, mp: MigrationPlan, zero: float, wire_rate: float) -> tuple[float, float]:
-    """(wire bytes per page, pages per second) of a pass over pages of which `zero` are zero pages."""
-    bytes_per_page = (1 - zero) * (PAGE + PAGE_HEADER_BYTES) + zero * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES)
-    return bytes_per_page, min(wire_rate / bytes_per_page, cpu_pages_per_s(scenario, zero, mp))
+def _pass_rates(scenario: Scenario, mp: MigrationPlan, zero: float, wire_rate: float, dirty: bool = False,
+                interval_s: float = 1.0) -> tuple[float, float]:
+    """(wire bytes per page, pages per second) of a pass over pages of which `zero` are zero pages,
+    encoded as the migration's compression says (cluster/predict_codec.py)."""
+    enc = predict_codec.encoding(mp.vm, mp.options, zero, dirty, interval_s)
+    cpu = cpu_pages_per_s(scenario, zero, mp, (enc.source_us, enc.destination_us))
+    return enc.bytes_per_page, min(wire_rate / enc.bytes_per_page, cpu)
+
+
+def _pages_by_pass(scenario, mp, mem_pages: float, sent: float, wire_rate: float) -> list:
+    """[(pages, PassEncoding)]: the first pass over the image, then the dirty pages
+    (time-sliced: the model keeps the image's encoding throughout)."""
+    z = mp.vm.content.zero
+    first = predict_codec.encoding(mp.vm, mp.options, z, False)
+    if mp.options.strategy == "time-sliced":
+        return [(sent / first.bytes_per_page, first)]
+    _, first_rate = _pass_rates(scenario, mp, z, wire_rate)
+    dirty = predict_codec.encoding(mp.vm, mp.options, 0.0, True, mem_pages / first_rate)
+    rest = max(0.0, sent - mem_pages * first.bytes_per_page)
+    return [(mem_pages, first), (rest / dirty.bytes_per_page, dirty)]
+
+
+def _pages_by_encoding(by_pass: list) -> dict:
+    return {k: sum(n * enc.shares[k] for n, enc in by_pass) for k in ("normal", "zero", "compressed", "delta")}
+
+
+def _compression_prediction(mig, by_pass: list, total_s: float) -> dict:
+    """result.json's `compression` figures, as the model sees them (none without compression)."""
+    if mig.compression == "none":
+        return {}
+    pages = sum(n * (1 - enc.shares["zero"]) for n, enc in by_pass)
+    wire = sum(n * (enc.bytes_per_page - enc.shares["zero"] * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES)
+                    - (1 - enc.shares["zero"]) * PAGE_HEADER_BYTES) for n, enc in by_pass)
+    return {"compression": {
+        "method": mig.compression,
+        "memory_compress_rate": wire / (pages * PAGE) if pages else 1.0,
+        "compress_cpu_seconds": sum(n * enc.source_us for n, enc in by_pass) * 1e-6,
+        "decompress_cpu_seconds": sum(n * enc.destination_us for n, enc in by_pass) * 1e-6,
+        "cpu_model": cost_model.load().provenance(mig.zstd_level if mig.compression.endswith("zstd") else None)}}
 
 
 def _image_oriented(vm, policy, mem_pages, first, dirty, sync_s):
@@ -250,5 +292,6 @@ def predict(scenario: Scenario, path: str = "") -> dict:
             out[k] = sum(v[k] for v in per_vm)
         out["downtime_ms"] = max(v["downtime_ms"] for v in per_vm)
         out["avg_throughput_mbytes_s"] = out["memory_bytes_sent"] / out["total_time_s"] / MIB
+    out["not_modelled"] = sorted({line for v in per_vm for line in v["not_modelled"]})
     out["vms"] = per_vm
     return out

@@ -93,3 +93,89 @@ def markdown(report: list[dict]) -> str:
                          f"| {f(r['a'])} → {f(r['b'])} | {f(r.get('paper_ratio'))} | {f(r['ratio'])} "
                          f"| {'-' if r.get('deviation') is None else format(r['deviation'], '+.0%')}{mark} |")
     return "\n".join(lines)
+
+
+# --- the model suite: emulator against predictor --------------------------------------
+# A fixed grid of pre-copy scenarios: a 0.5 GiB guest writing uniformly over a
+# 0.25 GiB working set, at each dirty rate, link speed and downtime limit.
+MODEL_GRID = {"dirty_pages_per_s": (0, 8000, 25000), "gbps": (1, 10), "downtime_limit_ms": (30, 300)}
+MODEL_FIGURES = ("total_time_s", "downtime_ms", "memory_bytes_sent", "iterations")
+
+_MODEL_SCENARIO = """
+name = "model-{dirty}pps-{gbps}g-{limit}ms"
+[emulation]
+memory_scale = 0.015625
+dilation = 1.0
+seed = 3
+[[hosts]]
+name = "src"
+role = "source"
+nics = [{{ name = "eth0", speed_gbps = {gbps} }}]
+[[hosts]]
+name = "dst"
+role = "destination"
+nics = [{{ name = "eth0", speed_gbps = {gbps} }}]
+[network]
+rtt_ms = 0.2
+[[vms]]
+name = "vm"
+memory_gib = 0.5
+workload = {workload}
+content = {{ zero = 0.2, text = 0.3, structured = 0.3, random = 0.2 }}
+[migration]
+downtime_limit_ms = {limit}
+"""
+
+
+def model_scenario(dirty: float, gbps: float, limit: float) -> str:
+    workload = ('{ kind = "idle" }' if dirty == 0 else
+                f'{{ kind = "uniform", dirty_pages_per_s = {dirty}, working_set_gib = 0.25 }}')
+    return _MODEL_SCENARIO.format(dirty=dirty, gbps=gbps, limit=limit, workload=workload)
+
+
+def run_model(out_dir: Path, progress=print) -> list[dict]:
+    """Every grid point through the emulator (one Ray for all) and the predictor."""
+    import itertools
+
+    import ray
+
+    from cluster.predict import predict
+    from cluster.results import write_result
+    from cluster.runner import RunOptions, run_scenario, start_local_ray
+    from cluster.scenario import parse_scenario
+
+    rows = []
+    start_local_ray("livemig-reproduce")
+    try:
+        for dirty, gbps, limit in itertools.product(*MODEL_GRID.values()):
+            sc = parse_scenario(model_scenario(dirty, gbps, limit), f"model-{dirty}-{gbps}-{limit}.toml")
+            progress(f"running {sc.name}")
+            r = run_scenario(sc, RunOptions())
+            write_result(r, out_dir / sc.name)
+            p = predict(sc)
+            rows.append({"scenario": sc.name, "dirty_pages_per_s": dirty, "gbps": gbps, "downtime_limit_ms": limit,
+                         "verified": r["verified"], "emulated": {k: r[k] for k in MODEL_FIGURES},
+                         "predicted": {k: p[k] for k in MODEL_FIGURES},
+                         "deviation": {k: _deviation(r[k], p[k]) for k in MODEL_FIGURES}})
+    finally:
+        ray.shutdown()
+    return rows
+
+
+def _deviation(emulated: float, predicted: float) -> float | None:
+    """Emulator over predictor, less one (None when the prediction is 0)."""
+    return emulated / predicted - 1 if predicted else None
+
+
+def model_markdown(rows: list[dict]) -> str:
+    head = "| dirty pages/s | Gbit/s | limit ms | " + " | ".join(
+        f"{k} emu / model (dev)" for k in MODEL_FIGURES) + " |"
+    lines = [head, "|" + " --- |" * (3 + len(MODEL_FIGURES))]
+    for r in rows:
+        cells = []
+        for k in MODEL_FIGURES:
+            e, p, d = r["emulated"][k], r["predicted"][k], r["deviation"][k]
+            scale = 2**30 if k == "memory_bytes_sent" else 1  # GiB
+            cells.append(f"{e / scale:.3g} / {p / scale:.3g} ({'-' if d is None else format(d, '+.0%')})")
+        lines.append(f"| {r['dirty_pages_per_s']} | {r['gbps']} | {r['downtime_limit_ms']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

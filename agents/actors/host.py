@@ -28,6 +28,7 @@ from agents.datapath.receiver import PageReceiver
 from agents.datapath.sender import PageSender
 from agents.datapath.shm import Region
 from agents.datapath.wire_format import SlotLayout
+from agents.encodings import cost_model as codec_costs
 from agents.encodings.encoding import BatchEncoder, Compression, XbzrleCaches
 from agents.guest.content import assign_classes, fill_image, template_pools
 from agents.guest.dirty_log import DirtyLog
@@ -141,7 +142,7 @@ class HostAgent:
         self.receivers[conn] = PageReceiver(self.rings[conn].array, slots, SlotLayout(batch_pages), from_link, acks,
                                             self.cores, restore_cost,
                                             {m: self.images[key].pages() for m, key in images.items()},
-                                            decode_cost=lambda s: self._real_s(s * 1e6, 1))
+                                            decode_cost=lambda us: self._real_s(us, 1), codec_costs=codec_costs.load())
 
     def start_pipeline(self, m: int, conns: list[int], consumers: int, lock: str, pool_bytes: int,
                        task_pages: int, compression: dict | None = None, costs: dict | None = None) -> None:
@@ -195,7 +196,7 @@ class HostAgent:
         out["done"] = job.done.is_set()
         cs = [self.senders[c].counters for c in job.conns]
         for key in ("wire_bytes", "state_bytes", "pages_normal", "pages_zero", "pages_compressed", "pages_delta",
-                    "pages_unchanged", "raw_bytes", "payload_bytes", "encode_s", "batches"):
+                    "pages_unchanged", "raw_bytes", "payload_bytes", "encode_s", "encode_model_us", "batches"):
             out[key] = sum(getattr(c, key) for c in cs)
         if job.caches is not None:
             out["xbzrle"] = job.caches.counters(m)
@@ -221,7 +222,8 @@ class HostAgent:
         rs = [self.receivers[c] for c in conns if c in self.receivers]
         return {"pages_restored": sum(r.pages_restored for r in rs),
                 "errors": [r.error for r in rs if r.error],
-                "decode_s": sum(r.decode_s for r in rs)}
+                "decode_s": sum(r.decode_s for r in rs),
+                "decode_model_us": sum(r.decode_model_us for r in rs)}
 
     def share_cores_with(self, keys: list[str], period_s: float) -> None:
         """CPU rate control: every `period_s`, tell the co-located VMs how many

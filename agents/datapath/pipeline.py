@@ -149,10 +149,11 @@ class SourcePipeline:
                     stats = conn.pack(slot, task.image, task.idx, self.encoders and self.encoders[me], task.vm,
                                       task.phase == "downtime")
                     # Every page is checked; only pages with contents are transferred.
-                    # Compression costs its measured CPU time, scaled like a per-page
-                    # cost: a real page stands for 1/memory_scale emulated ones.
+                    # Compression costs what the codec cost model says for these pages
+                    # (not their measured time, whose per-call part 1/memory_scale would
+                    # magnify), scaled like a per-page cost.
                     core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, stats.pages - stats.zero)
-                                + self.real_s(stats.encode_s * 1e6, 1))
+                                + self.real_s(stats.model_us, 1))
                     conn.post(slot, task.vm, stats.pages, stats)
                     wire = stats.wire_bytes
                     self.pages_sent += n  # one writer per consumer; a lost increment only blurs progress

@@ -29,14 +29,16 @@ from agents.datapath.wire_format import (
 class PageReceiver:
     def __init__(self, ring: np.ndarray, slots: int, layout: SlotLayout, from_link: Channel, acks: Channel,
                  cores: CorePool, restore_cost: Callable[[int, int], float], images: dict[int, np.ndarray],
-                 decode_cost: Callable[[float], float] = lambda s: 0.0) -> None:
+                 decode_cost: Callable[[float], float] = lambda us: 0.0, codec_costs=None) -> None:
         """`images`: destination image of each migration, by the descriptors' `vm` field (the
-        migration's number). `decode_cost(s)`: real seconds to charge for `s` measured CPU
-        seconds of decoding. Cores are charged under the tag `(migration, "receive")`."""
+        migration's number). `decode_cost(us)`: real seconds to charge for what the codec cost
+        model (`codec_costs`, agents/encodings/cost_model.py) says decoding took, in us at
+        scale 1. Cores are charged under the tag `(migration, "receive")`."""
         self.views = [SlotView(ring, i, layout) for i in range(slots)]
-        self.unpacker = Unpacker()  # one zstd context per receiver
+        self.unpacker = Unpacker(codec_costs)  # one zstd context per receiver
         self.decode_cost = decode_cost
-        self.decode_s = 0.0
+        self.decode_s = 0.0  # measured, for the report
+        self.decode_model_us = 0.0
         self.from_link = from_link
         self.acks = acks
         self.cores = cores
@@ -61,9 +63,10 @@ class PageReceiver:
                         restore_pages(self.images[vm], self.views[slot], self.unpacker)
                     except (ValueError, KeyError, IndexError) as exc:
                         self.error = f"batch {d[5]} could not be restored: {exc}"
-                    decode_s = self.unpacker.take_decode_s()
-                    self.decode_s += decode_s
-                    core.charge(self.restore_cost(npages, npages - zero) + self.decode_cost(decode_s))
+                    self.decode_s += self.unpacker.take_decode_s()
+                    model_us = self.unpacker.take_model_us()
+                    self.decode_model_us += model_us
+                    core.charge(self.restore_cost(npages, npages - zero) + self.decode_cost(model_us))
                 self.pages_restored += npages
                 self.restored_by[vm] = self.restored_by.get(vm, 0) + npages
             self.acks.send(KIND_ACK, vm, slot, npages, 0, d[5], d[6], time.monotonic())

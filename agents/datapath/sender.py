@@ -40,6 +40,7 @@ class SendCounters:
     raw_bytes: int = 0  # non-zero pages sent, PAGE each
     payload_bytes: int = 0  # what they cost on the wire after encoding
     encode_s: float = 0.0  # measured CPU seconds of compression
+    encode_model_us: float = 0.0  # what the codec cost model charged for it (us at scale 1)
     wire_bytes: int = 0  # everything: pages, their headers, and CPU/device state
     state_bytes: int = 0  # of which CPU and device state
     batches: int = 0
@@ -95,6 +96,7 @@ class PageSender:
             c.raw_bytes += stats.raw_bytes
             c.payload_bytes += stats.payload_bytes
             c.encode_s += stats.encode_s
+            c.encode_model_us += stats.model_us
             c.wire_bytes += stats.wire_bytes
         self._post(KIND_BATCH, vm, slot, npages, stats.wire_bytes)
 

@@ -13,9 +13,12 @@ payload holds the normal pages back to back, in batch order, then the deltas
 back to back, in batch order; so a receiver restores all normal pages with
 one scatter and all deltas with one call of the XBZRLE decoder.
 
-With `FLAG_ZSTD` in the header the payload is one zstd frame of that layout
-(multifd-zstd: the page headers stay outside, the data is compressed), and
-its length in the header is the frame's.
+A page may also be compressed (zstd, each page its own frame of
+`lengths[k]` bytes, plus a 4-byte length on the wire as QEMU's compressed
+pages carry). The frames go between the normal pages and the deltas, in
+batch order; `FLAG_ZSTD` in the header says the batch holds some. A frame
+per page keeps a page's ratio its own, whatever the batch size
+(agents/encodings/zstd_codec.py).
 """
 from __future__ import annotations
 
@@ -28,12 +31,12 @@ from agents.encodings import xbzrle
 from agents.encodings.zero_pages import zero_mask
 
 PAGE = 4096
-ENC_NORMAL, ENC_ZERO, ENC_DELTA = 0, 1, 2
-FLAG_ZSTD = 1  # header flag: the payload is one zstd frame
+ENC_NORMAL, ENC_ZERO, ENC_DELTA, ENC_ZSTD = 0, 1, 2, 3
+FLAG_ZSTD = 1  # header flag: the batch holds zstd page frames
 PAGE_HEADER_BYTES = 8  # page number + flags, as in QEMU's RAM_SAVE_FLAG_* stream
 ZERO_MARKER_BYTES = 1
 DELTA_HEADER_BYTES = 3  # QEMU's ENCODING_FLAG_XBZRLE byte + 16-bit length of the delta
-ZSTD_HEADER_BYTES = 4  # the compressed size of a batch (multifd's packet field)
+ZSTD_HEADER_BYTES = 4  # the compressed size of a page (QEMU's compressed-page length field)
 _HDR = 16  # u32 npages, u32 flags, u64 payload_len
 
 
@@ -103,6 +106,7 @@ class PackStats:
     payload_bytes: int = 0  # what those pages cost on the wire: payload and delta headers
     wire_bytes: int = 0  # all of it: page headers, markers, payload
     encode_s: float = 0.0  # measured thread CPU seconds of compression (zstd, XBZRLE)
+    model_us: float = 0.0  # the cost model's CPU for it, microseconds at scale 1 (agents/encodings/cost_model.py)
 
     @property
     def pages(self) -> int:
@@ -134,27 +138,40 @@ def pack_pages(image: np.ndarray, idx: np.ndarray, slot: SlotView) -> PackStats:
 
 class Unpacker:
     """A receiver's decoding state: one zstd decompression context, reused for
-    every batch, and the measured CPU time of decoding (zstd and deltas)."""
+    every batch; the measured CPU time of decoding (zstd and deltas), and what
+    the cost model charges for it (microseconds at scale 1)."""
 
-    def __init__(self) -> None:
-        import zstandard
-        self._dctx = zstandard.ZstdDecompressor()
-        self._error = zstandard.ZstdError
+    def __init__(self, costs=None) -> None:
+        from agents.encodings.zstd_codec import ZstdPageCodec
+        self._pages = ZstdPageCodec()
+        self.costs = costs  # agents.encodings.cost_model.CodecCosts, or None: nothing modelled
         self.decode_s = 0.0
+        self.model_us = 0.0
 
-    def decompress(self, frame, raw_len: int) -> np.ndarray:
-        try:
-            out = self._dctx.decompress(frame, max_output_size=raw_len)
-        except self._error as exc:
-            raise ValueError(f"corrupt zstd frame: {exc}") from None
-        if len(out) != raw_len:
-            raise ValueError(f"zstd frame decompressed to {len(out)} bytes; the page lengths say {raw_len}")
-        return np.frombuffer(out, dtype=np.uint8)
+    def decompress_pages(self, frames, lengths: np.ndarray) -> list:
+        t0 = time.thread_time()
+        pages = self._pages.decompress_pages(frames, lengths, PAGE)
+        self.decode_s += time.thread_time() - t0
+        if self.costs is not None:
+            self.model_us += self.costs.zstd_decoder().decompress_us(lengths, self.costs.call_us)
+        return pages
+
+    def decode_deltas(self, deltas, dlens: np.ndarray, image: np.ndarray, idx: np.ndarray) -> None:
+        t0 = time.thread_time()
+        xbzrle.decode_batch(deltas, dlens.astype(np.int32), image, page_index=idx)
+        self.decode_s += time.thread_time() - t0
+        if self.costs is not None:
+            self.model_us += self.costs.xbzrle_decode_us(dlens)
 
     def take_decode_s(self) -> float:
         """CPU seconds spent decoding since the last call."""
         s, self.decode_s = self.decode_s, 0.0
         return s
+
+    def take_model_us(self) -> float:
+        """The cost model's charge for the decoding since the last call."""
+        us, self.model_us = self.model_us, 0.0
+        return us
 
 
 def restore_pages(image: np.ndarray, slot: SlotView, unpacker: Unpacker | None = None) -> int:
@@ -170,39 +187,34 @@ def restore_pages(image: np.ndarray, slot: SlotView, unpacker: Unpacker | None =
         raise ValueError(f"batch has unknown flags {flags:#x}")
     idx = slot.idx[:n]
     enc = slot.enc[:n]
-    normal = enc == ENC_NORMAL
-    delta = enc == ENC_DELTA
-    zero = enc == ENC_ZERO
-    k = int(np.count_nonzero(normal))
-    nd = int(np.count_nonzero(delta))
-    if k + nd + int(np.count_nonzero(zero)) != n:
-        raise ValueError(f"batch has unknown page encodings: {sorted(set(enc.tolist()) - {ENC_NORMAL, ENC_ZERO, ENC_DELTA})}")
-    dlens = slot.lengths[:n][delta]
+    normal, zero, delta, packed = (enc == e for e in (ENC_NORMAL, ENC_ZERO, ENC_DELTA, ENC_ZSTD))
+    k, nd, nc = (int(np.count_nonzero(m)) for m in (normal, delta, packed))
+    if k + nd + nc + int(np.count_nonzero(zero)) != n:
+        known = {ENC_NORMAL, ENC_ZERO, ENC_DELTA, ENC_ZSTD}
+        raise ValueError(f"batch has unknown page encodings: {sorted(set(enc.tolist()) - known)}")
+    lengths = slot.lengths[:n]
+    dlens, flens = lengths[delta], lengths[packed].astype(np.int64)
     if nd and (dlens.max() > PAGE or dlens.min() == 0):
         raise ValueError("a delta page says a length of 0 or more than a page")
-    raw_len = k * PAGE + int(dlens.sum())
+    if nc and (flens.max() >= PAGE or flens.min() == 0):
+        raise ValueError("a compressed page says a length of 0 or at least a page")
+    if nc and not flags & FLAG_ZSTD:
+        raise ValueError("compressed pages in a batch not flagged as holding zstd frames")
+    frames_end = k * PAGE + int(flens.sum())
+    if payload_len != frames_end + int(dlens.sum()):
+        raise ValueError(f"batch of {n} pages says {payload_len} payload bytes; its pages say "
+                         f"{frames_end + int(dlens.sum())}")
     if len(idx) and (idx.min() < 0 or idx.max() >= len(image)):
         raise ValueError(f"batch names pages outside the image of {len(image)} pages")
-    if flags & FLAG_ZSTD:
-        if not 0 < payload_len < raw_len:
-            raise ValueError(f"zstd frame of {payload_len} bytes for {raw_len} raw bytes")
-        u = unpacker or Unpacker()
-        t0 = time.thread_time()
-        raw = u.decompress(slot.payload[:payload_len], raw_len)
-        u.decode_s += time.thread_time() - t0
-    else:
-        if payload_len != raw_len:
-            raise ValueError(f"batch of {n} pages says {payload_len} payload bytes for {k} normal pages "
-                             f"and {raw_len - k * PAGE} delta bytes")
-        raw = slot.payload[:raw_len]
+    u = unpacker or Unpacker()
+    pages = u.decompress_pages(slot.payload[k * PAGE: frames_end], flens) if nc else []
     if nd:
         # Deltas first: decode_batch validates all of them before writing any page.
-        t0 = time.thread_time()
-        xbzrle.decode_batch(raw[k * PAGE: raw_len], dlens.astype(np.int32), image, page_index=idx[delta])
-        if unpacker is not None:
-            unpacker.decode_s += time.thread_time() - t0
+        u.decode_deltas(slot.payload[frames_end: payload_len], dlens, image, idx[delta])
     if k:
-        image[idx[normal]] = raw[: k * PAGE].reshape(k, PAGE)
-    if k + nd < n:
+        image[idx[normal]] = slot.payload[: k * PAGE].reshape(k, PAGE)
+    for row, page in zip(idx[packed].tolist(), pages):
+        image[row] = np.frombuffer(page, dtype=np.uint8)
+    if k + nd + nc < n:
         image[idx[zero]] = 0
     return n

@@ -164,6 +164,73 @@ def run_codec_bench(seconds_per_case: float = 0.5, batch_pages: int = BATCH, see
     }
 
 
+def guest_pages(cls: str, n: int, seed: int = 0) -> np.ndarray:
+    """`n` pages of one of the guest's content classes, as a guest image holds them."""
+    from agents.guest.content import CLASSES, fill_image, template_pools
+
+    pages = np.empty((n, PAGE), dtype=np.uint8)
+    fill_image(pages, np.full(n, CLASSES.index(cls), dtype=np.uint8), template_pools(seed), seed)
+    return pages
+
+
+def _best_rate(fn, nbytes: int, seconds: float, repeats: int = 5) -> float:
+    """The best MB/s of `repeats` short timings: on a shared machine, the least disturbed one."""
+    return max(_rate(fn, nbytes, seconds / repeats)[0] for _ in range(repeats))
+
+
+def _per_call_us(codec, page: np.ndarray, per_page_us: float, seconds: float) -> float:
+    """The fixed cost of one call of the page codec: a one-page call less that page's cost."""
+    return max(0.0, PAGE / _best_rate(lambda: codec.compress_pages(page), PAGE, seconds) - per_page_us)
+
+
+def calibrate(seconds_per_case: float = 0.5, pages: int = BATCH, seed: int = 0) -> dict:
+    """The cost model's figures (agents/encodings/cost_model.py), measured here and now:
+    zstd page frames by guest content class and level, XBZRLE by the delta's share
+    of a page, and a codec call's fixed cost. Each zstd figure is the best of five
+    timings (the machine may be shared); XBZRLE's are `run_codec_bench`'s."""
+    import datetime
+    import os
+
+    from agents.encodings.cost_model import CLASSES
+    from agents.encodings.zstd_codec import ZstdPageCodec
+
+    nbytes = pages * PAGE
+    zstd: dict = {}
+    for level in (1, 3):
+        codec = ZstdPageCodec(level)
+        row: dict = {"ratio": {}, "compress_mb_s": {}, "decompress_mb_s": {}}
+        for cls in CLASSES:
+            data = guest_pages(cls, pages, seed)
+            frames, lengths = codec.compress_pages(data)
+            payload = np.frombuffer(b"".join(bytes(f) for f in frames), dtype=np.uint8)
+            row["ratio"][cls] = round(nbytes / float(lengths.sum()), 4)
+            row["compress_mb_s"][cls] = round(_best_rate(lambda d=data: codec.compress_pages(d), nbytes,
+                                                         seconds_per_case), 1)
+            row["decompress_mb_s"][cls] = round(_best_rate(lambda p=payload, ln=lengths: codec.decompress_pages(p, ln, PAGE),
+                                                           nbytes, seconds_per_case), 1)
+        zstd[str(level)] = row
+    text_us = PAGE / zstd["1"]["compress_mb_s"]["text"]
+    call_us = _per_call_us(ZstdPageCodec(1), guest_pages("text", 1, seed), text_us, seconds_per_case)
+    cases = run_codec_bench(seconds_per_case, pages, seed)["cases"]
+    xb = {op: [{"payload_share": round(1 / c["ratio"], 4), "changed_bytes": c["changed_bytes"], "mb_s": c["mb_s"]}
+               for name, c in cases.items() if name.startswith(f"xbzrle.{op}.")] for op in ("encode", "decode")}
+    return {"measured": {"date": datetime.date.today().isoformat(), "machine": _cpu_name(),
+                         "cores": os.cpu_count(), "python": platform.python_version(),
+                         "command": "livemig bench codec --calibrate"},
+            "unit": "MB/s of raw page bytes on one core (1e6 bytes/s); call_us in microseconds",
+            "zstd": zstd, "xbzrle": xb, "call_us": round(call_us, 3)}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 if __name__ == "__main__":  # python -m agents.encodings.codec_bench
     import json
 

@@ -19,11 +19,16 @@ pages that miss are inserted with the content sent; the pipeline restores a
 pass's batches before the next pass starts, so a page's copies can never
 arrive out of order. In the stop-and-copy pass the cache is left alone.
 
-CPU: what is charged is the measured thread CPU time of the compression
-kernels (the XBZRLE delta encoder, zstd), scaled like every per-page cost (a
-real page stands for 1/memory_scale emulated pages; see agents/datapath/pipeline.py).
-The numpy bookkeeping of the cache around them is the emulator's overhead,
-not the migration's (QEMU's lookup is a hash probe), and is not charged.
+zstd compresses each page into a frame of its own (agents/encodings/zstd_codec.py),
+kept when it pays, so a page's ratio does not depend on the batch size.
+
+CPU: what is charged is the codec cost model's figure for the batch
+(`PackStats.model_us`, agents/encodings/cost_model.py: per byte of each content
+class, and per delta by how much of the page changed), scaled like every
+per-page cost by the pipeline. The measured thread CPU time of the kernels
+is kept beside it (`encode_s`) for the report. The numpy bookkeeping of the
+cache around them is the emulator's overhead, not the migration's (QEMU's
+lookup is a hash probe), and is not charged.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from agents.datapath.wire_format import (
     ENC_DELTA,
     ENC_NORMAL,
     ENC_ZERO,
+    ENC_ZSTD,
     FLAG_ZSTD,
     PAGE,
     PAGE_HEADER_BYTES,
@@ -47,10 +53,11 @@ from agents.datapath.wire_format import (
     SlotView,
     pack_pages,
 )
+from agents.encodings import cost_model
 from agents.encodings.page_cache import PageCache
 from agents.encodings.xbzrle_stage import DELTA, NORMAL, XbzrleEncoder
 from agents.encodings.zero_pages import zero_mask
-from agents.encodings.zstd_codec import ZstdBatchCodec
+from agents.encodings.zstd_codec import ZstdPageCodec
 
 METHODS = ("none", "zstd", "xbzrle", "xbzrle+zstd")
 
@@ -117,9 +124,11 @@ class XbzrleCaches:
 class BatchEncoder:
     """One consumer's encoder: packs a batch into a slot with the configured compression."""
 
-    def __init__(self, settings: Compression, caches: XbzrleCaches | None = None) -> None:
+    def __init__(self, settings: Compression, caches: XbzrleCaches | None = None,
+                 costs: cost_model.CodecCosts | None = None) -> None:
         self.settings = settings
-        self.zstd = ZstdBatchCodec(settings.zstd_level) if settings.zstd else None
+        self.costs = costs or cost_model.load()
+        self.zstd = ZstdPageCodec(settings.zstd_level) if settings.zstd else None
         if settings.xbzrle and caches is None:
             raise ValueError("XBZRLE needs the VMs' page caches")
         self.caches = caches if settings.xbzrle else None
@@ -128,7 +137,7 @@ class BatchEncoder:
         if self.caches is None:
             stats = pack_pages(image, idx, slot)
             if self.zstd is not None:
-                self._compress(slot, stats, stats.normal * PAGE)
+                self._compress(slot, stats, 0)
             return stats
         return self._pack_xbzrle(vm, image, idx, slot, last_stage)
 
@@ -150,6 +159,7 @@ class BatchEncoder:
             out = vc.encoder.encode(idx[nz_rows], new, last_stage=last_stage)
             encode_s = vc.encoder.kernel_s - before[0]
             overflow = vc.encoder.counters.overflow - before[1]
+        model_us = self.costs.xbzrle_encode_us(out.hit_lengths)
         kinds = np.full(n, NORMAL, dtype=np.uint8)
         kinds[nz_rows] = out.kinds
         lengths = np.zeros(n, dtype=np.int64)
@@ -177,25 +187,42 @@ class BatchEncoder:
                           raw_bytes=(k + nd) * PAGE, payload_bytes=raw_len + nd * DELTA_HEADER_BYTES,
                           wire_bytes=(m * PAGE_HEADER_BYTES + nzero * ZERO_MARKER_BYTES
                                       + nd * DELTA_HEADER_BYTES + raw_len),
-                          encode_s=encode_s)
+                          encode_s=encode_s, model_us=model_us)
         if self.zstd is not None:
-            self._compress(slot, stats, raw_len)
+            self._compress(slot, stats, dlen)
         return stats
 
-    def _compress(self, slot: SlotView, stats: PackStats, raw_len: int) -> None:
-        """zstd over the batch's payload, in place; kept only when it pays."""
-        if raw_len == 0:
+    def _compress(self, slot: SlotView, stats: PackStats, tail_len: int) -> None:
+        """zstd over each of the batch's normal pages, in place; a page's frame is kept only
+        when it pays. The payload holds the normal pages then `tail_len` bytes of deltas."""
+        k = stats.normal
+        if k == 0:
             return
+        pages = slot.payload[: k * PAGE].reshape(k, PAGE)
         t0 = time.thread_time()
-        frame = self.zstd.compress_frame(slot.payload[:raw_len])
+        frames, flens = self.zstd.compress_pages(pages)
         stats.encode_s += time.thread_time() - t0
-        if frame is None or len(frame) + ZSTD_HEADER_BYTES >= raw_len:
-            return  # sent raw: the slot already holds it
-        flen = len(frame)
-        slot.payload[:flen] = np.frombuffer(frame, dtype=np.uint8)
+        z = self.costs.zstd_level(self.settings.zstd_level)
+        stats.model_us += z.compress_us(flens, self.costs.call_us)  # every page was tried
+        pays = flens + ZSTD_HEADER_BYTES < PAGE * 0.97
+        if not pays.any():
+            return
         npages, _flags, _len = slot.get_header()
-        slot.set_header(npages, FLAG_ZSTD, flen)
-        saved = raw_len - (flen + ZSTD_HEADER_BYTES)
+        rows = np.flatnonzero(slot.enc[:npages] == ENC_NORMAL)  # the normal pages, in payload order
+        tail = slot.payload[k * PAGE: k * PAGE + tail_len].copy()
+        kept = int(k - np.count_nonzero(pays))
+        if kept:
+            pages[:kept] = pages[~pays]  # fancy indexing copies first: the overlap is safe
+        off = kept * PAGE
+        for f in (f for f, p in zip(frames, pays.tolist()) if p):
+            slot.payload[off: off + len(f)] = np.frombuffer(f, dtype=np.uint8)
+            off += len(f)
+        slot.payload[off: off + tail_len] = tail
+        slot.enc[rows[pays]] = ENC_ZSTD
+        slot.lengths[rows[pays]] = flens[pays]
+        slot.set_header(npages, FLAG_ZSTD, off + tail_len)
+        saved = int((PAGE - flens[pays] - ZSTD_HEADER_BYTES).sum())
         stats.wire_bytes -= saved
         stats.payload_bytes -= saved
-        stats.compressed, stats.normal = stats.normal, 0
+        stats.compressed = int(np.count_nonzero(pays))
+        stats.normal = kept

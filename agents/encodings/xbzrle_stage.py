@@ -23,7 +23,7 @@ The receiver applies a batch with
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,6 +52,7 @@ class XbzrleBatch:
     kinds: np.ndarray
     lengths: np.ndarray
     payload: bytes
+    hit_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # encoded pages (cost model)
 
     @property
     def delta_mask(self) -> np.ndarray:
@@ -114,6 +115,7 @@ class XbzrleEncoder:
         kinds = np.full(n, NORMAL, dtype=np.uint8)
         lengths = np.full(n, xbzrle.OVERFLOW, dtype=np.int32)
         payload = b""
+        hl = np.zeros(0, dtype=np.int32)
         if len(hit_rows):
             t0 = time.thread_time()
             payload, hl = xbzrle.encode_batch(
@@ -131,7 +133,7 @@ class XbzrleEncoder:
         if len(miss_rows) and not last_stage:
             self.cache.insert(pn[miss_rows], new_pages, rows=miss_rows)
         self._count(kinds, lengths, n - len(hit_rows))
-        return XbzrleBatch(kinds=kinds, lengths=lengths, payload=payload)
+        return XbzrleBatch(kinds=kinds, lengths=lengths, payload=payload, hit_lengths=np.asarray(hl))
 
     def cache_zero_pages(self, page_numbers, *, last_stage: bool = False) -> None:
         """Pages sent as zero pages: cache them as zeros, so later deltas apply

@@ -14,9 +14,10 @@ is always shorter), so ``decompress(payload, raw_len)`` needs no extra flag.
 
 from __future__ import annotations
 
+import numpy as np
 import zstandard
 
-__all__ = ["ZstdBatchCodec"]
+__all__ = ["ZstdBatchCodec", "ZstdPageCodec"]
 
 
 class ZstdBatchCodec:
@@ -104,3 +105,52 @@ class ZstdBatchCodec:
             "payload_bytes": self.payload_bytes,
             "ratio": self.ratio,
         }
+
+
+class ZstdPageCodec:
+    """Each page its own zstd frame, many pages per call (QEMU's per-page
+    compression of compress-threads, with zstd).
+
+    A batch frame would let zstd match a page against the others of its
+    batch, so its ratio would grow with the batch size, which is an artifact
+    of scaling (a real batch holds 1/memory_scale fewer pages than the batch
+    it stands for). Page frames keep each page's ratio its own, whatever the
+    batch. One compressor context per worker; the frames of a batch are made
+    in one call into the C library (`multi_compress_to_buffer`).
+    """
+
+    def __init__(self, level: int = 1) -> None:
+        self.level = int(level)
+        self._cctx = zstandard.ZstdCompressor(level=self.level, write_checksum=False)
+        self._dctx = zstandard.ZstdDecompressor()
+
+    def compress_pages(self, pages) -> tuple[list, np.ndarray]:
+        """Frames of the rows of `pages` ((n, page) uint8, C-contiguous) and their lengths."""
+        n, size = pages.shape
+        if n == 0:
+            return [], np.zeros(0, dtype=np.int64)
+        seg = np.empty((n, 2), dtype=np.uint64)
+        seg[:, 0] = np.arange(n, dtype=np.uint64) * size
+        seg[:, 1] = size
+        out = self._cctx.multi_compress_to_buffer(
+            zstandard.BufferWithSegments(memoryview(pages.reshape(-1)), seg.tobytes()), threads=0)
+        frames = [out[i] for i in range(n)]
+        return frames, np.fromiter((len(f) for f in frames), dtype=np.int64, count=n)
+
+    def decompress_pages(self, payload, lengths: np.ndarray, page_size: int) -> list:
+        """The pages of frames laid back to back in `payload` with `lengths`; raises ValueError
+        when a frame is corrupt or does not hold a page."""
+        n = len(lengths)
+        seg = np.empty((n, 2), dtype=np.uint64)
+        seg[:, 1] = lengths
+        seg[:, 0] = np.concatenate(([0], np.cumsum(lengths[:-1]))) if n else 0
+        try:
+            out = self._dctx.multi_decompress_to_buffer(
+                zstandard.BufferWithSegments(memoryview(payload), seg.tobytes()),
+                decompressed_sizes=np.full(n, page_size, dtype=np.uint64).tobytes(), threads=0)
+        except zstandard.ZstdError as e:
+            raise ValueError(f"corrupt zstd page frame: {e}") from None
+        pages = [out[i] for i in range(n)]
+        if any(len(p) != page_size for p in pages):
+            raise ValueError("a zstd page frame did not decompress to one page")
+        return pages

@@ -14,7 +14,7 @@ RANDOM = "content = { zero = 0.0, text = 0.0, structured = 0.0, random = 1.0 }"
 
 
 def _run(workload: str, compression: str, *, extra_vm: str = "", migration: str = "", gbps: float = 1) -> dict:
-    text = scenario_text(f"c-{compression}", memory_gib=0.25, workload=workload, gbps=gbps, dilation=0.5,
+    text = scenario_text(f"c-{compression}", memory_gib=0.25, workload=workload, gbps=gbps, dilation=1.0,
                          downtime_ms=30, extra_vm=extra_vm,
                          migration=f'compression = "{compression}"\nxbzrle_cache_mib = 128\nbatch_pages = 16\n{migration}')
     r = run_scenario(parse_scenario(text, "test.toml"), RunOptions())

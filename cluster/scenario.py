@@ -13,7 +13,9 @@ Ray, scaling or migration mechanics.
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 import stat
 import tomllib
 from collections import Counter
@@ -36,8 +38,18 @@ class ScenarioError(Exception):
     """A scenario that cannot be used; `lines` holds one message per problem."""
 
     def __init__(self, lines: list[str]):
+        lines = [_one_line(line) for line in lines]
         super().__init__("\n".join(lines))
         self.lines = lines
+
+
+# Whatever str.splitlines() breaks at: a name or key holding one must not split a problem into two lines.
+_LINE_BREAKS = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """The text with line breaks and other control characters escaped (\\n, \\x1c)."""
+    return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 class _Strict(BaseModel):
@@ -606,6 +618,13 @@ class Scenario(_Strict):
 Problems = list[tuple[str, str]]
 
 
+def _names(names, limit: int = 10) -> str:
+    """Names for a message: all of a few, the first `limit` of thousands (a line stays readable)."""
+    names = list(names)
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def _semantic_problems(s: Scenario) -> Problems:
     """Names and roles first; links, sizes and events only once the migrations resolve."""
     problems = _host_problems(s) + _nic_ref_problems(s) + _vm_start_problems(s)
@@ -636,7 +655,7 @@ def _host_problems(s: Scenario) -> Problems:
 
 def _nic_ref_problems(s: Scenario) -> Problems:
     nic_refs = {f"{h.name}:{n.name}" for h in s.hosts for n in h.nics}
-    return [(f"network.links[{i}].{key}", f"\"{ref}\" is not a NIC of any host; known: {', '.join(sorted(nic_refs))}")
+    return [(f"network.links[{i}].{key}", f"\"{ref}\" is not a NIC of any host; known: {_names(sorted(nic_refs))}")
             for i, link in enumerate(s.network.links)
             for key, ref in (("from", link.from_nic), ("to", link.to_nic)) if ref not in nic_refs]
 
@@ -645,7 +664,7 @@ def _vm_start_problems(s: Scenario) -> Problems:
     """Unique VM names, and a host each VM starts on."""
     problems: Problems = []
     names = Counter(v.name for v in s.vms)
-    hosts = ", ".join(h.name for h in s.hosts)
+    hosts = _names([h.name for h in s.hosts])
     sources = [h.name for h in s.hosts if "source" in h.roles]
     for i, vm in enumerate(s.vms):
         if names[vm.name] > 1:
@@ -689,7 +708,7 @@ def _entry_problems(s: Scenario) -> Problems:
     problems: Problems = []
     vms = {v.name: v for v in s.vms}
     hosts = {h.name: h for h in s.hosts}
-    known_hosts = ", ".join(hosts)
+    known_hosts = _names(hosts)
     where: dict[str, tuple[str, str]] = {}  # VM -> (the host the previous migrations left it on, why)
     been: dict[str, set[str]] = {}  # VM -> the hosts it may be on, earlier migrations completed or not
     for k, e in enumerate(s.migrations):
@@ -697,7 +716,7 @@ def _entry_problems(s: Scenario) -> Problems:
         problems += _option_problems(e.technique or s.migration.technique, e.overrides(), p)
         vm = vms.get(e.vm)
         if vm is None or not vm.migrate:
-            problems.append((f"{p}.vm", f"\"{e.vm}\" is not a VM; known: {', '.join(vms)}" if vm is None else
+            problems.append((f"{p}.vm", f"\"{e.vm}\" is not a VM; known: {_names(vms)}" if vm is None else
                              f"\"{e.vm}\" has migrate = false; set migrate = true on it or drop this migration"))
             continue
         unknown = [(f"{p}.{key}", n) for key, names in (("from", (e.from_host,)), ("to", e.to))
@@ -864,13 +883,14 @@ def _event_problems(s: Scenario) -> Problems:
     problems: Problems = []
     links = s.link_names()
     migrated = list(dict.fromkeys(p.vm.name for p in s.migration_plans()))
+    migrated_set = set(migrated)  # a set: thousands of events each look a VM up
     for i, ev in enumerate(s.events):
         link = getattr(ev, "link", None)
         if link is not None and link not in links:
-            problems.append((f"events[{i}].link", f"\"{link}\" is not a link of the scenario; known: {', '.join(links)}"))
+            problems.append((f"events[{i}].link", f"\"{link}\" is not a link of the scenario; known: {_names(links)}"))
         for field, vm in (("vm", getattr(ev, "vm", None)), ("on.vm", ev.on.vm if ev.on else None)):
-            if vm is not None and vm not in migrated:
-                problems.append((f"events[{i}].{field}", f"\"{vm}\" is not a migrated VM; migrated: {', '.join(migrated) or 'none'}"))
+            if vm is not None and vm not in migrated_set:
+                problems.append((f"events[{i}].{field}", f"\"{vm}\" is not a migrated VM; migrated: {_names(migrated) or 'none'}"))
     return problems
 
 
@@ -890,8 +910,13 @@ def _format_location(loc: tuple) -> str:
             # Discriminated unions add the tag ("uniform") as a path element: drop it.
             if part in _TAGGED or part == "function-after":
                 continue
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + _key(str(part))
     return out or "(top level)"
+
+
+def _key(name: str) -> str:
+    """A TOML key as written: bare, or quoted when it holds anything else (a ":" would look like the field's end)."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
 
 
 def _models_in(annotation) -> list[type[BaseModel]]:
@@ -951,17 +976,27 @@ def _pydantic_lines(path: str, errors: list[dict]) -> list[str]:
             msg = f"needs {'an' if tag == 'action' else 'a'} `{tag}` ({', '.join(_EVENTS if tag == 'action' else _WORKLOADS)})"
         else:
             got = err.get("input")
+            if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NAME:
+                msg = "a name is 1 to 64 letters, digits, '_', '-' or '.', and does not start with '.'"
             if not isinstance(got, (dict, list)):
-                msg = f"{msg} (got {got!r})"
+                msg = f"{msg} (got {_short(repr(got))})"
         lines.append((loc if kind == "missing" else (), f"{path}: {_format_location(loc)}: {msg.replace('Value error, ', '')}"))
     return [line for loc, line in lines if loc not in merged]
 
 
+def _short(text: str, limit: int = 80) -> str:
+    """A quoted value, cut so that a megabyte string does not become a megabyte line."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
+
+
 def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
+    """A scenario from TOML text, or ScenarioError with one line per problem."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError([f"{path}: not valid TOML: {exc}"]) from None
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise ScenarioError([f"{path}: not valid TOML: nested too deeply"]) from None
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
@@ -973,11 +1008,41 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
 
 
 def load_scenario(path: str | Path) -> Scenario:
+    """A scenario file: a regular file of at most MAX_FILE_BYTES of UTF-8 TOML (see read_scenario_text)."""
+    return parse_scenario(read_scenario_text(path), str(path))
+
+
+def read_scenario_text(path: str | Path) -> str:
+    """The text of a scenario file, refusing at once what is not one: a directory, a FIFO or a
+    device (opened without blocking, so a FIFO with no writer cannot hang), a file over
+    MAX_FILE_BYTES (read no further, so an endless file cannot either), or bytes that are not UTF-8."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ScenarioError([f"{p}: no such file; `livemig list` shows the shipped scenarios"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError([f"{p}: cannot read: {exc}"]) from None
-    return parse_scenario(text, str(p))
+    except OSError as exc:
+        raise ScenarioError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    kind = _file_kind(os.fstat(fd).st_mode)
+    if kind:
+        os.close(fd)
+        raise ScenarioError([f"{p}: not a regular file: it is {kind}; give a scenario .toml file"])
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ScenarioError([f"{p}: too large: over {MAX_FILE_BYTES // MIB} MiB; a scenario is a hand-written "
+                             f"experiment (at most {MAX_COUNT} hosts, VMs or migrations)"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError([f"{p}: not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}; "
+                             f"save the file as UTF-8"]) from None
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in words; "" for a regular file."""
+    if stat.S_ISREG(mode):
+        return ""
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((words for test, words in kinds if test(mode)), "not a regular file")

@@ -74,6 +74,7 @@ MAX_MEM_BW_MBYTES_S = 100_000  # about a server's whole memory bandwidth (100 GB
 MAX_PAGES_S = 25_000_000  # that memory bandwidth in 4 KiB pages per second
 MAX_WRITES_S = 2_000_000_000  # that memory bandwidth in 64-byte cache lines per second
 MAX_OPS_S = 100_000_000  # 100 M requests/s: above the fastest in-memory stores on one VM
+MAX_DILATION = 1000  # real seconds per emulated second: a 30 s migration then takes over 8 hours
 MAX_SCHEDULE_S = 3600  # an experiment spans at most an emulated hour (at dilation 1, a real hour)
 MAX_MS = 3_600_000  # an hour in ms: no pause or RTT a live migration could survive is longer
 MAX_PAGE_COST_US = 10_000  # 10 ms of CPU per 4 KiB page (0.4 MB/s a core): far slower than any hypervisor
@@ -466,8 +467,7 @@ class CpuModel(_Strict):
 
 class Emulation(_Strict):
     memory_scale: Annotated[float, Field(gt=0, le=1)] = 1 / 64
-    # 1000 real seconds per emulated second: a 30 s migration already takes over 8 hours.
-    dilation: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    dilation: Annotated[float, Field(gt=0, le=MAX_DILATION)] = 1.0
     # numpy seeds are non-negative and under 2**32; VM i uses seed + 1000 * i.
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 1
 

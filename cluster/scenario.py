@@ -18,7 +18,6 @@ import os
 import re
 import stat
 import tomllib
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -646,29 +645,44 @@ def _host_problems(s: Scenario) -> Problems:
             count = sum(role in h.roles for h in s.hosts)
             if count != 1:
                 problems.append(("hosts", f"needs exactly one host with role = \"{role}\", found {count}"))
-    names = Counter(h.name for h in s.hosts)  # counted once: validation stays linear in the hosts
-    for i, h in enumerate(s.hosts):
-        if names[h.name] > 1:
-            problems.append((f"hosts[{i}].name", f"\"{h.name}\" is used by more than one host; host names must be unique"))
+    for i, first in _repeats([h.name for h in s.hosts]):
+        problems.append((f"hosts[{i}].name", f"\"{s.hosts[i].name}\" is already the name of hosts[{first}]; "
+                                             f"host names must be unique"))
     return problems
 
 
+def _repeats(names: list[str]) -> list[tuple[int, int]]:
+    """(index, index of its first use) for each name used before: one problem per repeat, the
+    first use left alone; a dict keeps validation linear in the names."""
+    first: dict[str, int] = {}
+    return [(i, first[n]) for i, n in enumerate(names) if first.setdefault(n, i) != i]
+
+
 def _nic_ref_problems(s: Scenario) -> Problems:
-    nic_refs = {f"{h.name}:{n.name}" for h in s.hosts for n in h.nics}
-    return [(f"network.links[{i}].{key}", f"\"{ref}\" is not a NIC of any host; known: {_names(sorted(nic_refs))}")
-            for i, link in enumerate(s.network.links)
-            for key, ref in (("from", link.from_nic), ("to", link.to_nic)) if ref not in nic_refs]
+    """Links name NICs that exist and that the hypervisor owns: a pass-through NIC belongs to its VM
+    (DirectPath I/O), so no migration traffic can use it; automatic pairing skips it too."""
+    nics = {f"{h.name}:{n.name}": n for h in s.hosts for n in h.nics}
+    problems: Problems = []
+    for i, link in enumerate(s.network.links):
+        for key, ref in (("from", link.from_nic), ("to", link.to_nic)):
+            if ref not in nics:
+                problems.append((f"network.links[{i}].{key}", f"\"{ref}\" is not a NIC of any host; known: {_names(sorted(nics))}"))
+            elif nics[ref].passthrough:
+                problems.append((f"network.links[{i}].{key}", f"\"{ref}\" is a pass-through NIC, given to a VM; "
+                                                              f"migration traffic needs a NIC of the hypervisor"))
+    return problems
 
 
 def _vm_start_problems(s: Scenario) -> Problems:
     """Unique VM names, and a host each VM starts on."""
     problems: Problems = []
-    names = Counter(v.name for v in s.vms)
+    repeats = dict(_repeats([v.name for v in s.vms]))
     hosts = _names([h.name for h in s.hosts])
     sources = [h.name for h in s.hosts if "source" in h.roles]
     for i, vm in enumerate(s.vms):
-        if names[vm.name] > 1:
-            problems.append((f"vms[{i}].name", f"\"{vm.name}\" is used by more than one VM; VM names must be unique"))
+        if i in repeats:
+            problems.append((f"vms[{i}].name", f"\"{vm.name}\" is already the name of vms[{repeats[i]}]; "
+                                               f"VM names must be unique"))
         if vm.host is not None and s.host_named(vm.host) is None:
             problems.append((f"vms[{i}].host", f"\"{vm.host}\" is not a host; known: {hosts}"))
         elif vm.host is None and len(sources) != 1 and s.migrations:  # without them, _host_problems says it

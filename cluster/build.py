@@ -41,11 +41,16 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
     ~/.ray/auth_token; Ray prints a notice about it). Setting RAY_AUTH_MODE
     to "token" explicitly to silence that notice made ray.init fail here, so
     it is left unset. No usage statistics are sent (there is no network here).
+
+    address="local" always starts a new cluster: without it, a RAY_ADDRESS in
+    the environment or a cluster left by `ray start` would silently take the
+    run over (and num_cpus then fails); another cluster is joined only with
+    `--address`. The dashboard, when asked for, listens on 127.0.0.1 only.
     """
     import ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 2, namespace=namespace, log_to_driver=False,
-             include_dashboard=dashboard, configure_logging=False)
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, namespace=namespace, log_to_driver=False,
+             include_dashboard=dashboard, dashboard_host="127.0.0.1", configure_logging=False)
 
 
 def _sweep_socket_dirs() -> None:

@@ -77,16 +77,11 @@ def run(
 ) -> None:
     """Emulate the scenario's migrations and print the paper-style summary; writes result.json and timeline.jsonl."""
     sc = _load(scenario)
-    if dilation is not None and dilation <= 0:
-        _fail_input([f"--dilation: must be > 0 (got {dilation:g})"])
-    if not 0.001 <= interval <= 60:
-        _fail_input([f"--interval: must be between 0.001 and 60 emulated seconds (got {interval:g})"])
-    if inject_fault not in (None, "corrupt-page"):
-        _fail_input([f"--inject-fault: unknown fault {inject_fault!r}; allowed: corrupt-page"])
+    out_dir = out_dir or Path("runs") / sc.name
+    _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir)
     from cluster.results import write_result
     from cluster.runner import RunOptions, run_scenario
 
-    out_dir = out_dir or Path("runs") / sc.name
     progress_cb, stop_progress = (None, lambda: None) if quiet else _progress_bar()
     opts = RunOptions(address=address, dilation=dilation, dashboard=dashboard, metrics_port=metrics_port,
                       inject_fault=inject_fault, progress=progress_cb, out_dir=str(out_dir), interval_s=interval)
@@ -110,6 +105,23 @@ def run(
     else:
         _print_result(sc, result, path)
     raise typer.Exit(0 if result["status"] == "completed" and result["verified"] else 1)
+
+
+def _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir: Path) -> None:
+    """Refuse bad options at once, in one line, before Ray starts (not after the run)."""
+    from cluster.scenario import MAX_DILATION
+    # `not (a <= x <= b)` and not `x < a or x > b`: NaN fails every comparison and must be refused too.
+    if dilation is not None and not 0 < dilation <= MAX_DILATION:
+        _fail_input([f"--dilation: must be > 0 and at most {MAX_DILATION:g}, as emulation.dilation (got {dilation:g})"])
+    if not 0.001 <= interval <= 60:
+        _fail_input([f"--interval: must be between 0.001 and 60 emulated seconds (got {interval:g})"])
+    if inject_fault not in (None, "corrupt-page"):
+        _fail_input([f"--inject-fault: unknown fault {inject_fault!r}; allowed: corrupt-page"])
+    if metrics_port is not None and not 1 <= metrics_port <= 65535:
+        _fail_input([f"--metrics-port: must be a TCP port, 1 to 65535 (got {metrics_port})"])
+    blocker = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        _fail_input([f"--out: {blocker} is a file, not a directory; result.json cannot be written under it"])
 
 
 def _report_crash(name: str, scenario_file: str, out_dir: Path, exc: Exception) -> None:
@@ -177,9 +189,14 @@ def predict(scenario: Path = typer.Argument(..., help="Scenario TOML file."),
     """The analytic pre-copy model's figures for the scenario, instantly and without Ray."""
     sc = _load(scenario)
     from cluster.predict import predict as model
-    result = model(sc, str(scenario))
+    try:
+        result = model(sc, str(scenario))
+    except Exception as exc:  # a bug: one line, never a traceback (the scenario itself was valid)
+        print(f"livemig: the prediction failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        raise typer.Exit(1)
     if json_out:
-        print(json.dumps(result, indent=2))
+        from cluster.results import finite
+        print(json.dumps(finite(result), indent=2, allow_nan=False))  # strict JSON, as result.json
         return
     out.print(_summary_table(f"{sc.name}: analytic prediction", [(v["vm"], v) for v in result["vms"]]))
     for line in result["not_modelled"]:

@@ -5,6 +5,7 @@ cluster/collect.py.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from cluster.scenario import GIB, MIB
@@ -13,11 +14,28 @@ PAGE = 4096
 
 
 def write_result(result: dict, out_dir: str | Path) -> Path:
+    """result.json: strict JSON (allow_nan=False), so any JSON reader takes it."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     p = d / "result.json"
-    p.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    p.write_text(json.dumps(finite(result), indent=2, allow_nan=False) + "\n")
     return p
+
+
+def finite(value):
+    """The value with numpy scalars made Python numbers and NaN or infinity made null:
+    JSON has neither, and a figure that is not a number is better absent than invalid."""
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if hasattr(value, "tolist"):  # a numpy scalar or array
+        return finite(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return float(value)  # what the writer's default=float used to do for any other number
 
 
 def _fmt_bytes(b: float | None) -> str:

@@ -13,6 +13,10 @@ Ray, scaling or migration mechanics.
 from __future__ import annotations
 
 import difflib
+import json
+import os
+import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,21 +37,67 @@ class ScenarioError(Exception):
     """A scenario that cannot be used; `lines` holds one message per problem."""
 
     def __init__(self, lines: list[str]):
+        lines = [_one_line(line) for line in lines]
         super().__init__("\n".join(lines))
         self.lines = lines
 
 
+# Whatever str.splitlines() breaks at: a name or key holding one must not split a problem into two lines.
+_LINE_BREAKS = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """The text with line breaks and other control characters escaped (\\n, \\x1c)."""
+    return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has types, so `vcpus = true` or `memory_gib = "0.5"` is a mistake, not a coercion;
+    # no NaN or infinity: no physical quantity is either, and both poison every figure derived from them.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-Positive = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+
+# --- physical bounds --------------------------------------------------------------
+# Every number a scenario holds is bounded by what a real machine could have,
+# so a value that validates cannot hang or crash a run (1e-300 Gbit/s, 1e12 ms,
+# 1e308 MiB); NaN and infinity are refused everywhere (_Strict.allow_inf_nan).
+MIN_GBPS = 0.001  # 1 Mbit/s: slower, a migration of even 1 GiB takes hours, and the emulation as long
+MAX_GBPS = 1000.0  # 1 Tbit/s: above the fastest NIC sold (800 Gbit/s)
+MAX_MEMORY_GIB = 65536  # 64 TiB: above the largest single servers (about 32 TiB)
+MAX_MEMORY_MIB = MAX_MEMORY_GIB * 1024
+MAX_DISK_GIB = 1 << 20  # 1 PiB of virtual disk
+MAX_RATE_MBYTES_S = 125_000  # 1 Tbit/s in MByte/s: traffic or a reservation on the fastest link
+MAX_MEM_BW_MBYTES_S = 100_000  # about a server's whole memory bandwidth (100 GB/s)
+MAX_PAGES_S = 25_000_000  # that memory bandwidth in 4 KiB pages per second
+MAX_WRITES_S = 2_000_000_000  # that memory bandwidth in 64-byte cache lines per second
+MAX_OPS_S = 100_000_000  # 100 M requests/s: above the fastest in-memory stores on one VM
+MAX_DILATION = 1000  # real seconds per emulated second: a 30 s migration then takes over 8 hours
+MAX_SCHEDULE_S = 3600  # an experiment spans at most an emulated hour (at dilation 1, a real hour)
+MAX_MS = 3_600_000  # an hour in ms: no pause or RTT a live migration could survive is longer
+MAX_PAGE_COST_US = 10_000  # 10 ms of CPU per 4 KiB page (0.4 MB/s a core): far slower than any hypervisor
+MAX_COUNT = 4096  # hosts, VMs, links, migrations or events in one scenario: a rack's worth and more
+MAX_NICS = 64  # NICs per host: more than any server has ports
+MAX_FILE_BYTES = 1 << 20  # 1 MiB: hundreds of times the largest shipped scenario; bigger is not hand-written
+# A name: used in actor names, link names ("host:nic->host:nic") and the default run directory
+# (runs/<scenario name>), so no "/", ":" or ">" and no leading dot (".." would leave runs/).
+NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+
+Gbps = Annotated[float, Field(ge=MIN_GBPS, le=MAX_GBPS)]
+MemoryGib = Annotated[float, Field(gt=0, le=MAX_MEMORY_GIB)]
+MemoryMib = Annotated[float, Field(gt=0, le=MAX_MEMORY_MIB)]
+MbytesS = Annotated[float, Field(ge=0, le=MAX_RATE_MBYTES_S)]
+PagesS = Annotated[float, Field(ge=0, le=MAX_PAGES_S)]
+OpsS = Annotated[float, Field(gt=0, le=MAX_OPS_S)]
+RttMs = Annotated[float, Field(ge=0, le=10_000)]  # 10 s: beyond any metro or intercontinental path
+ScheduleS = Annotated[float, Field(ge=0, le=MAX_SCHEDULE_S)]
+PageCostUs = Annotated[float, Field(ge=0, le=MAX_PAGE_COST_US)]
 
 
 class Nic(_Strict):
-    name: str = Field(min_length=1)
-    speed_gbps: Positive
+    name: str = Field(pattern=NAME)
+    speed_gbps: Gbps
     # A pass-through NIC (SR-IOV / DirectPath I/O) cannot be live-migrated.
     passthrough: bool = False
 
@@ -76,12 +126,12 @@ def _roles_in(value: Any) -> Any:
 
 
 class Host(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME)
     # One role, or several: a host may be the destination of one migration and the source of another.
     role: Annotated[Role | tuple[Role, ...], BeforeValidator(_roles_in)]
     cores: Annotated[int, Field(ge=1, le=4096)] = 16
-    memory_gib: Positive = 64
-    nics: list[Nic] = Field(min_length=1)
+    memory_gib: MemoryGib = 64
+    nics: list[Nic] = Field(min_length=1, max_length=MAX_NICS)
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -91,7 +141,7 @@ class Host(_Strict):
 class BackgroundTraffic(_Strict):
     """A co-located VM's traffic sharing the link (e.g. a web server)."""
 
-    mbytes_s: Annotated[float, Field(ge=0)] = 0.0
+    mbytes_s: MbytesS = 0.0
 
 
 class Link(_Strict):
@@ -99,8 +149,8 @@ class Link(_Strict):
 
     from_nic: str = Field(alias="from", pattern=r"^[^:]+:[^:]+$")
     to_nic: str = Field(alias="to", pattern=r"^[^:]+:[^:]+$")
-    bandwidth_gbps: Positive | None = None  # default: the slower NIC's speed
-    rtt_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.2
+    bandwidth_gbps: Gbps | None = None  # default: the slower NIC's speed
+    rtt_ms: RttMs = 0.2
     background: BackgroundTraffic = BackgroundTraffic()
 
 
@@ -108,11 +158,11 @@ class Network(_Strict):
     """NIC pairs for the migration: listed in `links`, or paired automatically
     by link speed (the vMotion rule, cluster/nic_pairing.py) when `links` is empty."""
 
-    links: list[Link] = []
-    rtt_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.2  # for automatically paired links
+    links: list[Link] = Field([], max_length=MAX_COUNT)
+    rtt_ms: RttMs = 0.2  # for automatically paired links
     # PMigrate §3.2: migration takes only spare bandwidth, keeping a reserved minimum.
     rate_control: bool = False
-    reserved_mbytes_s: Annotated[float, Field(ge=0)] = 0.0
+    reserved_mbytes_s: MbytesS = 0.0
 
 
 class ContentMix(_Strict):
@@ -151,31 +201,31 @@ class UniformWorkload(_Strict):
     """Writes pages chosen uniformly at random in a working set."""
 
     kind: Literal["uniform"]
-    dirty_pages_per_s: Annotated[float, Field(ge=0)]
-    working_set_gib: Positive | None = None  # default: all of memory
+    dirty_pages_per_s: PagesS
+    working_set_gib: MemoryGib | None = None  # default: all of memory
     # A hot set inside the working set, written at its own rate on top (e.g.
     # memcached's hash table and LRU heads while gets touch random items).
-    hot_set_gib: Annotated[float, Field(ge=0)] = 0.0
-    hot_pages_per_s: Annotated[float, Field(ge=0)] = 0.0
+    hot_set_gib: Annotated[float, Field(ge=0, le=MAX_MEMORY_GIB)] = 0.0
+    hot_pages_per_s: PagesS = 0.0
 
 
 class HotsetWorkload(_Strict):
     """memcached-like: Zipf-skewed keys over a hot set, a read/write mix."""
 
     kind: Literal["hotset"]
-    ops_per_s: Annotated[float, Field(gt=0)]
+    ops_per_s: OpsS
     write_fraction: Fraction = 0.1
     zipf_s: Annotated[float, Field(gt=1, le=5)] = 1.2
-    working_set_gib: Positive | None = None
+    working_set_gib: MemoryGib | None = None
 
 
 class SweeperWorkload(_Strict):
     """RapidWrite-like: writes `sweep_gib` sequentially, then sleeps."""
 
     kind: Literal["sweeper"]
-    sweep_gib: Positive
-    write_mbytes_s: Positive = 1000
-    sleep_s: Annotated[float, Field(ge=0)] = 5
+    sweep_gib: MemoryGib
+    write_mbytes_s: Annotated[float, Field(gt=0, le=MAX_MEM_BW_MBYTES_S)] = 1000
+    sleep_s: ScheduleS = 5
 
 
 class MemwriteWorkload(_Strict):
@@ -183,9 +233,9 @@ class MemwriteWorkload(_Strict):
     pages of a working set, over and over (near-ideal for delta encoding)."""
 
     kind: Literal["memwrite"]
-    writes_per_s: Annotated[float, Field(ge=0)]
+    writes_per_s: Annotated[float, Field(ge=0, le=MAX_WRITES_S)]
     bytes_per_write: Annotated[int, Field(ge=1, le=PAGE_SIZE)] = 64
-    working_set_gib: Positive | None = None
+    working_set_gib: MemoryGib | None = None
 
 
 class VideoWorkload(_Strict):
@@ -193,8 +243,8 @@ class VideoWorkload(_Strict):
     per frame, `changed_fraction` of every page (its moving part) changes."""
 
     kind: Literal["video"]
-    frame_mib: Positive
-    fps: Positive = 25
+    frame_mib: MemoryMib
+    fps: Annotated[float, Field(gt=0, le=1000)] = 25  # 1000 frames/s: above any display or camera
     changed_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
 
 
@@ -206,15 +256,15 @@ class ErpWorkload(_Strict):
     a downtime exceeds `max_downtime_ms`."""
 
     kind: Literal["erp"]
-    ops_per_s: Annotated[float, Field(gt=0)]
+    ops_per_s: OpsS
     writes_per_op: Annotated[int, Field(ge=1, le=1000)] = 8
     record_bytes: Annotated[int, Field(ge=1, le=PAGE_SIZE)] = 128
     log_bytes_per_op: Annotated[int, Field(ge=0, le=PAGE_SIZE)] = 256
-    log_mib: Positive = 64
-    session_mib: Annotated[float, Field(ge=0)] = 0
-    session_kib_per_op: Annotated[float, Field(ge=0)] = 64
-    working_set_gib: Positive | None = None
-    max_downtime_ms: Positive = 500
+    log_mib: MemoryMib = 64
+    session_mib: Annotated[float, Field(ge=0, le=MAX_MEMORY_MIB)] = 0
+    session_kib_per_op: Annotated[float, Field(ge=0, le=1 << 20)] = 64  # 1 GiB rewritten per transaction at most
+    working_set_gib: MemoryGib | None = None
+    max_downtime_ms: Annotated[float, Field(gt=0, le=MAX_MS)] = 500
 
 
 Workload = Annotated[
@@ -225,11 +275,11 @@ Workload = Annotated[
 
 
 class Vm(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    memory_gib: Positive
+    name: str = Field(pattern=NAME)
+    memory_gib: MemoryGib
     vcpus: Annotated[int, Field(ge=1, le=1024)] = 2
     nic: Literal["virtio", "e1000", "vmxnet3", "passthrough"] = "virtio"
-    disk_gib: Annotated[float, Field(ge=0)] = 0
+    disk_gib: Annotated[float, Field(ge=0, le=MAX_DISK_GIB)] = 0
     workload: Workload = IdleWorkload(kind="idle")
     content: ContentMix = ContentMix()
     # Its operations are network requests served by the hypervisor's I/O thread.
@@ -295,7 +345,7 @@ class _MigrationEntryBase(_Strict):
     vm: str = Field(min_length=1)
     to: Annotated[tuple[str, ...], BeforeValidator(_host_names), Field(min_length=1)]
     from_host: str | None = Field(None, alias="from")  # default: the VM's host at that point
-    start_s: Annotated[float, Field(ge=0)] = 0.0  # emulated seconds after warm-up
+    start_s: ScheduleS = 0.0  # emulated seconds after warm-up
 
     def overrides(self) -> dict[str, Any]:
         """The options this entry sets, over the [migration] table's."""
@@ -327,7 +377,7 @@ class PhaseTrigger(_Strict):
 
     vm: str = Field(min_length=1)
     phase: Literal["setup", "precopy", "stop-and-copy"]
-    iteration: Annotated[int, Field(ge=1)] | None = None
+    iteration: Annotated[int, Field(ge=1, le=1_000_000)] | None = None  # max_iterations' bound
 
     @model_validator(mode="after")
     def _iteration_only_in_precopy(self) -> "PhaseTrigger":
@@ -339,7 +389,7 @@ class PhaseTrigger(_Strict):
 class _Event(_Strict):
     """Fires once: at an emulated time after warm-up, or when a migration enters a phase."""
 
-    at_s: Annotated[float, Field(ge=0)] | None = None
+    at_s: ScheduleS | None = None
     on: PhaseTrigger | None = None
 
     @model_validator(mode="after")
@@ -352,8 +402,8 @@ class _Event(_Strict):
 class SetLinkEvent(_Event):
     action: Literal["set-link"]
     link: LinkName
-    bandwidth_gbps: Positive | None = None
-    rtt_ms: Annotated[float, Field(ge=0, le=10_000)] | None = None
+    bandwidth_gbps: Gbps | None = None
+    rtt_ms: RttMs | None = None
 
     @model_validator(mode="after")
     def _changes_something(self) -> "SetLinkEvent":
@@ -365,13 +415,14 @@ class SetLinkEvent(_Event):
 class SetBackgroundEvent(_Event):
     action: Literal["set-background"]
     link: LinkName
-    mbytes_s: Annotated[float, Field(ge=0)]
+    mbytes_s: MbytesS
 
 
 class SetWorkloadEvent(_Event):
     action: Literal["set-workload"]
     vm: str = Field(min_length=1)
-    rate_factor: Annotated[float, Field(ge=0)]  # multiplies the workload's configured rate
+    # Multiplies the workload's configured rate; 1000x is past any load spike (and the rate bounds).
+    rate_factor: Annotated[float, Field(ge=0, le=1000)]
 
 
 class CancelEvent(_Event):
@@ -391,16 +442,16 @@ class CpuModel(_Strict):
     """
 
     profile: Literal["modern", "xen-4.1", "kvm-0.14"] = "modern"
-    mmap_us: Annotated[float, Field(ge=0)] | None = None
-    map_us: Annotated[float, Field(ge=0)] | None = None
-    munmap_us: Annotated[float, Field(ge=0)] | None = None
-    handle_us: Annotated[float, Field(ge=0)] | None = None
-    send_us: Annotated[float, Field(ge=0)] | None = None
-    receive_us: Annotated[float, Field(ge=0)] | None = None
-    restore_us: Annotated[float, Field(ge=0)] | None = None
-    shootdown_us: Annotated[float, Field(ge=0)] | None = None
-    dirty_sync_ns: Annotated[float, Field(ge=0)] | None = None
-    guest_fault_us: Annotated[float, Field(ge=0)] | None = None
+    mmap_us: PageCostUs | None = None
+    map_us: PageCostUs | None = None
+    munmap_us: PageCostUs | None = None
+    handle_us: PageCostUs | None = None
+    send_us: PageCostUs | None = None
+    receive_us: PageCostUs | None = None
+    restore_us: PageCostUs | None = None
+    shootdown_us: PageCostUs | None = None
+    dirty_sync_ns: Annotated[float, Field(ge=0, le=MAX_PAGE_COST_US * 1000)] | None = None
+    guest_fault_us: PageCostUs | None = None
     migration_cores: Annotated[int, Field(ge=1, le=4096)] | None = None
     # CPU rate control: how many of the migration's cores on the source are
     # also run by co-located VMs, and the migration's share of such a core
@@ -415,8 +466,9 @@ class CpuModel(_Strict):
 
 class Emulation(_Strict):
     memory_scale: Annotated[float, Field(gt=0, le=1)] = 1 / 64
-    dilation: Annotated[float, Field(gt=0, le=1000)] = 1.0
-    seed: int = 1
+    dilation: Annotated[float, Field(gt=0, le=MAX_DILATION)] = 1.0
+    # numpy seeds are non-negative and under 2**32; VM i uses seed + 1000 * i.
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 1
 
 
 REFERENCE_KEYS = ("total_time_s", "downtime_ms", "iterations", "memory_bytes_sent", "downtime_bytes_sent",
@@ -459,16 +511,16 @@ def _host_of(ref: str) -> str:
 
 
 class Scenario(_Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(pattern=NAME)
     description: str = ""
     reference: Reference = Reference()
-    hosts: list[Host] = Field(min_length=2)
+    hosts: list[Host] = Field(min_length=2, max_length=MAX_COUNT)
     network: Network = Network()
-    vms: list[Vm] = Field(min_length=1)
+    vms: list[Vm] = Field(min_length=1, max_length=MAX_COUNT)
     migration: Migration = Migration()
     # Without it, every VM with migrate = true goes from its host to the one destination, at once.
-    migrations: list[MigrationEntry] = []
-    events: list[Event] = []
+    migrations: list[MigrationEntry] = Field([], max_length=MAX_COUNT)
+    events: list[Event] = Field([], max_length=MAX_COUNT)
     cpu: CpuModel = CpuModel()
     emulation: Emulation = Emulation()
 
@@ -569,6 +621,13 @@ class Scenario(_Strict):
 Problems = list[tuple[str, str]]
 
 
+def _names(names, limit: int = 10) -> str:
+    """Names for a message: all of a few, the first `limit` of thousands (a line stays readable)."""
+    names = list(names)
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def _semantic_problems(s: Scenario) -> Problems:
     """Names and roles first; links, sizes and events only once the migrations resolve."""
     problems = _host_problems(s) + _nic_ref_problems(s) + _vm_start_problems(s)
@@ -577,7 +636,8 @@ def _semantic_problems(s: Scenario) -> Problems:
     if problems:
         return problems
     links = _link_problems(s)
-    problems = links + _vm_problems(s) + _capacity_problems(s) + _convergence_problems(s)
+    problems = (links + _vm_problems(s) + _placement_problems(s) + _capacity_problems(s) + _cache_problems(s)
+                + _convergence_problems(s))
     if not links:  # events name links, which must exist first
         problems += _event_problems(s)
     return problems
@@ -590,29 +650,44 @@ def _host_problems(s: Scenario) -> Problems:
             count = sum(role in h.roles for h in s.hosts)
             if count != 1:
                 problems.append(("hosts", f"needs exactly one host with role = \"{role}\", found {count}"))
-    names = [h.name for h in s.hosts]
-    for i, h in enumerate(s.hosts):
-        if names.count(h.name) > 1:
-            problems.append((f"hosts[{i}].name", f"\"{h.name}\" is used by more than one host; host names must be unique"))
+    for i, first in _repeats([h.name for h in s.hosts]):
+        problems.append((f"hosts[{i}].name", f"\"{s.hosts[i].name}\" is already the name of hosts[{first}]; "
+                                             f"host names must be unique"))
     return problems
 
 
+def _repeats(names: list[str]) -> list[tuple[int, int]]:
+    """(index, index of its first use) for each name used before: one problem per repeat, the
+    first use left alone; a dict keeps validation linear in the names."""
+    first: dict[str, int] = {}
+    return [(i, first[n]) for i, n in enumerate(names) if first.setdefault(n, i) != i]
+
+
 def _nic_ref_problems(s: Scenario) -> Problems:
-    nic_refs = {f"{h.name}:{n.name}" for h in s.hosts for n in h.nics}
-    return [(f"network.links[{i}].{key}", f"\"{ref}\" is not a NIC of any host; known: {', '.join(sorted(nic_refs))}")
-            for i, link in enumerate(s.network.links)
-            for key, ref in (("from", link.from_nic), ("to", link.to_nic)) if ref not in nic_refs]
+    """Links name NICs that exist and that the hypervisor owns: a pass-through NIC belongs to its VM
+    (DirectPath I/O), so no migration traffic can use it; automatic pairing skips it too."""
+    nics = {f"{h.name}:{n.name}": n for h in s.hosts for n in h.nics}
+    problems: Problems = []
+    for i, link in enumerate(s.network.links):
+        for key, ref in (("from", link.from_nic), ("to", link.to_nic)):
+            if ref not in nics:
+                problems.append((f"network.links[{i}].{key}", f"\"{ref}\" is not a NIC of any host; known: {_names(sorted(nics))}"))
+            elif nics[ref].passthrough:
+                problems.append((f"network.links[{i}].{key}", f"\"{ref}\" is a pass-through NIC, given to a VM; "
+                                                              f"migration traffic needs a NIC of the hypervisor"))
+    return problems
 
 
 def _vm_start_problems(s: Scenario) -> Problems:
     """Unique VM names, and a host each VM starts on."""
     problems: Problems = []
-    names = [v.name for v in s.vms]
-    hosts = ", ".join(h.name for h in s.hosts)
+    repeats = dict(_repeats([v.name for v in s.vms]))
+    hosts = _names([h.name for h in s.hosts])
     sources = [h.name for h in s.hosts if "source" in h.roles]
     for i, vm in enumerate(s.vms):
-        if names.count(vm.name) > 1:
-            problems.append((f"vms[{i}].name", f"\"{vm.name}\" is used by more than one VM; VM names must be unique"))
+        if i in repeats:
+            problems.append((f"vms[{i}].name", f"\"{vm.name}\" is already the name of vms[{repeats[i]}]; "
+                                               f"VM names must be unique"))
         if vm.host is not None and s.host_named(vm.host) is None:
             problems.append((f"vms[{i}].host", f"\"{vm.host}\" is not a host; known: {hosts}"))
         elif vm.host is None and len(sources) != 1 and s.migrations:  # without them, _host_problems says it
@@ -674,7 +749,7 @@ def _entry_problems(s: Scenario) -> Problems:
     problems: Problems = []
     vms = {v.name: v for v in s.vms}
     hosts = {h.name: h for h in s.hosts}
-    known_hosts = ", ".join(hosts)
+    known_hosts = _names(hosts)
     where: dict[str, tuple[str, str]] = {}  # VM -> (the host the previous migrations left it on, why)
     been: dict[str, set[str]] = {}  # VM -> the hosts it may be on, earlier migrations completed or not
     for k, e in enumerate(s.migrations):
@@ -682,7 +757,7 @@ def _entry_problems(s: Scenario) -> Problems:
         problems += _option_problems(e.technique or s.migration.technique, e.overrides(), p)
         vm = vms.get(e.vm)
         if vm is None or not vm.migrate:
-            problems.append((f"{p}.vm", f"\"{e.vm}\" is not a VM; known: {', '.join(vms)}" if vm is None else
+            problems.append((f"{p}.vm", f"\"{e.vm}\" is not a VM; known: {_names(vms)}" if vm is None else
                              f"\"{e.vm}\" has migrate = false; set migrate = true on it or drop this migration"))
             continue
         unknown = [(f"{p}.{key}", n) for key, names in (("from", (e.from_host,)), ("to", e.to))
@@ -772,6 +847,35 @@ def _vm_problems(s: Scenario) -> Problems:
     return problems
 
 
+def _placement_problems(s: Scenario) -> Problems:
+    """The VMs must fit on the hosts they start on (no memory overcommit): one line per host that overflows."""
+    problems: Problems = []
+    used: dict[str, float] = {}
+    for i, vm in enumerate(s.vms):
+        host = s.initial_host(vm)
+        before = used.get(host.name, 0.0)
+        used[host.name] = before + vm.memory_gib
+        if before <= host.memory_gib < used[host.name]:  # only the VM that tips it over
+            others = f" with the {before:g} GiB of the VMs before it there" if before else ""
+            problems.append((f"vms[{i}].memory_gib", f"{vm.memory_gib:g} GiB{others} does not fit on its host "
+                                                     f"\"{host.name}\" (memory_gib = {host.memory_gib:g})"))
+    return problems
+
+
+def _cache_problems(s: Scenario) -> Problems:
+    """An XBZRLE cache is at most its VM's memory (QEMU refuses a larger xbzrle-cache-size too):
+    it is allocated in full, so 1e308 MiB would exhaust this machine. One line per field that sets it."""
+    problems: dict[str, str] = {}
+    for p in s.migration_plans():
+        o = p.options
+        if "xbzrle" in o.compression and o.xbzrle_cache_mib > p.vm.memory_gib * 1024:
+            own = s.migrations and "xbzrle_cache_mib" in s.migrations[p.index].overrides()
+            field = f"migrations[{p.index}].xbzrle_cache_mib" if own else "migration.xbzrle_cache_mib"
+            problems.setdefault(field, f"{o.xbzrle_cache_mib:g} MiB is more than the memory of \"{p.vm.name}\" "
+                                       f"({p.vm.memory_gib * 1024:g} MiB); a cache holds that VM's pages")
+    return list(problems.items())
+
+
 def _capacity_problems(s: Scenario) -> Problems:
     """The VMs must fit where they end up, and their images in this machine's memory."""
     plans = s.migration_plans()
@@ -782,7 +886,9 @@ def _capacity_problems(s: Scenario) -> Problems:
         total, dst = sum(p.vm.memory_gib for p in last), s.destination
         problems = [] if total <= dst.memory_gib else [
             ("vms", f"the VMs need {total:g} GiB but the destination \"{dst.name}\" has memory_gib = {dst.memory_gib:g}")]
-    per_host: dict[str, dict[str, float]] = {}  # host -> the migrated VMs with an image there
+    per_host: dict[str, dict[str, float]] = {}  # host -> the VMs with an image there
+    for vm in s.vms:  # every VM's image on its first host, co-located ones too
+        per_host.setdefault(s.initial_host(vm).name, {})[vm.name] = vm.memory_gib
     for p in plans:
         for h in (p.source, *p.destinations):
             per_host.setdefault(h.name, {})[p.vm.name] = p.vm.memory_gib
@@ -818,17 +924,19 @@ def _event_problems(s: Scenario) -> Problems:
     problems: Problems = []
     links = s.link_names()
     migrated = list(dict.fromkeys(p.vm.name for p in s.migration_plans()))
+    migrated_set = set(migrated)  # sets: thousands of events each look a VM up
+    vm_names = [v.name for v in s.vms]
+    all_vms = set(vm_names)
     for i, ev in enumerate(s.events):
         link = getattr(ev, "link", None)
         if link is not None and link not in links:
-            problems.append((f"events[{i}].link", f"\"{link}\" is not a link of the scenario; known: {', '.join(links)}"))
+            problems.append((f"events[{i}].link", f"\"{link}\" is not a link of the scenario; known: {_names(links)}"))
         # A workload change may concern any VM (a noisy neighbour that stays); the rest, migrated ones.
-        names = [v.name for v in s.vms] if ev.action == "set-workload" else migrated
         for field, vm in (("vm", getattr(ev, "vm", None)), ("on.vm", ev.on.vm if ev.on else None)):
-            pool = migrated if field == "on.vm" else names
-            if vm is not None and vm not in pool:
-                which = "a VM" if pool is names and ev.action == "set-workload" else "a migrated VM"
-                problems.append((f"events[{i}].{field}", f"\"{vm}\" is not {which}; known: {', '.join(pool) or 'none'}"))
+            anyone = field == "vm" and ev.action == "set-workload"
+            if vm is not None and vm not in (all_vms if anyone else migrated_set):
+                which, pool = ("a VM", vm_names) if anyone else ("a migrated VM", migrated)
+                problems.append((f"events[{i}].{field}", f"\"{vm}\" is not {which}; known: {_names(pool) or 'none'}"))
     return problems
 
 
@@ -848,8 +956,13 @@ def _format_location(loc: tuple) -> str:
             # Discriminated unions add the tag ("uniform") as a path element: drop it.
             if part in _TAGGED or part == "function-after":
                 continue
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + _key(str(part))
     return out or "(top level)"
+
+
+def _key(name: str) -> str:
+    """A TOML key as written: bare, or quoted when it holds anything else (a ":" would look like the field's end)."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
 
 
 def _models_in(annotation) -> list[type[BaseModel]]:
@@ -909,17 +1022,27 @@ def _pydantic_lines(path: str, errors: list[dict]) -> list[str]:
             msg = f"needs {'an' if tag == 'action' else 'a'} `{tag}` ({', '.join(_EVENTS if tag == 'action' else _WORKLOADS)})"
         else:
             got = err.get("input")
+            if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NAME:
+                msg = "a name is 1 to 64 letters, digits, '_', '-' or '.', and does not start with '.'"
             if not isinstance(got, (dict, list)):
-                msg = f"{msg} (got {got!r})"
+                msg = f"{msg} (got {_short(repr(got))})"
         lines.append((loc if kind == "missing" else (), f"{path}: {_format_location(loc)}: {msg.replace('Value error, ', '')}"))
     return [line for loc, line in lines if loc not in merged]
 
 
+def _short(text: str, limit: int = 80) -> str:
+    """A quoted value, cut so that a megabyte string does not become a megabyte line."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
+
+
 def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
+    """A scenario from TOML text, or ScenarioError with one line per problem."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError([f"{path}: not valid TOML: {exc}"]) from None
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise ScenarioError([f"{path}: not valid TOML: nested too deeply"]) from None
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
@@ -931,11 +1054,41 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
 
 
 def load_scenario(path: str | Path) -> Scenario:
+    """A scenario file: a regular file of at most MAX_FILE_BYTES of UTF-8 TOML (see read_scenario_text)."""
+    return parse_scenario(read_scenario_text(path), str(path))
+
+
+def read_scenario_text(path: str | Path) -> str:
+    """The text of a scenario file, refusing at once what is not one: a directory, a FIFO or a
+    device (opened without blocking, so a FIFO with no writer cannot hang), a file over
+    MAX_FILE_BYTES (read no further, so an endless file cannot either), or bytes that are not UTF-8."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ScenarioError([f"{p}: no such file; `livemig list` shows the shipped scenarios"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError([f"{p}: cannot read: {exc}"]) from None
-    return parse_scenario(text, str(p))
+    except OSError as exc:
+        raise ScenarioError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    kind = _file_kind(os.fstat(fd).st_mode)
+    if kind:
+        os.close(fd)
+        raise ScenarioError([f"{p}: not a regular file: it is {kind}; give a scenario .toml file"])
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ScenarioError([f"{p}: too large: over {MAX_FILE_BYTES // MIB} MiB; a scenario is a hand-written "
+                             f"experiment (at most {MAX_COUNT} hosts, VMs or migrations)"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError([f"{p}: not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}; "
+                             f"save the file as UTF-8"]) from None
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in words; "" for a regular file."""
+    if stat.S_ISREG(mode):
+        return ""
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((words for test, words in kinds if test(mode)), "not a regular file")

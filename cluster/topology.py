@@ -70,7 +70,22 @@ def auto_batch_pages(real_rate: float, scale: Scale, target_emulated_s: float = 
     return int(min(256, max(2, pages)))
 
 
+# The last plan made: the predictor asks for it once per migration, and making it
+# afresh each time made a scenario of thousands of migrations quadratic (minutes).
+_last: tuple = (None, None, None)  # (scenario, scale, topology)
+
+
 def plan(scenario: Scenario, scale: Scale) -> Topology:
+    """The links and connections of every migration of the scenario (made once per scenario and scale)."""
+    global _last
+    if _last[0] is scenario and _last[1] == scale:
+        return _last[2]
+    topo = _plan(scenario, scale)
+    _last = (scenario, scale, topo)
+    return topo
+
+
+def _plan(scenario: Scenario, scale: Scale) -> Topology:
     from agents.techniques import registry
     links: dict[str, LinkPlan] = {}
     conns: list[ConnectionPlan] = []

@@ -78,7 +78,7 @@ def test_a_declared_bound_gives_one_line_in_a_migrations_entry(opt):
 def test_allowed_in_words():
     consumers = PRECOPY_SPEC.option("consumers")
     assert consumers.allowed() == "1 to 64"
-    assert PRECOPY_SPEC.option("downtime_limit_ms").allowed() == "> 0"
+    assert PRECOPY_SPEC.option("downtime_limit_ms").allowed() == "> 0, <= 3,600,000"
     assert PRECOPY_SPEC.option("batch_pages").allowed() == "1 to 4,096 (or unset)"
     assert PRECOPY_SPEC.option("strategy").allowed() == "image | time-sliced"
 

@@ -317,7 +317,7 @@ def test_directory_instead_of_file(tmp_path):
     with pytest.raises(ScenarioError) as info:
         load_scenario(tmp_path)
     assert len(info.value.lines) == 1
-    assert info.value.lines[0].startswith(f"{tmp_path}: cannot read")
+    assert info.value.lines[0] == f"{tmp_path}: not a regular file: it is a directory; give a scenario .toml file"
 
 
 def test_not_utf8(tmp_path):

@@ -22,6 +22,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 PAGE_SIZE = 4096
+# Bounds are physical: a value past them cannot describe a real migration and
+# would hang or crash the emulation (a setup of 1e12 ms, a cache of 1e308 MiB).
+MAX_PAUSE_MS = 60_000  # a minute: no setup or resume phase of a live migration takes longer
+MAX_MIB = 64 << 20  # 64 TiB in MiB: the largest server's memory; no buffer or cache is bigger
 
 
 @dataclass(frozen=True)
@@ -81,26 +85,30 @@ def _num(x: float) -> str:
 # What every technique has: the stop-and-copy, the rate, the batching and the fixed costs.
 COMMON: tuple[Option, ...] = (
     Option("downtime_limit_ms", 300, "ms", "Longest pause allowed: iterating stops once the rest fits in it",
-           float, gt=0, qemu_name="downtime-limit"),
+           float, gt=0, le=3_600_000, qemu_name="downtime-limit"),  # an hour: a longer pause is not live
     Option("bandwidth_cap_gbps", None, "Gbit/s", "Cap on the migration's rate over all its links together",
-           float, gt=0, optional=True, qemu_name="max-bandwidth"),
-    Option("device_state_kib", 256, "KiB", "CPU and device state sent during the downtime", float, ge=0),
+           float, ge=0.001, le=1000, optional=True, qemu_name="max-bandwidth"),  # 1 Mbit/s to 1 Tbit/s, as NICs
+    Option("device_state_kib", 256, "KiB", "CPU and device state sent during the downtime", float, ge=0,
+           le=1 << 20),  # 1 GiB: more than any device's state (a GPU's memory travels as RAM)
     Option("batch_pages", None, "pages", "Pages per batch on a connection (default: a few emulated ms of link time)",
            int, ge=1, le=4096, optional=True),
-    Option("setup_ms", 50, "ms", "Setup before the first iteration (connections, dirty logging on)", float, ge=0),
+    Option("setup_ms", 50, "ms", "Setup before the first iteration (connections, dirty logging on)", float, ge=0,
+           le=MAX_PAUSE_MS),
     Option("resume_ms", 0, "ms", "Fixed part of every downtime: suspend, restore devices, resume "
-           "(Xen 4.1: about 300 ms)", float, ge=0),
+           "(Xen 4.1: about 300 ms)", float, ge=0, le=MAX_PAUSE_MS),
 )
 
 # Iterative pre-copy: how an iteration is cut and when iterating stops.
 PRECOPY: tuple[Option, ...] = (
     Option("strategy", "image", "", "image: each iteration a pass over the dirty image (PMigrate); time-sliced: "
            "a slice of slice_mib after each dirty-log fetch (vanilla KVM)", str, choices=("image", "time-sliced")),
-    Option("slice_mib", 2.0, "MiB", "Data put on the wire per iteration by the time-sliced strategy", float, gt=0),
+    Option("slice_mib", 2.0, "MiB", "Data put on the wire per iteration by the time-sliced strategy", float, gt=0,
+           le=MAX_MIB),
     Option("max_iterations", 30, "", "Stop iterating after this many iterations", int, ge=1, le=1_000_000),
-    Option("stall_iterations", 3, "", "Stop when the dirty set has not shrunk for this many iterations", int, ge=1),
+    Option("stall_iterations", 3, "", "Stop when the dirty set has not shrunk for this many iterations", int, ge=1,
+           le=1_000_000),  # max_iterations' bound
     Option("max_sent_ratio", 3.0, "x memory", "Stop when the bytes sent reach this multiple of the VM's memory",
-           float, ge=1),
+           float, ge=1, le=10_000),  # sending the memory 10,000 times over is no longer a migration
     Option("io_thread_taken", 0.0, "fraction", "Share of the I/O thread a time-sliced migration takes from an "
            "I/O-bound guest while pre-copying", float, ge=0, le=1),
 )
@@ -111,7 +119,8 @@ PIPELINE: tuple[Option, ...] = (
            int, ge=1, le=64, qemu_name="multifd-channels"),
     Option("address_space_lock", "global", "", "Guest-mapping lock: global (all exclusive), rwlock (mapping "
            "shared) or range (only overlapping ranges exclude)", str, choices=("global", "rwlock", "range")),
-    Option("memory_pool_mib", 128, "MiB", "Bounded memory pool per pipeline stage, emulated", float, gt=0),
+    Option("memory_pool_mib", 128, "MiB", "Bounded memory pool per pipeline stage, emulated", float, gt=0,
+           le=MAX_MIB),
 )
 
 # Page compression (agents/encodings/encoding.py).
@@ -121,7 +130,7 @@ COMPRESSION: tuple[Option, ...] = (
            qemu_name="multifd-compression"),
     Option("zstd_level", 1, "", "zstd compression level", int, ge=-7, le=22, qemu_name="multifd-zstd-level"),
     Option("xbzrle_cache_mib", 64, "MiB", "Cache of sent pages per VM, emulated", float, gt=0,
-           qemu_name="xbzrle-cache-size"),
+           le=MAX_MIB, qemu_name="xbzrle-cache-size"),  # and at most the VM's memory (cluster/scenario.py)
     Option("xbzrle_budget", None, "bytes", "Largest delta per page; a longer one is sent whole (default: a page)",
            int, ge=1, le=PAGE_SIZE, optional=True),
 )

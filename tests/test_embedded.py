@@ -1,0 +1,48 @@
+"""The embedded cluster is really embedded, and what livemig serves listens on 127.0.0.1 only.
+
+`livemig run` starts its own local Ray cluster (address="local"): a RAY_ADDRESS
+in the environment must not take the run over; another cluster is joined only
+with `--address`. The metrics exporter and the Ray dashboard bind 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LIVEMIG = ROOT / ".venv" / "bin" / "livemig"
+
+
+def test_quickstart_runs_with_a_bogus_ray_address(tmp_path):
+    env = {**os.environ, "RAY_ADDRESS": "bogus:1234"}
+    r = subprocess.run([str(LIVEMIG), "run", "scenarios/quickstart.toml", "--out", str(tmp_path), "--quiet"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "completed" and result["verified"]
+
+
+def test_local_ray_is_started_not_joined_and_its_dashboard_is_local(monkeypatch):
+    import ray
+
+    from cluster.build import start_local_ray
+    calls = []
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    start_local_ray("t", dashboard=True, num_cpus=1)
+    assert calls[0]["address"] == "local"
+    assert calls[0]["dashboard_host"] == "127.0.0.1"
+
+
+def test_metrics_exporter_listens_on_loopback_only():
+    from cluster.metrics import MetricsExporter
+    m = MetricsExporter(0)  # port 0: any free port
+    try:
+        host, port = m._server.server_address[:2]
+        assert host == "127.0.0.1"
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).status == 200
+    finally:
+        m.close()

@@ -154,8 +154,9 @@ CONVERGENCE: tuple[Option, ...] = (
            "brings the dirty rate down to the threshold", bool, qemu_name="cpu-throttle-tailslow"),
     Option("dirty_limit", False, "", "Once two periods did not converge, cap every vCPU's dirty rate at "
            "vcpu_dirty_limit_mbytes_s (QEMU's dirty-limit capability)", bool, qemu_name="dirty-limit"),
+    # Bounded by memory bandwidth: no vCPU dirties more than ~100 GB/s.
     Option("vcpu_dirty_limit_mbytes_s", 1.0, "MiB/s", "Dirty-rate cap per vCPU under dirty_limit", float, gt=0,
-           qemu_name="vcpu-dirty-limit"),
+           le=100_000, qemu_name="vcpu-dirty-limit"),
     Option("x_vcpu_dirty_limit_period_ms", 1000, "ms", "How often the guest measures each vCPU's dirty rate and "
            "adjusts its sleep under dirty_limit", int, ge=1, le=1000, qemu_name="x-vcpu-dirty-limit-period"),
     Option("sdps", False, "", "Stun During Page Send (vMotion): when pre-copy stops making progress, delay the "

@@ -76,7 +76,7 @@ def plan(scenario: Scenario, scale: Scale) -> Topology:
     conns: list[ConnectionPlan] = []
     for mp in scenario.migration_plans():
         o = mp.options
-        mine = [_link(scenario, scale, l, links, o.bandwidth_cap_gbps, mp)
+        mine = [_link(scenario, scale, l, links, mp)
                 for l in scenario.links_between(mp.source, mp.destinations[0])]
         n = registry.get(mp.technique).load().connections_needed(o)
         for k in range(n):
@@ -90,17 +90,13 @@ def plan(scenario: Scenario, scale: Scale) -> Topology:
     return Topology(list(links.values()), conns)
 
 
-def _link(scenario: Scenario, scale: Scale, link, links: dict, cap_gbps: float | None, mp) -> LinkPlan:
-    """The plan of `link`, made once however many migrations use it."""
+def _link(scenario: Scenario, scale: Scale, link, links: dict, mp) -> LinkPlan:
+    """The plan of `link`, made once however many migrations use it. A link
+    keeps its NIC speed: a bandwidth cap is the migration's own (QEMU's
+    max-bandwidth), applied by its sender (agents/datapath/rate_limit.py)."""
     name = link_name(link)
     if name not in links:
         emu_rate = gbps_to_bytes_s(scenario.link_bandwidth_gbps(link))
-        if cap_gbps is not None:
-            # QEMU's max-bandwidth is per migration; on a link of its own that is the link's rate
-            # (a link several migrations share takes the first cap given).
-            pairs = scenario.links_between(mp.source, mp.destinations[0])
-            total = sum(gbps_to_bytes_s(scenario.link_bandwidth_gbps(l)) for l in pairs)
-            emu_rate *= min(1.0, gbps_to_bytes_s(cap_gbps) / total)
         background = min(link.background.mbytes_s * MIB, emu_rate)
         links[name] = LinkPlan(len(links), name, scale.real_rate(emu_rate), scale.real_seconds(link.rtt_ms / 2000),
                                scale.real_rate(background), emu_rate, mp.source.name, mp.destinations[0].name)

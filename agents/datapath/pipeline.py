@@ -15,6 +15,10 @@ single migration thread (the paper: not worth parallelising); so does the
 producer. With more than one connection, each pass ends with a barrier:
 every batch is restored before the next pass starts, so a page's newer copy
 can never be overtaken by its older one on another connection.
+
+A bandwidth cap (QEMU's max-bandwidth) paces the consumers over all the
+migration's connections together (agents/datapath/rate_limit.py); the
+technique sets and lifts it (`set_rate_limit`).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import numpy as np
 from agents.cpu import CorePool, CostModel
 from agents.datapath.memory_pool import MemoryPool
 from agents.datapath.range_lock import AddressSpaceLock
+from agents.datapath.rate_limit import RateLimit
 from agents.datapath.sender import PageSender
 
 PAGE = 4096
@@ -82,6 +87,7 @@ class SourcePipeline:
         # Every pass ends with all batches restored: needed when connections
         # could reorder a page's copies; otherwise only at stop-and-copy.
         self.barrier_each_pass = len(connections) > 1
+        self.limit = RateLimit()
         self._threads = [threading.Thread(target=self._consume, args=(i,), daemon=True, name=f"consumer-{i}")
                          for i in range(consumers)]
         for t in self._threads:
@@ -112,7 +118,13 @@ class SourcePipeline:
 
     def send_state(self, vm: int, state_bytes: int) -> None:
         self.drain()  # all memory first, then the state, then resume
+        self.limit.wait()
         self.connections[0].send_state(vm, state_bytes)
+        self.limit.charge(state_bytes)
+
+    def set_rate_limit(self, rate_bytes_s: float | None) -> None:
+        """Cap this migration's sending at `rate_bytes_s` real bytes/s over all its connections; None: no cap."""
+        self.limit.set_rate(rate_bytes_s)
 
     def drain(self) -> float:
         return max(c.drain() for c in self.connections)
@@ -137,6 +149,7 @@ class SourcePipeline:
             length = n * PAGE
             wire = 0
             try:
+                self.limit.wait()  # a rate-limited sender sleeps, on no core
                 slot = conn.acquire_slot()  # waiting for the wire takes no core
                 # One core for the whole task: fewer hand-overs between threads,
                 # so per-task overhead stays inside the charged time. A consumer
@@ -146,13 +159,14 @@ class SourcePipeline:
                     self._locked_step(core, base, length, "mmap", c.mmap_us, n)
                     self._locked_step(core, base, length, "map", c.map_us, n)
                     stats = conn.pack(slot, task.image, task.idx, self.encoders and self.encoders[me], task.vm,
-                                      task.phase == "downtime")
+                                      task.phase == "downtime", bulk=task.phase == "bulk")
                     # Every page is checked; only pages with contents are transferred.
                     # Compression costs its measured CPU time, scaled like a per-page
                     # cost: a real page stands for 1/memory_scale emulated ones.
                     core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, stats.pages - stats.zero)
                                 + self.real_s(stats.encode_s * 1e6, 1))
                     conn.post(slot, task.vm, stats.pages, stats)
+                    self.limit.charge(stats.wire_bytes)
                     wire = stats.wire_bytes
                     self._locked_step(core, base, length, "munmap", c.munmap_us + shootdown, n)
             except BaseException as exc:  # surfaced by send_pages

@@ -379,3 +379,19 @@ def test_rate_limit_paces_to_its_rate_and_none_lifts_it():
     limit.charge(10**9)
     limit.wait()
     assert time.monotonic() - t0 < 0.01
+
+
+def test_dirty_sync_count_counts_as_qemus_does(guests):
+    # query-migrate's dirty-sync-count: the sync at set-up, one per iteration, and the
+    # last one with the VM stopped. PMigrate's figure, the pre-copy iterations, is apart.
+    g = guests(uniform(rate=5000, ws=256))
+    g.start()
+    time.sleep(0.02)
+    mig = migration(g, CopySink(np.zeros_like(g.pages), bytes_s=100 * MB))
+    r = mig.run()
+    assert r.status == "completed"
+    assert mig.report()["dirty_sync_count"] == len(r.iterations) + 2
+    syncs = [e["dirty_sync_count"] for e in mig.ctx.events if e["event"] == "iteration"]
+    assert syncs == [k + 2 for k in range(len(r.iterations))]  # the set-up's sync came first
+    transferred = [e["transferred"] for e in mig.ctx.events if e["event"] == "iteration"]
+    assert transferred == pytest.approx(np.cumsum([it.wire_bytes for it in r.iterations]))  # QEMU's: so far

@@ -169,7 +169,8 @@ class HostAgent:
         control = _GuestControl(DirtyLog(self.logs[key].array, len(pages)), guest, self.cores,
                                 self._real_s(self.costs.dirty_sync_ns / 1000, len(pages)), (m, "sync"))
         if job.caches is not None:
-            control.on_sync = lambda: job.caches.new_generation(m)
+            control.on_sync = lambda: job.caches.new_generation(m, time.monotonic() / self.dilation,
+                                                                self._pages_saved(job))
         ctx = MigrationContext(m, pages, control, job.pipeline, self.memory_scale, self.dilation,
                                [Trigger(**tr) for tr in triggers])
         job.ctx = ctx
@@ -203,6 +204,11 @@ class HostAgent:
         out["lock"] = job.pipeline.lock.stats()
         out["events"] = job.ctx.events[since:] if job.ctx else []
         return out
+
+    def _pages_saved(self, job: "_Job") -> int:
+        """Pages migration `job` has sent so far, zero pages included (QEMU's target_page_count)."""
+        return sum(c.pages_normal + c.pages_zero + c.pages_compressed + c.pages_delta
+                   for c in (self.senders[k].counters for k in job.conns))
 
     def report(self, m: int) -> dict:
         job = self.jobs[m]

@@ -101,11 +101,14 @@ class XbzrleCaches:
                 c = self._vms[vm] = _VmCache(self.cache_bytes, self.budget)
             return c
 
-    def new_generation(self, vm: int) -> None:
-        """A dirty-log sync of `vm` happened (QEMU ages its cache by sync count)."""
+    def new_generation(self, vm: int, now_s: float | None = None, pages_saved: int = 0) -> None:
+        """A dirty-log sync of `vm` happened (QEMU ages its cache by sync count, and
+        updates its rates there): at emulated time `now_s`, `pages_saved` pages sent so far."""
         c = self.of(vm)
         with c.lock:
             c.cache.new_generation()
+            if now_s is not None:
+                c.encoder.counters.update_rates(now_s, pages_saved, PAGE)
 
     def counters(self, vm: int) -> dict:
         """QEMU's xbzrle-cache statistics of `vm` (real units)."""

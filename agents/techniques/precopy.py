@@ -109,8 +109,9 @@ class PrecopyMigration:
     """Runs one VM's pre-copy on the source. Sizes in, figures out: emulated units.
 
     Events recorded in the context (QEMU's names where one fits): `setup`,
-    `iteration` (its number, dirty-sync-count, transferred, remaining,
-    dirty-pages-rate, expected-downtime), `stop` (the stop rule's reason),
+    `iteration` (its number, dirty-sync-count, transferred so far, remaining,
+    dirty-pages-rate, expected-downtime, and its own bytes), `stop` (the stop
+    rule's reason), `rate-limit` (the cap set or lifted),
     then the downtime checkpoints `vm-stopped`, `last-page-sent`,
     `device-state-sent`, `destination-loaded`, `vm-started`; or `cancelled`.
     """
@@ -220,11 +221,19 @@ class PrecopyMigration:
             return self._cancel()
         return self.switch_over(todo)
 
-    def _iteration_done(self, number: int, pages: int, wire_emu: float, dt: float, remaining: float) -> None:
+    def _iteration_done(self, number: int, pages: int, wire_emu: float, dt: float, remaining: float,
+                        dirtied: float | None = None) -> None:
+        """Record an iteration with query-migrate's meanings: `transferred` is the
+        bytes sent so far (all iterations), `remaining` the dirty bytes after this
+        sync, `expected_downtime_s` those over this iteration's bandwidth (QEMU's
+        dirty_bytes_last_sync / bandwidth); `bytes` is this iteration's own,
+        `dirty_pages_rate` the pages the sync found dirtied, per second."""
         bandwidth = wire_emu / dt if dt > 0 else float("inf")
+        dirtied = remaining if dirtied is None else dirtied
         self.ctx.record("iteration", iteration=number, dirty_sync_count=self.dirty_syncs, pages=pages,
-                        transferred=wire_emu, duration_s=dt, remaining=remaining,
-                        dirty_pages_rate=remaining / 4096 / dt if dt > 0 else 0.0,
+                        bytes=wire_emu, transferred=self.result.memory_bytes_sent, duration_s=dt,
+                        remaining=remaining, dirty_pages_rate=dirtied / 4096 / dt
+                        if dt > 0 else 0.0,
                         expected_downtime_s=remaining / bandwidth if bandwidth > 0 else None)
 
     def _image_oriented(self) -> np.ndarray | None:
@@ -306,9 +315,11 @@ class PrecopyMigration:
             # The sync: the rest of the pass joins what the guest dirtied meanwhile.
             mask = np.zeros(len(self.image), dtype=bool)
             mask[order[pos:]] = True
-            mask[self._harvest()] = True
+            dirtied = self._harvest()
+            mask[dirtied] = True
             todo = np.flatnonzero(mask)
-            self._iteration_done(r.iteration_count, r.iterations[-1].dirty_pages, wire, dt, len(todo) * page_bytes)
+            self._iteration_done(r.iteration_count, r.iterations[-1].dirty_pages, wire, dt, len(todo) * page_bytes,
+                                 len(dirtied) * page_bytes)
 
     def _windows(self, order: np.ndarray, to_wrap: int, started: bool, bandwidth: float):
         """Send `order` in windows of ~WINDOW_S until what is left of it fits in
@@ -402,11 +413,11 @@ class PrecopyMigration:
         if self.cap_bytes_s and self.switchover_bandwidth == "link":
             self._rate_limit(None)  # QEMU lifts max-bandwidth for the last stage
         wire = self.sink.send_pages(self.vm, self.image, todo, "downtime", lambda: self.abort_requested)
-        self.ctx.record("last-page-sent", transferred=wire / self.scale)
+        self.ctx.record("last-page-sent", bytes=wire / self.scale)
         if self.abort_requested:
             return self._cancel(paused=True)
         self.sink.send_state(self.vm, max(1, int(self.state_bytes * self.scale)))
-        self.ctx.record("device-state-sent", transferred=self.state_bytes)
+        self.ctx.record("device-state-sent", bytes=self.state_bytes)
         loaded = self.sink.drain()
         self.ctx.record("destination-loaded", t_real=loaded)
         # The destination restores devices and resumes: a fixed cost of the platform.

@@ -206,9 +206,11 @@ def _cpu(sl, m, total_s: float) -> dict:
             "saturation": saturation}
 
 
-def link_floor_rates(sl, tl: Timeline, m) -> tuple[float, float, float]:
-    """(bytes/s while iterating, bytes/s at stop-and-copy, one-way s): the fastest the
-    migration's links ever allowed it (emulated), for its physical floors."""
+def link_floor_rates(sl, tl: Timeline, m) -> tuple[float, float, float, float]:
+    """(bytes/s while iterating, bytes/s at stop-and-copy, one-way s, bytes its rings
+    hold): the fastest the migration's links ever allowed it (emulated), for its
+    physical floors. An iteration that ends without draining (the qemu stop rule)
+    may leave up to its rings' bytes in flight."""
     o, dil = m.plan.options, sl.scale.dilation
     capacity, one_way = 0.0, float("inf")
     for lp in sl.topo.links_of_migration(m.index):
@@ -219,22 +221,26 @@ def link_floor_rates(sl, tl: Timeline, m) -> tuple[float, float, float]:
         if getattr(ev, "rtt_ms", None) is not None:
             one_way = min(one_way, ev.rtt_ms / 2000)
     capped = min(capacity, o.bandwidth_cap_gbps * 1e9 / 8) if o.bandwidth_cap_gbps else capacity
-    return capped, capped if o.switchover_bandwidth == "capped" else capacity, one_way
+    rings = sum(c.slots * c.batch_pages * PAGE for c in sl.topo.connections_of_migration(m.index))
+    in_flight = rings / sl.scale.memory_scale if o.stop_rule == "qemu" else 0.0
+    return capped, capped if o.switchover_bandwidth == "capped" else capacity, one_way, in_flight
 
 
-def physical_floors(res: dict, rates: tuple[float, float, float], resume_s: float, dilation: float) -> dict:
+def physical_floors(res: dict, rates: tuple, resume_s: float, dilation: float) -> dict:
     """The floors of one migration's figures (result.json `vms[]` entry `res`) and
-    the figures that fall below them by more than the shaper's tolerance."""
-    iterate, switch, one_way = rates
+    the figures that fall below them by more than the shaper's tolerance.
+    `rates`: (iterating, switch-over bytes/s, one-way s[, bytes an iteration may leave in flight])."""
+    iterate, switch, one_way, in_flight = (*rates, 0.0)[:4]
     slack = lambda floor: floor * FLOOR_REL + FLOOR_ABS_REAL_S / dilation  # noqa: E731
-    out = {"iteration_bytes_s": iterate, "switchover_bytes_s": switch, "one_way_s": one_way, "violations": []}
+    out = {"iteration_bytes_s": iterate, "switchover_bytes_s": switch, "one_way_s": one_way,
+           "iteration_in_flight_bytes": in_flight, "violations": []}
 
     def check(figure: str, value: float, floor: float, scale: float = 1.0) -> None:
         if value < (floor - slack(floor)):
             out["violations"].append({"figure": figure, "value": value * scale, "floor": floor * scale})
 
     for it in res["iteration_log"]:
-        check(f"iteration {it['iteration']} duration_s", it["duration_s"], it["bytes"] / iterate)
+        check(f"iteration {it['iteration']} duration_s", it["duration_s"], max(0.0, it["bytes"] - in_flight) / iterate)
     downtime = 0.0
     if res["status"] == "completed":
         downtime = res["downtime_bytes_sent"] / switch + one_way + resume_s

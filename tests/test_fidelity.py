@@ -57,3 +57,10 @@ def test_a_capped_migration_stops_and_copies_at_the_links_speed(ray_cluster):
     assert first["bytes"] / first["duration_s"] == pytest.approx(62.5e6, rel=0.1)
     # ... the rest at 10 GbE: a fraction of what the cap would make of it.
     assert r["downtime_ms"] < 0.5 * r["downtime_bytes_sent"] / 62.5e6 * 1000
+
+
+def test_an_iteration_that_ends_without_draining_may_leave_its_rings_in_flight():
+    # The qemu rule syncs without waiting for the link: up to the rings' bytes are still on their way.
+    log = [{"iteration": 1, "bytes": 8.4e6, "duration_s": 0.060}]  # 67 ms of 1 GbE in 60 ms
+    assert physical_floors(_res(100.0, log=log), (125e6, 125e6, 0.0001), 0.0, 1.0)["violations"]
+    assert not physical_floors(_res(100.0, log=log), (125e6, 125e6, 0.0001, 2e6), 0.0, 1.0)["violations"]

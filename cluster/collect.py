@@ -231,7 +231,7 @@ def physical_floors(res: dict, rates: tuple, resume_s: float, dilation: float) -
     the figures that fall below them by more than the shaper's tolerance.
     `rates`: (iterating, switch-over bytes/s, one-way s[, bytes an iteration may leave in flight])."""
     iterate, switch, one_way, in_flight = (*rates, 0.0)[:4]
-    slack = lambda floor: floor * FLOOR_REL + FLOOR_ABS_REAL_S / dilation  # noqa: E731
+    slack = lambda floor: floor * FLOOR_REL + FLOOR_ABS_REAL_S / dilation
     out = {"iteration_bytes_s": iterate, "switchover_bytes_s": switch, "one_way_s": one_way,
            "iteration_in_flight_bytes": in_flight, "violations": []}
 

@@ -198,7 +198,7 @@ def test_qemus_stop_rule_makes_more_shorter_iterations_at_a_high_dirty_rate():
     assert per_pass["stop_reason"] == qemu["stop_reason"] == "converged"
     assert per_pass["iterations"] == 7
     assert 8 <= qemu["iterations"] <= 10
-    mean = lambda p: sum(i["duration_s"] for i in p["iteration_log"][1:]) / (len(p["iteration_log"]) - 1)  # noqa: E731
+    mean = lambda p: sum(i["duration_s"] for i in p["iteration_log"][1:]) / (len(p["iteration_log"]) - 1)
     assert mean(qemu) < mean(per_pass)
 
 

@@ -205,7 +205,7 @@ class HostAgent:
         out["events"] = job.ctx.events[since:] if job.ctx else []
         return out
 
-    def _pages_saved(self, job: "_Job") -> int:
+    def _pages_saved(self, job: _Job) -> int:
         """Pages migration `job` has sent so far, zero pages included (QEMU's target_page_count)."""
         return sum(c.pages_normal + c.pages_zero + c.pages_compressed + c.pages_delta
                    for c in (self.senders[k].counters for k in job.conns))

@@ -108,7 +108,7 @@ class XbzrleCounters:
         (zero pages included). The first period runs from the start."""
         if self._period is not None and now_s - self._period[0] < 1.0:
             return  # QEMU: at most once a second
-        t0, saved0, miss0, pages0, bytes0 = self._period or (0.0, 0, 0, 0, 0)
+        _, saved0, miss0, pages0, bytes0 = self._period or (0.0, 0, 0, 0, 0)
         page_count = pages_saved - saved0
         if page_count > 0:
             self.cache_miss_rate = (self.cache_miss - miss0) / page_count

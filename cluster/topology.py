@@ -85,7 +85,9 @@ def plan(scenario: Scenario, scale: Scale) -> Topology:
             share = lp.rate_bytes_s / sharing
             batch = o.batch_pages or auto_batch_pages(share, scale)
             bdp = share * 2 * lp.one_way_s
-            slots = int(min(32, max(4, math.ceil(bdp / (batch * PAGE)) + 3)))
+            # Headroom past the bandwidth-delay product: a slot also waits for its
+            # batch to serialize at line rate and be restored (a NIC queue, not credit).
+            slots = int(min(32, max(8, math.ceil(bdp / (batch * PAGE)) + 6)))
             conns.append(ConnectionPlan(len(conns), lp.index, batch, slots, mp.index))
     return Topology(list(links.values()), conns)
 

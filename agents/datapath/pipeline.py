@@ -118,9 +118,8 @@ class SourcePipeline:
 
     def send_state(self, vm: int, state_bytes: int) -> None:
         self.drain()  # all memory first, then the state, then resume
-        self.limit.wait()
+        self.limit.pace(state_bytes)
         self.connections[0].send_state(vm, state_bytes)
-        self.limit.charge(state_bytes)
 
     def set_rate_limit(self, rate_bytes_s: float | None) -> None:
         """Cap this migration's sending at `rate_bytes_s` real bytes/s over all its connections; None: no cap."""
@@ -149,7 +148,6 @@ class SourcePipeline:
             length = n * PAGE
             wire = 0
             try:
-                self.limit.wait()  # a rate-limited sender sleeps, on no core
                 slot = conn.acquire_slot()  # waiting for the wire takes no core
                 # One core for the whole task: fewer hand-overs between threads,
                 # so per-task overhead stays inside the charged time. A consumer
@@ -165,10 +163,15 @@ class SourcePipeline:
                     # cost: a real page stands for 1/memory_scale emulated ones.
                     core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, stats.pages - stats.zero)
                                 + self.real_s(stats.encode_s * 1e6, 1))
-                    conn.post(slot, task.vm, stats.pages, stats)
-                    self.limit.charge(stats.wire_bytes)
+                    capped = self.limit.active
+                    if not capped:
+                        conn.post(slot, task.vm, stats.pages, stats)
                     wire = stats.wire_bytes
                     self._locked_step(core, base, length, "munmap", c.munmap_us + shootdown, n)
+                if capped:
+                    # Paced to the cap after leaving the core: a rate-limited sender sleeps.
+                    self.limit.pace(stats.wire_bytes)
+                    conn.post(slot, task.vm, stats.pages, stats)
             except BaseException as exc:  # surfaced by send_pages
                 task.call.error = exc
             finally:

@@ -6,10 +6,12 @@ connections together. QEMU lifts it when the VM stops (the last stage runs
 as fast as the link allows); the technique decides that, by setting the
 rate to None (agents/techniques/precopy.py).
 
-Send now, pay later: a batch may go once the bytes before it are paid for at
-the capped rate, so the mean rate is the cap and a consumer is never held
-back by bytes it has not sent yet. The wait takes no emulated core: a
-rate-limited migration thread sleeps.
+A slower NIC in front of the real one: a batch is handed to the link when
+its bytes would have finished leaving at the capped rate, after those before
+it. So no stretch of the migration goes faster than the cap, however coarse
+its batches (one batch of a 10 GbE link is 160 ms at 0.5 Gbit/s: paying for
+it afterwards let a short pass beat the cap). The wait takes no emulated
+core: a rate-limited migration thread sleeps.
 """
 from __future__ import annotations
 
@@ -34,14 +36,15 @@ class RateLimit:
             if rate_bytes_s is None:
                 self._paid_until = 0.0
 
-    def wait(self) -> None:
-        """Until the bytes sent so far are paid for."""
-        with self._lock:
-            until = self._paid_until if self.rate else 0.0
-        sleep_until(until)
+    @property
+    def active(self) -> bool:
+        return self.rate is not None
 
-    def charge(self, nbytes: int) -> None:
-        """`nbytes` just went out."""
+    def pace(self, nbytes: int) -> None:
+        """Wait until `nbytes`, ready now, have left at the capped rate (no wait without a cap)."""
         with self._lock:
-            if self.rate:
-                self._paid_until = max(self._paid_until, time.monotonic()) + nbytes / self.rate
+            if not self.rate:
+                return
+            self._paid_until = max(self._paid_until, time.monotonic()) + nbytes / self.rate
+            until = self._paid_until
+        sleep_until(until)

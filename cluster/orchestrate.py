@@ -356,7 +356,7 @@ class Orchestrator:
         m.throughput_bytes_s = delta["transferred_bytes"] / dt if dt > 0 else 0.0
         last = m.last_iteration
         # QEMU's expected-downtime: what remains over the bandwidth its last iteration measured.
-        bandwidth = last["transferred"] / last["duration_s"] if last.get("duration_s") else 0.0
+        bandwidth = last["bytes"] / last["duration_s"] if last.get("duration_s") else 0.0
         self.tl.sample("migration", t, vm=m.vm, migration=m.index, phase=m.phase, iteration=m.iteration,
                        remaining=m.remaining_bytes, dirty_sync_count=polled.get("dirty_sync_count", 0),
                        transfer_rate=m.throughput_bytes_s, dirty_pages_rate=last.get("dirty_pages_rate"),

@@ -7,7 +7,10 @@ for writes at rate r spread over a working set with page probabilities p_j,
 the pages dirty after t seconds are sum_j 1 - exp(-r p_j t), which for a
 uniform working set of W pages is W (1 - exp(-r t / W)). The stop rule is
 the emulator's own (`agents.techniques.precopy.stop_reason`), so the two can be
-compared figure by figure. One prediction per migration of the scenario
+compared figure by figure; with stop_rule "qemu" a pass is cut once its rest
+fits in bandwidth x limit (windows of 100 ms), and the rest joins the pages
+dirtied meanwhile. A bandwidth cap paces the iterations; the stop-and-copy
+runs at the links' speed unless switchover_bandwidth is "capped". One prediction per migration of the scenario
 (`Scenario.migration_plans()`), each on its own hosts and links with its own
 options; concurrent migrations are predicted as if alone. No Ray, no threads.
 """
@@ -20,7 +23,7 @@ import numpy as np
 from agents.cpu import resolve
 from agents.encodings import cost_model
 from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
-from agents.techniques.precopy import StopPolicy, stop_reason
+from agents.techniques.precopy import WINDOW_S, StopPolicy, stop_reason
 from cluster import predict_codec
 from cluster.results import MIB
 from cluster.predict_convergence import convergence_summary, throttled_iterations
@@ -98,6 +101,17 @@ def link_rate(scenario: Scenario, mp: MigrationPlan | None = None) -> float:
                for lp in topo.links_of_migration(mp.index))
 
 
+def migration_rates(scenario: Scenario, mp: MigrationPlan | None = None) -> tuple[float, float]:
+    """(emulated bytes/s while iterating, at stop-and-copy): the links' rate, capped
+    by bandwidth_cap_gbps while iterating, and at stop-and-copy only when
+    switchover_bandwidth is "capped"."""
+    mp = mp or scenario.migration_plans()[0]
+    o = mp.options
+    link = link_rate(scenario, mp)
+    capped = min(link, o.bandwidth_cap_gbps * 1e9 / 8) if o.bandwidth_cap_gbps else link
+    return capped, capped if o.switchover_bandwidth == "capped" else link
+
+
 def cpu_pages_per_s(scenario: Scenario, zero_fraction: float = 0.0, mp: MigrationPlan | None = None,
                     codec_us: tuple[float, float] = (0.0, 0.0)) -> float:
     """Pages/s a migration's source and destination CPUs allow: cores over cost,
@@ -127,7 +141,7 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan) -> dict:
     vm, mig = mp.vm, mp.options
     costs = resolve(scenario.cpu.profile, mig.address_space_lock, scenario.cpu.overrides())
     z = vm.content.zero
-    wire_rate = link_rate(scenario, mp)
+    wire_rate, switch_rate = migration_rates(scenario, mp)
     # The first pass meets the image's zero pages; every page sent after it
     # was written by the guest, so it holds data (agents/guest/content.py).
     first = _pass_rates(scenario, mp, z, wire_rate)
@@ -146,13 +160,19 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan) -> dict:
         todo, sent, elapsed, count, reason, log = _time_sliced(vm, mig, policy, mem_pages, pages_per_s,
                                                                bytes_per_page, sync_s, slow)
     else:
-        iterate = throttled_iterations(mig) or _image_oriented  # convergence control: cluster/predict_convergence.py
-        todo, sent, elapsed, count, reason, log = iterate(vm, policy, mem_pages, first, dirty, sync_s)
+        throttled = throttled_iterations(mig)  # convergence control: cluster/predict_convergence.py
+        if throttled:
+            todo, sent, elapsed, count, reason, log = throttled(vm, policy, mem_pages, first, dirty, sync_s)
+        else:
+            todo, sent, elapsed, count, reason, log = _image_oriented(vm, policy, mem_pages, first, dirty, sync_s,
+                                                                      mig.stop_rule)
         bytes_per_page, pages_per_s = dirty
+    # The stop-and-copy at its own rate (the link's, unless the cap still applies).
+    switch_pps = min(switch_rate / bytes_per_page, cpu_pages_per_s(scenario, 0.0, mp))
     elapsed += mig.setup_ms / 1000
     state = mig.device_state_kib * 1024
     downtime_bytes = todo * bytes_per_page + state
-    downtime = sync_s + todo / pages_per_s + state / wire_rate + one_way + mig.resume_ms / 1000
+    downtime = sync_s + todo / switch_pps + state / switch_rate + one_way + mig.resume_ms / 1000
     sent += todo * bytes_per_page
     total = elapsed + downtime
     by_pass = _pages_by_pass(scenario, mp, mem_pages, sent, wire_rate)
@@ -229,16 +249,17 @@ def _compression_prediction(mig, by_pass: list, total_s: float) -> dict:
         "cpu_model": cost_model.load().provenance(mig.zstd_level if mig.compression.endswith("zstd") else None)}}
 
 
-def _image_oriented(vm, policy, mem_pages, first, dirty, sync_s):
+def _image_oriented(vm, policy, mem_pages, first, dirty, sync_s, rule="pass"):
     """Passes over the dirty image, the first at rates `first`, the others at
     `dirty` ((bytes per page, pages/s) each): (left for stop-and-copy, sent,
-    elapsed, iterations, reason, log)."""
+    elapsed, iterations, reason, log). `rule` "qemu" cuts a pass short."""
     todo, sent, elapsed = mem_pages, 0.0, 0.0
     history: list[float] = []
     log: list[dict] = []
     reason = ""
     bytes_per_page, pages_per_s = first
     bandwidth = 0.0
+    ws = _write_probabilities(vm)[2]
     while True:
         remaining = todo * PAGE  # dirty bytes, as the emulator's stop rule counts them
         if log:
@@ -247,13 +268,24 @@ def _image_oriented(vm, policy, mem_pages, first, dirty, sync_s):
                 return todo, sent, elapsed, len(log), reason, log
         history.append(remaining)
         bandwidth = pages_per_s * bytes_per_page  # what this pass will measure
-        dt = todo / pages_per_s
-        sent += todo * bytes_per_page
+        pages = _qemu_pass(todo, pages_per_s, bandwidth * policy.downtime_limit_s / PAGE) if rule == "qemu" else todo
+        dt = pages / pages_per_s
+        sent += pages * bytes_per_page
         elapsed += dt + sync_s
-        log.append({"iteration": len(log) + 1, "pages": int(round(todo)), "bytes": todo * bytes_per_page,
+        log.append({"iteration": len(log) + 1, "pages": int(round(pages)), "bytes": pages * bytes_per_page,
                     "duration_s": dt, "throughput_mbytes_s": bandwidth / MIB})
-        todo = dirty_pages_after(vm, dt + sync_s)
+        rest = todo - pages
+        # The pages dirtied meanwhile, less those among the rest of the pass (a uniform share).
+        todo = min(mem_pages, rest + dirty_pages_after(vm, dt + sync_s) * (1 - rest / ws if ws else 1))
         bytes_per_page, pages_per_s = dirty
+
+
+def _qemu_pass(todo: float, pages_per_s: float, threshold_pages: float) -> float:
+    """Pages QEMU's rule sends of a pass of `todo`: whole windows until the rest
+    is below the threshold, at least one window."""
+    window = max(1.0, pages_per_s * WINDOW_S)
+    windows = max(1, math.ceil((todo - threshold_pages) / window))
+    return min(todo, windows * window)
 
 
 def _time_sliced(vm, mig, policy, mem_pages, pages_per_s, bytes_per_page, sync_s, slow=1.0):

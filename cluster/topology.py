@@ -91,7 +91,7 @@ def _plan(scenario: Scenario, scale: Scale) -> Topology:
     conns: list[ConnectionPlan] = []
     for mp in scenario.migration_plans():
         o = mp.options
-        mine = [_link(scenario, scale, l, links, o.bandwidth_cap_gbps, mp)
+        mine = [_link(scenario, scale, l, links, mp)
                 for l in scenario.links_between(mp.source, mp.destinations[0])]
         n = registry.get(mp.technique).load().connections_needed(o)
         for k in range(n):
@@ -100,7 +100,9 @@ def _plan(scenario: Scenario, scale: Scale) -> Topology:
             share = lp.rate_bytes_s / sharing
             batch = o.batch_pages or auto_batch_pages(share, scale)
             bdp = share * 2 * lp.one_way_s
-            slots = int(min(32, max(4, math.ceil(bdp / (batch * PAGE)) + 3)))
+            # Headroom past the bandwidth-delay product: a slot also waits for its
+            # batch to serialize at line rate and be restored (a NIC queue, not credit).
+            slots = int(min(32, max(8, math.ceil(bdp / (batch * PAGE)) + 6)))
             conns.append(ConnectionPlan(len(conns), lp.index, batch, slots, mp.index))
     return Topology(list(links.values()), conns, _shared_nics(scenario, scale, list(links.values())))
 
@@ -114,17 +116,13 @@ def _shared_nics(scenario: Scenario, scale: Scale, links: list[LinkPlan]) -> dic
     return {nic: scale.real_rate(gbps_to_bytes_s(scenario.nic_speed_gbps(nic))) for nic, n in uses.items() if n > 1}
 
 
-def _link(scenario: Scenario, scale: Scale, link, links: dict, cap_gbps: float | None, mp) -> LinkPlan:
-    """The plan of `link`, made once however many migrations use it."""
+def _link(scenario: Scenario, scale: Scale, link, links: dict, mp) -> LinkPlan:
+    """The plan of `link`, made once however many migrations use it. A link
+    keeps its NIC speed: a bandwidth cap is the migration's own (QEMU's
+    max-bandwidth), applied by its sender (agents/datapath/rate_limit.py)."""
     name = link_name(link)
     if name not in links:
         emu_rate = gbps_to_bytes_s(scenario.link_bandwidth_gbps(link))
-        if cap_gbps is not None:
-            # QEMU's max-bandwidth is per migration; on a link of its own that is the link's rate
-            # (a link several migrations share takes the first cap given).
-            pairs = scenario.links_between(mp.source, mp.destinations[0])
-            total = sum(gbps_to_bytes_s(scenario.link_bandwidth_gbps(l)) for l in pairs)
-            emu_rate *= min(1.0, gbps_to_bytes_s(cap_gbps) / total)
         background = min(link.background.mbytes_s * MIB, emu_rate)
         links[name] = LinkPlan(len(links), name, scale.real_rate(emu_rate), scale.real_seconds(link.rtt_ms / 2000),
                                scale.real_rate(background), emu_rate, mp.source.name, mp.destinations[0].name,

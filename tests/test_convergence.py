@@ -14,7 +14,7 @@ from agents.guest.throttle import VcpuThrottle
 from agents.guest.vcpus import Guest
 from agents.guest.content import assign_classes, template_pools
 from agents.guest.workloads import make_workload
-from agents.techniques.convergence import (AutoConverge, DirtyLimit, Governor, Sdps, SyncPeriod, dirty_limit_step,
+from agents.techniques.convergence import (AutoConverge, Governor, Sdps, SyncPeriod, dirty_limit_step,
                                            keeps_going, running_share)
 from cluster.predict import predict
 from cluster.scenario import ScenarioError, parse_scenario

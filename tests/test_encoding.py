@@ -114,7 +114,7 @@ def test_xbzrle_sends_deltas_of_rewritten_pages_and_restores_them(method):
         # 64 changed bytes cost a delta of about 70 bytes, not a page
         assert w.totals["payload_bytes"] < 0.1 * cached * PAGE + (w.totals["raw_bytes"] - cached * PAGE)
     c = w.caches.counters(0)
-    assert c["pages"] > 0 and c["cache_miss"] > 0 and c["encoding_rate"] > 10
+    assert c["pages"] > 0 and c["cache_miss"] > 0 and c["encoding_ratio_overall"] > 10
 
 
 def test_delta_pages_on_the_wire_cost_their_encoding():
@@ -192,7 +192,7 @@ def test_consumers_share_one_cache_per_vm_and_verify():
         assert np.array_equal(w.dst, src)
     c = w.caches.counters(0)
     assert c["cache_size"] == 128 * PAGE
-    assert 0 < c["cache_miss_rate"] < 1 and c["pages"] > 0
+    assert 0 < c["cache_miss_ratio_overall"] < 1 and c["pages"] > 0
 
 
 def test_corrupt_delta_raises_and_leaves_the_image_alone():
@@ -288,3 +288,53 @@ def test_make_workload_builds_the_delta_workloads():
     assert m.writes_in_place and m.ws == 1024 and m.nbytes == 64
     assert v.frame_pages == 256 and v.band == 410
     assert (e.log_pages, e.session_pages, e.tables) == (64, 32, 2048)
+
+
+# --- QEMU's meanings (issue "Fidelity" (3)) ------------------------------------------
+
+def test_xbzrle_starts_after_the_first_round_as_in_qemu():
+    # QEMU (ram.c, xbzrle_started): nothing goes through the cache until the walk has
+    # completed its first round. A page is cached when it is sent again, and goes as a
+    # delta the time after.
+    src = _image(64, seed=4)
+    src[src.sum(axis=1) == 0] = text_pages(1, np.random.default_rng(9))[0]  # no zero pages
+    w = Wire(src, "xbzrle")
+    first = w.encoders[0].pack(0, src, np.arange(32), w.slot, bulk=True)
+    assert first.normal == 32 and first.delta == 0
+    assert w.caches.counters(0) == {}  # nothing looked up, nothing cached
+    _scribble(src, np.random.default_rng(1), writes=20)
+    second = w.send(np.arange(32))  # after the first round: misses, cached, sent whole
+    assert second.normal == 32 and w.caches.counters(0)["cache_miss"] == 32
+    _scribble(src, np.random.default_rng(2), writes=200)
+    third = w.send(np.arange(32))
+    assert third.delta + third.unchanged + third.overflow == 32 and third.delta > 0
+    assert np.array_equal(w.dst[:32], src[:32])
+
+
+def test_xbzrle_pages_and_bytes_count_every_cache_hit_as_qemu_does():
+    # QEMU counts a hit in `pages` before encoding it; `bytes` takes the delta and its
+    # 3-byte header, nothing for an unchanged page, a whole page for an overflow.
+    src = text_pages(3, np.random.default_rng(5))
+    w = Wire(src, "xbzrle")
+    w.send([0, 1, 2])  # misses: cached
+    src[1, :64] ^= 0xFF  # a small change: a delta
+    src[2] = random_pages(1, np.random.default_rng(6))[0]  # all new: the delta overflows
+    st = w.send([0, 1, 2])
+    assert (st.unchanged, st.delta, st.overflow) == (1, 1, 1)
+    c = w.caches.counters(0)
+    assert c["pages"] == 3 and c["cache_miss"] == 3 and c["overflow"] == 1
+    delta_len = st.payload_bytes - DELTA_HEADER_BYTES - PAGE  # the payload: one delta + its header, one page
+    assert c["bytes"] == delta_len + DELTA_HEADER_BYTES + PAGE
+
+
+def test_xbzrle_rates_are_the_last_periods_at_syncs_a_second_apart():
+    from agents.encodings.xbzrle_stage import XbzrleCounters
+    c = XbzrleCounters()
+    c.cache_miss, c.pages, c.bytes = 50, 20, 20 * 1024
+    c.update_rates(now_s=3.0, pages_saved=100)  # the first period: since the start
+    assert c.cache_miss_rate == 0.5 and c.encoding_rate == 4.0
+    c.cache_miss, c.pages, c.bytes = 60, 60, 20 * 1024 + 40 * 512
+    c.update_rates(now_s=3.5, pages_saved=200)  # half a second later: QEMU keeps the old rates
+    assert c.cache_miss_rate == 0.5
+    c.update_rates(now_s=4.0, pages_saved=200)
+    assert c.cache_miss_rate == 10 / 100 and c.encoding_rate == 8.0

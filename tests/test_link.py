@@ -199,3 +199,33 @@ def test_setters_reject_impossible_values():
         shaper.set_background(-1)
     shaper.set_background(10e6)  # before the loop runs: the share follows at once
     assert shaper.migration_rate == RATE - 10e6
+
+
+# --- no figure beats physics (issue "Fidelity" (7)) ---------------------------------
+
+def test_an_idle_link_gives_no_credit():
+    from agents.datapath.token_bucket import TokenBucket
+    bucket = TokenBucket(125e6, t0=0.0)
+    # Idle for a second, then 2.36 MB at once: they leave at line rate, not in a burst.
+    assert bucket.departure(2_360_000, 1.0) == pytest.approx(1.0 + 2.36e6 / 125e6)
+    # A second batch offered meanwhile queues behind the first.
+    assert bucket.departure(125_000, 1.001) == pytest.approx(1.0 + 2.485e6 / 125e6)
+
+
+@pytest.mark.parametrize("rate", [2e6, 8e6, 20e6, 60e6])  # 1, 4, 10, 30 GbE at memory_scale 1/64
+def test_a_stop_and_copy_after_an_idle_moment_takes_at_least_bytes_over_bandwidth_plus_latency(rate):
+    # The shape of a stop-and-copy: the link idle while the last pass drained, then the
+    # remainder offered at once. Its last byte arrives no earlier than the physical floor.
+    one_way = 0.00015
+    link = SharedLink(LinkShaper(rate, one_way), [0])
+    time.sleep(0.05)  # idle: a bucket with credit would now let 10 ms of bytes through at once
+    batches = 24
+    nbytes = int(rate * 0.002)  # 48 ms of link time in all
+    t0 = time.monotonic()
+    for seq in range(batches):
+        link.to_link[0].send(KIND_BATCH, 0, 0, 0, nbytes, seq, t0)
+    link.close([0])
+    last = max(t for t, _, _ in link.delivered)
+    floor = batches * nbytes / rate + one_way
+    assert last - t0 >= floor * 0.995, (last - t0, floor)
+    assert last - t0 <= floor + 0.005  # and not much slower either

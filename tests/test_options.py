@@ -36,8 +36,8 @@ BOUNDED = [o for o in PRECOPY_SPEC.options if o.choices or o.bounds()]
 
 def test_precopy_declares_todays_groups():
     assert PRECOPY_SPEC.options == COMMON + PRECOPY + PIPELINE + COMPRESSION + CONVERGENCE
-    assert [o.name for o in COMMON] == ["downtime_limit_ms", "bandwidth_cap_gbps", "device_state_kib", "batch_pages",
-                                        "setup_ms", "resume_ms"]
+    assert [o.name for o in COMMON] == ["downtime_limit_ms", "bandwidth_cap_gbps", "switchover_bandwidth",
+                                        "device_state_kib", "batch_pages", "setup_ms", "resume_ms"]
     assert PRECOPY_SPEC.factory == "agents.techniques.precopy:PrecopyMigration"
 
 

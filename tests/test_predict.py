@@ -7,9 +7,9 @@ import pytest
 
 from agents.cpu import resolve
 from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
-from cluster.predict import dirty_pages_after, link_rate, predict
+from cluster.predict import dirty_pages_after, link_rate, migration_rates, predict
 from cluster.scenario import GIB, parse_scenario
-from tests.conftest import scenario_text
+from tests.conftest import ROOT, scenario_text
 
 PAGE = 4096
 
@@ -99,8 +99,12 @@ def test_halving_bandwidth_doubles_first_iteration():
 def test_bandwidth_cap_and_background_traffic_lower_the_rate():
     base = link_rate(scenario(gbps=10))
     assert base == pytest.approx(1.25e9)
-    capped = link_rate(scenario(gbps=10, extra="bandwidth_cap_gbps = 2\n"))
-    assert capped == pytest.approx(0.25e9)
+    capped = scenario(gbps=10, extra="bandwidth_cap_gbps = 2\n")
+    # The cap paces the iterations; the links keep their speed, and so does the stop-and-copy.
+    assert link_rate(capped) == pytest.approx(1.25e9)
+    assert migration_rates(capped) == pytest.approx((0.25e9, 1.25e9))
+    both = scenario(gbps=10, extra='bandwidth_cap_gbps = 2\nswitchover_bandwidth = "capped"\n')
+    assert migration_rates(both) == pytest.approx((0.25e9, 0.25e9))
 
 
 def test_cpu_bound_when_the_link_is_faster_than_the_cores():
@@ -184,3 +188,24 @@ def test_one_prediction_per_migration_on_its_own_hosts_and_links():
     assert p["setup_time_s"] == pytest.approx(2 * 0.020)  # [migration] setup_ms = 20, for each
     # Both links are slower than the CPUs: each first pass runs at its own link's rate.
     assert [v["iteration_log"][0]["throughput_mbytes_s"] * (1 << 20) for v in p["vms"]] == pytest.approx([1.25e9, 2.5e9])
+
+
+def test_qemus_stop_rule_makes_more_shorter_iterations_at_a_high_dirty_rate():
+    # Issue "Fidelity" (9): 8-10 iterations where the per-pass rule makes 7.
+    text = (ROOT / "scenarios/uniform-1gbe.toml").read_text().replace("dirty_pages_per_s = 8000", "dirty_pages_per_s = 20000")
+    per_pass = predict(parse_scenario(text, "u.toml"))
+    qemu = predict(parse_scenario(text + 'stop_rule = "qemu"\n', "u.toml"))
+    assert per_pass["stop_reason"] == qemu["stop_reason"] == "converged"
+    assert per_pass["iterations"] == 7
+    assert 8 <= qemu["iterations"] <= 10
+    mean = lambda p: sum(i["duration_s"] for i in p["iteration_log"][1:]) / (len(p["iteration_log"]) - 1)
+    assert mean(qemu) < mean(per_pass)
+
+
+def test_the_stop_and_copy_runs_at_the_links_speed_unless_capped():
+    # Issue "Fidelity" (2): 1 GiB, 3000 pages/s over 0.25 GiB, 10 GbE, cap 0.5 Gbit/s, 300 ms limit.
+    writer = '{ kind = "uniform", dirty_pages_per_s = 3000, working_set_gib = 0.25 }'
+    link = predict(scenario(writer, gbps=10, mem=1, extra="bandwidth_cap_gbps = 0.5\n"))
+    capped = predict(scenario(writer, gbps=10, mem=1, extra='bandwidth_cap_gbps = 0.5\nswitchover_bandwidth = "capped"\n'))
+    assert link["downtime_bytes_sent"] == pytest.approx(capped["downtime_bytes_sent"])
+    assert link["downtime_ms"] < capped["downtime_ms"] / 5

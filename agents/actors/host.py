@@ -171,7 +171,8 @@ class HostAgent:
         control = _GuestControl(DirtyLog(self.logs[key].array, len(pages)), guest, self.cores,
                                 self._real_s(self.costs.dirty_sync_ns / 1000, len(pages)), (m, "sync"))
         if job.caches is not None:
-            control.on_sync = lambda: job.caches.new_generation(m)
+            control.on_sync = lambda: job.caches.new_generation(m, time.monotonic() / self.dilation,
+                                                                self._pages_saved(job))
         ctx = MigrationContext(m, pages, control, job.pipeline, self.memory_scale, self.dilation,
                                [Trigger(**tr) for tr in triggers])
         job.ctx = ctx
@@ -210,6 +211,11 @@ class HostAgent:
         """One call per timeline interval: `poll` of each migration in `since`
         (its number -> events already seen) and this host's `usage`."""
         return {"polls": {m: self.poll(m, k) for m, k in since.items()}, "usage": self.usage()}
+
+    def _pages_saved(self, job: _Job) -> int:
+        """Pages migration `job` has sent so far, zero pages included (QEMU's target_page_count)."""
+        return sum(c.pages_normal + c.pages_zero + c.pages_compressed + c.pages_delta
+                   for c in (self.senders[k].counters for k in job.conns))
 
     def report(self, m: int) -> dict:
         job = self.jobs[m]

@@ -24,9 +24,7 @@ class LinkAgent:
                  rate_control: bool, reserved_bytes_s: float, monitor_period_s: float) -> None:
         precise_threads()
         self.name = name
-        # The bucket's burst is 10 ms of emulated time (one monitor period is one emulated second).
-        self.shaper = LinkShaper(rate_bytes_s, one_way_s, burst_s=0.010 * monitor_period_s,
-                                 background_bytes_s=background_bytes_s,
+        self.shaper = LinkShaper(rate_bytes_s, one_way_s, background_bytes_s=background_bytes_s,
                                  rate_control=rate_control, reserved_bytes_s=reserved_bytes_s,
                                  monitor_period_s=monitor_period_s)
         self._listeners: list[Listener] = []

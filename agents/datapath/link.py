@@ -7,8 +7,9 @@ link can take the next batch, a fair queue (deficit round robin by bytes,
 agents/datapath/fair_queue.py) picks the connection, so backlogged
 connections get equal shares (max-min) and each keeps its own order. One
 token bucket per link gives the time that batch has finished leaving the
-NIC (bandwidth), and the batch is handed to its connection's receiver one
-one-way latency later. Bytes stay in shared memory; only descriptors pass
+NIC (bandwidth): bytes serialize at line rate, with no idle credit (see
+agents/datapath/token_bucket.py), and the batch is handed to its
+connection's receiver one one-way latency later. Bytes stay in shared memory; only descriptors pass
 through here.
 
 Background traffic of a co-located VM (e.g. a web server) shares the NIC.
@@ -62,7 +63,7 @@ class _Connection:
 
 
 class LinkShaper:
-    def __init__(self, rate_bytes_s: float, one_way_s: float, burst_s: float = 0.010,
+    def __init__(self, rate_bytes_s: float, one_way_s: float,
                  background_bytes_s: float = 0.0, rate_control: bool = False, reserved_bytes_s: float = 0.0,
                  monitor_period_s: float = 1.0) -> None:
         self.capacity = rate_bytes_s
@@ -71,7 +72,6 @@ class LinkShaper:
         self.reserved = reserved_bytes_s
         self.monitor_period_s = monitor_period_s  # one emulated second, in real seconds
         self.one_way_s = one_way_s
-        self.burst_s = burst_s
         self.bytes_forwarded = 0
         self.batches_forwarded = 0
         self.bytes_by_connection: dict[int, int] = {}
@@ -129,7 +129,7 @@ class LinkShaper:
     def _loop(self) -> None:
         rate = max(1.0, self.migration_rate)
         now = time.monotonic()
-        self._bucket = TokenBucket(rate, rate * self.burst_s, now)
+        self._bucket = TokenBucket(rate, now)
         window = [now, 0]
         while self._open or self._queue or self._line:
             now = time.monotonic()
@@ -158,7 +158,7 @@ class LinkShaper:
             t, self._rate_changed_at = self._rate_changed_at, None
             rate = max(1.0, self.migration_rate)
         if t is not None:
-            self._bucket.set_rate(rate, t, burst_bytes=rate * self.burst_s)
+            self._bucket.set_rate(rate, t)
 
     def _monitor(self, now: float, window: list) -> None:
         """Each period: what did the background get, and what may the migration take next."""

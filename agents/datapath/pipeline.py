@@ -15,6 +15,10 @@ single migration thread (the paper: not worth parallelising); so does the
 producer. With more than one connection, each pass ends with a barrier:
 every batch is restored before the next pass starts, so a page's newer copy
 can never be overtaken by its older one on another connection.
+
+A bandwidth cap (QEMU's max-bandwidth) paces the consumers over all the
+migration's connections together (agents/datapath/rate_limit.py); the
+technique sets and lifts it (`set_rate_limit`).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import numpy as np
 from agents.cpu import CorePool, CostModel
 from agents.datapath.memory_pool import MemoryPool
 from agents.datapath.range_lock import AddressSpaceLock
+from agents.datapath.rate_limit import RateLimit
 from agents.datapath.sender import PageSender
 
 PAGE = 4096
@@ -83,6 +88,7 @@ class SourcePipeline:
         # Every pass ends with all batches restored: needed when connections
         # could reorder a page's copies; otherwise only at stop-and-copy.
         self.barrier_each_pass = len(connections) > 1
+        self.limit = RateLimit()
         self._threads = [threading.Thread(target=self._consume, args=(i,), daemon=True, name=f"consumer-{i}")
                          for i in range(consumers)]
         for t in self._threads:
@@ -113,7 +119,12 @@ class SourcePipeline:
 
     def send_state(self, vm: int, state_bytes: int) -> None:
         self.drain()  # all memory first, then the state, then resume
+        self.limit.pace(state_bytes)
         self.connections[0].send_state(vm, state_bytes)
+
+    def set_rate_limit(self, rate_bytes_s: float | None) -> None:
+        """Cap this migration's sending at `rate_bytes_s` real bytes/s over all its connections; None: no cap."""
+        self.limit.set_rate(rate_bytes_s)
 
     def drain(self) -> float:
         return max(c.drain() for c in self.connections)
@@ -147,17 +158,23 @@ class SourcePipeline:
                     self._locked_step(core, base, length, "mmap", c.mmap_us, n)
                     self._locked_step(core, base, length, "map", c.map_us, n)
                     stats = conn.pack(slot, task.image, task.idx, self.encoders and self.encoders[me], task.vm,
-                                      task.phase == "downtime")
+                                      task.phase == "downtime", bulk=task.phase == "bulk")
                     # Every page is checked; only pages with contents are transferred.
                     # Compression costs what the codec cost model says for these pages
                     # (not their measured time, whose per-call part 1/memory_scale would
                     # magnify), scaled like a per-page cost.
                     core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, stats.pages - stats.zero)
                                 + self.real_s(stats.model_us, 1))
-                    conn.post(slot, task.vm, stats.pages, stats)
+                    capped = self.limit.active
+                    if not capped:
+                        conn.post(slot, task.vm, stats.pages, stats)
                     wire = stats.wire_bytes
                     self.pages_sent += n  # one writer per consumer; a lost increment only blurs progress
                     self._locked_step(core, base, length, "munmap", c.munmap_us + shootdown, n)
+                if capped:
+                    # Paced to the cap after leaving the core: a rate-limited sender sleeps.
+                    self.limit.pace(stats.wire_bytes)
+                    conn.post(slot, task.vm, stats.pages, stats)
             except BaseException as exc:  # surfaced by send_pages
                 task.call.error = exc
             finally:

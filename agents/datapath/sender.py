@@ -79,11 +79,12 @@ class PageSender:
         return self.free.get()
 
     def pack(self, slot: int, image: np.ndarray, idx: np.ndarray, encoder: BatchEncoder | None = None,
-             vm: int = 0, last_stage: bool = False) -> PackStats:
-        """Encode pages `idx` of `image` into `slot` (zero pages only, without an encoder)."""
+             vm: int = 0, last_stage: bool = False, bulk: bool = False) -> PackStats:
+        """Encode pages `idx` of `image` into `slot` (zero pages only, without an encoder).
+        `bulk`: the first round over the image, before XBZRLE starts."""
         if encoder is None:
             return pack_pages(image, idx, self.views[slot])
-        return encoder.pack(vm, image, idx, self.views[slot], last_stage)
+        return encoder.pack(vm, image, idx, self.views[slot], last_stage, bulk)
 
     def post(self, slot: int, vm: int, npages: int, stats: PackStats) -> None:
         with self._cv:

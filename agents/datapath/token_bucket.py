@@ -1,50 +1,40 @@
-"""Token bucket: when may a batch of `n` bytes leave a link of rate R?
+"""Line rate: when has a batch of `n` bytes left a link of rate R?
 
-Pure arithmetic over a clock value, so it is tested without sleeping. The
-bucket holds at most `burst_bytes`; a batch larger than what is in the bucket
-waits for the deficit to refill. Departures are FIFO; which batch is offered
-next is the link's choice (agents/datapath/fair_queue.py).
+A NIC sends one frame after another at line rate: a batch offered while the
+link is idle finishes n / R after it was offered; one offered while others
+are still leaving waits for them (the queue is where a burst goes), then
+takes its n / R. There is no idle credit: a link idle for a while does not
+let the next bytes leave faster than line rate. (The shaper once let 10 ms of
+credit through at once, so a stop-and-copy after an idle moment left faster
+than the link allows; issue "Fidelity" (7).)
+
+Pure arithmetic over a clock value, so it is tested without sleeping.
+Departures are FIFO; which batch is offered next is the link's choice
+(agents/datapath/fair_queue.py). The class keeps its historical name: it is
+a token bucket whose depth is one byte.
 """
 from __future__ import annotations
 
 
 class TokenBucket:
-    def __init__(self, rate_bytes_s: float, burst_bytes: float, t0: float) -> None:
+    def __init__(self, rate_bytes_s: float, t0: float) -> None:
         if rate_bytes_s <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate_bytes_s
-        self.burst = max(burst_bytes, 1.0)
-        self.tokens = self.burst
-        self.t = t0
+        self.t = t0  # when the batches offered so far have all left
 
-    def set_rate(self, rate_bytes_s: float, t: float, burst_bytes: float | None = None) -> None:
-        """A new rate (and burst, if given) from `t` on; tokens earned before `t` are kept."""
+    def set_rate(self, rate_bytes_s: float, t: float) -> None:
+        """A new rate for batches that start leaving from `t` on; one already leaving keeps its time."""
         if rate_bytes_s <= 0:
             raise ValueError("rate must be positive")
-        self._refill(t)
         self.rate = rate_bytes_s
-        if burst_bytes is not None:
-            self.burst = max(burst_bytes, 1.0)
-            self.tokens = min(self.tokens, self.burst)
 
     @property
     def free_at(self) -> float:
         """When the batches offered so far have fully left: the next may start then."""
         return self.t
 
-    def _refill(self, t: float) -> None:
-        if t > self.t:
-            self.tokens = min(self.burst, self.tokens + (t - self.t) * self.rate)
-            self.t = t
-
     def departure(self, nbytes: int, t: float) -> float:
-        """Time at which `nbytes` offered at `t` have fully left the link."""
-        self._refill(t)
-        self.tokens -= nbytes
-        if self.tokens >= 0:
-            return self.t
-        # Deficit: the batch finishes when the bucket has refilled to zero.
-        done = self.t + (-self.tokens) / self.rate
-        self.tokens = 0.0
-        self.t = done
-        return done
+        """Time at which `nbytes` offered at `t` have fully left the link: serialized at line rate."""
+        self.t = max(self.t, t) + nbytes / self.rate
+        return self.t

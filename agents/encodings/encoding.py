@@ -10,7 +10,9 @@ XBZRLE, then the page whole) and adds zstd over the batch (``multifd-zstd``):
 * every VM has one XBZRLE page cache (:class:`XbzrleCaches`), shared by the
   consumers under a lock, as QEMU keeps one per migration;
 * the cache starts a new generation at each dirty-log sync, so pages that keep
-  being re-sent stay cached (QEMU's age rule, agents/encodings/page_cache.py).
+  being re-sent stay cached (QEMU's age rule, agents/encodings/page_cache.py);
+* XBZRLE starts after the first round over the image (QEMU's xbzrle_started):
+  a page is cached when it is sent again, and goes as a delta the time after.
 
 XBZRLE must encode against what the destination holds. The cache copy of a
 page is updated with exactly the bytes sent (the batch snapshot, never the
@@ -106,11 +108,14 @@ class XbzrleCaches:
                 c = self._vms[vm] = _VmCache(self.cache_bytes, self.budget)
             return c
 
-    def new_generation(self, vm: int) -> None:
-        """A dirty-log sync of `vm` happened (QEMU ages its cache by sync count)."""
+    def new_generation(self, vm: int, now_s: float | None = None, pages_saved: int = 0) -> None:
+        """A dirty-log sync of `vm` happened (QEMU ages its cache by sync count, and
+        updates its rates there): at emulated time `now_s`, `pages_saved` pages sent so far."""
         c = self.of(vm)
         with c.lock:
             c.cache.new_generation()
+            if now_s is not None:
+                c.encoder.counters.update_rates(now_s, pages_saved, PAGE)
 
     def counters(self, vm: int) -> dict:
         """QEMU's xbzrle-cache statistics of `vm` (real units)."""
@@ -133,8 +138,12 @@ class BatchEncoder:
             raise ValueError("XBZRLE needs the VMs' page caches")
         self.caches = caches if settings.xbzrle else None
 
-    def pack(self, vm: int, image: np.ndarray, idx: np.ndarray, slot: SlotView, last_stage: bool = False) -> PackStats:
-        if self.caches is None:
+    def pack(self, vm: int, image: np.ndarray, idx: np.ndarray, slot: SlotView, last_stage: bool = False,
+             bulk: bool = False) -> PackStats:
+        """`bulk`: the first round over the image. QEMU starts XBZRLE only once
+        its walk has completed a round (ram.c, xbzrle_started): until then
+        pages go whole, none is cached and no XBZRLE counter moves."""
+        if self.caches is None or bulk:
             stats = pack_pages(image, idx, slot)
             if self.zstd is not None:
                 self._compress(slot, stats, 0)

@@ -69,15 +69,23 @@ class XbzrleBatch:
 
 @dataclass
 class XbzrleCounters:
-    """QEMU's ``xbzrle-cache`` statistics of query-migrate.
+    """QEMU's ``xbzrle-cache`` statistics of query-migrate, with QEMU's meanings
+    (migration/ram.c, save_xbzrle_page and migration_update_rates):
 
-    * ``bytes``: bytes sent for XBZRLE: each delta page's encoding plus its
-      3-byte header (flag + length), and a whole page per overflow;
-    * ``pages``: pages sent as deltas;
-    * ``cache_miss``: lookups that missed; ``cache_miss_rate`` = misses per page
-      looked up;
-    * ``encoding_rate``: raw bytes of the delta pages / ``bytes`` (0 when none);
-    * ``overflow``: hits whose encoding exceeded the budget.
+    * ``pages``: pages found in the cache (QEMU counts a hit before encoding:
+      deltas, unchanged pages and overflows alike);
+    * ``bytes``: for each hit, the delta and its 3-byte header (flag + length),
+      nothing for an unchanged page, a whole page for an overflow;
+    * ``cache_miss``: lookups that missed (in the last stage too);
+    * ``overflow``: hits whose delta exceeded the budget (sent whole);
+    * ``cache_miss_rate`` and ``encoding_rate`` are rates of the last period:
+      QEMU recomputes them at a dirty-log sync at least a second after the
+      previous one, as misses per page saved and as the hits' raw bytes over
+      their ``bytes`` (0 without hits). See :meth:`update_rates`.
+
+    The whole migration's ratios, which QEMU does not report, have names of
+    their own: ``cache_miss_ratio_overall`` (misses per lookup) and
+    ``encoding_ratio_overall``.
     """
 
     cache_size: int = 0
@@ -89,9 +97,26 @@ class XbzrleCounters:
     overflow: int = 0
     unchanged: int = 0
     lookups: int = 0
+    cache_miss_ratio_overall: float = 0.0
+    encoding_ratio_overall: float = 0.0
+    _period: tuple | None = None  # (time, pages saved, cache_miss, pages, bytes) at the last rate update
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def update_rates(self, now_s: float, pages_saved: int, page_size: int = 4096) -> None:
+        """A dirty-log sync at emulated time `now_s`, `pages_saved` pages sent so far
+        (zero pages included). The first period runs from the start."""
+        if self._period is not None and now_s - self._period[0] < 1.0:
+            return  # QEMU: at most once a second
+        _, saved0, miss0, pages0, bytes0 = self._period or (0.0, 0, 0, 0, 0)
+        page_count = pages_saved - saved0
+        if page_count > 0:
+            self.cache_miss_rate = (self.cache_miss - miss0) / page_count
+            encoded = self.bytes - bytes0
+            hits = self.pages - pages0
+            self.encoding_rate = hits * page_size / encoded if hits and encoded else 0.0
+        self._period = (now_s, pages_saved, self.cache_miss, self.pages, self.bytes)
 
 
 class XbzrleEncoder:
@@ -151,10 +176,10 @@ class XbzrleEncoder:
         n_overflow = int(((kinds == NORMAL) & (lengths == xbzrle.OVERFLOW)).sum()) - misses
         c.lookups += len(kinds)
         c.cache_miss += misses
-        c.pages += n_delta
+        c.pages += len(kinds) - misses  # every hit, whatever its outcome (QEMU counts before encoding)
         c.overflow += n_overflow
         c.unchanged += int((kinds == UNCHANGED).sum())
         c.bytes += int(lengths[delta].sum()) + DELTA_HEADER_BYTES * n_delta + self.cache.page_size * n_overflow
-        c.cache_miss_rate = c.cache_miss / c.lookups if c.lookups else 0.0
-        c.encoding_rate = (c.pages * self.cache.page_size / c.bytes) if (c.pages and c.bytes) else 0.0
+        c.cache_miss_ratio_overall = c.cache_miss / c.lookups if c.lookups else 0.0
+        c.encoding_ratio_overall = (c.pages * self.cache.page_size / c.bytes) if (c.pages and c.bytes) else 0.0
         c.cache_size = self.cache.size_bytes

@@ -11,7 +11,8 @@ groups (or single options) it understands. Where a QEMU migration parameter
 plays the same part, `qemu_name` names it: downtime_limit_ms is QEMU's
 downtime-limit, bandwidth_cap_gbps its max-bandwidth, consumers roughly its
 multifd-channels, xbzrle_cache_mib its xbzrle-cache-size, zstd_level its
-multifd-zstd-level.
+multifd-zstd-level. Where a setting chooses between the papers' behaviour and
+QEMU's (stop_rule, switchover_bandwidth), each choice is named after its source.
 
 Defaults are written as the schema always had them (300, not 300.0), so a
 dumped scenario reads the same as before. Pure declarations: no pydantic, no
@@ -86,8 +87,12 @@ def _num(x: float) -> str:
 COMMON: tuple[Option, ...] = (
     Option("downtime_limit_ms", 300, "ms", "Longest pause allowed: iterating stops once the rest fits in it",
            float, gt=0, le=3_600_000, qemu_name="downtime-limit"),  # an hour: a longer pause is not live
-    Option("bandwidth_cap_gbps", None, "Gbit/s", "Cap on the migration's rate over all its links together",
-           float, ge=0.001, le=1000, optional=True, qemu_name="max-bandwidth"),  # 1 Mbit/s to 1 Tbit/s, as NICs
+    Option("bandwidth_cap_gbps", None, "Gbit/s", "Cap on the migration's own sending over all its links together, "
+           "while it iterates (the links keep their NIC speed)", float, ge=0.001, le=1000, optional=True,
+           qemu_name="max-bandwidth"),  # 1 Mbit/s to 1 Tbit/s, as NICs
+    Option("switchover_bandwidth", "link", "", "Rate of the stop-and-copy: link (QEMU: max-bandwidth is lifted "
+           "when the VM stops, the rest leaves at the link's speed) or capped (bandwidth_cap_gbps still applies)",
+           str, choices=("link", "capped")),
     Option("device_state_kib", 256, "KiB", "CPU and device state sent during the downtime", float, ge=0,
            le=1 << 20),  # 1 GiB: more than any device's state (a GPU's memory travels as RAM)
     Option("batch_pages", None, "pages", "Pages per batch on a connection (default: a few emulated ms of link time)",
@@ -104,6 +109,10 @@ PRECOPY: tuple[Option, ...] = (
            "a slice of slice_mib after each dirty-log fetch (vanilla KVM)", str, choices=("image", "time-sliced")),
     Option("slice_mib", 2.0, "MiB", "Data put on the wire per iteration by the time-sliced strategy", float, gt=0,
            le=MAX_MIB),
+    Option("stop_rule", "pass", "", "pass: the stop rule is checked after each pass over the dirty image "
+           "(PMigrate's image-oriented iteration); qemu: about every 100 ms, the dirty log synced mid-pass once the "
+           "rest of the pass fits in bandwidth x downtime limit (QEMU's migration_iteration_run)", str,
+           choices=("pass", "qemu")),
     Option("max_iterations", 30, "", "Stop iterating after this many iterations", int, ge=1, le=1_000_000),
     Option("stall_iterations", 3, "", "Stop when the dirty set has not shrunk for this many iterations", int, ge=1,
            le=1_000_000),  # max_iterations' bound

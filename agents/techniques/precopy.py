@@ -17,6 +17,25 @@ Two iteration strategies (PMigrate §5):
   I/O thread can serve the guest in between. That makes thousands of
   iterations, each paying for a fetch of the whole dirty log.
 
+Two stop rules for the image-oriented strategy, each named after its source:
+- pass (PMigrate's image-oriented iteration): the rule is checked after each
+  whole pass, against the bandwidth that pass measured;
+- qemu (QEMU's migration_iteration_run): about every 100 ms (BUFFER_DELAY)
+  the bandwidth of the last window gives threshold = bandwidth x downtime
+  limit; once what is left of the pass is below it, the dirty log is synced
+  mid-pass (ram_state_pending_exact), the rest of the pass joins the newly
+  dirtied pages, and the migration completes if that total is below the
+  threshold. The walk goes on from where it stopped (QEMU's bitmap cursor).
+  At a high dirty rate this gives more, shorter iterations.
+
+A bandwidth cap is QEMU's max-bandwidth: it paces the iterations, and is
+lifted when the VM stops (the rest leaves at the link's speed) unless
+switchover_bandwidth is "capped".
+
+XBZRLE starts as QEMU's does (ram.c, xbzrle_started): only once the walk
+has completed its first round over the image. Until then pages go whole and
+nothing is cached; the data path is told by the phase "bulk".
+
 Convergence control (auto-converge, dirty-limit, SDPS) lives in
 agents/techniques/convergence.py; this module only calls its `Governor` at
 each dirty-log sync, lets it keep pre-copy going past a stop other than
@@ -35,6 +54,7 @@ from agents.techniques.base import MigrationContext
 from agents.techniques.convergence import Governor, SyncPeriod, policy_from_options
 
 GIB = 1 << 30
+WINDOW_S = 0.1  # QEMU's BUFFER_DELAY: how often the qemu stop rule looks (emulated seconds)
 
 
 @dataclass(frozen=True)
@@ -95,8 +115,9 @@ class PrecopyMigration:
     """Runs one VM's pre-copy on the source. Sizes in, figures out: emulated units.
 
     Events recorded in the context (QEMU's names where one fits): `setup`,
-    `iteration` (its number, dirty-sync-count, transferred, remaining,
-    dirty-pages-rate, expected-downtime), `stop` (the stop rule's reason),
+    `iteration` (its number, dirty-sync-count, transferred so far, remaining,
+    dirty-pages-rate, expected-downtime, and its own bytes), `stop` (the stop
+    rule's reason), `rate-limit` (the cap set or lifted),
     then the downtime checkpoints `vm-stopped`, `last-page-sent`,
     `device-state-sent`, `destination-loaded`, `vm-started`; or `cancelled`.
     """
@@ -105,7 +126,8 @@ class PrecopyMigration:
 
     def __init__(self, ctx: MigrationContext, policy: StopPolicy, state_bytes: float, setup_s: float,
                  strategy: str = "image", slice_bytes: float = 2 * 2**20, resume_s: float = 0.0,
-                 io_thread_taken: float = 0.0, convergence=None) -> None:
+                 io_thread_taken: float = 0.0, stop_rule: str = "pass", cap_bytes_s: float | None = None,
+                 switchover_bandwidth: str = "link", convergence=None) -> None:
         self.ctx = ctx
         self.vm = ctx.vm
         self.image = ctx.image
@@ -119,6 +141,9 @@ class PrecopyMigration:
         self.strategy = strategy
         self.resume_s = resume_s
         self.io_thread_taken = io_thread_taken
+        self.stop_rule = stop_rule
+        self.cap_bytes_s = cap_bytes_s  # emulated bytes/s; None: no cap
+        self.switchover_bandwidth = switchover_bandwidth
         self.slice_pages = max(1, int(round(slice_bytes * self.scale / 4096)))
         self.result = PrecopyResult()
         self.phase = "setup"
@@ -143,8 +168,10 @@ class PrecopyMigration:
         memory_bytes = len(ctx.image) * 4096 / ctx.memory_scale
         policy = StopPolicy(o.downtime_limit_ms / 1000, o.max_iterations, o.stall_iterations,
                             o.max_sent_ratio * memory_bytes)
+        cap = o.bandwidth_cap_gbps * 1e9 / 8 if o.bandwidth_cap_gbps else None
         return cls(ctx, policy, o.device_state_kib * 1024, o.setup_ms / 1000, o.strategy, o.slice_mib * 2**20,
-                   o.resume_ms / 1000, o.io_thread_taken, policy_from_options(o))
+                   o.resume_ms / 1000, o.io_thread_taken, getattr(o, "stop_rule", "pass"), cap,
+                   getattr(o, "switchover_bandwidth", "link"), policy_from_options(o))
 
     def abort(self, status: str = "cancelled", reason: str = "cancelled") -> None:
         self._abort_as = (status, reason)
@@ -172,6 +199,12 @@ class PrecopyMigration:
         self.phase = phase
         if self.ctx.enter(phase, iteration):
             self.abort("cancelled", f"cancelled by a scheduled event on entering {phase}")
+
+    def _rate_limit(self, emulated_bytes_s: float | None) -> None:
+        """Ask the data path to pace this migration (None: as fast as the links go)."""
+        real = None if emulated_bytes_s is None else emulated_bytes_s * self.scale / self.dilation
+        self.sink.set_rate_limit(real)
+        self.ctx.record("rate-limit", bytes_s=emulated_bytes_s)
 
     def _harvest(self) -> np.ndarray:
         self.dirty_syncs += 1
@@ -210,6 +243,8 @@ class PrecopyMigration:
         self.guest.start_dirty_log()
         self.dirty_syncs += 1  # QEMU counts the sync that starts dirty logging
         self._sync_at = (time.monotonic(), 0.0)
+        if self.cap_bytes_s:
+            self._rate_limit(self.cap_bytes_s)
         if self.strategy == "time-sliced":
             # Vanilla KVM migrates from the guest's I/O thread.
             self.guest.take_io_thread(self.io_thread_taken)
@@ -217,17 +252,27 @@ class PrecopyMigration:
                 todo = self._time_sliced()
             finally:
                 self.guest.take_io_thread(0.0)
+        elif self.stop_rule == "qemu":
+            todo = self._qemu_rule()
         else:
             todo = self._image_oriented()
         if todo is None:
             return self._cancel()
         return self.switch_over(todo)
 
-    def _iteration_done(self, number: int, pages: int, wire_emu: float, dt: float, remaining: float) -> None:
+    def _iteration_done(self, number: int, pages: int, wire_emu: float, dt: float, remaining: float,
+                        dirtied: float | None = None) -> None:
+        """Record an iteration with query-migrate's meanings: `transferred` is the
+        bytes sent so far (all iterations), `remaining` the dirty bytes after this
+        sync, `expected_downtime_s` those over this iteration's bandwidth (QEMU's
+        dirty_bytes_last_sync / bandwidth); `bytes` is this iteration's own,
+        `dirty_pages_rate` the pages the sync found dirtied, per second."""
         bandwidth = wire_emu / dt if dt > 0 else float("inf")
+        dirtied = remaining if dirtied is None else dirtied
         self.ctx.record("iteration", iteration=number, dirty_sync_count=self.dirty_syncs, pages=pages,
-                        transferred=wire_emu, duration_s=dt, remaining=remaining,
-                        dirty_pages_rate=remaining / 4096 / dt if dt > 0 else 0.0,
+                        bytes=wire_emu, transferred=self.result.memory_bytes_sent, duration_s=dt,
+                        remaining=remaining, dirty_pages_rate=dirtied / 4096 / dt
+                        if dt > 0 else 0.0,
                         expected_downtime_s=remaining / bandwidth if bandwidth > 0 else None)
 
     def _image_oriented(self) -> np.ndarray | None:
@@ -255,7 +300,9 @@ class PrecopyMigration:
                 return None
             t_it = time.monotonic()
             self._pass_pages, self._pass_started_at = len(todo), getattr(self.sink, "pages_sent", 0)
-            wire = self.sink.send_pages(self.vm, self.image, todo, "precopy", lambda: self.abort_requested)
+            # The first pass is QEMU's first round: no XBZRLE yet.
+            phase = "bulk" if not r.iterations else "precopy"
+            wire = self.sink.send_pages(self.vm, self.image, todo, phase, lambda: self.abort_requested)
             # A pass ends when its pages have arrived: the bandwidth measured is
             # the link's, and nothing of this pass is left in flight at stop-and-copy.
             self.sink.drain()
@@ -268,6 +315,79 @@ class PrecopyMigration:
             todo = self._harvest()
             self._iteration_done(r.iteration_count, r.iterations[-1].dirty_pages, wire_emu, dt, len(todo) * page_bytes)
 
+    def _qemu_rule(self) -> np.ndarray | None:
+        """QEMU's iterations: windows of ~100 ms, a mid-pass sync once the rest
+        of the pass fits in the threshold; returns what is left for
+        stop-and-copy (None: aborted)."""
+        r = self.result
+        todo = np.arange(len(self.image))
+        page_bytes = 4096 / self.scale
+        history: list[float] = []
+        cursor, started = 0, False
+        bandwidth = 0.0  # emulated bytes/s of the last window
+        while True:
+            if self.abort_requested:
+                return None
+            remaining = len(todo) * page_bytes
+            self.remaining_bytes = remaining
+            if r.iterations:
+                why = stop_reason(self.policy, len(r.iterations), remaining, bandwidth, history, r.memory_bytes_sent)
+                why = None if self._converging(why) else why
+                if why:
+                    r.stop_reason = why
+                    self.ctx.record("stop", reason=why)
+                    return todo
+            history.append(remaining)
+            self._enter("precopy", len(r.iterations) + 1)
+            t_it = time.monotonic()
+            # The walk goes on from the cursor and wraps; XBZRLE starts at the first wrap.
+            first = int(np.searchsorted(todo, cursor))
+            order = np.concatenate([todo[first:], todo[:first]])
+            wire, pos, bandwidth, wrapped = self._windows(order, len(todo) - first, started, bandwidth)
+            started |= wrapped
+            if pos:
+                cursor = int(order[pos - 1]) + 1
+            if self.abort_requested:
+                return None
+            dt = self._emu(time.monotonic() - t_it)
+            r.memory_bytes_sent += wire
+            r.iterations.append(Iteration(len(r.iterations) + 1, int(round(pos / self.scale)), wire, dt,
+                                          wire / dt if dt > 0 else float("inf")))
+            r.iteration_count = len(r.iterations)
+            # The sync: the rest of the pass joins what the guest dirtied meanwhile.
+            mask = np.zeros(len(self.image), dtype=bool)
+            mask[order[pos:]] = True
+            dirtied = self._harvest()
+            mask[dirtied] = True
+            todo = np.flatnonzero(mask)
+            self._iteration_done(r.iteration_count, r.iterations[-1].dirty_pages, wire, dt, len(todo) * page_bytes,
+                                 len(dirtied) * page_bytes)
+
+    def _windows(self, order: np.ndarray, to_wrap: int, started: bool, bandwidth: float):
+        """Send `order` in windows of ~WINDOW_S until what is left of it fits in
+        bandwidth x downtime limit. Returns (emulated wire bytes, pages sent,
+        the last window's bandwidth, whether the walk wrapped)."""
+        page_bytes = 4096 / self.scale
+        wire = 0.0
+        pos = 0
+        wrapped = to_wrap == 0  # nothing left before the end of the image: the walk wraps at once
+        while pos < len(order) and not self.abort_requested:
+            want = bandwidth * WINDOW_S / page_bytes if bandwidth > 0 else 256
+            n = min(max(16, int(want)), len(order) - pos)
+            if pos < to_wrap:
+                n = min(n, to_wrap - pos)  # a window does not straddle the wrap: XBZRLE may start there
+            phase = "precopy" if started or wrapped else "bulk"
+            t0 = time.monotonic()
+            sent = self.sink.send_pages(self.vm, self.image, order[pos:pos + n], phase, lambda: self.abort_requested)
+            dt = self._emu(time.monotonic() - t0)
+            pos += n
+            wrapped |= pos == to_wrap
+            wire += sent / self.scale
+            bandwidth = sent / self.scale / dt if dt > 0 else bandwidth
+            if (len(order) - pos) * page_bytes <= bandwidth * self.policy.downtime_limit_s:
+                break  # QEMU: pending below the threshold, sync now
+        return wire, pos, bandwidth, wrapped
+
     def _time_sliced(self) -> np.ndarray | None:
         """Slices of the dirty set, one per iteration, in address order; QEMU 0.14's stage 2.
 
@@ -277,6 +397,7 @@ class PrecopyMigration:
         r = self.result
         pending = np.ones(len(self.image), dtype=bool)
         cursor = 0
+        started = False  # XBZRLE starts once the walk has wrapped (QEMU's xbzrle_started)
         page_bytes = 4096 / self.scale
         slice_wire = self.slice_pages * 4096
         self._enter("precopy", 1)
@@ -296,9 +417,11 @@ class PrecopyMigration:
                 first = np.searchsorted(dirty, cursor)
                 chosen = np.concatenate([dirty[first:], dirty[:first]])[: self.slice_pages]
                 pending[chosen] = False
+                phase = "precopy" if started else "bulk"
+                started |= bool(chosen[-1] < chosen[0]) or int(chosen[-1]) + 1 >= len(self.image)
                 cursor = int(chosen[-1]) + 1
                 sent_pages += len(chosen)
-                wire += self.sink.send_pages(self.vm, self.image, chosen, "precopy", lambda: False)
+                wire += self.sink.send_pages(self.vm, self.image, chosen, phase, lambda: False)
             dt = self._emu(time.monotonic() - t_it)
             wire_emu = wire / self.scale
             r.memory_bytes_sent += wire_emu
@@ -333,12 +456,14 @@ class PrecopyMigration:
         self.guest.stop_dirty_log()
         if self.abort_requested:
             return self._cancel(paused=True)
+        if self.cap_bytes_s and self.switchover_bandwidth == "link":
+            self._rate_limit(None)  # QEMU lifts max-bandwidth for the last stage
         wire = self.sink.send_pages(self.vm, self.image, todo, "downtime", lambda: self.abort_requested)
-        self.ctx.record("last-page-sent", transferred=wire / self.scale)
+        self.ctx.record("last-page-sent", bytes=wire / self.scale)
         if self.abort_requested:
             return self._cancel(paused=True)
         self.sink.send_state(self.vm, max(1, int(self.state_bytes * self.scale)))
-        self.ctx.record("device-state-sent", transferred=self.state_bytes)
+        self.ctx.record("device-state-sent", bytes=self.state_bytes)
         loaded = self.sink.drain()
         self.ctx.record("destination-loaded", t_real=loaded)
         # The destination restores devices and resumes: a fixed cost of the platform.

@@ -29,10 +29,13 @@ from agents.datapath.wire_format import (
 class PageReceiver:
     def __init__(self, ring: np.ndarray, slots: int, layout: SlotLayout, from_link: Channel, acks: Channel,
                  cores: CorePool, restore_cost: Callable[[int, int], float], images: dict[int, np.ndarray],
-                 decode_cost: Callable[[float], float] = lambda s: 0.0) -> None:
+                 decode_cost: Callable[[float], float] = lambda s: 0.0,
+                 received: dict[int, np.ndarray] | None = None) -> None:
         """`images`: destination image of each migration, by the descriptors' `vm` field (the
         migration's number). `decode_cost(s)`: real seconds to charge for `s` measured CPU
-        seconds of decoding. Cores are charged under the tag `(migration, "receive")`."""
+        seconds of decoding. Cores are charged under the tag `(migration, "receive")`.
+        `received`: per migration, a byte per page set once the page is restored
+        (post-copy's map of what the destination holds)."""
         self.views = [SlotView(ring, i, layout) for i in range(slots)]
         self.unpacker = Unpacker()  # one zstd context per receiver
         self.decode_cost = decode_cost
@@ -42,6 +45,7 @@ class PageReceiver:
         self.cores = cores
         self.restore_cost = restore_cost  # real seconds for (pages, pages with contents)
         self.images = images
+        self.received = received or {}
         self.pages_restored = 0
         self.restored_by: dict[int, int] = {}
         self.error: str | None = None
@@ -61,6 +65,9 @@ class PageReceiver:
                         restore_pages(self.images[vm], self.views[slot], self.unpacker)
                     except (ValueError, KeyError, IndexError) as exc:
                         self.error = f"batch {d[5]} could not be restored: {exc}"
+                    marks = self.received.get(vm)
+                    if marks is not None:  # after the bytes: a guest that sees the mark finds the page
+                        marks[self.views[slot].idx[:npages]] = 1
                     decode_s = self.unpacker.take_decode_s()
                     self.decode_s += decode_s
                     core.charge(self.restore_cost(npages, npages - zero) + self.decode_cost(decode_s))

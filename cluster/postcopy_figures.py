@@ -24,6 +24,7 @@ def postcopy_figures(report: dict, faults: dict, memory_scale: float) -> dict | 
         "faults_measured": faults.get("faults_measured", 0),
         "postcopy_requests": faults.get("page_requests", 0.0),
         "pages_requested_twice": faults.get("requested_twice", 0),
+        "pages_written_on_destination": faults.get("pages_written", 0.0),
         "blocktime_ms": faults.get("blocktime_s", 0.0) * 1000,
         "postcopy_latency_us": faults.get("mean_us"),
         "latency_p50_us": faults.get("p50_us"),
@@ -32,9 +33,9 @@ def postcopy_figures(report: dict, faults: dict, memory_scale: float) -> dict | 
         "postcopy_latency_dist": faults.get("postcopy_latency_dist", []),
         "latency_buckets": faults.get("bucket_us", ""),
         "neither_side_whole": f"For {pc.get('postcopy_time_s', 0.0):.3f} s after the switch-over, {NEITHER_SIDE_WHOLE}.",
-        "note": ("faults and requests are per emulated page (measured / memory_scale); the latency histogram "
-                 "counts the measured faults. The emulated vCPUs share one thread, so each fault blocks the "
-                 f"whole guest; at memory_scale {memory_scale:g} the guest meets memory_scale times as many "
-                 "faults as at full scale, so blocktime at full scale is about faults x postcopy_latency_us."),
+        "note": ("each measured fault stands for up to 1/memory_scale emulated faults, taken in a row: the guest "
+                 "stays blocked for them unless every page it may write arrived first (agents/guest/remote_memory.py); "
+                 "faults and the latency histogram count those emulated faults, faults_measured the real ones. "
+                 "The emulated vCPUs share one thread, so a fault blocks the whole guest."),
     }
     return out

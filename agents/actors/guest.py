@@ -63,7 +63,8 @@ class GuestAgent:
             received = self._received.array[:len(pages)]
             received[:] = 1 - np.unpackbits(postcopy["missing"], count=len(pages))
             back = Channel.connect(postcopy["return_path"]) if postcopy.get("return_path") else None
-            remote = RemoteMemory(received, back, postcopy.get("vm", 0), self.guest.dilation)
+            remote = RemoteMemory(received, back, postcopy.get("vm", 0), self.guest.dilation, self.memory_scale,
+                                  self.guest.workload.footprint)
         return self.guest.resume(pages, DirtyLog(self._dest_log.array, len(pages)), remote=remote)
 
     def postcopy_status(self) -> dict:

@@ -13,8 +13,19 @@ power-of-two microsecond buckets (query-migrate's postcopy-latency-dist:
 bucket N counts latencies in [2^N, 2^(N+1)) us); the time the vCPUs were
 blocked is QEMU's postcopy-blocktime.
 
-The emulated vCPUs share one thread, so a fault blocks them all: blocktime
-here is the whole VM's, QEMU's worst case. Only writes are modelled (the
+The emulated vCPUs share one thread, so a fault blocks them all, and faults
+are taken one after the other: blocktime here is the whole VM's, QEMU's
+worst case.
+
+Scaling: a real page stands for 1/memory_scale emulated pages, so one real
+fault stands for that many emulated faults, taken in a row at full scale.
+The guest therefore stays blocked for their latencies together (the real
+fault's latency over memory_scale), unless every page it may write
+(`footprint`) has arrived first: at full scale its faults would end there.
+The faults counted are those the blocked time covers (at least the real
+ones, at most 1/memory_scale each). That keeps blocktime and the guest's
+throughput independent of memory_scale, in the regime where faults block the
+guest most of the time as well as where they are rare. Only writes are modelled (the
 workloads' reads touch no pages), so faults come from writes. A page is
 requested at most once; the source sends each page at most once, so a page
 already on its way is waited for, not fetched again.
@@ -42,11 +53,12 @@ class LatencyHistogram:
     """Fault latencies: power-of-two buckets (QEMU's view) and every value (for percentiles)."""
 
     def __init__(self) -> None:
-        self.counts = [0] * BUCKETS
+        self.counts = [0.0] * BUCKETS
         self.values_us: list[float] = []
 
-    def add(self, latency_us: float) -> None:
-        self.counts[latency_bucket(latency_us)] += 1
+    def add(self, latency_us: float, weight: float = 1.0) -> None:
+        """One measured fault, standing for `weight` faults (emulated)."""
+        self.counts[latency_bucket(latency_us)] += weight
         self.values_us.append(latency_us)
 
     def percentile(self, q: float) -> float | None:
@@ -54,7 +66,7 @@ class LatencyHistogram:
 
     def summary(self) -> dict:
         v = self.values_us
-        return {"postcopy_latency_dist": list(self.counts),
+        return {"postcopy_latency_dist": [int(round(c)) for c in self.counts],
                 "bucket_us": "bucket N counts faults resolved in [2^N, 2^(N+1)) us",
                 "mean_us": float(np.mean(v)) if v else None,
                 "p50_us": self.percentile(50), "p99_us": self.percentile(99),
@@ -66,8 +78,11 @@ class RemoteMemory:
     page, non-zero once present); `requests`: the return path to the source;
     `dilation`: real seconds per emulated second (figures are emulated)."""
 
-    def __init__(self, received: np.ndarray, requests: Channel | None, vm: int, dilation: float) -> None:
+    def __init__(self, received: np.ndarray, requests: Channel | None, vm: int, dilation: float,
+                 memory_scale: float = 1.0, footprint: int = 0) -> None:
         self.received = received
+        self.scale = memory_scale
+        self.footprint = received[:footprint or len(received)]
         self.requests = requests
         self.vm = vm
         self.dilation = dilation
@@ -76,6 +91,7 @@ class RemoteMemory:
         self.written = np.zeros(n, dtype=bool)  # pages the guest wrote here (for verification)
         self.histogram = LatencyHistogram()
         self.faults = 0  # real pages found missing on access
+        self.emulated_faults = 0.0  # the emulated faults they stand for
         self.page_requests = 0
         self.requested_twice = 0
         self.blocked_s = 0.0  # real
@@ -90,8 +106,8 @@ class RemoteMemory:
         if len(missing):
             t0 = time.monotonic()
             self._request(missing, t0)
-            self._wait(missing, t0)
-            blocked = time.monotonic() - t0
+            latencies = self._wait(missing, t0)
+            blocked = self._stand_for(latencies, t0)
             self.blocked_s += blocked
         else:
             blocked = 0.0
@@ -113,21 +129,36 @@ class RemoteMemory:
         for p in fresh.tolist():  # the page number rides in the descriptor's 64-bit field
             self.requests.send(KIND_PAGE_REQUEST, self.vm, 0, 1, p, 0, t0)
 
-    def _wait(self, pages: np.ndarray, t0: float) -> None:
-        waiting = pages
+    def _wait(self, pages: np.ndarray, t0: float) -> list[float]:
+        """Until every page is here; returns their latencies (real seconds)."""
+        waiting, latencies = pages, []
         while len(waiting):
             here = self.received[waiting] != 0
             if here.any():
-                latency_us = (time.monotonic() - t0) / self.dilation * 1e6
-                for _ in range(int(np.count_nonzero(here))):
-                    self.histogram.add(latency_us)
+                latencies += [time.monotonic() - t0] * int(np.count_nonzero(here))
                 waiting = waiting[~here]
                 continue
             time.sleep(POLL_S)
+        return latencies
+
+    def _stand_for(self, latencies: list[float], t0: float) -> float:
+        """Stay blocked as long as the emulated faults these real ones stand for; returns real seconds blocked."""
+        target = t0 + sum(latencies) / self.scale
+        while time.monotonic() < target and not self.footprint.all():
+            time.sleep(min(1e-3, max(0.0, target - time.monotonic())))
+        blocked = time.monotonic() - t0
+        mean = sum(latencies) / len(latencies)
+        stand_for = min(len(latencies) / self.scale, max(len(latencies), blocked / mean if mean > 0 else 0.0))
+        self.emulated_faults += stand_for
+        weight = stand_for / len(latencies)
+        for lat in latencies:
+            self.histogram.add(lat / self.dilation * 1e6, weight)
+        return blocked
 
     def status(self, memory_scale: float) -> dict:
         """Figures in emulated units: faults and requests per emulated page, times in emulated seconds."""
-        return {"faults_measured": self.faults, "faults": self.faults / memory_scale,
+        return {"faults_measured": self.faults, "faults": self.emulated_faults,
                 "page_requests": self.page_requests / memory_scale, "requested_twice": self.requested_twice,
                 "blocktime_s": self.blocked_s / self.dilation, **self.histogram.summary(),
-                "missing_pages": int(np.count_nonzero(self.received == 0))}
+                "missing_pages": int(np.count_nonzero(self.received == 0)),
+                "pages_written": int(np.count_nonzero(self.written)) / memory_scale}

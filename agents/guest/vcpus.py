@@ -115,10 +115,14 @@ class Guest:
                 dt = (t - last) / self.dilation
                 last = t
                 if not self.paused:
+                    ops_before = self.ops
                     carry = self._tick(dt, carry)
-                    # vCPUs waiting for missing pages do not run: that time is not owed work.
-                    last += self._blocked  # and its writes are done when they end
-                    t, self._blocked = last, 0.0
+                    if self._blocked:
+                        # vCPUs waiting for missing pages do not run: that time is not owed
+                        # work, and the guest made no progress in it.
+                        last += self._blocked
+                        t, self._blocked = last, 0.0
+                        self.samples.append((t, ops_before))
                     if self.log.pause_requested():
                         # Paused by the migration through the shared log, not by a call.
                         self.paused = True

@@ -22,6 +22,7 @@ from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from cluster.scaling import Scale
 from cluster.scenario import GIB, MIB, Scenario
 from cluster.convergence_figures import convergence_figures
+from cluster.postcopy_figures import postcopy_figures
 from cluster.timeline import Timeline
 
 PAGE = 4096
@@ -180,7 +181,10 @@ def _times(events: list[dict], m) -> dict:
     for ev in events:
         at.setdefault(ev["event"], ev["t"])
     start = at.get("migration-start")  # None: it never started (cancelled before, or its VM was elsewhere)
-    end = at.get("vm-started") if m.status == "completed" else at.get(m.status, at.get("stays-on-source", start))
+    # A migration ends when its source can be released: at the switch-over for
+    # pre-copy, once the last page has landed for post-copy.
+    done = at.get("source-released", at.get("vm-started"))
+    end = done if m.status == "completed" else at.get(m.status, at.get("stays-on-source", start))
     first_pass = next((ev["t"] for ev in events if ev["event"] == "phase" and ev.get("phase") == "precopy"), None)
     out = {"started_at_s": start, "finished_at_s": end if start is not None else None,
            "total_time_s": max(0.0, end - start) if start is not None and end is not None else 0.0,
@@ -316,6 +320,7 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until:
                            "throughput_mbytes_s": r["bytes"] / r["duration_s"] / MIB if r["duration_s"] else 0.0}
                           for r in iterations if m.plan.options.strategy != "time-sliced"],
         "links": _links(sl, m, total),
+        **({"postcopy": pc} if (pc := postcopy_figures(m.report, m.remote_faults, scale.memory_scale)) else {}),
         "pipeline": {"consumers": o.consumers, "address_space_lock": o.address_space_lock,
                      "cpu_profile": sl.scenario.cpu.profile, "strategy": o.strategy,
                      "memory_pool_high_water_bytes": m.final.get("pool_high_water_bytes", 0) / scale.memory_scale,

@@ -136,8 +136,13 @@ def cpu_pages_per_s(scenario: Scenario, zero_fraction: float = 0.0, mp: Migratio
     return min(rates, default=math.inf)
 
 
-def predict_migration(scenario: Scenario, mp: MigrationPlan) -> dict:
-    """The figures of one migration, keyed as in result.json."""
+def predict_migration(scenario: Scenario, mp: MigrationPlan, precopy_only: bool = False) -> dict:
+    """The figures of one migration, keyed as in result.json. Post-copy has its
+    own model (cluster/predict_postcopy.py), which asks for this one's stop-and-copy
+    (`precopy_only`) when pre-copy converges before the switch."""
+    if mp.technique == "postcopy" and not precopy_only:
+        from cluster.predict_postcopy import predict_postcopy
+        return predict_postcopy(scenario, mp)
     vm, mig = mp.vm, mp.options
     costs = resolve(scenario.cpu.profile, mig.address_space_lock, scenario.cpu.overrides())
     z = vm.content.zero

@@ -430,7 +430,15 @@ class CancelEvent(_Event):
     vm: str = Field(min_length=1)
 
 
-Event = Annotated[SetLinkEvent | SetBackgroundEvent | SetWorkloadEvent | CancelEvent, Field(discriminator="action")]
+class StartPostcopyEvent(_Event):
+    """QEMU's migrate-start-postcopy: the VM's running post-copy migration switches now."""
+
+    action: Literal["start-postcopy"]
+    vm: str = Field(min_length=1)
+
+
+Event = Annotated[SetLinkEvent | SetBackgroundEvent | SetWorkloadEvent | CancelEvent | StartPostcopyEvent,
+                  Field(discriminator="action")]
 
 
 class CpuModel(_Strict):
@@ -937,13 +945,32 @@ def _event_problems(s: Scenario) -> Problems:
             if vm is not None and vm not in (all_vms if anyone else migrated_set):
                 which, pool = ("a VM", vm_names) if anyone else ("a migrated VM", migrated)
                 problems.append((f"events[{i}].{field}", f"\"{vm}\" is not {which}; known: {_names(pool) or 'none'}"))
+        if ev.action == "start-postcopy" and ev.vm in migrated_set:
+            problems += _postcopy_switch_problems(s, i, ev)
     return problems
+
+
+def _postcopy_switch_problems(s: Scenario, i: int, ev) -> Problems:
+    """A start-postcopy event needs a post-copy migration of its VM whose connections exist by then."""
+    plans = [p for p in s.migration_plans() if p.vm.name == ev.vm and p.technique == "postcopy"]
+    if not plans:
+        return [(f"events[{i}].vm", f"\"{ev.vm}\" has no migration with technique = \"postcopy\" "
+                                    f"(QEMU's postcopy-ram); set it on the VM's migration or drop this event")]
+    if ev.on is not None and ev.on.phase != "precopy":
+        when = "before any connection exists" if ev.on.phase == "setup" else "once stop-and-copy has begun"
+        return [(f"events[{i}].on.phase", f"a post-copy switch on entering \"{ev.on.phase}\" comes {when}; "
+                                          f"use phase = \"precopy\" (with an iteration) or at_s")]
+    ready = min(p.start_s + p.options.setup_ms / 1000 for p in plans)
+    if ev.at_s is not None and ev.at_s < ready:
+        return [(f"events[{i}].at_s", f"{ev.at_s:g} s is a post-copy switch before any connection exists "
+                                      f"(the migration of \"{ev.vm}\" is set up at {ready:g} s); use at_s >= {ready:g}")]
+    return []
 
 
 _WORKLOADS = {"idle": IdleWorkload, "uniform": UniformWorkload, "hotset": HotsetWorkload, "sweeper": SweeperWorkload,
               "memwrite": MemwriteWorkload, "video": VideoWorkload, "erp": ErpWorkload}
 _EVENTS = {"set-link": SetLinkEvent, "set-background": SetBackgroundEvent, "set-workload": SetWorkloadEvent,
-           "cancel": CancelEvent}
+           "cancel": CancelEvent, "start-postcopy": StartPostcopyEvent}
 _TAGGED = _WORKLOADS | _EVENTS  # members of discriminated unions, by tag
 
 

@@ -9,10 +9,14 @@ import time
 
 import ray
 
+import numpy as np
+
+from agents.datapath.channel import Channel
 from agents.datapath.clock import precise_threads
 from agents.datapath.shm import Region
 from agents.guest.content import assign_classes, template_pools
 from agents.guest.dirty_log import DirtyLog
+from agents.guest.remote_memory import RemoteMemory
 from agents.guest.vcpus import Guest
 from agents.guest.workloads import make_workload
 
@@ -32,6 +36,7 @@ class GuestAgent:
                            vcpus, dilation, fault_s, seed, log=DirtyLog(self.log_region.array, npages),
                            io_bound=io_bound)
         self._dest: Region | None = None
+        self.memory_scale = memory_scale
 
     def start(self) -> float:
         self.guest.start()
@@ -43,12 +48,34 @@ class GuestAgent:
     def resume(self) -> float:
         return self.guest.resume()
 
-    def resume_on(self, dest_image_path: str) -> float:
-        """Switchover: run on the destination's image (and its dirty log) from now on."""
+    def resume_on(self, dest_image_path: str, postcopy: dict | None = None) -> float:
+        """Switchover: run on the destination's image (and its dirty log) from now on.
+
+        `postcopy`: the image is not all there yet. `missing` (packed bits) marks
+        the pages it lacks (QEMU's discard); accesses to them fault and are
+        requested over the socket at `return_path` (agents/guest/remote_memory.py)."""
         self._dest = Region.attach(dest_image_path)
         self._dest_log = Region.attach(dest_image_path + "-log")
         pages = self._dest.pages()
-        return self.guest.resume(pages, DirtyLog(self._dest_log.array, len(pages)))
+        remote = None
+        if postcopy is not None:
+            self._received = Region.attach(dest_image_path + "-recv")
+            received = self._received.array[:len(pages)]
+            received[:] = 1 - np.unpackbits(postcopy["missing"], count=len(pages))
+            back = Channel.connect(postcopy["return_path"]) if postcopy.get("return_path") else None
+            remote = RemoteMemory(received, back, postcopy.get("vm", 0), self.guest.dilation, self.memory_scale,
+                                  self.guest.workload.footprint)
+        return self.guest.resume(pages, DirtyLog(self._dest_log.array, len(pages)), remote=remote)
+
+    def postcopy_status(self) -> dict:
+        """Post-copy's figures on the destination (faults, latency, blocktime), or {} when none ran."""
+        r = self.guest.remote
+        return r.status(self.memory_scale) if r is not None else {}
+
+    def written_on_destination(self) -> np.ndarray:
+        """Pages the guest wrote since a post-copy switch-over (empty when none)."""
+        r = self.guest.remote
+        return np.flatnonzero(r.written) if r is not None else np.empty(0, dtype=np.int64)
 
     def set_rate_factor(self, factor: float) -> None:
         """A scheduled event: scale the workload's offered rate (1 = as configured)."""

@@ -46,6 +46,7 @@ class HostAgent:
         self.role, self.name = role, name
         self.images: dict[str, Region] = {}  # by key: "vm<i>" at its first host, "vm<i>-m<k>" as migration k's copy
         self.logs: dict[str, Region] = {}
+        self.received: dict[str, Region] = {}  # per image: a byte per page, set once restored (post-copy's map)
         self.rings: dict[int, Region] = {}
         self.senders: dict[int, PageSender] = {}
         self.receivers: dict[int, PageReceiver] = {}
@@ -84,12 +85,13 @@ class HostAgent:
         else:
             region.prefault()
         self.logs[key] = Region.create(path + "-log", DirtyLog.nbytes(npages))
+        self.received[key] = Region.create(path + "-recv", npages)
         self.images[key] = region
         return time.monotonic() - t0
 
     def release_image(self, key: str) -> None:
         """Discard an image (a cancelled migration's partial copy)."""
-        for regions in (self.images, self.logs):
+        for regions in (self.images, self.logs, self.received):
             region = regions.pop(key, None)
             if region is not None:
                 region.unlink()
@@ -143,7 +145,8 @@ class HostAgent:
         self.receivers[conn] = PageReceiver(self.rings[conn].array, slots, SlotLayout(batch_pages), from_link, acks,
                                             self.cores, restore_cost,
                                             {m: self.images[key].pages() for m, key in images.items()},
-                                            decode_cost=lambda us: self._real_s(us, 1), codec_costs=codec_costs.load())
+                                            decode_cost=lambda us: self._real_s(us, 1), codec_costs=codec_costs.load(),
+                                            received={m: self.received[key].array for m, key in images.items()})
 
     def start_pipeline(self, m: int, conns: list[int], consumers: int, lock: str, pool_bytes: int,
                        task_pages: int, compression: dict | None = None, costs: dict | None = None) -> None:
@@ -163,9 +166,12 @@ class HostAgent:
         self.jobs[m] = _Job(conns, pipeline, caches)
 
     # --- migrations (source) ------------------------------------------------
-    def migrate(self, m: int, key: str, guest, technique: str, options: dict, triggers: list) -> None:
+    def migrate(self, m: int, key: str, guest, technique: str, options: dict, triggers: list,
+                destination: dict | None = None) -> None:
         """Start migration `m` of image `key` with `technique` in a thread;
-        follow it with `poll`, wait for it with `wait`, cancel it with `cancel`."""
+        follow it with `poll`, wait for it with `wait`, cancel it with `cancel`.
+        `destination`: the destination image's path, a return path socket and the
+        link's one-way delay, for techniques that move the guest themselves."""
         job = self.jobs[m]
         pages = self.images[key].pages()
         control = _GuestControl(DirtyLog(self.logs[key].array, len(pages)), guest, self.cores,
@@ -174,7 +180,7 @@ class HostAgent:
             control.on_sync = lambda: job.caches.new_generation(m, time.monotonic() / self.dilation,
                                                                 self._pages_saved(job))
         ctx = MigrationContext(m, pages, control, job.pipeline, self.memory_scale, self.dilation,
-                               [Trigger(**tr) for tr in triggers])
+                               [Trigger(**tr) for tr in triggers], destination=destination or {})
         job.ctx = ctx
         job.technique = techniques.get(technique).load().from_options(ctx, SimpleNamespace(**options))
         job.thread = threading.Thread(target=job.run, daemon=True, name=f"migrate-{m}")
@@ -189,6 +195,14 @@ class HostAgent:
         job = self.jobs.get(m)
         if job is not None and job.technique is not None:
             job.technique.abort(status, reason)
+
+    def start_postcopy(self, m: int) -> bool:
+        """migrate-start-postcopy: False when the technique has no post-copy phase."""
+        job = self.jobs.get(m)
+        switch = getattr(job.technique, "start_postcopy", None) if job is not None else None
+        if switch is not None:
+            switch()
+        return switch is not None
 
     def poll(self, m: int, since: int = 0) -> dict:
         """Migration `m`'s progress and counters (real units) and its events from number `since` on."""
@@ -294,6 +308,8 @@ class _Job:
             self.error = traceback.format_exc()
             self.technique.result.status = "failed"
             self.technique.phase = "failed"
+            if getattr(self.technique.result, "guest_on_destination", False):
+                return  # post-copy: the guest already runs on the destination; it cannot come back
             try:
                 self.ctx.guest.stop_dirty_log()
                 self.ctx.guest.resume()  # the VM keeps running on its source
@@ -339,5 +355,9 @@ class _GuestControl:
 
     def resume(self) -> float:
         return ray.get(self.h.resume.remote())
+
+    def resume_on_destination(self, image_path: str, missing: np.ndarray, return_path: str = "") -> float:
+        return ray.get(self.h.resume_on.remote(image_path, {"missing": np.packbits(missing),
+                                                            "return_path": return_path, "vm": self.tag[0]}))
 
 

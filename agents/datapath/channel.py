@@ -13,6 +13,8 @@ import struct
 # kind, vm, slot, npages, wire_bytes, seq, t_sent, t_done
 DESCRIPTOR = struct.Struct("<BxxxIIIQQdd")
 KIND_BATCH, KIND_STATE, KIND_ACK, KIND_CLOSE = 1, 2, 3, 4
+# Post-copy's return path, destination -> source: one page request (page number in wire_bytes).
+KIND_PAGE_REQUEST = 5
 
 
 class Listener:

@@ -29,11 +29,14 @@ from agents.datapath.wire_format import (
 class PageReceiver:
     def __init__(self, ring: np.ndarray, slots: int, layout: SlotLayout, from_link: Channel, acks: Channel,
                  cores: CorePool, restore_cost: Callable[[int, int], float], images: dict[int, np.ndarray],
-                 decode_cost: Callable[[float], float] = lambda us: 0.0, codec_costs=None) -> None:
+                 decode_cost: Callable[[float], float] = lambda us: 0.0, codec_costs=None,
+                 received: dict[int, np.ndarray] | None = None) -> None:
         """`images`: destination image of each migration, by the descriptors' `vm` field (the
         migration's number). `decode_cost(us)`: real seconds to charge for what the codec cost
         model (`codec_costs`, agents/encodings/cost_model.py) says decoding took, in us at
-        scale 1. Cores are charged under the tag `(migration, "receive")`."""
+        scale 1. Cores are charged under the tag `(migration, "receive")`.
+        `received`: per migration, a byte per page set once the page is restored
+        (post-copy's map of what the destination holds)."""
         self.views = [SlotView(ring, i, layout) for i in range(slots)]
         self.unpacker = Unpacker(codec_costs)  # one zstd context per receiver
         self.decode_cost = decode_cost
@@ -44,6 +47,7 @@ class PageReceiver:
         self.cores = cores
         self.restore_cost = restore_cost  # real seconds for (pages, pages with contents)
         self.images = images
+        self.received = received or {}
         self.pages_restored = 0
         self.restored_by: dict[int, int] = {}
         self.error: str | None = None
@@ -63,6 +67,9 @@ class PageReceiver:
                         restore_pages(self.images[vm], self.views[slot], self.unpacker)
                     except (ValueError, KeyError, IndexError) as exc:
                         self.error = f"batch {d[5]} could not be restored: {exc}"
+                    marks = self.received.get(vm)
+                    if marks is not None:  # after the bytes: a guest that sees the mark finds the page
+                        marks[self.views[slot].idx[:npages]] = 1
                     self.decode_s += self.unpacker.take_decode_s()
                     model_us = self.unpacker.take_model_us()
                     self.decode_model_us += model_us

@@ -50,6 +50,10 @@ class Guest:
         self.samples: list[tuple[float, float]] = []  # (real time, cumulative ops)
         self.faults = 0.0
         self.throttle = VcpuThrottle(vcpus)
+        # After a post-copy switch-over: the destination's fault handler
+        # (agents/guest/remote_memory.py); pages are checked before each write.
+        self.remote = None
+        self._blocked = 0.0  # real seconds the last tick waited for missing pages
         self._fault_ratio = 0.0
         self._counter = 1 << 32
         self._tick_no = 0
@@ -73,11 +77,13 @@ class Guest:
             self.paused = True
             return time.monotonic()
 
-    def resume(self, pages: np.ndarray | None = None, log: DirtyLog | None = None) -> float:
-        """Run again, on a new image and its dirty log if given (the destination's after switchover)."""
+    def resume(self, pages: np.ndarray | None = None, log: DirtyLog | None = None, remote=None) -> float:
+        """Run again, on a new image and its dirty log if given (the destination's after
+        switchover), with a post-copy fault handler if given (none on a new image otherwise)."""
         with self._lock:
             if pages is not None:
                 self.pages = pages
+                self.remote = remote
             self.log.clear_pause()
             if log is not None:
                 self.log = log
@@ -109,7 +115,14 @@ class Guest:
                 dt = (t - last) / self.dilation
                 last = t
                 if not self.paused:
+                    ops_before = self.ops
                     carry = self._tick(dt, carry)
+                    if self._blocked:
+                        # vCPUs waiting for missing pages do not run: that time is not owed
+                        # work, and the guest made no progress in it.
+                        last += self._blocked
+                        t, self._blocked = last, 0.0
+                        self.samples.append((t, ops_before))
                     if self.log.pause_requested():
                         # Paused by the migration through the shared log, not by a call.
                         self.paused = True
@@ -133,12 +146,19 @@ class Guest:
         ops = min(offered, capacity)
         self._tick_no += 1
         if wl.writes_in_place:
+            if self.remote is not None and ops > 0:
+                # Its writes are picked and done in one call: fault in all it may write.
+                self._blocked += self.remote.ensure(np.arange(wl.footprint or len(self.pages)))
             idx = wl.write(self.pages, ops)  # partial-page writes, done by the workload
         else:
             idx = wl.step(ops)
+            if len(idx) and self.remote is not None:
+                self._blocked += self.remote.ensure(idx)  # post-copy: missing pages fault first
             if len(idx):
                 write_pages(self.pages, idx, self.classes.written, self.pools, self.rng, self._counter)
                 self._counter += len(idx)
+        if len(idx) and self.remote is not None:
+            self.remote.wrote(idx)
         if len(idx):
             # Marked after the write, and always: the log decides what counts.
             fresh = self.log.mark(idx, self._tick_no)

@@ -36,6 +36,8 @@ class GuestControl(Protocol):
     def harvest(self) -> np.ndarray: ...
     def pause(self) -> float: ...
     def resume(self) -> float: ...
+    # Post-copy: run on the destination's image now, lacking the pages marked in `missing`.
+    def resume_on_destination(self, image_path: str, missing: np.ndarray, return_path: str) -> float: ...
 
 
 class PageSink(Protocol):
@@ -56,6 +58,7 @@ class Trigger:
     phase: str
     iteration: int = 0
     cancel: bool = False  # a cancel is carried out on the spot, in the migration thread
+    postcopy: bool = False  # migrate-start-postcopy, likewise
 
 
 @dataclass
@@ -72,6 +75,10 @@ class MigrationContext:
     dilation: float = 1.0
     triggers: list[Trigger] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)  # the timeline's events, real monotonic times
+    # Where the VM goes: its image's path there, the return path's socket and the
+    # link's one-way delay (real s), for a technique that moves the guest itself.
+    destination: dict = field(default_factory=dict)
+    postcopy_requested: bool = False  # set when a start-postcopy trigger fires
 
     def record(self, event: str, **fields) -> None:
         self.events.append({"t_real": time.monotonic(), "event": event, **fields})
@@ -84,6 +91,7 @@ class MigrationContext:
             if tr.phase == phase and tr.iteration in (0, iteration):
                 self.record("trigger", trigger=tr.event, phase=phase, iteration=iteration)
                 cancel |= tr.cancel
+                self.postcopy_requested |= tr.postcopy
         return cancel
 
 

@@ -173,3 +173,15 @@ CONVERGENCE: tuple[Option, ...] = (
     Option("sdps_target_ratio", 0.5, "x transfer rate", "Dirty rate SDPS holds the guest at, as a share of the "
            "transfer rate", float, gt=0, lt=1),
 )
+
+# Post-copy (agents/techniques/postcopy.py): QEMU's postcopy-ram capability
+# (the technique itself) and when to switch; Hines and Gopalan's adaptive pre-paging.
+POSTCOPY: tuple[Option, ...] = (
+    Option("postcopy_after_iterations", None, "", "Switch to post-copy after this many pre-copy rounds "
+           "(0: pure post-copy; unset: only when pre-copy stops without converging, or on a start-postcopy event)",
+           int, ge=0, le=1_000_000, optional=True),
+    Option("postcopy_on_stall", True, "", "Switch to post-copy when pre-copy stops without converging "
+           "(stalled, max-iterations, max-sent) instead of a long stop-and-copy", bool),
+    Option("adaptive_prepaging", True, "", "Push the remaining pages outward from the most recent fault "
+           "(Hines' bubbling around a pivot) instead of in page order", bool),
+)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from agents.techniques.options import COMMON, COMPRESSION, CONVERGENCE, PIPELINE, PRECOPY, Option
+from agents.techniques.options import COMMON, COMPRESSION, CONVERGENCE, PIPELINE, POSTCOPY, PRECOPY, Option
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,14 @@ _BUILTIN = (
                 "when consumers > 1 and convergence control (auto-converge, dirty-limit, SDPS)",
         options=COMMON + PRECOPY + PIPELINE + COMPRESSION + CONVERGENCE,
         factory="agents.techniques.precopy:PrecopyMigration",
+    ),
+    TechniqueSpec(
+        name="postcopy",
+        summary="Post-copy (QEMU's postcopy-ram), pure or after pre-copy rounds: the guest resumes on the "
+                "destination at once, faults pull missing pages over the return path while the rest is "
+                "pushed, with adaptive pre-paging (Hines and Gopalan)",
+        options=COMMON + PRECOPY + PIPELINE + POSTCOPY,
+        factory="agents.techniques.postcopy:PostcopyMigration",
     ),
 )
 

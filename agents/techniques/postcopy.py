@@ -1,0 +1,352 @@
+"""Post-copy live migration with adaptive pre-paging (Hines and Gopalan, VEE
+2009; QEMU's postcopy-ram): the `postcopy` technique.
+
+Zero or more pre-copy rounds first (the hybrid: QEMU switches when told to,
+migrate-start-postcopy; here after `postcopy_after_iterations` rounds, when
+pre-copy stops without converging, or on a `start-postcopy` event). Then the
+switch-over: pause the guest, take the last dirty set, send the CPU and
+device state, and resume the guest on the destination at once, telling it
+which pages it lacks (QEMU's discard of the dirty bitmap). From then on the
+guest's accesses to missing pages fault and are requested over the return
+path (agents/guest/remote_memory.py); this thread serves those requests
+first, the faulting page alone in its own batch, and otherwise pushes the
+pages not sent yet in the background. With adaptive pre-paging the push
+"bubbles" outward from the most recent fault (Hines' pivot); without it, it
+goes in page order. A page goes at most once: once sent it is never sent
+again, a request for a page on its way is dropped and the guest waits for it.
+The migration completes when every page is on the destination: only then
+can the source be released. Until that moment neither host holds the whole
+VM (the source's copy is stale where the guest wrote since, the destination
+lacks what has not arrived): losing either host or the link loses the VM,
+so a cancel is refused once the guest has switched.
+
+Pre-copy's rounds are agents/techniques/precopy.py's, inherited; this module
+adds the switch decision, the push order and the post-copy phase.
+"""
+from __future__ import annotations
+
+import heapq
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from agents.datapath.channel import KIND_PAGE_REQUEST, Listener
+from agents.datapath.clock import sleep_until
+from agents.techniques.precopy import PrecopyMigration, PrecopyResult, StopPolicy
+
+NEITHER_SIDE_WHOLE = ("during post-copy neither side holds the whole VM: the source's copy is stale where the "
+                      "guest wrote since the switch, the destination lacks the pages not yet received; losing "
+                      "either host or the link loses the VM")
+
+
+# --- pure logic: when to switch, and which page next ------------------------------
+@dataclass(frozen=True)
+class SwitchPolicy:
+    after_iterations: int | None  # 0: pure post-copy; None: only when pre-copy gives up or on request
+    on_stall: bool
+
+
+def switch_reason(policy: SwitchPolicy, stop_reason: str, iterations: int, requested: bool) -> str | None:
+    """Why to switch to post-copy once pre-copy stopped (`stop_reason`, after
+    `iterations` rounds), or None to finish with an ordinary stop-and-copy."""
+    if requested:
+        return "requested"
+    if stop_reason == "converged":
+        return None  # pre-copy finished the job within the downtime limit: nothing to gain
+    if policy.after_iterations is not None and iterations >= policy.after_iterations:
+        return "after-iterations"
+    return f"precopy-{stop_reason}" if policy.on_stall and stop_reason else None
+
+
+class PushOrder:
+    """The source's order of post-copy pages: requested pages first, then the
+    background push, each page once.
+
+    `pending`: the pages still to send. Without adaptive pre-paging the push
+    walks the image in page order. With it (Hines' bubbling), every fault
+    makes its page the pivot, and the push expands from the pivot in both
+    directions, nearest pages first, until the next fault moves it.
+    """
+
+    def __init__(self, pending: np.ndarray, adaptive: bool) -> None:
+        self.pending = pending.astype(bool, copy=True)
+        self.left = int(np.count_nonzero(self.pending))
+        self.adaptive = adaptive
+        self.sends = np.zeros(len(pending), dtype=np.uint8)  # times each page was handed out
+        self.pivot: int | None = None
+        self.fwd = 0  # next page to look at upwards (from the pivot, or from 0 in page order)
+        self.back = -1  # next page to look at downwards from the pivot
+        self.dropped = 0  # requests for pages already sent (on their way)
+
+    def demand(self, pages) -> np.ndarray:
+        """The requested pages not sent yet, in request order, now taken; the last becomes the pivot."""
+        pages = np.asarray(pages, dtype=np.int64)
+        _, first = np.unique(pages, return_index=True)
+        pages = pages[np.sort(first)]
+        take = pages[self.pending[pages]]
+        self.dropped += len(pages) - len(take)
+        self._take(take)
+        if self.adaptive and len(pages):
+            self.pivot = int(pages[-1])
+            self.fwd, self.back = self.pivot + 1, self.pivot - 1
+        return take
+
+    def next_push(self, n: int) -> np.ndarray:
+        """Up to `n` pages of the background push, now taken."""
+        if self.pivot is None:
+            out = self._upwards(n)
+        else:
+            up = self._upwards((n + 1) // 2)
+            down = self._downwards(n - len(up))
+            if len(up) + len(down) < n:
+                up = np.concatenate([up, self._upwards(n - len(up) - len(down))])
+            out = np.concatenate([up, down])
+            out = out[np.argsort(np.abs(out - self.pivot), kind="stable")]  # nearest the pivot first
+        self._take(out)
+        return out
+
+    def _take(self, pages: np.ndarray) -> None:
+        self.pending[pages] = False
+        self.sends[pages] += 1
+        self.left -= len(pages)
+
+    def _upwards(self, n: int) -> np.ndarray:
+        found, window = [], 4096
+        while n > 0 and self.fwd < len(self.pending):
+            hit = np.flatnonzero(self.pending[self.fwd:self.fwd + window])[:n] + self.fwd
+            found.append(hit)
+            n -= len(hit)
+            self.fwd = int(hit[-1]) + 1 if n == 0 else self.fwd + window
+            window *= 2
+        return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+    def _downwards(self, n: int) -> np.ndarray:
+        found, window = [], 4096
+        while n > 0 and self.back >= 0:
+            lo = max(0, self.back - window + 1)
+            hit = (np.flatnonzero(self.pending[lo:self.back + 1]) + lo)[::-1][:n]
+            found.append(hit)
+            n -= len(hit)
+            self.back = int(hit[-1]) - 1 if n == 0 else lo - 1
+            window *= 2
+        return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+
+class ReturnPath:
+    """Page requests from the destination (QEMU's return path), each held back
+    by the link's one-way delay before the source sees it."""
+
+    def __init__(self, path: str, delay_s: float) -> None:
+        self.listener = Listener(path)
+        self.delay_s = delay_s
+        self.due: list[tuple[float, int]] = []  # (real time it reaches the source, page): a heap
+        self.inbox: queue.Queue = queue.Queue()
+        self.received = 0
+        threading.Thread(target=self._serve, daemon=True, name="return-path").start()
+
+    def _serve(self) -> None:
+        try:
+            chan = self.listener.accept(timeout=600)
+        except OSError:
+            return
+        while True:
+            d = chan.recv()
+            if d is None:
+                return
+            if d[0] == KIND_PAGE_REQUEST:
+                self.inbox.put((d[6] + self.delay_s, int(d[4])))
+
+    def arrived(self) -> list[int]:
+        """Pages whose requests have reached the source by now."""
+        while not self.inbox.empty():
+            heapq.heappush(self.due, self.inbox.get_nowait())
+        now, out = time.monotonic(), []
+        while self.due and self.due[0][0] <= now:
+            out.append(heapq.heappop(self.due)[1])
+        self.received += len(out)
+        return out
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+# --- the technique ----------------------------------------------------------------
+@dataclass
+class PostcopyResult(PrecopyResult):
+    guest_on_destination: bool = False  # the technique moved the guest itself (the orchestrator must not)
+    postcopy: dict = field(default_factory=dict)
+
+
+class PostcopyMigration(PrecopyMigration):
+    """One VM's hybrid or pure post-copy on the source. Events: pre-copy's, then
+    `postcopy-start` (its reason), `vm-stopped`, `device-state-sent`,
+    `destination-loaded`, `vm-started` (on the destination, pages still
+    missing), the phase `postcopy-active`, and `source-released` once every page is there."""
+
+    name: ClassVar[str] = "postcopy"
+
+    def __init__(self, ctx, policy: StopPolicy, switch: SwitchPolicy, adaptive: bool, **kw) -> None:
+        super().__init__(ctx, policy, **kw)
+        self.result = PostcopyResult()
+        self.switch = switch
+        self.adaptive = adaptive
+        self._requested = False  # migrate-start-postcopy
+        self._cancelled = False
+        self._pass_todo = np.arange(len(self.image))  # the pre-copy pass under way, for a switch mid-pass
+        self.order: PushOrder | None = None
+
+    @classmethod
+    def from_options(cls, ctx, o) -> "PostcopyMigration":
+        memory_bytes = len(ctx.image) * 4096 / ctx.memory_scale
+        after = o.postcopy_after_iterations
+        rounds = o.max_iterations if not after else min(after, o.max_iterations)
+        policy = StopPolicy(o.downtime_limit_ms / 1000, rounds, o.stall_iterations, o.max_sent_ratio * memory_bytes)
+        return cls(ctx, policy, SwitchPolicy(after, o.postcopy_on_stall), o.adaptive_prepaging,
+                   state_bytes=o.device_state_kib * 1024, setup_s=o.setup_ms / 1000, resume_s=o.resume_ms / 1000)
+
+    # --- control ------------------------------------------------------------------
+    def abort(self, status: str = "cancelled", reason: str = "cancelled") -> None:
+        if self.result.guest_on_destination:
+            self.ctx.record("cancel-refused", reason=f"{reason}: the guest already runs on the destination")
+            return
+        self._cancelled = True
+        super().abort(status, reason)
+
+    def start_postcopy(self) -> None:
+        """migrate-start-postcopy: switch as soon as the pass under way stops queueing pages."""
+        if self.phase in ("setup", "precopy") and not self._requested:
+            self._requested = True
+            self.ctx.record("postcopy-requested")
+            self.abort_requested = True  # ends the pass early; run() sees it was not a cancel
+
+    def progress(self) -> dict:
+        out = super().progress()
+        if self.order is not None:
+            out["remaining_bytes"] = self.order.left * 4096 / self.scale
+        return out
+
+    # --- pre-copy rounds, then the switch -----------------------------------------------
+    def _enter(self, phase: str, iteration: int = 0) -> None:
+        super()._enter(phase, iteration)
+        if self.ctx.postcopy_requested:
+            self.start_postcopy()
+
+    def _harvest(self) -> np.ndarray:
+        idx = super()._harvest()
+        if self._requested:  # the pass cut short may not have sent its pages: keep them
+            mask = np.zeros(len(self.image), dtype=bool)
+            mask[self._pass_todo] = True
+            mask[idx] = True
+            self._pass_todo = np.flatnonzero(mask)
+        else:
+            self._pass_todo = idx  # the next pass sends these
+        return idx
+
+    def run(self) -> PostcopyResult:
+        if self.switch.after_iterations == 0:
+            return self._pure()
+        return super().run()
+
+    def _pure(self) -> PostcopyResult:
+        """Pure post-copy: set-up, then switch with every page still to send."""
+        r = self.result
+        r.started_at = time.monotonic()
+        self.ctx.record("setup")
+        self._enter("setup")
+        if not self.abort_requested:
+            time.sleep(self.setup_s * self.dilation)
+        r.setup_time_s = self._emu(time.monotonic() - r.started_at)
+        if self._cancelled:
+            return self._cancel()
+        r.stop_reason = "postcopy"
+        return self._postcopy(np.arange(len(self.image)), "pure")
+
+    def _cancel(self, paused: bool = False) -> PostcopyResult:
+        if self._requested and not self._cancelled:  # a pass cut short by migrate-start-postcopy
+            self.abort_requested = False
+            self.result.stop_reason = "postcopy"
+            return self._postcopy(self._pass_todo, "requested")
+        return super()._cancel(paused)
+
+    def switch_over(self, todo: np.ndarray) -> PostcopyResult:
+        r = self.result
+        why = switch_reason(self.switch, r.stop_reason, r.iteration_count, self._requested)
+        if why is None:
+            return super().switch_over(todo)
+        return self._postcopy(todo, why)
+
+    # --- post-copy ----------------------------------------------------------------------
+    def _postcopy(self, todo: np.ndarray, why: str) -> PostcopyResult:
+        r = self.result
+        self.ctx.record("postcopy-start", reason=why, iterations=r.iteration_count)
+        self.phase = "postcopy-switch"
+        dest = self.ctx.destination
+        back = ReturnPath(dest["return_path"], dest.get("one_way_s", 0.0))
+        try:
+            missing = self._switch(todo)
+            return self._serve(missing, back, why)
+        finally:
+            back.close()
+
+    def _switch(self, todo: np.ndarray) -> np.ndarray:
+        """Pause, last dirty set, device state, resume on the destination. Returns the pages it lacks."""
+        r = self.result
+        r.paused_at = self.guest.pause()
+        self.ctx.record("vm-stopped", t_real=r.paused_at)
+        self._convergence_stop()
+        missing = np.zeros(len(self.image), dtype=bool)
+        missing[todo] = True
+        missing[self._harvest()] = True
+        self.guest.stop_dirty_log()
+        self.sink.send_state(self.vm, max(1, int(self.state_bytes * self.scale)))
+        self.ctx.record("device-state-sent", transferred=self.state_bytes)
+        loaded = self.sink.drain()
+        self.ctx.record("destination-loaded", t_real=loaded)
+        sleep_until(loaded + self.resume_s * self.dilation)
+        # From here on the guest is the destination's: no way back.
+        r.guest_on_destination = True
+        dest = self.ctx.destination
+        r.resumed_at = self.guest.resume_on_destination(dest["image"], missing, dest["return_path"])
+        self.ctx.record("vm-started", t_real=r.resumed_at, missing_pages=int(np.count_nonzero(missing) / self.scale))
+        r.downtime_s = self._emu(r.resumed_at - r.paused_at)
+        r.downtime_bytes = self.state_bytes
+        return missing
+
+    def _serve(self, missing: np.ndarray, back: ReturnPath, why: str) -> PostcopyResult:
+        """Requests first, else the background push, until every page is sent and restored."""
+        r = self.result
+        self.order = order = PushOrder(missing, self.adaptive)
+        self._enter("postcopy-active")
+        # Each page goes once, so no copy can overtake another: no barrier between batches.
+        if hasattr(self.sink, "barrier_each_pass"):
+            self.sink.barrier_each_pass = False
+        batch = getattr(self.sink, "task_pages", 64)
+        pulled = pushed = wire = 0
+        while order.left:
+            asked = back.arrived()
+            if asked:
+                pages = order.demand(asked)
+                pulled += len(pages)
+            else:
+                pages = order.next_push(batch)
+                pushed += len(pages)
+            if len(pages):
+                wire += self.sink.send_pages(self.vm, self.image, pages, "postcopy", lambda: False)
+        released = self.sink.drain()
+        self.ctx.record("source-released", t_real=released)
+        r.memory_bytes_sent += wire / self.scale
+        r.total_time_s = self._emu(released - r.started_at)
+        r.status, self.phase = "completed", "completed"
+        r.postcopy = {"switch_reason": why, "precopy_iterations": r.iteration_count,
+                      "pages_pulled": pulled / self.scale, "pages_pushed": pushed / self.scale,
+                      "requests_received": back.received / self.scale,
+                      "requests_for_pages_on_their_way": order.dropped / self.scale,
+                      "adaptive_prepaging": self.adaptive,
+                      "max_sends_per_page": int(order.sends.max()) if len(order.sends) else 0,
+                      "postcopy_time_s": self._emu(released - r.resumed_at),
+                      "source_released_after_s": r.total_time_s}
+        return r

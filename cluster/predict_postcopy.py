@@ -1,0 +1,115 @@
+"""The analytic post-copy model: what the emulator should find for the `postcopy` technique.
+
+Pre-copy rounds first, as cluster/predict.py models them (none for pure
+post-copy), and the same switch rule as the emulator
+(agents/techniques/postcopy.py `switch_reason`): a round that converges ends
+in an ordinary stop-and-copy. The switch-over's downtime is the last dirty-log
+sync, the device state, the link's one-way delay and the fixed resume cost:
+no pages. Then every page left is sent once, at the pass rate, so post-copy
+lasts (pages left) / (pages per second).
+
+Faults, for a writer spreading its writes uniformly over W working-set pages
+at r pages/s: U(t) of them are still missing, a write hits one with
+probability p = U/W, and each fault blocks the guest for the fault latency L
+(the request's one-way trip, the batches already queued in the connection's
+ring ahead of the page, the page itself, the way back). The guest runs a share
+u = 1/(1 + r p L) of the time, faults at F = r u p per second, and the
+missing pages fall as the push (R pages/s, the working set first: it starts
+at page 0, and the dirty set of a hybrid lies in it) and the faults bring
+them: dU/dt = -(R + F). Integrated numerically until U = 0. Blocktime is the
+time not run, (1 - u) dt. No Ray, no threads.
+
+Adaptive pre-paging moves the push to the first fault's page (the pivot) and
+bubbles out both ways. In a pure post-copy the pages above the working set
+are missing too, so half of the push goes there while the lower side is
+still being filled: with the pivot uniform in the working set, the push
+covers it after 1.25 W / R on average instead of W / R. A hybrid's missing
+pages all lie in the working set, so nothing is spent outside it.
+"""
+from __future__ import annotations
+
+from agents.techniques.postcopy import SwitchPolicy, switch_reason
+from agents.techniques.precopy import StopPolicy
+from cluster.scenario import GIB, MigrationPlan, Scenario
+
+PAGE = 4096
+
+
+def fault_latency_s(scenario: Scenario, mp: MigrationPlan, pages_per_s: float) -> float:
+    """A fault's latency: request and page each cross the link once, and the page
+    waits behind the batches in flight (the connection's ring is kept full by the push)."""
+    from cluster.scaling import Scale
+    from cluster.topology import plan
+    topo = plan(scenario, Scale(1.0, 1.0))
+    conn = topo.connections_of_migration(mp.index)[0]
+    one_way = topo.links[conn.link].one_way_s
+    return 2 * one_way + (conn.slots * conn.batch_pages + 1) / pages_per_s
+
+
+def faults_while_missing(rate: float, ws: float, missing: float, push: float, latency: float,
+                         steps: int = 4000) -> tuple[float, float, float]:
+    """(faults, blocked seconds, seconds until the working set is all there); see the module docstring."""
+    if missing <= 0 or ws <= 0:
+        return 0.0, 0.0, 0.0
+    dt = missing / push / steps
+    u_left, faults, blocked, t = missing, 0.0, 0.0, 0.0
+    while u_left > 0:
+        p = u_left / ws
+        run = 1.0 / (1.0 + rate * p * latency)
+        f = rate * run * p
+        faults += f * dt
+        blocked += (1 - run) * dt
+        u_left -= (push + f) * dt
+        t += dt
+    return faults, blocked, t
+
+
+def predict_postcopy(scenario: Scenario, mp: MigrationPlan) -> dict:
+    """The figures of one post-copy migration, keyed as in result.json, with its `postcopy` section."""
+    from cluster import predict as pre
+    vm, mig = mp.vm, mp.options
+    mem_pages = vm.memory_gib * GIB / PAGE
+    wire_rate = pre.link_rate(scenario, mp)
+    first = pre._pass_rates(scenario, mp, vm.content.zero, wire_rate)
+    dirty = pre._pass_rates(scenario, mp, 0.0, wire_rate)
+    costs = pre.resolve(scenario.cpu.profile, mig.address_space_lock, scenario.cpu.overrides())
+    sync_s = costs.dirty_sync_ns * 1e-9 * mem_pages
+    after = mig.postcopy_after_iterations
+    if after == 0:
+        todo, sent, elapsed, count, reason, log, rates = mem_pages, 0.0, 0.0, 0, "postcopy", [], first
+        why = "pure"
+    else:
+        rounds = mig.max_iterations if after is None else min(after, mig.max_iterations)
+        policy = StopPolicy(mig.downtime_limit_ms / 1000, rounds, mig.stall_iterations,
+                            mig.max_sent_ratio * vm.memory_gib * GIB)
+        todo, sent, elapsed, count, reason, log = pre._image_oriented(vm, policy, mem_pages, first, dirty, sync_s)
+        rates = dirty
+        why = switch_reason(SwitchPolicy(after, mig.postcopy_on_stall), reason, count, False)
+        if why is None:  # converged: an ordinary stop-and-copy, as pre-copy predicts it
+            out = pre.predict_migration(scenario, mp, precopy_only=True)
+            return out | {"postcopy": {"switched": False, "switch_reason": None}}
+    bytes_per_page, pages_per_s = rates
+    one_way = pre._links(scenario, mp)[0].rtt_ms / 2000
+    state = mig.device_state_kib * 1024
+    downtime = (sync_s if count else 0.0) + state / wire_rate + one_way + mig.resume_ms / 1000
+    post_s = todo / pages_per_s + one_way
+    rate, _, ws = pre._write_probabilities(vm)
+    latency = fault_latency_s(scenario, mp, pages_per_s)
+    missing_ws = min(ws, todo)
+    bubbling = 1.25 if after == 0 and mig.adaptive_prepaging and todo > ws else 1.0
+    faults, blocked, ws_s = faults_while_missing(rate, ws, missing_ws, pages_per_s / bubbling, latency)
+    setup = mig.setup_ms / 1000
+    total = setup + elapsed + downtime + post_s
+    sent += todo * bytes_per_page
+    return {
+        "vm": vm.name, "migration": mp.index, "status": "predicted", "stop_reason": reason, "verified": None,
+        "memory_bytes": vm.memory_gib * GIB, "total_time_s": total, "downtime_ms": downtime * 1000,
+        "setup_time_s": setup, "iterations": count, "memory_bytes_sent": sent, "disk_bytes_sent": 0,
+        "downtime_bytes_sent": state, "avg_throughput_mbytes_s": sent / total / 2**20, "app": None,
+        "iteration_log": log,
+        "postcopy": {"switched": True, "switch_reason": why, "precopy_iterations": count,
+                     "faults": faults, "blocktime_ms": blocked * 1000, "postcopy_latency_us": latency * 1e6,
+                     "pages_pulled": faults, "pages_pushed": todo - faults, "postcopy_time_s": post_s,
+                     "working_set_arrived_after_s": ws_s, "source_released_after_s": total,
+                     "model": "uniform writer over its working set; the push reaches the working set first"},
+    }

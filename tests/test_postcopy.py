@@ -1,0 +1,206 @@
+"""Post-copy (agents/techniques/postcopy.py, agents/guest/remote_memory.py):
+the switch rule, the push order, the fault histogram and the fault model
+without Ray; then end to end, a guest that keeps writing during post-copy,
+verified page for page, no page fetched twice, and the emulator against
+the predictor (cluster/predict_postcopy.py)."""
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from agents.guest.remote_memory import BUCKETS, LatencyHistogram, RemoteMemory, latency_bucket
+from agents.techniques.postcopy import PushOrder, SwitchPolicy, switch_reason
+from cluster.predict_postcopy import faults_while_missing
+from tests.conftest import LIVEMIG, ROOT, scenario_text
+
+
+# --- the switch rule -------------------------------------------------------------------
+def test_switch_after_n_rounds_on_stall_or_on_request_but_not_when_converged():
+    hybrid = SwitchPolicy(after_iterations=2, on_stall=False)
+    assert switch_reason(hybrid, "max-iterations", 2, False) == "after-iterations"
+    assert switch_reason(hybrid, "converged", 1, False) is None
+    assert switch_reason(hybrid, "stalled", 1, False) is None
+    on_stall = SwitchPolicy(after_iterations=None, on_stall=True)
+    assert switch_reason(on_stall, "stalled", 5, False) == "precopy-stalled"
+    assert switch_reason(on_stall, "converged", 5, False) is None
+    assert switch_reason(SwitchPolicy(None, False), "max-sent", 3, True) == "requested"
+
+
+# --- the push order ---------------------------------------------------------------------
+def test_linear_push_goes_in_page_order_and_skips_pages_not_pending():
+    pending = np.zeros(20, dtype=bool)
+    pending[[1, 2, 5, 9, 10, 15]] = True
+    order = PushOrder(pending, adaptive=False)
+    assert order.next_push(4).tolist() == [1, 2, 5, 9]
+    assert order.next_push(4).tolist() == [10, 15]
+    assert order.left == 0
+
+
+def test_a_fault_is_served_first_once_and_requests_for_sent_pages_are_dropped():
+    order = PushOrder(np.ones(100, dtype=bool), adaptive=False)
+    assert order.next_push(3).tolist() == [0, 1, 2]
+    assert order.demand([50, 50, 1]).tolist() == [50]  # 1 is on its way already
+    assert order.dropped == 1
+    assert order.demand([50]).tolist() == []
+    rest = np.concatenate([order.next_push(1000)])
+    assert 50 not in rest.tolist() and len(rest) == 96
+    assert order.sends.max() == 1 and order.sends.sum() == 100
+
+
+def test_adaptive_prepaging_bubbles_out_from_the_latest_fault():
+    order = PushOrder(np.ones(1000, dtype=bool), adaptive=True)
+    assert order.demand([500]).tolist() == [500]
+    first = order.next_push(6)
+    assert sorted(first.tolist()) == [497, 498, 499, 501, 502, 503]
+    assert np.all(np.diff(np.abs(first - 500)) >= 0)  # nearest the pivot first
+    order.demand([100])  # a new fault moves the pivot
+    nxt = order.next_push(4)
+    assert sorted(nxt.tolist()) == [98, 99, 101, 102]
+    while order.left:
+        order.next_push(64)
+    assert order.sends.min() == 1 and order.sends.max() == 1  # every page exactly once
+
+
+def test_bubbling_at_the_edges_takes_more_from_the_open_side():
+    order = PushOrder(np.ones(10, dtype=bool), adaptive=True)
+    order.demand([1])
+    assert sorted(order.next_push(4).tolist()) == [0, 2, 3, 4]
+
+
+# --- the fault latency histogram (QEMU 10.1's postcopy-latency-dist) ---------------------
+@pytest.mark.parametrize("us, bucket", [(0.3, 0), (1, 0), (2, 1), (3.9, 1), (4, 2), (256, 8), (511, 8),
+                                        (512, 9), (1e9, BUCKETS - 1)])
+def test_latency_buckets_are_powers_of_two_microseconds(us, bucket):
+    assert latency_bucket(us) == bucket
+
+
+def test_histogram_weights_and_percentiles():
+    h = LatencyHistogram()
+    for us in (100, 300, 300, 5000):
+        h.add(us, 2.0)
+    s = h.summary()
+    assert s["postcopy_latency_dist"][6] == 2 and s["postcopy_latency_dist"][8] == 4
+    assert s["postcopy_latency_dist"][12] == 2 and sum(s["postcopy_latency_dist"]) == 8
+    assert s["p50_us"] == 300
+
+
+# --- the destination's fault handler, without Ray ----------------------------------------
+def test_a_vcpu_waits_for_missing_pages_and_counts_each_fault_once():
+    received = np.ones(64, dtype=np.uint8)
+    received[[3, 7]] = 0
+    rm = RemoteMemory(received, None, 0, dilation=1.0, memory_scale=1.0)
+
+    def arrive():
+        time.sleep(0.02)
+        received[[3, 7]] = 1
+
+    threading.Thread(target=arrive).start()
+    blocked = rm.ensure(np.array([1, 3, 3, 7, 9]))
+    assert blocked >= 0.02
+    assert rm.faults == 2 and rm.page_requests == 2 and rm.requested_twice == 0
+    s = rm.status(1.0)
+    assert sum(s["postcopy_latency_dist"]) == 2 and s["p50_us"] >= 20_000
+    assert rm.ensure(np.array([3, 7])) == 0.0  # present now: no fault
+
+
+def test_at_a_memory_scale_a_fault_stands_for_many_until_the_working_set_is_there():
+    received = np.zeros(8, dtype=np.uint8)
+    rm = RemoteMemory(received, None, 0, dilation=1.0, memory_scale=1 / 64, footprint=8)
+
+    def arrive():
+        time.sleep(0.005)
+        received[0] = 1  # the faulting page
+        time.sleep(0.05)
+        received[:] = 1  # the rest of the working set, pushed
+
+    threading.Thread(target=arrive).start()
+    blocked = rm.ensure(np.array([0]))
+    # Blocked past the page's arrival (the emulated faults it stands for), not 64 latencies.
+    assert 0.05 <= blocked < 0.2
+    assert 1 < rm.emulated_faults <= 64
+
+
+# --- the fault model ---------------------------------------------------------------------
+def test_fault_model_regimes():
+    # Rare faults (r p L << 1): about the writes that land on missing pages.
+    faults, blocked, t = faults_while_missing(rate=10, ws=10_000, missing=10_000, push=10_000, latency=1e-3)
+    assert t == pytest.approx(1.0, rel=0.01)
+    assert faults == pytest.approx(10 * 0.5, rel=0.05) and blocked < 0.01
+    # Blocking faults (r p L >> 1): about one per latency while the working set is missing.
+    faults, blocked, t = faults_while_missing(rate=1e6, ws=10_000, missing=10_000, push=10_000, latency=0.01)
+    assert faults == pytest.approx(t / 0.01, rel=0.1) and blocked == pytest.approx(t, rel=0.05)
+    assert faults_while_missing(0, 100, 100, 100, 0.01)[0] == 0
+
+
+# --- bad input ---------------------------------------------------------------------------
+POSTCOPY = 'technique = "postcopy"'
+
+
+@pytest.mark.parametrize("event, field", [
+    ('[[events]]\non = { vm = "vm", phase = "setup" }\naction = "start-postcopy"\nvm = "vm"', "events[0].on.phase"),
+    ('[[events]]\nat_s = 0.01\naction = "start-postcopy"\nvm = "vm"', "events[0].at_s"),
+])
+def test_a_postcopy_switch_before_any_connection_exists_is_refused(tmp_path, event, field):
+    f = tmp_path / "early.toml"
+    f.write_text(scenario_text(migration=POSTCOPY) + event + "\n")
+    r = subprocess.run([LIVEMIG, "run", str(f), "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{f}: {field}"), r.stderr
+    assert "before any connection exists" in lines[0]
+
+
+def test_start_postcopy_needs_a_postcopy_migration(tmp_path):
+    f = tmp_path / "pre.toml"
+    f.write_text(scenario_text() + '[[events]]\nat_s = 1\naction = "start-postcopy"\nvm = "vm"\n')
+    r = subprocess.run([LIVEMIG, "run", str(f)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and 'technique = "postcopy"' in r.stderr
+
+
+# --- end to end --------------------------------------------------------------------------
+WRITER = '{ kind = "uniform", dirty_pages_per_s = 20000, working_set_gib = 0.125 }'
+
+
+def _run(text: str, tmp_path):
+    from cluster.runner import RunOptions, run_scenario
+    from cluster.scenario import parse_scenario
+    sc = parse_scenario(text, "pc.toml")
+    return sc, run_scenario(sc, RunOptions(out_dir=str(tmp_path)))
+
+
+def test_pure_postcopy_matches_the_predictor(ray_cluster, tmp_path):
+    from cluster.predict import predict
+    text = scenario_text("pure", memory_gib=0.5, workload=WRITER,
+                         migration=POSTCOPY + "\npostcopy_after_iterations = 0\nadaptive_prepaging = false")
+    # In page order the push fills the working set (pages 0 to W) first, at a
+    # known pace; bubbling's pace depends on where the first fault lands.
+    sc, r = _run(text, tmp_path)
+    assert r["status"] == "completed" and r["verified"], r["stop_reason"]
+    pc, want = r["postcopy"], predict(sc)
+    assert pc["switch_reason"] == "pure" and r["iterations"] == 0
+    assert pc["max_sends_per_page"] == 1 and pc["pages_requested_twice"] == 0
+    assert pc["pages_pushed"] + pc["pages_pulled"] == pytest.approx(0.5 * 2**30 / 4096)
+    assert r["total_time_s"] == pytest.approx(want["total_time_s"], rel=0.15)
+    assert pc["faults"] == pytest.approx(want["postcopy"]["faults"], rel=0.15)
+    assert abs(r["downtime_ms"] - want["downtime_ms"]) < 10  # no pages in it: state, one way, Ray's call
+    assert "neither side holds the whole VM" in pc["neither_side_whole"]
+
+
+def test_hybrid_switch_on_request_with_a_guest_that_keeps_writing(ray_cluster, tmp_path):
+    text = scenario_text("hybrid", memory_gib=0.5, workload=WRITER, downtime_ms=5,
+                         migration=POSTCOPY + "\nadaptive_prepaging = false")
+    text += '[[events]]\non = { vm = "vm", phase = "precopy", iteration = 2 }\naction = "start-postcopy"\nvm = "vm"\n'
+    _, r = _run(text, tmp_path)
+    assert r["status"] == "completed" and r["verified"], r["stop_reason"]
+    pc = r["postcopy"]
+    assert pc["switch_reason"] == "requested" and pc["precopy_iterations"] >= 1
+    # The guest wrote during post-copy, faulted, and still every page verified.
+    assert pc["pages_written_on_destination"] > 0 and pc["faults"] > 0
+    assert pc["max_sends_per_page"] == 1 and pc["pages_requested_twice"] == 0
+    assert sum(pc["postcopy_latency_dist"]) == pytest.approx(pc["faults"], abs=len(pc["postcopy_latency_dist"]))
+    assert r["finished_at_s"] - r["started_at_s"] == pytest.approx(r["total_time_s"])

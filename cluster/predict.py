@@ -329,6 +329,6 @@ def predict(scenario: Scenario, path: str = "") -> dict:
             out[k] = sum(v[k] for v in per_vm)
         out["downtime_ms"] = max(v["downtime_ms"] for v in per_vm)
         out["avg_throughput_mbytes_s"] = out["memory_bytes_sent"] / out["total_time_s"] / MIB
-    out["not_modelled"] = sorted({line for v in per_vm for line in v["not_modelled"]})
+    out["not_modelled"] = sorted({line for v in per_vm for line in v.get("not_modelled", [])})
     out["vms"] = per_vm
     return out

@@ -270,6 +270,21 @@ def physical_floors(res: dict, rates: tuple, resume_s: float, dilation: float) -
     return out
 
 
+def _app(m, times: dict, at: dict, samples: list, real, dilation: float, warmup_s: float) -> dict:
+    """The application's figures around one migration (none if it never started)."""
+    if times["started_at_s"] is None:
+        return {}
+    app = app_figures(samples, real(times["started_at_s"]), real(at.get("vm-stopped")), real(at.get("vm-started")),
+                      dilation, warmup_s, m.guest_resumed_at)
+    limit = getattr(m.plan.vm.workload, "max_downtime_ms", None)
+    if limit is not None:
+        # An application that breaks on a long pause (the ERP of Svärd et al.):
+        # it does not respond after a downtime beyond its limit.
+        app |= {"max_downtime_ms": limit,
+                "survived": m.status == "completed" and times["downtime_s"] * 1000 <= limit}
+    return app
+
+
 def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until: float | None = None) -> dict:
     """One migration's figures (result.json's `vms[]` entry). `until`: real time at
     which the VM's next migration started; its application figures stop there."""
@@ -284,16 +299,7 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until:
     downtime_bytes = sum(r.get("bytes", 0.0) for r in events if r["event"] in ("last-page-sent", "device-state-sent"))
     real = lambda t: None if t is None else tl.t0 + t * scale.dilation  # noqa: E731
     at = {ev["event"]: ev["t"] for ev in events}
-    mine = [s for s in samples if until is None or s[0] <= until]
-    app = {} if times["started_at_s"] is None else app_figures(
-        mine, real(times["started_at_s"]), real(at.get("vm-stopped")), real(at.get("vm-started")),
-        scale.dilation, warmup_s, m.guest_resumed_at)
-    limit = getattr(m.plan.vm.workload, "max_downtime_ms", None)
-    if limit is not None:
-        # An application that breaks on a long pause (the ERP of Svärd et al.):
-        # it does not respond after a downtime beyond its limit.
-        app |= {"max_downtime_ms": limit,
-                "survived": m.status == "completed" and times["downtime_s"] * 1000 <= limit}
+    app = _app(m, times, at, [s for s in samples if until is None or s[0] <= until], real, scale.dilation, warmup_s)
     cpu = _cpu(sl, m, total)
     out = {
         "vm": m.vm, "migration": m.index, "technique": m.plan.technique,

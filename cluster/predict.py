@@ -157,20 +157,8 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan, precopy_only: bool 
     policy = StopPolicy(mig.downtime_limit_ms / 1000, mig.max_iterations, mig.stall_iterations,
                         mig.max_sent_ratio * vm.memory_gib * GIB)
     one_way = _links(scenario, mp)[0].rtt_ms / 2000
-    if mig.strategy == "time-sliced":
-        # An I/O-bound guest gets only part of the I/O thread: it runs (and
-        # dirties) that much slower; writes are a Poisson process, so slower
-        # writing for t is the same as writing for a shorter time.
-        slow = 1.0 - mig.io_thread_taken if vm.io_bound else 1.0
-        todo, sent, elapsed, count, reason, log = _time_sliced(vm, mig, policy, mem_pages, pages_per_s,
-                                                               bytes_per_page, sync_s, slow)
-    else:
-        throttled = throttled_iterations(mig)  # convergence control: cluster/predict_convergence.py
-        if throttled:
-            todo, sent, elapsed, count, reason, log = throttled(vm, policy, mem_pages, first, dirty, sync_s)
-        else:
-            todo, sent, elapsed, count, reason, log = _image_oriented(vm, policy, mem_pages, first, dirty, sync_s,
-                                                                      mig.stop_rule)
+    todo, sent, elapsed, count, reason, log = _iterate(mp, policy, mem_pages, first, dirty, sync_s)
+    if mig.strategy != "time-sliced":
         bytes_per_page, pages_per_s = dirty
     # The stop-and-copy at its own rate (the link's, unless the cap still applies).
     switch_pps = min(switch_rate / bytes_per_page, cpu_pages_per_s(scenario, 0.0, mp))
@@ -211,6 +199,22 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan, precopy_only: bool 
         "iteration_log": log,
         "convergence": convergence_summary(mig, log),
     } | _compression_prediction(mig, by_pass, total) | {"not_modelled": predict_codec.limits(scenario, mp)}
+
+
+def _iterate(mp: MigrationPlan, policy: StopPolicy, mem_pages: float, first, dirty, sync_s: float):
+    """The pre-copy iterations of the migration's strategy: (left for stop-and-copy,
+    sent, elapsed, iterations, reason, log)."""
+    vm, mig = mp.vm, mp.options
+    if mig.strategy == "time-sliced":
+        # An I/O-bound guest gets only part of the I/O thread: it runs (and
+        # dirties) that much slower; writes are a Poisson process, so slower
+        # writing for t is the same as writing for a shorter time.
+        slow = 1.0 - mig.io_thread_taken if vm.io_bound else 1.0
+        return _time_sliced(vm, mig, policy, mem_pages, first[1], first[0], sync_s, slow)
+    throttled = throttled_iterations(mig)  # convergence control: cluster/predict_convergence.py
+    if throttled:
+        return throttled(vm, policy, mem_pages, first, dirty, sync_s)
+    return _image_oriented(vm, policy, mem_pages, first, dirty, sync_s, mig.stop_rule)
 
 
 def _pass_rates(scenario: Scenario, mp: MigrationPlan, zero: float, wire_rate: float, dirty: bool = False,

@@ -9,6 +9,7 @@ run created.
 """
 from __future__ import annotations
 
+import datetime
 import time
 from pathlib import Path
 
@@ -36,10 +37,12 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
         Path(opts.out_dir).mkdir(parents=True, exist_ok=True)
         path = Path(opts.out_dir) / "timeline.jsonl"
     wall0 = time.monotonic()
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     timeline = Timeline(wall0, scale.dilation, path, [metrics.observe] if metrics else [])
     try:
         with Cluster(scenario, scale, opts) as cl:
             t_ray = time.monotonic() - wall0
+            run_id = cl.run_id
             sl = build_slice(cl, scenario, scale, opts)
             setup_s = time.monotonic() - wall0
             orchestrator = Orchestrator(sl, timeline, opts)
@@ -63,11 +66,23 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
         if metrics:
             metrics.close()
     out = collect.combine(scenario, scenario_path, per_vm, scale, wall, final_hosts)
+    out["run"] = _provenance(run_id, started)
+    out["scenario_as_loaded"] = scenario.model_dump(mode="json", by_alias=True)
     out["timeline"] = {"file": "timeline.jsonl" if path else None, "records": len(timeline.records),
                        "interval_s": opts.interval_s}
     if colocated:
         out["colocated"] = colocated
     return out
+
+
+def _provenance(run_id: str, started: str) -> dict:
+    """What made this result: livemig's version, the run's id, when it started (UTC)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        v = version("livemig")
+    except PackageNotFoundError:
+        v = "unknown"
+    return {"livemig_version": v, "run_id": run_id, "started_at": started}
 
 
 def _colocated(sl, migs, guest_data, scale) -> dict:

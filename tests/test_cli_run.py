@@ -38,7 +38,22 @@ def test_quickstart_completes_and_verifies(tmp_path):
     assert busy["memory_bytes_sent"] > idle["memory_bytes_sent"]
     assert busy["downtime_bytes_sent"] > idle["downtime_bytes_sent"]
     assert r["emulation"]["memory_scale"] == pytest.approx(1 / 64)
+    # Self-describing: what made it, and the scenario with its defaults filled in.
+    assert r["run"]["livemig_version"] and r["run"]["run_id"].startswith(f"{p.pid}_")
+    assert r["scenario_as_loaded"]["migration"]["downtime_limit_ms"] == 300
+    assert (tmp_path / "timeline.jsonl").stat().st_size > 0
     assert not _leftover_shm(p.pid), "shared memory left behind"
+
+
+def test_version_and_schema():
+    v = _livemig("--version")
+    assert v.returncode == 0 and v.stdout.startswith("livemig ")
+    s = _livemig("schema")
+    schema = json.loads(s.stdout)
+    assert {"hosts", "vms", "migration", "migrations", "events"} <= set(schema["properties"])
+    # The migration options come from the techniques' declarations.
+    options = schema["$defs"]["Migration"]["properties"]
+    assert options["downtime_limit_ms"]["default"] == 300 and "consumers" in options
 
 
 def test_corrupted_page_in_transit_fails_verification(tmp_path):

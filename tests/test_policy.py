@@ -3,6 +3,7 @@ steps, the completion and progress timeouts and their actions, the hard
 maximum downtime; then small pre-copy runs in one process (no Ray) built to
 trigger each decision, and the scenario's side (an unknown preset).
 """
+# ruff: noqa: F811  (the `guests` fixture is test_precopy's, imported)
 from __future__ import annotations
 
 import subprocess
@@ -12,11 +13,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from agents.techniques.policy import GIB, PRESETS, Policy, PolicySettings, downtime_schedule, settings_from_options
+from agents.techniques.policy import (
+    GIB,
+    PRESETS,
+    SETTING_NAMES,
+    Policy,
+    PolicySettings,
+    downtime_schedule,
+    settings_from_options,
+)
 from agents.techniques.postcopy import SwitchPolicy, switch_reason
 from cluster.scenario import ScenarioError, parse_scenario
 from tests.test_precopy import NPAGES, PAGE, CopySink, guests, migration, uniform  # noqa: F401
-from tests.test_scenario import BASE, LIVEMIG, edit
+from tests.test_scenario import LIVEMIG, edit
 
 MB = 1e6
 
@@ -72,7 +81,7 @@ def test_hard_maximum_refuses_a_long_stop_and_copy_or_cancels():
     s = PolicySettings(hard_max_downtime_ms=100, completion_timeout_s_per_gib=10, timeout_action="force")
     p = Policy(s, GIB, 0.3)
     assert p.decide(1, 50e6, 1e9, "max-iterations").action == "go-on"  # 50 ms: allowed
-    assert p.decide(1, 500e6, 1e9, "max-iterations") .action == "refuse-switchover"
+    assert p.decide(1, 500e6, 1e9, "max-iterations").action == "refuse-switchover"
     d = p.decide(11, 500e6, 1e9, None)  # the timeout's force would pause for 500 ms: the fallback
     assert d.action == "cancel" and "hard_max_downtime_ms" in d.reason
     assert Policy(s, GIB, 0.3, postcopy=True).decide(11, 500e6, 1e9, None).action == "force"  # post-copy: short pause
@@ -81,11 +90,7 @@ def test_hard_maximum_refuses_a_long_stop_and_copy_or_cancels():
 
 
 def test_options_name_a_preset_and_replace_its_numbers():
-    def opts(**kw):
-        base = dict(policy="none", completion_timeout_s_per_gib=None, timeout_action=None, progress_timeout_s=None,
-                    downtime_max_ms=None, downtime_steps=None, downtime_delay_s_per_gib=None,
-                    hard_max_downtime_ms=None)
-        return SimpleNamespace(**(base | kw))
+    opts = _opts
     assert settings_from_options(opts()) is None
     s = settings_from_options(opts(policy="nova", timeout_action="force", downtime_max_ms=100))
     assert (s.completion_timeout_s_per_gib, s.timeout_action, s.downtime_max_ms, s.min_gib) == (800, "force", 100, 2)
@@ -111,7 +116,7 @@ def test_an_unknown_preset_is_one_line(tmp_path):
     assert len(info.value.lines) == 1 and "migration.policy" in info.value.lines[0]
     bad = tmp_path / "bad.toml"
     bad.write_text(edit("downtime_limit_ms = 300", 'downtime_limit_ms = 300\npolicy = "vmware"'))
-    r = subprocess.run([str(LIVEMIG), "validate", str(bad)], capture_output=True, text=True)
+    r = subprocess.run([str(LIVEMIG), "validate", str(bad)], capture_output=True, text=True, check=False)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "policy" in r.stderr and "nova" in r.stderr and "Traceback" not in r.stderr
 
@@ -120,9 +125,7 @@ def test_an_unknown_preset_is_one_line(tmp_path):
 
 
 def _opts(**kw):
-    base = dict(policy="none", completion_timeout_s_per_gib=None, timeout_action=None, progress_timeout_s=None,
-                downtime_max_ms=None, downtime_steps=None, downtime_delay_s_per_gib=None, hard_max_downtime_ms=None)
-    return SimpleNamespace(**(base | kw))
+    return SimpleNamespace(**({name: None for name in SETTING_NAMES} | {"policy": "none"} | kw))
 
 
 def _run(guests, opts, rate=20_000, ws=NPAGES, link=50 * MB, **kw):
@@ -142,7 +145,7 @@ def _still_running(g):
     return g.ops > ops
 
 
-FOREVER = dict(max_it=100_000, stall=100_000, max_sent_ratio=10_000.0)
+FOREVER = {"max_it": 100_000, "stall": 100_000, "max_sent_ratio": 10_000.0}
 
 
 def test_nova_completion_timeout_cancels(guests):
@@ -191,7 +194,27 @@ def test_hard_maximum_refuses_the_stop_and_copy_then_the_timeout_cancels(guests)
 
 
 def test_hard_maximum_without_a_timeout_falls_back_to_cancel(guests):
-    g, _, r, decisions = _run(guests, _opts(hard_max_downtime_ms=1), limit_s=0.001, max_it=3, stall=100_000,
+    _, _, r, decisions = _run(guests, _opts(hard_max_downtime_ms=1), limit_s=0.001, max_it=3, stall=100_000,
                               max_sent_ratio=10_000.0)
     assert r.status == "cancelled" and r.iteration_count == 3
     assert decisions[0][0] == "cancel" and "max-iterations" in decisions[0][1]
+
+
+# --- one run through Ray: a forced completion switches a hybrid to post-copy ----------------
+
+
+def test_nova_force_switches_a_hybrid_to_postcopy_and_the_result_names_it(ray_cluster, tmp_path):
+    from cluster.runner import RunOptions, run_scenario
+    from tests.conftest import scenario_text
+    text = scenario_text("force", memory_gib=0.5, downtime_ms=5,
+                         workload='{ kind = "uniform", dirty_pages_per_s = 20000, working_set_gib = 0.125 }',
+                         migration='technique = "postcopy"\nadaptive_prepaging = false\npolicy = "nova-force"\n'
+                                   'completion_timeout_s_per_gib = 1\ndowntime_max_ms = 10\n'
+                                   'stall_iterations = 1000\nmax_iterations = 1000')
+    r = run_scenario(parse_scenario(text, "force.toml"), RunOptions(out_dir=str(tmp_path)))
+    assert r["status"] == "completed" and r["verified"], r["stop_reason"]
+    assert r["postcopy"]["switch_reason"] == "policy-force"
+    forced = [d for d in r["policy"] if d["decision"] == "force"]
+    assert len(forced) == 1 and forced[0]["reason"] == "completion-timeout"
+    assert forced[0]["elapsed_s"] > 2  # 1 s/GiB over Nova's 2 GiB floor
+    assert r["policy"][0] == r["policy"][0] | {"decision": "downtime-limit", "downtime_limit_ms": 1}

@@ -40,6 +40,13 @@ Convergence control (auto-converge, dirty-limit, SDPS) lives in
 agents/techniques/convergence.py; this module only calls its `Governor` at
 each dirty-log sync, lets it keep pre-copy going past a stop other than
 convergence while it can still slow the guest, and lifts its throttle at the end.
+
+A management-layer policy (agents/techniques/policy.py: Nova's or
+KubeVirt's timeouts, Nova's downtime steps, a hard maximum downtime) is
+asked at each stop-rule check, after the stop rule and convergence control
+(`_stop_check`): it may raise the downtime limit, cancel, force the
+switch-over ("policy-force": post-copy where the technique has it) or refuse
+a stop-and-copy; each decision is a `policy` event.
 """
 from __future__ import annotations
 
@@ -118,7 +125,7 @@ class PrecopyMigration:
     Events recorded in the context (QEMU's names where one fits): `setup`,
     `iteration` (its number, dirty-sync-count, transferred so far, remaining,
     dirty-pages-rate, expected-downtime, and its own bytes), `stop` (the stop
-    rule's reason), `rate-limit` (the cap set or lifted),
+    rule's reason), `rate-limit` (the cap set or lifted), `policy` (a management policy's decision),
     then the downtime checkpoints `vm-stopped`, `last-page-sent`,
     `device-state-sent`, `destination-loaded`, `vm-started`; or `cancelled`.
     """

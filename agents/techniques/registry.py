@@ -14,8 +14,16 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from agents.techniques.options import (COMMON, COMPRESSION, CONVERGENCE, PIPELINE, POLICY, POSTCOPY, PRECOPY,
-                                      Option)
+from agents.techniques.options import (
+    COMMON,
+    COMPRESSION,
+    CONVERGENCE,
+    PIPELINE,
+    POLICY,
+    POSTCOPY,
+    PRECOPY,
+    Option,
+)
 
 
 @dataclass(frozen=True)

@@ -285,6 +285,13 @@ def _app(m, times: dict, at: dict, samples: list, real, dilation: float, warmup_
     return app
 
 
+def policy_decisions(events: list[dict]) -> list[dict]:
+    """The management policy's decisions (agents/techniques/policy.py), in timeline order."""
+    return [{"t_s": ev["t"], "decision": ev["decision"], "reason": ev.get("reason", ""),
+             "elapsed_s": ev.get("elapsed_s"), "downtime_limit_ms": ev.get("downtime_limit_ms")}
+            for ev in events if ev["event"] == "policy"]
+
+
 def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until: float | None = None) -> dict:
     """One migration's figures (result.json's `vms[]` entry). `until`: real time at
     which the VM's next migration started; its application figures stop there."""
@@ -327,6 +334,7 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until:
                           for r in iterations if m.plan.options.strategy != "time-sliced"],
         "links": _links(sl, m, total),
         **({"postcopy": pc} if (pc := postcopy_figures(m.report, m.remote_faults, scale.memory_scale)) else {}),
+        **({"policy": pol} if (pol := policy_decisions(events)) else {}),
         "pipeline": {"consumers": o.consumers, "address_space_lock": o.address_space_lock,
                      "cpu_profile": sl.scenario.cpu.profile, "strategy": o.strategy,
                      "memory_pool_high_water_bytes": m.final.get("pool_high_water_bytes", 0) / scale.memory_scale,

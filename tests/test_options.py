@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agents.techniques import registry
-from agents.techniques.options import COMMON, COMPRESSION, CONVERGENCE, PIPELINE, PRECOPY, Option
+from agents.techniques.options import COMMON, COMPRESSION, CONVERGENCE, PIPELINE, POLICY, PRECOPY, Option
 from cluster.scenario import Migration, parse_scenario
 from tests.conftest import ROOT
 from tests.test_scenario import BASE, LINE, one_problem
@@ -35,7 +35,7 @@ BOUNDED = [o for o in PRECOPY_SPEC.options if o.choices or o.bounds()]
 
 
 def test_precopy_declares_todays_groups():
-    assert PRECOPY_SPEC.options == COMMON + PRECOPY + PIPELINE + COMPRESSION + CONVERGENCE
+    assert PRECOPY_SPEC.options == COMMON + PRECOPY + PIPELINE + COMPRESSION + CONVERGENCE + POLICY
     assert [o.name for o in COMMON] == ["downtime_limit_ms", "bandwidth_cap_gbps", "switchover_bandwidth",
                                         "device_state_kib", "batch_pages", "setup_ms", "resume_ms"]
     assert PRECOPY_SPEC.factory == "agents.techniques.precopy:PrecopyMigration"

@@ -185,3 +185,30 @@ POSTCOPY: tuple[Option, ...] = (
     Option("adaptive_prepaging", True, "", "Push the remaining pages outward from the most recent fault "
            "(Hines' bubbling around a pivot) instead of in page order", bool),
 )
+
+# Policies of the management layer (agents/techniques/policy.py): a preset a
+# scenario names, and the settings that replace its numbers. Flat options,
+# as every other group: the schema, the per-migration overrides and
+# `livemig techniques` are generated from flat declarations.
+POLICY: tuple[Option, ...] = (
+    Option("policy", "none", "", "Management-layer policy preset: nova (OpenStack Nova's libvirt defaults), "
+           "nova-force (the same, force_complete on timeout), kubevirt (KubeVirt's defaults), none; the settings "
+           "below replace a preset's numbers", str, choices=("none", "nova", "nova-force", "kubevirt")),
+    Option("completion_timeout_s_per_gib", None, "s/GiB", "Give up pre-copy after this many seconds per GiB of "
+           "memory (Nova's live_migration_completion_timeout; 0: none)", float, ge=0, le=1e6, optional=True),
+    Option("timeout_action", None, "", "What a timeout does: cancel (the VM stays on its source) or force "
+           "(post-copy where the technique has it, else stop-and-copy now); Nova's live_migration_timeout_action",
+           str, choices=("cancel", "force"), optional=True),
+    Option("progress_timeout_s", None, "s", "Time out when the remaining bytes reached no new low for this long "
+           "(Nova's deprecated live_migration_progress_timeout, KubeVirt's progressTimeout; 0: none)", float, ge=0,
+           le=1e6, optional=True),
+    Option("downtime_max_ms", None, "ms", "Downtime limit reached in steps, replacing downtime_limit_ms "
+           "(Nova's live_migration_downtime)", float, gt=0, le=3_600_000, optional=True),
+    Option("downtime_steps", None, "", "Steps to reach downtime_max_ms (Nova's live_migration_downtime_steps)",
+           int, ge=1, le=1000, optional=True),
+    Option("downtime_delay_s_per_gib", None, "s/GiB", "Time between downtime steps, per GiB of memory "
+           "(Nova's live_migration_downtime_delay)", float, ge=0, le=1e6, optional=True),
+    Option("hard_max_downtime_ms", None, "ms", "A stop-and-copy expected to pause the VM longer is refused: "
+           "pre-copy goes on until a timeout, else the migration is cancelled", float, gt=0, le=3_600_000,
+           optional=True),
+)

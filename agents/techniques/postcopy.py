@@ -55,6 +55,8 @@ def switch_reason(policy: SwitchPolicy, stop_reason: str, iterations: int, reque
     `iterations` rounds), or None to finish with an ordinary stop-and-copy."""
     if requested:
         return "requested"
+    if stop_reason == "policy-force":
+        return "policy-force"  # a management policy's timeout with force (Nova's force_complete)
     if stop_reason == "converged":
         return None  # pre-copy finished the job within the downtime limit: nothing to gain
     if policy.after_iterations is not None and iterations >= policy.after_iterations:
@@ -206,7 +208,8 @@ class PostcopyMigration(PrecopyMigration):
         rounds = o.max_iterations if not after else min(after, o.max_iterations)
         policy = StopPolicy(o.downtime_limit_ms / 1000, rounds, o.stall_iterations, o.max_sent_ratio * memory_bytes)
         return cls(ctx, policy, SwitchPolicy(after, o.postcopy_on_stall), o.adaptive_prepaging,
-                   state_bytes=o.device_state_kib * 1024, setup_s=o.setup_ms / 1000, resume_s=o.resume_ms / 1000)
+                   state_bytes=o.device_state_kib * 1024, setup_s=o.setup_ms / 1000,
+                   resume_s=o.resume_ms / 1000)._with_policy(o)
 
     # --- control ------------------------------------------------------------------
     def abort(self, status: str = "cancelled", reason: str = "cancelled") -> None:

@@ -40,11 +40,18 @@ Convergence control (auto-converge, dirty-limit, SDPS) lives in
 agents/techniques/convergence.py; this module only calls its `Governor` at
 each dirty-log sync, lets it keep pre-copy going past a stop other than
 convergence while it can still slow the guest, and lifts its throttle at the end.
+
+A management-layer policy (agents/techniques/policy.py: Nova's or
+KubeVirt's timeouts, Nova's downtime steps, a hard maximum downtime) is
+asked at each stop-rule check, after the stop rule and convergence control
+(`_stop_check`): it may raise the downtime limit, cancel, force the
+switch-over ("policy-force": post-copy where the technique has it) or refuse
+a stop-and-copy; each decision is a `policy` event.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -52,6 +59,7 @@ import numpy as np
 from agents.datapath.clock import sleep_until
 from agents.techniques.base import MigrationContext
 from agents.techniques.convergence import Governor, SyncPeriod, policy_from_options
+from agents.techniques.policy import Policy, settings_from_options
 
 GIB = 1 << 30
 WINDOW_S = 0.1  # QEMU's BUFFER_DELAY: how often the qemu stop rule looks (emulated seconds)
@@ -117,7 +125,7 @@ class PrecopyMigration:
     Events recorded in the context (QEMU's names where one fits): `setup`,
     `iteration` (its number, dirty-sync-count, transferred so far, remaining,
     dirty-pages-rate, expected-downtime, and its own bytes), `stop` (the stop
-    rule's reason), `rate-limit` (the cap set or lifted),
+    rule's reason), `rate-limit` (the cap set or lifted), `policy` (a management policy's decision),
     then the downtime checkpoints `vm-stopped`, `last-page-sent`,
     `device-state-sent`, `destination-loaded`, `vm-started`; or `cancelled`.
     """
@@ -156,6 +164,8 @@ class PrecopyMigration:
         # `convergence`: a policy of agents/techniques/convergence.py, or None.
         self.governor = Governor(convergence, ctx.guest, ctx.record) if convergence else None
         self._sync_at = (0.0, 0.0)  # real time and bytes sent (emulated) at the last sync
+        self.mgmt: Policy | None = None  # the management layer's policy (agents/techniques/policy.py)
+        self._policy_said: set = set()
 
     # --- the technique interface ------------------------------------------
     @classmethod
@@ -171,7 +181,16 @@ class PrecopyMigration:
         cap = o.bandwidth_cap_gbps * 1e9 / 8 if o.bandwidth_cap_gbps else None
         return cls(ctx, policy, o.device_state_kib * 1024, o.setup_ms / 1000, o.strategy, o.slice_mib * 2**20,
                    o.resume_ms / 1000, o.io_thread_taken, getattr(o, "stop_rule", "pass"), cap,
-                   getattr(o, "switchover_bandwidth", "link"), policy_from_options(o))
+                   getattr(o, "switchover_bandwidth", "link"), policy_from_options(o))._with_policy(o)
+
+    def _with_policy(self, o) -> "PrecopyMigration":
+        """Attach the management policy the options name (`policy` and its settings), if any."""
+        settings = settings_from_options(o)
+        if settings is not None:
+            memory_bytes = len(self.image) * 4096 / self.scale
+            self.mgmt = Policy(settings, memory_bytes, self.policy.downtime_limit_s, postcopy=self.name == "postcopy")
+            self.policy = replace(self.policy, downtime_limit_s=self.mgmt.downtime_limit_s(0.0))
+        return self
 
     def abort(self, status: str = "cancelled", reason: str = "cancelled") -> None:
         self._abort_as = (status, reason)
@@ -226,6 +245,43 @@ class PrecopyMigration:
     def _converging(self, why: str | None) -> bool:
         """True when the governor keeps pre-copy going past the stop rule's `why`."""
         return self.governor is not None and self.governor.overrides(why, self.dirty_syncs)
+
+    # --- the management policy (agents/techniques/policy.py) ----------------------------
+    def _stop_check(self, iteration: int, remaining: float, bandwidth: float, history: list[float],
+                    stall: bool = True) -> str | None:
+        """Why pre-copy stops now, or None: the stop rule, then convergence control, then the
+        policy, which may change the downtime limit, cancel (abort_requested is then set),
+        force a switch ("policy-force") or refuse a stop-and-copy."""
+        elapsed = self._emu(time.monotonic() - self.result.started_at)
+        if self.mgmt is not None:
+            self._policy_limit(elapsed)
+        rule = self.policy if stall else replace(self.policy, stall_iterations=1 << 30)
+        why = stop_reason(rule, iteration, remaining, bandwidth, history, self.result.memory_bytes_sent)
+        why = None if self._converging(why) else why
+        if self.mgmt is None:
+            return why
+        d = self.mgmt.decide(elapsed, remaining, bandwidth, why)
+        if d.action == "go-on":
+            return why
+        if (d.action, d.reason) not in self._policy_said:
+            self._policy_said.add((d.action, d.reason))
+            self.ctx.record("policy", decision=d.action, reason=d.reason, elapsed_s=elapsed, remaining=remaining,
+                            downtime_limit_ms=self.policy.downtime_limit_s * 1000)
+        if d.action == "cancel":
+            self.abort("cancelled", f"policy: {d.reason}")
+            return None
+        return "policy-force" if d.action == "force" else None
+
+    def _policy_limit(self, elapsed: float) -> None:
+        """Apply the downtime limit of the policy's step under way."""
+        limit = self.mgmt.downtime_limit_s(elapsed)
+        if limit == self.policy.downtime_limit_s and not self.mgmt.schedule():
+            return
+        if ("limit", limit) not in self._policy_said:
+            self._policy_said.add(("limit", limit))
+            self.policy = replace(self.policy, downtime_limit_s=limit)
+            self.ctx.record("policy", decision="downtime-limit", reason="downtime step", elapsed_s=elapsed,
+                            downtime_limit_ms=limit * 1000)
 
     def _convergence_stop(self) -> None:
         if self.governor is not None:
@@ -288,8 +344,9 @@ class PrecopyMigration:
             remaining = len(todo) * page_bytes
             self.remaining_bytes = remaining
             if r.iterations:
-                why = stop_reason(self.policy, len(r.iterations), remaining, bandwidth, history, r.memory_bytes_sent)
-                why = None if self._converging(why) else why
+                why = self._stop_check(len(r.iterations), remaining, bandwidth, history)
+                if self.abort_requested:
+                    return None
                 if why:
                     r.stop_reason = why
                     self.ctx.record("stop", reason=why)
@@ -331,8 +388,9 @@ class PrecopyMigration:
             remaining = len(todo) * page_bytes
             self.remaining_bytes = remaining
             if r.iterations:
-                why = stop_reason(self.policy, len(r.iterations), remaining, bandwidth, history, r.memory_bytes_sent)
-                why = None if self._converging(why) else why
+                why = self._stop_check(len(r.iterations), remaining, bandwidth, history)
+                if self.abort_requested:
+                    return None
                 if why:
                     r.stop_reason = why
                     self.ctx.record("stop", reason=why)
@@ -401,8 +459,6 @@ class PrecopyMigration:
         page_bytes = 4096 / self.scale
         slice_wire = self.slice_pages * 4096
         self._enter("precopy", 1)
-        no_stall = StopPolicy(self.policy.downtime_limit_s, self.policy.max_iterations, 1 << 30,
-                              self.policy.max_sent_bytes)
         while True:
             if self.abort_requested:
                 return None
@@ -430,8 +486,9 @@ class PrecopyMigration:
             remaining = int(np.count_nonzero(pending)) * page_bytes
             self.remaining_bytes = remaining
             self._iteration_done(r.iteration_count, int(round(sent_pages / self.scale)), wire_emu, dt, remaining)
-            why = stop_reason(no_stall, r.iteration_count, remaining, bandwidth, [], r.memory_bytes_sent)
-            why = None if self._converging(why) else why
+            why = self._stop_check(r.iteration_count, remaining, bandwidth, [], stall=False)
+            if self.abort_requested:
+                return None
             if why:
                 r.stop_reason = why
                 self.ctx.record("stop", reason=why)

@@ -14,7 +14,16 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from agents.techniques.options import COMMON, COMPRESSION, CONVERGENCE, PIPELINE, POSTCOPY, PRECOPY, Option
+from agents.techniques.options import (
+    COMMON,
+    COMPRESSION,
+    CONVERGENCE,
+    PIPELINE,
+    POLICY,
+    POSTCOPY,
+    PRECOPY,
+    Option,
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ _BUILTIN = (
         name="precopy",
         summary="Iterative pre-copy, image-oriented or time-sliced, with PMigrate's parallel pipeline "
                 "when consumers > 1 and convergence control (auto-converge, dirty-limit, SDPS)",
-        options=COMMON + PRECOPY + PIPELINE + COMPRESSION + CONVERGENCE,
+        options=COMMON + PRECOPY + PIPELINE + COMPRESSION + CONVERGENCE + POLICY,
         factory="agents.techniques.precopy:PrecopyMigration",
     ),
     TechniqueSpec(
@@ -88,7 +97,7 @@ _BUILTIN = (
         summary="Post-copy (QEMU's postcopy-ram), pure or after pre-copy rounds: the guest resumes on the "
                 "destination at once, faults pull missing pages over the return path while the rest is "
                 "pushed, with adaptive pre-paging (Hines and Gopalan)",
-        options=COMMON + PRECOPY + PIPELINE + POSTCOPY,
+        options=COMMON + PRECOPY + PIPELINE + POSTCOPY + POLICY,
         factory="agents.techniques.postcopy:PostcopyMigration",
     ),
 )

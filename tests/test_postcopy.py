@@ -189,7 +189,9 @@ def test_pure_postcopy_matches_the_predictor(ray_cluster, tmp_path):
     # A real fault stands for 1/memory_scale emulated ones, and a run has only a
     # handful: the count moves in steps (16.6 predicted, 19.5 and 17 measured).
     assert pc["faults"] == pytest.approx(want["postcopy"]["faults"], rel=0.35)
-    assert abs(r["downtime_ms"] - want["downtime_ms"]) < 10  # no pages in it: state, one way, Ray's call
+    # No pages in it: the state, one way, and the Ray call that resumes the guest on the
+    # destination (3-12 ms here, which the model leaves out).
+    assert 0 < r["downtime_ms"] - want["downtime_ms"] < 25
     assert "neither side holds the whole VM" in pc["neither_side_whole"]
 
 

@@ -62,6 +62,7 @@ from agents.techniques.convergence import Governor, SyncPeriod, policy_from_opti
 from agents.techniques.policy import Policy, settings_from_options
 
 GIB = 1 << 30
+_ABORTED = object()  # _before_pass: the migration was cancelled or aborted
 WINDOW_S = 0.1  # QEMU's BUFFER_DELAY: how often the qemu stop rule looks (emulated seconds)
 
 
@@ -339,22 +340,9 @@ class PrecopyMigration:
         bandwidth = 0.0
         page_bytes = 4096 / self.scale
         while True:
-            if self.abort_requested:
-                return None
-            remaining = len(todo) * page_bytes
-            self.remaining_bytes = remaining
-            if r.iterations:
-                why = self._stop_check(len(r.iterations), remaining, bandwidth, history)
-                if self.abort_requested:
-                    return None
-                if why:
-                    r.stop_reason = why
-                    self.ctx.record("stop", reason=why)
-                    return todo
-            history.append(remaining)
-            self._enter("precopy", len(r.iterations) + 1)
-            if self.abort_requested:
-                return None
+            gate = self._before_pass(todo, bandwidth, history)
+            if gate is not None:
+                return None if gate is _ABORTED else todo
             t_it = time.monotonic()
             self._pass_pages, self._pass_started_at = len(todo), getattr(self.sink, "pages_sent", 0)
             # The first pass is QEMU's first round: no XBZRLE yet.
@@ -372,6 +360,26 @@ class PrecopyMigration:
             todo = self._harvest()
             self._iteration_done(r.iteration_count, r.iterations[-1].dirty_pages, wire_emu, dt, len(todo) * page_bytes)
 
+    def _before_pass(self, todo: np.ndarray, bandwidth: float, history: list[float]):
+        """Checked before every pass over `todo`: _ABORTED, the stop rule's
+        reason (stop-and-copy next), or None (run the pass)."""
+        r = self.result
+        if self.abort_requested:
+            return _ABORTED
+        remaining = len(todo) * 4096 / self.scale
+        self.remaining_bytes = remaining
+        if r.iterations:
+            why = self._stop_check(len(r.iterations), remaining, bandwidth, history)
+            if self.abort_requested:
+                return _ABORTED
+            if why:
+                r.stop_reason = why
+                self.ctx.record("stop", reason=why)
+                return why
+        history.append(remaining)
+        self._enter("precopy", len(r.iterations) + 1)
+        return _ABORTED if self.abort_requested else None
+
     def _qemu_rule(self) -> np.ndarray | None:
         """QEMU's iterations: windows of ~100 ms, a mid-pass sync once the rest
         of the pass fits in the threshold; returns what is left for
@@ -383,20 +391,9 @@ class PrecopyMigration:
         cursor, started = 0, False
         bandwidth = 0.0  # emulated bytes/s of the last window
         while True:
-            if self.abort_requested:
-                return None
-            remaining = len(todo) * page_bytes
-            self.remaining_bytes = remaining
-            if r.iterations:
-                why = self._stop_check(len(r.iterations), remaining, bandwidth, history)
-                if self.abort_requested:
-                    return None
-                if why:
-                    r.stop_reason = why
-                    self.ctx.record("stop", reason=why)
-                    return todo
-            history.append(remaining)
-            self._enter("precopy", len(r.iterations) + 1)
+            gate = self._before_pass(todo, bandwidth, history)
+            if gate is not None:
+                return None if gate is _ABORTED else todo
             t_it = time.monotonic()
             # The walk goes on from the cursor and wraps; XBZRLE starts at the first wrap.
             first = int(np.searchsorted(todo, cursor))

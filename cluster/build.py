@@ -56,9 +56,10 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
 def _sweep_socket_dirs() -> None:
     """Remove socket directories of runs whose driver is gone (killed before its tear-down)."""
     import glob
+
+    from agents.datapath.shm import driver_gone
     for d in glob.glob("/tmp/livemig-*_*-*"):
-        pid = os.path.basename(d)[len("livemig-"):].split("_", 1)[0]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+        if driver_gone(d):
             shutil.rmtree(d, ignore_errors=True)
 
 

@@ -25,9 +25,6 @@ import math
 from pathlib import Path
 from typing import Callable
 
-ENCODINGS = ("normal", "zero", "encoded")
-
-
 class Timeline:
     def __init__(self, t0_real: float, dilation: float, path: Path | None = None,
                  listeners: list[Callable[[dict], None]] | None = None) -> None:

@@ -84,7 +84,6 @@ class SourcePipeline:
         self.task_pages = task_pages
         self.consumers = consumers
         self.tasks: queue.Queue[_Task | None] = queue.Queue()
-        self.pages_sent = 0  # real pages handed to the wire so far (for query-migrate's `remaining`)
         # Every pass ends with all batches restored: needed when connections
         # could reorder a page's copies; otherwise only at stop-and-copy.
         self.barrier_each_pass = len(connections) > 1
@@ -116,6 +115,12 @@ class SourcePipeline:
         if self.barrier_each_pass:
             self.drain()
         return call.wire
+
+    @property
+    def pages_sent(self) -> int:
+        """Real pages handed to the wire so far, unchanged ones included (for query-migrate's `remaining`)."""
+        cs = [c.counters for c in self.connections]
+        return sum(c.pages_normal + c.pages_zero + c.pages_compressed + c.pages_delta + c.pages_unchanged for c in cs)
 
     def send_state(self, vm: int, state_bytes: int) -> None:
         self.drain()  # all memory first, then the state, then resume
@@ -169,7 +174,6 @@ class SourcePipeline:
                     if not capped:
                         conn.post(slot, task.vm, stats.pages, stats)
                     wire = stats.wire_bytes
-                    self.pages_sent += n  # one writer per consumer; a lost increment only blurs progress
                     self._locked_step(core, base, length, "munmap", c.munmap_us + shootdown, n)
                 if capped:
                     # Paced to the cap after leaving the core: a rate-limited sender sleeps.

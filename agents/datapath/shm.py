@@ -92,12 +92,17 @@ def remove_run(run_id: str) -> int:
     return n
 
 
+def driver_gone(path: str) -> bool:
+    """Whether the run that named `path` ("livemig-<pid>_<id>-...") has lost its driver process."""
+    pid = os.path.basename(path)[len(PREFIX):].split("-", 1)[0].split("_", 1)[0]
+    return pid.isdigit() and not os.path.exists(f"/proc/{pid}")
+
+
 def sweep_stale() -> int:
     """Remove regions of runs whose driver process is gone (run ids start with its pid)."""
     n = 0
     for path in glob.glob(os.path.join(SHM_DIR, f"{PREFIX}*")):
-        pid = os.path.basename(path)[len(PREFIX):].split("-", 1)[0].split("_", 1)[0]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+        if driver_gone(path):
             try:
                 os.unlink(path)
                 n += 1

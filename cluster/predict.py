@@ -32,8 +32,27 @@ from cluster.scenario import GIB, MigrationPlan, Scenario, Vm
 PAGE = 4096
 
 
-def _write_probabilities(vm: Vm) -> tuple[float, np.ndarray | None, int]:
-    """(page writes per second, page probabilities or None for uniform, working-set pages)."""
+EXACT_RANKS = 1 << 24  # Zipf ranks given one by one (128 MB of floats); beyond, in bins
+
+
+def _zipf_pages(ws: int, s: float) -> tuple[np.ndarray, np.ndarray]:
+    """(probability of each page of a group, pages in the group) for a Zipf(s)
+    over `ws` pages: one group per rank up to EXACT_RANKS, then ranks in
+    geometric bins of 0.1% (a working set of terabytes would not fit in memory
+    page by page), each at the probability of its middle rank."""
+    exact = np.arange(1, min(ws, EXACT_RANKS) + 1, dtype=float)
+    edges = np.unique(np.geomspace(EXACT_RANKS + 1, ws + 1, num=max(2, int(np.log(ws / EXACT_RANKS) / 1e-3)))
+                      .astype(np.int64)) if ws > EXACT_RANKS else np.empty(0, dtype=np.int64)
+    mids = np.sqrt(edges[:-1] * edges[1:].astype(float))
+    ranks = np.concatenate([exact, mids])
+    counts = np.concatenate([np.ones(len(exact)), np.diff(edges).astype(float)])
+    p = ranks ** -s
+    return p / np.sum(p * counts), counts
+
+
+def _write_probabilities(vm: Vm) -> tuple[float, tuple[np.ndarray, np.ndarray] | None, int]:
+    """(page writes per second, (page probabilities, pages at each) or None for uniform,
+    working-set pages)."""
     wl = vm.workload
     mem_pages = int(vm.memory_gib * GIB / PAGE)
     ws_gib = getattr(wl, "working_set_gib", None)
@@ -43,9 +62,7 @@ def _write_probabilities(vm: Vm) -> tuple[float, np.ndarray | None, int]:
     if wl.kind == "uniform":
         return wl.dirty_pages_per_s, None, ws
     if wl.kind == "hotset":
-        ranks = np.arange(1, ws + 1, dtype=float)
-        p = ranks ** -wl.zipf_s
-        return wl.ops_per_s * wl.write_fraction, p / p.sum(), ws
+        return wl.ops_per_s * wl.write_fraction, _zipf_pages(ws, wl.zipf_s), ws
     if wl.kind == "sweeper":
         return wl.write_mbytes_s * 1e6 / PAGE, None, max(1, int(wl.sweep_gib * GIB / PAGE))
     if wl.kind == "memwrite":
@@ -77,7 +94,8 @@ def dirty_pages_after(vm: Vm, t: float) -> float:
         return min(rate * t, ws)  # sequential: every write is a new page until the sweep ends
     if probs is None:
         return ws * -math.expm1(-rate * t / ws)
-    return float(np.sum(-np.expm1(-rate * probs * t)))
+    p, counts = probs
+    return float(np.sum(counts * -np.expm1(-rate * p * t)))
 
 
 def _links(scenario: Scenario, mp: MigrationPlan) -> list:

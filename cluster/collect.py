@@ -48,12 +48,23 @@ def counters_of(polled: dict, memory_scale: float) -> dict:
 
 
 # --- the application -----------------------------------------------------------
+def _ops_at(samples: list, t: float) -> float | None:
+    """Cumulative operations at real time t: the latest tick at or before t
+    (a guest blocked in a fault ticks not at all, so none is missed)."""
+    done = None
+    for ts, ops in samples:
+        if ts > t:
+            break
+        done = ops
+    return done
+
+
 def _rate(samples: list, t1: float, t2: float, dilation: float) -> float | None:
-    """Operations per emulated second between real times t1 and t2."""
-    pts = [(t, o) for t, o in samples if t1 <= t <= t2]
-    if len(pts) < 2 or pts[-1][0] <= pts[0][0]:
+    """Operations per emulated second between real times t1 and t2 (None: no tick before t1, or t2 <= t1)."""
+    a, b = _ops_at(samples, t1), _ops_at(samples, t2)
+    if a is None or b is None or t2 <= t1:
         return None
-    return (pts[-1][1] - pts[0][1]) / ((pts[-1][0] - pts[0][0]) / dilation)
+    return (b - a) / ((t2 - t1) / dilation)
 
 
 def _non_response_s(samples: list, t1: float, t2: float, dilation: float, frozen: tuple[float, float]) -> float:
@@ -74,15 +85,23 @@ def _non_response_s(samples: list, t1: float, t2: float, dilation: float, frozen
 
 
 def app_figures(samples: list, t_mig: float, paused: float | None, resumed: float | None, dilation: float,
-                warmup_s: float, guest_resumed_at: float | None) -> dict:
+                warmup_s: float, guest_resumed_at: float | None, released: float | None = None) -> dict:
     """Guest throughput before, during and after; real times in, emulated rates out.
-    `guest_resumed_at` is when it really ran again (after verification)."""
+    `guest_resumed_at` is when it really ran again (after verification).
+    `released`: post-copy's end (the source released); "during" then also
+    spans post-copy, where the guest runs on the destination and waits for
+    its faults, but not the switch-over's pause."""
     end = resumed or guest_resumed_at or t_mig
     paused = paused or end
     frozen = (end, guest_resumed_at) if resumed and guest_resumed_at else (0.0, 0.0)
     before = _rate(samples, t_mig - warmup_s * dilation * 0.8, t_mig, dilation)
     during = _rate(samples, t_mig, paused, dilation)
-    after = _rate(samples, guest_resumed_at, samples[-1][0], dilation) if samples and guest_resumed_at else None
+    if released is not None and resumed is not None and released > resumed:
+        ops = (_ops_at(samples, paused) or 0) - (_ops_at(samples, t_mig) or 0) + \
+              (_ops_at(samples, released) or 0) - (_ops_at(samples, resumed) or 0)
+        during = ops / ((paused - t_mig + released - resumed) / dilation)
+    after = _rate(samples, max(guest_resumed_at, released or 0), samples[-1][0], dilation) \
+        if samples and guest_resumed_at else None
     deg = max(0.0, 1 - during / before) if before and during is not None else None
     return {
         "ops_per_s_before": before,
@@ -275,7 +294,7 @@ def _app(m, times: dict, at: dict, samples: list, real, dilation: float, warmup_
     if times["started_at_s"] is None:
         return {}
     app = app_figures(samples, real(times["started_at_s"]), real(at.get("vm-stopped")), real(at.get("vm-started")),
-                      dilation, warmup_s, m.guest_resumed_at)
+                      dilation, warmup_s, m.guest_resumed_at, real(at.get("source-released")))
     limit = getattr(m.plan.vm.workload, "max_downtime_ms", None)
     if limit is not None:
         # An application that breaks on a long pause (the ERP of Svärd et al.):

@@ -69,7 +69,10 @@ def test_throttle_runs_the_vcpus_the_rest_of_the_time():
 def test_sdps_aims_the_dirty_rate_at_its_share_of_the_transfer_rate():
     sd = Sdps(target_ratio=0.5)
     assert sd.on_sync(SyncPeriod(1, 0.4 * GB, 1 * GB, 3 * GB, 2 * GB)) is None  # progress: stays out
-    d = sd.on_sync(SyncPeriod(1, 1.2 * GB, 1 * GB, 2 * GB, 2.2 * GB))  # dirtier than sent: kicks in
+    assert sd.on_sync(SyncPeriod(1, 1.2 * GB, 1 * GB, 2 * GB, 2.2 * GB)) is None  # one pass without progress
+    assert sd.on_sync(SyncPeriod(1, 0.5 * GB, 1 * GB, 2.2 * GB, 2 * GB)) is None  # progress again: count restarts
+    assert sd.on_sync(SyncPeriod(1, 1.2 * GB, 1 * GB, 2 * GB, 2.2 * GB)) is None
+    d = sd.on_sync(SyncPeriod(1, 1.2 * GB, 1 * GB, 2.2 * GB, 2.2 * GB))  # the second in a row: kicks in
     assert d.throttle_pct == pytest.approx(100 * (1 - 0.5 / 1.2), abs=0.1)
     # Throttled at that share the guest dirtied 0.6 GB/s: the aim holds.
     ran = running_share(d.throttle_pct)

@@ -24,9 +24,12 @@ sync period saw (`SyncPeriod`) and answers with the throttle it wants.
   Page-Send"): when pre-copy stops making forward progress because the guest
   dirties faster than the transfer rate, it injects delays into the vCPUs so
   the dirty rate falls to a preferred rate below the transfer rate. It kicks
-  in when a sync finds the guest dirtied at least what was sent, or when the
-  stop rule would give up (stalled, too many iterations or bytes: "failing to
-  make forward progress"). The seed gives no formula; ours re-aims at every
+  in when two syncs in a row find no forward progress (the guest dirtied at
+  least what was sent, or the dirty set did not shrink: the seed's "each
+  pre-copy iteration should take less time to complete than the previous";
+  two, as QEMU's trigger wants two high periods, so that one slow pass on a
+  loaded link does not stun the guest), or when the stop rule would give up
+  (stalled, too many iterations or bytes). The seed gives no formula; ours re-aims at every
   sync from then on: the unthrottled dirty rate (the observed one over the
   share the vCPUs ran) times the running share must equal
   `sdps_target_ratio` times the transfer rate.
@@ -48,6 +51,7 @@ PAGE = 4096
 MIB = 1 << 20
 QEMU_SYNC_PERIOD_S = 1.0  # migration_bitmap_sync compares rates at most once a second
 QEMU_HIGH_PERIODS = 2  # dirty_rate_high_cnt >= 2
+SDPS_NO_PROGRESS_SYNCS = 2  # syncs in a row without forward progress before SDPS kicks in (ours)
 CPU_THROTTLE_PCT_MAX = 99  # system/cpu-throttle.c clamps to 1..99
 
 
@@ -201,6 +205,7 @@ class Sdps:
         self.active = False
         self.throttle_pct = 0.0
         self.last: SyncPeriod | None = None
+        self.stuck = 0  # syncs in a row without forward progress
 
     def no_progress(self, p: SyncPeriod) -> bool:
         """The guest dirtied at least what was sent, or the dirty set did not shrink."""
@@ -210,7 +215,8 @@ class Sdps:
         if p.duration_s <= 0 or p.transferred_bytes <= 0:
             return None
         self.last = p
-        if not self.active and not self.no_progress(p):
+        self.stuck = self.stuck + 1 if self.no_progress(p) else 0
+        if not self.active and self.stuck < SDPS_NO_PROGRESS_SYNCS:
             return None
         return self._aim(p)
 

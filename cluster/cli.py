@@ -94,6 +94,9 @@ def run(
                       "stop_reason": "interrupted before the migrations started", "vms": []}, out_dir)
         err.print("interrupted: every VM stays on its source; cluster torn down")
         raise typer.Exit(1)
+    except ScenarioError as exc:  # refused before anything started (the resource guard)
+        stop_progress()
+        _fail_input(exc.lines)
     except Exception as exc:  # a bug or a broken environment: one line here, the details in a file
         stop_progress()
         _report_crash(sc.name, str(scenario), out_dir, exc)

@@ -3,7 +3,8 @@
 Three steps, each in its own module: build the cluster (cluster/build.py:
 Ray, actors, images, wiring), orchestrate the migrations (cluster/orchestrate.py:
 start, events, timeline, switch-over), collect the figures
-(cluster/collect.py, from the timeline). Tear-down always happens, also after
+(cluster/collect.py, from the timeline). Before any of it, the resource guard
+(cluster/footprint.py) refuses a run that would not fit this machine. Tear-down always happens, also after
 an error or Ctrl-C, and removes every process and shared-memory region the
 run created.
 """
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 from cluster.build import Cluster, RunOptions, build_slice, start_local_ray
+from cluster.footprint import guard
 from cluster.orchestrate import WARMUP_S, Orchestrator, verify_images
 from cluster.scaling import scale_of
 from cluster.scenario import Scenario
@@ -31,6 +33,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
     from cluster.metrics import MetricsExporter
 
     scale = scale_of(scenario, opts.dilation)
+    if not opts.address:  # on a cluster of several machines this one's memory says little
+        guard(scenario, scale, scenario_path)
     metrics = MetricsExporter(opts.metrics_port) if opts.metrics_port is not None else None
     path = None
     if opts.out_dir:

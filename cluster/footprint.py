@@ -1,0 +1,116 @@
+"""Resource guard: what a scenario will take from this machine, checked before
+anything starts (issue 14, item 4).
+
+A run's real footprint is shared memory (every VM image on its first host and
+an empty copy on each migration's destination, each with its dirty log and
+received-page map, and a ring per connection), private memory (each
+migration's memory pool and XBZRLE cache, and an actor process per host, link
+and guest on top of Ray's own) and processes. Images, rings, pools and caches
+scale with memory_scale; processes do not. When the footprint does not fit
+the machine's free shared memory or available memory, the run is refused in
+one line naming the largest memory_scale that would fit, instead of filling
+/dev/shm or swapping half-way through.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from cluster.scaling import Scale, vm_real_pages
+from cluster.scenario import Scenario
+
+MIB = 1 << 20
+PAGE = 4096
+# Per real page of every image: the page, its dirty-log word (agents/guest/dirty_log.py)
+# and its received flag (post-copy's map).
+IMAGE_BYTES_PER_PAGE = PAGE + 8 + 1
+# Measured (ps -o rss, this 2-core machine, Ray 2.x): an actor process is 100-220 MB
+# resident (HostAgent the largest), Ray's own processes (gcs_server, raylet,
+# dashboard and runtime-env agents) about 400 MB together.
+ACTOR_RSS_BYTES = 160 * MIB
+RAY_BASE_BYTES = 450 * MIB
+# Leave this share of available memory to the rest of the machine.
+HEADROOM = 0.8
+SHM_DIR = "/dev/shm"
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Real bytes and processes a run needs. `scaled_bytes` moves with memory_scale."""
+
+    shm_bytes: int
+    private_scaled_bytes: int
+    processes: int
+
+    @property
+    def fixed_bytes(self) -> int:
+        return RAY_BASE_BYTES + self.processes * ACTOR_RSS_BYTES
+
+    @property
+    def memory_bytes(self) -> int:
+        """Everything that lands in RAM (tmpfs shared memory counts too)."""
+        return self.shm_bytes + self.private_scaled_bytes + self.fixed_bytes
+
+
+def footprint(scenario: Scenario, scale: Scale) -> Footprint:
+    """The real footprint of `scenario` at `scale` (no Ray, no allocation)."""
+    from cluster.topology import plan
+    from agents.datapath.wire_format import SlotLayout
+
+    topo = plan(scenario, scale)
+    plans = scenario.migration_plans()
+    pages = {i: vm_real_pages(scale, vm) for i, vm in enumerate(scenario.vms)}
+    images = sum(pages.values()) + sum(pages[mp.vm_index] for mp in plans)
+    rings = sum(c.slots * SlotLayout(c.batch_pages).slot_bytes for c in topo.connections)
+    private = sum((mp.options.memory_pool_mib + mp.options.xbzrle_cache_mib) * MIB * scale.memory_scale
+                  for mp in plans)
+    processes = len(scenario.hosts) + len(topo.links) + len(scenario.vms)
+    return Footprint(images * IMAGE_BYTES_PER_PAGE + rings, int(private), processes)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What this machine offers now: free shared memory and available memory (bytes)."""
+
+    shm_free: int
+    memory_available: int
+
+
+def this_machine() -> Machine:
+    st = os.statvfs(SHM_DIR)
+    avail = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    return Machine(st.f_bavail * st.f_frsize, avail)
+
+
+def refusal(fp: Footprint, machine: Machine, scale: Scale) -> str | None:
+    """One line saying what does not fit and the memory_scale that would; None when it fits."""
+    shm_budget = machine.shm_free * HEADROOM
+    mem_budget = machine.memory_available * HEADROOM
+    scaled = fp.shm_bytes + fp.private_scaled_bytes
+    if fp.shm_bytes <= shm_budget and fp.memory_bytes <= mem_budget:
+        return None
+    # Images, rings, pools and caches shrink with memory_scale; the processes do not.
+    room = min(shm_budget / fp.shm_bytes if fp.shm_bytes else math.inf,
+               (mem_budget - fp.fixed_bytes) / scaled if scaled else math.inf)
+    what = (f"{fp.shm_bytes / 2**30:.1f} GiB of shared memory ({SHM_DIR} has {machine.shm_free / 2**30:.1f} GiB free)"
+            if fp.shm_bytes > shm_budget else
+            f"{fp.memory_bytes / 2**30:.1f} GiB of memory with {fp.processes} actor processes "
+            f"({machine.memory_available / 2**30:.1f} GiB available)")
+    if room <= 0:
+        return f"emulation.memory_scale: the run needs {what}; its {fp.processes} processes alone do not fit"
+    fit = 2.0 ** math.floor(math.log2(scale.memory_scale * room))
+    return (f"emulation.memory_scale: at {scale.memory_scale:g} the run needs {what}; "
+            f"memory_scale = {fit!r} (1/{1 / fit:g}) would fit")
+
+
+def guard(scenario: Scenario, scale: Scale, path: str = "") -> None:
+    """Refuse a run that does not fit this machine: raises ScenarioError with one line."""
+    from cluster.scenario import ScenarioError
+    why = refusal(footprint(scenario, scale), this_machine(), scale)
+    if why:
+        raise ScenarioError([f"{path or scenario.name}: {why}"])

@@ -11,9 +11,12 @@ what happens next is cluster/orchestrate.py's business.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass, field
 
@@ -63,6 +66,19 @@ def _sweep_socket_dirs() -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _keeping_sigterm_handler():
+    """ray.init replaces the driver's SIGTERM handler with one that exits at
+    once; put back the caller's (the CLI's aborts cleanly and keeps the result)."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
 def new_run_id() -> str:
     return f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
@@ -87,19 +103,25 @@ class Cluster:
     def _start_ray(self) -> None:
         import ray
         if not ray.is_initialized():
-            if self.opts.address:
-                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-                ray.init(address=self.opts.address, namespace=f"livemig-{self.run_id}", log_to_driver=False,
-                         include_dashboard=self.opts.dashboard, configure_logging=False)
-            else:
-                start_local_ray(f"livemig-{self.run_id}", dashboard=self.opts.dashboard)
+            with _keeping_sigterm_handler():
+                self._init_ray()
             self._started_ray = True
+
+    def _init_ray(self) -> None:
+        import ray
+        if self.opts.address:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            ray.init(address=self.opts.address, namespace=f"livemig-{self.run_id}", log_to_driver=False,
+                     include_dashboard=self.opts.dashboard, configure_logging=False)
+        else:
+            start_local_ray(f"livemig-{self.run_id}", dashboard=self.opts.dashboard)
 
     def __exit__(self, *exc) -> None:
         self.teardown()
 
     def teardown(self) -> None:
         import ray
+
         from agents.datapath import shm
         for a in self.actors:
             try:

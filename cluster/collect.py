@@ -19,10 +19,10 @@ possible.
 from __future__ import annotations
 
 from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
-from cluster.scaling import Scale
-from cluster.scenario import GIB, MIB, Scenario
 from cluster.convergence_figures import convergence_figures
 from cluster.postcopy_figures import postcopy_figures
+from cluster.scaling import Scale
+from cluster.scenario import GIB, MIB, Scenario
 from cluster.timeline import Timeline
 
 PAGE = 4096

@@ -55,8 +55,8 @@ class Footprint:
 
 def footprint(scenario: Scenario, scale: Scale) -> Footprint:
     """The real footprint of `scenario` at `scale` (no Ray, no allocation)."""
-    from cluster.topology import plan
     from agents.datapath.wire_format import SlotLayout
+    from cluster.topology import plan
 
     topo = plan(scenario, scale)
     plans = scenario.migration_plans()

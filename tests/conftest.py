@@ -1,5 +1,8 @@
 import os
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,25 @@ workload = {workload}
 downtime_limit_ms = {downtime_ms}
 {migration}
 '''
+
+
+SLOW_WRITER = '{ kind = "uniform", dirty_pages_per_s = 4000, working_set_gib = 0.25 }'
+
+
+def start_migrating(tmp_path, out_dir, port: int) -> subprocess.Popen:
+    """`livemig run` of a slow migration, returned once its pre-copy is under way."""
+    f = tmp_path / "slow.toml"
+    f.write_text(scenario_text("slow", memory_gib=1, workload=SLOW_WRITER, gbps=1, dilation=1.0))
+    p = subprocess.Popen([LIVEMIG, "run", str(f), "--out", str(out_dir), "--quiet", "--metrics-port",
+                          str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+            if 'livemig_phase{phase="precopy",vm="vm"} 1.0' in body:
+                return p
+        except OSError:
+            pass
+        time.sleep(0.2)
+    p.kill()
+    pytest.fail("the migration never started")

@@ -3,12 +3,10 @@ import glob
 import json
 import signal
 import subprocess
-import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import LIVEMIG, ROOT, scenario_text
+from tests.conftest import LIVEMIG, ROOT, scenario_text, start_migrating
 
 REQUIRED_KEYS = {"scenario", "status", "verified", "total_time_s", "downtime_ms", "setup_time_s", "iterations",
                  "memory_bytes_sent", "disk_bytes_sent", "downtime_bytes_sent", "pages", "avg_throughput_mbytes_s",
@@ -86,24 +84,7 @@ def test_bad_scenario_exit_2_one_line(tmp_path, body, field):
 
 
 def test_ctrl_c_aborts_and_vm_stays_on_source(tmp_path):
-    f = tmp_path / "slow.toml"
-    writer = '{ kind = "uniform", dirty_pages_per_s = 4000, working_set_gib = 0.25 }'
-    f.write_text(scenario_text("slow", memory_gib=1, workload=writer, gbps=1, dilation=1.0))
-    port = 19311
-    p = subprocess.Popen([LIVEMIG, "run", str(f), "--out", str(tmp_path), "--quiet", "--metrics-port", str(port)],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:  # wait until the migration is under way
-        try:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
-            if 'livemig_phase{phase="precopy",vm="vm"} 1.0' in body:
-                break
-        except OSError:
-            pass
-        time.sleep(0.2)
-    else:
-        p.kill()
-        pytest.fail("the migration never started")
+    p = start_migrating(tmp_path, tmp_path, 19311)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 1, err

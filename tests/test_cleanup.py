@@ -1,0 +1,85 @@
+"""Clean-up under every way a run can end (issue 14, item 5): Ctrl-C once and
+twice, SIGTERM, SIGKILL of the driver. Afterwards no process of the run, no
+shared memory and no socket directory is left, and the next run works."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import time
+
+from tests.conftest import LIVEMIG, ROOT, start_migrating
+
+
+def run_processes(pid: int) -> set[int]:
+    """Live processes of the run whose driver had `pid`: Ray's own (their command
+    lines name the session, which ends in the driver's pid) and their descendants."""
+    parents, roots = {}, set()
+    for d in glob.glob("/proc/[0-9]*"):
+        try:
+            with open(f"{d}/stat") as f:
+                stat = f.read()
+            with open(f"{d}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        me = int(d.rsplit("/", 1)[1])
+        parents[me] = int(stat.rsplit(")", 1)[1].split()[1])
+        if f"_{pid}/" in cmd or f"_{pid}\x00" in cmd or parents[me] == pid:
+            roots.add(me)
+    found, grew = set(roots), True
+    while grew:
+        kids = {p for p, pp in parents.items() if pp in found} - found
+        grew = bool(kids)
+        found |= kids
+    return found
+
+
+def leftovers(pid: int, wait_s: float = 20.0) -> dict:
+    """What the run left once `wait_s` has passed: processes, shared memory, socket directories."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = {"processes": run_processes(pid), "shm": glob.glob(f"/dev/shm/livemig-{pid}_*"),
+                "sockets": glob.glob(f"/tmp/livemig-{pid}_*")}
+        if not any(left.values()) or time.monotonic() > deadline:
+            return {k: v for k, v in left.items() if v}
+        time.sleep(0.5)
+
+
+def test_sigterm_aborts_keeps_the_result_and_leaves_nothing(tmp_path):
+    p = start_migrating(tmp_path, tmp_path / "out", 19321)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    r = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert r["status"] == "aborted" and r["vms"][0]["status"] == "aborted"
+    assert leftovers(p.pid) == {}
+
+
+def test_a_second_ctrl_c_tears_down_at_once(tmp_path):
+    p = start_migrating(tmp_path, tmp_path / "out", 19322)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    _, err = p.communicate(timeout=60)
+    assert p.returncode != 0
+    assert time.monotonic() - t0 < 30, "tear-down after a second Ctrl-C took too long"
+    assert "Traceback" not in err, err
+    assert leftovers(p.pid) == {}
+
+
+def test_sigkill_of_the_driver_is_swept_and_the_next_run_works(tmp_path):
+    p = start_migrating(tmp_path, tmp_path / "out", 19323)
+    p.kill()
+    p.communicate(timeout=30)
+    # Ray's own reaper stops the processes of a driver that died; shared memory
+    # and sockets wait for the next run, which sweeps them before it starts.
+    assert "processes" not in leftovers(p.pid, wait_s=30)
+    nxt = subprocess.run([LIVEMIG, "run", "scenarios/quickstart.toml", "--out", str(tmp_path / "next"), "--quiet"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert nxt.returncode == 0, nxt.stderr
+    assert leftovers(p.pid, wait_s=0) == {}
+    assert os.path.exists(tmp_path / "next" / "result.json")

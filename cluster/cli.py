@@ -376,6 +376,24 @@ def bench_timeline(scenario: Path = typer.Argument(Path("scenarios/quickstart.to
     print(json.dumps(timeline_bench(str(scenario), repeats), indent=2))
 
 
+@bench_app.command("soak")
+def bench_soak(rounds: int = typer.Option(10, min=1, max=500, help="Round trips a -> b -> a."),
+               memory_gib: float = typer.Option(1.0, min=0.0625, max=64, help="Emulated memory of the VM.")) -> None:
+    """A writing VM migrated back and forth: rounds, failures, and private memory growth per round."""
+    from cluster.bench_scale import soak_bench
+    print(json.dumps(soak_bench(rounds, memory_gib), indent=2))
+
+
+@bench_app.command("evacuation")
+def bench_evacuation(vms: list[int] = typer.Option([8, 16, 32], "--vms", min=1, max=256,
+                                                   help="Numbers of VMs evacuated at once (repeat the option)."),
+                     dilation: float = typer.Option(1.0, min=0.01, max=100, help="Real seconds per emulated second.")
+                     ) -> None:
+    """Many small VMs off one host at once: wall clock, peak memory, saturation; the largest unsaturated."""
+    from cluster.bench_scale import evacuation_bench
+    print(json.dumps(evacuation_bench(tuple(vms), dilation=dilation), indent=2))
+
+
 @bench_app.command("codec")
 def bench_codec(seconds: float = typer.Option(0.5, help="Seconds per case."),
                 calibrate: bool = typer.Option(False, "--calibrate", help="Measure the codec cost model's figures "

@@ -114,3 +114,43 @@ def guard(scenario: Scenario, scale: Scale, path: str = "") -> None:
     why = refusal(footprint(scenario, scale), this_machine(), scale)
     if why:
         raise ScenarioError([f"{path or scenario.name}: {why}"])
+
+
+# --- what a run really takes (benches, clean-up tests) ------------------------------------
+def processes_of_driver(pid: int) -> set[int]:
+    """Live processes started for the driver with `pid`: Ray's own (their command
+    lines name the session directory, which ends in the driver's pid), the
+    driver's children, and all their descendants."""
+    parents, roots = {}, set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        me = int(d)
+        parents[me] = int(stat.rsplit(")", 1)[1].split()[1])
+        if f"_{pid}/" in cmd or f"_{pid}\x00" in cmd or parents[me] == pid:
+            roots.add(me)
+    found = set(roots)
+    while kids := {p for p, pp in parents.items() if pp in found} - found:
+        found |= kids
+    return found
+
+
+def anonymous_rss(pids: set[int]) -> int:
+    """Private resident bytes (RssAnon) of `pids`, shared-memory images not counted."""
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total

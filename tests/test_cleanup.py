@@ -10,38 +10,15 @@ import signal
 import subprocess
 import time
 
+from cluster.footprint import processes_of_driver
 from tests.conftest import LIVEMIG, ROOT, start_migrating
-
-
-def run_processes(pid: int) -> set[int]:
-    """Live processes of the run whose driver had `pid`: Ray's own (their command
-    lines name the session, which ends in the driver's pid) and their descendants."""
-    parents, roots = {}, set()
-    for d in glob.glob("/proc/[0-9]*"):
-        try:
-            with open(f"{d}/stat") as f:
-                stat = f.read()
-            with open(f"{d}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        me = int(d.rsplit("/", 1)[1])
-        parents[me] = int(stat.rsplit(")", 1)[1].split()[1])
-        if f"_{pid}/" in cmd or f"_{pid}\x00" in cmd or parents[me] == pid:
-            roots.add(me)
-    found, grew = set(roots), True
-    while grew:
-        kids = {p for p, pp in parents.items() if pp in found} - found
-        grew = bool(kids)
-        found |= kids
-    return found
 
 
 def leftovers(pid: int, wait_s: float = 20.0) -> dict:
     """What the run left once `wait_s` has passed: processes, shared memory, socket directories."""
     deadline = time.monotonic() + wait_s
     while True:
-        left = {"processes": run_processes(pid), "shm": glob.glob(f"/dev/shm/livemig-{pid}_*"),
+        left = {"processes": processes_of_driver(pid), "shm": glob.glob(f"/dev/shm/livemig-{pid}_*"),
                 "sockets": glob.glob(f"/tmp/livemig-{pid}_*")}
         if not any(left.values()) or time.monotonic() > deadline:
             return {k: v for k, v in left.items() if v}

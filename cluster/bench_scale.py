@@ -15,11 +15,9 @@ machine emulates.
 """
 from __future__ import annotations
 
-import os
-import threading
 import time
 
-from cluster.footprint import anonymous_rss, processes_of_driver, this_machine
+from cluster.footprint import MemorySampler, this_machine
 
 _HOSTS = """
 name = "{name}"
@@ -57,34 +55,6 @@ def evacuation_scenario(vms: int, memory_gib: float, scale: float, dilation: flo
                  'workload = { kind = "uniform", dirty_pages_per_s = 2000, working_set_gib = 0.0625 }\n'
                  f'[[migrations]]\nvm = "vm{i}"\nto = "b"\n')
     return text
-
-
-class MemorySampler:
-    """Private memory of this driver's run, sampled every `period_s` in a thread."""
-
-    def __init__(self, period_s: float = 0.25) -> None:
-        self.period_s, self.samples = period_s, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "MemorySampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        me = os.getpid()
-        while not self._stop.is_set():
-            pids = processes_of_driver(me) | {me}
-            self.samples.append((time.monotonic(), anonymous_rss(pids)))
-            self._stop.wait(self.period_s)
-
-    def at(self, t: float) -> int | None:
-        """The first sample at or after real time t."""
-        return next((b for ts, b in self.samples if ts >= t), None)
 
 
 def _run(text: str, name: str) -> tuple[dict, MemorySampler, float]:

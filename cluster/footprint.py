@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import time
 from dataclasses import dataclass
 
 from cluster.scaling import Scale, vm_real_pages
@@ -153,4 +155,44 @@ def anonymous_rss(pids: set[int]) -> int:
                         total += int(line.split()[1]) * 1024
         except OSError:
             pass
+    return total
+
+
+class MemorySampler:
+    """Private memory of this driver's run, sampled every `period_s` in a thread."""
+
+    def __init__(self, period_s: float = 0.25) -> None:
+        self.period_s, self.samples = period_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            pids = processes_of_driver(me) | {me}
+            self.samples.append((time.monotonic(), anonymous_rss(pids)))
+            self._stop.wait(self.period_s)
+
+    def at(self, t: float) -> int | None:
+        """The first sample at or after real time t."""
+        return next((b for ts, b in self.samples if ts >= t), None)
+
+
+def shm_allocated(run_id: str) -> int:
+    """Bytes really allocated in /dev/shm by the run's regions (st_blocks: sparse files count what is touched)."""
+    total = 0
+    for name in os.listdir(SHM_DIR):
+        if name.startswith(f"livemig-{run_id}-"):
+            try:
+                total += os.stat(os.path.join(SHM_DIR, name)).st_blocks * 512
+            except OSError:
+                pass
     return total

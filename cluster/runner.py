@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from cluster.build import Cluster, RunOptions, build_slice, start_local_ray
-from cluster.footprint import guard
+from cluster.footprint import MemorySampler, guard, shm_allocated
 from cluster.orchestrate import WARMUP_S, Orchestrator, verify_images
 from cluster.scaling import scale_of
 from cluster.scenario import Scenario
@@ -44,7 +44,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     timeline = Timeline(wall0, scale.dilation, path, [metrics.observe] if metrics else [])
     try:
-        with Cluster(scenario, scale, opts) as cl:
+        with MemorySampler(period_s=1.0) as memory, Cluster(scenario, scale, opts) as cl:
             t_ray = time.monotonic() - wall0
             run_id = cl.run_id
             sl = build_slice(cl, scenario, scale, opts)
@@ -62,6 +62,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                     metrics.finish(m.vm, per_vm[-1])
             colocated = _colocated(sl, migs, guest_data, scale)
             final_hosts = {vm.name: sl.location[i][0] for i, vm in enumerate(scenario.vms)}
+            shm = shm_allocated(run_id)
             wall = {"ray_start_s": round(t_ray, 3), "setup_s": round(setup_s, 3),
                     "timeline_sampling_s": round(orchestrator.sampling_s, 4)}
         wall["total_s"] = round(time.monotonic() - wall0, 3)
@@ -70,6 +71,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
         if metrics:
             metrics.close()
     out = collect.combine(scenario, scenario_path, per_vm, scale, wall, final_hosts)
+    out["emulation"] |= _peak_memory(memory, shm)
     out["run"] = _provenance(run_id, started)
     out["scenario_as_loaded"] = scenario.model_dump(mode="json", by_alias=True)
     out["timeline"] = {"file": "timeline.jsonl" if path else None, "records": len(timeline.records),
@@ -77,6 +79,13 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
     if colocated:
         out["colocated"] = colocated
     return out
+
+
+def _peak_memory(memory: MemorySampler, shm: int) -> dict:
+    """What the run took from this machine at its peak: its processes' private
+    memory (sampled each second) plus the shared memory its images and rings hold."""
+    private = max((b for _, b in memory.samples), default=0)
+    return {"peak_memory_bytes": private + shm, "peak_private_memory_bytes": private, "shared_memory_bytes": shm}
 
 
 def _provenance(run_id: str, started: str) -> dict:

@@ -36,6 +36,12 @@ def test_quickstart_completes_and_verifies(tmp_path):
     assert busy["memory_bytes_sent"] > idle["memory_bytes_sent"]
     assert busy["downtime_bytes_sent"] > idle["downtime_bytes_sent"]
     assert r["emulation"]["memory_scale"] == pytest.approx(1 / 64)
+    # Peak memory: the images in /dev/shm (both VMs on both ends), plus the processes' own.
+    e = r["emulation"]
+    images = 2 * sum(v["memory_bytes"] for v in r["vms"]) / 64
+    assert images <= e["shared_memory_bytes"] <= images * 1.2
+    assert e["peak_memory_bytes"] == e["peak_private_memory_bytes"] + e["shared_memory_bytes"]
+    assert e["peak_private_memory_bytes"] > 100 * 2**20
     # Self-describing: what made it, and the scenario with its defaults filled in.
     assert r["run"]["livemig_version"] and r["run"]["run_id"].startswith(f"{p.pid}_")
     assert r["scenario_as_loaded"]["migration"]["downtime_limit_ms"] == 300

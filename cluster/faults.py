@@ -91,6 +91,10 @@ class FaultInjector:
 
     # --- firing --------------------------------------------------------------
     def fire(self, k: int, ev, now: float) -> None:
+        link = getattr(ev, "link", None)
+        if link is not None and not any(lp.name == link for lp in self.o.sl.topo.links):
+            self.o.tl.event(now, "ignored", index=k, reason=f"no migration uses link {link}")
+            return
         if ev.action == "link-up":
             self.link_up(k, ev.link, now)
             return
@@ -109,6 +113,11 @@ class FaultInjector:
     def _link(self, name: str):
         lp = next(lp for lp in self.o.sl.topo.links if lp.name == name)
         return lp, self.o.sl.links[lp.index]
+
+    def link_actor(self, name: str):
+        """The LinkAgent of link `name` (a phase-triggered link-down is carried out on the spot by
+        the migration thread, so that it lands in the phase it names; the event then records it)."""
+        return self._link(name)[1]
 
     def _over_link(self, lp) -> list:
         topo = self.o.sl.topo

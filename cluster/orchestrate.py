@@ -245,7 +245,8 @@ class Orchestrator:
             on = getattr(ev, "on", None)
             if on is not None and on.vm == m.vm and k not in self.fired:
                 out.append({"event": k, "phase": on.phase, "iteration": on.iteration or 0,
-                            "cancel": ev.action == "cancel", "postcopy": ev.action == "start-postcopy"})
+                            "cancel": ev.action == "cancel", "postcopy": ev.action == "start-postcopy",
+                            "link_down": self.faults.link_actor(ev.link) if ev.action == "link-down" else None})
         return out
 
     # --- scheduled events --------------------------------------------------------
@@ -334,8 +335,8 @@ class Orchestrator:
         now = time.monotonic()
         if moved and m.status != "completed":
             m.vm_lost, m.guest_resumed_at = True, None
-            self.tl.event(now, "vm-lost", vm=m.vm, migration=m.index, reason=m.reason,
-                          **(m.report.get("postcopy", {}).get("lost", {})))
+            sides = {k: v for k, v in m.report.get("postcopy", {}).get("lost", {}).items() if k != "reason"}
+            self.tl.event(now, "vm-lost", vm=m.vm, migration=m.index, reason=m.reason, **sides)
         elif moved:
             m.guest_resumed_at = m.report.get("resumed_at") or now
             self.sl.location[m.vm_index] = (m.plan.destinations[0].name, dst_key)

@@ -185,6 +185,7 @@ class HostAgent:
                                                                 self._pages_saved(job))
         ctx = MigrationContext(m, pages, control, job.pipeline, self.memory_scale, self.dilation,
                                [Trigger(**tr) for tr in triggers], destination=destination or {})
+        ctx.act = lambda tr: ray.get(tr.link_down.set_down.remote(True), timeout=10)  # a fault, on the spot
         job.ctx = ctx
         job.technique = techniques.get(technique).load().from_options(ctx, SimpleNamespace(**options))
         timeout_ms = options.get("tcp_user_timeout_ms", 10_000)
@@ -309,6 +310,9 @@ class HostAgent:
         for job in self.jobs.values():
             if job.technique is not None:
                 job.technique.abort("aborted", "host closing")
+                give_up = getattr(job.technique, "give_up", None)
+                if give_up is not None:
+                    give_up()  # a paused post-copy waits no more
             job.pipeline.close()
         for c, s in self.senders.items():
             if not any(c in job.conns for job in self.jobs.values()):
@@ -410,6 +414,10 @@ class _GuestControl:
 
     def resume(self) -> float:
         return ray.get(self.h.resume.remote())
+
+    def resume_async(self) -> None:
+        """Resume without waiting: a vCPU blocked on a missing page holds the guest until the page comes."""
+        self.h.resume.remote()
 
     def resume_on_destination(self, image_path: str, missing: np.ndarray, return_path: str = "") -> float:
         return ray.get(self.h.resume_on.remote(image_path, {"missing": np.packbits(missing),

@@ -270,3 +270,84 @@ vm = "vm"
 ''')
     _stayed_on_source(r, events)
     assert "crashed" in r["stop_reason"]
+
+
+# --- post-copy recovery --------------------------------------------------------------------
+def test_pages_lost_with_a_broken_connection_are_pushed_again_pivot_included():
+    from agents.techniques.postcopy import PushOrder
+    order = PushOrder(np.ones(64, dtype=bool), adaptive=True)
+    taken = order.demand([20])
+    pushed = order.next_push(8)
+    assert order.left == 64 - 9
+    # The connection broke: the faulted page and the push never arrived.
+    assert order.requeue(np.concatenate([taken, pushed])) == 9
+    assert order.requeue(taken) == 0  # pending already: not counted twice
+    out = []
+    while order.left:
+        out.append(order.next_push(16))
+    out = np.concatenate(out)
+    assert sorted(out.tolist()) == list(range(64))  # every page, the pivot itself included, once more
+    assert order.sends.max() == 2 and int((order.sends == 2).sum()) == 9
+
+
+POSTCOPY = '''technique = "postcopy"
+postcopy_after_iterations = 0
+tcp_user_timeout_ms = 1000'''
+PC_WRITER = '{ kind = "uniform", dirty_pages_per_s = 20000, working_set_gib = 0.125 }'
+
+
+def _run_postcopy(tmp_path, events: str):
+    from cluster.runner import RunOptions, run_scenario
+    from cluster.scenario import parse_scenario
+    text = scenario_text("pc-faults", memory_gib=0.5, workload=PC_WRITER, migration=POSTCOPY) + events
+    r = run_scenario(parse_scenario(text, "pc-faults.toml"), RunOptions(out_dir=str(tmp_path)))
+    return r, [e for e in _timeline(tmp_path) if e["kind"] == "event"]
+
+
+def test_postcopy_pauses_on_a_link_failure_survives_a_second_one_during_recovery_and_verifies(
+        ray_cluster, tmp_path):
+    r, events = _run_postcopy(tmp_path, f'''
+[[events]]
+on = {{ vm = "vm", phase = "postcopy-active" }}
+action = "link-down"
+link = "{LINK}"
+
+[[events]]
+at_s = 2.5
+action = "link-up"
+link = "{LINK}"
+
+[[events]]
+on = {{ vm = "vm", phase = "postcopy-recover" }}
+action = "link-down"
+link = "{LINK}"
+duration_s = 1.0
+''')
+    assert r["status"] == "completed" and r["verified"], r["stop_reason"]
+    names = [e["event"] for e in events]
+    # paused, a recovery that fails (the link goes down again in its handshake), paused, recovered
+    seq = [n for n in names if n in ("postcopy-paused", "postcopy-recover", "postcopy-recovered")]
+    assert seq == ["postcopy-paused", "postcopy-recover", "postcopy-paused", "postcopy-recover",
+                   "postcopy-recovered"], seq
+    rec = r["postcopy"]["recovery"]
+    assert rec["paused"] == 2 and rec["recover_attempts"] == 2 and rec["recovered"] == 1
+    # While paused the VM did not run: at least the first outage (from its timeout to the link-up).
+    assert r["app"]["non_response_s"] > 1.0
+    assert [f["outcome"] for f in r["faults"]] == ["survived", "survived"]
+    assert r["postcopy"]["max_sends_per_page"] <= 2
+
+
+def test_postcopy_whose_link_never_returns_reports_the_vm_lost_and_each_sides_pages(ray_cluster, tmp_path):
+    r, events = _run_postcopy(tmp_path, f'''
+[[events]]
+at_s = 0.8
+action = "link-down"
+link = "{LINK}"
+''')
+    assert r["status"] == "failed" and not r["verified"]
+    lost = r["postcopy"]["lost"]
+    assert lost["pages_on_destination"] > 0 and lost["pages_only_on_source"] > 0
+    assert lost["pages_on_destination"] + lost["pages_only_on_source"] <= lost["pages_total"] == 0.5 * 2**30 / 4096
+    assert r["data_path_faults"]["vm_lost"] and r["faults"][0]["outcome"] == "vm-lost"
+    assert any(e["event"] == "vm-lost" for e in events)
+    assert "neither side holds the whole VM" in r["postcopy"]["neither_side_whole"]

@@ -20,18 +20,19 @@ batch order; `FLAG_ZSTD` in the header says the batch holds some. A frame
 per page keeps a page's ratio its own, whatever the batch size
 (agents/encodings/zstd_codec.py).
 
-Every batch carries a CRC-32 of what the receiver reads (page numbers,
+Every batch carries a checksum of what the receiver reads (page numbers,
 encodings, lengths and payload), set by the sender after packing and
 checked by the receiver before it writes a byte (`batch_checksum`): a batch
-damaged in transit is detected and sent again, never restored. zlib's
-crc32 runs at ~3.7 GiB/s here, a few percent of a batch's charged cost.
+damaged in transit is detected and sent again, never restored. It is 64
+bits of MurmurHash3 x64-128 (mmh3, as verification uses): 5 GiB/s here
+against zlib's crc32 at 2 GiB/s, which cost more than packing the batch.
 """
 from __future__ import annotations
 
 import time
-import zlib
 from dataclasses import dataclass
 
+import mmh3
 import numpy as np
 
 from agents.encodings import xbzrle
@@ -109,14 +110,16 @@ class SlotView:
 
 
 def batch_checksum(slot: "SlotView") -> int:
-    """CRC-32 of a batch as the receiver reads it: its header's first two words,
-    page numbers, encodings, lengths and payload (a damaged count is caught too)."""
+    """A 64-bit checksum of a batch as the receiver reads it: its header's first two
+    words, page numbers, encodings, lengths and payload (a damaged count is caught too)."""
     n = min(int(slot.header[0]) & 0xFFFFFFFF, slot.batch_pages)
     payload_len = min(int(slot.header[1]), len(slot.payload))
-    crc = zlib.crc32(slot.header[:2])
-    for part in (slot.idx[:n], slot.enc[:n], slot.lengths[:n], slot.payload[:payload_len]):
-        crc = zlib.crc32(part, crc)
-    return crc
+    parts = (slot.header[:2], slot.idx[:n], slot.enc[:n], slot.lengths[:n], slot.payload[:payload_len])
+    digests = b"".join(_digest(memoryview(p.view(np.uint8)).toreadonly()) for p in parts)
+    return int.from_bytes(_digest(digests)[:8], "little")
+
+
+_digest = mmh3.mmh3_x64_128_digest
 
 
 @dataclass

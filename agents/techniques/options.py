@@ -97,14 +97,14 @@ COMMON: tuple[Option, ...] = (
            le=1 << 20),  # 1 GiB: more than any device's state (a GPU's memory travels as RAM)
     Option("batch_pages", None, "pages", "Pages per batch on a connection (default: a few emulated ms of link time)",
            int, ge=1, le=4096, optional=True),
-    Option("tcp_user_timeout_ms", 30_000, "ms", "How long sent batches may wait unacknowledged (the link down, "
-           "the destination gone) before the connection gives up: pre-copy aborts (the VM stays on its source), "
-           "post-copy pauses (Linux's TCP_USER_TIMEOUT; the default is libvirt's keepalive: 5 probes 5 s apart)",
-           float, gt=0, le=3_600_000),
     Option("setup_ms", 50, "ms", "Setup before the first iteration (connections, dirty logging on)", float, ge=0,
            le=MAX_PAUSE_MS),
     Option("resume_ms", 0, "ms", "Fixed part of every downtime: suspend, restore devices, resume "
            "(Xen 4.1: about 300 ms)", float, ge=0, le=MAX_PAUSE_MS),
+    Option("tcp_user_timeout_ms", 30_000, "ms", "How long sent batches may wait unacknowledged (the link down, "
+           "the destination gone) before the connection gives up: pre-copy aborts (the VM stays on its source), "
+           "post-copy pauses (Linux's TCP_USER_TIMEOUT; the default is libvirt's keepalive: 5 probes 5 s apart)",
+           float, gt=0, le=3_600_000),
 )
 
 # Iterative pre-copy: how an iteration is cut and when iterating stops.

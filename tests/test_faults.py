@@ -123,12 +123,14 @@ def test_a_link_down_holds_batches_and_delivers_them_when_it_comes_back():
     w = Wire(rate=50e6)
     try:
         w.link.set_down(True)
-        threading.Thread(target=w.send, args=(np.arange(64),), daemon=True).start()
+        sending = threading.Thread(target=w.send, args=(np.arange(64),), daemon=True)
+        sending.start()
         assert Watchdog.wait_for(lambda: w.sender.counters.batches >= 4, 10)  # the ring is full
         time.sleep(0.3)
         assert w.receiver.pages_restored == 0  # nothing crosses a link that is down
         assert w.sender.stalled_s() >= 0.3
         w.link.set_down(False)
+        sending.join(30)  # every batch posted, then every batch acknowledged
         w.sender.drain(timeout=30)
         assert w.receiver.pages_restored == 64
         assert np.array_equal(w.src[:64], w.dst[:64])

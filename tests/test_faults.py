@@ -354,3 +354,23 @@ link = "{LINK}"
     assert r["data_path_faults"]["vm_lost"] and r["faults"][0]["outcome"] == "vm-lost"
     assert any(e["event"] == "vm-lost" for e in events)
     assert "neither side holds the whole VM" in r["postcopy"]["neither_side_whole"]
+
+
+def test_fault_outcomes_become_a_counter_by_kind_and_outcome():
+    """The exporter counts the timeline's fault-outcome records (as a run adds them)."""
+    import urllib.request
+
+    from cluster.metrics import MetricsExporter
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    m = MetricsExporter(port)
+    try:
+        for fault, outcome in (("link-down", "survived"), ("link-down", "survived"), ("kill-destination",
+                                                                                    "aborted-vm-safe")):
+            m.observe({"t": 1.0, "kind": "event", "event": "fault-outcome", "fault": fault, "outcome": outcome})
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'livemig_faults_total{kind="link-down",outcome="survived"} 2.0' in body
+        assert 'livemig_faults_total{kind="kill-destination",outcome="aborted-vm-safe"} 1.0' in body
+    finally:
+        m.close()

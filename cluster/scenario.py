@@ -439,41 +439,44 @@ class StartPostcopyEvent(_Event):
 
 
 # Faults (cluster/faults.py): what each does and how its outcome is judged is documented there.
-class LinkDownEvent(_Event):
+class _LinkFault(_Event):
+    link: LinkName
+
+
+class _VmFault(_Event):
+    vm: str = Field(min_length=1)
+
+
+class LinkDownEvent(_LinkFault):
     """The link goes down: for `duration_s` emulated seconds, or for good (no duration)."""
 
     action: Literal["link-down"]
-    link: LinkName
     duration_s: Annotated[float, Field(gt=0, le=MAX_SCHEDULE_S)] | None = None
 
 
-class LinkUpEvent(_Event):
+class LinkUpEvent(_LinkFault):
     """The link comes back (a paused post-copy over it recovers)."""
 
     action: Literal["link-up"]
-    link: LinkName
 
 
-class CorruptBatchEvent(_Event):
+class CorruptBatchEvent(_LinkFault):
     """The next `count` batches with contents entering the link are damaged in transit."""
 
     action: Literal["corrupt-batch"]
-    link: LinkName
     count: Annotated[int, Field(ge=1, le=1000)] = 1
 
 
-class KillDestinationEvent(_Event):
+class KillDestinationEvent(_VmFault):
     """The host actor of the destination of `vm`'s running migration is killed."""
 
     action: Literal["kill-destination"]
-    vm: str = Field(min_length=1)
 
 
-class CrashMigrationThreadEvent(_Event):
+class CrashMigrationThreadEvent(_VmFault):
     """The source's migration thread of `vm`'s running migration crashes."""
 
     action: Literal["crash-migration-thread"]
-    vm: str = Field(min_length=1)
 
 
 Event = Annotated[SetLinkEvent | SetBackgroundEvent | SetWorkloadEvent | CancelEvent | StartPostcopyEvent

@@ -186,6 +186,15 @@ def test_a_reset_drops_what_the_link_holds_and_returns_every_slot():
 WRITER = '{ kind = "uniform", dirty_pages_per_s = 5000, working_set_gib = 0.0625 }'
 
 
+def _event(action: str, **fields) -> str:
+    """One [[events]] table: `on` as a dict, other values as TOML scalars."""
+    def value(v):
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return f'"{v}"' if isinstance(v, str) else repr(v)
+    return "\n[[events]]\n" + "".join(f"{k} = {value(v)}\n" for k, v in (fields | {"action": action}).items())
+
+
 def _run(tmp_path, events: str, migration: str = "", memory_gib: float = 0.5, **kw):
     from cluster.runner import RunOptions, run_scenario
     from cluster.scenario import parse_scenario
@@ -211,13 +220,7 @@ def _stayed_on_source(r, events):
 
 
 def test_precopy_waits_out_a_link_outage_and_verifies(ray_cluster, tmp_path):
-    r, events = _run(tmp_path, f'''
-[[events]]
-at_s = 0.5
-action = "link-down"
-link = "{LINK}"
-duration_s = 1.5
-''')
+    r, events = _run(tmp_path, _event("link-down", at_s=0.5, link=LINK, duration_s=1.5))
     assert r["status"] == "completed" and r["verified"], r["stop_reason"]
     assert r["faults"][0]["kind"] == "link-down" and r["faults"][0]["outcome"] == "survived"
     assert r["fault_counts"] == {"link-down": {"survived": 1}}
@@ -227,25 +230,14 @@ duration_s = 1.5
 
 
 def test_a_link_down_for_good_aborts_after_the_user_timeout_and_the_vm_stays(ray_cluster, tmp_path):
-    r, events = _run(tmp_path, f'''
-[[events]]
-at_s = 0.5
-action = "link-down"
-link = "{LINK}"
-''', migration="tcp_user_timeout_ms = 1500")
+    r, events = _run(tmp_path, _event("link-down", at_s=0.5, link=LINK), migration="tcp_user_timeout_ms = 1500")
     _stayed_on_source(r, events)
     assert "tcp_user_timeout_ms" in r["stop_reason"]
     assert r["total_time_s"] >= 0.5 + 1.5
 
 
 def test_damaged_batches_are_resent_and_the_run_verifies(ray_cluster, tmp_path):
-    r, _ = _run(tmp_path, f'''
-[[events]]
-at_s = 0.3
-action = "corrupt-batch"
-link = "{LINK}"
-count = 4
-''')
+    r, _ = _run(tmp_path, _event("corrupt-batch", at_s=0.3, link=LINK, count=4))
     assert r["status"] == "completed" and r["verified"], r["stop_reason"]
     f = r["data_path_faults"]
     assert f["batches_corrupted"] == f["batches_resent"] == f["checksum_failures_at_receiver"] == 4
@@ -253,24 +245,14 @@ count = 4
 
 
 def test_a_killed_destination_aborts_at_once_and_the_vm_stays(ray_cluster, tmp_path):
-    r, events = _run(tmp_path, '''
-[[events]]
-at_s = 0.5
-action = "kill-destination"
-vm = "vm"
-''')
+    r, events = _run(tmp_path, _event("kill-destination", at_s=0.5, vm="vm"))
     _stayed_on_source(r, events)
     assert "destination" in r["stop_reason"]
     assert r["total_time_s"] < 0.5 + 1.0  # its connection closed: no timeout to wait for
 
 
 def test_a_crashed_migration_thread_aborts_and_the_vm_stays(ray_cluster, tmp_path):
-    r, events = _run(tmp_path, '''
-[[events]]
-on = { vm = "vm", phase = "precopy", iteration = 2 }
-action = "crash-migration-thread"
-vm = "vm"
-''')
+    r, events = _run(tmp_path, _event("crash-migration-thread", on={"vm": "vm", "phase": "precopy", "iteration": 2}, vm="vm"))
     _stayed_on_source(r, events)
     assert "crashed" in r["stop_reason"]
 
@@ -309,23 +291,10 @@ def _run_postcopy(tmp_path, events: str):
 
 def test_postcopy_pauses_on_a_link_failure_survives_a_second_one_during_recovery_and_verifies(
         ray_cluster, tmp_path):
-    r, events = _run_postcopy(tmp_path, f'''
-[[events]]
-on = {{ vm = "vm", phase = "postcopy-active" }}
-action = "link-down"
-link = "{LINK}"
-
-[[events]]
-at_s = 2.5
-action = "link-up"
-link = "{LINK}"
-
-[[events]]
-on = {{ vm = "vm", phase = "postcopy-recover" }}
-action = "link-down"
-link = "{LINK}"
-duration_s = 1.0
-''')
+    r, events = _run_postcopy(tmp_path, _event("link-down", on={"vm": "vm", "phase": "postcopy-active"}, link=LINK)
+                                 + _event("link-up", at_s=2.5, link=LINK)
+                                 + _event("link-down", on={"vm": "vm", "phase": "postcopy-recover"}, link=LINK,
+                                          duration_s=1.0))
     assert r["status"] == "completed" and r["verified"], r["stop_reason"]
     names = [e["event"] for e in events]
     # paused, a recovery that fails (the link goes down again in its handshake), paused, recovered
@@ -341,12 +310,7 @@ duration_s = 1.0
 
 
 def test_postcopy_whose_link_never_returns_reports_the_vm_lost_and_each_sides_pages(ray_cluster, tmp_path):
-    r, events = _run_postcopy(tmp_path, f'''
-[[events]]
-at_s = 0.8
-action = "link-down"
-link = "{LINK}"
-''')
+    r, events = _run_postcopy(tmp_path, _event("link-down", at_s=0.8, link=LINK))
     assert r["status"] == "failed" and not r["verified"]
     lost = r["postcopy"]["lost"]
     assert lost["pages_on_destination"] > 0 and lost["pages_only_on_source"] > 0

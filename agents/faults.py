@@ -25,7 +25,7 @@ import time
 
 from agents.datapath.sender import ConnectionLost
 
-__all__ = ["ConnectionLost", "MigrationThreadCrash", "ENDS_MIGRATION", "Watchdog"]
+__all__ = ["ENDS_MIGRATION", "ConnectionLost", "MigrationThreadCrash", "Watchdog"]
 
 
 class MigrationThreadCrash(RuntimeError):

@@ -90,13 +90,18 @@ class FaultInjector:
         self.down_links: dict[str, Fault] = {}
 
     # --- firing --------------------------------------------------------------
-    def fire(self, k: int, ev, now: float) -> None:
+    def fire(self, k: int, ev, now: float, m=None) -> None:
+        """Carry out fault event `k`; `m`: the migration whose phase triggered it, when the
+        migration thread has carried it out already (a crash) or is still to be hit by it."""
         link = getattr(ev, "link", None)
         if link is not None and not any(lp.name == link for lp in self.o.sl.topo.links):
             self.o.tl.event(now, "ignored", index=k, reason=f"no migration uses link {link}")
             return
         if ev.action == "link-up":
             self.link_up(k, ev.link, now)
+            return
+        if ev.action == "crash-migration-thread" and m is not None:
+            self._new("crash-migration-thread", k, ev.vm, now, [m], on_the_spot=True)
             return
         handler = {"link-down": self._link_down, "corrupt-batch": self._corrupt,
                    "kill-destination": self._kill_destination, "crash-migration-thread": self._crash}[ev.action]
@@ -187,16 +192,20 @@ class FaultInjector:
             self.ups_due.remove(item)
             self.link_up(item[2].event, item[1], now, by="duration")
         for m in [m for m in self.o.migs if m.status == "running" and m.phase == "postcopy-paused"]:
-            if not self._link_may_return(m):
-                if self.o.call(self.o._src(m).give_up_postcopy.remote(m.index), False):
-                    self.o.tl.event(now, "postcopy-given-up", vm=m.vm, migration=m.index,
-                                    reason="its link is down for good (no link-up scheduled)")
+            src = self.o._src(m)
+            if not self._links_down(m):  # back before it paused (a race with the link-up): recover now
+                self.o.call(src.recover_postcopy.remote(m.index), False)
+            elif not self._link_may_return(m) and self.o.call(src.give_up_postcopy.remote(m.index), False):
+                self.o.tl.event(now, "postcopy-given-up", vm=m.vm, migration=m.index,
+                                reason="its link is down for good (no link-up scheduled)")
+
+    def _links_down(self, m) -> set[str]:
+        return {lp.name for lp in self.o.sl.topo.links_of_migration(m.index)} & set(self.down_links)
 
     def _link_may_return(self, m) -> bool:
         """Is a down link of `m` due back (a duration, or a timed link-up not fired yet)? A link
         that is up again counts as back; an `on`-phase link-up cannot fire while it is paused."""
-        names = {lp.name for lp in self.o.sl.topo.links_of_migration(m.index)}
-        down = names & set(self.down_links)
+        down = self._links_down(m)
         if not down:
             return True
         due = {u[1] for u in self.ups_due}

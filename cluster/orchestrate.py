@@ -170,7 +170,6 @@ class Orchestrator:
 
     def _interrupt(self) -> None:
         """Ctrl-C: abort every migration; each VM stays on (or goes back to running on) its source."""
-        import ray
         for m in self.migs:
             if m.status == "pending":
                 m.status, m.phase, m.reason = "aborted", "aborted", "interrupted before it started"
@@ -246,7 +245,8 @@ class Orchestrator:
             if on is not None and on.vm == m.vm and k not in self.fired:
                 out.append({"event": k, "phase": on.phase, "iteration": on.iteration or 0,
                             "cancel": ev.action == "cancel", "postcopy": ev.action == "start-postcopy",
-                            "link_down": self.faults.link_actor(ev.link) if ev.action == "link-down" else None})
+                            "link_down": self.faults.link_actor(ev.link) if ev.action == "link-down" else None,
+                            "crash": ev.action == "crash-migration-thread"})
         return out
 
     # --- scheduled events --------------------------------------------------------
@@ -257,7 +257,8 @@ class Orchestrator:
                 continue
             self._fire(k, now)
 
-    def _fire(self, k: int, now: float) -> None:
+    def _fire(self, k: int, now: float, m: MigrationState | None = None) -> None:
+        """Carry out event `k`; `m`: the migration whose phase triggered it (a fault on the spot)."""
         import ray
         ev, scale = self.events[k], self.scale
         self.fired.add(k)
@@ -283,7 +284,7 @@ class Orchestrator:
         elif ev.action == "cancel":
             self._cancel_vm(ev.vm, now)
         elif ev.action in FAULT_KINDS or ev.action == "link-up":
-            self.faults.fire(k, ev, now)
+            self.faults.fire(k, ev, now, m)
         elif ev.action == "start-postcopy":
             running = [m for m in self.migs if m.vm == ev.vm and m.status == "running"]
             if not running or not ray.get(self._src(running[0]).start_postcopy.remote(running[0].index)):
@@ -446,7 +447,7 @@ class Orchestrator:
             if self.events[k].action == "cancel":
                 self.fired.add(k)  # already carried out in the migration thread
             else:
-                self._fire(k, now)
+                self._fire(k, now, m)
 
     def _sample_link(self, idx: int, stats: dict, t: float) -> None:
         prev = self._samples.get(("l", idx))

@@ -195,7 +195,7 @@ def _event(action: str, **fields) -> str:
     return "\n[[events]]\n" + "".join(f"{k} = {value(v)}\n" for k, v in (fields | {"action": action}).items())
 
 
-def _run(tmp_path, events: str, migration: str = "", memory_gib: float = 0.5, **kw):
+def _run(tmp_path, events: str, migration: str = "", memory_gib: float = 0.25, **kw):
     from cluster.runner import RunOptions, run_scenario
     from cluster.scenario import parse_scenario
     text = scenario_text("faults", memory_gib=memory_gib, workload=WRITER, downtime_ms=300, migration=migration,
@@ -251,10 +251,12 @@ def test_a_killed_destination_aborts_at_once_and_the_vm_stays(ray_cluster, tmp_p
     assert r["total_time_s"] < 0.5 + 1.0  # its connection closed: no timeout to wait for
 
 
-def test_a_crashed_migration_thread_aborts_and_the_vm_stays(ray_cluster, tmp_path):
-    r, events = _run(tmp_path, _event("crash-migration-thread", on={"vm": "vm", "phase": "precopy", "iteration": 2}, vm="vm"))
-    _stayed_on_source(r, events)
+def test_a_migration_thread_crashed_in_stop_and_copy_aborts_and_the_paused_vm_runs_on(ray_cluster, tmp_path):
+    r, events = _run(tmp_path, _event("crash-migration-thread", on={"vm": "vm", "phase": "stop-and-copy"}, vm="vm"))
+    _stayed_on_source(r, events)  # the VM was paused for stop-and-copy: it runs again on its source
     assert "crashed" in r["stop_reason"]
+    assert any(e["event"] == "vm-stopped" for e in events)
+    assert r["faults"][0]["detail"] == {"on_the_spot": True}
 
 
 # --- post-copy recovery --------------------------------------------------------------------

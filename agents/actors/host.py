@@ -185,7 +185,7 @@ class HostAgent:
                                                                 self._pages_saved(job))
         ctx = MigrationContext(m, pages, control, job.pipeline, self.memory_scale, self.dilation,
                                [Trigger(**tr) for tr in triggers], destination=destination or {})
-        ctx.act = lambda tr: ray.get(tr.link_down.set_down.remote(True), timeout=10)  # a fault, on the spot
+        ctx.act = lambda tr: self._fault_on_the_spot(m, tr)
         job.ctx = ctx
         job.technique = techniques.get(technique).load().from_options(ctx, SimpleNamespace(**options))
         timeout_ms = options.get("tcp_user_timeout_ms", 10_000)
@@ -193,6 +193,13 @@ class HostAgent:
                                 job.done)
         job.thread = threading.Thread(target=job.run, daemon=True, name=f"migrate-{m}")
         job.thread.start()
+
+    def _fault_on_the_spot(self, m: int, tr: Trigger) -> None:
+        """A phase-triggered fault, carried out by the migration thread as it enters the phase."""
+        if tr.crash:
+            self.jobs[m].pipeline.crash = MigrationThreadCrash("the migration thread crashed (injected fault)")
+        if tr.link_down is not None:
+            ray.get(tr.link_down.set_down.remote(True), timeout=10)
 
     def crash_migration(self, m: int) -> bool:
         """Fault injection: migration `m`'s thread crashes at its next step. False when none runs."""

@@ -56,7 +56,7 @@ class LinkAgent:
             if d[0] != KIND_BATCH or cid not in views or left[0] <= 0:
                 return
             view = SlotView(views[cid][0], d[2], views[cid][1])
-            n, _, payload_len = view.get_header()
+            payload_len = view.get_header()[2]
             if payload_len:  # a batch with payload: not only zero pages
                 view.payload[(d[5] * 7919) % payload_len] ^= 0xFF
                 left[0] -= 1

@@ -44,7 +44,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from agents.datapath.channel import DESCRIPTOR, KIND_BATCH, KIND_CLOSE, KIND_DROPPED, KIND_RESET, Channel
+from agents.datapath.channel import DESCRIPTOR, KIND_CLOSE, KIND_DROPPED, KIND_RESET, Channel
 from agents.datapath.fair_queue import DeficitRoundRobin
 from agents.datapath.token_bucket import TokenBucket
 

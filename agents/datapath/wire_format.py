@@ -109,7 +109,7 @@ class SlotView:
         return int(self.header[2]) == batch_checksum(self)
 
 
-def batch_checksum(slot: "SlotView") -> int:
+def batch_checksum(slot: SlotView) -> int:
     """A 64-bit checksum of a batch as the receiver reads it: its header's first two
     words, page numbers, encodings, lengths and payload (a damaged count is caught too)."""
     n = min(int(slot.header[0]) & 0xFFFFFFFF, slot.batch_pages)

@@ -61,6 +61,7 @@ class Trigger:
     cancel: bool = False  # a cancel is carried out on the spot, in the migration thread
     postcopy: bool = False  # migrate-start-postcopy, likewise
     link_down: object = None  # a fault (a LinkAgent handle): the link goes down on the spot, likewise
+    crash: bool = False  # a fault: the migration thread crashes at its next step, likewise
 
 
 @dataclass
@@ -97,7 +98,7 @@ class MigrationContext:
                 self.record("trigger", trigger=tr.event, phase=phase, iteration=iteration)
                 cancel |= tr.cancel
                 self.postcopy_requested |= tr.postcopy
-                if tr.link_down is not None and self.act is not None:
+                if (tr.link_down is not None or tr.crash) and self.act is not None:
                     self.act(tr)
         return cancel
 

@@ -311,6 +311,22 @@ def policy_decisions(events: list[dict]) -> list[dict]:
             for ev in events if ev["event"] == "policy"]
 
 
+def fault_figures(m, events: list[dict], memory_scale: float) -> dict:
+    """What faults did to this migration's data path (cluster/faults.py): damaged batches
+    caught by their checksum and sent again, batches lost with a broken connection,
+    post-copy pauses and recoveries, and whether the VM was lost."""
+    f = m.final
+    out = {"batches_corrupted": f.get("batches_corrupted", 0), "batches_resent": f.get("batches_resent", 0),
+           "batches_dropped": f.get("batches_dropped", 0),
+           "checksum_failures_at_receiver": m.receiver.get("batches_corrupted", 0),
+           "postcopy_paused": sum(1 for e in events if e["event"] == "postcopy-paused"),
+           "postcopy_recovered": sum(1 for e in events if e["event"] == "postcopy-recovered"),
+           "vm_lost": m.vm_lost}
+    if m.vm_lost:
+        out["lost"] = m.report.get("postcopy", {}).get("lost", {})
+    return out
+
+
 def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until: float | None = None) -> dict:
     """One migration's figures (result.json's `vms[]` entry). `until`: real time at
     which the VM's next migration started; its application figures stop there."""
@@ -354,6 +370,7 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until:
         "links": _links(sl, m, total),
         **({"postcopy": pc} if (pc := postcopy_figures(m.report, m.remote_faults, scale.memory_scale)) else {}),
         **({"policy": pol} if (pol := policy_decisions(events)) else {}),
+        "data_path_faults": fault_figures(m, events, scale.memory_scale),
         "pipeline": {"consumers": o.consumers, "address_space_lock": o.address_space_lock,
                      "cpu_profile": sl.scenario.cpu.profile, "strategy": o.strategy,
                      "memory_pool_high_water_bytes": m.final.get("pool_high_water_bytes", 0) / scale.memory_scale,

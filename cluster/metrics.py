@@ -4,7 +4,7 @@ It listens to the timeline (cluster/timeline.py): every record the
 orchestrator adds updates the figures here, and a custom collector yields
 them as absolute values when Prometheus scrapes, so counters are exactly the
 timeline's sums, per VM. No actor touches Prometheus. Names carry their
-unit; labels are bounded (vm, link, phase, encoding, window). Values are
+unit; labels are bounded (vm, link, phase, encoding, window; a fault's kind and outcome). Values are
 emulated units, like every figure livemig reports.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ class MetricsExporter:
         self._lock = threading.Lock()
         self.bytes_sent: dict[tuple, float] = {}  # (vm, encoding) -> bytes
         self.pages_sent: dict[tuple, float] = {}
+        self.faults: dict[tuple, int] = {}  # (kind, outcome) -> faults injected (cluster/faults.py)
         self.gauges: dict[str, dict[tuple, float]] = {name: {} for name in _GAUGES}
         self._started: dict[str, float] = {}
         self.registry = CollectorRegistry()
@@ -42,6 +43,9 @@ class MetricsExporter:
                 self.gauges["guest_ops"][(r["vm"], "current")] = r["ops_per_s"]
             elif kind == "event" and r["event"] == "iteration" and r.get("dirty_pages_rate") is not None:
                 self.gauges["dirty_rate"][(r["vm"],)] = r["dirty_pages_rate"]
+            elif kind == "event" and r["event"] == "fault-outcome":
+                key = (r["fault"], r["outcome"])
+                self.faults[key] = self.faults.get(key, 0) + 1
             elif kind == "event" and r["event"] == "migration-start":
                 self._started[r["vm"]] = r["t"]
 
@@ -79,6 +83,8 @@ class MetricsExporter:
                           _COUNTERS["livemig_memory_sent_bytes"], self.bytes_sent)
             yield _family(CounterMetricFamily, "livemig_pages_sent", "Pages sent, by encoding (emulated pages)",
                           _COUNTERS["livemig_pages_sent"], self.pages_sent)
+            yield _family(CounterMetricFamily, "livemig_faults", "Faults injected, by kind and outcome "
+                          "(cluster/faults.py)", _COUNTERS["livemig_faults"], self.faults)
             for name, (metric, help_, labels) in _GAUGES.items():
                 yield _family(GaugeMetricFamily, metric, help_, labels, self.gauges[name])
 
@@ -93,7 +99,8 @@ class MetricsExporter:
         self._server.server_close()
 
 
-_COUNTERS = {"livemig_memory_sent_bytes": ["vm", "encoding"], "livemig_pages_sent": ["vm", "encoding"]}
+_COUNTERS = {"livemig_memory_sent_bytes": ["vm", "encoding"], "livemig_pages_sent": ["vm", "encoding"],
+             "livemig_faults": ["kind", "outcome"]}
 _GAUGES = {
     "iterations": ("livemig_iterations", "Pre-copy iteration in progress", ["vm"]),
     "remaining": ("livemig_remaining_bytes", "Dirty bytes still to send", ["vm"]),

@@ -8,7 +8,10 @@ migration, link, host and guest into the timeline (cluster/timeline.py).
 When a migration ends it is verified page for page and its VM resumes on the
 destination; a cancelled or failed one leaves the VM running on its source
 and the destination's partial copy is discarded. Ctrl-C aborts every
-migration the same way. Figures are computed afterwards, from the timeline
+migration the same way. Faults (link down, a corrupted batch, a killed
+destination, a crashed migration thread) are events too, carried out and
+judged by cluster/faults.py; every call to an actor has a deadline and a
+dead actor is a fault's outcome, not a hang. Figures are computed afterwards, from the timeline
 (cluster/collect.py).
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cluster.build import RunOptions, Slice
+from cluster.faults import ACTOR_CALL_S, FAULT_KINDS, FaultInjector
 from cluster.scenario import GIB, MIB
 from cluster.timeline import Timeline
 
@@ -60,6 +64,7 @@ class MigrationState:
     mismatched: list = field(default_factory=list)
     guest_resumed_at: float | None = None
     guest_faults: float = 0.0  # the guest's dirty-tracking faults (filled in at the end)
+    vm_lost: bool = False  # a post-copy that could not finish: neither side holds the whole VM
     remote_faults: dict = field(default_factory=dict)  # post-copy: the guest's faults on the destination
     ref: object = None  # the pending HostAgent.wait call
 
@@ -81,6 +86,17 @@ def verify_images(src, dst, src_key: str, dst_key: str, npages: int, excused=Non
     return bad.tolist()
 
 
+_NO_USAGE = {"charged_s": 0.0, "held_s": 0.0, "overrun_s": 0.0, "charged_by": {}, "held_by": {}}  # a dead host's
+
+
+def _unlink(path: str) -> None:
+    import os
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 class Orchestrator:
     def __init__(self, sl: Slice, timeline: Timeline, opts: RunOptions) -> None:
         self.sl, self.tl, self.opts = sl, timeline, opts
@@ -96,6 +112,16 @@ class Orchestrator:
         self.sampling_s = 0.0  # real seconds the driver spent sampling (the timeline's cost)
         self.link_caps = {lp.index: lp.rate_bytes_s for lp in sl.topo.links}  # real; set-link events change them
         self.link_rates = dict(self.link_caps)  # what each link actor was last told
+        self.faults = FaultInjector(self)
+        self.fault_list: list[dict] = []  # filled in at the end (cluster/faults.py)
+
+    def call(self, ref, default=None, timeout: float = ACTOR_CALL_S):
+        """ray.get with a deadline; `default` when the actor is dead or does not answer in time."""
+        import ray
+        try:
+            return ray.get(ref, timeout=timeout)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ray.exceptions.RayTaskError):
+            return default
 
     # --- the run ----------------------------------------------------------------
     def run(self) -> list[MigrationState]:
@@ -112,6 +138,8 @@ class Orchestrator:
         t_after = time.monotonic() + self.scale.real_seconds(AFTER_S)
         self._loop(until=lambda: time.monotonic() >= t_after)
         self._sample(time.monotonic(), force=True)
+        self.fault_list = self.faults.finish({m.index: {"status": m.status, "verified": m.verified,
+                                                        "vm_lost": m.vm_lost} for m in self.migs})
         return self.migs
 
     def _loop(self, until) -> None:
@@ -126,6 +154,7 @@ class Orchestrator:
             if now >= self.t_mig:
                 self._start_due(now)
                 self._fire_timed(now)
+                self.faults.tick(now)
             if now - self._sampled_at >= period:
                 self._sample(now)
             running = [m for m in self.migs if m.status == "running"]
@@ -141,15 +170,14 @@ class Orchestrator:
 
     def _interrupt(self) -> None:
         """Ctrl-C: abort every migration; each VM stays on (or goes back to running on) its source."""
-        import ray
         for m in self.migs:
             if m.status == "pending":
                 m.status, m.phase, m.reason = "aborted", "aborted", "interrupted before it started"
                 self.tl.event(time.monotonic(), "aborted", vm=m.vm, migration=m.index, reason=m.reason)
         running = [m for m in self.migs if m.status == "running"]
-        ray.get([self._src(m).cancel.remote(m.index, "aborted", "interrupted (Ctrl-C)") for m in running])
+        self.call([self._src(m).cancel.remote(m.index, "aborted", "interrupted (Ctrl-C)") for m in running])
         for m in running:
-            ray.get(m.ref)
+            self.call(m.ref, timeout=60)
             self._finish(m)
 
     # --- starting ----------------------------------------------------------------
@@ -216,7 +244,9 @@ class Orchestrator:
             on = getattr(ev, "on", None)
             if on is not None and on.vm == m.vm and k not in self.fired:
                 out.append({"event": k, "phase": on.phase, "iteration": on.iteration or 0,
-                            "cancel": ev.action == "cancel", "postcopy": ev.action == "start-postcopy"})
+                            "cancel": ev.action == "cancel", "postcopy": ev.action == "start-postcopy",
+                            "link_down": self.faults.link_actor(ev.link) if ev.action == "link-down" else None,
+                            "crash": ev.action == "crash-migration-thread"})
         return out
 
     # --- scheduled events --------------------------------------------------------
@@ -227,7 +257,8 @@ class Orchestrator:
                 continue
             self._fire(k, now)
 
-    def _fire(self, k: int, now: float) -> None:
+    def _fire(self, k: int, now: float, m: MigrationState | None = None) -> None:
+        """Carry out event `k`; `m`: the migration whose phase triggered it (a fault on the spot)."""
         import ray
         ev, scale = self.events[k], self.scale
         self.fired.add(k)
@@ -252,6 +283,8 @@ class Orchestrator:
             ray.get(self.sl.guests[vm].set_rate_factor.remote(ev.rate_factor))
         elif ev.action == "cancel":
             self._cancel_vm(ev.vm, now)
+        elif ev.action in FAULT_KINDS or ev.action == "link-up":
+            self.faults.fire(k, ev, now, m)
         elif ev.action == "start-postcopy":
             running = [m for m in self.migs if m.vm == ev.vm and m.status == "running"]
             if not running or not ray.get(self._src(running[0]).start_postcopy.remote(running[0].index)):
@@ -273,18 +306,22 @@ class Orchestrator:
 
     # --- finishing -----------------------------------------------------------------
     def _finish(self, m: MigrationState) -> None:
-        """Verify and switch over, or leave the VM on its source and discard the copy."""
+        """Verify and switch over, or leave the VM on its source and discard the copy.
+        A dead destination (a fault) answers nothing: its figures stay empty."""
         import ray
-        self._sample_migration(m, ray.get(self._src(m).poll.remote(m.index, m.events_seen)), time.monotonic(), final=True)
-        m.report = ray.get(self._src(m).report.remote(m.index))
+        src, dst = self._src(m), self._dst(m)
+        polled = self.call(src.poll.remote(m.index, m.events_seen))
+        if polled is not None:
+            self._sample_migration(m, polled, time.monotonic(), final=True)
+        m.report = self.call(src.report.remote(m.index), {})
         conns = [c.index for c in self.sl.topo.connections_of_migration(m.index)]
         names = (m.plan.source.name, m.plan.destinations[0].name)
-        m.usage_after = dict(zip(names, ray.get([self.sl.hosts[n].usage.remote() for n in names])))
-        m.receiver = ray.get(self._dst(m).receiver_status.remote(conns))
+        m.usage_after = {n: self.call(self.sl.hosts[n].usage.remote()) or _NO_USAGE for n in names}
+        m.receiver = self.call(dst.receiver_status.remote(conns)) or {"pages_restored": 0, "errors": [],
+                                                                       "decode_s": 0.0, "decode_model_us": 0.0}
         m.status, m.reason = m.report.get("status", "failed"), m.report.get("stop_reason", "")
         if m.final.get("error"):
             m.status, m.reason = "failed", m.final["error"].strip().splitlines()[-1]
-        src, dst = self._src(m), self._dst(m)
         host, src_key = self.sl.location[m.vm_index]
         dst_key = self.sl.copy_key(m.vm_index, m.index)
         guest = self.sl.guests[m.vm_index]
@@ -292,30 +329,43 @@ class Orchestrator:
         # wrote its destination image since, and those pages are excused.
         moved = bool(m.report.get("guest_on_destination"))
         if moved:
-            m.remote_faults = ray.get(guest.postcopy_status.remote())
+            m.remote_faults = self.call(guest.postcopy_status.remote(), {})
         if m.status == "completed":
-            written = (lambda: ray.get(guest.written_on_destination.remote())) if moved else None
+            written = (lambda: ray.get(guest.written_on_destination.remote(), timeout=ACTOR_CALL_S)) if moved else None
             self._verify(m, src, dst, src_key, dst_key, written)
         now = time.monotonic()
-        if moved:
+        if moved and m.status != "completed":
+            m.vm_lost, m.guest_resumed_at = True, None
+            sides = {k: v for k, v in m.report.get("postcopy", {}).get("lost", {}).items() if k != "reason"}
+            self.tl.event(now, "vm-lost", vm=m.vm, migration=m.index, reason=m.reason, **sides)
+        elif moved:
             m.guest_resumed_at = m.report.get("resumed_at") or now
             self.sl.location[m.vm_index] = (m.plan.destinations[0].name, dst_key)
             self.tl.event(m.guest_resumed_at, "switched-over", vm=m.vm, migration=m.index,
                           host=m.plan.destinations[0].name, by="technique", verified=m.verified)
         elif m.verified:
-            m.guest_resumed_at = ray.get(guest.resume_on.remote(self.sl.paths[dst_key]))
+            m.guest_resumed_at = ray.get(guest.resume_on.remote(self.sl.paths[dst_key]), timeout=ACTOR_CALL_S)
             self.sl.location[m.vm_index] = (m.plan.destinations[0].name, dst_key)
             self.tl.event(m.guest_resumed_at, "switched-over", vm=m.vm, migration=m.index,
                           host=m.plan.destinations[0].name)
         else:
-            m.guest_resumed_at = ray.get(guest.resume.remote())  # a no-op unless verification failed
-            ray.get(dst.release_image.remote(dst_key))
+            m.guest_resumed_at = self.call(guest.resume.remote())  # a no-op unless verification failed
+            self._discard(m, dst, dst_key)
             self.tl.event(now, "stays-on-source", vm=m.vm, migration=m.index, host=host, status=m.status,
                           reason=m.reason)
         m.t_end = now
         m.links_after = self._link_stats(m)
         m.phase = m.status
         self._share_nics()
+
+    def _discard(self, m: MigrationState, dst, dst_key: str) -> None:
+        """Discard the destination's partial copy; a dead host's, from here (its files in shared memory)."""
+        if m.plan.destinations[0].name not in self.faults.dead_hosts:
+            self.call(dst.release_image.remote(dst_key))
+            return
+        path = self.sl.paths[dst_key]
+        for p in (path, path + "-log", path + "-recv"):
+            _unlink(p)
 
     def _verify(self, m: MigrationState, src, dst, src_key: str, dst_key: str, excused=None) -> None:
         m.phase = "verifying"
@@ -341,11 +391,12 @@ class Orchestrator:
         self._sampled_at = now
         t_begin = time.monotonic()
         running = [m for m in self.migs if m.status == "running"]
-        asks = {name: {m.index: m.events_seen for m in running if m.plan.source.name == name} for name in self.sl.hosts}
+        asks = {name: {m.index: m.events_seen for m in running if m.plan.source.name == name} for name in self.sl.hosts
+                if name not in self.faults.dead_hosts}
         hosts = [self.sl.hosts[name].sample.remote(since) for name, since in asks.items()]
         links = [a.stats.remote() for a in self.sl.links.values()]
         guests = [g.progress.remote() for g in self.sl.guests]
-        got_hosts, got_links, got_guests = ray.get(hosts), ray.get(links), ray.get(guests)
+        got_hosts, got_links, got_guests = (ray.get(refs, timeout=ACTOR_CALL_S) for refs in (hosts, links, guests))
         t = time.monotonic()
         for name, got in zip(asks, got_hosts):
             for m in running:
@@ -396,7 +447,7 @@ class Orchestrator:
             if self.events[k].action == "cancel":
                 self.fired.add(k)  # already carried out in the migration thread
             else:
-                self._fire(k, now)
+                self._fire(k, now, m)
 
     def _sample_link(self, idx: int, stats: dict, t: float) -> None:
         prev = self._samples.get(("l", idx))

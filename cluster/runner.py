@@ -51,8 +51,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             setup_s = time.monotonic() - wall0
             orchestrator = Orchestrator(sl, timeline, opts)
             migs = orchestrator.run()
-            guest_data = ray.get([g.timeline.remote() for g in sl.guests])
-            ray.get([g.stop.remote() for g in sl.guests])
+            guest_data = ray.get([g.timeline.remote() for g in sl.guests], timeout=60)
+            ray.get([g.stop.remote() for g in sl.guests], timeout=60)
             per_vm = []
             for m in migs:
                 samples, m.guest_faults = guest_data[m.vm_index]
@@ -61,6 +61,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                 if metrics:
                     metrics.finish(m.vm, per_vm[-1])
             colocated = _colocated(sl, migs, guest_data, scale)
+            faults, fault_counts = orchestrator.fault_list, orchestrator.faults.counts()
             final_hosts = {vm.name: sl.location[i][0] for i, vm in enumerate(scenario.vms)}
             shm = shm_allocated(run_id)
             wall = {"ray_start_s": round(t_ray, 3), "setup_s": round(setup_s, 3),
@@ -72,6 +73,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             metrics.close()
     out = collect.combine(scenario, scenario_path, per_vm, scale, wall, final_hosts)
     out["emulation"] |= _peak_memory(memory, shm)
+    out["faults"] = faults
+    out["fault_counts"] = fault_counts
     out["run"] = _provenance(run_id, started)
     out["scenario_as_loaded"] = scenario.model_dump(mode="json", by_alias=True)
     out["timeline"] = {"file": "timeline.jsonl" if path else None, "records": len(timeline.records),

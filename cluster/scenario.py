@@ -376,7 +376,8 @@ class PhaseTrigger(_Strict):
     """When a migration of `vm` enters `phase` (for precopy: optionally its `iteration`)."""
 
     vm: str = Field(min_length=1)
-    phase: Literal["setup", "precopy", "stop-and-copy"]
+    # post-copy's phases too: a fault may be injected on entering them (cluster/faults.py)
+    phase: Literal["setup", "precopy", "stop-and-copy", "postcopy-active", "postcopy-recover"]
     iteration: Annotated[int, Field(ge=1, le=1_000_000)] | None = None  # max_iterations' bound
 
     @model_validator(mode="after")
@@ -437,7 +438,49 @@ class StartPostcopyEvent(_Event):
     vm: str = Field(min_length=1)
 
 
-Event = Annotated[SetLinkEvent | SetBackgroundEvent | SetWorkloadEvent | CancelEvent | StartPostcopyEvent,
+# Faults (cluster/faults.py): what each does and how its outcome is judged is documented there.
+class _LinkFault(_Event):
+    link: LinkName
+
+
+class _VmFault(_Event):
+    vm: str = Field(min_length=1)
+
+
+class LinkDownEvent(_LinkFault):
+    """The link goes down: for `duration_s` emulated seconds, or for good (no duration)."""
+
+    action: Literal["link-down"]
+    duration_s: Annotated[float, Field(gt=0, le=MAX_SCHEDULE_S)] | None = None
+
+
+class LinkUpEvent(_LinkFault):
+    """The link comes back (a paused post-copy over it recovers)."""
+
+    action: Literal["link-up"]
+
+
+class CorruptBatchEvent(_LinkFault):
+    """The next `count` batches with contents entering the link are damaged in transit."""
+
+    action: Literal["corrupt-batch"]
+    count: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
+class KillDestinationEvent(_VmFault):
+    """The host actor of the destination of `vm`'s running migration is killed."""
+
+    action: Literal["kill-destination"]
+
+
+class CrashMigrationThreadEvent(_VmFault):
+    """The source's migration thread of `vm`'s running migration crashes."""
+
+    action: Literal["crash-migration-thread"]
+
+
+Event = Annotated[SetLinkEvent | SetBackgroundEvent | SetWorkloadEvent | CancelEvent | StartPostcopyEvent
+                  | LinkDownEvent | LinkUpEvent | CorruptBatchEvent | KillDestinationEvent | CrashMigrationThreadEvent,
                   Field(discriminator="action")]
 
 
@@ -970,7 +1013,9 @@ def _postcopy_switch_problems(s: Scenario, i: int, ev) -> Problems:
 _WORKLOADS = {"idle": IdleWorkload, "uniform": UniformWorkload, "hotset": HotsetWorkload, "sweeper": SweeperWorkload,
               "memwrite": MemwriteWorkload, "video": VideoWorkload, "erp": ErpWorkload}
 _EVENTS = {"set-link": SetLinkEvent, "set-background": SetBackgroundEvent, "set-workload": SetWorkloadEvent,
-           "cancel": CancelEvent, "start-postcopy": StartPostcopyEvent}
+           "cancel": CancelEvent, "start-postcopy": StartPostcopyEvent, "link-down": LinkDownEvent,
+           "link-up": LinkUpEvent, "corrupt-batch": CorruptBatchEvent, "kill-destination": KillDestinationEvent,
+           "crash-migration-thread": CrashMigrationThreadEvent}
 _TAGGED = _WORKLOADS | _EVENTS  # members of discriminated unions, by tag
 
 

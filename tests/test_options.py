@@ -37,7 +37,8 @@ BOUNDED = [o for o in PRECOPY_SPEC.options if o.choices or o.bounds()]
 def test_precopy_declares_todays_groups():
     assert PRECOPY_SPEC.options == COMMON + PRECOPY + PIPELINE + COMPRESSION + CONVERGENCE + POLICY
     assert [o.name for o in COMMON] == ["downtime_limit_ms", "bandwidth_cap_gbps", "switchover_bandwidth",
-                                        "device_state_kib", "batch_pages", "setup_ms", "resume_ms"]
+                                        "device_state_kib", "batch_pages", "setup_ms", "resume_ms",
+                                        "tcp_user_timeout_ms"]
     assert PRECOPY_SPEC.factory == "agents.techniques.precopy:PrecopyMigration"
 
 

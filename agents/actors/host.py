@@ -30,6 +30,7 @@ from agents.datapath.shm import Region
 from agents.datapath.wire_format import SlotLayout
 from agents.encodings import cost_model as codec_costs
 from agents.encodings.encoding import BatchEncoder, Compression, XbzrleCaches
+from agents.faults import ENDS_MIGRATION, MigrationThreadCrash, Watchdog
 from agents.guest.content import assign_classes, fill_image, template_pools
 from agents.guest.dirty_log import DirtyLog
 from agents.techniques import registry as techniques
@@ -160,6 +161,9 @@ class HostAgent:
             if settings.xbzrle:
                 caches = XbzrleCaches(settings.xbzrle_cache_bytes, settings.xbzrle_budget)
             encoders = [BatchEncoder(settings, caches) for _ in range(consumers)]
+        if caches is not None:
+            for c in conns:
+                self.senders[c].on_resend = caches.invalidate
         pipeline = SourcePipeline([self.senders[c] for c in conns], consumers, self.cores, LOCKS[lock](),
                                   CostModel(**costs) if costs else self.costs,
                                   self._real_s, pool, task_pages, encoders, tag=(m, "send"))
@@ -181,10 +185,41 @@ class HostAgent:
                                                                 self._pages_saved(job))
         ctx = MigrationContext(m, pages, control, job.pipeline, self.memory_scale, self.dilation,
                                [Trigger(**tr) for tr in triggers], destination=destination or {})
+        ctx.act = lambda tr: self._fault_on_the_spot(m, tr)
         job.ctx = ctx
         job.technique = techniques.get(technique).load().from_options(ctx, SimpleNamespace(**options))
+        timeout_ms = options.get("tcp_user_timeout_ms", 10_000)
+        job.watchdog = Watchdog([self.senders[c] for c in job.conns], timeout_ms / 1000 * self.dilation, timeout_ms,
+                                job.done)
         job.thread = threading.Thread(target=job.run, daemon=True, name=f"migrate-{m}")
         job.thread.start()
+
+    def _fault_on_the_spot(self, m: int, tr: Trigger) -> None:
+        """A phase-triggered fault, carried out by the migration thread as it enters the phase."""
+        if tr.crash:
+            self.jobs[m].pipeline.crash = MigrationThreadCrash("the migration thread crashed (injected fault)")
+        if tr.link_down is not None:
+            ray.get(tr.link_down.set_down.remote(True), timeout=10)
+
+    def crash_migration(self, m: int) -> bool:
+        """Fault injection: migration `m`'s thread crashes at its next step. False when none runs."""
+        job = self.jobs.get(m)
+        if job is None or job.technique is None or job.done.is_set():
+            return False
+        job.pipeline.crash = MigrationThreadCrash("the migration thread crashed (injected fault)")
+        return True
+
+    def recover_postcopy(self, m: int) -> bool:
+        """QEMU's migrate-recover/resume: a paused post-copy may reconnect now. False when not paused."""
+        job = self.jobs.get(m)
+        recover = getattr(job.technique, "recover", None) if job is not None else None
+        return bool(recover and recover())
+
+    def give_up_postcopy(self, m: int) -> bool:
+        """The link will not return: a paused post-copy ends, the VM lost. False when not paused."""
+        job = self.jobs.get(m)
+        give_up = getattr(job.technique, "give_up", None) if job is not None else None
+        return bool(give_up and give_up())
 
     def wait(self, m: int, timeout: float) -> bool:
         """True once migration `m` has finished (whatever its outcome)."""
@@ -212,7 +247,8 @@ class HostAgent:
         out["done"] = job.done.is_set()
         cs = [self.senders[c].counters for c in job.conns]
         for key in ("wire_bytes", "state_bytes", "pages_normal", "pages_zero", "pages_compressed", "pages_delta",
-                    "pages_unchanged", "raw_bytes", "payload_bytes", "encode_s", "encode_model_us", "batches"):
+                    "pages_unchanged", "raw_bytes", "payload_bytes", "encode_s", "encode_model_us", "batches",
+                    "batches_corrupted", "batches_resent", "batches_dropped"):
             out[key] = sum(getattr(c, key) for c in cs)
         if job.caches is not None:
             out["xbzrle"] = job.caches.counters(m)
@@ -244,6 +280,8 @@ class HostAgent:
         return {"pages_restored": sum(r.pages_restored for r in rs),
                 "errors": [r.error for r in rs if r.error],
                 "decode_s": sum(r.decode_s for r in rs),
+                "batches_corrupted": sum(r.batches_corrupted for r in rs),
+                "batches_dropped": sum(r.batches_dropped for r in rs),
                 "decode_model_us": sum(r.decode_model_us for r in rs)}
 
     def share_cores_with(self, keys: list[str], period_s: float) -> None:
@@ -279,6 +317,9 @@ class HostAgent:
         for job in self.jobs.values():
             if job.technique is not None:
                 job.technique.abort("aborted", "host closing")
+                give_up = getattr(job.technique, "give_up", None)
+                if give_up is not None:
+                    give_up()  # a paused post-copy waits no more
             job.pipeline.close()
         for c, s in self.senders.items():
             if not any(c in job.conns for job in self.jobs.values()):
@@ -300,10 +341,13 @@ class _Job:
         self.thread: threading.Thread | None = None
         self.error: str | None = None
         self.done = threading.Event()
+        self.watchdog: Watchdog | None = None
 
     def run(self) -> None:
         try:
             self.technique.run()
+        except ENDS_MIGRATION as exc:  # a fault: the migration ends, the VM stays where it can
+            self._fault_ended(exc)
         except Exception:  # reported to the driver, which fails the migration cleanly
             self.error = traceback.format_exc()
             self.technique.result.status = "failed"
@@ -317,6 +361,28 @@ class _Job:
                 pass
         finally:
             self.done.set()
+
+
+    def _fault_ended(self, exc: BaseException) -> None:
+        """Abort on a fault. Before a post-copy switch the VM keeps running on its source;
+        after it, neither side holds the whole VM: it is lost."""
+        t, r = self.technique, self.technique.result
+        lost = bool(getattr(r, "guest_on_destination", False))
+        r.status, r.stop_reason = ("failed" if lost else "aborted"), str(exc)
+        if lost:
+            t.vm_lost(str(exc))
+        else:
+            stop = getattr(t, "_convergence_stop", None)
+            if stop is not None:
+                stop()
+            try:
+                self.ctx.guest.stop_dirty_log()
+                self.ctx.guest.resume()  # a no-op unless it was paused for stop-and-copy
+            except Exception:  # noqa: BLE001 - the VM's own actor is gone: nothing to resume
+                pass
+        r.total_time_s = (time.monotonic() - r.started_at) / t.dilation
+        self.ctx.record(r.status, reason=r.stop_reason, during=t.phase, fault=type(exc).__name__)
+        t.phase = r.status
 
 
 class _GuestControl:
@@ -355,6 +421,10 @@ class _GuestControl:
 
     def resume(self) -> float:
         return ray.get(self.h.resume.remote())
+
+    def resume_async(self) -> None:
+        """Resume without waiting: a vCPU blocked on a missing page holds the guest until the page comes."""
+        self.h.resume.remote()
 
     def resume_on_destination(self, image_path: str, missing: np.ndarray, return_path: str = "") -> float:
         return ray.get(self.h.resume_on.remote(image_path, {"missing": np.packbits(missing),

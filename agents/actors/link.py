@@ -29,6 +29,7 @@ class LinkAgent:
                                  monitor_period_s=monitor_period_s)
         self._listeners: list[Listener] = []
         self._rings: list[Region] = []
+        self.corrupted = 0
 
     def listen(self, paths: list[tuple[int, str, str]]) -> None:
         """One (conn_id, inbound, outbound) socket pair per connection; shaping starts when all are connected."""
@@ -40,21 +41,34 @@ class LinkAgent:
 
         threading.Thread(target=accept_then_run, daemon=True).start()
 
-    def corrupt_one_page(self, ring_path: str, batch_pages: int) -> None:
-        """Fault injection: flip one byte of one page of the next batch in transit."""
-        ring = Region.attach(ring_path)
-        self._rings.append(ring)
-        layout = SlotLayout(batch_pages)
+    def corrupt(self, rings: dict[int, tuple[str, int]], count: int = 1) -> None:
+        """Fault injection: flip one byte in the payload of each of the next `count` batches
+        with contents that enter the link, on the connections of `rings` (conn_id -> its
+        ring's path and batch pages)."""
+        views = {}
+        for cid, (path, batch_pages) in rings.items():
+            ring = Region.attach(path)
+            self._rings.append(ring)
+            views[cid] = (ring.array, SlotLayout(batch_pages))
+        left = [count]
 
-        def corrupt(d: tuple) -> None:
-            if d[0] != KIND_BATCH or self.shaper.corrupt_next is None:
+        def corrupt(cid: int, d: tuple) -> None:
+            if d[0] != KIND_BATCH or cid not in views or left[0] <= 0:
                 return
-            view = SlotView(ring.array, d[2], layout)
-            if view.get_header()[2]:  # a batch with payload: not only zero pages
-                view.payload[100] ^= 0xFF
-                self.shaper.corrupt_next = None
+            view = SlotView(views[cid][0], d[2], views[cid][1])
+            payload_len = view.get_header()[2]
+            if payload_len:  # a batch with payload: not only zero pages
+                view.payload[(d[5] * 7919) % payload_len] ^= 0xFF
+                left[0] -= 1
+                self.corrupted += 1
+                if left[0] <= 0:
+                    self.shaper.corrupt_next = None
 
         self.shaper.corrupt_next = corrupt
+
+    def set_down(self, down: bool) -> None:
+        """Fault injection: the link goes down (nothing crosses it) or comes back up."""
+        self.shaper.set_down(down)
 
     def set_bandwidth(self, rate_bytes_s: float) -> None:
         """The link's capacity in real bytes/s, for batches not yet on the wire."""
@@ -72,7 +86,8 @@ class LinkAgent:
         s = self.shaper
         return {"bytes": s.bytes_forwarded, "batches": s.batches_forwarded, "rate_bytes_s": s.migration_rate,
                 "background_seen": list(s.background_seen), "by_connection": dict(s.bytes_by_connection),
-                "capacity_bytes_s": s.capacity, "one_way_s": s.one_way_s}
+                "capacity_bytes_s": s.capacity, "one_way_s": s.one_way_s,
+                "down": s.down, "batches_dropped": s.batches_dropped, "batches_corrupted": self.corrupted}
 
     def close(self) -> None:
         for lst in self._listeners:

@@ -15,6 +15,11 @@ DESCRIPTOR = struct.Struct("<BxxxIIIQQdd")
 KIND_BATCH, KIND_STATE, KIND_ACK, KIND_CLOSE = 1, 2, 3, 4
 # Post-copy's return path, destination -> source: one page request (page number in wire_bytes).
 KIND_PAGE_REQUEST = 5
+# Faults (agents/datapath/link.py, receiver.py): a batch whose checksum did not match,
+# sent back for re-sending; a batch lost with its connection (post-copy's broken
+# connection), acknowledged without being restored; a sender's request to drop what
+# its connection still has queued or in flight (the connection broke).
+KIND_NACK, KIND_DROPPED, KIND_RESET = 6, 7, 8
 
 
 class Listener:

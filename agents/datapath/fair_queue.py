@@ -39,6 +39,17 @@ class DeficitRoundRobin:
         queue = self._queues.get(flow)
         return len(queue) if queue else 0
 
+    def remove(self, flow: Hashable) -> list:
+        """Take every waiting item of `flow` out of the queue (its connection broke); in order."""
+        queue = self._queues.pop(flow, None)
+        if not queue:
+            return []
+        if self._ring and self._ring[0] == flow:
+            self._turn_started = False
+        self._ring.remove(flow)
+        self._deficit.pop(flow, None)
+        return [item for _, item in queue]
+
     def __bool__(self) -> bool:
         return bool(self._ring)
 

@@ -23,6 +23,14 @@ The control plane may change bandwidth, latency and background traffic at
 run time (from another thread); a change applies to batches not yet
 admitted into the bucket.
 
+Faults: a link that is down (`set_down`) admits and delivers nothing;
+batches wait in their queues, as TCP keeps unacknowledged data, and what was
+on the wire goes again one latency after the link comes back. A sender whose
+connection broke sends RESET: its queued and in-flight batches are dropped,
+each handed to its receiver at once as DROPPED (only so its slot comes back:
+no bytes are restored). A fault hook (`corrupt_next`) may damage a batch as
+it enters the link.
+
 One thread does admission, pacing and delivery, waiting in `select` and
 spinning only the last stretch: two threads spinning in one process would
 fight over the GIL and blur the latency by milliseconds.
@@ -36,7 +44,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from agents.datapath.channel import DESCRIPTOR, KIND_CLOSE, Channel
+from agents.datapath.channel import DESCRIPTOR, KIND_CLOSE, KIND_DROPPED, KIND_RESET, Channel
 from agents.datapath.fair_queue import DeficitRoundRobin
 from agents.datapath.token_bucket import TokenBucket
 
@@ -77,7 +85,10 @@ class LinkShaper:
         self.bytes_by_connection: dict[int, int] = {}
         # Background throughput the monitor saw: (real seconds observed, bytes moved).
         self.background_seen = [0.0, 0.0]
-        self.corrupt_next = None  # fault injection: callable(descriptor)
+        self.corrupt_next = None  # fault injection: callable(conn_id, descriptor)
+        self.down = False
+        self._down_changed = False
+        self.batches_dropped = 0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._rate_changed_at: float | None = None  # a setter changed the share; the loop applies it
@@ -110,6 +121,12 @@ class LinkShaper:
             self.background = background_bytes_s
             self._rate_changed_at = time.monotonic()
 
+    def set_down(self, down: bool) -> None:
+        """Take the link down (nothing admitted or delivered) or bring it back up."""
+        with self._lock:
+            self._down_changed = self.down != down
+            self.down = down
+
     def set_one_way(self, one_way_s: float) -> None:
         if one_way_s < 0:
             raise ValueError("one-way latency must not be negative")
@@ -134,6 +151,9 @@ class LinkShaper:
         while self._open or self._queue or self._line:
             now = time.monotonic()
             self._apply_rate_change()
+            if self.down:
+                self._receive(0.01)  # resets and new batches still come in; nothing leaves
+                continue
             self._monitor(now, window)
             due = self._next_event()
             wait = due - now
@@ -157,8 +177,13 @@ class LinkShaper:
         with self._lock:
             t, self._rate_changed_at = self._rate_changed_at, None
             rate = max(1.0, self.migration_rate)
+            back_up, self._down_changed = self._down_changed and not self.down, False
         if t is not None:
             self._bucket.set_rate(rate, t)
+        if back_up:  # what was on the wire when it went down goes again
+            now = time.monotonic()
+            self._line = collections.deque((max(a, now + self.one_way_s), c, d) for a, c, d in self._line)
+            self._bucket.t = max(self._bucket.t, now)  # no credit for the time it was down
 
     def _monitor(self, now: float, window: list) -> None:
         """Each period: what did the background get, and what may the migration take next."""
@@ -186,11 +211,29 @@ class LinkShaper:
                 del self._open[sock]
                 self._close(conn)
                 continue
+            if d[0] == KIND_RESET:
+                self._drop(conn)
+                continue
             if self.corrupt_next is not None:
-                self.corrupt_next(d)
+                self.corrupt_next(conn.conn_id, d)
             # Offered when the sender posted it (d[6]), not when this
             # thread woke up: wake-up latency is not link latency.
             self._queue.offer(conn.conn_id, d[4], (conn, min(d[6], time.monotonic()), d))
+
+    def _drop(self, conn: _Connection) -> None:
+        """The connection broke: what it has queued or on the wire is lost; each batch's
+        receiver hears of it (DROPPED) at once, so the sender gets its slot back."""
+        lost = [d for _, _, d in self._queue.remove(conn.conn_id)]
+        mine = [item for item in self._line if item[1] is conn and item[2] is not _CLOSE]
+        lost += [d for _, _, d in mine]
+        gone = {id(item) for item in mine}
+        self._line = collections.deque(item for item in self._line if id(item) not in gone)
+        for d in lost:
+            self.batches_dropped += 1
+            try:
+                conn.outbound.sock.send(DESCRIPTOR.pack(KIND_DROPPED, *d[1:]))
+            except OSError:
+                pass
 
     def _close(self, conn: _Connection) -> None:
         """The close goes behind what the connection still has waiting or on the wire."""

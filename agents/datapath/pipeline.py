@@ -88,6 +88,7 @@ class SourcePipeline:
         # could reorder a page's copies; otherwise only at stop-and-copy.
         self.barrier_each_pass = len(connections) > 1
         self.limit = RateLimit()
+        self.crash: BaseException | None = None  # an injected crash, raised in the migration thread
         self._threads = [threading.Thread(target=self._consume, args=(i,), daemon=True, name=f"consumer-{i}")
                          for i in range(consumers)]
         for t in self._threads:
@@ -97,8 +98,10 @@ class SourcePipeline:
     def send_pages(self, vm: int, image: np.ndarray, idx: np.ndarray, phase: str,
                    should_stop: Callable[[], bool] = lambda: False) -> int:
         """Send pages `idx` of `image` through the consumers; returns wire bytes (real)."""
+        self._crash_point()
         call = _Call()
         for start in range(0, len(idx), self.task_pages):
+            self._crash_point()
             if should_stop():
                 break
             chunk = idx[start:start + self.task_pages]
@@ -122,6 +125,10 @@ class SourcePipeline:
         cs = [c.counters for c in self.connections]
         return sum(c.pages_normal + c.pages_zero + c.pages_compressed + c.pages_delta + c.pages_unchanged for c in cs)
 
+    def _crash_point(self) -> None:
+        if self.crash is not None:
+            raise self.crash
+
     def send_state(self, vm: int, state_bytes: int) -> None:
         self.drain()  # all memory first, then the state, then resume
         self.limit.pace(state_bytes)
@@ -132,7 +139,13 @@ class SourcePipeline:
         self.limit.set_rate(rate_bytes_s)
 
     def drain(self) -> float:
+        self._crash_point()
         return max(c.drain() for c in self.connections)
+
+    def reset(self) -> None:
+        """The connections broke: drop what they still hold at the link (post-copy recovery)."""
+        for c in self.connections:
+            c.reset()
 
     def close(self) -> None:
         for _ in self._threads:

@@ -6,6 +6,11 @@ of its VM on a core of the destination's `CorePool`, charges the work, and
 acknowledges the slot so the sender may reuse it. A connection's batches are
 restored in the order they were sent, so a page's newer copy always lands
 after its older one.
+
+A batch whose checksum does not match (damaged in transit) is not
+restored: it is counted and sent back as a NACK, and its sender packs it
+again. A batch the link dropped with a broken connection arrives as
+DROPPED and is only acknowledged, so its slot comes back.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from agents.cpu import CorePool
-from agents.datapath.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, Channel
+from agents.datapath.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, KIND_DROPPED, KIND_NACK, Channel
 from agents.datapath.wire_format import (
     ENC_ZERO,
     SlotLayout,
@@ -49,6 +54,8 @@ class PageReceiver:
         self.images = images
         self.received = received or {}
         self.pages_restored = 0
+        self.batches_corrupted = 0  # checksum mismatches, sent back for re-sending
+        self.batches_dropped = 0
         self.restored_by: dict[int, int] = {}
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="receiver")
@@ -60,6 +67,14 @@ class PageReceiver:
             if d is None or d[0] == KIND_CLOSE:
                 break
             kind, vm, slot, npages = d[0], d[1], d[2], d[3]
+            if kind == KIND_DROPPED:
+                self.batches_dropped += 1
+                self.acks.send(KIND_DROPPED, vm, slot, 0, 0, d[5], d[6], time.monotonic())
+                continue
+            if kind == KIND_BATCH and not self.views[slot].intact():
+                self.batches_corrupted += 1
+                self.acks.send(KIND_NACK, vm, slot, npages, 0, d[5], d[6], time.monotonic())
+                continue
             if kind == KIND_BATCH:
                 with self.cores.core((vm, "receive")) as core:
                     zero = int(np.count_nonzero(self.views[slot].enc[:npages] == ENC_ZERO))

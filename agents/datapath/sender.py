@@ -6,6 +6,16 @@ link). A consumer takes a free slot (waiting, without a core, while the
 link or the receiver is behind), packs its batch into it and posts a small
 descriptor to the link. Slots come back when the receiver acknowledges them:
 the ring is the bounded memory of this stage.
+
+Faults (agents/faults.py names them): a batch the receiver found damaged
+comes back as a NACK and is packed again from the image, raw, and re-posted
+(counted in `batches_resent`); `stalled_s()` says how long batches have
+waited for any acknowledgement, so a watchdog can `fail()` the connection
+(TCP's user timeout), which wakes every thread waiting on it with
+`ConnectionLost`; an acknowledgement channel closed under a live sender means
+the destination is gone, and fails it at once. `reset()` drops the
+connection's queued and in-flight batches at the link (its slots come back
+as DROPPED acknowledgements): what a broken connection loses.
 """
 from __future__ import annotations
 
@@ -21,6 +31,9 @@ from agents.datapath.channel import (
     KIND_ACK,
     KIND_BATCH,
     KIND_CLOSE,
+    KIND_DROPPED,
+    KIND_NACK,
+    KIND_RESET,
     KIND_STATE,
     Channel,
 )
@@ -28,6 +41,10 @@ from agents.datapath.wire_format import PackStats, SlotLayout, SlotView, pack_pa
 
 if TYPE_CHECKING:
     from agents.encodings.encoding import BatchEncoder
+
+
+class ConnectionLost(ConnectionError):
+    """A connection gave up: no acknowledgement within the user timeout, or its peer is gone."""
 
 
 @dataclass
@@ -45,6 +62,9 @@ class SendCounters:
     state_bytes: int = 0  # of which CPU and device state
     batches: int = 0
     last_restore_t: float = 0.0
+    batches_corrupted: int = 0  # NACKs: batches the receiver found damaged
+    batches_resent: int = 0
+    batches_dropped: int = 0  # lost with a broken connection (reset)
 
 
 class PageSender:
@@ -59,6 +79,11 @@ class PageSender:
         self._seq = 0
         self._outstanding = 0
         self._cv = threading.Condition()
+        self._inflight: dict[int, tuple] = {}  # slot -> (vm, image, page numbers), to pack again on a NACK
+        self._progress_t = time.monotonic()  # the last acknowledgement, or when the first batch went out
+        self.failure: ConnectionLost | None = None
+        self._closing = False
+        self.on_resend = lambda vm, idx: None  # an XBZRLE cache forgets re-sent pages
         self._ack_thread = threading.Thread(target=self._collect_acks, args=(acks,), daemon=True, name="acks")
         self._ack_thread.start()
 
@@ -66,25 +91,82 @@ class PageSender:
         while True:
             d = acks.recv()
             if d is None or d[0] == KIND_CLOSE:
+                if not self._closing:  # the receiving end went away under a live connection
+                    self.fail(ConnectionLost("the destination closed the connection (its host is gone)"))
                 break
-            if d[0] == KIND_ACK:
+            if d[0] == KIND_NACK:
+                self._resend(d[2])
+            elif d[0] in (KIND_ACK, KIND_DROPPED):
+                self._inflight.pop(d[2], None)
                 self.free.put(d[2])
                 with self._cv:
                     self._outstanding -= 1
-                    self.counters.last_restore_t = max(self.counters.last_restore_t, d[7])
+                    self._progress_t = time.monotonic()
+                    if d[0] == KIND_DROPPED:
+                        self.counters.batches_dropped += 1
+                    else:
+                        self.counters.last_restore_t = max(self.counters.last_restore_t, d[7])
                     self._cv.notify_all()
 
+    def _resend(self, slot: int) -> None:
+        """The receiver found the batch in `slot` damaged: pack its pages again, raw, from the
+        image as it is now (never older than what was sent), and post it again."""
+        vm, image, idx = self._inflight[slot]
+        self.on_resend(vm, idx)
+        stats = pack_pages(image, idx, self.views[slot])
+        self.views[slot].seal()
+        with self._cv:
+            self.counters.batches_corrupted += 1
+            self.counters.batches_resent += 1
+            self.counters.wire_bytes += stats.wire_bytes
+            self._progress_t = time.monotonic()
+            self._outstanding -= 1  # _post counts it again
+        self._post(KIND_BATCH, vm, slot, len(idx), stats.wire_bytes)
+
     def acquire_slot(self) -> int:
-        """A free slot; blocks while every slot is on the wire or being restored."""
-        return self.free.get()
+        """A free slot; blocks while every slot is on the wire or being restored.
+        Raises ConnectionLost once the connection has failed."""
+        while True:
+            if self.failure is not None:
+                raise self.failure
+            try:
+                return self.free.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    # --- liveness -----------------------------------------------------------
+    def stalled_s(self) -> float:
+        """Real seconds batches have been waiting without any acknowledgement (0: none waiting)."""
+        with self._cv:
+            return time.monotonic() - self._progress_t if self._outstanding > 0 else 0.0
+
+    def fail(self, exc: ConnectionLost) -> None:
+        """Give the connection up: every thread waiting on it raises `exc`."""
+        with self._cv:
+            if self.failure is None:
+                self.failure = exc
+            self._cv.notify_all()
+
+    def reset(self) -> None:
+        """The connection broke: ask the link to drop what it still holds of ours (each such slot
+        comes back DROPPED); the connection may be used again (a new one, as far as the
+        emulated network knows) once `drain()` returns."""
+        with self._cv:
+            self.failure = None
+            self._progress_t = time.monotonic()
+        self.to_link.send(KIND_RESET)
 
     def pack(self, slot: int, image: np.ndarray, idx: np.ndarray, encoder: BatchEncoder | None = None,
              vm: int = 0, last_stage: bool = False, bulk: bool = False) -> PackStats:
         """Encode pages `idx` of `image` into `slot` (zero pages only, without an encoder).
         `bulk`: the first round over the image, before XBZRLE starts."""
         if encoder is None:
-            return pack_pages(image, idx, self.views[slot])
-        return encoder.pack(vm, image, idx, self.views[slot], last_stage, bulk)
+            stats = pack_pages(image, idx, self.views[slot])
+        else:
+            stats = encoder.pack(vm, image, idx, self.views[slot], last_stage, bulk)
+        self.views[slot].seal()
+        self._inflight[slot] = (vm, image, idx.copy())
+        return stats
 
     def post(self, slot: int, vm: int, npages: int, stats: PackStats) -> None:
         with self._cv:
@@ -103,7 +185,7 @@ class PageSender:
 
     def send_state(self, vm: int, state_bytes: int) -> None:
         """CPU and device state: one message of the given wire size (single-threaded, as in the paper)."""
-        slot = self.free.get()
+        slot = self.acquire_slot()
         self.views[slot].set_header(0, 0, 0)
         with self._cv:
             self.counters.wire_bytes += state_bytes
@@ -112,6 +194,8 @@ class PageSender:
 
     def _post(self, kind: int, vm: int, slot: int, npages: int, wire_bytes: int) -> None:
         with self._cv:
+            if self._outstanding == 0:
+                self._progress_t = time.monotonic()
             self._outstanding += 1
             self._seq += 1
             seq = self._seq
@@ -123,6 +207,8 @@ class PageSender:
         deadline = time.monotonic() + timeout
         with self._cv:
             while self._outstanding > 0:
+                if self.failure is not None:
+                    raise self.failure
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"{self._outstanding} batches never acknowledged")
@@ -130,6 +216,7 @@ class PageSender:
             return self.counters.last_restore_t
 
     def close(self) -> None:
+        self._closing = True
         try:
             self.to_link.send(KIND_CLOSE)
         except OSError:

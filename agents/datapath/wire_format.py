@@ -19,12 +19,20 @@ pages carry). The frames go between the normal pages and the deltas, in
 batch order; `FLAG_ZSTD` in the header says the batch holds some. A frame
 per page keeps a page's ratio its own, whatever the batch size
 (agents/encodings/zstd_codec.py).
+
+Every batch carries a checksum of what the receiver reads (page numbers,
+encodings, lengths and payload), set by the sender after packing and
+checked by the receiver before it writes a byte (`batch_checksum`): a batch
+damaged in transit is detected and sent again, never restored. It is 64
+bits of MurmurHash3 x64-128 (mmh3, as verification uses): 5 GiB/s here
+against zlib's crc32 at 2 GiB/s, which cost more than packing the batch.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+import mmh3
 import numpy as np
 
 from agents.encodings import xbzrle
@@ -37,7 +45,7 @@ PAGE_HEADER_BYTES = 8  # page number + flags, as in QEMU's RAM_SAVE_FLAG_* strea
 ZERO_MARKER_BYTES = 1
 DELTA_HEADER_BYTES = 3  # QEMU's ENCODING_FLAG_XBZRLE byte + 16-bit length of the delta
 ZSTD_HEADER_BYTES = 4  # the compressed size of a page (QEMU's compressed-page length field)
-_HDR = 16  # u32 npages, u32 flags, u64 payload_len
+_HDR = 24  # u32 npages, u32 flags, u64 payload_len, u64 checksum
 
 
 def _align(n: int, a: int = 64) -> int:
@@ -77,7 +85,7 @@ class SlotView:
         base = slot * layout.slot_bytes
         raw = ring[base: base + layout.slot_bytes]
         b = layout.batch_pages
-        self.header = raw[:_HDR].view(np.uint64)  # [npages | flags<<32, payload_len]
+        self.header = raw[:_HDR].view(np.uint64)  # [npages | flags<<32, payload_len, checksum]
         self.idx = raw[layout.idx_off: layout.idx_off + 8 * b].view(np.int64)
         self.enc = raw[layout.enc_off: layout.enc_off + b]
         self.lengths = raw[layout.len_off: layout.len_off + 4 * b].view(np.uint32)
@@ -91,6 +99,27 @@ class SlotView:
     def get_header(self) -> tuple[int, int, int]:
         h0 = int(self.header[0])
         return h0 & 0xFFFFFFFF, h0 >> 32, int(self.header[1])
+
+    def seal(self) -> None:
+        """Store the batch's checksum in its header (the sender, once packed)."""
+        self.header[2] = batch_checksum(self)
+
+    def intact(self) -> bool:
+        """Does the batch still match the checksum its sender stored?"""
+        return int(self.header[2]) == batch_checksum(self)
+
+
+def batch_checksum(slot: SlotView) -> int:
+    """A 64-bit checksum of a batch as the receiver reads it: its header's first two
+    words, page numbers, encodings, lengths and payload (a damaged count is caught too)."""
+    n = min(int(slot.header[0]) & 0xFFFFFFFF, slot.batch_pages)
+    payload_len = min(int(slot.header[1]), len(slot.payload))
+    parts = (slot.header[:2], slot.idx[:n], slot.enc[:n], slot.lengths[:n], slot.payload[:payload_len])
+    digests = b"".join(_digest(memoryview(p.view(np.uint8)).toreadonly()) for p in parts)
+    return int.from_bytes(_digest(digests)[:8], "little")
+
+
+_digest = mmh3.mmh3_x64_128_digest
 
 
 @dataclass

@@ -117,6 +117,13 @@ class XbzrleCaches:
             if now_s is not None:
                 c.encoder.counters.update_rates(now_s, pages_saved, PAGE)
 
+    def invalidate(self, vm: int, pages: np.ndarray) -> None:
+        """Forget `pages` of `vm`: they were sent again whole (a re-sent damaged batch), so
+        the destination holds the image's current contents, not the cached ones."""
+        c = self.of(vm)
+        with c.lock:
+            c.cache.invalidate(pages)
+
     def counters(self, vm: int) -> dict:
         """QEMU's xbzrle-cache statistics of `vm` (real units)."""
         if vm not in self._vms:

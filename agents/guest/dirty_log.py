@@ -103,6 +103,11 @@ class DirtyLog:
             time.sleep(0.0001)
         return float(self.times[_PAUSED_AT])
 
+    def ask_pause(self) -> None:
+        """Ask the vCPUs to stop at their next tick, without waiting (one blocked on a
+        missing post-copy page stops once it has it): post-copy's paused state."""
+        self.ctrl[_PAUSE_REQUESTED] = 1
+
     def set_throttle(self, pct: float) -> None:
         """Throttle the vCPUs to run 1 - pct/100 of the time (QEMU's cpu_throttle_set)."""
         self.times[_CPU_THROTTLE] = pct

@@ -36,6 +36,7 @@ class GuestControl(Protocol):
     def harvest(self) -> np.ndarray: ...
     def pause(self) -> float: ...
     def resume(self) -> float: ...
+    def resume_async(self) -> None: ...  # post-copy recovery: resume, not waiting for a blocked vCPU
     # Post-copy: run on the destination's image now, lacking the pages marked in `missing`.
     def resume_on_destination(self, image_path: str, missing: np.ndarray, return_path: str) -> float: ...
 
@@ -59,6 +60,8 @@ class Trigger:
     iteration: int = 0
     cancel: bool = False  # a cancel is carried out on the spot, in the migration thread
     postcopy: bool = False  # migrate-start-postcopy, likewise
+    link_down: object = None  # a fault (a LinkAgent handle): the link goes down on the spot, likewise
+    crash: bool = False  # a fault: the migration thread crashes at its next step, likewise
 
 
 @dataclass
@@ -79,6 +82,8 @@ class MigrationContext:
     # link's one-way delay (real s), for a technique that moves the guest itself.
     destination: dict = field(default_factory=dict)
     postcopy_requested: bool = False  # set when a start-postcopy trigger fires
+    act: object = None  # callable(Trigger): the host carries out a fault trigger on the spot
+    fired: set = field(default_factory=set)  # triggers that fired (each fires once)
 
     def record(self, event: str, **fields) -> None:
         self.events.append({"t_real": time.monotonic(), "event": event, **fields})
@@ -88,10 +93,13 @@ class MigrationContext:
         self.record("phase", phase=phase, iteration=iteration)
         cancel = False
         for tr in self.triggers:
-            if tr.phase == phase and tr.iteration in (0, iteration):
+            if tr.phase == phase and tr.iteration in (0, iteration) and tr.event not in self.fired:
+                self.fired.add(tr.event)
                 self.record("trigger", trigger=tr.event, phase=phase, iteration=iteration)
                 cancel |= tr.cancel
                 self.postcopy_requested |= tr.postcopy
+                if (tr.link_down is not None or tr.crash) and self.act is not None:
+                    self.act(tr)
         return cancel
 
 

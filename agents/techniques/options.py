@@ -101,6 +101,10 @@ COMMON: tuple[Option, ...] = (
            le=MAX_PAUSE_MS),
     Option("resume_ms", 0, "ms", "Fixed part of every downtime: suspend, restore devices, resume "
            "(Xen 4.1: about 300 ms)", float, ge=0, le=MAX_PAUSE_MS),
+    Option("tcp_user_timeout_ms", 30_000, "ms", "How long sent batches may wait unacknowledged (the link down, "
+           "the destination gone) before the connection gives up: pre-copy aborts (the VM stays on its source), "
+           "post-copy pauses (Linux's TCP_USER_TIMEOUT; the default is libvirt's keepalive: 5 probes 5 s apart)",
+           float, gt=0, le=3_600_000),
 )
 
 # Iterative pre-copy: how an iteration is cut and when iterating stops.

@@ -20,8 +20,24 @@ VM (the source's copy is stale where the guest wrote since, the destination
 lacks what has not arrived): losing either host or the link loses the VM,
 so a cancel is refused once the guest has switched.
 
+Recovery (QEMU's postcopy-recover). When a connection gives up during
+post-copy (agents/faults.py: no acknowledgement within tcp_user_timeout_ms),
+the migration enters `postcopy-paused`: the guest on the destination is
+asked to stop (a vCPU blocked on a missing page stops once it has it) and
+the broken connection's queued and in-flight batches are dropped. It waits
+for `recover()` (the control plane calls it when the link comes back: QEMU's
+migrate-recover and migrate resume=true), then enters `postcopy-recover`:
+every slot of the old connection back, then the handshake over the new one
+(the destination's received bitmap, a bit per page, crosses the link:
+QEMU's MIG_CMD_RECV_BITMAP). A failure during the handshake goes back to
+`postcopy-paused`. Once through, the pages neither received nor on their way
+are pending again (those lost with the old connection are sent a second
+time: the one exception to "at most once", counted), the guest resumes and
+post-copy goes on. `give_up()` (the link will not return) ends it with the
+VM lost; the result says how many pages each side held.
+
 Pre-copy's rounds are agents/techniques/precopy.py's, inherited; this module
-adds the switch decision, the push order and the post-copy phase.
+adds the switch decision, the push order, the post-copy phase and its recovery.
 """
 from __future__ import annotations
 
@@ -36,6 +52,9 @@ import numpy as np
 
 from agents.datapath.channel import KIND_PAGE_REQUEST, Listener
 from agents.datapath.clock import sleep_until
+from agents.datapath.sender import ConnectionLost
+from agents.datapath.shm import Region
+from agents.guest.dirty_log import DirtyLog
 from agents.techniques.precopy import PrecopyMigration, PrecopyResult, StopPolicy
 
 NEITHER_SIDE_WHOLE = ("during post-copy neither side holds the whole VM: the source's copy is stale where the "
@@ -108,8 +127,20 @@ class PushOrder:
                 up = np.concatenate([up, self._upwards(n - len(up) - len(down))])
             out = np.concatenate([up, down])
             out = out[np.argsort(np.abs(out - self.pivot), kind="stable")]  # nearest the pivot first
+        if not len(out) and self.left > 0:  # the walks passed pages pending again: start over
+            self.pivot, self.fwd, self.back = None, 0, -1
+            out = self._upwards(n)
         self._take(out)
         return out
+
+    def requeue(self, pages: np.ndarray) -> int:
+        """Pages handed out but lost on the way (a broken connection): pending again. Returns how many."""
+        pages = np.asarray(pages, dtype=np.int64)
+        pages = pages[~self.pending[pages]]
+        self.pending[pages] = True
+        self.left += len(pages)
+        self.fwd, self.back = (0, -1) if self.pivot is None else (self.pivot, self.pivot - 1)
+        return len(pages)
 
     def _take(self, pages: np.ndarray) -> None:
         self.pending[pages] = False
@@ -176,6 +207,10 @@ class ReturnPath:
         self.listener.close()
 
 
+class PostcopyLost(ConnectionLost):
+    """A paused post-copy whose link will not return: the VM is lost."""
+
+
 # --- the technique ----------------------------------------------------------------
 @dataclass
 class PostcopyResult(PrecopyResult):
@@ -200,6 +235,12 @@ class PostcopyMigration(PrecopyMigration):
         self._cancelled = False
         self._pass_todo = np.arange(len(self.image))  # the pre-copy pass under way, for a switch mid-pass
         self.order: PushOrder | None = None
+        self.missing_at_switch: np.ndarray | None = None
+        self._recover = threading.Event()  # migrate-recover: the link is back
+        self._give_up = threading.Event()  # the link will not return
+        self._dest_regions: dict[str, Region] = {}
+        self.recovery = {"paused": 0, "recover_attempts": 0, "recovered": 0, "pages_resent_after_recovery": 0,
+                         "paused_s": 0.0}
 
     @classmethod
     def from_options(cls, ctx, o) -> "PostcopyMigration":
@@ -225,6 +266,20 @@ class PostcopyMigration(PrecopyMigration):
             self._requested = True
             self.ctx.record("postcopy-requested")
             self.abort_requested = True  # ends the pass early; run() sees it was not a cancel
+
+    def recover(self) -> bool:
+        """QEMU's migrate-recover: the link is back; a paused post-copy reconnects. False when not paused."""
+        if self.phase != "postcopy-paused":
+            return False
+        self._recover.set()
+        return True
+
+    def give_up(self) -> bool:
+        """The link will not return: a paused post-copy ends with the VM lost. False when not post-copy."""
+        if not self.result.guest_on_destination or self.result.status != "running" or self._give_up.is_set():
+            return False
+        self._give_up.set()
+        return True
 
     def progress(self) -> dict:
         out = super().progress()
@@ -320,36 +375,117 @@ class PostcopyMigration(PrecopyMigration):
         return missing
 
     def _serve(self, missing: np.ndarray, back: ReturnPath, why: str) -> PostcopyResult:
-        """Requests first, else the background push, until every page is sent and restored."""
+        """Requests first, else the background push, until every page is sent and restored;
+        a connection that gives up pauses post-copy until it recovers (or the VM is lost)."""
         r = self.result
+        self.missing_at_switch = missing
         self.order = order = PushOrder(missing, self.adaptive)
         self._enter("postcopy-active")
         # Each page goes once, so no copy can overtake another: no barrier between batches.
         if hasattr(self.sink, "barrier_each_pass"):
             self.sink.barrier_each_pass = False
         batch = getattr(self.sink, "task_pages", 64)
-        pulled = pushed = wire = 0
-        while order.left:
-            asked = back.arrived()
-            if asked:
-                pages = order.demand(asked)
-                pulled += len(pages)
-            else:
-                pages = order.next_push(batch)
-                pushed += len(pages)
-            if len(pages):
-                wire += self.sink.send_pages(self.vm, self.image, pages, "postcopy", lambda: False)
-        released = self.sink.drain()
+        sent = {"pulled": 0, "pushed": 0, "wire": 0}
+        while True:
+            try:
+                self._push(order, back, batch, sent)
+                released = self.sink.drain()
+                break
+            except ConnectionLost as exc:
+                if isinstance(exc, PostcopyLost):
+                    raise
+                self._pause_and_recover(exc, order)
         self.ctx.record("source-released", t_real=released)
-        r.memory_bytes_sent += wire / self.scale
+        r.memory_bytes_sent += sent["wire"] / self.scale
         r.total_time_s = self._emu(released - r.started_at)
         r.status, self.phase = "completed", "completed"
         r.postcopy = {"switch_reason": why, "precopy_iterations": r.iteration_count,
-                      "pages_pulled": pulled / self.scale, "pages_pushed": pushed / self.scale,
+                      "pages_pulled": sent["pulled"] / self.scale, "pages_pushed": sent["pushed"] / self.scale,
                       "requests_received": back.received / self.scale,
                       "requests_for_pages_on_their_way": order.dropped / self.scale,
                       "adaptive_prepaging": self.adaptive,
                       "max_sends_per_page": int(order.sends.max()) if len(order.sends) else 0,
                       "postcopy_time_s": self._emu(released - r.resumed_at),
-                      "source_released_after_s": r.total_time_s}
+                      "source_released_after_s": r.total_time_s, "recovery": self._recovery_figures()}
         return r
+
+    def _push(self, order: PushOrder, back: ReturnPath, batch: int, sent: dict) -> None:
+        while order.left:
+            asked = back.arrived()
+            if asked:
+                pages = order.demand(asked)
+                sent["pulled"] += len(pages)
+            else:
+                pages = order.next_push(batch)
+                sent["pushed"] += len(pages)
+            if len(pages):
+                sent["wire"] += self.sink.send_pages(self.vm, self.image, pages, "postcopy", lambda: False)
+
+    # --- recovery -------------------------------------------------------------------------
+    def _pause_and_recover(self, exc: ConnectionLost, order: PushOrder) -> None:
+        """postcopy-paused until the link is back and a handshake gets through; raises
+        PostcopyLost when told the link will not return."""
+        t0 = time.monotonic()
+        self._paused(str(exc))
+        while True:
+            while not self._recover.wait(0.05):
+                if self._give_up.is_set():
+                    self.recovery["paused_s"] += self._emu(time.monotonic() - t0)
+                    raise PostcopyLost(f"post-copy paused ({exc}) and the link did not return")
+            self._recover.clear()
+            self.recovery["recover_attempts"] += 1
+            self._enter("postcopy-recover")
+            self.ctx.record("postcopy-recover", attempt=self.recovery["recover_attempts"])
+            try:
+                self.sink.drain()  # every slot of the broken connection back (dropped at the link)
+                # The handshake: the destination's received bitmap, a bit per page, over the new connection.
+                self.sink.send_state(self.vm, max(1, len(self.image) // 8))
+                self.sink.drain()
+                break
+            except ConnectionLost as again:
+                self._paused(f"recovery failed: {again}")
+        received = self._destination_map("-recv")[:len(self.image)] != 0
+        lost = order.requeue(np.flatnonzero(self.missing_at_switch & ~received & ~order.pending))
+        self.recovery["pages_resent_after_recovery"] += lost / self.scale
+        self.recovery["recovered"] += 1
+        self.recovery["paused_s"] += self._emu(time.monotonic() - t0)
+        self.guest.resume_async()  # vCPUs blocked on a missing page stop asking once it is there
+        self.phase = "postcopy-active"
+        self.ctx.record("postcopy-recovered", pages_to_send_again=lost / self.scale,
+                        pages_left=order.left / self.scale)
+
+    def _paused(self, reason: str) -> None:
+        """Both sides stop: the guest on the destination, and this thread's sending;
+        the broken connection's batches are dropped at the link."""
+        self.phase = "postcopy-paused"
+        self.recovery["paused"] += 1
+        self._destination_log().ask_pause()
+        self.sink.reset()
+        self.ctx.record("postcopy-paused", reason=reason, **self._sides())
+
+    def _sides(self) -> dict:
+        """Emulated pages on each side: received by the destination, and held only by the source."""
+        received = self._destination_map("-recv")[:len(self.image)] != 0
+        only_source = self.missing_at_switch & ~received if self.missing_at_switch is not None else ~received
+        return {"pages_on_destination": int(np.count_nonzero(received)) / self.scale,
+                "pages_only_on_source": int(np.count_nonzero(only_source)) / self.scale,
+                "pages_total": len(self.image) / self.scale}
+
+    def _destination_map(self, suffix: str) -> np.ndarray:
+        """A region next to the destination's image (its received map, its control page), attached once."""
+        path = self.ctx.destination["image"] + suffix
+        if path not in self._dest_regions:
+            self._dest_regions[path] = Region.attach(path)
+        return self._dest_regions[path].array
+
+    def _destination_log(self) -> DirtyLog:
+        return DirtyLog(self._destination_map("-log"), len(self.image))
+
+    def vm_lost(self, reason: str) -> None:
+        """The migration ended after the switch without finishing: say what each side holds."""
+        lost = self._sides() | {"reason": reason}
+        self.result.postcopy = {"lost": lost, "recovery": self._recovery_figures(),
+                                "neither_side_whole": NEITHER_SIDE_WHOLE}
+
+    def _recovery_figures(self) -> dict:
+        return dict(self.recovery)

@@ -7,7 +7,7 @@
   livemig reproduce SUITE     run a paper's experiment pairs (or the model grid) and compare
   livemig list                the shipped scenarios
   livemig techniques          the migration techniques and their options
-  livemig bench pipeline|link|codec   figures of this machine
+  livemig bench pipeline|link|codec|lru   figures of this machine
 
 Exit codes: 0 done (and verified), 1 the migration failed or was aborted,
 2 bad input (one line on stderr naming file, field and what is allowed).
@@ -334,6 +334,23 @@ def bench_pipeline(mib: int = typer.Option(256, help="Real MiB of guest memory p
     """Unshaped real MB/s of the whole path (scan, encode, send, restore, verify) per content mix."""
     from cluster.bench import pipeline_bench
     print(json.dumps(pipeline_bench(mib, batch_pages), indent=2))
+
+
+@bench_app.command("lru")
+def bench_lru(sizes: str = typer.Option("1,4,16,64,256,1024,2048", help="Memory sizes in GiB, comma-separated."),
+              chunk_pages: int = typer.Option(256, help="Pages per chunk (the paper's 256)."),
+              repeats: int = typer.Option(3, help="Repeats per size (best kept).")) -> None:
+    """S-memV Fig. 14: access-history collection, LRU splitting and page-out decision time against memory size."""
+    from cluster.bench import lru_bench
+    try:
+        gib = [int(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        gib = []
+    if not gib or min(gib) <= 0 or chunk_pages <= 0 or repeats <= 0:
+        print("livemig bench lru: --sizes must be positive integers (GiB), --chunk-pages and --repeats positive",
+              file=sys.stderr)
+        raise typer.Exit(2)
+    print(json.dumps(lru_bench(gib, chunk_pages, repeats), indent=2))
 
 
 @bench_app.command("link")

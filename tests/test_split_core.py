@@ -203,3 +203,21 @@ def test_lru_faults_less_than_random_on_a_hot_set():
     lru = sum(run_paging("lru", s)[0] for s in range(3))
     rnd = sum(run_paging("random", s)[0] for s in range(3))
     assert lru < rnd
+
+
+# --- livemig bench lru (the figures themselves are the bench's output, not asserted) ---------
+def test_bench_lru_reports_the_three_times_and_the_ratio_to_fig14():
+    import json
+    import subprocess
+
+    from tests.conftest import LIVEMIG, ROOT
+    out = subprocess.run([LIVEMIG, "bench", "lru", "--sizes", "1,2", "--repeats", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert [r["memory_gib"] for r in data["sizes"]] == [1, 2]
+    assert set(data["ratio_to_paper"]) == {"collection", "splitting", "pageout_decision"}
+    assert all(v > 0 for v in data["ratio_to_paper"].values())
+    bad = subprocess.run([LIVEMIG, "bench", "lru", "--sizes", "0"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -219,6 +219,18 @@ class HotsetWorkload(_Strict):
     working_set_gib: MemoryGib | None = None
 
 
+class ReadMostlyWorkload(_Strict):
+    """A read-mostly hot set (GNU sort's input, memcached's values): reads
+    `reads_per_s` pages uniformly in a read set of `read_set_gib` that is never
+    written, and writes `dirty_pages_per_s` in the first `working_set_gib`."""
+
+    kind: Literal["readmostly"]
+    reads_per_s: PagesS
+    read_set_gib: MemoryGib
+    dirty_pages_per_s: PagesS = 0.0
+    working_set_gib: Annotated[float, Field(ge=0, le=MAX_MEMORY_GIB)] = 0.0
+
+
 class SweeperWorkload(_Strict):
     """RapidWrite-like: writes `sweep_gib` sequentially, then sleeps."""
 
@@ -268,8 +280,8 @@ class ErpWorkload(_Strict):
 
 
 Workload = Annotated[
-    IdleWorkload | UniformWorkload | HotsetWorkload | SweeperWorkload | MemwriteWorkload | VideoWorkload
-    | ErpWorkload,
+    IdleWorkload | UniformWorkload | HotsetWorkload | ReadMostlyWorkload | SweeperWorkload | MemwriteWorkload
+    | VideoWorkload | ErpWorkload,
     Field(discriminator="kind"),
 ]
 
@@ -840,6 +852,10 @@ def _vm_problems(s: Scenario) -> Problems:
         ws = getattr(vm.workload, "working_set_gib", None)
         if ws is not None and ws > vm.memory_gib:
             problems.append((f"vms[{i}].workload.working_set_gib", f"{ws:g} GiB exceeds the VM's memory_gib of {vm.memory_gib:g}"))
+        reads = getattr(vm.workload, "read_set_gib", None)
+        if reads is not None and reads + (ws or 0.0) > vm.memory_gib:
+            problems.append((f"vms[{i}].workload.read_set_gib", f"read set {reads:g} GiB plus working set {ws or 0:g} GiB "
+                                                               f"exceeds the VM's memory_gib of {vm.memory_gib:g}"))
         frames = getattr(vm.workload, "frame_mib", None)
         if frames is not None and frames * MIB > vm.memory_gib * GIB:
             problems.append((f"vms[{i}].workload.frame_mib", f"{frames:g} MiB exceeds the VM's memory_gib of {vm.memory_gib:g}"))
@@ -967,8 +983,8 @@ def _postcopy_switch_problems(s: Scenario, i: int, ev) -> Problems:
     return []
 
 
-_WORKLOADS = {"idle": IdleWorkload, "uniform": UniformWorkload, "hotset": HotsetWorkload, "sweeper": SweeperWorkload,
-              "memwrite": MemwriteWorkload, "video": VideoWorkload, "erp": ErpWorkload}
+_WORKLOADS = {"idle": IdleWorkload, "uniform": UniformWorkload, "hotset": HotsetWorkload,
+              "readmostly": ReadMostlyWorkload, "sweeper": SweeperWorkload, "memwrite": MemwriteWorkload, "video": VideoWorkload, "erp": ErpWorkload}
 _EVENTS = {"set-link": SetLinkEvent, "set-background": SetBackgroundEvent, "set-workload": SetWorkloadEvent,
            "cancel": CancelEvent, "start-postcopy": StartPostcopyEvent}
 _TAGGED = _WORKLOADS | _EVENTS  # members of discriminated unions, by tag

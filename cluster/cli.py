@@ -72,7 +72,8 @@ def run(
     address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (e.g. 'auto') instead of starting one."),
     dashboard: bool = typer.Option(False, help="Start the Ray dashboard (http://127.0.0.1:8265) to watch the actors."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT during the run."),
-    inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit."),
+    inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit; "
+                                                "'memory-server-refuses': a sub-host's memory server does not start."),
     interval: float = typer.Option(0.1, help="The timeline's sampling interval, emulated seconds (timeline.jsonl)."),
 ) -> None:
     """Emulate the scenario's migrations and print the paper-style summary; writes result.json and timeline.jsonl."""
@@ -115,8 +116,8 @@ def _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir: 
         _fail_input([f"--dilation: must be > 0 and at most {MAX_DILATION:g}, as emulation.dilation (got {dilation:g})"])
     if not 0.001 <= interval <= 60:
         _fail_input([f"--interval: must be between 0.001 and 60 emulated seconds (got {interval:g})"])
-    if inject_fault not in (None, "corrupt-page"):
-        _fail_input([f"--inject-fault: unknown fault {inject_fault!r}; allowed: corrupt-page"])
+    if inject_fault not in (None, "corrupt-page", "memory-server-refuses"):
+        _fail_input([f"--inject-fault: unknown fault {inject_fault!r}; allowed: corrupt-page, memory-server-refuses"])
     if metrics_port is not None and not 1 <= metrics_port <= 65535:
         _fail_input([f"--metrics-port: must be a TCP port, 1 to 65535 (got {metrics_port})"])
     blocker = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)

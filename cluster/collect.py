@@ -23,6 +23,7 @@ from cluster.scaling import Scale
 from cluster.scenario import GIB, MIB, Scenario
 from cluster.convergence_figures import convergence_figures
 from cluster.postcopy_figures import postcopy_figures
+from cluster import split_run
 from cluster.timeline import Timeline
 
 PAGE = 4096
@@ -334,6 +335,7 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until:
                           for r in iterations if m.plan.options.strategy != "time-sliced"],
         "links": _links(sl, m, total),
         **({"postcopy": pc} if (pc := postcopy_figures(m.report, m.remote_faults, scale.memory_scale)) else {}),
+        **({"split": split_run.figures(m, samples, scale.dilation)} if "split" in m.report else {}),
         **({"policy": pol} if (pol := policy_decisions(events)) else {}),
         "pipeline": {"consumers": o.consumers, "address_space_lock": o.address_space_lock,
                      "cpu_profile": sl.scenario.cpu.profile, "strategy": o.strategy,

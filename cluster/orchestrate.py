@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cluster.build import RunOptions, Slice
+from cluster import split_run
+from cluster.build import RunOptions, Slice, splits
 from cluster.scenario import GIB, MIB
 from cluster.timeline import Timeline
 
@@ -58,6 +59,8 @@ class MigrationState:
     report: dict = field(default_factory=dict)
     verified: bool = False
     mismatched: list = field(default_factory=list)
+    misplaced: int = 0  # split migration: pages not on exactly one host
+    split: dict = field(default_factory=dict)  # split migration: remote paging's figures (filled in at the end)
     guest_resumed_at: float | None = None
     guest_faults: float = 0.0  # the guest's dirty-tracking faults (filled in at the end)
     remote_faults: dict = field(default_factory=dict)  # post-copy: the guest's faults on the destination
@@ -79,6 +82,14 @@ def verify_images(src, dst, src_key: str, dst_key: str, npages: int, excused=Non
     if excused is not None and len(bad):
         bad = np.setdiff1d(bad, excused())
     return bad.tolist()
+
+
+def _merged_receivers(sl: Slice, m: MigrationState, conns: list[int]) -> dict:
+    """The receivers of every host of a split migration, added up."""
+    import ray
+    parts = ray.get([sl.hosts[h.name].receiver_status.remote(conns) for h in m.plan.destinations])
+    return {"pages_restored": sum(p["pages_restored"] for p in parts), "errors": [e for p in parts for e in p["errors"]],
+            "decode_s": sum(p["decode_s"] for p in parts), "decode_model_us": sum(p["decode_model_us"] for p in parts)}
 
 
 class Orchestrator:
@@ -109,7 +120,7 @@ class Orchestrator:
             self._loop(until=lambda: all(m.status in FINISHED for m in self.migs))
         except KeyboardInterrupt:
             self._interrupt()
-        t_after = time.monotonic() + self.scale.real_seconds(AFTER_S)
+        t_after = time.monotonic() + self.scale.real_seconds(max(AFTER_S, split_run.observe_after_s(self.sl.scenario)))
         self._loop(until=lambda: time.monotonic() >= t_after)
         self._sample(time.monotonic(), force=True)
         return self.migs
@@ -189,6 +200,17 @@ class Orchestrator:
         lps = self.sl.topo.links_of_migration(m.index)
         destination = {"image": self.sl.paths[dst_key], "return_path": f"{self.sl.cluster.sock_dir}/m{m.index}ret",
                        "one_way_s": lps[0].one_way_s if lps else 0.0}
+        if splits(m.plan):
+            destination |= split_run.destination_fields(self.sl, m)
+            try:
+                split_run.open_memory_servers(self.sl, m, refuse=self.opts.inject_fault == "memory-server-refuses")
+            except Exception as exc:  # ray.exceptions.RayTaskError: one line of it
+                m.status = m.phase = "failed"
+                m.reason = f"a memory server did not start: {str(exc).strip().splitlines()[-1]}"
+                split_run.discard(self.sl, m)
+                self.tl.event(time.monotonic(), "stays-on-source", vm=m.vm, migration=m.index, host=host,
+                              status=m.status, reason=m.reason)
+                return
         ray.get(src.migrate.remote(m.index, key, self.sl.guests[m.vm_index], m.plan.technique,
                                    m.plan.options.model_dump(), self._triggers(m), destination))
         m.ref = src.wait.remote(m.index, 1e9)
@@ -291,6 +313,14 @@ class Orchestrator:
         # A technique that moved the guest itself (post-copy) says so; the guest
         # wrote its destination image since, and those pages are excused.
         moved = bool(m.report.get("guest_on_destination"))
+        if splits(m.plan):
+            m.receiver = _merged_receivers(self.sl, m, conns)
+            m.guest_resumed_at = split_run.finish(self, m, src, src_key)
+            m.t_end = time.monotonic()
+            m.links_after = self._link_stats(m)
+            m.phase = m.status
+            self._share_nics()
+            return
         if moved:
             m.remote_faults = ray.get(guest.postcopy_status.remote())
         if m.status == "completed":

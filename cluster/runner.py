@@ -47,6 +47,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             setup_s = time.monotonic() - wall0
             orchestrator = Orchestrator(sl, timeline, opts)
             migs = orchestrator.run()
+            for m in migs:  # remote paging after a split migration, while the guests still run
+                m.split = ray.get(sl.guests[m.vm_index].split_status.remote()) if "split" in m.report else {}
             guest_data = ray.get([g.timeline.remote() for g in sl.guests])
             ray.get([g.stop.remote() for g in sl.guests])
             per_vm = []

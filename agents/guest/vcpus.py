@@ -163,8 +163,13 @@ class Guest:
                 self._counter += len(idx)
         if len(idx) and self.remote is not None:
             self.remote.wrote(idx)
-        if self.access is not None:
-            mark_accessed(self.access, np.concatenate([idx, wl.reads(ops)]))
+        reads_fault = getattr(self.remote, "faults_on_reads", False)
+        if self.access is not None or reads_fault:
+            reads = wl.reads(ops)
+            if reads_fault and len(reads):
+                self._blocked += self.remote.ensure(reads)  # split migration: reads page in too
+            if self.access is not None:
+                mark_accessed(self.access, np.concatenate([idx, reads]))
         if len(idx):
             # Marked after the write, and always: the log decides what counts.
             fresh = self.log.mark(idx, self._tick_no)

@@ -79,6 +79,8 @@ class MigrationContext:
     # link's one-way delay (real s), for a technique that moves the guest itself.
     destination: dict = field(default_factory=dict)
     postcopy_requested: bool = False  # set when a start-postcopy trigger fires
+    # Split migration: the source's access history of this VM (agents/split/history.py), if kept.
+    access_history: object = None
 
     def record(self, event: str, **fields) -> None:
         self.events.append({"t_real": time.monotonic(), "event": event, **fields})

@@ -186,6 +186,23 @@ POSTCOPY: tuple[Option, ...] = (
            "(Hines' bubbling around a pivot) instead of in page order", bool),
 )
 
+# Split migration (agents/techniques/split.py, S-memV §IV-B, IV-C, V-D): the
+# chunk the memory is split and paged by, the splitting policy, and how the
+# access history is kept before the migration.
+SPLIT: tuple[Option, ...] = (
+    Option("chunk_pages", 256, "pages", "Contiguous pages split and paged together (S-memV: 256, the best for "
+           "remote paging); at most the VM's pages", int, ge=1, le=1 << 40),
+    Option("split_policy", "lru", "", "lru: the chunks with the largest access history to the main host, and "
+           "page-outs of the smallest (S-memV); random: both at random (its §V-D comparison)", str,
+           choices=("lru", "random")),
+    Option("history_collect_ms", 100, "ms", "How often the accessed bits are collected into the history", float,
+           gt=0, le=60_000),
+    Option("history_age_collections", 10, "", "Collections per aging period (the history shifts right after "
+           "each period)", int, ge=1, le=1_000_000),
+    Option("observe_after_s", 1.0, "s", "How long the run goes on after the switch-over, to watch remote paging "
+           "and the application's recovery", float, ge=0, le=86_400),
+)
+
 # Policies of the management layer (agents/techniques/policy.py): a preset a
 # scenario names, and the settings that replace its numbers. Flat options,
 # as every other group: the schema, the per-migration overrides and

@@ -22,6 +22,7 @@ from agents.techniques.options import (
     POLICY,
     POSTCOPY,
     PRECOPY,
+    SPLIT,
     Option,
 )
 
@@ -99,6 +100,13 @@ _BUILTIN = (
                 "pushed, with adaptive pre-paging (Hines and Gopalan)",
         options=COMMON + PRECOPY + PIPELINE + POSTCOPY + POLICY,
         factory="agents.techniques.postcopy:PostcopyMigration",
+    ),
+    TechniqueSpec(
+        name="split",
+        summary="S-memV split migration: the LRU share of memory to a main host, the rest straight to memory "
+                "servers on sub-hosts in parallel; remote paging after the switch-over",
+        options=COMMON + PRECOPY + PIPELINE + SPLIT,
+        factory="agents.techniques.split:SplitMigration",
     ),
 )
 

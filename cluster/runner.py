@@ -48,7 +48,10 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             orchestrator = Orchestrator(sl, timeline, opts)
             migs = orchestrator.run()
             for m in migs:  # remote paging after a split migration, while the guests still run
-                m.split = ray.get(sl.guests[m.vm_index].split_status.remote()) if "split" in m.report else {}
+                if "split" in m.report and m.verified:
+                    from cluster.split_run import placement_now
+                    m.split = ray.get(sl.guests[m.vm_index].split_status.remote())
+                    m.split["misplaced_pages_at_end"] = placement_now(sl, m)
             guest_data = ray.get([g.timeline.remote() for g in sl.guests])
             ray.get([g.stop.remote() for g in sl.guests])
             per_vm = []

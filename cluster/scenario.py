@@ -657,7 +657,7 @@ def _semantic_problems(s: Scenario) -> Problems:
         return problems
     links = _link_problems(s)
     problems = (links + _vm_problems(s) + _placement_problems(s) + _capacity_problems(s) + _cache_problems(s)
-                + _convergence_problems(s))
+                + _convergence_problems(s) + _split_problems(s))
     if not links:  # events name links, which must exist first
         problems += _event_problems(s)
     return problems
@@ -897,6 +897,31 @@ def _cache_problems(s: Scenario) -> Problems:
             field = f"migrations[{p.index}].xbzrle_cache_mib" if own else "migration.xbzrle_cache_mib"
             problems.setdefault(field, f"{o.xbzrle_cache_mib:g} MiB is more than the memory of \"{p.vm.name}\" "
                                        f"({p.vm.memory_gib * 1024:g} MiB); a cache holds that VM's pages")
+    return list(problems.items())
+
+
+def _split_problems(s: Scenario) -> Problems:
+    """A split migration (S-memV) needs a chunk no larger than its VM, and a
+    main host that holds at least the VM's state plus one chunk."""
+    problems: dict[str, str] = {}
+    for p in s.migration_plans():
+        if p.technique != "split":
+            continue
+        o, vm_bytes = p.options, p.vm.memory_gib * GIB
+        chunk_bytes = o.chunk_pages * PAGE_SIZE
+        own = s.migrations and "chunk_pages" in s.migrations[p.index].overrides()
+        field = f"migrations[{p.index}].chunk_pages" if own else "migration.chunk_pages"
+        if chunk_bytes > vm_bytes:
+            problems.setdefault(field, f"{o.chunk_pages} pages ({chunk_bytes / MIB:g} MiB) is larger than \"{p.vm.name}\" "
+                                       f"({p.vm.memory_gib:g} GiB); a chunk is at most the VM's pages")
+            continue
+        need = o.device_state_kib * 1024 + chunk_bytes
+        main = p.destinations[0]
+        if main.memory_gib * GIB < need:
+            problems.setdefault(f"migrations[{p.index}].to" if s.migrations else "hosts",
+                                f"main host \"{main.name}\" has memory_gib = {main.memory_gib:g}, less than "
+                                f"\"{p.vm.name}\"'s device state ({o.device_state_kib:g} KiB) plus one chunk "
+                                f"({o.chunk_pages} pages): {need / GIB:.6g} GiB at least")
     return list(problems.items())
 
 

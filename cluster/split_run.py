@@ -162,3 +162,17 @@ def figures(m, samples: list, dilation: float) -> dict:
     return {**m.report.get("split", {}), "misplaced_pages": m.misplaced,
             "remote_paging": m.split, "throughput_after": {"window_s": window, "ops_per_s": series},
             "ops_per_s_before": before, "recovery_s": recovery_s(series, before)}
+
+
+def placement_now(sl, m) -> int:
+    """Pages not on exactly one host now, with remote paging under way: the
+    guest is paused between ticks (no fault half done) while the main host's
+    table and the memory servers' sub-tables are read, then resumed."""
+    import ray
+    guest = sl.guests[m.vm_index]
+    ray.get(guest.pause.remote())
+    try:
+        table = ray.get(guest.split_where.remote())
+        return -1 if table is None else placement_problems(table, server_holds(sl, m))
+    finally:
+        ray.get(guest.resume.remote())

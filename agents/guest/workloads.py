@@ -146,7 +146,8 @@ class ReadMostly(Workload):
     uniformly in a (small) working set; one op = one page read or written.
 
     Layout: the working set is the first `working_set_pages` pages (the
-    footprint), the read set the `read_set_pages` after it."""
+    footprint), the read set the last `read_set_pages` of memory (so a split
+    that fills its tail in page order does not take it by chance)."""
 
     op_cost_s = 1e-6
 
@@ -154,8 +155,8 @@ class ReadMostly(Workload):
                  dirty_pages_per_s: float = 0.0, working_set_pages: int = 0) -> None:
         super().__init__(npages, memory_scale, rng)
         self.ws = max(0, min(working_set_pages, npages - 1))
-        self.read_lo = self.ws
-        self.read_hi = min(npages, self.ws + max(1, read_set_pages))
+        self.read_hi = npages
+        self.read_lo = max(self.ws, npages - max(1, read_set_pages))
         self.read_rate, self.write_rate = reads_per_s, dirty_pages_per_s if self.ws else 0.0
         self.footprint = self.ws
 

@@ -151,6 +151,12 @@ class Slice:
         return mp.destinations if splits(mp) else mp.destinations[:1]
 
 
+def swaps(mp) -> bool:
+    """Whether migration plan `mp`'s destination pages to swap (S-memV's swap-assisted baseline)."""
+    from agents.techniques import registry
+    return bool(getattr(registry.get(mp.technique).load(), "swaps", False))
+
+
 def splits(mp) -> bool:
     """Whether migration plan `mp`'s technique splits the VM over several hosts (S-memV)."""
     from agents.techniques import registry
@@ -271,6 +277,12 @@ def _wire(sl: Slice) -> None:
         ray.get(dst.open_receiver.remote(c.index, f"{d}/c{c.index}out", f"{d}/c{c.index}ack", c.slots, c.batch_pages,
                                          {mp.index: sl.copy_key(mp.vm_index, mp.index, c.host)}))
         ray.get(src.open_sender.remote(c.index, f"{d}/c{c.index}in", f"{d}/c{c.index}ack", c.slots, c.batch_pages))
+    for mp in plans.values():
+        if swaps(mp):
+            conns = [c.index for c in sl.topo.connections_of_migration(mp.index)]
+            ray.get(sl.hosts[mp.destinations[0].name].attach_swap.remote(
+                mp.index, sl.copy_key(mp.vm_index, mp.index), conns, mp.options.swap_resident_share,
+                mp.options.swap_device))
 
 
 def _pipelines(sl: Slice) -> None:

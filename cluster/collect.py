@@ -336,6 +336,7 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until:
         "links": _links(sl, m, total),
         **({"postcopy": pc} if (pc := postcopy_figures(m.report, m.remote_faults, scale.memory_scale)) else {}),
         **({"split": split_run.figures(m, samples, scale.dilation)} if "split" in m.report else {}),
+        **({"swap": split_run.figures(m, samples, scale.dilation)} if m.plan.technique == "swap" else {}),
         **({"policy": pol} if (pol := policy_decisions(events)) else {}),
         "pipeline": {"consumers": o.consumers, "address_space_lock": o.address_space_lock,
                      "cpu_profile": sl.scenario.cpu.profile, "strategy": o.strategy,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cluster import split_run
-from cluster.build import RunOptions, Slice, splits
+from cluster.build import RunOptions, Slice, splits, swaps
 from cluster.scenario import GIB, MIB
 from cluster.timeline import Timeline
 
@@ -61,6 +61,7 @@ class MigrationState:
     mismatched: list = field(default_factory=list)
     misplaced: int = 0  # split migration: pages not on exactly one host
     split: dict = field(default_factory=dict)  # split migration: remote paging's figures (filled in at the end)
+    swap_during: dict = field(default_factory=dict)  # swap-assisted: the destination's paging while it migrated
     guest_resumed_at: float | None = None
     guest_faults: float = 0.0  # the guest's dirty-tracking faults (filled in at the end)
     remote_faults: dict = field(default_factory=dict)  # post-copy: the guest's faults on the destination
@@ -323,6 +324,8 @@ class Orchestrator:
             return
         if moved:
             m.remote_faults = ray.get(guest.postcopy_status.remote())
+        if swaps(m.plan):
+            m.swap_during = ray.get(dst.swap_done.remote(m.index))
         if m.status == "completed":
             written = (lambda: ray.get(guest.written_on_destination.remote())) if moved else None
             self._verify(m, src, dst, src_key, dst_key, written)
@@ -333,7 +336,8 @@ class Orchestrator:
             self.tl.event(m.guest_resumed_at, "switched-over", vm=m.vm, migration=m.index,
                           host=m.plan.destinations[0].name, by="technique", verified=m.verified)
         elif m.verified:
-            m.guest_resumed_at = ray.get(guest.resume_on.remote(self.sl.paths[dst_key]))
+            paging = {"host": dst, "migration": m.index} if swaps(m.plan) else None
+            m.guest_resumed_at = ray.get(guest.resume_on.remote(self.sl.paths[dst_key], None, None, paging))
             self.sl.location[m.vm_index] = (m.plan.destinations[0].name, dst_key)
             self.tl.event(m.guest_resumed_at, "switched-over", vm=m.vm, migration=m.index,
                           host=m.plan.destinations[0].name)

@@ -13,7 +13,7 @@ import datetime
 import time
 from pathlib import Path
 
-from cluster.build import Cluster, RunOptions, build_slice, start_local_ray
+from cluster.build import Cluster, RunOptions, build_slice, start_local_ray, swaps
 from cluster.orchestrate import WARMUP_S, Orchestrator, verify_images
 from cluster.scaling import scale_of
 from cluster.scenario import Scenario
@@ -52,6 +52,9 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                     from cluster.split_run import placement_now
                     m.split = ray.get(sl.guests[m.vm_index].split_status.remote())
                     m.split["misplaced_pages_at_end"] = placement_now(sl, m)
+                elif swaps(m.plan) and m.status == "completed":
+                    m.split = (ray.get(sl.hosts[m.plan.destinations[0].name].swap_status.remote(m.index))
+                               | ray.get(sl.guests[m.vm_index].split_status.remote()))
             guest_data = ray.get([g.timeline.remote() for g in sl.guests])
             ray.get([g.stop.remote() for g in sl.guests])
             per_vm = []

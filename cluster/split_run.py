@@ -152,16 +152,19 @@ def recovery_s(series: list[tuple[float, float]], before: float | None) -> float
 
 
 def figures(m, samples: list, dilation: float) -> dict:
-    """result.json's `split`: the split made, remote paging after it, the application's recovery."""
+    """result.json's `split` (the split made, remote paging after it) or `swap`
+    (the destination's paging during and after), with the application's recovery."""
     window = 0.5
     series = throughput_after(samples, m.guest_resumed_at, dilation, window) if m.guest_resumed_at else []
     before = None
     if samples and m.t_start:
         from cluster.collect import _rate
         before = _rate(samples, m.t_start - dilation, m.t_start, dilation)
-    return {**m.report.get("split", {}), "misplaced_pages": m.misplaced,
-            "remote_paging": m.split, "throughput_after": {"window_s": window, "ops_per_s": series},
-            "ops_per_s_before": before, "recovery_s": recovery_s(series, before)}
+    after = {"throughput_after": {"window_s": window, "ops_per_s": series},
+             "ops_per_s_before": before, "recovery_s": recovery_s(series, before)}
+    if "split" not in m.report:
+        return {"paging": m.split} | after
+    return {**m.report["split"], "misplaced_pages": m.misplaced, "remote_paging": m.split} | after
 
 
 def placement_now(sl, m) -> int:

@@ -18,6 +18,7 @@ from agents.guest.content import assign_classes, template_pools
 from agents.guest.dirty_log import DirtyLog
 from agents.guest.remote_memory import RemoteMemory
 from agents.guest.split_memory import SplitMemory
+from agents.techniques.swap import SwapFaults
 from agents.guest.vcpus import Guest
 from agents.guest.workloads import make_workload
 from agents.split.history import bitmap_bytes
@@ -55,7 +56,8 @@ class GuestAgent:
     def resume(self) -> float:
         return self.guest.resume()
 
-    def resume_on(self, dest_image_path: str, postcopy: dict | None = None, split: dict | None = None) -> float:
+    def resume_on(self, dest_image_path: str, postcopy: dict | None = None, split: dict | None = None,
+                  swap: dict | None = None) -> float:
         """Switchover: run on the destination's image (and its dirty log) from now on.
 
         `postcopy`: the image is not all there yet. `missing` (packed bits) marks
@@ -77,7 +79,13 @@ class GuestAgent:
                                  split["policy"], split["servers"], split["migration"], split["link"],
                                  self.guest.dilation, self.memory_scale, split["collect_s"], split["age_every"],
                                  split.get("seed", 0))
-        return self.guest.resume(pages, DirtyLog(self._dest_log.array, len(pages)), remote=remote)
+        access = None
+        if swap is not None:  # a destination that pages to swap: its kernel sees the accessed bits
+            self._dest_access = Region.attach(dest_image_path + "-acc")
+            self._received = Region.attach(dest_image_path + "-recv")
+            access = self._dest_access.array[:bitmap_bytes(len(pages))]
+            remote = SwapFaults(self._received.array[:len(pages)], swap["host"], swap["migration"], self.guest.dilation)
+        return self.guest.resume(pages, DirtyLog(self._dest_log.array, len(pages)), remote=remote, access=access)
 
     def postcopy_status(self) -> dict:
         """Post-copy's figures on the destination (faults, latency, blocktime), or {} when none ran."""
@@ -87,7 +95,7 @@ class GuestAgent:
     def split_status(self) -> dict:
         """Remote paging's figures after a split migration, or {} when none ran."""
         r = self.guest.remote
-        return r.status() if isinstance(r, SplitMemory) else {}
+        return r.status() if isinstance(r, (SplitMemory, SwapFaults)) else {}
 
     def split_where(self) -> np.ndarray | None:
         """The main host's network page table now (host per page), or None."""

@@ -52,6 +52,8 @@ class HostAgent:
         self.access: dict[str, Region] = {}  # per image: the guest's accessed bits (split migration's EPT A bits)
         self.histories: dict[str, AccessHistory] = {}  # per image whose access history this host keeps
         self.memory_servers: dict[int, PageSubTable] = {}  # by migration: this sub-host's share of a split VM
+        self.swaps: dict[int, object] = {}  # by migration: a swap-assisted destination (agents/techniques/swap.py)
+        self.swap_keys: dict[str, int] = {}  # image key -> its migration's number there
         self.rings: dict[int, Region] = {}
         self.senders: dict[int, PageSender] = {}
         self.receivers: dict[int, PageReceiver] = {}
@@ -97,17 +99,45 @@ class HostAgent:
 
     def release_image(self, key: str) -> None:
         """Discard an image (a cancelled migration's partial copy)."""
+        swap = self.swaps.pop(self.swap_keys.pop(key, -1), None)
+        if swap is not None:
+            swap.close()
         for regions in (self.images, self.logs, self.received, self.access):
             region = regions.pop(key, None)
             if region is not None:
                 region.unlink()
 
+    def _contents(self, key: str) -> np.ndarray:
+        """Image `key` as its VM sees it (a swap-assisted destination's swapped pages read back)."""
+        swap = self.swaps.get(self.swap_keys.get(key, -1))
+        return self.images[key].pages() if swap is None else swap.space.contents()
+
     def digests(self, key: str) -> np.ndarray:
         """Digests of runs of pages (see agents/verify.py)."""
-        return chunk_digests(self.images[key].pages())
+        return chunk_digests(self._contents(key))
 
     def page_digests(self, key: str, idx: np.ndarray) -> np.ndarray:
-        return page_digests(self.images[key].pages()[idx])
+        return page_digests(self._contents(key)[idx])
+
+    # --- swap-assisted migration: the destination pages to a swap device ----------
+    def attach_swap(self, m: int, key: str, conns: list[int], share: float, device: str) -> None:
+        """Image `key` (migration `m`'s copy) keeps `share` of its pages in memory, the rest on `device`."""
+        from agents.techniques.swap import SwapDestination
+        swap = SwapDestination(self.images[key].pages(), self.received[key].array, self.access[key].array, share,
+                               device, self.memory_scale, self.dilation)
+        self.swaps[m], self.swap_keys[key] = swap, m
+        for c in conns:
+            self.receivers[c].swaps[m] = swap
+
+    def swap_done(self, m: int) -> dict:
+        return self.swaps[m].migration_done()
+
+    def swap_fault(self, m: int, idx: np.ndarray) -> float:
+        return self.swaps[m].fault(idx)
+
+    def swap_status(self, m: int) -> dict:
+        swap = self.swaps.get(m)
+        return swap.status() if swap is not None else {}
 
     # --- split migration: access history (source), memory server (sub-host) ----
     def track_access(self, key: str, chunk_pages: int, collect_s: float, age_every: int) -> None:

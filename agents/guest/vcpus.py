@@ -81,13 +81,15 @@ class Guest:
             self.paused = True
             return time.monotonic()
 
-    def resume(self, pages: np.ndarray | None = None, log: DirtyLog | None = None, remote=None) -> float:
+    def resume(self, pages: np.ndarray | None = None, log: DirtyLog | None = None, remote=None,
+               access: np.ndarray | None = None) -> float:
         """Run again, on a new image and its dirty log if given (the destination's after
         switchover), with a post-copy fault handler if given (none on a new image otherwise)."""
         with self._lock:
             if pages is not None:
                 self.pages = pages
                 self.remote = remote
+                self.access = access  # the new host's accessed bits, if it keeps any
             self.log.clear_pause()
             if log is not None:
                 self.log = log

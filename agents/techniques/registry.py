@@ -23,6 +23,7 @@ from agents.techniques.options import (
     POSTCOPY,
     PRECOPY,
     SPLIT,
+    SWAP,
     Option,
 )
 
@@ -107,6 +108,13 @@ _BUILTIN = (
                 "servers on sub-hosts in parallel; remote paging after the switch-over",
         options=COMMON + PRECOPY + PIPELINE + SPLIT,
         factory="agents.techniques.split:SplitMigration",
+    ),
+    TechniqueSpec(
+        name="swap",
+        summary="Swap-assisted migration (S-memV's baseline): pre-copy to a destination with only part of the "
+                "VM's memory free, paging LRU pages to an SSD or HDD during and after the migration",
+        options=COMMON + PRECOPY + PIPELINE + SWAP,
+        factory="agents.techniques.swap:SwapMigration",
     ),
 )
 

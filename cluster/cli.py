@@ -241,14 +241,19 @@ def compare(result_a: Path = typer.Argument(..., help="result.json (or its direc
 
 
 @app.command()
-def reproduce(suite: str = typer.Argument(..., help="pmigrate, xbrle, or model (emulator against predictor)"),
+def reproduce(suite: str = typer.Argument(..., help="pmigrate, xbrle, smemv, or model (emulator against predictor)"),
               out_dir: Path = typer.Option(Path("runs/reproduce"), "--out", help="Where each run's result.json goes."),
               tolerance: float = typer.Option(0.25, help="Allowed deviation of a ratio from the paper's."),
-              markdown_out: bool = typer.Option(False, "--markdown", help="Print the table as Markdown.")) -> None:
+              markdown_out: bool = typer.Option(False, "--markdown", help="Print the table as Markdown."),
+              only: str = typer.Option("", help="smemv: only these experiments, comma-separated "
+                                                "(e.g. idle-12g-10gbe,memcached-12g)")) -> None:
     """Run a paper's experiment pairs and compare every ratio with the paper's (takes minutes)."""
     from cluster.reproduce import SUITES, markdown, run_suite
     if suite == "model":
         _reproduce_model(out_dir, markdown_out)
+        return
+    if suite == "smemv":
+        _reproduce_smemv(out_dir, markdown_out, [g for g in only.split(",") if g.strip()])
         return
     if suite not in SUITES:
         _fail_input([f"reproduce: unknown suite {suite!r}; known: {', '.join(SUITES)}"])
@@ -261,6 +266,22 @@ def reproduce(suite: str = typer.Argument(..., help="pmigrate, xbrle, or model (
     err.print(f"{len(good)} of {len(checked)} checked ratios in the paper's direction and within {tolerance:.0%}")
     # Exit 1 when a run did not verify or a checked ratio misses the paper's.
     raise typer.Exit(0 if all(e["verified"] for e in report) and len(good) == len(checked) else 1)
+
+
+def _reproduce_smemv(out_dir: Path, markdown_out: bool, only: list[str]) -> None:
+    """S-memV's §V: ideal, split, SSD- and HDD-assisted, LRU and random (cluster/reproduce_smemv.py)."""
+    from cluster import reproduce_smemv
+    known = [stem for _, stem, _ in reproduce_smemv.GROUPS]
+    unknown = [g for g in only if g not in known]
+    if unknown:
+        _fail_input([f"reproduce smemv: --only: unknown experiment {unknown[0]!r}; known: {', '.join(known)}"])
+    groups = only or None
+    rows = reproduce_smemv.run(out_dir, groups, progress=lambda m: err.print(m))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "smemv.json").write_text(json.dumps(rows, indent=2, default=float))
+    table = reproduce_smemv.markdown(rows)
+    print(table if markdown_out else table.replace("|", " ").strip())
+    raise typer.Exit(0 if all(r["verified"] for r in rows) else 1)
 
 
 def _reproduce_model(out_dir: Path, markdown_out: bool) -> None:

@@ -64,3 +64,17 @@ def test_costs_scale_with_the_pages_a_real_page_stands_for():
         idx = np.arange(64)
         sp.received(idx, lambda: None)
     assert coarse.device_s == pytest.approx(64 * fine.device_s, rel=0.3)
+
+
+def test_a_zero_page_never_written_takes_no_memory_until_touched():
+    from agents.techniques.swap import SwapDestination
+    image = np.zeros((32, PAGE), dtype=np.uint8)
+    resident = np.zeros(32, dtype=np.uint8)
+    dest = SwapDestination(image, resident, np.zeros(8, dtype=np.uint8), 0.25, "ssd", 1.0, 1.0)
+    zero = np.zeros(32, dtype=bool)
+    zero[16:] = True
+    dest.received(np.arange(32), zero, lambda: None)
+    assert dest.space.resident_count == 8 and dest.space.swapped_out == 8, "only the 16 pages with contents count"
+    dest.fault(np.array([20]))  # first touch of a zero page: resident, no read from the device
+    assert resident[20] == 1 and dest.space.swapped_in == 0
+    dest.close()

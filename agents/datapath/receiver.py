@@ -49,7 +49,7 @@ class PageReceiver:
         self.images = images
         self.received = received or {}
         # Per migration, a destination that pages to swap as pages arrive (agents/techniques/swap.py):
-        # its `received(idx, restore)` restores through it and returns the real seconds to wait for the device.
+        # its `received(idx, zero, restore)` restores through it and returns the real seconds to wait for the device.
         self.swaps: dict = {}
         self.pages_restored = 0
         self.restored_by: dict[int, int] = {}
@@ -72,7 +72,7 @@ class PageReceiver:
                         if swap is None:
                             restore_pages(self.images[vm], view, self.unpacker)
                         else:
-                            device_wait = swap.received(view.idx[:npages].copy(),
+                            device_wait = swap.received(view.idx[:npages].copy(), view.enc[:npages] == ENC_ZERO,
                                                         lambda: restore_pages(self.images[vm], view, self.unpacker))
                     except (ValueError, KeyError, IndexError) as exc:
                         self.error = f"batch {d[5]} could not be restored: {exc}"

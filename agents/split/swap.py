@@ -108,6 +108,9 @@ class SwapSpace:
     def access(self, idx: np.ndarray) -> float:
         """The guest touches pages `idx`: swapped ones are read in (with
         read-ahead), victims written out. Returns emulated device seconds."""
+        fresh = idx[~self.present[idx]]  # never written: a zero-fill fault, no I/O
+        self.present[fresh] = True
+        self.resident[fresh] = 1
         out = idx[self.present[idx] & (self.resident[idx] == 0)]
         cost, ahead = 0.0, idx[:0]
         if len(out):

@@ -58,10 +58,13 @@ class SwapDestination:
         self.device_free_at = max(now, self.device_free_at) + emulated_s * self.dilation
         return self.device_free_at - now
 
-    def received(self, idx: np.ndarray, restore) -> float:
-        """A batch arrives (receiver thread): restore it through the swap space; real seconds to wait."""
+    def received(self, idx: np.ndarray, zero: np.ndarray, restore) -> float:
+        """A batch arrives (receiver thread): restore it through the swap space; real seconds to wait.
+        A zero page that was never written takes no memory (QEMU leaves it unmapped), so only
+        pages with contents, or overwriting a page that had some, count (`zero`: bool per page)."""
         with self.lock:
-            return self._queue(self.space.received(idx, restore))
+            takes = idx[~zero | self.space.present[idx]]
+            return self._queue(self.space.received(takes, restore))
 
     def migration_done(self) -> dict:
         """Freeze the figures of the migration (before the guest runs here)."""

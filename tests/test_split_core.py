@@ -221,3 +221,34 @@ def test_bench_lru_reports_the_three_times_and_the_ratio_to_fig14():
     bad = subprocess.run([LIVEMIG, "bench", "lru", "--sizes", "0"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+# --- the run's pure helpers (cluster/split_run.py, agents/techniques/split.py) ----------------
+def test_capacities_leave_the_state_on_the_main_host_and_round_sub_hosts_up():
+    from agents.techniques.split import capacities, real_chunk_pages
+    assert real_chunk_pages(256, 1 / 64) == 4 and real_chunk_pages(256, 1 / 1024) == 1
+    chunk_emu = 4 * 4096 * 64  # 1 MiB
+    caps = capacities([1.0, 0.5], 256 * 1024, 4, 1 / 64)
+    assert caps == [1024 - 1, 512]  # 1 GiB less 256 KiB of state holds 1023 chunks of 1 MiB
+    assert capacities([chunk_emu / 2**30 * 0.5], 0, 4, 1 / 64) == [0]
+
+
+def test_placement_counts_pages_on_no_host_or_on_two():
+    from cluster.split_run import placement_problems
+    table = np.array([0, 0, 1, 1, 2], dtype=np.uint8)
+    one = np.array([0, 0, 1, 1, 0], dtype=bool)
+    two = np.array([0, 0, 0, 0, 1], dtype=bool)
+    assert placement_problems(table, [one, two]) == 0
+    two[0] = True  # page 0 on the main host and on sub-host 2
+    one[3] = False  # page 3 nowhere
+    assert placement_problems(table, [one, two]) == 2
+
+
+def test_recovery_is_when_throughput_is_back_and_stays():
+    from cluster.split_run import recovery_s, throughput_after
+    samples = [(10.0 + t, 100.0 * t if t < 2 else 200 + 1000.0 * (t - 2)) for t in np.arange(0, 6.01, 0.1)]
+    series = throughput_after(samples, 10.0, 1.0, 0.5)
+    assert series[0] == (0.0, pytest.approx(100.0))
+    assert recovery_s(series, 1000.0) == 2.0
+    assert recovery_s(series, 5000.0) is None
+    assert recovery_s([], 1000.0) is None

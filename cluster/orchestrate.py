@@ -60,6 +60,7 @@ class MigrationState:
     verified: bool = False
     mismatched: list = field(default_factory=list)
     misplaced: int = 0  # split migration: pages not on exactly one host
+    src_key: str = ""  # split migration: the source's image key (its copy stays as it was at the switch-over)
     split: dict = field(default_factory=dict)  # split migration: remote paging's figures (filled in at the end)
     swap_during: dict = field(default_factory=dict)  # swap-assisted: the destination's paging while it migrated
     guest_resumed_at: float | None = None

@@ -79,6 +79,7 @@ def finish(orch, m, src, src_key: str) -> float:
     import ray
     sl = orch.sl
     guest = sl.guests[m.vm_index]
+    m.src_key = src_key
     table = ray.get(src.split_table.remote(m.index)) if m.status == "completed" else None
     if table is not None:
         m.phase = "verifying"
@@ -167,15 +168,33 @@ def figures(m, samples: list, dilation: float) -> dict:
     return {**m.report["split"], "misplaced_pages": m.misplaced, "remote_paging": m.split} | after
 
 
-def placement_now(sl, m) -> int:
-    """Pages not on exactly one host now, with remote paging under way: the
-    guest is paused between ticks (no fault half done) while the main host's
-    table and the memory servers' sub-tables are read, then resumed."""
+def placement_now(sl, m, src_key: str) -> tuple[int, int]:
+    """(pages not on exactly one host, pages lost) now, with remote paging
+    under way. The guest is paused between ticks (no fault half done) while
+    the main host's table and the memory servers' sub-tables are read; a
+    page is lost when the guest has not written it since the switch-over
+    and yet its copy, on whichever host holds it, differs from the source's
+    image (which the migration left as it was at the switch-over)."""
     import ray
+    from agents.verify import mismatched
     guest = sl.guests[m.vm_index]
     ray.get(guest.pause.remote())
     try:
         table = ray.get(guest.split_where.remote())
-        return -1 if table is None else placement_problems(table, server_holds(sl, m))
+        if table is None:
+            return -1, -1
+        misplaced = placement_problems(table, server_holds(sl, m))
+        written = ray.get(guest.written_on_destination.remote())
+        untouched = np.ones(len(table), dtype=bool)
+        untouched[written] = False
+        src = sl.hosts[m.plan.source.name]
+        lost = 0
+        for d, (host, key) in enumerate(_keys(sl, m)):
+            pages = np.flatnonzero((table == d) & untouched)
+            if not len(pages):
+                continue
+            theirs = host.page_digests.remote(key, pages) if d == 0 else host.memory_server_digests.remote(m.index, pages)
+            lost += len(mismatched(*ray.get([src.page_digests.remote(src_key, pages), theirs])))
+        return misplaced, lost
     finally:
         ray.get(guest.resume.remote())

@@ -41,6 +41,7 @@ def test_split_migration_verifies_on_every_host_and_places_each_page_once(runs, 
     assert s["misplaced_pages"] == 0
     rp = s["remote_paging"]
     assert rp["misplaced_pages_at_end"] == 0, "after remote paging under the running workload"
+    assert rp["lost_pages_at_end"] == 0, "a page the guest did not write since is still the source's, wherever it is"
     assert rp["on_main_chunks"] <= rp["capacity_chunks"]
     assert rp["page_ins"] == rp["page_outs"], "the main host stays within its memory"
 

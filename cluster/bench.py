@@ -7,6 +7,8 @@
   Gbit/s, and the error of its emulated latency at 1 ms and 10 ms round trips.
 - scaling: PMigrate Figures 6-7 (consumers and address-space locks).
 - timeline: what recording the timeline costs a run.
+- lru: S-memV's Figure 14 (collection of the access history, LRU splitting,
+  page-out decision) against memory size, and the ratio to the paper's.
 """
 from __future__ import annotations
 
@@ -266,3 +268,71 @@ def timeline_bench(scenario_path: str, repeats: int = 2) -> dict:
     out["wall_clock_cost_at_100ms"] = round(mean(fine) / mean(coarse) - 1, 4)
     out["driver_time_sampling_at_100ms"] = max(x["sampling_share"] for x in fine)
     return out
+
+
+# S-memV Fig. 14 (§V-E), 2 TB of memory: collection 0.6 s, splitting 0.8 s, page-out decision 12.7 ms.
+PAPER_FIG14_2TB_S = {"collection": 0.6, "splitting": 0.8, "pageout_decision": 0.0127}
+
+
+def _best_of(repeats: int, fn) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _lru_one_size(gib: int, chunk_pages: int, repeats: int, rng) -> dict:
+    import numpy as np
+
+    from agents.split.history import AccessHistory, bitmap_bytes
+    from agents.split.paging import RemotePager
+    from agents.split.splitting import assign_hosts, lru_split, page_hosts
+
+    npages = gib << 18  # 4 KiB pages
+    hist = AccessHistory(npages, chunk_pages)
+    hist.page[:] = rng.integers(0, 256, npages, dtype=np.uint8)
+    hist.chunk[:] = rng.integers(0, 256, hist.chunk.shape[0], dtype=np.uint8)
+    bits = rng.integers(0, 256, bitmap_bytes(npages), dtype=np.uint8)
+    bitmap = bits.copy()
+
+    def collect() -> None:
+        bitmap[:] = bits  # the access bits the vCPUs set since the last collection (not timed below)
+        t0 = time.perf_counter()
+        hist.collect(bitmap)
+        collect.elapsed = min(collect.elapsed, time.perf_counter() - t0)
+    collect.elapsed = float("inf")
+    for _ in range(repeats):
+        collect()
+    half = hist.chunk.shape[0] // 2  # "split the memory into two equally"
+    holder: dict = {}
+
+    def split() -> None:
+        holder["host"] = assign_hosts(lru_split(hist.chunk, half), [hist.chunk.shape[0] - half])
+        holder["table"] = page_hosts(holder["host"], chunk_pages, npages)  # the network page table
+    split_s = _best_of(repeats, split)
+    pager = RemotePager(holder["host"], chunk_pages, npages, hist.chunk, half)
+    decide_s = _best_of(max(repeats, 5), pager.victim)
+    return {"memory_gib": gib, "collection_s": round(collect.elapsed, 4), "splitting_s": round(split_s, 4),
+            "pageout_decision_ms": round(decide_s * 1e3, 3)}
+
+
+def lru_bench(sizes_gib: list[int], chunk_pages: int = 256, repeats: int = 3, seed: int = 0) -> dict:
+    """S-memV's LRU overheads on one core against memory size (access bits and
+    histories random, memory split in two equal halves, as in §V-E). The ratio
+    is ours over the paper's at 2 TB (from the largest size measured, scaled
+    linearly when it is below 2 TB); below 1 means faster than the paper."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = [_lru_one_size(g, chunk_pages, repeats, rng) for g in sizes_gib]
+    top = rows[-1]
+    scale = 2048 / top["memory_gib"]
+    ours = {"collection": top["collection_s"] * scale, "splitting": top["splitting_s"] * scale,
+            "pageout_decision": top["pageout_decision_ms"] / 1e3 * scale}
+    return {"bench": "lru", "chunk_pages": chunk_pages, "unit": "seconds (one core, best of repeats)",
+            "sizes": rows, "paper_2tb_s": PAPER_FIG14_2TB_S,
+            "ours_2tb_s": {k: round(v, 4) for k, v in ours.items()},
+            "extrapolated_from_gib": None if scale == 1 else top["memory_gib"],
+            "ratio_to_paper": {k: round(ours[k] / PAPER_FIG14_2TB_S[k], 3) for k in ours}}

@@ -164,8 +164,25 @@ class Slice:
         return f"vm{vm}"
 
     @staticmethod
-    def copy_key(vm: int, m: int) -> str:
-        return f"vm{vm}-m{m}"
+    def copy_key(vm: int, m: int, host: int = 0) -> str:
+        """Migration `m`'s copy of VM `vm` on its destination number `host` (split migration: 1.. the sub-hosts)."""
+        return f"vm{vm}-m{m}" + (f"-h{host}" if host else "")
+
+    def targets(self, mp) -> tuple:
+        """The destinations migration `mp` sends pages to: all of a split migration's, else the first."""
+        return mp.destinations if splits(mp) else mp.destinations[:1]
+
+
+def swaps(mp) -> bool:
+    """Whether migration plan `mp`'s destination pages to swap (S-memV's swap-assisted baseline)."""
+    from agents.techniques import registry
+    return bool(getattr(registry.get(mp.technique).load(), "swaps", False))
+
+
+def splits(mp) -> bool:
+    """Whether migration plan `mp`'s technique splits the VM over several hosts (S-memV)."""
+    from agents.techniques import registry
+    return bool(getattr(registry.get(mp.technique).load(), "splits", False))
 
 
 def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions) -> Slice:
@@ -182,6 +199,7 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
         c0 = sl.topo.connections[0]
         ray.get(sl.links[c0.link].corrupt_one_page.remote(region_path(cl.run_id, f"ring{c0.index}"), c0.batch_pages))
     _guests(sl)
+    _access_histories(sl)
     _share_cores(sl)
     return sl
 
@@ -255,10 +273,11 @@ def _images(sl: Slice) -> list:
         waits.append(sl.hosts[host].create_image.remote(key, sl.paths[key], n, vm.content.model_dump(),
                                                         sc.emulation.seed + 1000 * i))
     for mp in sc.migration_plans():
-        key = sl.copy_key(mp.vm_index, mp.index)
-        sl.paths[key] = region_path(sl.cluster.run_id, key)
-        waits.append(sl.hosts[mp.destinations[0].name].create_image.remote(
-            key, sl.paths[key], sl.npages[mp.vm_index], None, sc.emulation.seed + 1000 * mp.vm_index))
+        for d, dst in enumerate(sl.targets(mp)):
+            key = sl.copy_key(mp.vm_index, mp.index, d)
+            sl.paths[key] = region_path(sl.cluster.run_id, key)
+            waits.append(sl.hosts[dst.name].create_image.remote(
+                key, sl.paths[key], sl.npages[mp.vm_index], None, sc.emulation.seed + 1000 * mp.vm_index))
     return waits
 
 
@@ -272,14 +291,20 @@ def _wire(sl: Slice) -> None:
                                                for c in sl.topo.connections_of(lp.index)]) for lp in sl.topo.links])
     for c in sl.topo.connections:
         mp = plans[c.migration]
-        src, dst = sl.hosts[mp.source.name], sl.hosts[mp.destinations[0].name]
+        src, dst = sl.hosts[mp.source.name], sl.hosts[mp.destinations[c.host].name]
         ring = region_path(sl.cluster.run_id, f"ring{c.index}")
         ray.get(src.create_ring.remote(c.index, ring, c.slots, c.batch_pages))
         ray.get(dst.attach_ring.remote(c.index, ring))
         ray.get(src.listen.remote(f"{d}/c{c.index}ack"))
         ray.get(dst.open_receiver.remote(c.index, f"{d}/c{c.index}out", f"{d}/c{c.index}ack", c.slots, c.batch_pages,
-                                         {mp.index: sl.copy_key(mp.vm_index, mp.index)}))
+                                         {mp.index: sl.copy_key(mp.vm_index, mp.index, c.host)}))
         ray.get(src.open_sender.remote(c.index, f"{d}/c{c.index}in", f"{d}/c{c.index}ack", c.slots, c.batch_pages))
+    for mp in plans.values():
+        if swaps(mp):
+            conns = [c.index for c in sl.topo.connections_of_migration(mp.index)]
+            ray.get(sl.hosts[mp.destinations[0].name].attach_swap.remote(
+                mp.index, sl.copy_key(mp.vm_index, mp.index), conns, mp.options.swap_resident_share,
+                mp.options.swap_device))
 
 
 def _pipelines(sl: Slice) -> None:
@@ -293,7 +318,22 @@ def _pipelines(sl: Slice) -> None:
         waits.append(sl.hosts[mp.source.name].start_pipeline.remote(
             mp.index, [c.index for c in conns], o.consumers, o.address_space_lock,
             int(o.memory_pool_mib * MIB * sl.scale.memory_scale), min(c.batch_pages for c in conns), compression,
-            _costs(sl.scenario, o.address_space_lock)))
+            _costs(sl.scenario, o.address_space_lock), [c.host for c in conns]))
+    ray.get(waits)
+
+
+def _access_histories(sl: Slice) -> None:
+    """The source keeps the access history of each VM a split migration will move (S-memV §IV-B)."""
+    import ray
+    waits = []
+    for mp in sl.scenario.migration_plans():
+        if not splits(mp) or mp.source.name != sl.scenario.initial_host(mp.vm).name:
+            continue
+        from agents.techniques.split import real_chunk_pages
+        o = mp.options
+        waits.append(sl.hosts[mp.source.name].track_access.remote(
+            sl.first_key(mp.vm_index), real_chunk_pages(o.chunk_pages, sl.scale.memory_scale),
+            sl.scale.real_seconds(o.history_collect_ms / 1000), o.history_age_collections))
     ray.get(waits)
 
 
@@ -304,4 +344,5 @@ def _guests(sl: Slice) -> None:
     for i, vm in enumerate(sc.vms):
         sl.guests.append(sl.cluster.track(GuestAgent.options(name=f"guest:{vm.name}").remote(
             vm.name, sl.paths[sl.first_key(i)], vm.workload.model_dump(), vm.content.model_dump(), vm.vcpus,
-            scale.memory_scale, scale.dilation, fault_s, sc.emulation.seed + 1000 * i, vm.io_bound)))
+            scale.memory_scale, scale.dilation, fault_s, sc.emulation.seed + 1000 * i, vm.io_bound,
+            any(splits(mp) for mp in sc.migration_plans() if mp.vm_index == i))))

@@ -7,7 +7,7 @@
   livemig reproduce SUITE     run a paper's experiment pairs (or the model grid) and compare
   livemig list                the shipped scenarios
   livemig techniques          the migration techniques and their options
-  livemig bench pipeline|link|codec   figures of this machine
+  livemig bench pipeline|link|codec|lru   figures of this machine
 
 Exit codes: 0 done (and verified), 1 the migration failed or was aborted,
 2 bad input (one line on stderr naming file, field and what is allowed).
@@ -72,7 +72,8 @@ def run(
     address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (e.g. 'auto') instead of starting one."),
     dashboard: bool = typer.Option(False, help="Start the Ray dashboard (http://127.0.0.1:8265) to watch the actors."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT during the run."),
-    inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit."),
+    inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit; "
+                                                "'memory-server-refuses': a sub-host's memory server does not start."),
     interval: float = typer.Option(0.1, help="The timeline's sampling interval, emulated seconds (timeline.jsonl)."),
 ) -> None:
     """Emulate the scenario's migrations and print the paper-style summary; writes result.json and timeline.jsonl."""
@@ -118,8 +119,8 @@ def _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir: 
         _fail_input([f"--dilation: must be > 0 and at most {MAX_DILATION:g}, as emulation.dilation (got {dilation:g})"])
     if not 0.001 <= interval <= 60:
         _fail_input([f"--interval: must be between 0.001 and 60 emulated seconds (got {interval:g})"])
-    if inject_fault not in (None, "corrupt-page"):
-        _fail_input([f"--inject-fault: unknown fault {inject_fault!r}; allowed: corrupt-page"])
+    if inject_fault not in (None, "corrupt-page", "memory-server-refuses"):
+        _fail_input([f"--inject-fault: unknown fault {inject_fault!r}; allowed: corrupt-page, memory-server-refuses"])
     if metrics_port is not None and not 1 <= metrics_port <= 65535:
         _fail_input([f"--metrics-port: must be a TCP port, 1 to 65535 (got {metrics_port})"])
     blocker = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
@@ -243,10 +244,12 @@ def compare(result_a: Path = typer.Argument(..., help="result.json (or its direc
 
 
 @app.command()
-def reproduce(suite: str = typer.Argument(..., help="pmigrate, xbrle, convergence, or model (emulator against predictor)"),
+def reproduce(suite: str = typer.Argument(..., help="pmigrate, xbrle, convergence, smemv, or model (emulator against predictor)"),
               out_dir: Path = typer.Option(Path("runs/reproduce"), "--out", help="Where each run's result.json goes."),
               tolerance: float = typer.Option(0.25, help="Allowed deviation of a ratio from the paper's."),
-              markdown_out: bool = typer.Option(False, "--markdown", help="Print the table as Markdown.")) -> None:
+              markdown_out: bool = typer.Option(False, "--markdown", help="Print the table as Markdown."),
+              only: str = typer.Option("", help="smemv: only these experiments, comma-separated "
+                                                "(e.g. idle-12g-10gbe,memcached-12g)")) -> None:
     """Run a paper's experiment pairs and compare every ratio with the paper's (takes minutes)."""
     from cluster.reproduce import SUITES, markdown, run_suite
     if suite == "model":
@@ -254,6 +257,8 @@ def reproduce(suite: str = typer.Argument(..., help="pmigrate, xbrle, convergenc
         return
     if suite == "convergence":
         _reproduce_convergence(out_dir, markdown_out)
+    if suite == "smemv":
+        _reproduce_smemv(out_dir, markdown_out, [g for g in only.split(",") if g.strip()])
         return
     if suite not in SUITES:
         _fail_input([f"reproduce: unknown suite {suite!r}; known: {', '.join(SUITES)}"])
@@ -276,6 +281,22 @@ def _reproduce_convergence(out_dir: Path, markdown_out: bool) -> None:
     table = rc.markdown(report)
     print(table if markdown_out else table.replace("|", " ").strip())
     raise typer.Exit(0 if all(c["holds"] for c in report["checks"]) else 1)
+
+
+def _reproduce_smemv(out_dir: Path, markdown_out: bool, only: list[str]) -> None:
+    """S-memV's §V: ideal, split, SSD- and HDD-assisted, LRU and random (cluster/reproduce_smemv.py)."""
+    from cluster import reproduce_smemv
+    known = [stem for _, stem, _ in reproduce_smemv.GROUPS]
+    unknown = [g for g in only if g not in known]
+    if unknown:
+        _fail_input([f"reproduce smemv: --only: unknown experiment {unknown[0]!r}; known: {', '.join(known)}"])
+    groups = only or None
+    rows = reproduce_smemv.run(out_dir, groups, progress=lambda m: err.print(m))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "smemv.json").write_text(json.dumps(rows, indent=2, default=float))
+    table = reproduce_smemv.markdown(rows)
+    print(table if markdown_out else table.replace("|", " ").strip())
+    raise typer.Exit(0 if all(r["verified"] for r in rows) else 1)
 
 
 def _reproduce_model(out_dir: Path, markdown_out: bool) -> None:
@@ -350,6 +371,23 @@ def bench_pipeline(mib: int = typer.Option(256, help="Real MiB of guest memory p
     """Unshaped real MB/s of the whole path (scan, encode, send, restore, verify) per content mix."""
     from cluster.bench import pipeline_bench
     print(json.dumps(pipeline_bench(mib, batch_pages), indent=2))
+
+
+@bench_app.command("lru")
+def bench_lru(sizes: str = typer.Option("1,4,16,64,256,1024,2048", help="Memory sizes in GiB, comma-separated."),
+              chunk_pages: int = typer.Option(256, help="Pages per chunk (the paper's 256)."),
+              repeats: int = typer.Option(3, help="Repeats per size (best kept).")) -> None:
+    """S-memV Fig. 14: access-history collection, LRU splitting and page-out decision time against memory size."""
+    from cluster.bench import lru_bench
+    try:
+        gib = [int(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        gib = []
+    if not gib or min(gib) <= 0 or chunk_pages <= 0 or repeats <= 0:
+        print("livemig bench lru: --sizes must be positive integers (GiB), --chunk-pages and --repeats positive",
+              file=sys.stderr)
+        raise typer.Exit(2)
+    print(json.dumps(lru_bench(gib, chunk_pages, repeats), indent=2))
 
 
 @bench_app.command("link")

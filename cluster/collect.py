@@ -19,6 +19,7 @@ possible.
 from __future__ import annotations
 
 from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
+from cluster import split_run
 from cluster.convergence_figures import convergence_figures
 from cluster.postcopy_figures import postcopy_figures
 from cluster.scaling import Scale
@@ -369,6 +370,8 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until:
                           for r in iterations if m.plan.options.strategy != "time-sliced"],
         "links": _links(sl, m, total),
         **({"postcopy": pc} if (pc := postcopy_figures(m.report, m.remote_faults, scale.memory_scale)) else {}),
+        **({"split": split_run.figures(m, samples, scale.dilation)} if "split" in m.report else {}),
+        **({"swap": split_run.figures(m, samples, scale.dilation)} if m.plan.technique == "swap" else {}),
         **({"policy": pol} if (pol := policy_decisions(events)) else {}),
         "data_path_faults": fault_figures(m, events, scale.memory_scale),
         "pipeline": {"consumers": o.consumers, "address_space_lock": o.address_space_lock,

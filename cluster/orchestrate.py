@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cluster.build import RunOptions, Slice
+from cluster import split_run
+from cluster.build import RunOptions, Slice, splits, swaps
 from cluster.faults import ACTOR_CALL_S, FAULT_KINDS, FaultInjector
 from cluster.scenario import GIB, MIB
 from cluster.timeline import Timeline
@@ -62,6 +63,10 @@ class MigrationState:
     report: dict = field(default_factory=dict)
     verified: bool = False
     mismatched: list = field(default_factory=list)
+    misplaced: int = 0  # split migration: pages not on exactly one host
+    src_key: str = ""  # split migration: the source's image key (its copy stays as it was at the switch-over)
+    split: dict = field(default_factory=dict)  # split migration: remote paging's figures (filled in at the end)
+    swap_during: dict = field(default_factory=dict)  # swap-assisted: the destination's paging while it migrated
     guest_resumed_at: float | None = None
     guest_faults: float = 0.0  # the guest's dirty-tracking faults (filled in at the end)
     vm_lost: bool = False  # a post-copy that could not finish: neither side holds the whole VM
@@ -95,6 +100,14 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _merged_receivers(sl: Slice, m: MigrationState, conns: list[int]) -> dict:
+    """The receivers of every host of a split migration, added up."""
+    import ray
+    parts = ray.get([sl.hosts[h.name].receiver_status.remote(conns) for h in m.plan.destinations])
+    return {"pages_restored": sum(p["pages_restored"] for p in parts), "errors": [e for p in parts for e in p["errors"]],
+            "decode_s": sum(p["decode_s"] for p in parts), "decode_model_us": sum(p["decode_model_us"] for p in parts)}
 
 
 class Orchestrator:
@@ -135,7 +148,7 @@ class Orchestrator:
             self._loop(until=lambda: all(m.status in FINISHED for m in self.migs))
         except KeyboardInterrupt:
             self._interrupt()
-        t_after = time.monotonic() + self.scale.real_seconds(AFTER_S)
+        t_after = time.monotonic() + self.scale.real_seconds(max(AFTER_S, split_run.observe_after_s(self.sl.scenario)))
         self._loop(until=lambda: time.monotonic() >= t_after)
         self._sample(time.monotonic(), force=True)
         self.fault_list = self.faults.finish({m.index: {"status": m.status, "verified": m.verified,
@@ -217,6 +230,17 @@ class Orchestrator:
         lps = self.sl.topo.links_of_migration(m.index)
         destination = {"image": self.sl.paths[dst_key], "return_path": f"{self.sl.cluster.sock_dir}/m{m.index}ret",
                        "one_way_s": lps[0].one_way_s if lps else 0.0}
+        if splits(m.plan):
+            destination |= split_run.destination_fields(self.sl, m)
+            try:
+                split_run.open_memory_servers(self.sl, m, refuse=self.opts.inject_fault == "memory-server-refuses")
+            except Exception as exc:  # ray.exceptions.RayTaskError: one line of it
+                m.status = m.phase = "failed"
+                m.reason = f"a memory server did not start: {str(exc).strip().splitlines()[-1]}"
+                split_run.discard(self.sl, m)
+                self.tl.event(time.monotonic(), "stays-on-source", vm=m.vm, migration=m.index, host=host,
+                              status=m.status, reason=m.reason)
+                return
         ray.get(src.migrate.remote(m.index, key, self.sl.guests[m.vm_index], m.plan.technique,
                                    m.plan.options.model_dump(), self._triggers(m), destination))
         m.ref = src.wait.remote(m.index, 1e9)
@@ -328,8 +352,18 @@ class Orchestrator:
         # A technique that moved the guest itself (post-copy) says so; the guest
         # wrote its destination image since, and those pages are excused.
         moved = bool(m.report.get("guest_on_destination"))
+        if splits(m.plan):
+            m.receiver = _merged_receivers(self.sl, m, conns)
+            m.guest_resumed_at = split_run.finish(self, m, src, src_key)
+            m.t_end = time.monotonic()
+            m.links_after = self._link_stats(m)
+            m.phase = m.status
+            self._share_nics()
+            return
         if moved:
             m.remote_faults = self.call(guest.postcopy_status.remote(), {})
+        if swaps(m.plan):
+            m.swap_during = ray.get(dst.swap_done.remote(m.index), timeout=ACTOR_CALL_S)
         if m.status == "completed":
             written = (lambda: ray.get(guest.written_on_destination.remote(), timeout=ACTOR_CALL_S)) if moved else None
             self._verify(m, src, dst, src_key, dst_key, written)
@@ -344,7 +378,9 @@ class Orchestrator:
             self.tl.event(m.guest_resumed_at, "switched-over", vm=m.vm, migration=m.index,
                           host=m.plan.destinations[0].name, by="technique", verified=m.verified)
         elif m.verified:
-            m.guest_resumed_at = ray.get(guest.resume_on.remote(self.sl.paths[dst_key]), timeout=ACTOR_CALL_S)
+            paging = {"host": dst, "migration": m.index} if swaps(m.plan) else None
+            m.guest_resumed_at = ray.get(guest.resume_on.remote(self.sl.paths[dst_key], None, None, paging),
+                                         timeout=ACTOR_CALL_S)
             self.sl.location[m.vm_index] = (m.plan.destinations[0].name, dst_key)
             self.tl.event(m.guest_resumed_at, "switched-over", vm=m.vm, migration=m.index,
                           host=m.plan.destinations[0].name)

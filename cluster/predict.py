@@ -63,6 +63,8 @@ def _write_probabilities(vm: Vm) -> tuple[float, tuple[np.ndarray, np.ndarray] |
         return wl.dirty_pages_per_s, None, ws
     if wl.kind == "hotset":
         return wl.ops_per_s * wl.write_fraction, _zipf_pages(ws, wl.zipf_s), ws
+    if wl.kind == "readmostly":  # its reads dirty nothing
+        return wl.dirty_pages_per_s, None, max(1, int(wl.working_set_gib * GIB / PAGE))
     if wl.kind == "sweeper":
         return wl.write_mbytes_s * 1e6 / PAGE, None, max(1, int(wl.sweep_gib * GIB / PAGE))
     if wl.kind == "memwrite":

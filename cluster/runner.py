@@ -14,7 +14,7 @@ import datetime
 import time
 from pathlib import Path
 
-from cluster.build import Cluster, RunOptions, build_slice, start_local_ray
+from cluster.build import Cluster, RunOptions, build_slice, start_local_ray, swaps
 from cluster.footprint import MemorySampler, guard, shm_allocated
 from cluster.orchestrate import WARMUP_S, Orchestrator, verify_images
 from cluster.scaling import scale_of
@@ -51,6 +51,15 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             setup_s = time.monotonic() - wall0
             orchestrator = Orchestrator(sl, timeline, opts)
             migs = orchestrator.run()
+            for m in migs:  # remote paging after a split migration, while the guests still run
+                if "split" in m.report and m.verified:
+                    from cluster.split_run import placement_now
+                    m.split = ray.get(sl.guests[m.vm_index].split_status.remote())
+                    m.split["misplaced_pages_at_end"], m.split["lost_pages_at_end"] = placement_now(
+                        sl, m, m.src_key)
+                elif swaps(m.plan) and m.status == "completed":
+                    m.split = (ray.get(sl.hosts[m.plan.destinations[0].name].swap_status.remote(m.index))
+                               | ray.get(sl.guests[m.vm_index].split_status.remote()))
             guest_data = ray.get([g.timeline.remote() for g in sl.guests], timeout=60)
             ray.get([g.stop.remote() for g in sl.guests], timeout=60)
             per_vm = []

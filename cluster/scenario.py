@@ -219,6 +219,18 @@ class HotsetWorkload(_Strict):
     working_set_gib: MemoryGib | None = None
 
 
+class ReadMostlyWorkload(_Strict):
+    """A read-mostly hot set (GNU sort's input, memcached's values): reads
+    `reads_per_s` pages uniformly in a read set of `read_set_gib` that is never
+    written, and writes `dirty_pages_per_s` in the first `working_set_gib`."""
+
+    kind: Literal["readmostly"]
+    reads_per_s: PagesS
+    read_set_gib: MemoryGib
+    dirty_pages_per_s: PagesS = 0.0
+    working_set_gib: Annotated[float, Field(ge=0, le=MAX_MEMORY_GIB)] = 0.0
+
+
 class SweeperWorkload(_Strict):
     """RapidWrite-like: writes `sweep_gib` sequentially, then sleeps."""
 
@@ -268,8 +280,8 @@ class ErpWorkload(_Strict):
 
 
 Workload = Annotated[
-    IdleWorkload | UniformWorkload | HotsetWorkload | SweeperWorkload | MemwriteWorkload | VideoWorkload
-    | ErpWorkload,
+    IdleWorkload | UniformWorkload | HotsetWorkload | ReadMostlyWorkload | SweeperWorkload | MemwriteWorkload
+    | VideoWorkload | ErpWorkload,
     Field(discriminator="kind"),
 ]
 
@@ -688,7 +700,7 @@ def _semantic_problems(s: Scenario) -> Problems:
         return problems
     links = _link_problems(s)
     problems = (links + _vm_problems(s) + _placement_problems(s) + _capacity_problems(s) + _cache_problems(s)
-                + _convergence_problems(s))
+                + _convergence_problems(s) + _split_problems(s))
     if not links:  # events name links, which must exist first
         problems += _event_problems(s)
     return problems
@@ -883,6 +895,10 @@ def _vm_problems(s: Scenario) -> Problems:
         ws = getattr(vm.workload, "working_set_gib", None)
         if ws is not None and ws > vm.memory_gib:
             problems.append((f"vms[{i}].workload.working_set_gib", f"{ws:g} GiB exceeds the VM's memory_gib of {vm.memory_gib:g}"))
+        reads = getattr(vm.workload, "read_set_gib", None)
+        if reads is not None and reads + (ws or 0.0) > vm.memory_gib:
+            problems.append((f"vms[{i}].workload.read_set_gib", f"read set {reads:g} GiB plus working set {ws or 0:g} GiB "
+                                                               f"exceeds the VM's memory_gib of {vm.memory_gib:g}"))
         frames = getattr(vm.workload, "frame_mib", None)
         if frames is not None and frames * MIB > vm.memory_gib * GIB:
             problems.append((f"vms[{i}].workload.frame_mib", f"{frames:g} MiB exceeds the VM's memory_gib of {vm.memory_gib:g}"))
@@ -924,6 +940,31 @@ def _cache_problems(s: Scenario) -> Problems:
             field = f"migrations[{p.index}].xbzrle_cache_mib" if own else "migration.xbzrle_cache_mib"
             problems.setdefault(field, f"{o.xbzrle_cache_mib:g} MiB is more than the memory of \"{p.vm.name}\" "
                                        f"({p.vm.memory_gib * 1024:g} MiB); a cache holds that VM's pages")
+    return list(problems.items())
+
+
+def _split_problems(s: Scenario) -> Problems:
+    """A split migration (S-memV) needs a chunk no larger than its VM, and a
+    main host that holds at least the VM's state plus one chunk."""
+    problems: dict[str, str] = {}
+    for p in s.migration_plans():
+        if p.technique != "split":
+            continue
+        o, vm_bytes = p.options, p.vm.memory_gib * GIB
+        chunk_bytes = o.chunk_pages * PAGE_SIZE
+        own = s.migrations and "chunk_pages" in s.migrations[p.index].overrides()
+        field = f"migrations[{p.index}].chunk_pages" if own else "migration.chunk_pages"
+        if chunk_bytes > vm_bytes:
+            problems.setdefault(field, f"{o.chunk_pages} pages ({chunk_bytes / MIB:g} MiB) is larger than \"{p.vm.name}\" "
+                                       f"({p.vm.memory_gib:g} GiB); a chunk is at most the VM's pages")
+            continue
+        need = o.device_state_kib * 1024 + chunk_bytes
+        main = p.destinations[0]
+        if main.memory_gib * GIB < need:
+            problems.setdefault(f"migrations[{p.index}].to" if s.migrations else "hosts",
+                                f"main host \"{main.name}\" has memory_gib = {main.memory_gib:g}, less than "
+                                f"\"{p.vm.name}\"'s device state ({o.device_state_kib:g} KiB) plus one chunk "
+                                f"({o.chunk_pages} pages): {need / GIB:.6g} GiB at least")
     return list(problems.items())
 
 
@@ -1010,8 +1051,8 @@ def _postcopy_switch_problems(s: Scenario, i: int, ev) -> Problems:
     return []
 
 
-_WORKLOADS = {"idle": IdleWorkload, "uniform": UniformWorkload, "hotset": HotsetWorkload, "sweeper": SweeperWorkload,
-              "memwrite": MemwriteWorkload, "video": VideoWorkload, "erp": ErpWorkload}
+_WORKLOADS = {"idle": IdleWorkload, "uniform": UniformWorkload, "hotset": HotsetWorkload,
+              "readmostly": ReadMostlyWorkload, "sweeper": SweeperWorkload, "memwrite": MemwriteWorkload, "video": VideoWorkload, "erp": ErpWorkload}
 _EVENTS = {"set-link": SetLinkEvent, "set-background": SetBackgroundEvent, "set-workload": SetWorkloadEvent,
            "cancel": CancelEvent, "start-postcopy": StartPostcopyEvent, "link-down": LinkDownEvent,
            "link-up": LinkUpEvent, "corrupt-batch": CorruptBatchEvent, "kill-destination": KillDestinationEvent,

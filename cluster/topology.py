@@ -5,7 +5,9 @@ for every migration, the NIC pairs between its source and destination (as
 listed, or paired by speed), each link's real rate and delay, its background
 traffic, and the migration's connections: as many as its technique needs
 (one per PMigrate consumer), spread round-robin over its links, each with
-its batch size and the slots of its ring. A link used by several migrations
+its batch size and the slots of its ring. A split migration (S-memV) has
+that many connections to each of its hosts: the main host and every
+sub-host (`ConnectionPlan.host`: 0 the main host, 1..k the sub-hosts). A link used by several migrations
 is one link: their connections share it. Pure; the runner builds actors
 from it.
 """
@@ -40,6 +42,7 @@ class ConnectionPlan:
     batch_pages: int
     slots: int
     migration: int = 0
+    host: int = 0  # which of the migration's destinations (0: the first; split migration: 1.. the sub-hosts)
 
 
 @dataclass(frozen=True)
@@ -90,21 +93,27 @@ def _plan(scenario: Scenario, scale: Scale) -> Topology:
     links: dict[str, LinkPlan] = {}
     conns: list[ConnectionPlan] = []
     for mp in scenario.migration_plans():
-        o = mp.options
-        mine = [_link(scenario, scale, l, links, mp)
-                for l in scenario.links_between(mp.source, mp.destinations[0])]
-        n = registry.get(mp.technique).load().connections_needed(o)
-        for k in range(n):
-            lp = mine[k % len(mine)]
-            sharing = len(range(k % len(mine), n, len(mine)))
-            share = lp.rate_bytes_s / sharing
-            batch = o.batch_pages or auto_batch_pages(share, scale)
-            bdp = share * 2 * lp.one_way_s
-            # Headroom past the bandwidth-delay product: a slot also waits for its
-            # batch to serialize at line rate and be restored (a NIC queue, not credit).
-            slots = int(min(32, max(8, math.ceil(bdp / (batch * PAGE)) + 6)))
-            conns.append(ConnectionPlan(len(conns), lp.index, batch, slots, mp.index))
+        technique = registry.get(mp.technique).load()
+        targets = mp.destinations if getattr(technique, "splits", False) else mp.destinations[:1]
+        for d, dst in enumerate(targets):
+            _connections(scenario, scale, links, conns, mp, dst, d, technique.connections_needed(mp.options))
     return Topology(list(links.values()), conns, _shared_nics(scenario, scale, list(links.values())))
+
+
+def _connections(scenario: Scenario, scale: Scale, links: dict, conns: list, mp, dst, d: int, n: int) -> None:
+    """Migration `mp`'s `n` connections to its destination `dst` (number `d`), round-robin over their links."""
+    o = mp.options
+    mine = [_link(scenario, scale, l, links, mp, dst) for l in scenario.links_between(mp.source, dst)]
+    for k in range(n):
+        lp = mine[k % len(mine)]
+        sharing = len(range(k % len(mine), n, len(mine)))
+        share = lp.rate_bytes_s / sharing
+        batch = o.batch_pages or auto_batch_pages(share, scale)
+        bdp = share * 2 * lp.one_way_s
+        # Headroom past the bandwidth-delay product: a slot also waits for its
+        # batch to serialize at line rate and be restored (a NIC queue, not credit).
+        slots = int(min(32, max(8, math.ceil(bdp / (batch * PAGE)) + 6)))
+        conns.append(ConnectionPlan(len(conns), lp.index, batch, slots, mp.index, d))
 
 
 def _shared_nics(scenario: Scenario, scale: Scale, links: list[LinkPlan]) -> dict[str, float]:
@@ -116,7 +125,7 @@ def _shared_nics(scenario: Scenario, scale: Scale, links: list[LinkPlan]) -> dic
     return {nic: scale.real_rate(gbps_to_bytes_s(scenario.nic_speed_gbps(nic))) for nic, n in uses.items() if n > 1}
 
 
-def _link(scenario: Scenario, scale: Scale, link, links: dict, mp) -> LinkPlan:
+def _link(scenario: Scenario, scale: Scale, link, links: dict, mp, dst) -> LinkPlan:
     """The plan of `link`, made once however many migrations use it. A link
     keeps its NIC speed: a bandwidth cap is the migration's own (QEMU's
     max-bandwidth), applied by its sender (agents/datapath/rate_limit.py)."""
@@ -125,6 +134,6 @@ def _link(scenario: Scenario, scale: Scale, link, links: dict, mp) -> LinkPlan:
         emu_rate = gbps_to_bytes_s(scenario.link_bandwidth_gbps(link))
         background = min(link.background.mbytes_s * MIB, emu_rate)
         links[name] = LinkPlan(len(links), name, scale.real_rate(emu_rate), scale.real_seconds(link.rtt_ms / 2000),
-                               scale.real_rate(background), emu_rate, mp.source.name, mp.destinations[0].name,
+                               scale.real_rate(background), emu_rate, mp.source.name, dst.name,
                                (link.from_nic, link.to_nic))
     return links[name]

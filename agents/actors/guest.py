@@ -17,24 +17,32 @@ from agents.datapath.shm import Region
 from agents.guest.content import assign_classes, template_pools
 from agents.guest.dirty_log import DirtyLog
 from agents.guest.remote_memory import RemoteMemory
+from agents.guest.split_memory import SplitMemory
+from agents.techniques.swap import SwapFaults
 from agents.guest.vcpus import Guest
 from agents.guest.workloads import make_workload
+from agents.split.history import bitmap_bytes
 
 
 @ray.remote(num_cpus=0, max_concurrency=4)
 class GuestAgent:
     def __init__(self, name: str, image_path: str, workload: dict, content: dict, vcpus: int,
-                 memory_scale: float, dilation: float, fault_s: float, seed: int, io_bound: bool = False) -> None:
+                 memory_scale: float, dilation: float, fault_s: float, seed: int, io_bound: bool = False,
+                 track_access: bool = False) -> None:
+        """`track_access`: mark every page read or written in the accessed bits next to the image
+        (a VM that a split migration will move: its source keeps an access history)."""
         precise_threads()
         self.name = name
         self.region = Region.attach(image_path)
         self.log_region = Region.attach(image_path + "-log")
         pages = self.region.pages()
         npages = len(pages)
+        self.access_region = Region.attach(image_path + "-acc") if track_access else None
+        access = self.access_region.array[:bitmap_bytes(npages)] if track_access else None
         self.guest = Guest(pages, make_workload(workload, npages, memory_scale, seed),
                            assign_classes(npages, content, seed), template_pools(seed),
                            vcpus, dilation, fault_s, seed, log=DirtyLog(self.log_region.array, npages),
-                           io_bound=io_bound)
+                           io_bound=io_bound, access=access)
         self._dest: Region | None = None
         self.memory_scale = memory_scale
 
@@ -48,7 +56,8 @@ class GuestAgent:
     def resume(self) -> float:
         return self.guest.resume()
 
-    def resume_on(self, dest_image_path: str, postcopy: dict | None = None) -> float:
+    def resume_on(self, dest_image_path: str, postcopy: dict | None = None, split: dict | None = None,
+                  swap: dict | None = None) -> float:
         """Switchover: run on the destination's image (and its dirty log) from now on.
 
         `postcopy`: the image is not all there yet. `missing` (packed bits) marks
@@ -65,12 +74,34 @@ class GuestAgent:
             back = Channel.connect(postcopy["return_path"]) if postcopy.get("return_path") else None
             remote = RemoteMemory(received, back, postcopy.get("vm", 0), self.guest.dilation, self.memory_scale,
                                   self.guest.workload.footprint)
-        return self.guest.resume(pages, DirtyLog(self._dest_log.array, len(pages)), remote=remote)
+        elif split is not None:
+            remote = SplitMemory(pages, split["page_host"], split["history"], split["chunk_pages"], split["capacity"],
+                                 split["policy"], split["servers"], split["migration"], split["link"],
+                                 self.guest.dilation, self.memory_scale, split["collect_s"], split["age_every"],
+                                 split.get("seed", 0))
+        access = None
+        if swap is not None:  # a destination that pages to swap: its kernel sees the accessed bits
+            self._dest_access = Region.attach(dest_image_path + "-acc")
+            self._received = Region.attach(dest_image_path + "-recv")
+            access = self._dest_access.array[:bitmap_bytes(len(pages))]
+            remote = SwapFaults(self._received.array[:len(pages)], swap["host"], swap["migration"], self.guest.dilation)
+        return self.guest.resume(pages, DirtyLog(self._dest_log.array, len(pages)), remote=remote, access=access)
 
     def postcopy_status(self) -> dict:
         """Post-copy's figures on the destination (faults, latency, blocktime), or {} when none ran."""
         r = self.guest.remote
         return r.status(self.memory_scale) if r is not None else {}
+
+    def split_status(self) -> dict:
+        """Remote paging's figures after a split migration, or {} when none ran."""
+        r = self.guest.remote
+        return r.status() if isinstance(r, (SplitMemory, SwapFaults)) else {}
+
+    def split_where(self) -> np.ndarray | None:
+        """The main host's network page table now (host per page), or None."""
+        r = self.guest.remote
+        with self.guest._lock:  # between ticks: no fault half done
+            return r.where() if isinstance(r, SplitMemory) else None
 
     def written_on_destination(self) -> np.ndarray:
         """Pages the guest wrote since a post-copy switch-over (empty when none)."""

@@ -33,6 +33,8 @@ from agents.encodings.encoding import BatchEncoder, Compression, XbzrleCaches
 from agents.faults import ENDS_MIGRATION, MigrationThreadCrash, Watchdog
 from agents.guest.content import assign_classes, fill_image, template_pools
 from agents.guest.dirty_log import DirtyLog
+from agents.split.history import AccessHistory, bitmap_bytes
+from agents.split.paging import PageSubTable
 from agents.techniques import registry as techniques
 from agents.techniques.base import MigrationContext, Trigger
 from agents.verify import chunk_digests, page_digests
@@ -48,6 +50,11 @@ class HostAgent:
         self.images: dict[str, Region] = {}  # by key: "vm<i>" at its first host, "vm<i>-m<k>" as migration k's copy
         self.logs: dict[str, Region] = {}
         self.received: dict[str, Region] = {}  # per image: a byte per page, set once restored (post-copy's map)
+        self.access: dict[str, Region] = {}  # per image: the guest's accessed bits (split migration's EPT A bits)
+        self.histories: dict[str, AccessHistory] = {}  # per image whose access history this host keeps
+        self.memory_servers: dict[int, PageSubTable] = {}  # by migration: this sub-host's share of a split VM
+        self.swaps: dict[int, object] = {}  # by migration: a swap-assisted destination (agents/techniques/swap.py)
+        self.swap_keys: dict[str, int] = {}  # image key -> its migration's number there
         self.rings: dict[int, Region] = {}
         self.senders: dict[int, PageSender] = {}
         self.receivers: dict[int, PageReceiver] = {}
@@ -87,22 +94,115 @@ class HostAgent:
             region.prefault()
         self.logs[key] = Region.create(path + "-log", DirtyLog.nbytes(npages))
         self.received[key] = Region.create(path + "-recv", npages)
+        self.access[key] = Region.create(path + "-acc", bitmap_bytes(npages))
         self.images[key] = region
         return time.monotonic() - t0
 
     def release_image(self, key: str) -> None:
         """Discard an image (a cancelled migration's partial copy)."""
-        for regions in (self.images, self.logs, self.received):
+        swap = self.swaps.pop(self.swap_keys.pop(key, -1), None)
+        if swap is not None:
+            swap.close()
+        for regions in (self.images, self.logs, self.received, self.access):
             region = regions.pop(key, None)
             if region is not None:
                 region.unlink()
 
+    def _contents(self, key: str) -> np.ndarray:
+        """Image `key` as its VM sees it (a swap-assisted destination's swapped pages read back)."""
+        swap = self.swaps.get(self.swap_keys.get(key, -1))
+        return self.images[key].pages() if swap is None else swap.space.contents()
+
     def digests(self, key: str) -> np.ndarray:
         """Digests of runs of pages (see agents/verify.py)."""
-        return chunk_digests(self.images[key].pages())
+        return chunk_digests(self._contents(key))
 
     def page_digests(self, key: str, idx: np.ndarray) -> np.ndarray:
-        return page_digests(self.images[key].pages()[idx])
+        return page_digests(self._contents(key)[idx])
+
+    # --- swap-assisted migration: the destination pages to a swap device ----------
+    def attach_swap(self, m: int, key: str, conns: list[int], share: float, device: str) -> None:
+        """Image `key` (migration `m`'s copy) keeps `share` of its pages in memory, the rest on `device`."""
+        from agents.techniques.swap import SwapDestination
+        swap = SwapDestination(self.images[key].pages(), self.received[key].array, self.access[key].array, share,
+                               device, self.memory_scale, self.dilation)
+        self.swaps[m], self.swap_keys[key] = swap, m
+        for c in conns:
+            self.receivers[c].swaps[m] = swap
+
+    def swap_done(self, m: int) -> dict:
+        return self.swaps[m].migration_done()
+
+    def swap_fault(self, m: int, idx: np.ndarray) -> float:
+        return self.swaps[m].fault(idx)
+
+    def swap_status(self, m: int) -> dict:
+        swap = self.swaps.get(m)
+        return swap.status() if swap is not None else {}
+
+    # --- split migration: access history (source), memory server (sub-host) ----
+    def track_access(self, key: str, chunk_pages: int, collect_s: float, age_every: int) -> None:
+        """Keep image `key`'s 8-bit access history: collect the guest's accessed
+        bits every `collect_s` real seconds, age every `age_every` collections
+        (S-memV §IV-B); a thread until the host closes."""
+        npages = len(self.images[key].pages())
+        hist = self.histories[key] = AccessHistory(npages, chunk_pages)
+        bitmap = self.access[key].array[:bitmap_bytes(npages)]
+
+        def collect() -> None:
+            n = 0
+            while not self._closing and key in self.access:
+                time.sleep(collect_s)
+                hist.collect(bitmap)
+                n += 1
+                if n % age_every == 0:
+                    hist.age()
+
+        threading.Thread(target=collect, daemon=True, name=f"access-{key}").start()
+
+    def open_memory_server(self, m: int, npages: int, capacity_pages: int, refuse: bool = False) -> int:
+        """Start migration `m`'s memory server here: a page sub-table of
+        `capacity_pages` frames (S-memV §IV-D). Returns this process's id."""
+        if refuse:
+            raise RuntimeError(f"{self.name}: the memory server refused to start (injected fault)")
+        self.memory_servers[m] = PageSubTable(npages, capacity_pages)
+        return os.getpid()
+
+    def load_memory_server(self, m: int, key: str, pages: np.ndarray) -> int:
+        """Take the pages split migration `m` sent here (received into image `key`)
+        into the memory server's sub-table, then free the image. Returns pages held."""
+        server = self.memory_servers[m]
+        server.page_out(pages, self.images[key].pages()[pages])
+        self.release_image(key)
+        return server.held
+
+    def close_memory_server(self, m: int) -> None:
+        self.memory_servers.pop(m, None)
+
+    def memory_server_holds(self, m: int) -> np.ndarray:
+        """Packed bits: the pages migration `m`'s memory server holds."""
+        return np.packbits(self.memory_servers[m].holds())
+
+    def memory_server_digests(self, m: int, pages: np.ndarray) -> np.ndarray:
+        server = self.memory_servers[m]
+        return page_digests(server.frames[server.slot[pages]])
+
+    def swap(self, m: int, page_in: np.ndarray, page_out: np.ndarray, data: np.ndarray | None) -> np.ndarray:
+        """Remote paging (§IV-E): return and free pages `page_in`, then store
+        `data` as pages `page_out`: one request each way."""
+        server = self.memory_servers[m]
+        got = server.page_in(page_in) if len(page_in) else np.empty((0, 4096), dtype=np.uint8)
+        if page_out is not None and len(page_out):
+            server.page_out(page_out, data)
+        return got
+
+    def split_table(self, m: int) -> np.ndarray | None:
+        """Split migration `m`'s host per page (0: main, 1..k: sub-hosts), or None."""
+        return getattr(self.jobs[m].technique, "page_host", None)
+
+    def split_history(self, m: int) -> np.ndarray | None:
+        """The access history migration `m` sent with the main host's pages (uint8 per page)."""
+        return getattr(self.jobs[m].technique, "sent_history", None)
 
     # --- connections --------------------------------------------------------
     def create_ring(self, conn: int, path: str, slots: int, batch_pages: int) -> None:
@@ -150,8 +250,11 @@ class HostAgent:
                                             received={m: self.received[key].array for m, key in images.items()})
 
     def start_pipeline(self, m: int, conns: list[int], consumers: int, lock: str, pool_bytes: int,
-                       task_pages: int, compression: dict | None = None, costs: dict | None = None) -> None:
+                       task_pages: int, compression: dict | None = None, costs: dict | None = None,
+                       hosts: list[int] | None = None) -> None:
         """Migration `m`'s source pipeline over its connections `conns`.
+        `hosts`: the destination host (0, 1, ...) of each connection when there
+        are several (split migration): one pipeline per host, under one sink.
         `compression`: agents.encodings.encoding.Compression's fields (real units); None: zero pages only.
         `costs`: this migration's CostModel fields when they differ from the host's (its address-space lock)."""
         pool = MemoryPool(max(pool_bytes, task_pages * 4096))
@@ -164,9 +267,16 @@ class HostAgent:
         if caches is not None:
             for c in conns:
                 self.senders[c].on_resend = caches.invalidate
-        pipeline = SourcePipeline([self.senders[c] for c in conns], consumers, self.cores, LOCKS[lock](),
-                                  CostModel(**costs) if costs else self.costs,
-                                  self._real_s, pool, task_pages, encoders, tag=(m, "send"))
+        cost = CostModel(**costs) if costs else self.costs
+        if hosts is not None and len(set(hosts)) > 1:
+            from agents.techniques.split import SplitSink
+            groups = [[c for c, h in zip(conns, hosts) if h == d] for d in sorted(set(hosts))]
+            pipeline = SplitSink([SourcePipeline([self.senders[c] for c in g], len(g), self.cores, LOCKS[lock](),
+                                                 cost, self._real_s, MemoryPool(max(pool_bytes, task_pages * 4096)),
+                                                 task_pages, encoders, tag=(m, "send")) for g in groups])
+        else:
+            pipeline = SourcePipeline([self.senders[c] for c in conns], consumers, self.cores, LOCKS[lock](),
+                                      cost, self._real_s, pool, task_pages, encoders, tag=(m, "send"))
         self.jobs[m] = _Job(conns, pipeline, caches)
 
     # --- migrations (source) ------------------------------------------------
@@ -184,7 +294,8 @@ class HostAgent:
             control.on_sync = lambda: job.caches.new_generation(m, time.monotonic() / self.dilation,
                                                                 self._pages_saved(job))
         ctx = MigrationContext(m, pages, control, job.pipeline, self.memory_scale, self.dilation,
-                               [Trigger(**tr) for tr in triggers], destination=destination or {})
+                               [Trigger(**tr) for tr in triggers], destination=destination or {},
+                               access_history=self.histories.get(key))
         ctx.act = lambda tr: self._fault_on_the_spot(m, tr)
         job.ctx = ctx
         job.technique = techniques.get(technique).load().from_options(ctx, SimpleNamespace(**options))
@@ -326,7 +437,7 @@ class HostAgent:
                 s.close()
         for lst in self._listeners:
             lst.close()
-        for region in [*self.images.values(), *self.logs.values(), *self.rings.values()]:
+        for region in [*self.images.values(), *self.logs.values(), *self.rings.values(), *self.access.values()]:
             region.unlink()
 
 

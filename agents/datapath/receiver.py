@@ -53,6 +53,9 @@ class PageReceiver:
         self.restore_cost = restore_cost  # real seconds for (pages, pages with contents)
         self.images = images
         self.received = received or {}
+        # Per migration, a destination that pages to swap as pages arrive (agents/techniques/swap.py):
+        # its `received(idx, zero, restore)` restores through it and returns the real seconds to wait for the device.
+        self.swaps: dict = {}
         self.pages_restored = 0
         self.batches_corrupted = 0  # checksum mismatches, sent back for re-sending
         self.batches_dropped = 0
@@ -76,10 +79,16 @@ class PageReceiver:
                 self.acks.send(KIND_NACK, vm, slot, npages, 0, d[5], d[6], time.monotonic())
                 continue
             if kind == KIND_BATCH:
+                device_wait = 0.0
                 with self.cores.core((vm, "receive")) as core:
                     zero = int(np.count_nonzero(self.views[slot].enc[:npages] == ENC_ZERO))
                     try:
-                        restore_pages(self.images[vm], self.views[slot], self.unpacker)
+                        view, swap = self.views[slot], self.swaps.get(vm)
+                        if swap is None:
+                            restore_pages(self.images[vm], view, self.unpacker)
+                        else:
+                            device_wait = swap.received(view.idx[:npages].copy(), view.enc[:npages] == ENC_ZERO,
+                                                        lambda: restore_pages(self.images[vm], view, self.unpacker))
                     except (ValueError, KeyError, IndexError) as exc:
                         self.error = f"batch {d[5]} could not be restored: {exc}"
                     marks = self.received.get(vm)
@@ -89,6 +98,8 @@ class PageReceiver:
                     model_us = self.unpacker.take_model_us()
                     self.decode_model_us += model_us
                     core.charge(self.restore_cost(npages, npages - zero) + self.decode_cost(model_us))
+                if device_wait > 0:  # the swap device, not a core, holds the batch up
+                    time.sleep(device_wait)
                 self.pages_restored += npages
                 self.restored_by[vm] = self.restored_by.get(vm, 0) + npages
             self.acks.send(KIND_ACK, vm, slot, npages, 0, d[5], d[6], time.monotonic())

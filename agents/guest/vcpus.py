@@ -4,7 +4,9 @@ The guest runs in its own thread, in ticks of a few milliseconds of real
 time. Each tick turns the elapsed emulated time into operations of its
 workload, writes the pages those operations touch, and then marks them in the
 dirty log (after the write, so a page the migration has already read is
-always marked again). The dirty log is the hypervisor's and lives in shared
+always marked again). With an access bitmap (split migration's emulated EPT
+accessed bits, agents/split/history.py) every page read or written in a tick
+is marked there too. The dirty log is the hypervisor's and lives in shared
 memory (agents/guest/dirty_log.py); the migration harvests it without asking.
 
 While dirty logging is on, the first write to a page after each reset costs
@@ -24,6 +26,7 @@ from agents.guest.content import PageClasses, write_pages
 from agents.guest.dirty_log import DirtyLog
 from agents.guest.throttle import VcpuThrottle
 from agents.guest.workloads import Sweeper, Workload
+from agents.split.history import mark_accessed
 
 TICK_S = 0.002
 
@@ -31,8 +34,9 @@ TICK_S = 0.002
 class Guest:
     def __init__(self, pages: np.ndarray, workload: Workload, classes: PageClasses, pools: np.ndarray,
                  vcpus: int, dilation: float, fault_s: float, seed: int, log: DirtyLog | None = None,
-                 io_bound: bool = False) -> None:
+                 io_bound: bool = False, access: np.ndarray | None = None) -> None:
         self.pages = pages
+        self.access = access  # packed accessed bits (bitmap_bytes(npages) bytes), or None: not tracked
         self.io_bound = io_bound
         # In a run the log is in shared memory (the source host harvests it);
         # standing alone, the guest keeps its own.
@@ -77,13 +81,15 @@ class Guest:
             self.paused = True
             return time.monotonic()
 
-    def resume(self, pages: np.ndarray | None = None, log: DirtyLog | None = None, remote=None) -> float:
+    def resume(self, pages: np.ndarray | None = None, log: DirtyLog | None = None, remote=None,
+               access: np.ndarray | None = None) -> float:
         """Run again, on a new image and its dirty log if given (the destination's after
         switchover), with a post-copy fault handler if given (none on a new image otherwise)."""
         with self._lock:
             if pages is not None:
                 self.pages = pages
                 self.remote = remote
+                self.access = access  # the new host's accessed bits, if it keeps any
             self.log.clear_pause()
             if log is not None:
                 self.log = log
@@ -159,6 +165,13 @@ class Guest:
                 self._counter += len(idx)
         if len(idx) and self.remote is not None:
             self.remote.wrote(idx)
+        reads_fault = getattr(self.remote, "faults_on_reads", False)
+        if self.access is not None or reads_fault:
+            reads = wl.reads(ops)
+            if reads_fault and len(reads):
+                self._blocked += self.remote.ensure(reads)  # split migration: reads page in too
+            if self.access is not None:
+                mark_accessed(self.access, np.concatenate([idx, reads]))
         if len(idx):
             # Marked after the write, and always: the log decides what counts.
             fresh = self.log.mark(idx, self._tick_no)

@@ -6,6 +6,11 @@ Rates are given in emulated units; `memory_scale` converts page counts (a
 real page stands for 1/memory_scale emulated pages). Pure: no threads, no
 clocks; the guest runtime drives them.
 
+Reads (`reads`): the pages an operation reads without writing them, for
+the access history of split migration (agents/split/history.py; reads set
+the EPT accessed bit as writes do): memcached's gets read their values,
+GNU sort reads its input. Only the workloads with a read pattern return any.
+
 Most workloads rewrite whole pages (`step`: the pages, filled by the guest
 from its content templates). Those of the delta-compression experiments
 write parts of pages themselves (`writes_in_place`, `write`): the lmbench-like
@@ -27,6 +32,7 @@ class Workload:
         self.scale = memory_scale
         self.rng = rng
         self._write_carry = 0.0
+        self._read_carry = 0.0
 
     #: True when the workload writes parts of pages itself (`write`), not whole pages (`step`)
     writes_in_place = False
@@ -44,6 +50,16 @@ class Workload:
     def step(self, ops: float) -> np.ndarray:
         """Real page numbers written by `ops` operations (may repeat)."""
         raise NotImplementedError
+
+    def reads(self, ops: float) -> np.ndarray:
+        """Real page numbers read (not written) by `ops` operations (may repeat); none by default."""
+        return np.empty(0, dtype=np.int64)
+
+    def _real_reads(self, emulated_reads: float) -> int:
+        want = emulated_reads * self.scale + self._read_carry
+        n = int(want)
+        self._read_carry = want - n
+        return n
 
     def _real_writes(self, emulated_writes: float) -> int:
         want = emulated_writes * self.scale + self._write_carry
@@ -117,6 +133,47 @@ class HotsetWriter(Workload):
     def step(self, ops: float) -> np.ndarray:
         n = self._real_writes(ops * self.write_fraction)
         return self.placement[zipf_ranks(self.cdf, n, self.rng)]
+
+    def reads(self, ops: float) -> np.ndarray:
+        """The gets: each reads its value's page, Zipf-skewed like the sets."""
+        n = self._real_reads(ops * (1.0 - self.write_fraction))
+        return self.placement[zipf_ranks(self.cdf, n, self.rng)]
+
+
+class ReadMostly(Workload):
+    """A read-mostly hot set (GNU sort's input, memcached's values): reads
+    pages uniformly in a read set that is never written, and writes pages
+    uniformly in a (small) working set; one op = one page read or written.
+
+    Layout: the working set is the first `working_set_pages` pages (the
+    footprint), the read set the last `read_set_pages` of memory (so a split
+    that fills its tail in page order does not take it by chance)."""
+
+    op_cost_s = 1e-6
+
+    def __init__(self, npages, memory_scale, rng, reads_per_s: float, read_set_pages: int,
+                 dirty_pages_per_s: float = 0.0, working_set_pages: int = 0) -> None:
+        super().__init__(npages, memory_scale, rng)
+        self.ws = max(0, min(working_set_pages, npages - 1))
+        self.read_hi = npages
+        self.read_lo = max(self.ws, npages - max(1, read_set_pages))
+        self.read_rate, self.write_rate = reads_per_s, dirty_pages_per_s if self.ws else 0.0
+        self.footprint = self.ws
+
+    def ops_rate(self) -> float:
+        return self.read_rate + self.write_rate
+
+    def _share(self, ops: float, rate: float) -> float:
+        total = self.ops_rate()
+        return ops * rate / total if total else 0.0
+
+    def step(self, ops: float) -> np.ndarray:
+        n = self._real_writes(self._share(ops, self.write_rate))
+        return self.rng.integers(0, self.ws, n) if n else np.empty(0, dtype=np.int64)
+
+    def reads(self, ops: float) -> np.ndarray:
+        n = self._real_reads(self._share(ops, self.read_rate))
+        return self.rng.integers(self.read_lo, self.read_hi, n)
 
 
 def zipf_cdf(n: int, s: float) -> np.ndarray:
@@ -322,6 +379,9 @@ def make_workload(spec: dict, npages: int, memory_scale: float, seed: int) -> Wo
     if kind == "hotset":
         return HotsetWriter(npages, memory_scale, rng, spec["ops_per_s"], spec.get("write_fraction", 0.1),
                             spec.get("zipf_s", 1.2), ws())
+    if kind == "readmostly":
+        return ReadMostly(npages, memory_scale, rng, spec["reads_per_s"], int(round(spec["read_set_gib"] * gib_pages)),
+                          spec.get("dirty_pages_per_s", 0.0), int(round(spec.get("working_set_gib", 0.0) * gib_pages)))
     if kind == "sweeper":
         return Sweeper(npages, memory_scale, rng, int(round(spec["sweep_gib"] * gib_pages)),
                        spec.get("write_mbytes_s", 1000) * 1e6, spec.get("sleep_s", 5))
@@ -346,6 +406,8 @@ def footprint_gib(spec: dict, memory_gib: float) -> float:
     kind, ws = spec["kind"], spec.get("working_set_gib")
     if kind in ("uniform", "hotset", "memwrite"):
         gib = memory_gib if ws is None else ws
+    elif kind == "readmostly":
+        gib = spec.get("working_set_gib", 0.0)  # its read set is never written
     elif kind == "sweeper":
         gib = spec["sweep_gib"]
     elif kind == "video":

@@ -84,6 +84,8 @@ class MigrationContext:
     postcopy_requested: bool = False  # set when a start-postcopy trigger fires
     act: object = None  # callable(Trigger): the host carries out a fault trigger on the spot
     fired: set = field(default_factory=set)  # triggers that fired (each fires once)
+    # Split migration: the source's access history of this VM (agents/split/history.py), if kept.
+    access_history: object = None
 
     def record(self, event: str, **fields) -> None:
         self.events.append({"t_real": time.monotonic(), "event": event, **fields})

@@ -190,6 +190,36 @@ POSTCOPY: tuple[Option, ...] = (
            "(Hines' bubbling around a pivot) instead of in page order", bool),
 )
 
+# After a migration to a host that pages (split, swap): how long the run keeps watching.
+OBSERVE_AFTER = Option("observe_after_s", 1.0, "s", "How long the run goes on after the switch-over, to watch "
+                       "paging and the application's recovery", float, ge=0, le=86_400)
+
+# Split migration (agents/techniques/split.py, S-memV §IV-B, IV-C, V-D): the
+# chunk the memory is split and paged by, the splitting policy, and how the
+# access history is kept before the migration.
+SPLIT: tuple[Option, ...] = (
+    Option("chunk_pages", 256, "pages", "Contiguous pages split and paged together (S-memV: 256, the best for "
+           "remote paging); at most the VM's pages", int, ge=1, le=1 << 40),
+    Option("split_policy", "lru", "", "lru: the chunks with the largest access history to the main host, and "
+           "page-outs of the smallest (S-memV); random: both at random (its §V-D comparison)", str,
+           choices=("lru", "random")),
+    Option("history_collect_ms", 100, "ms", "How often the accessed bits are collected into the history", float,
+           gt=0, le=60_000),
+    Option("history_age_collections", 10, "", "Collections per aging period (the history shifts right after "
+           "each period)", int, ge=1, le=1_000_000),
+    OBSERVE_AFTER,
+)
+
+# Swap-assisted migration (agents/techniques/swap.py), S-memV's baseline: the
+# destination's free memory as a share of the VM's, and its swap device.
+SWAP: tuple[Option, ...] = (
+    Option("swap_resident_share", 0.5, "fraction", "Share of the VM's memory the destination has free; the rest "
+           "is paged to swap (S-memV: half)", float, gt=0, le=1),
+    Option("swap_device", "ssd", "", "ssd: a SATA SSD (Crucial MX300: 0.1 ms, 530/510 MB/s); hdd: a 7200 rpm "
+           "SATA disk (12.7 ms, 150 MB/s)", str, choices=("ssd", "hdd")),
+    OBSERVE_AFTER,
+)
+
 # Policies of the management layer (agents/techniques/policy.py): a preset a
 # scenario names, and the settings that replace its numbers. Flat options,
 # as every other group: the schema, the per-migration overrides and

@@ -22,6 +22,8 @@ from agents.techniques.options import (
     POLICY,
     POSTCOPY,
     PRECOPY,
+    SPLIT,
+    SWAP,
     Option,
 )
 
@@ -99,6 +101,20 @@ _BUILTIN = (
                 "pushed, with adaptive pre-paging (Hines and Gopalan)",
         options=COMMON + PRECOPY + PIPELINE + POSTCOPY + POLICY,
         factory="agents.techniques.postcopy:PostcopyMigration",
+    ),
+    TechniqueSpec(
+        name="split",
+        summary="S-memV split migration: the LRU share of memory to a main host, the rest straight to memory "
+                "servers on sub-hosts in parallel; remote paging after the switch-over",
+        options=COMMON + PRECOPY + PIPELINE + SPLIT,
+        factory="agents.techniques.split:SplitMigration",
+    ),
+    TechniqueSpec(
+        name="swap",
+        summary="Swap-assisted migration (S-memV's baseline): pre-copy to a destination with only part of the "
+                "VM's memory free, paging LRU pages to an SSD or HDD during and after the migration",
+        options=COMMON + PRECOPY + PIPELINE + SWAP,
+        factory="agents.techniques.swap:SwapMigration",
     ),
 )
 

@@ -136,6 +136,8 @@ class Slice:
     paths: dict = field(default_factory=dict)  # image key -> shared-memory path
     location: dict = field(default_factory=dict)  # VM index -> (host name, image key) where it runs now
     npages: dict = field(default_factory=dict)  # VM index -> real pages
+    datastores: dict = field(default_factory=dict)  # datastore name -> DiskAgent
+    disk_moves: dict = field(default_factory=dict)  # migration index -> its disk move, for the technique
 
     @staticmethod
     def first_key(vm: int) -> str:
@@ -160,8 +162,56 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
         c0 = sl.topo.connections[0]
         ray.get(sl.links[c0.link].corrupt_one_page.remote(region_path(cl.run_id, f"ring{c0.index}"), c0.batch_pages))
     _guests(sl)
+    _disks(sl)
     _share_cores(sl)
     return sl
+
+
+def _disks(sl: Slice) -> None:
+    """A DiskAgent per datastore that holds a disk or receives one; each VM's
+    disk on its datastore with its workload running; each migration's disk move."""
+    import ray
+
+    from agents.actors.disk import DiskAgent
+    from agents.guest.disk import EXTENT
+    from cluster.storage_plan import disk_move
+    sc, scale = sl.scenario, sl.scale
+    moves = {mp.index: disk_move(sc, mp) for mp in sc.migration_plans()}
+    used = {vm.datastore for vm in sc.vms if vm.disk_gib > 0} | {mv.target.name for mv in moves.values() if mv}
+    for ds in sc.datastores:
+        if ds.name in used:
+            sl.datastores[ds.name] = sl.cluster.track(DiskAgent.options(name=f"datastore:{ds.name}").remote(
+                ds.name, ds.model_figures(), _datastore_dir(sl, ds.name), scale.memory_scale, scale.dilation))
+    waits = []
+    for i, vm in enumerate(sc.vms):
+        if vm.disk_gib > 0:
+            nbytes = max(1, round(vm.disk_gib * (1 << 30) * scale.memory_scale / EXTENT)) * EXTENT
+            agent = sl.datastores[vm.datastore]
+            waits.append(agent.create_disk.remote(vm.name, nbytes, vm.disk_used_fraction, sc.emulation.seed + 1000 * i))
+    ray.get(waits)
+    ray.get([sl.datastores[vm.datastore].start_workload.remote(vm.name, vm.disk_workload.figures(),
+                                                               sc.emulation.seed + 1000 * i + 7)
+             for i, vm in enumerate(sc.vms) if vm.disk_gib > 0])
+    for k, mv in moves.items():
+        if mv is not None:
+            sl.disk_moves[k] = _disk_move_spec(sl, mv, sc.migration_plans()[k].options)
+
+
+def _datastore_dir(sl: Slice, name: str) -> str:
+    return os.path.join(sl.cluster.sock_dir, f"ds-{name}")
+
+
+def _disk_move_spec(sl: Slice, mv, o) -> dict:
+    """What the storage technique is handed (real sizes, physical rates)."""
+    from agents.guest.disk import EXTENT
+    scale = sl.scale
+    region = max(1, round(o.disk_region_mib * MIB * scale.memory_scale / EXTENT)) * EXTENT
+    buffer = max(2 * region, int(o.mirror_buffer_mib * MIB * scale.memory_scale))
+    return {"agent": sl.datastores[mv.source.name], "vm": sl.scenario.vms[mv.vm_index].name,
+            "source": mv.source.name, "target": mv.target.name, "target_dir": _datastore_dir(sl, mv.target.name),
+            "target_figures": mv.target.model_figures(), "allowed": list(mv.allowed), "disk_bytes": mv.disk_bytes,
+            "path": {"kind": mv.path, "rate_bytes_s": mv.rate_bytes_s, "delay_s": mv.delay_s},
+            "region_bytes": region, "buffer_bytes": buffer, "copy_mode": o.copy_mode, "window_s": o.mirror_window_s}
 
 
 def _share_cores(sl: Slice) -> None:

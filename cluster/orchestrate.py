@@ -189,6 +189,8 @@ class Orchestrator:
         lps = self.sl.topo.links_of_migration(m.index)
         destination = {"image": self.sl.paths[dst_key], "return_path": f"{self.sl.cluster.sock_dir}/m{m.index}ret",
                        "one_way_s": lps[0].one_way_s if lps else 0.0}
+        if m.index in self.sl.disk_moves:
+            destination["disk"] = self.sl.disk_moves[m.index]
         ray.get(src.migrate.remote(m.index, key, self.sl.guests[m.vm_index], m.plan.technique,
                                    m.plan.options.model_dump(), self._triggers(m), destination))
         m.ref = src.wait.remote(m.index, 1e9)

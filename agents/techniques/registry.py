@@ -22,6 +22,7 @@ from agents.techniques.options import (
     POLICY,
     POSTCOPY,
     PRECOPY,
+    STORAGE,
     Option,
 )
 
@@ -99,6 +100,14 @@ _BUILTIN = (
                 "pushed, with adaptive pre-paging (Hines and Gopalan)",
         options=COMMON + PRECOPY + PIPELINE + POSTCOPY + POLICY,
         factory="agents.techniques.postcopy:PostcopyMigration",
+    ),
+    TechniqueSpec(
+        name="storage",
+        summary="Unified memory and storage migration (vSphere 5.1 vMotion): the disk's bulk copy with I/O "
+                "mirroring (asynchronous, falling back to synchronous) over the cheapest data path, then memory "
+                "pre-copy, then a switch-over that waits for the mirror to be in sync",
+        options=COMMON + PRECOPY + PIPELINE + COMPRESSION + CONVERGENCE + POLICY + STORAGE,
+        factory="agents.techniques.storage:StorageMigration",
     ),
 )
 

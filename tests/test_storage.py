@@ -36,6 +36,10 @@ def test_disk_then_memory_then_switch_over_verifies_both(ray_cluster, tmp_path):
     # Bound by the slow SAN's 300 MB/s write: 512 MiB take at least 1.79 s.
     floor = 0.5 * GIB / 300e6
     assert floor * 0.98 <= d["copy_time_s"] <= floor * 3
+    from cluster.predict_storage import predict_disk
+    s = parse_scenario(text)
+    predicted = predict_disk(s, s.migration_plans()[0], 0.0)
+    assert predicted["copy_time_s"] * 0.95 <= d["copy_time_s"] <= predicted["copy_time_s"] * 3
     assert r["total_time_s"] > d["copy_time_s"]
     phases = [e["phase"] for e in _events(r, tmp_path) if e["event"] == "phase"]
     assert phases[:3] == ["disk-copy", "setup", "precopy"] and phases[-1] == "stop-and-copy"

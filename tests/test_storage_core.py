@@ -205,3 +205,11 @@ def test_cancel_removes_the_partial_destination_and_leaves_the_source(tmp_path):
     assert not os.path.exists(dst.path)
     assert np.array_equal(src.digests(), before)
     assert all(not t.is_alive() for t in job._threads)
+
+
+def test_bench_disk_reports_the_machine_and_the_agent(tmp_path):
+    from cluster.bench import disk_bench
+    r = disk_bench(mib=8, seconds=0.2, directory=str(tmp_path))
+    assert all(v["mbytes_s"] > 0 and v["iops"] > 0 for v in r["machine"].values())
+    assert r["disk_agent"]["bulk_copy_mbytes_s"] > 0 and r["disk_agent"]["guest_random_4k_iops"] > 0
+    assert list(tmp_path.iterdir()) == []  # its files are gone

@@ -194,24 +194,27 @@ def _disks(sl: Slice) -> None:
              for i, vm in enumerate(sc.vms) if vm.disk_gib > 0])
     for k, mv in moves.items():
         if mv is not None:
-            sl.disk_moves[k] = _disk_move_spec(sl, mv, sc.migration_plans()[k].options)
+            sl.disk_moves[k] = _disk_move_spec(sl, mv, sc.migration_plans()[k])
 
 
 def _datastore_dir(sl: Slice, name: str) -> str:
     return os.path.join(sl.cluster.sock_dir, f"ds-{name}")
 
 
-def _disk_move_spec(sl: Slice, mv, o) -> dict:
-    """What the storage technique is handed (real sizes, physical rates)."""
-    from agents.guest.disk import EXTENT
-    scale = sl.scale
+def _disk_move_spec(sl: Slice, mv, mp) -> dict:
+    """What the storage technique is handed (real sizes, physical rates); `chunk_bytes`
+    > 0 for the dirty-bitmap technique."""
+    from agents.guest.disk import BLOCK, EXTENT
+    scale, o = sl.scale, mp.options
     region = max(1, round(o.disk_region_mib * MIB * scale.memory_scale / EXTENT)) * EXTENT
+    chunk = max(1, round(o.disk_chunk_mib * MIB * scale.memory_scale / BLOCK)) * BLOCK
     buffer = max(2 * region, int(o.mirror_buffer_mib * MIB * scale.memory_scale))
     return {"agent": sl.datastores[mv.source.name], "vm": sl.scenario.vms[mv.vm_index].name,
             "source": mv.source.name, "target": mv.target.name, "target_dir": _datastore_dir(sl, mv.target.name),
             "target_figures": mv.target.model_figures(), "allowed": list(mv.allowed), "disk_bytes": mv.disk_bytes,
             "path": {"kind": mv.path, "rate_bytes_s": mv.rate_bytes_s, "delay_s": mv.delay_s},
-            "region_bytes": region, "buffer_bytes": buffer, "copy_mode": o.copy_mode, "window_s": o.mirror_window_s}
+            "region_bytes": region, "buffer_bytes": buffer, "copy_mode": o.copy_mode, "window_s": o.mirror_window_s,
+            "chunk_bytes": chunk if mp.technique == "block-dirty" else 0}
 
 
 def _share_cores(sl: Slice) -> None:

@@ -222,7 +222,7 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan, precopy_only: bool 
 
 def _disk_prediction(scenario: Scenario, mp: MigrationPlan, memory_s: float) -> dict:
     """The storage technique's disk copy before the memory phase (cluster/predict_storage.py)."""
-    if mp.technique != "storage":
+    if mp.technique not in ("storage", "block-dirty"):
         return {}
     from cluster.predict_storage import predict_disk
     disk = predict_disk(scenario, mp, memory_s)

@@ -77,3 +77,19 @@ def test_a_cancelled_storage_migration_removes_the_partial_disk(ray_cluster, tmp
     assert d["destination_removed"] and d["bytes_sent"] < 1.0 * GIB
     stays = [e for e in _events(r, tmp_path) if e["event"] == "stays-on-source"]
     assert stays and stays[0]["host"] == "src"
+
+
+def test_dirty_bitmap_technique_verifies_with_a_writing_guest(ray_cluster, tmp_path):
+    text = storage_scenario(disk_gib=0.25, technique="block-dirty",
+                            workload='disk_workload = { preset = "dbench", span_fraction = 0.5 }\n'
+                                     'workload = { kind = "uniform", dirty_pages_per_s = 2000 }')
+    r = _run(text, tmp_path)
+    assert r["status"] == "completed" and r["verified"], r["stop_reason"]
+    d = r["disk"]
+    assert d["verified"] and "mirror" not in d
+    passes = d["passes"]
+    assert passes[0]["number"] == 1 and passes[-1]["final"] and len(passes) >= 2
+    assert passes[0]["bytes"] == pytest.approx(0.25 * GIB)
+    # The guest's writes were sent again: more than the disk in all, the rest in the downtime.
+    assert r["disk_bytes_sent"] > 0.25 * GIB
+    assert d["downtime_bytes"] == passes[-1]["bytes"]

@@ -213,3 +213,43 @@ def test_bench_disk_reports_the_machine_and_the_agent(tmp_path):
     assert all(v["mbytes_s"] > 0 and v["iops"] > 0 for v in r["machine"].values())
     assert r["disk_agent"]["bulk_copy_mbytes_s"] > 0 and r["disk_agent"]["guest_random_4k_iops"] > 0
     assert list(tmp_path.iterdir()) == []  # its files are gone
+
+
+# --- disk dirty-bitmap migration ----------------------------------------------------
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**16), writers=st.integers(1, 3), blocks=st.integers(1, 32),
+       chunk_blocks=st.sampled_from([1, 4, 16, 64]))
+def test_dirty_bitmap_passes_then_a_final_pass_leave_equal_disks(tmp_path, seed, writers, blocks, chunk_blocks):
+    from agents.datapath.block_dirty import DirtyBitmapJob
+    src, dst = _pair(tmp_path, 2 * MIB, used=0.7, seed=seed)
+    job = DirtyBitmapJob(src, dst, None, None, DataPath("network", rate_bytes_s=8e6), region_bytes=EXTENT,
+                         buffer_bytes=4 * EXTENT, chunk_bytes=chunk_blocks * BLOCK)
+    job.start()
+    with _Storm(job, seed, writers, blocks, spread=256):
+        time.sleep(0.35)  # the bulk pass (about a quarter of a second) and a few dirty passes
+    job.quiesce()  # the VM stops: no more writes
+    assert job.wait_synced(30), job.status()
+    job.finish()
+    assert job.error is None
+    assert job.passes[0]["number"] == 1 and job.passes[-1]["final"]
+    assert len(job.verify()) == 0, "a stale chunk remained"
+    src.unlink()
+    dst.unlink()
+
+
+def test_dirty_bitmap_resends_only_what_was_written(tmp_path):
+    from agents.datapath.block_dirty import DirtyBitmapJob
+    src, dst = _pair(tmp_path, 4 * MIB, seed=5)
+    job = DirtyBitmapJob(src, dst, None, None, None, region_bytes=EXTENT, buffer_bytes=4 * EXTENT,
+                         chunk_bytes=EXTENT)
+    job.start()
+    while not job.ready():
+        time.sleep(0.005)
+    bulk = job.stats.copied_bytes
+    for k in (3, 7, 7, 20):  # three distinct chunks
+        job.guest_write(k * EXTENT, b"x" * BLOCK)
+    job.quiesce()
+    assert job.wait_synced(10)
+    job.finish()
+    assert job.stats.copied_bytes - src.nbytes <= 3 * EXTENT and bulk <= src.nbytes
+    assert job.stats.mirrored_bytes == 0 and len(job.verify()) == 0

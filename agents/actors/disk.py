@@ -23,6 +23,7 @@ import time
 import numpy as np
 import ray
 
+from agents.datapath.block_dirty import DirtyBitmapJob
 from agents.datapath.clock import precise_threads
 from agents.datapath.datastore import DatastoreModel, Device
 from agents.datapath.mirror import DataPath, MirrorJob
@@ -61,14 +62,16 @@ class DiskAgent:
 
     # --- storage migration ----------------------------------------------------
     def start_mirror(self, vm: str, target_dir: str, target_figures: dict, path: dict, region_bytes: int,
-                     buffer_bytes: int, copy_mode: str, window_s: float) -> str:
-        """Begin moving `vm`'s disk to the target datastore; the destination disk's path."""
+                     buffer_bytes: int, copy_mode: str, window_s: float, chunk_bytes: int = 0) -> str:
+        """Begin moving `vm`'s disk to the target datastore; the destination disk's path.
+        `chunk_bytes` > 0: by dirty bitmap (agents/datapath/block_dirty.py) instead of the mirror."""
         src = self.disks[vm]
         os.makedirs(target_dir, exist_ok=True)
         dst = DiskImage.create(os.path.join(target_dir, f"{vm}.img"), src.nbytes, fill=False)
         dst_dev = Device(DatastoreModel(**target_figures), self.scale, self.dilation)
-        job = MirrorJob(src, dst, self.device, dst_dev, DataPath(**path), region_bytes, buffer_bytes, copy_mode,
-                        window_s, self.scale, self.dilation)
+        args = (src, dst, self.device, dst_dev, DataPath(**path), region_bytes, buffer_bytes, copy_mode, window_s,
+                self.scale, self.dilation)
+        job = DirtyBitmapJob(*args, chunk_bytes=chunk_bytes) if chunk_bytes else MirrorJob(*args)
         self.jobs[vm] = job
         if vm in self.runners:
             self.runners[vm].write = job.guest_write
@@ -86,6 +89,7 @@ class DiskAgent:
         """The VM is stopped: hold its disk I/O and wait until the mirror is in sync."""
         if vm in self.runners:
             self.runners[vm].pause()
+        self.jobs[vm].quiesce()
         synced = self.jobs[vm].wait_synced(timeout_s)
         return {"synced": synced, "t_real": time.monotonic()}
 
@@ -137,7 +141,7 @@ class DiskAgent:
                 "mirrored_writes": s.mirrored_writes, "guest_writes": s.guest_writes,
                 "copy_time_s": s.copy_done_t, "mode_s": dict(s.mode_s), "switches": list(s.switches),
                 "write_latency_ms": lat, "buffer_high_water": job.buffer.high_water, "len": job.length,
-                "error": job.error}
+                "error": job.error, "passes": list(getattr(job, "passes", []))}
 
     def close(self) -> None:
         for runner in self.runners.values():

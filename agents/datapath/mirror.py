@@ -253,6 +253,9 @@ class MirrorJob:
             time.sleep(0.005)
         return self.ready() and self.buffer.wait_empty(max(0.0, deadline - time.monotonic()))
 
+    def quiesce(self) -> None:
+        """The VM has stopped (the mirror needs nothing more: its writes are already in flight)."""
+
     def finish(self) -> None:
         """Stop the threads (after wait_synced, or to cancel)."""
         self.buffer.close()

@@ -76,7 +76,7 @@ class StorageMigration(PrecopyMigration):
             return False
         ray.get(d["agent"].start_mirror.remote(d["vm"], d["target_dir"], d["target_figures"], d["path"],
                                                d["region_bytes"], d["buffer_bytes"], d["copy_mode"],
-                                               d["window_s"]))
+                                               d["window_s"], d.get("chunk_bytes", 0)))
         threading.Thread(target=self._watch, daemon=True, name="disk-watch").start()
         while not self.abort_requested:
             st = ray.get(d["agent"].mirror_status.remote(d["vm"]))

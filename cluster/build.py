@@ -203,12 +203,20 @@ def _datastore_dir(sl: Slice, name: str) -> str:
 
 def _disk_move_spec(sl: Slice, mv, mp) -> dict:
     """What the storage technique is handed (real sizes, physical rates); `chunk_bytes`
-    > 0 for the dirty-bitmap technique."""
-    from agents.guest.disk import BLOCK, EXTENT
+    > 0 for the dirty-bitmap technique.
+
+    Floors in real bytes keep a small memory_scale from distorting the copy:
+    a region of at least 16 KiB (per-region overhead stays small), a
+    transmit buffer of at least 8 regions (read, send and write overlap) and
+    16 of the guest's largest requests (request sizes do not scale: one real
+    request stands for 1/memory_scale of them, and must not fill the buffer alone)."""
+    from agents.guest.disk import BLOCK
     scale, o = sl.scale, mp.options
-    region = max(1, round(o.disk_region_mib * MIB * scale.memory_scale / EXTENT)) * EXTENT
+    region = max(4, round(o.disk_region_mib * MIB * scale.memory_scale / BLOCK)) * BLOCK
     chunk = max(1, round(o.disk_chunk_mib * MIB * scale.memory_scale / BLOCK)) * BLOCK
-    buffer = max(2 * region, int(o.mirror_buffer_mib * MIB * scale.memory_scale))
+    w = sl.scenario.vms[mv.vm_index].disk_workload.figures()
+    request = int(max(w["read_kib"], w["write_kib"]) * 1024)
+    buffer = max(8 * region, 16 * request, int(o.mirror_buffer_mib * MIB * scale.memory_scale))
     return {"agent": sl.datastores[mv.source.name], "vm": sl.scenario.vms[mv.vm_index].name,
             "source": mv.source.name, "target": mv.target.name, "target_dir": _datastore_dir(sl, mv.target.name),
             "target_figures": mv.target.model_figures(), "allowed": list(mv.allowed), "disk_bytes": mv.disk_bytes,

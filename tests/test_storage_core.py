@@ -95,9 +95,10 @@ def _pair(tmp_path, nbytes: int, used: float = 1.0, seed: int = 0) -> tuple[Disk
     return src, dst
 
 
-def test_bulk_copy_moves_the_allocated_extents_only_and_verifies(tmp_path):
+@pytest.mark.parametrize("region", [4 * BLOCK, EXTENT, 4 * EXTENT])
+def test_bulk_copy_moves_the_allocated_extents_only_and_verifies(tmp_path, region):
     src, dst = _pair(tmp_path, 16 * MIB, used=0.5)
-    job = MirrorJob(src, dst, None, None, None, region_bytes=EXTENT, buffer_bytes=1 * MIB)
+    job = MirrorJob(src, dst, None, None, None, region_bytes=region, buffer_bytes=1 * MIB)
     job.start()
     assert job.wait_synced(30)
     job.finish()

@@ -52,10 +52,13 @@ class DiskAgent:
         self.runners[vm] = runner
         runner.start()
 
-    def io_rates(self, vm: str, marks: list[float]) -> list[float]:
-        """The guest's disk requests per emulated second between consecutive real times `marks`."""
+    def io_rates(self, vm: str, marks: list) -> list[float]:
+        """The guest's disk requests per emulated second between consecutive real times
+        `marks` (the first None: since its workload started)."""
         runner = self.runners.get(vm)
         done = np.asarray(runner.stats.completions if runner else [], dtype=float)
+        if marks and marks[0] is None:
+            marks = [runner.started_at if runner else marks[1], *marks[1:]]
         counts = np.histogram(done, bins=marks)[0] if len(marks) > 1 else []
         return [float(c) / self.scale / ((b - a) / self.dilation) if b > a else 0.0
                 for c, a, b in zip(counts, marks, marks[1:])]

@@ -53,7 +53,7 @@ from agents.datapath.clock import sleep_until
 from agents.datapath.datastore import Device
 from agents.datapath.range_lock import RangeLock
 from agents.datapath.token_bucket import TokenBucket
-from agents.guest.disk import EXTENT, DiskImage
+from agents.guest.disk import BLOCK, EXTENT, DiskImage
 
 BACKGROUND, WRITE_BLOCKING = "background", "write-blocking"
 
@@ -200,8 +200,8 @@ class MirrorJob:
                  path: DataPath | None, region_bytes: int = 1 << 20, buffer_bytes: int = 16 << 20,
                  copy_mode: str = BACKGROUND, window_s: float = 0.5, memory_scale: float = 1.0,
                  dilation: float = 1.0) -> None:
-        if region_bytes <= 0 or region_bytes % EXTENT or buffer_bytes < 2 * region_bytes:
-            raise ValueError(f"region_bytes must be a positive multiple of {EXTENT} and buffer_bytes at least "
+        if region_bytes <= 0 or region_bytes % BLOCK or buffer_bytes < 2 * region_bytes:
+            raise ValueError(f"region_bytes must be a positive multiple of {BLOCK} and buffer_bytes at least "
                              f"twice it; got {region_bytes}, {buffer_bytes}")
         if src.nbytes != dst.nbytes:
             raise ValueError(f"source and destination disks differ in size: {src.nbytes} vs {dst.nbytes}")
@@ -316,19 +316,25 @@ class MirrorJob:
 
     def _copy(self) -> None:
         half = self.buffer.capacity // 2
-        per_region = self.region // EXTENT
         for start in range(0, self.src.nbytes, self.region):
             if self.buffer.closed:
                 return
             n = min(self.region, self.src.nbytes - start)
             with self.lock.hold(start, n, "map"):
                 self.cursor = start + n  # writes to this region now wait, then are mirrored
-                if not self.src.allocated[start // EXTENT:start // EXTENT + per_region].any():
-                    continue
-                if self.src_dev is not None:
-                    self.src_dev.io(False, n, random=False)
-                self.buffer.put(start, self.src.pread(start, n), False, half)
+                for a, b in self._allocated_runs(start, n):
+                    if self.src_dev is not None:
+                        self.src_dev.io(False, b - a, random=False)
+                    self.buffer.put(a, self.src.pread(a, b - a), False, half)
         self.stats.copy_done_t = self.now()
+
+    def _allocated_runs(self, start: int, n: int) -> list[tuple[int, int]]:
+        """Byte ranges [a, b) of the region [start, start + n) that hold allocated extents (holes are skipped)."""
+        first, last = start // EXTENT, (start + n - 1) // EXTENT + 1
+        alloc = np.concatenate([[False], self.src.allocated[first:last], [False]]).astype(np.int8)
+        edges = np.flatnonzero(np.diff(alloc))
+        runs = (edges.reshape(-1, 2) + first) * EXTENT
+        return [(max(int(a), start), min(int(b), start + n)) for a, b in runs]
 
     def _transmit(self) -> None:
         while (entry := self.buffer.get()) is not None:

@@ -177,8 +177,10 @@ class DiskWorkloadRunner:
         self._lock = threading.Lock()  # held across one request: pause and retarget wait for it
         self._cursor = 0
         self._thread: threading.Thread | None = None
+        self.started_at = 0.0
 
     def start(self) -> None:
+        self.started_at = time.monotonic()
         if self.w.iops > 0:
             self._thread = threading.Thread(target=self._loop, daemon=True, name="disk-workload")
             self._thread.start()

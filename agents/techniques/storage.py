@@ -168,8 +168,7 @@ class StorageMigration(PrecopyMigration):
         mk = self._marks
         if "start" not in mk:
             return {}
-        before = mk["start"] - 1.0 * self.dilation
-        marks = [before, mk["start"], mk.get("copy_done", mk["start"]), self.result.paused_at or time.monotonic()]
+        marks = [None, mk["start"], mk.get("copy_done", mk["start"]), self.result.paused_at or time.monotonic()]
         rates = ray.get(self.disk["agent"].io_rates.remote(self.disk["vm"], marks))
         return dict(zip(("before", "disk_copy", "memory_copy"), rates))
 

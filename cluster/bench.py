@@ -321,9 +321,10 @@ def _agent_copy(tmp: str, nbytes: int) -> float:
 
 def _agent_random(path: str, nbytes: int, seconds: float) -> float:
     """Real IOPS of the guest workload runner's random 4 KiB requests on a device that never waits."""
+    import numpy as np
+
     from agents.datapath.datastore import DatastoreModel, Device
     from agents.guest.disk import DiskImage, DiskWorkload, DiskWorkloadRunner
-    import numpy as np
     image = DiskImage(path, nbytes, np.ones(1, dtype=bool))
     fast = Device(DatastoreModel(1e12, 1e12, 1e12, 1e12))
     runner = DiskWorkloadRunner(DiskWorkload(read_iops=5e8, write_iops=5e8, read_kib=4, write_kib=4), image, fast)

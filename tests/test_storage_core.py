@@ -13,8 +13,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.datapath.datastore import PRESETS, DatastoreModel, Device
-from agents.datapath.mirror import BACKGROUND, WRITE_BLOCKING, DataPath, MirrorJob, ModeSwitch
-from agents.guest.disk import BLOCK, DISK_PRESETS, EXTENT, DiskImage, DiskWorkload, DiskWorkloadRunner
+from agents.datapath.mirror import (
+    BACKGROUND,
+    WRITE_BLOCKING,
+    DataPath,
+    MirrorJob,
+    ModeSwitch,
+)
+from agents.guest.disk import (
+    BLOCK,
+    DISK_PRESETS,
+    EXTENT,
+    DiskImage,
+    DiskWorkload,
+    DiskWorkloadRunner,
+)
 
 MIB = 1 << 20
 
@@ -124,7 +137,7 @@ class _Storm:
             near = job.cursor - job.region + int(rng.integers(-self.spread, self.spread + 1)) * BLOCK
             job.guest_write(int(np.clip(near, 0, last)) // BLOCK * BLOCK, rng.bytes(size))
 
-    def __enter__(self) -> "_Storm":
+    def __enter__(self) -> _Storm:
         for t in self.threads:
             t.start()
         return self

@@ -88,13 +88,27 @@ PRESETS: dict[str, DatastoreModel] = {
 
 
 @dataclass
-class DeviceCounters:
-    """What a device served (real units; times in real seconds)."""
+class IoCounts:
+    """Requests and bytes read and written (real units)."""
 
     reads: int = 0
     writes: int = 0
     read_bytes: int = 0
     write_bytes: int = 0
+
+    def add(self, write: bool, nreq: int, nbytes: int) -> None:
+        if write:
+            self.writes += nreq
+            self.write_bytes += nbytes
+        else:
+            self.reads += nreq
+            self.read_bytes += nbytes
+
+
+@dataclass
+class DeviceCounters(IoCounts):
+    """What a device served (real units; times in real seconds)."""
+
     busy_s: float = 0.0
 
 
@@ -126,14 +140,8 @@ class Device:
         with self._lock:
             self._free_at = max(self._free_at, t) + busy
             done = self._free_at
-            c = self.counters
-            c.busy_s += busy
-            if write:
-                c.writes += nreq
-                c.write_bytes += nbytes
-            else:
-                c.reads += nreq
-                c.read_bytes += nbytes
+            self.counters.busy_s += busy
+            self.counters.add(write, nreq, nbytes)
         return done + self.model.latency_ms * 1e-3 * self.dilation
 
     def io(self, write: bool, nbytes: int, random: bool, nreq: int = 1) -> float:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agents.datapath.clock import sleep_until
-from agents.datapath.datastore import Device
+from agents.datapath.datastore import Device, IoCounts
 from agents.verify import chunk_digests
 
 BLOCK = 4096
@@ -50,7 +50,7 @@ class DiskImage:
 
     @classmethod
     def create(cls, path: str, nbytes: int, used_fraction: float = 1.0, seed: int = 0,
-               fill: bool = True) -> "DiskImage":
+               fill: bool = True) -> DiskImage:
         """A new image: `used_fraction` of its extents filled with pseudo-random bytes
         (when `fill`), the rest holes. A destination is created with fill=False."""
         if nbytes <= 0 or nbytes % BLOCK:
@@ -147,13 +147,9 @@ DISK_PRESETS: dict[str, DiskWorkload] = {
 
 
 @dataclass
-class IoStats:
+class IoStats(IoCounts):
     """A runner's completed requests (real counts; latencies in real seconds)."""
 
-    reads: int = 0
-    writes: int = 0
-    read_bytes: int = 0
-    write_bytes: int = 0
     latency_s: float = 0.0
     completions: list = field(default_factory=list)  # real monotonic time of each completion
 
@@ -242,12 +238,6 @@ class DiskWorkloadRunner:
                 self.write(offset, self._rng.bytes(size))
             else:
                 self.image.pread(offset, size)
-            s = self.stats
-            s.latency_s += time.monotonic() - t0
-            s.completions.append(time.monotonic())
-            if is_write:
-                s.writes += 1
-                s.write_bytes += size
-            else:
-                s.reads += 1
-                s.read_bytes += size
+            self.stats.latency_s += time.monotonic() - t0
+            self.stats.completions.append(time.monotonic())
+            self.stats.add(is_write, 1, size)

@@ -48,7 +48,7 @@ class StorageMigration(PrecopyMigration):
     name: ClassVar[str] = "storage"
 
     @classmethod
-    def from_options(cls, ctx, o) -> "StorageMigration":
+    def from_options(cls, ctx, o) -> StorageMigration:
         m = super().from_options(ctx, o)
         m.disk = ctx.destination.get("disk")
         m.disk_report: dict = {}

@@ -43,7 +43,9 @@ def allowed_paths(s, mp, src, tgt) -> dict[str, tuple[float, float]]:
         out["array-offload"] = (min(src.offload_mbytes_s, tgt.offload_mbytes_s) * 1e6, 0.0)
     if reaches:
         out["storage-interface"] = (host.storage_gbps * 1e9 / 8, 0.0)
-    links = s.links_between(host, mp.destination)
+    # Over the network the disk goes through the migration's own connections
+    # (one per consumer, spread over the NIC pairs): those links' capacity.
+    links = s.links_between(host, mp.destination)[: max(1, getattr(mp.options, "consumers", 1))]
     if links:
         out["network"] = (sum(s.link_bandwidth_gbps(lk) for lk in links) * 1e9 / 8, links[0].rtt_ms / 2000)
     return out

@@ -97,3 +97,11 @@ def test_storage_options_belong_to_the_storage_technique():
     with pytest.raises(ScenarioError) as info:
         parse_scenario(storage_scenario(technique="precopy"), "x.toml")
     assert info.value.lines[0].startswith('x.toml: migration.target_datastore: not an option of technique "precopy"')
+
+
+def test_over_the_network_the_disk_uses_the_migration_s_connections():
+    two = storage_scenario().replace('nics = [{ name = "eth0", speed_gbps = 10 }]',
+                                     'nics = [{ name = "eth0", speed_gbps = 10 }, { name = "eth1", speed_gbps = 10 }]')
+    assert _move(two).rate_bytes_s == pytest.approx(10e9 / 8)  # one consumer: one connection, one link
+    assert _move(two.replace('downtime_limit_ms = 300', 'downtime_limit_ms = 300\nconsumers = 2')
+                 ).rate_bytes_s == pytest.approx(20e9 / 8)

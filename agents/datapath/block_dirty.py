@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from agents.datapath.mirror import MirrorJob
+from agents.datapath.mirror import MirrorJob, pace
 from agents.guest.disk import BLOCK, EXTENT
 
 
@@ -97,7 +97,7 @@ class DirtyBitmapJob(MirrorJob):
             start = c * self.chunk
             n = min(self.chunk, self.src.nbytes - start)
             if self.src_dev is not None:
-                self.src_dev.io(False, n, random=len(self.passes) > 0)
+                pace(self.src_dev.reserve(False, n, random=len(self.passes) > 0))
             self.buffer.put(start, self.src.pread(start, n), False, self.buffer.capacity)
             self.cursor = start + n
             sent += n

@@ -56,6 +56,17 @@ from agents.datapath.token_bucket import TokenBucket
 from agents.guest.disk import BLOCK, EXTENT, DiskImage
 
 BACKGROUND, WRITE_BLOCKING = "background", "write-blocking"
+# The copy's threads may run this far (real seconds) ahead of the devices and
+# the path they are paced by: their completion times are booked exactly
+# (FIFO arithmetic), so the rates hold, and a thread sleeps only when it
+# gets further ahead, instead of spinning towards every region's deadline.
+PACE_SLACK_S = 0.002
+
+
+def pace(deadline: float) -> None:
+    """Wait until `deadline` is no more than PACE_SLACK_S away."""
+    if deadline - time.monotonic() > PACE_SLACK_S:
+        sleep_until(deadline - PACE_SLACK_S)
 
 
 @dataclass(frozen=True)
@@ -315,7 +326,7 @@ class MirrorJob:
         return min(rates) * self.scale if rates else float("inf")
 
     def _copy(self) -> None:
-        half = self.buffer.capacity // 2
+        half, last = self.buffer.capacity // 2, 0
         for start in range(0, self.src.nbytes, self.region):
             if self.buffer.closed:
                 return
@@ -324,8 +335,9 @@ class MirrorJob:
                 self.cursor = start + n  # writes to this region now wait, then are mirrored
                 for a, b in self._allocated_runs(start, n):
                     if self.src_dev is not None:
-                        self.src_dev.io(False, b - a, random=False)
-                    self.buffer.put(a, self.src.pread(a, b - a), False, half)
+                        pace(self.src_dev.reserve(False, b - a, random=False))
+                    last = self.buffer.put(a, self.src.pread(a, b - a), False, half) or last
+        self.buffer.wait_applied(last)  # the copy is done once its last region is written
         self.stats.copy_done_t = self.now()
 
     def _allocated_runs(self, start: int, n: int) -> list[tuple[int, int]]:
@@ -341,7 +353,7 @@ class MirrorJob:
             t = time.monotonic()
             if self._bucket is not None:
                 t = self._bucket.departure(len(entry.data), t)
-                sleep_until(t)
+                pace(t)
             with self._arrived:
                 self._arrivals.append((t + (self.path.delay_s * self.dilation if self.path else 0.0), entry))
                 self._arrived.notify()
@@ -353,9 +365,9 @@ class MirrorJob:
                 if self.buffer.closed:
                     return
                 arrival, entry = self._arrivals.popleft()
-            sleep_until(arrival)
             if self.dst_dev is not None:
-                self.dst_dev.io(True, len(entry.data), random=entry.mirrored)
+                arrival = self.dst_dev.reserve(True, len(entry.data), random=entry.mirrored, t=arrival)
+            pace(arrival)
             self.dst.pwrite(entry.offset, entry.data)
             if entry.mirrored:
                 self.stats.mirrored_bytes += len(entry.data)

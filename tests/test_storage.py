@@ -46,6 +46,9 @@ def test_disk_then_memory_then_switch_over_verifies_both(ray_cluster, tmp_path):
     names = [e["event"] for e in _events(r, tmp_path)]
     assert names.index("disk-copy-done") < names.index("vm-stopped") < names.index("disk-synced")
     assert d["guest_iops"]["disk_copy"] > 0
+    progress = [e for e in _events(r, tmp_path) if e["event"] == "disk-progress"]
+    assert progress and all(e["offset"] <= e["len"] for e in progress) and progress[-1]["ready"]
+    assert any(e["guest_iops"] > 0 for e in progress)
 
 
 def test_storage_interface_moves_no_bytes_over_the_migration_network(ray_cluster, tmp_path):

@@ -21,7 +21,7 @@ A cancel at any point stops the copy, removes the destination's partial
 disk, and leaves the VM on its source with its disk as the guest wrote it.
 
 Events, besides pre-copy's: `disk-copy` phase, `disk-progress` (QEMU's
-offset and len, the mirror mode, the buffer fill), `mirror-mode` (each
+offset and len, the mirror mode, the buffer fill, the guest's disk IOPS), `mirror-mode` (each
 switch between background and write-blocking), `disk-copy-done`,
 `disk-synced` (inside the downtime), `disk-verified`.
 """
@@ -94,14 +94,19 @@ class StorageMigration(PrecopyMigration):
     def _watch(self) -> None:
         """Record the mirror's progress and mode switches until the job ends."""
         d = self.disk
+        last = time.monotonic()
         while not self._watch_stop.wait(POLL_EMULATED_S * self.dilation):
+            now = time.monotonic()
             try:
                 st = ray.get(d["agent"].mirror_status.remote(d["vm"]))
+                iops = ray.get(d["agent"].io_rates.remote(d["vm"], [last, now]))[0]
             except Exception:  # noqa: BLE001 - the job was completed or cancelled meanwhile
                 return
+            last = now
             self._record_switches(st["switches"], st["t0"])
             self.ctx.record("disk-progress", offset=st["offset"] / self.scale, len=st["len"] / self.scale,
-                            mode=st["mode"], buffer_fill=st["buffer_fill"] / self.scale, ready=st["ready"])
+                            mode=st["mode"], buffer_fill=st["buffer_fill"] / self.scale, ready=st["ready"],
+                            guest_iops=iops)
 
     def _record_switches(self, switches: list, t0: float) -> None:
         for t, mode, fill in switches[self._switches_seen:]:

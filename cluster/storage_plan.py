@@ -64,11 +64,24 @@ def disk_move(s, mp) -> DiskMove | None:
     return DiskMove(mp.vm_index, src, tgt, choice, rate, delay, tuple(paths), int(vm.disk_gib * GIB))
 
 
+REAL_DISK_LIMIT = 16 * GIB  # real bytes of disk images (source and destination) a run may write
+
+
 def storage_problems(s) -> list[tuple[str, str]]:
     problems = _datastore_problems(s)
     if problems:
         return problems
-    return _disk_problems(s) + _move_problems(s)
+    return _disk_problems(s) + _move_problems(s) + _real_size_problems(s)
+
+
+def _real_size_problems(s) -> list[tuple[str, str]]:
+    """The disk images are real files: each disk once, and once more where it moves."""
+    moved = sum(mp.vm.disk_gib for mp in s.migration_plans() if getattr(mp.options, "target_datastore", None))
+    real = (sum(vm.disk_gib for vm in s.vms) + moved) * GIB * s.emulation.memory_scale
+    if real <= REAL_DISK_LIMIT:
+        return []
+    return [("emulation.memory_scale", f"the disk images would take {real / GIB:.1f} GiB of real files; lower "
+                                       f"memory_scale so they stay under {REAL_DISK_LIMIT // GIB} GiB")]
 
 
 def _datastore_problems(s) -> list[tuple[str, str]]:

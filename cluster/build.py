@@ -158,6 +158,8 @@ class Slice:
     paths: dict = field(default_factory=dict)  # image key -> shared-memory path
     location: dict = field(default_factory=dict)  # VM index -> (host name, image key) where it runs now
     npages: dict = field(default_factory=dict)  # VM index -> real pages
+    datastores: dict = field(default_factory=dict)  # datastore name -> DiskAgent
+    disk_moves: dict = field(default_factory=dict)  # migration index -> its disk move, for the technique
 
     @staticmethod
     def first_key(vm: int) -> str:
@@ -200,8 +202,67 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
         ray.get(sl.links[c0.link].corrupt_one_page.remote(region_path(cl.run_id, f"ring{c0.index}"), c0.batch_pages))
     _guests(sl)
     _access_histories(sl)
+    _disks(sl)
     _share_cores(sl)
     return sl
+
+
+def _disks(sl: Slice) -> None:
+    """A DiskAgent per datastore that holds a disk or receives one; each VM's
+    disk on its datastore with its workload running; each migration's disk move."""
+    import ray
+
+    from agents.actors.disk import DiskAgent
+    from agents.guest.disk import EXTENT
+    from cluster.storage_plan import disk_move
+    sc, scale = sl.scenario, sl.scale
+    moves = {mp.index: disk_move(sc, mp) for mp in sc.migration_plans()}
+    used = {vm.datastore for vm in sc.vms if vm.disk_gib > 0} | {mv.target.name for mv in moves.values() if mv}
+    for ds in sc.datastores:
+        if ds.name in used:
+            sl.datastores[ds.name] = sl.cluster.track(DiskAgent.options(name=f"datastore:{ds.name}").remote(
+                ds.name, ds.model_figures(), _datastore_dir(sl, ds.name), scale.memory_scale, scale.dilation))
+    waits = []
+    for i, vm in enumerate(sc.vms):
+        if vm.disk_gib > 0:
+            nbytes = max(1, round(vm.disk_gib * (1 << 30) * scale.memory_scale / EXTENT)) * EXTENT
+            agent = sl.datastores[vm.datastore]
+            waits.append(agent.create_disk.remote(vm.name, nbytes, vm.disk_used_fraction, sc.emulation.seed + 1000 * i))
+    ray.get(waits)
+    ray.get([sl.datastores[vm.datastore].start_workload.remote(vm.name, vm.disk_workload.figures(),
+                                                               sc.emulation.seed + 1000 * i + 7)
+             for i, vm in enumerate(sc.vms) if vm.disk_gib > 0])
+    for k, mv in moves.items():
+        if mv is not None:
+            sl.disk_moves[k] = _disk_move_spec(sl, mv, sc.migration_plans()[k])
+
+
+def _datastore_dir(sl: Slice, name: str) -> str:
+    return os.path.join(sl.cluster.sock_dir, f"ds-{name}")
+
+
+def _disk_move_spec(sl: Slice, mv, mp) -> dict:
+    """What the storage technique is handed (real sizes, physical rates); `chunk_bytes`
+    > 0 for the dirty-bitmap technique.
+
+    Floors in real bytes keep a small memory_scale from distorting the copy:
+    a region of at least 16 KiB (per-region overhead stays small), a
+    transmit buffer of at least 8 regions (read, send and write overlap) and
+    16 of the guest's largest requests (request sizes do not scale: one real
+    request stands for 1/memory_scale of them, and must not fill the buffer alone)."""
+    from agents.guest.disk import BLOCK
+    scale, o = sl.scale, mp.options
+    region = max(4, round(o.disk_region_mib * MIB * scale.memory_scale / BLOCK)) * BLOCK
+    chunk = max(1, round(o.disk_chunk_mib * MIB * scale.memory_scale / BLOCK)) * BLOCK
+    w = sl.scenario.vms[mv.vm_index].disk_workload.figures()
+    request = int(max(w["read_kib"], w["write_kib"]) * 1024)
+    buffer = max(8 * region, 16 * request, int(o.mirror_buffer_mib * MIB * scale.memory_scale))
+    return {"agent": sl.datastores[mv.source.name], "vm": sl.scenario.vms[mv.vm_index].name,
+            "source": mv.source.name, "target": mv.target.name, "target_dir": _datastore_dir(sl, mv.target.name),
+            "target_figures": mv.target.model_figures(), "allowed": list(mv.allowed), "disk_bytes": mv.disk_bytes,
+            "path": {"kind": mv.path, "rate_bytes_s": mv.rate_bytes_s, "delay_s": mv.delay_s},
+            "region_bytes": region, "buffer_bytes": buffer, "copy_mode": o.copy_mode, "window_s": o.mirror_window_s,
+            "chunk_bytes": chunk if mp.technique == "block-dirty" else 0}
 
 
 def _share_cores(sl: Slice) -> None:

@@ -7,7 +7,7 @@
   livemig reproduce SUITE     run a paper's experiment pairs (or the model grid) and compare
   livemig list                the shipped scenarios
   livemig techniques          the migration techniques and their options
-  livemig bench pipeline|link|codec|lru   figures of this machine
+  livemig bench pipeline|link|codec|lru|disk   figures of this machine
 
 Exit codes: 0 done (and verified), 1 the migration failed or was aborted,
 2 bad input (one line on stderr naming file, field and what is allowed).
@@ -430,6 +430,15 @@ def bench_evacuation(vms: list[int] = typer.Option([8, 16, 32], "--vms", min=1, 
     """Many small VMs off one host at once: wall clock, peak memory, saturation; the largest unsaturated."""
     from cluster.bench_scale import evacuation_bench
     print(json.dumps(evacuation_bench(tuple(vms), dilation=dilation), indent=2))
+
+
+@bench_app.command("disk")
+def bench_disk(mib: int = typer.Option(256, help="Real MiB of the test file."),
+               seconds: float = typer.Option(2.0, help="Seconds per case."),
+               directory: Path = typer.Option(None, help="Where the test files go (default: the temp dir).")) -> None:
+    """The machine's file I/O (dd-like, sequential 1 MiB and random 4 KiB) against the disk agent's."""
+    from cluster.bench import disk_bench
+    print(json.dumps(disk_bench(mib, seconds, str(directory) if directory else None), indent=2))
 
 
 @bench_app.command("codec")

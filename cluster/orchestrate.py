@@ -230,6 +230,8 @@ class Orchestrator:
         lps = self.sl.topo.links_of_migration(m.index)
         destination = {"image": self.sl.paths[dst_key], "return_path": f"{self.sl.cluster.sock_dir}/m{m.index}ret",
                        "one_way_s": lps[0].one_way_s if lps else 0.0}
+        if m.index in self.sl.disk_moves:
+            destination["disk"] = self.sl.disk_moves[m.index]
         if splits(m.plan):
             destination |= split_run.destination_fields(self.sl, m)
             try:

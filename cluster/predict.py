@@ -218,7 +218,19 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan, precopy_only: bool 
         "app": None,
         "iteration_log": log,
         "convergence": convergence_summary(mig, log),
-    } | _compression_prediction(mig, by_pass, total) | {"not_modelled": predict_codec.limits(scenario, mp)}
+    } | _compression_prediction(mig, by_pass, total) | {"not_modelled": predict_codec.limits(scenario, mp)} \
+      | _disk_prediction(scenario, mp, total)
+
+
+def _disk_prediction(scenario: Scenario, mp: MigrationPlan, memory_s: float) -> dict:
+    """The storage technique's disk copy before the memory phase (cluster/predict_storage.py)."""
+    if mp.technique not in ("storage", "block-dirty"):
+        return {}
+    from cluster.predict_storage import predict_disk
+    disk = predict_disk(scenario, mp, memory_s)
+    if disk is None:
+        return {}
+    return {"disk": disk, "disk_bytes_sent": disk["bytes_sent"], "total_time_s": memory_s + disk["copy_time_s"]}
 
 
 def _iterate(mp: MigrationPlan, policy: StopPolicy, mem_pages: float, first, dirty, sync_s: float):

@@ -132,6 +132,8 @@ class Host(_Strict):
     cores: Annotated[int, Field(ge=1, le=4096)] = 16
     memory_gib: MemoryGib = 64
     nics: list[Nic] = Field(min_length=1, max_length=MAX_NICS)
+    # The host's storage interface (HBA): how fast it copies between datastores it reaches (8 Gbit/s FC).
+    storage_gbps: Gbps = 8.0
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -286,12 +288,64 @@ Workload = Annotated[
 ]
 
 
+IopsValue = Annotated[float, Field(gt=0, le=100_000_000)]  # 100 M IOPS: above any array
+DiskMbytesS = Annotated[float, Field(gt=0, le=MAX_RATE_MBYTES_S)]
+
+
+class Datastore(_Strict):
+    """A datastore (agents/datapath/datastore.py): a preset `kind` whose
+    figures may be overridden, its capacity, the hosts that reach it and the
+    array it lives on (datastores of one array with `offload` copy between
+    them without the hosts: VAAI)."""
+
+    name: str = Field(pattern=NAME)
+    kind: Literal["fast-san", "slow-san", "local-ssd", "hdd", "nfs"] = "fast-san"
+    read_iops: IopsValue | None = None
+    write_iops: IopsValue | None = None
+    read_mbytes_s: DiskMbytesS | None = None
+    write_mbytes_s: DiskMbytesS | None = None
+    latency_ms: Annotated[float, Field(ge=0, le=10_000)] | None = None
+    capacity_gib: Annotated[float, Field(gt=0, le=MAX_DISK_GIB)] = 2048
+    hosts: list[str] = Field(max_length=MAX_COUNT)
+    array: str | None = Field(None, pattern=NAME)
+    offload: bool = False  # the array can copy between its datastores (VAAI XCOPY)
+    offload_mbytes_s: DiskMbytesS = 1000
+
+    def model_figures(self) -> dict:
+        """The datastore's performance: its kind's preset with the figures given here."""
+        from agents.datapath.datastore import PRESETS
+        base = PRESETS[self.kind].describe()
+        return base | {k: getattr(self, k) for k in base if getattr(self, k) is not None}
+
+
+class DiskWorkloadSpec(_Strict):
+    """The guest's disk I/O (agents/guest/disk.py): a preset, or figures (which override a preset's)."""
+
+    preset: Literal["none", "ds2", "dbench", "soliddb-8", "soliddb-16", "soliddb-32", "soliddb-64"] = "none"
+    read_iops: Annotated[float, Field(ge=0, le=100_000_000)] | None = None
+    write_iops: Annotated[float, Field(ge=0, le=100_000_000)] | None = None
+    read_kib: Annotated[float, Field(ge=4, le=16384)] | None = None
+    write_kib: Annotated[float, Field(ge=4, le=16384)] | None = None
+    pattern: Literal["random", "sequential"] | None = None
+    span_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+
+    def figures(self) -> dict:
+        from dataclasses import asdict
+
+        from agents.guest.disk import DISK_PRESETS, DiskWorkload
+        base = asdict(DISK_PRESETS.get(self.preset, DiskWorkload()))
+        return base | {k: getattr(self, k) for k in base if getattr(self, k) is not None}
+
+
 class Vm(_Strict):
     name: str = Field(pattern=NAME)
     memory_gib: MemoryGib
     vcpus: Annotated[int, Field(ge=1, le=1024)] = 2
     nic: Literal["virtio", "e1000", "vmxnet3", "passthrough"] = "virtio"
     disk_gib: Annotated[float, Field(ge=0, le=MAX_DISK_GIB)] = 0
+    datastore: str | None = None  # where the disk is; needed when disk_gib > 0
+    disk_used_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0  # allocated share of a thin disk
+    disk_workload: DiskWorkloadSpec = DiskWorkloadSpec()
     workload: Workload = IdleWorkload(kind="idle")
     content: ContentMix = ContentMix()
     # Its operations are network requests served by the hypervisor's I/O thread.
@@ -389,7 +443,7 @@ class PhaseTrigger(_Strict):
 
     vm: str = Field(min_length=1)
     # post-copy's phases too: a fault may be injected on entering them (cluster/faults.py)
-    phase: Literal["setup", "precopy", "stop-and-copy", "postcopy-active", "postcopy-recover"]
+    phase: Literal["disk-copy", "setup", "precopy", "stop-and-copy", "postcopy-active", "postcopy-recover"]
     iteration: Annotated[int, Field(ge=1, le=1_000_000)] | None = None  # max_iterations' bound
 
     @model_validator(mode="after")
@@ -580,6 +634,7 @@ class Scenario(_Strict):
     hosts: list[Host] = Field(min_length=2, max_length=MAX_COUNT)
     network: Network = Network()
     vms: list[Vm] = Field(min_length=1, max_length=MAX_COUNT)
+    datastores: list[Datastore] = Field([], max_length=MAX_COUNT)
     migration: Migration = Migration()
     # Without it, every VM with migrate = true goes from its host to the one destination, at once.
     migrations: list[MigrationEntry] = Field([], max_length=MAX_COUNT)
@@ -593,6 +648,9 @@ class Scenario(_Strict):
 
     def host_named(self, name: str) -> Host | None:
         return next((h for h in self.hosts if h.name == name), None)
+
+    def datastore_named(self, name: str | None) -> Datastore | None:
+        return next((d for d in self.datastores if d.name == name), None)
 
     @property
     def source(self) -> Host:
@@ -700,10 +758,17 @@ def _semantic_problems(s: Scenario) -> Problems:
         return problems
     links = _link_problems(s)
     problems = (links + _vm_problems(s) + _placement_problems(s) + _capacity_problems(s) + _cache_problems(s)
-                + _convergence_problems(s) + _split_problems(s))
+                + _convergence_problems(s) + _split_problems(s) + _storage_problems(s))
     if not links:  # events name links, which must exist first
         problems += _event_problems(s)
     return problems
+
+
+def _storage_problems(s: Scenario) -> Problems:
+    """Datastores: unique names, hosts that exist; disks: on a datastore their host
+    reaches, fitting it; a target datastore the destination reaches, with room."""
+    from cluster.storage_plan import storage_problems
+    return storage_problems(s)
 
 
 def _host_problems(s: Scenario) -> Problems:

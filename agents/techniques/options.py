@@ -246,3 +246,32 @@ POLICY: tuple[Option, ...] = (
            "pre-copy goes on until a timeout, else the migration is cancelled", float, gt=0, le=3_600_000,
            optional=True),
 )
+
+# Storage migration (agents/techniques/storage.py, agents/datapath/mirror.py):
+# where the disk goes and how its mirror behaves. QEMU's block mirror names
+# where one fits (copy-mode, buf-size; a region is its MAX_IO_BYTES).
+STORAGE: tuple[Option, ...] = (
+    Option("target_datastore", None, "", "Datastore the VM's disk moves to (unset: the disk stays where it is, "
+           "on storage both hosts reach)", str, optional=True),
+    Option("copy_mode", "background", "", "background: guest writes mirrored asynchronously through the "
+           "transmit buffer, switching to write-blocking while they outrun the data path (vMotion 5.1); "
+           "write-blocking: every mirrored write waits for the destination (Storage vMotion)", str,
+           choices=("background", "write-blocking"), qemu_name="copy-mode"),
+    Option("mirror_buffer_mib", 16, "MiB", "Transmit buffer shared by the bulk copy (half of it at most) and "
+           "mirrored writes, emulated", float, gt=0, le=MAX_MIB, qemu_name="buf-size"),
+    Option("disk_region_mib", 1, "MiB", "Region the bulk copy reads and sends at a time, emulated", float, gt=0,
+           le=1024),
+    Option("disk_path", "auto", "", "Data path of the disk: auto (the cheapest the topology allows, as vMotion "
+           "picks: array-offload, then storage-interface, then network) or one of them", str,
+           choices=("auto", "array-offload", "storage-interface", "network")),
+    Option("mirror_window_s", 0.5, "s", "Window over which the guest's mirrored write rate is compared with the "
+           "data path's, to switch between background and write-blocking", float, gt=0, le=60),
+)
+
+# Disk dirty-bitmap migration (agents/techniques/block_dirty.py): PMigrate-KVM
+# and QEMU's old block migration (block-migration.c): the disk's blocks are
+# sent in the first iteration and the blocks dirtied since in later ones.
+BLOCK_DIRTY: tuple[Option, ...] = (
+    Option("disk_chunk_mib", 1, "MiB", "Disk chunk the dirty bitmap tracks and the disk producer sends "
+           "(QEMU's BLK_MIG_BLOCK_SIZE is 1 MiB)", float, gt=0, le=1024),
+)

@@ -15,6 +15,7 @@ import importlib
 from dataclasses import dataclass
 
 from agents.techniques.options import (
+    BLOCK_DIRTY,
     COMMON,
     COMPRESSION,
     CONVERGENCE,
@@ -24,6 +25,7 @@ from agents.techniques.options import (
     PRECOPY,
     SPLIT,
     SWAP,
+    STORAGE,
     Option,
 )
 
@@ -115,6 +117,22 @@ _BUILTIN = (
                 "VM's memory free, paging LRU pages to an SSD or HDD during and after the migration",
         options=COMMON + PRECOPY + PIPELINE + SWAP,
         factory="agents.techniques.swap:SwapMigration",
+    ),
+    TechniqueSpec(
+        name="storage",
+        summary="Unified memory and storage migration (vSphere 5.1 vMotion): the disk's bulk copy with I/O "
+                "mirroring (asynchronous, falling back to synchronous) over the cheapest data path, then memory "
+                "pre-copy, then a switch-over that waits for the mirror to be in sync",
+        options=COMMON + PRECOPY + PIPELINE + COMPRESSION + CONVERGENCE + POLICY + STORAGE,
+        factory="agents.techniques.storage:StorageMigration",
+    ),
+    TechniqueSpec(
+        name="block-dirty",
+        summary="Disk dirty-bitmap migration with memory pre-copy (PMigrate-KVM, QEMU's old block migration): "
+                "the whole disk, then the chunks dirtied since, pass after pass, the last pass in the downtime",
+        options=COMMON + PRECOPY + PIPELINE + COMPRESSION + CONVERGENCE + POLICY
+        + tuple(o for o in STORAGE if o.name in ("target_datastore", "disk_path", "mirror_buffer_mib")) + BLOCK_DIRTY,
+        factory="agents.techniques.block_dirty:BlockDirtyMigration",
     ),
 )
 

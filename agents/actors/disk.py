@@ -1,0 +1,155 @@
+"""DiskAgent: a Ray actor that plays one datastore.
+
+It holds the file-backed disk images on its datastore (sparse files in its
+directory under the run's directory), serves them at the datastore's speed
+(one `Device`, agents/datapath/datastore.py), runs each VM's guest disk
+workload against them, and, when a VM's disk moves away, the storage
+migration's bulk copy and I/O mirror (agents/datapath/mirror.py) towards
+the target datastore. The migration technique (agents/techniques/storage.py)
+drives it by VM: start the mirror, watch it, hold the guest's I/O and wait
+for the mirror to be in sync at switch-over, then verify and hand the
+guest's I/O to the destination disk, or cancel and discard the copy.
+
+The target datastore's device is played here too, for the migrated disk:
+after switch-over the guest's I/O on the destination disk is served at the
+target datastore's speed by this actor (another VM's I/O on the target
+datastore during the copy does not contend with it).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import ray
+
+from agents.datapath.block_dirty import DirtyBitmapJob
+from agents.datapath.clock import precise_threads
+from agents.datapath.datastore import DatastoreModel, Device
+from agents.datapath.mirror import DataPath, MirrorJob
+from agents.guest.disk import DiskImage, DiskWorkload, DiskWorkloadRunner
+
+
+@ray.remote(num_cpus=0, max_concurrency=16)
+class DiskAgent:
+    def __init__(self, name: str, figures: dict, directory: str, memory_scale: float, dilation: float) -> None:
+        precise_threads()
+        self.name, self.dir = name, directory
+        self.scale, self.dilation = memory_scale, dilation
+        self.device = Device(DatastoreModel(**figures), memory_scale, dilation)
+        os.makedirs(directory, exist_ok=True)
+        self.disks: dict[str, DiskImage] = {}
+        self.runners: dict[str, DiskWorkloadRunner] = {}
+        self.jobs: dict[str, MirrorJob] = {}
+
+    def create_disk(self, vm: str, nbytes: int, used_fraction: float, seed: int) -> str:
+        """A VM's disk on this datastore, filled; its path."""
+        self.disks[vm] = DiskImage.create(os.path.join(self.dir, f"{vm}.img"), nbytes, used_fraction, seed)
+        return self.disks[vm].path
+
+    def start_workload(self, vm: str, workload: dict, seed: int) -> None:
+        runner = DiskWorkloadRunner(DiskWorkload(**workload), self.disks[vm], self.device, seed)
+        self.runners[vm] = runner
+        runner.start()
+
+    def io_rates(self, vm: str, marks: list) -> list[float]:
+        """The guest's disk requests per emulated second between consecutive real times
+        `marks` (the first None: since its workload started)."""
+        runner = self.runners.get(vm)
+        done = np.asarray(runner.stats.completions if runner else [], dtype=float)
+        if marks and marks[0] is None:
+            marks = [runner.started_at if runner else marks[1], *marks[1:]]
+        counts = np.histogram(done, bins=marks)[0] if len(marks) > 1 else []
+        return [float(c) / self.scale / ((b - a) / self.dilation) if b > a else 0.0
+                for c, a, b in zip(counts, marks, marks[1:])]
+
+    # --- storage migration ----------------------------------------------------
+    def start_mirror(self, vm: str, target_dir: str, target_figures: dict, path: dict, region_bytes: int,
+                     buffer_bytes: int, copy_mode: str, window_s: float, chunk_bytes: int = 0) -> str:
+        """Begin moving `vm`'s disk to the target datastore; the destination disk's path.
+        `chunk_bytes` > 0: by dirty bitmap (agents/datapath/block_dirty.py) instead of the mirror."""
+        src = self.disks[vm]
+        os.makedirs(target_dir, exist_ok=True)
+        dst = DiskImage.create(os.path.join(target_dir, f"{vm}.img"), src.nbytes, fill=False)
+        dst_dev = Device(DatastoreModel(**target_figures), self.scale, self.dilation)
+        args = (src, dst, self.device, dst_dev, DataPath(**path), region_bytes, buffer_bytes, copy_mode, window_s,
+                self.scale, self.dilation)
+        job = DirtyBitmapJob(*args, chunk_bytes=chunk_bytes) if chunk_bytes else MirrorJob(*args)
+        self.jobs[vm] = job
+        if vm in self.runners:
+            self.runners[vm].write = job.guest_write
+        job.start()
+        return dst.path
+
+    def mirror_status(self, vm: str) -> dict:
+        job = self.jobs[vm]
+        s = job.stats
+        return job.status() | {"copied_bytes": s.copied_bytes, "mirrored_bytes": s.mirrored_bytes,
+                               "switches": list(s.switches), "copy_done_t": s.copy_done_t,
+                               "t0": job.t0, "buffer_high_water": job.buffer.high_water}
+
+    def sync_for_switchover(self, vm: str, timeout_s: float) -> dict:
+        """The VM is stopped: hold its disk I/O and wait until the mirror is in sync."""
+        if vm in self.runners:
+            self.runners[vm].pause()
+        self.jobs[vm].quiesce()
+        synced = self.jobs[vm].wait_synced(timeout_s)
+        return {"synced": synced, "t_real": time.monotonic()}
+
+    def complete_mirror(self, vm: str) -> dict:
+        """Verify the destination disk block for block; when it matches, the guest's
+        I/O goes to it from now on. Returns the job's figures."""
+        job = self.jobs.pop(vm)
+        job.finish()
+        bad = job.verify()
+        out = self._figures(job) | {"verified": len(bad) == 0, "mismatched_runs": bad[:20].tolist(),
+                                    "actively_synced": job.ready() and job.buffer.fill == 0}
+        runner = self.runners.get(vm)
+        if len(bad) == 0:
+            self.disks[vm] = job.dst
+            if runner is not None:
+                runner.retarget(job.dst, job.dst_dev)
+            job.src.close()
+        else:
+            job.dst.unlink()
+            if runner is not None:
+                runner.write = job.src.pwrite
+        if runner is not None:
+            runner.resume()
+        return out
+
+    def cancel_mirror(self, vm: str) -> dict:
+        """Stop the copy, remove the destination's partial disk; the guest goes on with its source disk."""
+        job = self.jobs.pop(vm, None)
+        if job is None:
+            return {}
+        job.cancel()
+        runner = self.runners.get(vm)
+        if runner is not None:
+            runner.write = job.src.pwrite
+            runner.resume()
+        return self._figures(job) | {"destination_removed": not os.path.exists(job.dst.path)}
+
+    def resume_workload(self, vm: str) -> None:
+        if vm in self.runners:
+            self.runners[vm].resume()
+
+    def digests(self, vm: str) -> np.ndarray:
+        return self.disks[vm].digests()
+
+    def _figures(self, job: MirrorJob) -> dict:
+        s = job.stats
+        lat = {m: (v[1] / v[0] * 1000 if v[0] else 0.0) for m, v in s.write_latency_s.items()}
+        return {"copied_bytes": s.copied_bytes, "mirrored_bytes": s.mirrored_bytes,
+                "mirrored_writes": s.mirrored_writes, "guest_writes": s.guest_writes,
+                "copy_time_s": s.copy_done_t, "mode_s": dict(s.mode_s), "switches": list(s.switches),
+                "write_latency_ms": lat, "buffer_high_water": job.buffer.high_water, "len": job.length,
+                "error": job.error, "passes": list(getattr(job, "passes", []))}
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.stop()
+        for job in self.jobs.values():
+            job.cancel()
+        for disk in self.disks.values():
+            disk.unlink()

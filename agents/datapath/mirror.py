@@ -1,0 +1,390 @@
+"""Storage migration's data path: bulk copy with an I/O mirror (vMotion 5.1,
+Figure 1; QEMU's block mirror is its open-source twin).
+
+Three threads and the guest move a disk from a source image to a
+destination image:
+
+- the bulk copy reads the source region by region (`region_bytes`, QEMU's
+  MAX_IO_BYTES of 1 MiB by default) and enqueues each region into the
+  transmit buffer; holes (unallocated extents) are skipped;
+- the I/O mirror (`guest_write`) intercepts every guest write: it writes the
+  source and, when the write falls behind the copy's cursor (a region
+  already copied or being copied), enqueues it into the transmit buffer too;
+  a write ahead of the cursor is left to the copy. Guest reads go to the
+  source only and need no mirror;
+- the transmitter takes the buffer's entries in order, paces them at the
+  data path's rate and one-way delay (`DataPath`), and the destination
+  writer writes them out through the destination datastore's device.
+
+A guest write to the region being copied is synchronised with the copy by a
+range lock (agents/datapath/range_lock.py): the copy holds its region from
+the source read until the region is in the buffer, a guest write holds its
+blocks from the source write until the mirrored copy is in the buffer. Both
+go through one FIFO, applied in order, so no stale block can win.
+
+The transmit buffer is bounded (`buffer_bytes`, QEMU's buf-size): the bulk
+copy may fill half of it, mirrored writes all of it. Mirroring is
+asynchronous ("background": a write completes once it is in the buffer) and
+switches to synchronous ("write-blocking": the write completes once the
+destination has it) whenever guest writes outrun the data path or the
+destination datastore: mirrored bytes waiting in the buffer pass half the
+buffer, or the guest's mirrored write rate over the last `window_s` exceeds
+what the path drains. It switches back once the rate has stayed below
+`back_ratio` of the drain for a `window_s` (seed: "switches from
+asynchronous mode to synchronous mirror mode whenever the guest write I/O
+rate is faster than the network transfer rate ... or I/O throughput at the
+destination datastore"). With `copy_mode = "write-blocking"` mirroring is
+synchronous throughout (Storage vMotion's local mirror, QEMU's copy-mode).
+
+QEMU's job vocabulary in `status()`: offset and len (the job's length grows
+as the guest rewrites copied blocks), ready (the bulk copy is done), and
+actively_synced (ready and nothing left in flight).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agents.datapath.clock import sleep_until
+from agents.datapath.datastore import Device
+from agents.datapath.range_lock import RangeLock
+from agents.datapath.token_bucket import TokenBucket
+from agents.guest.disk import BLOCK, EXTENT, DiskImage
+
+BACKGROUND, WRITE_BLOCKING = "background", "write-blocking"
+# The copy's threads may run this far (real seconds) ahead of the devices and
+# the path they are paced by: their completion times are booked exactly
+# (FIFO arithmetic), so the rates hold, and a thread sleeps only when it
+# gets further ahead, instead of spinning towards every region's deadline.
+PACE_SLACK_S = 0.002
+
+
+def pace(deadline: float) -> None:
+    """Wait until `deadline` is no more than PACE_SLACK_S away."""
+    if deadline - time.monotonic() > PACE_SLACK_S:
+        sleep_until(deadline - PACE_SLACK_S)
+
+
+@dataclass(frozen=True)
+class DataPath:
+    """How the disk's bytes travel, in physical units: `kind` is network (the
+    migration network), storage-interface (the source host's HBA reaches the
+    destination datastore) or array-offload (the array copies, VAAI XCOPY);
+    `rate_bytes_s` is its capacity, `delay_s` its one-way delay."""
+
+    kind: str
+    rate_bytes_s: float
+    delay_s: float = 0.0
+
+    @property
+    def network_bytes(self) -> bool:
+        return self.kind == "network"
+
+
+@dataclass
+class Entry:
+    seq: int
+    offset: int
+    data: bytes
+    mirrored: bool  # a guest write (True) or a bulk-copy region (False)
+
+
+class TransmitBuffer:
+    """The bounded FIFO between the copy and mirror and the destination writer."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.fill = 0  # bytes enqueued and not yet written at the destination
+        self.mirror_fill = 0  # of which mirrored guest writes
+        self.high_water = 0
+        self.applied = 0  # highest sequence number written at the destination
+        self.closed = False
+        self._seq = 0
+        self._q: deque[Entry] = deque()
+        self._cond = threading.Condition()
+
+    def put(self, offset: int, data: bytes, mirrored: bool, limit: int) -> int:
+        """Enqueue; wait while the buffer holds more than `limit - len(data)`. Its sequence number, 0 if closed."""
+        n = len(data)
+        with self._cond:
+            self._cond.wait_for(lambda: self.closed or self.fill == 0 or self.fill + n <= limit)
+            if self.closed:
+                return 0
+            self._seq += 1
+            self._q.append(Entry(self._seq, offset, data, mirrored))
+            self.fill += n
+            self.mirror_fill += n if mirrored else 0
+            self.high_water = max(self.high_water, self.fill)
+            self._cond.notify_all()
+            return self._seq
+
+    def get(self) -> Entry | None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.closed or self._q)
+            return None if self.closed else self._q.popleft()
+
+    def done(self, entry: Entry) -> None:
+        with self._cond:
+            self.fill -= len(entry.data)
+            self.mirror_fill -= len(entry.data) if entry.mirrored else 0
+            self.applied = entry.seq
+            self._cond.notify_all()
+
+    def wait_applied(self, seq: int, timeout: float | None = None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.closed or self.applied >= seq, timeout)
+
+    def wait_empty(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.closed or self.fill == 0, timeout) and not self.closed
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+class ModeSwitch:
+    """When mirroring goes synchronous and back (pure: times are given in emulated s).
+
+    `observe(t, mirrored_bytes, mirror_fill)` is told of every mirrored write
+    (and may be told of none, to let time pass); it returns the mode now.
+    """
+
+    def __init__(self, capacity: int, drain_bytes_s: float, window_s: float, back_ratio: float = 0.8,
+                 mode: str = BACKGROUND) -> None:
+        self.capacity, self.drain, self.window, self.back = capacity, drain_bytes_s, window_s, back_ratio
+        self.mode = mode
+        self.fixed = mode == WRITE_BLOCKING
+        self.since = 0.0  # when the current mode began
+        self._writes: deque[tuple[float, int]] = deque()
+        self._in_window = 0
+
+    def rate(self, t: float) -> float:
+        """Mirrored bytes per emulated second over the last window."""
+        while self._writes and self._writes[0][0] < t - self.window:
+            self._in_window -= self._writes.popleft()[1]
+        return self._in_window / self.window
+
+    def observe(self, t: float, nbytes: int, mirror_fill: int) -> str:
+        if nbytes:
+            self._writes.append((t, nbytes))
+            self._in_window += nbytes
+        if self.fixed:
+            return self.mode
+        rate = self.rate(t)
+        if self.mode == BACKGROUND and (mirror_fill >= self.capacity // 2 or rate > self.drain):
+            self.mode, self.since = WRITE_BLOCKING, t
+        elif (self.mode == WRITE_BLOCKING and t - self.since >= self.window and rate <= self.back * self.drain
+              and mirror_fill < self.capacity // 4):
+            self.mode, self.since = BACKGROUND, t
+        return self.mode
+
+
+@dataclass
+class MirrorStats:
+    """A mirror job's figures (real bytes; times in emulated seconds)."""
+
+    copied_bytes: int = 0  # bulk copy regions written at the destination
+    mirrored_bytes: int = 0  # guest writes written at the destination
+    mirrored_writes: int = 0
+    guest_writes: int = 0
+    switches: list = field(default_factory=list)  # (t, mode, buffer fill bytes)
+    mode_s: dict = field(default_factory=lambda: {BACKGROUND: 0.0, WRITE_BLOCKING: 0.0})
+    write_latency_s: dict = field(default_factory=lambda: {BACKGROUND: [0, 0.0], WRITE_BLOCKING: [0, 0.0]})
+    copy_done_t: float | None = None
+
+
+class MirrorJob:
+    """Bulk copy plus I/O mirror from `src` to `dst` (see the module's docstring).
+
+    `src_dev`/`dst_dev` are the datastores' devices (None: unpaced); `path`
+    the data path (None: unpaced). Sizes are real bytes; `path`'s rate is
+    physical and scaled here by memory_scale / dilation.
+    """
+
+    def __init__(self, src: DiskImage, dst: DiskImage, src_dev: Device | None, dst_dev: Device | None,
+                 path: DataPath | None, region_bytes: int = 1 << 20, buffer_bytes: int = 16 << 20,
+                 copy_mode: str = BACKGROUND, window_s: float = 0.5, memory_scale: float = 1.0,
+                 dilation: float = 1.0) -> None:
+        if region_bytes <= 0 or region_bytes % BLOCK or buffer_bytes < 2 * region_bytes:
+            raise ValueError(f"region_bytes must be a positive multiple of {BLOCK} and buffer_bytes at least "
+                             f"twice it; got {region_bytes}, {buffer_bytes}")
+        if src.nbytes != dst.nbytes:
+            raise ValueError(f"source and destination disks differ in size: {src.nbytes} vs {dst.nbytes}")
+        self.src, self.dst, self.src_dev, self.dst_dev, self.path = src, dst, src_dev, dst_dev, path
+        self.region, self.scale, self.dilation = region_bytes, memory_scale, dilation
+        self.buffer = TransmitBuffer(buffer_bytes)
+        self.lock = RangeLock()
+        self.stats = MirrorStats()
+        self.cursor = 0  # the copy's position: bytes below it are copied or being copied
+        self.length = src.allocated_bytes()  # QEMU's len: grows with writes to copied blocks
+        self.switch = ModeSwitch(buffer_bytes, self._drain_rate(), window_s, mode=copy_mode)
+        self._mode_lock = threading.Lock()
+        self._bucket = TokenBucket(path.rate_bytes_s * memory_scale / dilation, 0.0) if path else None
+        self._arrivals: deque[tuple[float, Entry]] = deque()
+        self._arrived = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self.error: str | None = None
+        self.t0 = 0.0
+
+    # --- life cycle --------------------------------------------------------
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        for name, fn in (("bulk-copy", self._copy), ("transmit", self._transmit), ("disk-writer", self._write)):
+            t = threading.Thread(target=self._guard(fn), daemon=True, name=name)
+            t.start()
+            self._threads.append(t)
+
+    def _guard(self, fn):
+        def run() -> None:
+            try:
+                fn()
+            except Exception as exc:  # reported by status(); the job can then only be cancelled
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.buffer.close()
+        return run
+
+    def now(self) -> float:
+        """Emulated seconds since the job started."""
+        return (time.monotonic() - self.t0) / self.dilation
+
+    def ready(self) -> bool:
+        """QEMU's BLOCK_JOB_READY: the bulk copy has been through the whole disk."""
+        return self.stats.copy_done_t is not None
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Wait until ready and nothing is in flight (the switch-over's condition)."""
+        deadline = time.monotonic() + timeout
+        while not self.ready() and self.error is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.ready() and self.buffer.wait_empty(max(0.0, deadline - time.monotonic()))
+
+    def quiesce(self) -> None:
+        """The VM has stopped (the mirror needs nothing more: its writes are already in flight)."""
+
+    def finish(self) -> None:
+        """Stop the threads (after wait_synced, or to cancel)."""
+        self.buffer.close()
+        with self._arrived:
+            self._arrived.notify_all()
+        for t in self._threads:
+            t.join(timeout=10)
+        self._account_mode(self.now())
+
+    def cancel(self) -> None:
+        """Stop and remove the destination's partial disk; the source is left as the guest wrote it."""
+        self.finish()
+        self.dst.unlink()
+
+    # --- the guest's writes (the I/O mirror) ---------------------------------
+    def guest_write(self, offset: int, data) -> None:
+        """A guest write: to the source, and mirrored when behind the copy's cursor."""
+        t0 = time.monotonic()
+        seq = 0
+        with self.lock.hold(offset, len(data), "map"):
+            self.src.pwrite(offset, data)
+            self.stats.guest_writes += 1
+            if offset < self.cursor and not self.buffer.closed:
+                seq = self.buffer.put(offset, bytes(data), True, self.buffer.capacity)
+                self.length += len(data)
+        mode = self._observe(len(data) if seq else 0)
+        if seq and mode == WRITE_BLOCKING:
+            self.buffer.wait_applied(seq)
+        lat = self.stats.write_latency_s[mode]
+        lat[0] += 1
+        lat[1] += (time.monotonic() - t0) / self.dilation
+
+    def _observe(self, nbytes: int) -> str:
+        with self._mode_lock:
+            t = self.now()
+            before = self.switch.mode
+            mode = self.switch.observe(t, nbytes, self.buffer.mirror_fill)
+            if mode != before:
+                self._account_mode(t, before)
+                self.stats.switches.append((round(t, 4), mode, self.buffer.fill))
+            return mode
+
+    def _account_mode(self, t: float, mode: str | None = None) -> None:
+        mode = mode or self.switch.mode
+        self.stats.mode_s[mode] += t - self._mode_t()
+        self._last_mode_t = t
+
+    def _mode_t(self) -> float:
+        return getattr(self, "_last_mode_t", 0.0)
+
+    # --- the threads ----------------------------------------------------------
+    def _drain_rate(self) -> float:
+        """Real bytes per emulated second the path and the destination can take."""
+        rates = [self.path.rate_bytes_s] if self.path else []
+        if self.dst_dev is not None:
+            rates.append(self.dst_dev.model.write_mbytes_s * 1e6)
+        return min(rates) * self.scale if rates else float("inf")
+
+    def _copy(self) -> None:
+        half, last = self.buffer.capacity // 2, 0
+        for start in range(0, self.src.nbytes, self.region):
+            if self.buffer.closed:
+                return
+            n = min(self.region, self.src.nbytes - start)
+            with self.lock.hold(start, n, "map"):
+                self.cursor = start + n  # writes to this region now wait, then are mirrored
+                for a, b in self._allocated_runs(start, n):
+                    if self.src_dev is not None:
+                        pace(self.src_dev.reserve(False, b - a, random=False))
+                    last = self.buffer.put(a, self.src.pread(a, b - a), False, half) or last
+        self.buffer.wait_applied(last)  # the copy is done once its last region is written
+        self.stats.copy_done_t = self.now()
+
+    def _allocated_runs(self, start: int, n: int) -> list[tuple[int, int]]:
+        """Byte ranges [a, b) of the region [start, start + n) that hold allocated extents (holes are skipped)."""
+        first, last = start // EXTENT, (start + n - 1) // EXTENT + 1
+        alloc = np.concatenate([[False], self.src.allocated[first:last], [False]]).astype(np.int8)
+        edges = np.flatnonzero(np.diff(alloc))
+        runs = (edges.reshape(-1, 2) + first) * EXTENT
+        return [(max(int(a), start), min(int(b), start + n)) for a, b in runs]
+
+    def _transmit(self) -> None:
+        while (entry := self.buffer.get()) is not None:
+            t = time.monotonic()
+            if self._bucket is not None:
+                t = self._bucket.departure(len(entry.data), t)
+                pace(t)
+            with self._arrived:
+                self._arrivals.append((t + (self.path.delay_s * self.dilation if self.path else 0.0), entry))
+                self._arrived.notify()
+
+    def _write(self) -> None:
+        while True:
+            with self._arrived:
+                self._arrived.wait_for(lambda: self.buffer.closed or self._arrivals)
+                if self.buffer.closed:
+                    return
+                arrival, entry = self._arrivals.popleft()
+            if self.dst_dev is not None:
+                arrival = self.dst_dev.reserve(True, len(entry.data), random=entry.mirrored, t=arrival)
+            pace(arrival)
+            self.dst.pwrite(entry.offset, entry.data)
+            if entry.mirrored:
+                self.stats.mirrored_bytes += len(entry.data)
+                self.stats.mirrored_writes += 1
+            else:
+                self.stats.copied_bytes += len(entry.data)
+            self.buffer.done(entry)
+            self._observe(0)
+
+    # --- figures ------------------------------------------------------------
+    def status(self) -> dict:
+        """QEMU query-block-jobs-like figures (real bytes) and the mirror's mode."""
+        return {"offset": self.stats.copied_bytes + self.stats.mirrored_bytes, "len": self.length,
+                "ready": self.ready(), "actively_synced": self.ready() and self.buffer.fill == 0,
+                "mode": self.switch.mode, "buffer_fill": self.buffer.fill, "error": self.error}
+
+    def verify(self) -> np.ndarray:
+        """Digest runs (of 16 blocks) where the destination differs from the source."""
+        a, b = self.src.digests(), self.dst.digests()
+        return np.flatnonzero((a != b).any(axis=1))

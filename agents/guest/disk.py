@@ -1,0 +1,243 @@
+"""Virtual disks: sparse file-backed images and the guest's disk I/O.
+
+A `DiskImage` is a sparse file of 4 KiB blocks (real bytes: the emulated
+size times memory_scale, as for memory). At creation `used_fraction` of its
+extents are filled with pseudo-random bytes and the rest left as holes (a
+thin disk); `allocated` tracks which extents hold data, so a copy can skip
+the holes as vMotion skips unallocated VMFS blocks.
+
+A `DiskWorkload` is the guest's I/O in physical units: read and write IOPS,
+request sizes, random or sequential, over a span of the disk. Presets:
+- ds2: the seed's DS2 SQL Server database disk, about 1,250 read and 200
+  write IOPS (vMotion 5.1 paper, "Test scenario"); 8 KiB requests, SQL
+  Server's page size; random.
+- dbench: PMigrate Table 8's DBench VM. Its total disk send grew 3.8 GB
+  over the 256 s vanilla migration and 1.2 GB over the 77 s PMigrate one,
+  about 15 MB/s of fresh writes: 240 write IOPS of 64 KiB, sequential.
+- soliddb-8/16/32/64: the seed's Table 2 (write IOPS and MB/s on the
+  database disk at 8..64 clients); request size = MB/s / IOPS.
+
+`DiskWorkloadRunner` runs one in a thread: each request waits for the
+datastore (agents/datapath/datastore.py: the device is shared with any
+copy) and then really reads or writes the image; writes go through a
+`write` callable so a storage migration's I/O mirror can intercept them.
+Closed loop with one request outstanding: when the device is busy the
+guest's IOPS fall, which is its application throughput.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agents.datapath.clock import sleep_until
+from agents.datapath.datastore import Device, IoCounts
+from agents.verify import chunk_digests
+
+BLOCK = 4096
+EXTENT = 64 * 1024  # allocation unit tracked for holes (VMFS-like; QEMU's default cluster size)
+
+
+class DiskImage:
+    """A sparse file of `nbytes` (a multiple of 4 KiB) with its allocation map."""
+
+    def __init__(self, path: str, nbytes: int, allocated: np.ndarray) -> None:
+        self.path, self.nbytes, self.allocated = path, nbytes, allocated
+        self._fd = os.open(path, os.O_RDWR)
+
+    @classmethod
+    def create(cls, path: str, nbytes: int, used_fraction: float = 1.0, seed: int = 0,
+               fill: bool = True) -> DiskImage:
+        """A new image: `used_fraction` of its extents filled with pseudo-random bytes
+        (when `fill`), the rest holes. A destination is created with fill=False."""
+        if nbytes <= 0 or nbytes % BLOCK:
+            raise ValueError(f"a disk's size must be a positive multiple of {BLOCK} bytes; got {nbytes}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.ftruncate(fd, nbytes)
+        os.close(fd)
+        n = -(-nbytes // EXTENT)
+        rng = np.random.default_rng(seed)
+        used = rng.random(n) < used_fraction if fill else np.zeros(n, dtype=bool)
+        image = cls(path, nbytes, used)
+        if fill:
+            image._fill(rng)
+        return image
+
+    def _fill(self, rng: np.random.Generator, batch: int = 256) -> None:
+        ext = np.flatnonzero(self.allocated)
+        for i in range(0, len(ext), batch):  # runs of extents, written one extent at a time
+            chunk = ext[i:i + batch]
+            data = rng.integers(0, 256, size=(len(chunk), EXTENT), dtype=np.uint8)
+            for e, row in zip(chunk, data):
+                os.pwrite(self._fd, memoryview(row)[: self.nbytes - e * EXTENT], int(e) * EXTENT)
+
+    def pread(self, offset: int, n: int) -> bytes:
+        return os.pread(self._fd, n, offset)
+
+    def pwrite(self, offset: int, data) -> None:
+        os.pwrite(self._fd, data, offset)
+        self.allocated[offset // EXTENT:(offset + len(data) - 1) // EXTENT + 1] = True
+
+    def allocated_bytes(self) -> int:
+        return int(self.allocated.sum()) * EXTENT
+
+    def digests(self) -> np.ndarray:
+        """(ceil(blocks / 16), 16) uint8 mmh3 digests of runs of 16 blocks (agents/verify.py)."""
+        blocks = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.nbytes // BLOCK, BLOCK))
+        try:
+            return chunk_digests(blocks)
+        finally:
+            del blocks
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def unlink(self) -> None:
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+@dataclass(frozen=True)
+class DiskWorkload:
+    """Guest disk I/O in physical units."""
+
+    read_iops: float = 0.0
+    write_iops: float = 0.0
+    read_kib: float = 8.0
+    write_kib: float = 8.0
+    pattern: str = "random"  # random | sequential
+    span_fraction: float = 1.0  # the part of the disk the requests fall in (from its start)
+
+    def __post_init__(self) -> None:
+        if self.read_iops < 0 or self.write_iops < 0:
+            raise ValueError("read_iops and write_iops must be >= 0")
+        if self.read_kib <= 0 or self.write_kib <= 0:
+            raise ValueError("read_kib and write_kib must be > 0")
+        if self.pattern not in ("random", "sequential"):
+            raise ValueError(f"pattern must be random or sequential; got {self.pattern!r}")
+
+    @property
+    def iops(self) -> float:
+        return self.read_iops + self.write_iops
+
+    def write_mbytes_s(self) -> float:
+        return self.write_iops * self.write_kib * 1024 / 1e6
+
+
+def _soliddb(iops: float, mbytes_s: float) -> DiskWorkload:
+    return DiskWorkload(write_iops=iops, write_kib=mbytes_s * 1e6 / iops / 1024)
+
+
+DISK_PRESETS: dict[str, DiskWorkload] = {
+    "ds2": DiskWorkload(read_iops=1250, write_iops=200, read_kib=8, write_kib=8),
+    "dbench": DiskWorkload(write_iops=240, write_kib=64, pattern="sequential", span_fraction=0.25),
+    "soliddb-8": _soliddb(906, 13.68),
+    "soliddb-16": _soliddb(1444, 22.21),
+    "soliddb-32": _soliddb(2378, 36.68),
+    "soliddb-64": _soliddb(3220, 50.12),
+}
+
+
+@dataclass
+class IoStats(IoCounts):
+    """A runner's completed requests (real counts; latencies in real seconds)."""
+
+    latency_s: float = 0.0
+    completions: list = field(default_factory=list)  # real monotonic time of each completion
+
+
+class DiskWorkloadRunner:
+    """Runs a `DiskWorkload` against an image on a device, in a thread.
+
+    `write(offset, data)` performs a guest write (default: the image's own);
+    a storage migration swaps it for its I/O mirror, and `retarget` moves the
+    guest onto the destination's image and device at switch-over.
+    """
+
+    def __init__(self, workload: DiskWorkload, image: DiskImage, device: Device, seed: int = 0) -> None:
+        self.w, self.image, self.device = workload, image, device
+        self.write = image.pwrite
+        self.stats = IoStats()
+        self._rng = np.random.default_rng(seed)
+        self._running = threading.Event()
+        self._running.set()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # held across one request: pause and retarget wait for it
+        self._cursor = 0
+        self._thread: threading.Thread | None = None
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        if self.w.iops > 0:
+            self._thread = threading.Thread(target=self._loop, daemon=True, name="disk-workload")
+            self._thread.start()
+
+    def pause(self) -> None:
+        """The VM stops: no request is in flight when this returns."""
+        self._running.clear()
+        with self._lock:
+            pass
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def retarget(self, image: DiskImage, device: Device) -> None:
+        with self._lock:
+            self.image, self.device, self.write = image, device, image.pwrite
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._running.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _requests(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `n` requests: (is_write, offset in blocks of the request's start), vectorised."""
+        w = self.w
+        is_write = self._rng.random(n) < w.write_iops / w.iops
+        span = max(1, int(self.image.nbytes * w.span_fraction) // BLOCK)
+        if w.pattern == "random":
+            blocks = self._rng.integers(0, span, n)
+        else:
+            size = np.where(is_write, w.write_kib, w.read_kib) * 1024 // BLOCK
+            blocks = (self._cursor + np.concatenate([[0], np.cumsum(size)[:-1]])) % span
+            self._cursor = int(blocks[-1] + size[-1]) % span
+        return is_write, blocks
+
+    def _loop(self, batch: int = 64) -> None:
+        w, dev = self.w, self.device
+        interval = dev.dilation / (w.iops * dev.scale)  # real seconds between requests at the target rate
+        due = time.monotonic()
+        while not self._stop.is_set():
+            for is_write, block in zip(*self._requests(batch)):
+                if self._stop.is_set():
+                    return
+                self._running.wait()
+                due = max(due + interval, time.monotonic() - interval)  # no catching up after a pause
+                sleep_until(due)
+                self._one(bool(is_write), int(block) * BLOCK)
+
+    def _one(self, is_write: bool, offset: int) -> None:
+        with self._lock:
+            if not self._running.is_set():  # paused while this request waited for its turn: not issued
+                return
+            t0 = time.monotonic()
+            size = int((self.w.write_kib if is_write else self.w.read_kib) * 1024) // BLOCK * BLOCK or BLOCK
+            size = min(size, self.image.nbytes - offset)
+            sleep_until(self.device.reserve(is_write, size, self.w.pattern == "random", t=t0))
+            if is_write:
+                self.write(offset, self._rng.bytes(size))
+            else:
+                self.image.pread(offset, size)
+            self.stats.latency_s += time.monotonic() - t0
+            self.stats.completions.append(time.monotonic())
+            self.stats.add(is_write, 1, size)

@@ -18,6 +18,9 @@ test: $(STAMP)
 	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) || \
 	  echo "note: the Prometheus server is not installed; its test will be skipped"; }
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "note: Chromium is not installed; the report's browser test will be skipped"; }
 	$(PY) -m pytest -q
 
 # The slow matrices (invariance of every technique and encoding to the scaling knobs).

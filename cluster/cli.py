@@ -3,6 +3,7 @@
   livemig run SCENARIO        emulate a migration on a local Ray cluster
   livemig predict SCENARIO    the analytic model's figures, instantly
   livemig validate SCENARIO   check a scenario file
+  livemig report RUN...       plots of runs in one HTML page (and PNG files)
   livemig compare A B         two results side by side, with the paper's ratios
   livemig reproduce SUITE     run a paper's experiment pairs (or the model grid) and compare
   livemig list                the shipped scenarios
@@ -270,6 +271,23 @@ def _reproduce_model(out_dir: Path, markdown_out: bool) -> None:
     table = model_markdown(rows)
     print(table if markdown_out else table.replace("|", " ").strip())
     raise typer.Exit(0 if all(r["verified"] for r in rows) else 1)
+
+
+@app.command()
+def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories (livemig run --out), or a sweep's directory."),
+           out_file: Optional[Path] = typer.Option(None, "--out", help="The HTML page (default: report.html in the "
+                                                   "first directory); its PNG files go next to it.")) -> None:
+    """Plots of one run (iterations, dirty against transfer rate, guest ops/s with phases, links, CPU) or of
+    several runs overlaid, with the results table, in one self-contained HTML page plus PNG files."""
+    from cluster.report import ReportError, load_runs, render
+    try:
+        runs = load_runs(run_dirs)
+    except ReportError as exc:
+        _fail_input([f"report: {exc}"])
+    target = out_file or run_dirs[0] / "report.html"
+    done = render(runs, target)
+    print(f"{done['html']} ({done['bytes'] / 1e6:.2f} MB, {len(runs)} run(s)); "
+          f"PNG: {', '.join(p.name for p in done['pngs'])}")
 
 
 @app.command()

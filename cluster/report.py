@@ -1,0 +1,361 @@
+"""`livemig report`: one or more runs as plots, in a page that needs nothing else.
+
+Reads each run directory's `timeline.jsonl` and `result.json` (the timeline is
+the data; cluster/timeline.py) and draws, with matplotlib, for one run:
+bytes remaining and transfer rate per iteration, the dirty rate against the
+transfer rate, the guest's operations per second with the migration's phases
+shaded (the shape of the vMotion seed's Figures 4, 5 and 7), link use and CPU
+per host; for several runs, the same time series overlaid, aligned at each
+run's first migration start. The figures are written as PNG files and
+embedded as base64 in one HTML page, which fetches nothing when opened, with
+the results table (one column per run, ratios to the first run, the rows of
+`livemig compare`).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.compare import ROWS, figure
+
+PAGE = 4096
+MB = 1e6
+# Shades by phase; pre-copy iterations alternate between two blues.
+PHASE_COLOURS = {"setup": "#d9d9d9", "stop-and-copy": "#f4a582", "switch-over": "#ca0020",
+                 "postcopy-switch": "#b2abd2", "postcopy-active": "#8073ac"}
+PRECOPY_COLOURS = ("#d1e5f0", "#92c5de")
+
+
+class ReportError(Exception):
+    """A run directory that cannot be reported (one line for the user)."""
+
+
+@dataclass
+class Run:
+    """One run directory: its name on the page, result.json and timeline records."""
+    name: str
+    path: Path
+    result: dict
+    records: list[dict]
+
+    def of(self, kind: str, **match) -> list[dict]:
+        return [r for r in self.records if r["kind"] == kind and all(r.get(k) == v for k, v in match.items())]
+
+    def events(self, event: str, **match) -> list[dict]:
+        return [r for r in self.of("event", **match) if r["event"] == event]
+
+    @property
+    def t0(self) -> float:
+        """The first migration's start (emulated s): runs are overlaid from there."""
+        starts = [r["t"] for r in self.events("migration-start")]
+        return min(starts, default=0.0)
+
+    def migrations(self) -> list[tuple[str, int]]:
+        return [(r["vm"], r["migration"]) for r in self.events("migration-start")]
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories (holding result.json) from the arguments; a directory without
+    one (a sweep's) stands for every run below it, in name order."""
+    out: list[Path] = []
+    for p in paths:
+        if (p / "result.json").is_file():
+            out.append(p)
+        elif p.is_dir():
+            below = sorted(q.parent for q in p.rglob("result.json"))
+            if not below:
+                raise ReportError(f"{p}: no result.json in it or below it; give run directories (livemig run --out)")
+            out.extend(below)
+        else:
+            raise ReportError(f"{p}: no such directory; give run directories (livemig run --out)")
+    return out
+
+
+def load_run(path: Path, base: Path | None = None) -> Run:
+    """A run directory's result and timeline; ReportError when either is missing or unreadable."""
+    try:
+        result = json.loads((path / "result.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path / 'result.json'}: unreadable ({exc})") from None
+    tl = path / "timeline.jsonl"
+    if not tl.is_file():
+        raise ReportError(f"{tl}: missing; the report is drawn from the timeline a run writes with --out")
+    try:
+        records = [json.loads(line) for line in tl.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{tl}: not JSON lines ({exc})") from None
+    name = str(path.relative_to(base)) if base and path != base and path.is_relative_to(base) else path.name
+    return Run(name, path, result, records)
+
+
+def load_runs(paths: list[Path]) -> list[Run]:
+    dirs = find_runs(paths)
+    base = paths[0] if len(paths) == 1 and paths[0].is_dir() and len(dirs) > 1 else None
+    return [load_run(d, base) for d in dirs]
+
+
+# --- phases ---------------------------------------------------------------------------------
+
+def phase_spans(run: Run, vm: str, migration: int) -> list[tuple[float, float, str]]:
+    """(start, end, label) of each phase of one migration, in emulated seconds: the phase
+    events in order, pre-copy numbered by iteration, then the switch-over from the VM's
+    restart on the destination to the migration's end."""
+    evs = sorted(run.events("phase", vm=vm, migration=migration), key=lambda r: r["t"])
+    ends = run.events("switched-over", vm=vm, migration=migration) or \
+        run.events("cancelled", vm=vm, migration=migration)
+    started = run.events("vm-started", vm=vm, migration=migration)
+    t_end = ends[-1]["t"] if ends else (evs[-1]["t"] if evs else 0.0)
+    t_cut = started[0]["t"] if started else t_end
+    spans = []
+    for i, e in enumerate(evs):
+        label = f"precopy {e.get('iteration', 0)}" if e["phase"] == "precopy" else e["phase"]
+        nxt = evs[i + 1]["t"] if i + 1 < len(evs) else t_cut
+        spans.append((e["t"], max(nxt, e["t"]), label))
+    if started and t_end > t_cut:
+        spans.append((t_cut, t_end, "switch-over"))
+    return spans
+
+
+def _shade(ax, spans, t0: float) -> None:
+    seen = set()
+    for start, end, label in spans:
+        if label.startswith("precopy"):
+            n = int(label.split()[1] or 0)
+            colour, key = PRECOPY_COLOURS[n % 2], "precopy"
+        else:
+            colour, key = PHASE_COLOURS.get(label, "#e0e0e0"), label
+        ax.axvspan(start - t0, end - t0, color=colour, alpha=0.6, lw=0,
+                   label=None if key in seen else key)
+        seen.add(key)
+
+
+# --- one run --------------------------------------------------------------------------------
+
+def _iterations(run: Run, vm: str, mig: int) -> list[dict]:
+    return sorted(run.events("iteration", vm=vm, migration=mig), key=lambda r: r["iteration"])
+
+
+def plot_iterations(run: Run):
+    """Per migration: bytes remaining after each iteration and its transfer rate (bars)."""
+    plt = _plt()
+    migs = run.migrations()
+    fig, axes = plt.subplots(len(migs), 2, figsize=(10, 2.8 * len(migs)), squeeze=False)
+    for (vm, mig), (left, right) in zip(migs, axes):
+        its = _iterations(run, vm, mig)
+        n = [r["iteration"] for r in its]
+        left.bar(n, [r["remaining"] / MB for r in its], color="#4393c3")
+        left.set(title=f"{vm}: bytes remaining after each iteration", xlabel="iteration", ylabel="MB")
+        right.bar(n, [r["bytes"] / r["duration_s"] / MB if r["duration_s"] else 0 for r in its], color="#d6604d")
+        right.set(title=f"{vm}: transfer rate of each iteration", xlabel="iteration", ylabel="MB/s")
+        for ax in (left, right):
+            ax.set_xticks(n)
+    return _done(fig)
+
+
+def plot_dirty_vs_transfer(run: Run):
+    """Transfer rate over time (samples) against each iteration's dirty rate (bytes/s)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    t0 = run.t0
+    for vm, mig in run.migrations():
+        s = run.of("migration", vm=vm, migration=mig)
+        line, = ax.plot([r["t"] - t0 for r in s], [r["transfer_rate"] / MB for r in s], label=f"{vm} transfer")
+        its = [r for r in _iterations(run, vm, mig) if r.get("dirty_pages_rate") is not None]
+        if its:  # each iteration's dirty rate over the iteration it was measured in
+            ax.hlines([r["dirty_pages_rate"] * PAGE / MB for r in its], [r["t"] - r["duration_s"] - t0 for r in its],
+                      [r["t"] - t0 for r in its], colors=line.get_color(), linestyles="--", lw=2,
+                      label=f"{vm} dirty (per iteration)")
+    ax.set(title="Dirty rate against transfer rate", xlabel="emulated s since migration start", ylabel="MB/s")
+    ax.legend(fontsize="small")
+    return _done(fig)
+
+
+def plot_guest(run: Run):
+    """Guest operations per second over time, one panel per migration, phases shaded."""
+    plt = _plt()
+    migs = run.migrations()
+    fig, axes = plt.subplots(len(migs), 1, figsize=(10, 2.8 * len(migs)), squeeze=False)
+    t0 = run.t0
+    for (vm, mig), (ax,) in zip(migs, axes):
+        _shade(ax, phase_spans(run, vm, mig), t0)
+        g = run.of("guest", vm=vm)
+        ax.plot([r["t"] - t0 for r in g], [r["ops_per_s"] for r in g], color="black", lw=1.2, label="ops/s")
+        ax.set(title=f"{vm}: guest operations per second", xlabel="emulated s since migration start",
+               ylabel="ops/s")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize="small", loc="lower left", ncol=4)
+    return _done(fig)
+
+
+def plot_links(run: Run):
+    """Throughput of every link as a share of its capacity."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 3.0))
+    t0 = run.t0
+    for link in sorted({r["link"] for r in run.of("link")}):
+        s = run.of("link", link=link)
+        ax.plot([r["t"] - t0 for r in s], [100 * r["throughput_bytes_s"] / r["capacity_bytes_s"]
+                                          if r.get("capacity_bytes_s") else 0 for r in s], label=link)
+    ax.set(title="Link use", xlabel="emulated s since migration start", ylabel="% of capacity")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize="small")
+    return _done(fig)
+
+
+def plot_cpu(run: Run):
+    """Emulated cores busy per host, stacked by pipeline stage."""
+    plt = _plt()
+    hosts = sorted({r["host"] for r in run.of("host")})
+    fig, axes = plt.subplots(len(hosts), 1, figsize=(10, 2.4 * len(hosts)), squeeze=False)
+    t0 = run.t0
+    for host, (ax,) in zip(hosts, axes):
+        s = run.of("host", host=host)
+        stages = sorted({k for r in s for k in r["cpu_cores"]})
+        if stages:
+            ax.stackplot([r["t"] - t0 for r in s], *[[r["cpu_cores"].get(k, 0.0) for r in s] for k in stages],
+                         labels=stages)
+            ax.legend(fontsize="small", loc="upper right")
+        ax.set(title=f"{host}: CPU", xlabel="emulated s since migration start", ylabel="cores")
+    return _done(fig)
+
+
+# --- several runs -----------------------------------------------------------------------------
+
+def plot_overlay(runs: list[Run]):
+    """Bytes remaining, transfer rate, guest ops/s and link throughput of every run, overlaid."""
+    plt = _plt()
+    fig, axes = plt.subplots(4, 1, figsize=(10, 11))
+    for run in runs:
+        t0 = run.t0
+        m = run.of("migration")
+        colour = None
+        for i, (vm, mig) in enumerate(run.migrations()):
+            s = [r for r in m if r["vm"] == vm and r["migration"] == mig]
+            label = run.name if i == 0 else None
+            line, = axes[0].plot([r["t"] - t0 for r in s], [r["remaining"] / MB for r in s], label=label,
+                                 color=colour)
+            colour = line.get_color()
+            axes[1].plot([r["t"] - t0 for r in s], [r["transfer_rate"] / MB for r in s], color=colour)
+        for i, vm in enumerate(sorted({r["vm"] for r in run.of("guest")})):
+            g = run.of("guest", vm=vm)
+            axes[2].plot([r["t"] - t0 for r in g], [r["ops_per_s"] for r in g], color=colour)
+        links = run.of("link")
+        for link in sorted({r["link"] for r in links}):
+            s = [r for r in links if r["link"] == link]
+            axes[3].plot([r["t"] - t0 for r in s], [r["throughput_bytes_s"] / MB for r in s], color=colour)
+    for ax, (title, unit) in zip(axes, [("Bytes remaining", "MB"), ("Transfer rate", "MB/s"),
+                                        ("Guest operations per second", "ops/s"), ("Link throughput", "MB/s")]):
+        ax.set(title=title, xlabel="emulated s since migration start", ylabel=unit)
+    axes[0].legend(fontsize="small", ncol=2)
+    return _done(fig)
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+def table_rows(runs: list[Run]) -> list[dict]:
+    """The rows of `livemig compare` for every run: {metric, unit, values, ratios to the first run}."""
+    out = []
+    for label, key, unit, k in ROWS:
+        values = [figure(r.result, key) for r in runs]
+        if all(v is None for v in values):
+            continue
+        values = [None if v is None else v * k for v in values]
+        base = values[0]
+        ratios = [v / base if v is not None and base else None for v in values]
+        out.append({"metric": label, "unit": unit, "values": values, "ratios": ratios})
+    out.append({"metric": "Verified", "unit": "", "values": [r.result.get("verified") for r in runs], "ratios": None})
+    return out
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
+
+
+def html_table(runs: list[Run]) -> str:
+    heads = "".join(f"<th>{html.escape(r.name)}</th>" for r in runs)
+    lines = [f"<table><tr><th>metric</th><th>unit</th>{heads}</tr>"]
+    for row in table_rows(runs):
+        cells = []
+        for i, v in enumerate(row["values"]):
+            ratio = row["ratios"][i] if row["ratios"] and i else None
+            cells.append(f"<td>{_cell(v)}" + (f" <small>(&times;{ratio:.2f})</small>" if ratio is not None else "")
+                         + "</td>")
+        lines.append(f"<tr><td>{html.escape(row['metric'])}</td><td>{row['unit']}</td>{''.join(cells)}</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+# --- the page ----------------------------------------------------------------------------------
+
+def figures(runs: list[Run]) -> list[tuple[str, str, bytes]]:
+    """(file stem, caption, PNG bytes) of every plot of the report."""
+    if len(runs) == 1:
+        run = runs[0]
+        plots = [("iterations", "Bytes remaining and transfer rate per iteration", plot_iterations),
+                 ("dirty-vs-transfer", "Dirty rate against transfer rate", plot_dirty_vs_transfer),
+                 ("guest", "Guest operations per second, phases shaded", plot_guest),
+                 ("links", "Link use", plot_links), ("cpu", "CPU per host", plot_cpu)]
+        return [(stem, caption, draw(run)) for stem, caption, draw in plots]
+    return [("overlay", f"{len(runs)} runs overlaid", plot_overlay(runs))]
+
+
+def render(runs: list[Run], out_html: Path) -> dict:
+    """Write the page and its PNG files (next to it, `<stem>-<plot>.png`); returns
+    {html, pngs, bytes}."""
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    figs = figures(runs)
+    pngs, parts = [], []
+    for stem, caption, png in figs:
+        p = out_html.with_name(f"{out_html.stem}-{stem}.png")
+        p.write_bytes(png)
+        pngs.append(p)
+        data = base64.b64encode(png).decode()
+        parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    out_html.write_text(_page(runs, parts))
+    return {"html": out_html, "pngs": pngs, "bytes": out_html.stat().st_size}
+
+
+def _page(runs: list[Run], parts: list[str]) -> str:
+    title = runs[0].name if len(runs) == 1 else f"{len(runs)} runs"
+    sub = "; ".join(f"{html.escape(r.name)}: {html.escape(str(r.result.get('scenario')))} "
+                    f"({html.escape(str(r.result.get('status')))}, "
+                    f"{html.escape(str((r.result.get('run') or {}).get('started_at', '')))})" for r in runs)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>livemig report: {html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #bbb;padding:2px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}figure{{margin:1em 0}}</style>
+</head><body>
+<h1>livemig report: {html.escape(title)}</h1>
+<p>{sub}</p>
+<p>Emulated units throughout. Ratios are to the first run.</p>
+<h2>Results</h2>
+{html_table(runs)}
+<h2>Plots</h2>
+{''.join(parts)}
+</body></html>
+"""
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _done(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=80)
+    _plt().close(fig)
+    return buf.getvalue()

@@ -3,6 +3,7 @@
   livemig run SCENARIO        emulate a migration on a local Ray cluster
   livemig predict SCENARIO    the analytic model's figures, instantly
   livemig validate SCENARIO   check a scenario file
+  livemig sweep SPEC          vary one or two settings, N repeats: medians and spread
   livemig report RUN...       plots of runs in one HTML page (and PNG files)
   livemig compare A B         two results side by side, with the paper's ratios
   livemig reproduce SUITE     run a paper's experiment pairs (or the model grid) and compare
@@ -19,6 +20,7 @@ import json
 import os
 import signal
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Optional
@@ -271,6 +273,50 @@ def _reproduce_model(out_dir: Path, markdown_out: bool) -> None:
     table = model_markdown(rows)
     print(table if markdown_out else table.replace("|", " ").strip())
     raise typer.Exit(0 if all(r["verified"] for r in rows) else 1)
+
+
+@app.command()
+def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario, [vary] one or two settings, repeats."),
+          out_dir: Optional[Path] = typer.Option(None, "--out", help="Directory of the sweep (default: runs/sweep-<name>)."),
+          only: list[str] = typer.Option([], "--only", help="Run only the points where SETTING=VALUE (the dotted "
+                                         "path or its last name); repeat for several."),
+          fresh: bool = typer.Option(False, "--fresh", help="Run every point again instead of reusing finished runs."),
+          dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second for every run."),
+          json_out: bool = typer.Option(False, "--json", help="Print sweep.json instead of the table.")) -> None:
+    """Vary one or two settings of a base scenario, each point repeated (default 3): medians and spread (min to
+    max) on screen, in sweep.csv and sweep.json; finished runs are reused, so an interrupted sweep resumes."""
+    from cluster import sweep as sw
+    try:
+        spec = sw.load_spec(spec_file)
+        points = spec.points()
+        selected = sw.select(points, only)
+        if not selected:
+            raise sw.SweepError(f"--only: no point matches {' and '.join(only)}; points: "
+                                f"{', '.join(p.name for p in points)}")
+        for p in points:
+            sw.point_scenario(spec, p, dilation)  # every point valid before the first run
+    except sw.SweepError as exc:
+        _fail_input([str(exc)])
+    _check_run_options(dilation, 0.1, None, None, out_dir or Path("runs"))
+    out_dir = out_dir or Path("runs") / f"sweep-{spec.name}"
+    t0 = time.monotonic()
+    try:
+        sw.run_sweep(spec, out_dir, points, selected, fresh, dilation, progress=lambda m: err.print(m))
+        points = [p for p in points if p.results]
+    except KeyboardInterrupt:
+        err.print(f"interrupted: the finished runs stay in {out_dir}; run the sweep again to resume")
+        raise typer.Exit(1)
+    summ = sw.summary(spec, points)
+    js, cv = sw.write_summary(summ, out_dir)
+    if json_out:
+        print(js.read_text(), end="")
+    else:
+        # Piped, the table keeps its width rather than wrapping at 80 columns.
+        (out if out.is_terminal else Console(width=200)).print(sw.screen_table(summ))
+    reused = sum(p.reused for p in points)
+    runs = sum(len(p.results) for p in points)
+    err.print(f"{runs} run(s), {reused} reused, in {time.monotonic() - t0:.1f} s; {js}, {cv}")
+    raise typer.Exit(0 if all(r.get("verified") for p in points for r in p.results) else 1)
 
 
 @app.command()

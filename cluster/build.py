@@ -32,6 +32,7 @@ class RunOptions:
     progress: object = None  # callable(list of per-migration states), for a progress display
     out_dir: str | None = None  # where timeline.jsonl is written as the run goes
     interval_s: float = 0.1  # the timeline's sampling interval, emulated seconds
+    linger_s: float = 0.0  # real seconds the metrics exporter stays up after the run, for a last scrape
 
 
 def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | None = None) -> None:

@@ -75,6 +75,8 @@ def run(
     address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (e.g. 'auto') instead of starting one."),
     dashboard: bool = typer.Option(False, help="Start the Ray dashboard (http://127.0.0.1:8265) to watch the actors."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT during the run."),
+    linger: float = typer.Option(0.0, help="Keep the metrics exporter up this many real seconds after the run, "
+                                 "so Prometheus scrapes the final figures."),
     inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit."),
     interval: float = typer.Option(0.1, help="The timeline's sampling interval, emulated seconds (timeline.jsonl)."),
 ) -> None:
@@ -82,12 +84,15 @@ def run(
     sc = _load(scenario)
     out_dir = out_dir or Path("runs") / sc.name
     _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir)
+    if not 0 <= linger <= 3600:  # `not (a <= x <= b)`: NaN is refused too
+        _fail_input([f"--linger: must be between 0 and 3600 seconds (got {linger:g})"])
     from cluster.results import write_result
     from cluster.runner import RunOptions, run_scenario
 
     progress_cb, stop_progress = (None, lambda: None) if quiet else _progress_bar()
     opts = RunOptions(address=address, dilation=dilation, dashboard=dashboard, metrics_port=metrics_port,
-                      inject_fault=inject_fault, progress=progress_cb, out_dir=str(out_dir), interval_s=interval)
+                      inject_fault=inject_fault, progress=progress_cb, out_dir=str(out_dir), interval_s=interval,
+                      linger_s=linger)
     signal.signal(signal.SIGTERM, _interrupt)  # tear down cleanly when killed, too
     try:
         result = run_scenario(sc, opts, str(scenario))

@@ -49,6 +49,11 @@ class P:
     width: int = 12
 
 
+def per_vm(kind: str, title: str, unit: str, description: str, metric: str, width: int = 12) -> P:
+    """A panel of one per-VM metric, as it is, a series per VM."""
+    return P(kind, title, unit, description, [(f"{metric}{{{VM}}}", "{{vm}}")], width)
+
+
 TRANSFER = P("timeseries", "Transfer rate", "Bps", "Memory bytes on the wire per emulated second, per VM.",
              [(per_emulated_s(inc("livemig_memory_sent_bytes_total", "vm", VM)), "{{vm}}")])
 LINKS = P("timeseries", "Link throughput", "Bps",
@@ -60,10 +65,10 @@ LINKS = P("timeseries", "Link throughput", "Bps",
 OVERVIEW = [
     P("state", "Phase", "", "The phase each VM's migration is in.",
       [(f'max by (vm, phase) (livemig_phase{{{VM}}}) == 1', "{{vm}} {{phase}}")], 24),
-    P("timeseries", "Bytes remaining", "bytes", "Dirty bytes still to send (the progress of each migration).",
-      [(f"livemig_remaining_bytes{{{VM}}}", "{{vm}}")]),
-    P("timeseries", "Iteration", "none", "Pre-copy iteration in progress.",
-      [(f"livemig_iteration{{{VM}}}", "{{vm}}")]),
+    per_vm("timeseries", "Bytes remaining", "bytes", "Dirty bytes still to send (the progress of each migration).",
+           "livemig_remaining_bytes"),
+    per_vm("timeseries", "Iteration", "none", "Pre-copy iteration in progress.",
+           "livemig_iteration"),
     P("timeseries", "Dirty rate against transfer rate", "Bps",
       "Bytes dirtied per emulated second in the last iteration (dashed in the report) against bytes sent.",
       [(f"livemig_dirty_pages_per_second{{{VM}}} * {PAGE}", "{{vm}} dirty"),
@@ -74,16 +79,16 @@ OVERVIEW = [
       [(per_emulated_s(inc("livemig_guest_operations_total", "vm", VM)), "{{vm}}")]),
     P("timeseries", "Link utilisation", "percentunit", "Throughput over capacity, last interval.",
       [("livemig_link_utilisation_ratio", "{{link}}")]),
-    P("timeseries", "Expected downtime", "s", "Remaining bytes over the last iteration's bandwidth (QEMU's).",
-      [(f"livemig_expected_downtime_seconds{{{VM}}}", "{{vm}}")]),
+    per_vm("timeseries", "Expected downtime", "s", "Remaining bytes over the last iteration's bandwidth (QEMU's).",
+           "livemig_expected_downtime_seconds"),
     P("timeseries", "Emulated seconds per real second", "none", "1 / dilation while a run goes.",
       [(f"delta(livemig_emulated_time_seconds[{WINDOW}]) / {WINDOW[:-1]}", "clock")]),
     P("stat", "Downtime", "s", "Mean downtime of the finished migrations, per VM.",
       [(f"livemig_downtime_seconds_sum{{{VM}}} / livemig_downtime_seconds_count{{{VM}}}", "{{vm}}")], 6),
-    P("stat", "Migration time", "s", "Migration time so far (final once finished).",
-      [(f"livemig_migration_seconds{{{VM}}}", "{{vm}}")], 6),
-    P("stat", "Verified", "none", "1: the destination image verified page for page.",
-      [(f"livemig_verified{{{VM}}}", "{{vm}}")], 6),
+    per_vm("stat", "Migration time", "s", "Migration time so far (final once finished).",
+           "livemig_migration_seconds", 6),
+    per_vm("stat", "Verified", "none", "1: the destination image verified page for page.",
+           "livemig_verified", 6),
     P("stat", "Migrations finished", "none", "By technique and status.",
       [("sum by (technique, status) (livemig_migrations_total)", "{{technique}} {{status}}")], 6),
     P("bars", "Guest throughput before, during, after", "ops", "result.json's application figures.",
@@ -105,31 +110,31 @@ COMPRESSION = [
       [(per_emulated_s(inc("livemig_memory_sent_bytes_total", "encoding", VM)), "{{encoding}}")]),
     P("timeseries", "Pages sent by encoding", "none", "Pages so far, by encoding.",
       [(f"sum by (encoding) (livemig_pages_sent_total{{{VM}}})", "{{encoding}}")]),
-    P("stat", "XBZRLE pages", "none", "Pages sent as XBZRLE deltas (at the end of each migration).",
-      [(f"livemig_xbzrle_pages_total{{{VM}}}", "{{vm}}")], 8),
-    P("stat", "XBZRLE cache misses", "none", "Pages not in the XBZRLE cache.",
-      [(f"livemig_xbzrle_cache_misses_total{{{VM}}}", "{{vm}}")], 8),
-    P("stat", "XBZRLE overflows", "none", "Deltas larger than the page, sent whole.",
-      [(f"livemig_xbzrle_cache_overflows_total{{{VM}}}", "{{vm}}")], 8),
+    per_vm("stat", "XBZRLE pages", "none", "Pages sent as XBZRLE deltas (at the end of each migration).",
+           "livemig_xbzrle_pages_total", 8),
+    per_vm("stat", "XBZRLE cache misses", "none", "Pages not in the XBZRLE cache.",
+           "livemig_xbzrle_cache_misses_total", 8),
+    per_vm("stat", "XBZRLE overflows", "none", "Deltas larger than the page, sent whole.",
+           "livemig_xbzrle_cache_overflows_total", 8),
 ]
 
 CONVERGENCE = [
-    P("timeseries", "Throttle", "percentunit", "Share of the vCPUs' time auto-converge takes.",
-      [(f"livemig_throttle_ratio{{{VM}}}", "{{vm}}")]),
+    per_vm("timeseries", "Throttle", "percentunit", "Share of the vCPUs' time auto-converge takes.",
+           "livemig_throttle_ratio"),
     P("timeseries", "Dirty rate", "Bps", "Bytes dirtied per emulated second in the last iteration.",
       [(f"livemig_dirty_pages_per_second{{{VM}}} * {PAGE}", "{{vm}}")]),
     P("timeseries", "Downtime distribution", "none", "Finished migrations by downtime bucket (1 ms to 30 s).",
       [(f"sum by (le) (livemig_downtime_seconds_bucket{{{VM}}})", "le {{le}}")]),
-    P("stat", "Post-copy faults", "none", "Remote page faults on the destination.",
-      [(f"livemig_postcopy_faults_total{{{VM}}}", "{{vm}}")], 6),
+    per_vm("stat", "Post-copy faults", "none", "Remote page faults on the destination.",
+           "livemig_postcopy_faults_total", 6),
     P("stat", "Post-copy fault latency p99", "s", "From the fault latency histogram.",
       [(f"histogram_quantile(0.99, sum by (le, vm) (livemig_postcopy_fault_latency_seconds_bucket{{{VM}}}))",
         "{{vm}}")], 6),
     P("stat", "Post-copy mean fault latency", "s", "Sum over count of the fault latency histogram.",
       [(f"livemig_postcopy_fault_latency_seconds_sum{{{VM}}} / "
         f"livemig_postcopy_fault_latency_seconds_count{{{VM}}}", "{{vm}}")], 6),
-    P("stat", "Post-copy blocktime", "s", "Time the guest was blocked on remote faults.",
-      [(f"livemig_postcopy_blocktime_seconds{{{VM}}}", "{{vm}}")], 6),
+    per_vm("stat", "Post-copy blocktime", "s", "Time the guest was blocked on remote faults.",
+           "livemig_postcopy_blocktime_seconds", 6),
 ]
 
 DASHBOARDS = {

@@ -28,6 +28,8 @@ MB = 1e6
 PHASE_COLOURS = {"setup": "#d9d9d9", "stop-and-copy": "#f4a582", "switch-over": "#ca0020",
                  "postcopy-switch": "#b2abd2", "postcopy-active": "#8073ac"}
 PRECOPY_COLOURS = ("#d1e5f0", "#92c5de")
+# Events that end a migration, whichever comes last (post-copy ends when the source is released).
+END_EVENTS = ("switched-over", "source-released", "cancelled", "stays-on-source", "aborted", "failed")
 
 
 class ReportError(Exception):
@@ -66,13 +68,23 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if (p / "result.json").is_file():
             out.append(p)
         elif p.is_dir():
-            below = sorted(q.parent for q in p.rglob("result.json"))
+            below = _sweep_order(p) or sorted(q.parent for q in p.rglob("result.json"))
             if not below:
                 raise ReportError(f"{p}: no result.json in it or below it; give run directories (livemig run --out)")
             out.extend(below)
         else:
             raise ReportError(f"{p}: no such directory; give run directories (livemig run --out)")
     return out
+
+
+def _sweep_order(d: Path) -> list[Path]:
+    """A sweep directory's runs in its points' order (sweep.json), repeats in order."""
+    try:
+        points = json.loads((d / "sweep.json").read_text())["points"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [r.parent for p in points for r in sorted((d / p["point"]).glob("r*/result.json"),
+                                                     key=lambda q: int(q.parent.name[1:] or 0))]
 
 
 def load_run(path: Path, base: Path | None = None) -> Run:
@@ -102,22 +114,23 @@ def load_runs(paths: list[Path]) -> list[Run]:
 
 def phase_spans(run: Run, vm: str, migration: int) -> list[tuple[float, float, str]]:
     """(start, end, label) of each phase of one migration, in emulated seconds: the phase
-    events in order, pre-copy numbered by iteration, then the switch-over from the VM's
-    restart on the destination to the migration's end."""
+    events in order, pre-copy numbered by iteration, each until the next; the last one before
+    the VM's restart on the destination ends there, and the switch-over runs from the restart
+    to the switch; a phase after the restart (post-copy) runs to the migration's end."""
     evs = sorted(run.events("phase", vm=vm, migration=migration), key=lambda r: r["t"])
-    ends = run.events("switched-over", vm=vm, migration=migration) or \
-        run.events("cancelled", vm=vm, migration=migration)
+    ends = [r["t"] for e in END_EVENTS for r in run.events(e, vm=vm, migration=migration)]
     started = run.events("vm-started", vm=vm, migration=migration)
-    t_end = ends[-1]["t"] if ends else (evs[-1]["t"] if evs else 0.0)
-    t_cut = started[0]["t"] if started else t_end
+    switched = run.events("switched-over", vm=vm, migration=migration)
+    t_end = max(ends, default=evs[-1]["t"] if evs else 0.0)
+    t_restart = started[0]["t"] if started else t_end
     spans = []
     for i, e in enumerate(evs):
         label = f"precopy {e.get('iteration', 0)}" if e["phase"] == "precopy" else e["phase"]
-        nxt = evs[i + 1]["t"] if i + 1 < len(evs) else t_cut
+        nxt = evs[i + 1]["t"] if i + 1 < len(evs) else (t_restart if e["t"] < t_restart else t_end)
         spans.append((e["t"], max(nxt, e["t"]), label))
-    if started and t_end > t_cut:
-        spans.append((t_cut, t_end, "switch-over"))
-    return spans
+    if started and switched and switched[0]["t"] > t_restart:
+        spans.append((t_restart, switched[0]["t"], "switch-over"))
+    return sorted(spans)
 
 
 def _shade(ax, spans, t0: float) -> None:
@@ -229,24 +242,25 @@ def plot_overlay(runs: list[Run]):
     """Bytes remaining, transfer rate, guest ops/s and link throughput of every run, overlaid."""
     plt = _plt()
     fig, axes = plt.subplots(4, 1, figsize=(10, 11))
+    groups = list(dict.fromkeys(_group(run.name) for run in runs))  # a sweep's point: one colour
+    seen: dict[str, int] = {}
     for run in runs:
-        t0 = run.t0
+        t0, group = run.t0, _group(run.name)
+        style = {"color": f"C{groups.index(group) % 10}", "ls": ("-", "--", ":", "-.")[seen.get(group, 0) % 4]}
+        seen[group] = seen.get(group, 0) + 1
         m = run.of("migration")
-        colour = None
         for i, (vm, mig) in enumerate(run.migrations()):
             s = [r for r in m if r["vm"] == vm and r["migration"] == mig]
-            label = run.name if i == 0 else None
-            line, = axes[0].plot([r["t"] - t0 for r in s], [r["remaining"] / MB for r in s], label=label,
-                                 color=colour)
-            colour = line.get_color()
-            axes[1].plot([r["t"] - t0 for r in s], [r["transfer_rate"] / MB for r in s], color=colour)
-        for i, vm in enumerate(sorted({r["vm"] for r in run.of("guest")})):
+            axes[0].plot([r["t"] - t0 for r in s], [r["remaining"] / MB for r in s],
+                         label=run.name if i == 0 else None, **style)
+            axes[1].plot([r["t"] - t0 for r in s], [r["transfer_rate"] / MB for r in s], **style)
+        for vm in sorted({r["vm"] for r in run.of("guest")}):
             g = run.of("guest", vm=vm)
-            axes[2].plot([r["t"] - t0 for r in g], [r["ops_per_s"] for r in g], color=colour)
+            axes[2].plot([r["t"] - t0 for r in g], [r["ops_per_s"] for r in g], **style)
         links = run.of("link")
         for link in sorted({r["link"] for r in links}):
             s = [r for r in links if r["link"] == link]
-            axes[3].plot([r["t"] - t0 for r in s], [r["throughput_bytes_s"] / MB for r in s], color=colour)
+            axes[3].plot([r["t"] - t0 for r in s], [r["throughput_bytes_s"] / MB for r in s], **style)
     for ax, (title, unit) in zip(axes, [("Bytes remaining", "MB"), ("Transfer rate", "MB/s"),
                                         ("Guest operations per second", "ops/s"), ("Link throughput", "MB/s")]):
         ax.set(title=title, xlabel="emulated s since migration start", ylabel=unit)
@@ -254,21 +268,63 @@ def plot_overlay(runs: list[Run]):
     return _done(fig)
 
 
+def _group(name: str) -> str:
+    """A run's sweep point (`point/r2` -> `point`), or its own name."""
+    return name.rsplit("/", 1)[0] if "/" in name else name
+
+
 # --- tables ---------------------------------------------------------------------------------
 
-def table_rows(runs: list[Run]) -> list[dict]:
-    """The rows of `livemig compare` for every run: {metric, unit, values, ratios to the first run}."""
+def columns(runs: list[Run]) -> list[tuple[str, dict]]:
+    """The results table's columns: one per run, or for one run of several migrations, one per migration."""
+    if len(runs) == 1 and len(runs[0].result.get("vms") or []) > 1:
+        return [(f"{v['vm']} -> {v.get('destination', '')}", v) for v in runs[0].result["vms"]]
+    return [(r.name, r.result) for r in runs]
+
+
+def table_rows(cols: list[tuple[str, dict]]) -> list[dict]:
+    """The rows of `livemig compare` for every column (name, result): {metric, unit, values,
+    ratios to the first column}."""
+    results = [r for _, r in cols]
     out = []
     for label, key, unit, k in ROWS:
-        values = [figure(r.result, key) for r in runs]
+        values = [figure(r, key) for r in results]
         if all(v is None for v in values):
             continue
         values = [None if v is None else v * k for v in values]
         base = values[0]
         ratios = [v / base if v is not None and base else None for v in values]
         out.append({"metric": label, "unit": unit, "values": values, "ratios": ratios})
-    out.append({"metric": "Verified", "unit": "", "values": [r.result.get("verified") for r in runs], "ratios": None})
+    for window in ("before", "during", "after"):  # the guest's slowdown, as guestperf shows it
+        values = [_app(r).get(f"ops_per_s_{window}") for r in results]
+        if any(v is not None for v in values):
+            base = values[0]
+            out.append({"metric": f"Guest ops/s {window}", "unit": "ops/s", "values": values,
+                        "ratios": [v / base if v is not None and base else None for v in values]})
+    out.append({"metric": "Verified", "unit": "", "values": [r.get("verified") for r in results], "ratios": None})
     return out
+
+
+def _app(result: dict) -> dict:
+    """The application figures: the result's own, or its first migration's."""
+    app = result.get("app") or {}
+    if "ops_per_s_before" not in app and result.get("vms"):
+        app = result["vms"][0].get("app") or {}
+    return app
+
+
+def iteration_table(run: Run) -> str:
+    """Every migration's iterations (QEMU's figures per pass), as an HTML table."""
+    lines = ["<table><tr><th>VM</th><th>iteration</th><th>pages</th><th>MB sent</th><th>duration s</th>"
+             "<th>MB/s</th><th>dirty pages/s</th><th>MB remaining</th></tr>"]
+    for vm, mig in run.migrations():
+        for r in _iterations(run, vm, mig):
+            rate = r["bytes"] / r["duration_s"] / MB if r.get("duration_s") else None
+            cells = [r["iteration"], r.get("pages"), r["bytes"] / MB, r.get("duration_s"), rate,
+                     r.get("dirty_pages_rate"), r["remaining"] / MB]
+            lines.append(f"<tr><td>{html.escape(vm)}</td>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
 
 
 def _cell(v) -> str:
@@ -280,9 +336,10 @@ def _cell(v) -> str:
 
 
 def html_table(runs: list[Run]) -> str:
-    heads = "".join(f"<th>{html.escape(r.name)}</th>" for r in runs)
+    cols = columns(runs)
+    heads = "".join(f"<th>{html.escape(name)}</th>" for name, _ in cols)
     lines = [f"<table><tr><th>metric</th><th>unit</th>{heads}</tr>"]
-    for row in table_rows(runs):
+    for row in table_rows(cols):
         cells = []
         for i, v in enumerate(row["values"]):
             ratio = row["ratios"][i] if row["ratios"] and i else None
@@ -326,6 +383,7 @@ def render(runs: list[Run], out_html: Path) -> dict:
 
 def _page(runs: list[Run], parts: list[str]) -> str:
     title = runs[0].name if len(runs) == 1 else f"{len(runs)} runs"
+    iterations = f"<h2>Iterations</h2>\n{iteration_table(runs[0])}\n" if len(runs) == 1 else ""
     sub = "; ".join(f"{html.escape(r.name)}: {html.escape(str(r.result.get('scenario')))} "
                     f"({html.escape(str(r.result.get('status')))}, "
                     f"{html.escape(str((r.result.get('run') or {}).get('started_at', '')))})" for r in runs)
@@ -337,10 +395,10 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}figure{{mar
 </head><body>
 <h1>livemig report: {html.escape(title)}</h1>
 <p>{sub}</p>
-<p>Emulated units throughout. Ratios are to the first run.</p>
+<p>Emulated units throughout. Ratios are to the first column.</p>
 <h2>Results</h2>
 {html_table(runs)}
-<h2>Plots</h2>
+{iterations}<h2>Plots</h2>
 {''.join(parts)}
 </body></html>
 """

@@ -15,7 +15,7 @@ import pytest
 from cluster import dashboards
 from cluster.metrics import MetricsExporter
 from tests.conftest import LIVEMIG, ROOT
-from tests.test_metrics import PROMETHEUS, _free_port, needs_prometheus
+from tests.test_metrics import _free_port, needs_prometheus, start_prometheus
 
 DS_UID = "${DS_PROMETHEUS}"
 METRIC = re.compile(r"livemig_[a-z_]+")
@@ -128,14 +128,8 @@ def _has_data(series: list) -> bool:
 
 @needs_prometheus
 def test_every_panel_returns_data_from_a_real_run(models, tmp_path):
-    assert PROMETHEUS, "LIVEMIG_REQUIRE_PROMETHEUS is set but prometheus is not installed"
     exporter, prom = _free_port(), _free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\n"
-        f"scrape_configs:\n  - job_name: livemig\n    static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n")
-    server = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
-                               f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_prometheus(tmp_path, exporter, prom)
     try:
         start = time.time()
         run = subprocess.run([LIVEMIG, "run", str(ROOT / "tests" / "data" / "families.toml"), "--quiet",

@@ -25,6 +25,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_prometheus(tmp_path, exporter: int, prom: int) -> subprocess.Popen:
+    """Debian's Prometheus scraping the exporter every 200 ms, its API on `prom`."""
+    assert PROMETHEUS, "LIVEMIG_REQUIRE_PROMETHEUS is set but prometheus is not installed"
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\n"
+        f"scrape_configs:\n  - job_name: livemig\n    static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n")
+    return subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _query(prom_port: int, expr: str) -> list:
     url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     return json.loads(urllib.request.urlopen(url, timeout=5).read())["data"]["result"]
@@ -49,14 +60,8 @@ def test_prometheus_scrapes_a_running_migration(tmp_path):
     """At dilation 2: Prometheus sees the figures move, the final ones stay up with --linger,
     a scrape taken mid-run passes `promtool check metrics`, and bytes over the emulated clock
     give the emulated transfer rate (bytes over real time would give half of it)."""
-    assert PROMETHEUS, "LIVEMIG_REQUIRE_PROMETHEUS is set but prometheus is not installed"
     exporter, prom = _free_port(), _free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\n"
-        f"scrape_configs:\n  - job_name: livemig\n    static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n")
-    server = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
-                               f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_prometheus(tmp_path, exporter, prom)
     try:
         f = tmp_path / "s.toml"
         writer = '{ kind = "uniform", dirty_pages_per_s = 4000, working_set_gib = 0.25 }'

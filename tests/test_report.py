@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from cluster.report import ReportError, load_runs, phase_spans, render, table_rows
+from cluster.report import ReportError, columns, load_runs, phase_spans, render, table_rows
 from tests.browser import external_references, needs_chromium, open_page
 from tests.conftest import LIVEMIG, ROOT, scenario_text
 
@@ -34,9 +34,10 @@ def test_phases_follow_the_timeline(run_dir):
 
 def test_table_has_the_run_figures(run_dir):
     (run,) = load_runs([run_dir])
-    rows = {r["metric"]: r for r in table_rows([run])}
+    rows = {r["metric"]: r for r in table_rows(columns([run]))}
     assert rows["Migration time"]["values"] == [run.result["total_time_s"]]
     assert rows["Verified"]["values"] == [True]
+    assert rows["Guest ops/s before"]["values"] == [run.result["app"]["ops_per_s_before"]]
 
 
 @needs_chromium
@@ -75,5 +76,5 @@ def test_two_runs_overlaid(run_dir, tmp_path):
     runs = load_runs([run_dir, run_dir])
     done = render(runs, tmp_path / "two.html")
     assert [p.name for p in done["pngs"]] == ["two-overlay.png"]
-    rows = {r["metric"]: r for r in table_rows(runs)}
+    rows = {r["metric"]: r for r in table_rows(columns(runs))}
     assert rows["Migration time"]["ratios"] == [1.0, 1.0]

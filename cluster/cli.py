@@ -221,7 +221,8 @@ def validate(scenario: Path = typer.Argument(..., help="Scenario TOML file.")) -
 @app.command()
 def compare(result_a: Path = typer.Argument(..., help="result.json (or its directory) of the baseline, e.g. vanilla."),
             result_b: Path = typer.Argument(..., help="result.json (or its directory) to compare, e.g. PMigrate."),
-            json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON.")) -> None:
+            json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+            markdown_out: bool = typer.Option(False, "--markdown", help="Print the table as Markdown.")) -> None:
     """Two results side by side with ratios A/B (and the paper's, when the scenarios give them)."""
     from cluster.compare import CompareError, load, rows
     try:
@@ -232,19 +233,23 @@ def compare(result_a: Path = typer.Argument(..., help="result.json (or its direc
     if json_out:
         print(json.dumps({"a": str(result_a), "b": str(result_b), "rows": table_rows}, indent=2))
         return
+    from cluster.tables import print_table, rich_table, to_markdown
     with_paper = any("paper_ratio" in r for r in table_rows)
-    t = Table(title=f"A = {a.get('scenario')}   B = {b.get('scenario')}", title_justify="left")
-    for col in ["Metric", "A", "B", "A/B"] + (["paper A", "paper B", "paper A/B", "deviation"] if with_paper else []):
-        t.add_column(col, justify="left" if col == "Metric" else "right")
+    headers = ["Metric", "A", "B", "A/B"] + (["paper A", "paper B", "paper A/B", "deviation"] if with_paper else [])
     fmt = lambda v, u="": "-" if v is None else f"{v:,.2f}{(' ' + u) if u else ''}"
+    cells = []
     for r in table_rows:
-        cells = [r["metric"], fmt(r["a"], r["unit"]), fmt(r["b"], r["unit"]), fmt(r["ratio"])]
+        row = [r["metric"], fmt(r["a"], r["unit"]), fmt(r["b"], r["unit"]), fmt(r["ratio"])]
         if with_paper:
             dev = r.get("deviation")
-            cells += [fmt(r.get("paper_a"), r["unit"]), fmt(r.get("paper_b"), r["unit"]), fmt(r.get("paper_ratio")),
-                      "-" if dev is None else f"{dev:+.0%}"]
-        t.add_row(*cells)
-    out.print(t)
+            row += [fmt(r.get("paper_a"), r["unit"]), fmt(r.get("paper_b"), r["unit"]), fmt(r.get("paper_ratio")),
+                    "-" if dev is None else f"{dev:+.0%}"]
+        cells.append(row)
+    title = f"A = {a.get('scenario')}   B = {b.get('scenario')}"
+    if markdown_out:
+        print(f"{title}\n\n{to_markdown(headers, cells)}")
+    else:
+        print_table(rich_table(headers, cells, title), out)
 
 
 @app.command()
@@ -261,8 +266,7 @@ def reproduce(suite: str = typer.Argument(..., help="pmigrate, xbrle, or model (
         _fail_input([f"reproduce: unknown suite {suite!r}; known: {', '.join(SUITES)}"])
     report = run_suite(suite, out_dir, tolerance, progress=lambda m: err.print(m))
     (out_dir / f"{suite}.json").write_text(json.dumps(report, indent=2, default=float))
-    table = markdown(report)
-    print(table if markdown_out else table.replace("|", " ").strip())
+    _print_markdown(markdown(report), markdown_out, f"reproduce {suite}")
     checked = [r for e in report for r in e["rows"] if r.get("checked")]
     good = [r for r in checked if r.get("direction") and r.get("within")]
     err.print(f"{len(good)} of {len(checked)} checked ratios in the paper's direction and within {tolerance:.0%}")
@@ -275,8 +279,7 @@ def _reproduce_model(out_dir: Path, markdown_out: bool) -> None:
     from cluster.reproduce import model_markdown, run_model
     rows = run_model(out_dir, progress=lambda m: err.print(m))
     (out_dir / "model.json").write_text(json.dumps(rows, indent=2, default=float))
-    table = model_markdown(rows)
-    print(table if markdown_out else table.replace("|", " ").strip())
+    _print_markdown(model_markdown(rows), markdown_out, "reproduce model: emulator / predictor (deviation)")
     raise typer.Exit(0 if all(r["verified"] for r in rows) else 1)
 
 
@@ -316,8 +319,8 @@ def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario,
     if json_out:
         print(js.read_text(), end="")
     else:
-        # Piped, the table keeps its width rather than wrapping at 80 columns.
-        (out if out.is_terminal else Console(width=200)).print(sw.screen_table(summ))
+        from cluster.tables import print_table
+        print_table(sw.screen_table(summ), out)
     reused = sum(p.reused for p in points)
     runs = sum(len(p.results) for p in points)
     err.print(f"{runs} run(s), {reused} reused, in {time.monotonic() - t0:.1f} s; {js}, {cv}")
@@ -339,6 +342,15 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories (liv
     done = render(runs, target)
     print(f"{done['html']} ({done['bytes'] / 1e6:.2f} MB, {len(runs)} run(s)); "
           f"PNG: {', '.join(p.name for p in done['pngs'])}")
+
+
+def _print_markdown(md: str, markdown_out: bool, title: str) -> None:
+    """A Markdown table as it is (--markdown) or as a rich table."""
+    from cluster.tables import from_markdown, print_table, rich_table
+    if markdown_out:
+        print(md)
+    else:
+        print_table(rich_table(*from_markdown(md), title), out)
 
 
 @app.command()

@@ -73,7 +73,9 @@ def run(
     dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second; overrides the scenario. Raise it when the result reports saturation."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; only the result path."),
     address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (e.g. 'auto') instead of starting one."),
-    dashboard: bool = typer.Option(False, help="Start the Ray dashboard (http://127.0.0.1:8265) to watch the actors."),
+    dashboard: bool = typer.Option(False, help="Start the Ray dashboard on 127.0.0.1 and print its address; it asks "
+                                   "for the token in ~/.ray/auth_token."),
+    dashboard_port: int = typer.Option(8265, help="The Ray dashboard's port, with --dashboard."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT during the run."),
     linger: float = typer.Option(0.0, help="Keep the metrics exporter up this many real seconds after the run, "
                                  "so Prometheus scrapes the final figures."),
@@ -90,7 +92,10 @@ def run(
     from cluster.runner import RunOptions, run_scenario
 
     progress_cb, stop_progress = (None, lambda: None) if quiet else _progress_bar()
-    opts = RunOptions(address=address, dilation=dilation, dashboard=dashboard, metrics_port=metrics_port,
+    if not 1 <= dashboard_port <= 65535:
+        _fail_input([f"--dashboard-port: must be a TCP port, 1 to 65535 (got {dashboard_port})"])
+    opts = RunOptions(address=address, dilation=dilation, dashboard=dashboard, dashboard_port=dashboard_port,
+                      metrics_port=metrics_port,
                       inject_fault=inject_fault, progress=progress_cb, out_dir=str(out_dir), interval_s=interval,
                       linger_s=linger)
     signal.signal(signal.SIGTERM, _interrupt)  # tear down cleanly when killed, too

@@ -60,7 +60,8 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
     ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, namespace=namespace,
                    log_to_driver=False, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                    dashboard_port=dashboard_port, configure_logging=False)
-    return f"http://{ctx.dashboard_url}" if dashboard and ctx.dashboard_url else None
+    url = getattr(ctx, "dashboard_url", None)
+    return f"http://{url}" if dashboard and url else None
 
 
 def _sweep_socket_dirs() -> None:

@@ -340,7 +340,7 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories (liv
     several runs overlaid, with the results table, in one self-contained HTML page plus PNG files."""
     from cluster.report import ReportError, load_runs, render
     try:
-        runs = load_runs(run_dirs)
+        runs = load_runs(run_dirs, warn=lambda m: print(m, file=sys.stderr))
     except ReportError as exc:
         _fail_input([f"report: {exc}"])
     target = out_file or run_dirs[0] / "report.html"

@@ -68,7 +68,9 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if (p / "result.json").is_file():
             out.append(p)
         elif p.is_dir():
-            below = _sweep_order(p) or sorted(q.parent for q in p.rglob("result.json"))
+            found = sorted(q.parent for q in p.rglob("result.json"))
+            ordered = [d for d in _sweep_order(p) if d in found]
+            below = ordered + [d for d in found if d not in ordered]
             if not below:
                 raise ReportError(f"{p}: no result.json in it or below it; give run directories (livemig run --out)")
             out.extend(below)
@@ -104,10 +106,30 @@ def load_run(path: Path, base: Path | None = None) -> Run:
     return Run(name, path, result, records)
 
 
-def load_runs(paths: list[Path]) -> list[Run]:
+def load_runs(paths: list[Path], warn=print) -> list[Run]:
+    """The runs named or found below the arguments. A run found below a directory (a sweep's)
+    that has no timeline (it crashed before its first record) is left out with a warning;
+    one named itself is an error."""
     dirs = find_runs(paths)
     base = paths[0] if len(paths) == 1 and paths[0].is_dir() and len(dirs) > 1 else None
-    return [load_run(d, base) for d in dirs]
+    named = {p.resolve() for p in paths}
+    runs = []
+    for d in dirs:
+        if d.resolve() not in named and not (d / "timeline.jsonl").is_file():
+            warn(f"report: {d} left out: no timeline.jsonl ({_status(d)})")
+            continue
+        runs.append(load_run(d, base))
+    if not runs:
+        raise ReportError(f"{paths[0]}: none of its runs has a timeline.jsonl")
+    return runs
+
+
+def _status(d: Path) -> str:
+    try:
+        r = json.loads((d / "result.json").read_text())
+        return f"{r.get('status')}: {r.get('stop_reason', '')}"
+    except (OSError, ValueError):
+        return "unreadable result.json"
 
 
 # --- phases ---------------------------------------------------------------------------------
@@ -356,6 +378,8 @@ def figures(runs: list[Run]) -> list[tuple[str, str, bytes]]:
     """(file stem, caption, PNG bytes) of every plot of the report."""
     if len(runs) == 1:
         run = runs[0]
+        if not run.migrations():  # nothing migrated: the table says why
+            return []
         plots = [("iterations", "Bytes remaining and transfer rate per iteration", plot_iterations),
                  ("dirty-vs-transfer", "Dirty rate against transfer rate", plot_dirty_vs_transfer),
                  ("guest", "Guest operations per second, phases shaded", plot_guest),

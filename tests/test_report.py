@@ -78,3 +78,15 @@ def test_two_runs_overlaid(run_dir, tmp_path):
     assert [p.name for p in done["pngs"]] == ["two-overlay.png"]
     rows = {r["metric"]: r for r in table_rows(columns(runs))}
     assert rows["Migration time"]["ratios"] == [1.0, 1.0]
+
+
+def test_a_run_without_timeline_below_a_directory_is_left_out(run_dir, tmp_path):
+    import shutil
+    shutil.copytree(run_dir, tmp_path / "a" / "r1")
+    shutil.copy(run_dir / "result.json", (tmp_path / "b" / "r1").mkdir(parents=True) or tmp_path / "b" / "r1")
+    warnings = []
+    runs = load_runs([tmp_path], warn=warnings.append)
+    assert [r.name for r in runs] == ["a/r1"]
+    assert len(warnings) == 1 and "b/r1 left out: no timeline.jsonl" in warnings[0]
+    with pytest.raises(ReportError, match="missing"):
+        load_runs([tmp_path / "b" / "r1"])

@@ -140,6 +140,23 @@ def test_every_panel_returns_data_from_a_real_run(models, tmp_path):
         empty = [f"{name}/{title}: {expr}" for name, title, expr in _all_queries(models)
                  if not _has_data(_query_range(prom, expr.replace("$vm", ".*"), start, end))]
         assert not empty, "panels without data:\n" + "\n".join(empty)
+        _counters_are_each_vms_own(tmp_path / "out")
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _counters_are_each_vms_own(out) -> None:
+    """The exporter's counters, fed the run's timeline, are each VM's own figures of result.json
+    (they once counted every earlier VM's pages too)."""
+    result = json.loads((out / "result.json").read_text())
+    m = MetricsExporter(0)
+    try:
+        for line in (out / "timeline.jsonl").read_text().splitlines():
+            m.observe(json.loads(line))
+        for v in result["vms"]:
+            assert {e: m.counters["livemig_pages_sent"][(v["vm"], e)] for e in v["pages"]} == v["pages"], v["vm"]
+            sent = sum(m.counters["livemig_memory_sent_bytes"][(v["vm"], e)] for e in ("normal", "zero", "compressed"))
+            assert sent == pytest.approx(v["memory_bytes_sent"], rel=1e-9), v["vm"]
+    finally:
+        m.close()

@@ -338,13 +338,13 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories (liv
                                                    "first directory); its PNG files go next to it.")) -> None:
     """Plots of one run (iterations, dirty against transfer rate, guest ops/s with phases, links, CPU) or of
     several runs overlaid, with the results table, in one self-contained HTML page plus PNG files."""
-    from cluster.report import ReportError, load_runs, render
+    from cluster.report import ReportError, load_runs, load_sweep, render
     try:
         runs = load_runs(run_dirs, warn=lambda m: print(m, file=sys.stderr))
     except ReportError as exc:
         _fail_input([f"report: {exc}"])
     target = out_file or run_dirs[0] / "report.html"
-    done = render(runs, target)
+    done = render(runs, target, load_sweep(run_dirs))
     print(f"{done['html']} ({done['bytes'] / 1e6:.2f} MB, {len(runs)} run(s)); "
           f"PNG: {', '.join(p.name for p in done['pngs'])}")
 

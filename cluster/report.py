@@ -264,12 +264,8 @@ def plot_overlay(runs: list[Run]):
     """Bytes remaining, transfer rate, guest ops/s and link throughput of every run, overlaid."""
     plt = _plt()
     fig, axes = plt.subplots(4, 1, figsize=(10, 11))
-    groups = list(dict.fromkeys(_group(run.name) for run in runs))  # a sweep's point: one colour
-    seen: dict[str, int] = {}
-    for run in runs:
-        t0, group = run.t0, _group(run.name)
-        style = {"color": f"C{groups.index(group) % 10}", "ls": ("-", "--", ":", "-.")[seen.get(group, 0) % 4]}
-        seen[group] = seen.get(group, 0) + 1
+    for run, style in zip(runs, _styles(runs)):
+        t0 = run.t0
         m = run.of("migration")
         for i, (vm, mig) in enumerate(run.migrations()):
             s = [r for r in m if r["vm"] == vm and r["migration"] == mig]
@@ -293,6 +289,56 @@ def plot_overlay(runs: list[Run]):
 def _group(name: str) -> str:
     """A run's sweep point (`point/r2` -> `point`), or its own name."""
     return name.rsplit("/", 1)[0] if "/" in name else name
+
+
+def plot_iterations_overlay(runs: list[Run]):
+    """Every run's migrations: bytes remaining after each iteration, and each iteration's rate."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for run, style in zip(runs, _styles(runs)):
+        for i, (vm, mig) in enumerate(run.migrations()):
+            its = _iterations(run, vm, mig)
+            n = [r["iteration"] for r in its]
+            left.plot(n, [r["remaining"] / MB for r in its], marker="o", label=None if i else run.name, **style)
+            right.plot(n, [r["bytes"] / r["duration_s"] / MB if r["duration_s"] else 0 for r in its],
+                       marker="o", **style)
+    left.set(title="Bytes remaining after each iteration", xlabel="iteration", ylabel="MB")
+    right.set(title="Transfer rate of each iteration", xlabel="iteration", ylabel="MB/s")
+    left.legend(fontsize="x-small", ncol=2)
+    return _done(fig)
+
+
+def plot_sweep(summ: dict):
+    """A sweep's points: median and min-max of each repeat's figures (sweep.json), as error bars."""
+    plt = _plt()
+    shown = [("total_time_s", "Migration time", "s", 1.0), ("downtime_ms", "Downtime", "ms", 1.0),
+             ("memory_bytes_sent", "Memory sent", "GB", 1e-9), ("avg_throughput_mbytes_s", "Throughput", "MB/s", 1.0)]
+    points = summ["points"]
+    fig, axes = plt.subplots(1, len(shown), figsize=(12, 3.4))
+    x = list(range(len(points)))
+    for ax, (key, title, unit, k) in zip(axes, shown):
+        figs = [p["figures"].get(key) for p in points]
+        med = [f["median"] * k if f else float("nan") for f in figs]
+        low = [(f["median"] - f["min"]) * k if f else 0 for f in figs]
+        high = [(f["max"] - f["median"]) * k if f else 0 for f in figs]
+        ax.errorbar(x, med, yerr=[low, high], fmt="o-", capsize=4)
+        ax.set(title=title, ylabel=unit)
+        ax.set_xticks(x, [p["point"] for p in points], rotation=30, ha="right", fontsize="small")
+        ax.set_ylim(bottom=0)
+    fig.suptitle(f"sweep {summ['sweep']}: median and min-max of {summ['repeats']} repeat(s)")
+    return _done(fig)
+
+
+def _styles(runs: list[Run]) -> list[dict]:
+    """A colour per sweep point (or run), a line style per repeat."""
+    groups = list(dict.fromkeys(_group(run.name) for run in runs))
+    seen: dict[str, int] = {}
+    out = []
+    for run in runs:
+        g = _group(run.name)
+        out.append({"color": f"C{groups.index(g) % 10}", "ls": ("-", "--", ":", "-.")[seen.get(g, 0) % 4]})
+        seen[g] = seen.get(g, 0) + 1
+    return out
 
 
 # --- tables ---------------------------------------------------------------------------------
@@ -374,8 +420,9 @@ def html_table(runs: list[Run]) -> str:
 
 # --- the page ----------------------------------------------------------------------------------
 
-def figures(runs: list[Run]) -> list[tuple[str, str, bytes]]:
-    """(file stem, caption, PNG bytes) of every plot of the report."""
+def figures(runs: list[Run], sweep: dict | None = None) -> list[tuple[str, str, bytes]]:
+    """(file stem, caption, PNG bytes) of every plot of the report; with a sweep's
+    summary (sweep.json), its points' medians and spread first."""
     if len(runs) == 1:
         run = runs[0]
         if not run.migrations():  # nothing migrated: the table says why
@@ -385,14 +432,27 @@ def figures(runs: list[Run]) -> list[tuple[str, str, bytes]]:
                  ("guest", "Guest operations per second, phases shaded", plot_guest),
                  ("links", "Link use", plot_links), ("cpu", "CPU per host", plot_cpu)]
         return [(stem, caption, draw(run)) for stem, caption, draw in plots]
-    return [("overlay", f"{len(runs)} runs overlaid", plot_overlay(runs))]
+    out = [("sweep", "The sweep's points: median and min-max", plot_sweep(sweep))] if sweep else []
+    return out + [("overlay", f"{len(runs)} runs overlaid", plot_overlay(runs)),
+                  ("iterations", "Each run's iterations (every migration)", plot_iterations_overlay(runs))]
 
 
-def render(runs: list[Run], out_html: Path) -> dict:
+def load_sweep(paths: list[Path]) -> dict | None:
+    """sweep.json of a single sweep directory given, or None."""
+    if len(paths) != 1:
+        return None
+    try:
+        summ = json.loads((paths[0] / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summ if summ.get("points") else None
+
+
+def render(runs: list[Run], out_html: Path, sweep: dict | None = None) -> dict:
     """Write the page and its PNG files (next to it, `<stem>-<plot>.png`); returns
     {html, pngs, bytes}."""
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    figs = figures(runs)
+    figs = figures(runs, sweep if len(runs) > 1 else None)
     pngs, parts = [], []
     for stem, caption, png in figs:
         p = out_html.with_name(f"{out_html.stem}-{stem}.png")

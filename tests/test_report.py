@@ -75,7 +75,7 @@ def test_a_directory_without_runs_is_one_line(tmp_path):
 def test_two_runs_overlaid(run_dir, tmp_path):
     runs = load_runs([run_dir, run_dir])
     done = render(runs, tmp_path / "two.html")
-    assert [p.name for p in done["pngs"]] == ["two-overlay.png"]
+    assert [p.name for p in done["pngs"]] == ["two-overlay.png", "two-iterations.png"]
     rows = {r["metric"]: r for r in table_rows(columns(runs))}
     assert rows["Migration time"]["ratios"] == [1.0, 1.0]
 

@@ -86,12 +86,14 @@ def test_the_sweep_directory_reports_as_overlaid_runs(swept, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "4 run(s)" in r.stdout, r.stdout
+    assert sorted(p.name for p in tmp_path.glob("s-*.png")) == ["s-iterations.png", "s-overlay.png", "s-sweep.png"]
     page = tmp_path / "s.html"
     text = page.read_text()
     assert all(f"speed_gbps={g}/r{i}" in text for g in (2, 5) for i in (1, 2))
     assert external_references(page) == []
     seen = open_page(page, tmp_path)
-    assert seen["errors"] == [] and len(seen["images"]) == 1 and seen["images"][0]["width"] >= 400, seen
+    assert seen["errors"] == [] and len(seen["images"]) == 3, seen
+    assert all(i["complete"] and i["width"] >= 400 for i in seen["images"]), seen
 
 
 def _points():

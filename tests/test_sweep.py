@@ -25,12 +25,17 @@ def _sweep(d, *args):
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
+    """The sweep run as a user resumes one: first one point (--only), then the whole sweep,
+    which runs only the other point's repeats."""
     d = tmp_path_factory.mktemp("sweep")
     (d / "base.toml").write_text(scenario_text("tiny", memory_gib=0.5, workload=WRITER, gbps=1))
     (d / "spec.toml").write_text(SPEC)
+    part = _sweep(d, "--only", "speed_gbps=2", "--json")
+    assert part.returncode == 0, part.stderr
+    ids = _run_ids(d / "out")
     first = _sweep(d)
     assert first.returncode == 0, first.stderr
-    return d, first
+    return d, first, part, ids
 
 
 def _run_ids(out):
@@ -38,7 +43,7 @@ def _run_ids(out):
 
 
 def test_sweep_runs_every_point_and_repeat(swept):
-    d, first = swept
+    d, first, _, _ = swept
     summ = json.loads((d / "out" / "sweep.json").read_text())
     assert [p["point"] for p in summ["points"]] == ["speed_gbps=2", "speed_gbps=5"]
     assert all(p["runs"] == 2 and p["verified"] == 2 for p in summ["points"])
@@ -55,8 +60,19 @@ def test_sweep_runs_every_point_and_repeat(swept):
     assert "speed_gbps=2" in first.stdout and "median (min-max)" in first.stdout
 
 
+def test_a_filter_runs_only_its_point_and_the_rest_resumes(swept):
+    d, first, part, ids = swept
+    assert "2 run(s), 0 reused" in part.stderr, part.stderr
+    assert [p["point"] for p in json.loads(part.stdout)["points"]] == ["speed_gbps=2"]
+    assert len(ids) == 2
+    assert "4 run(s), 2 reused" in first.stderr, first.stderr  # the first point's runs were kept
+    assert set(ids) <= set(_run_ids(d / "out"))
+    r = _sweep(d, "--only", "speed_gbps=7")
+    assert r.returncode == 2 and "no point matches" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_a_second_invocation_reuses_the_runs(swept):
-    d, _ = swept
+    d, _, _, _ = swept
     before = _run_ids(d / "out")
     t = time.monotonic()
     again = _sweep(d)
@@ -66,22 +82,9 @@ def test_a_second_invocation_reuses_the_runs(swept):
     assert _run_ids(d / "out") == before
 
 
-def test_a_filter_runs_only_its_point(swept, tmp_path):
-    d, _ = swept
-    r = _sweep(d, "--only", "speed_gbps=7")
-    assert r.returncode == 2 and "no point matches" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    ids = {g: _run_ids(d / "out" / f"speed_gbps={g}") for g in (2, 5)}
-    r = _sweep(d, "--only", "speed_gbps=5", "--fresh", "--json")
-    assert r.returncode == 0, r.stderr
-    assert "4 run(s), 2 reused" in r.stderr  # the other point is kept and summarised too
-    assert [p["point"] for p in json.loads(r.stdout)["points"]] == ["speed_gbps=2", "speed_gbps=5"]
-    assert _run_ids(d / "out" / "speed_gbps=2") == ids[2]
-    assert not set(_run_ids(d / "out" / "speed_gbps=5")) & set(ids[5])  # run again
-
-
 @needs_chromium
 def test_the_sweep_directory_reports_as_overlaid_runs(swept, tmp_path):
-    d, _ = swept
+    d, _, _, _ = swept
     r = subprocess.run([LIVEMIG, "report", str(d / "out"), "--out", str(tmp_path / "s.html")], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -72,6 +72,7 @@ def test_prometheus_scrapes_a_running_migration(tmp_path):
         seen: list[float] = []
         names: set[str] = set()
         scrapes: list[str] = []
+        started = time.time()
         deadline = time.monotonic() + 150
         while run.poll() is None and time.monotonic() < deadline:
             try:
@@ -104,9 +105,22 @@ def test_prometheus_scrapes_a_running_migration(tmp_path):
                                capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stdout + check.stderr
         _check_emulated_rate(scrapes[0], scrapes[-1], json.loads((tmp_path / "out" / "result.json").read_text()))
+        _check_transfer_panel(prom, started, time.time())
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _check_transfer_panel(prom: int, start: float, end: float) -> None:
+    """The overview's transfer-rate panel, as Prometheus computes it over the run at dilation 2,
+    peaks at the link's emulated rate (1 Gbit/s), not at half of it."""
+    from cluster.dashboards import TRANSFER
+    expr = TRANSFER.queries[0][0].replace("$vm", ".*")
+    url = f"http://127.0.0.1:{prom}/api/v1/query_range?" + urllib.parse.urlencode(
+        {"query": expr, "start": start, "end": end, "step": 0.5})
+    series = json.loads(urllib.request.urlopen(url, timeout=10).read())["data"]["result"]
+    values = [float(v) for s in series for _, v in s["values"] if v not in ("NaN", "+Inf", "-Inf")]
+    assert values and 0.7 * 125e6 < max(values) < 1.15 * 125e6, max(values, default=None)
 
 
 def _check_emulated_rate(first: str, last: str, result: dict) -> None:

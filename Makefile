@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench docs dashboards clean
 
 $(STAMP): pyproject.toml setup.py agents/encodings/_xbzrle.c
 	python3 -m venv $(VENV)
@@ -18,6 +18,9 @@ test: $(STAMP)
 	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) || \
 	  echo "note: the Prometheus server is not installed; its test will be skipped"; }
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "note: Chromium is not installed; the report's browser test will be skipped"; }
 	$(PY) -m pytest -q
 
 # The slow matrices (invariance of every technique and encoding to the scaling knobs).
@@ -27,6 +30,18 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/livemig bench pipeline
 	$(VENV)/bin/livemig bench link
+
+# The report pictures under docs/ (README): the quickstart run, then its report's PNG files.
+docs: $(STAMP)
+	$(VENV)/bin/livemig run scenarios/quickstart.toml --out runs/docs/quickstart --quiet
+	$(VENV)/bin/livemig report runs/docs/quickstart --out runs/docs/quickstart-report.html
+	mkdir -p docs
+	for p in guest iterations dirty-vs-transfer links cpu; do \
+	  cp runs/docs/quickstart-report-$$p.png docs/quickstart-$$p.png; done
+
+# The Grafana dashboards' JSON from their code (cluster/dashboards.py).
+dashboards: $(STAMP)
+	$(PY) -m cluster.dashboards
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

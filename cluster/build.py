@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import uuid
@@ -30,14 +31,20 @@ class RunOptions:
     address: str | None = None
     dilation: float | None = None
     dashboard: bool = False
+    dashboard_port: int = 8265  # the Ray dashboard's port on 127.0.0.1, with `dashboard`
     metrics_port: int | None = None
     inject_fault: str | None = None
     progress: object = None  # callable(list of per-migration states), for a progress display
     out_dir: str | None = None  # where timeline.jsonl is written as the run goes
     interval_s: float = 0.1  # the timeline's sampling interval, emulated seconds
+    linger_s: float = 0.0  # real seconds the metrics exporter stays up after the run, for a last scrape
 
 
-def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | None = None) -> None:
+RAY_TOKEN_FILE = "~/.ray/auth_token"  # Ray 2.60's token for its dashboard and API (token authentication)
+
+
+def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | None = None,
+                    dashboard_port: int = 8265) -> str | None:
     """Start the embedded one-machine Ray cluster livemig runs on.
 
     Token authentication stays on (Ray 2.60's default, the token kept in
@@ -48,12 +55,16 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
     address="local" always starts a new cluster: without it, a RAY_ADDRESS in
     the environment or a cluster left by `ray start` would silently take the
     run over (and num_cpus then fails); another cluster is joined only with
-    `--address`. The dashboard, when asked for, listens on 127.0.0.1 only.
+    `--address`. The dashboard, when asked for, listens on 127.0.0.1 only;
+    its address is returned (None without it).
     """
     import ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, namespace=namespace, log_to_driver=False,
-             include_dashboard=dashboard, dashboard_host="127.0.0.1", configure_logging=False)
+    ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, namespace=namespace,
+                   log_to_driver=False, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                   dashboard_port=dashboard_port, configure_logging=False)
+    url = getattr(ctx, "dashboard_url", None)
+    return f"http://{url}" if dashboard and url else None
 
 
 def _sweep_socket_dirs() -> None:
@@ -114,7 +125,11 @@ class Cluster:
             ray.init(address=self.opts.address, namespace=f"livemig-{self.run_id}", log_to_driver=False,
                      include_dashboard=self.opts.dashboard, configure_logging=False)
         else:
-            start_local_ray(f"livemig-{self.run_id}", dashboard=self.opts.dashboard)
+            url = start_local_ray(f"livemig-{self.run_id}", dashboard=self.opts.dashboard,
+                                  dashboard_port=self.opts.dashboard_port)
+            if url:  # the user asked for it to watch the run: say where it is, and its token
+                print(f"Ray dashboard: {url} (actors named by role; token: {RAY_TOKEN_FILE})",
+                      file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
         self.teardown()

@@ -3,6 +3,8 @@
   livemig run SCENARIO        emulate a migration on a local Ray cluster
   livemig predict SCENARIO    the analytic model's figures, instantly
   livemig validate SCENARIO   check a scenario file
+  livemig sweep SPEC          vary one or two settings, N repeats: medians and spread
+  livemig report RUN...       plots of runs in one HTML page (and PNG files)
   livemig compare A B         two results side by side, with the paper's ratios
   livemig reproduce SUITE     run a paper's experiment pairs (or the model grid) and compare
   livemig list                the shipped scenarios
@@ -18,6 +20,7 @@ import json
 import os
 import signal
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Optional
@@ -70,8 +73,12 @@ def run(
     dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second; overrides the scenario. Raise it when the result reports saturation."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; only the result path."),
     address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (e.g. 'auto') instead of starting one."),
-    dashboard: bool = typer.Option(False, help="Start the Ray dashboard (http://127.0.0.1:8265) to watch the actors."),
+    dashboard: bool = typer.Option(False, help="Start the Ray dashboard on 127.0.0.1 and print its address; it asks "
+                                   "for the token in ~/.ray/auth_token."),
+    dashboard_port: int = typer.Option(8265, help="The Ray dashboard's port, with --dashboard."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT during the run."),
+    linger: float = typer.Option(0.0, help="Keep the metrics exporter up this many real seconds after the run, "
+                                 "so Prometheus scrapes the final figures."),
     inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit; "
                                                 "'memory-server-refuses': a sub-host's memory server does not start."),
     interval: float = typer.Option(0.1, help="The timeline's sampling interval, emulated seconds (timeline.jsonl)."),
@@ -80,12 +87,18 @@ def run(
     sc = _load(scenario)
     out_dir = out_dir or Path("runs") / sc.name
     _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir)
+    if not 0 <= linger <= 3600:  # `not (a <= x <= b)`: NaN is refused too
+        _fail_input([f"--linger: must be between 0 and 3600 seconds (got {linger:g})"])
     from cluster.results import write_result
     from cluster.runner import RunOptions, run_scenario
 
     progress_cb, stop_progress = (None, lambda: None) if quiet else _progress_bar()
-    opts = RunOptions(address=address, dilation=dilation, dashboard=dashboard, metrics_port=metrics_port,
-                      inject_fault=inject_fault, progress=progress_cb, out_dir=str(out_dir), interval_s=interval)
+    if not 1 <= dashboard_port <= 65535:
+        _fail_input([f"--dashboard-port: must be a TCP port, 1 to 65535 (got {dashboard_port})"])
+    opts = RunOptions(address=address, dilation=dilation, dashboard=dashboard, dashboard_port=dashboard_port,
+                      metrics_port=metrics_port,
+                      inject_fault=inject_fault, progress=progress_cb, out_dir=str(out_dir), interval_s=interval,
+                      linger_s=linger)
     signal.signal(signal.SIGTERM, _interrupt)  # tear down cleanly when killed, too
     try:
         result = run_scenario(sc, opts, str(scenario))
@@ -217,7 +230,8 @@ def validate(scenario: Path = typer.Argument(..., help="Scenario TOML file.")) -
 @app.command()
 def compare(result_a: Path = typer.Argument(..., help="result.json (or its directory) of the baseline, e.g. vanilla."),
             result_b: Path = typer.Argument(..., help="result.json (or its directory) to compare, e.g. PMigrate."),
-            json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON.")) -> None:
+            json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+            markdown_out: bool = typer.Option(False, "--markdown", help="Print the table as Markdown.")) -> None:
     """Two results side by side with ratios A/B (and the paper's, when the scenarios give them)."""
     from cluster.compare import CompareError, load, rows
     try:
@@ -228,19 +242,23 @@ def compare(result_a: Path = typer.Argument(..., help="result.json (or its direc
     if json_out:
         print(json.dumps({"a": str(result_a), "b": str(result_b), "rows": table_rows}, indent=2))
         return
+    from cluster.tables import print_table, rich_table, to_markdown
     with_paper = any("paper_ratio" in r for r in table_rows)
-    t = Table(title=f"A = {a.get('scenario')}   B = {b.get('scenario')}", title_justify="left")
-    for col in ["Metric", "A", "B", "A/B"] + (["paper A", "paper B", "paper A/B", "deviation"] if with_paper else []):
-        t.add_column(col, justify="left" if col == "Metric" else "right")
+    headers = ["Metric", "A", "B", "A/B"] + (["paper A", "paper B", "paper A/B", "deviation"] if with_paper else [])
     fmt = lambda v, u="": "-" if v is None else f"{v:,.2f}{(' ' + u) if u else ''}"
+    cells = []
     for r in table_rows:
-        cells = [r["metric"], fmt(r["a"], r["unit"]), fmt(r["b"], r["unit"]), fmt(r["ratio"])]
+        row = [r["metric"], fmt(r["a"], r["unit"]), fmt(r["b"], r["unit"]), fmt(r["ratio"])]
         if with_paper:
             dev = r.get("deviation")
-            cells += [fmt(r.get("paper_a"), r["unit"]), fmt(r.get("paper_b"), r["unit"]), fmt(r.get("paper_ratio")),
-                      "-" if dev is None else f"{dev:+.0%}"]
-        t.add_row(*cells)
-    out.print(t)
+            row += [fmt(r.get("paper_a"), r["unit"]), fmt(r.get("paper_b"), r["unit"]), fmt(r.get("paper_ratio")),
+                    "-" if dev is None else f"{dev:+.0%}"]
+        cells.append(row)
+    title = f"A = {a.get('scenario')}   B = {b.get('scenario')}"
+    if markdown_out:
+        print(f"{title}\n\n{to_markdown(headers, cells)}")
+    else:
+        print_table(rich_table(headers, cells, title), out)
 
 
 @app.command()
@@ -264,8 +282,7 @@ def reproduce(suite: str = typer.Argument(..., help="pmigrate, xbrle, convergenc
         _fail_input([f"reproduce: unknown suite {suite!r}; known: {', '.join(SUITES)}"])
     report = run_suite(suite, out_dir, tolerance, progress=lambda m: err.print(m))
     (out_dir / f"{suite}.json").write_text(json.dumps(report, indent=2, default=float))
-    table = markdown(report)
-    print(table if markdown_out else table.replace("|", " ").strip())
+    _print_markdown(markdown(report), markdown_out, f"reproduce {suite}")
     checked = [r for e in report for r in e["rows"] if r.get("checked")]
     good = [r for r in checked if r.get("direction") and r.get("within")]
     err.print(f"{len(good)} of {len(checked)} checked ratios in the paper's direction and within {tolerance:.0%}")
@@ -304,9 +321,78 @@ def _reproduce_model(out_dir: Path, markdown_out: bool) -> None:
     from cluster.reproduce import model_markdown, run_model
     rows = run_model(out_dir, progress=lambda m: err.print(m))
     (out_dir / "model.json").write_text(json.dumps(rows, indent=2, default=float))
-    table = model_markdown(rows)
-    print(table if markdown_out else table.replace("|", " ").strip())
+    _print_markdown(model_markdown(rows), markdown_out, "reproduce model: emulator / predictor (deviation)")
     raise typer.Exit(0 if all(r["verified"] for r in rows) else 1)
+
+
+@app.command()
+def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario, [vary] one or two settings, repeats."),
+          out_dir: Optional[Path] = typer.Option(None, "--out", help="Directory of the sweep (default: runs/sweep-<name>)."),
+          only: list[str] = typer.Option([], "--only", help="Run only the points where SETTING=VALUE (the dotted "
+                                         "path or its last name); repeat for several."),
+          fresh: bool = typer.Option(False, "--fresh", help="Run every point again instead of reusing finished runs."),
+          dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second for every run."),
+          json_out: bool = typer.Option(False, "--json", help="Print sweep.json instead of the table.")) -> None:
+    """Vary one or two settings of a base scenario, each point repeated (default 3): medians and spread (min to
+    max) on screen, in sweep.csv and sweep.json; finished runs are reused, so an interrupted sweep resumes."""
+    from cluster import sweep as sw
+    try:
+        spec = sw.load_spec(spec_file)
+        points = spec.points()
+        selected = sw.select(points, only)
+        if not selected:
+            raise sw.SweepError(f"--only: no point matches {' and '.join(only)}; points: "
+                                f"{', '.join(p.name for p in points)}")
+        for p in points:
+            sw.point_scenario(spec, p, dilation)  # every point valid before the first run
+    except sw.SweepError as exc:
+        _fail_input([str(exc)])
+    _check_run_options(dilation, 0.1, None, None, out_dir or Path("runs"))
+    out_dir = out_dir or Path("runs") / f"sweep-{spec.name}"
+    t0 = time.monotonic()
+    try:
+        sw.run_sweep(spec, out_dir, points, selected, fresh, dilation, progress=lambda m: err.print(m))
+        points = [p for p in points if p.results]
+    except KeyboardInterrupt:
+        err.print(f"interrupted: the finished runs stay in {out_dir}; run the sweep again to resume")
+        raise typer.Exit(1)
+    summ = sw.summary(spec, points)
+    js, cv = sw.write_summary(summ, out_dir)
+    if json_out:
+        print(js.read_text(), end="")
+    else:
+        from cluster.tables import print_table
+        print_table(sw.screen_table(summ), out)
+    reused = sum(p.reused for p in points)
+    runs = sum(len(p.results) for p in points)
+    err.print(f"{runs} run(s), {reused} reused, in {time.monotonic() - t0:.1f} s; {js}, {cv}")
+    raise typer.Exit(0 if all(r.get("verified") for p in points for r in p.results) else 1)
+
+
+@app.command()
+def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories (livemig run --out), or a sweep's directory."),
+           out_file: Optional[Path] = typer.Option(None, "--out", help="The HTML page (default: report.html in the "
+                                                   "first directory); its PNG files go next to it.")) -> None:
+    """Plots of one run (iterations, dirty against transfer rate, guest ops/s with phases, links, CPU) or of
+    several runs overlaid, with the results table, in one self-contained HTML page plus PNG files."""
+    from cluster.report import ReportError, load_runs, load_sweep, render
+    try:
+        runs = load_runs(run_dirs, warn=lambda m: print(m, file=sys.stderr))
+    except ReportError as exc:
+        _fail_input([f"report: {exc}"])
+    target = out_file or run_dirs[0] / "report.html"
+    done = render(runs, target, load_sweep(run_dirs))
+    print(f"{done['html']} ({done['bytes'] / 1e6:.2f} MB, {len(runs)} run(s)); "
+          f"PNG: {', '.join(p.name for p in done['pngs'])}")
+
+
+def _print_markdown(md: str, markdown_out: bool, title: str) -> None:
+    """A Markdown table as it is (--markdown) or as a rich table."""
+    from cluster.tables import from_markdown, print_table, rich_table
+    if markdown_out:
+        print(md)
+    else:
+        print_table(rich_table(*from_markdown(md), title), out)
 
 
 @app.command()

@@ -489,7 +489,8 @@ class Orchestrator:
 
     def _sample_link(self, idx: int, stats: dict, t: float) -> None:
         prev = self._samples.get(("l", idx))
-        self._samples[("l", idx)] = (t, stats["bytes"])
+        background = stats.get("background_seen", (0.0, 0.0))[1]
+        self._samples[("l", idx)] = (t, stats["bytes"], background)
         if prev is None:
             return
         dt = self.scale.emulated_seconds(t - prev[0])
@@ -497,7 +498,7 @@ class Orchestrator:
         lp = self.sl.topo.links[idx]
         cap = stats.get("capacity_bytes_s", lp.rate_bytes_s) * self.scale.dilation / self.scale.memory_scale
         self.tl.sample("link", t, link=lp.name, throughput_bytes_s=moved / dt if dt > 0 else 0.0,
-                       capacity_bytes_s=cap)
+                       capacity_bytes_s=cap, bytes=moved, background_bytes=(background - prev[2]) / self.scale.memory_scale)
 
     def _sample_host(self, name: str, usage: dict, t: float) -> None:
         """Emulated cores kept busy, by stage (send, receive, sync), since the last sample."""
@@ -510,7 +511,8 @@ class Orchestrator:
         for tag, s in usage["charged_by"].items():
             stage = tag[1] if isinstance(tag, tuple) else "other"
             stages[stage] = stages.get(stage, 0.0) + s - prev[1]["charged_by"].get(tag, 0.0)
-        self.tl.sample("host", t, host=name, cpu_cores={k: v / dt for k, v in stages.items()} if dt > 0 else {})
+        self.tl.sample("host", t, host=name, cpu_cores={k: v / dt for k, v in stages.items()} if dt > 0 else {},
+                       cpu_seconds={k: v / self.scale.dilation for k, v in stages.items()})
 
     def _sample_guest(self, vm: str, t: float, ops: float, throttle: dict | None = None) -> None:
         """Operations per second since the last sample; while migrating, the
@@ -520,7 +522,7 @@ class Orchestrator:
         if prev is None or t <= prev[0]:
             return
         self.tl.sample("guest", t, vm=vm, ops_per_s=(ops - prev[1]) / self.scale.emulated_seconds(t - prev[0]),
-                       **(throttle or {}))
+                       operations=ops - prev[1], **(throttle or {}))
 
     def _progress(self) -> None:
         if self.opts.progress:

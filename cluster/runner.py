@@ -76,6 +76,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             wall = {"ray_start_s": round(t_ray, 3), "setup_s": round(setup_s, 3),
                     "timeline_sampling_s": round(orchestrator.sampling_s, 4)}
         wall["total_s"] = round(time.monotonic() - wall0, 3)
+        if metrics and opts.linger_s > 0:
+            time.sleep(opts.linger_s)  # the final figures stay up for Prometheus's next scrapes
     finally:
         timeline.close()
         if metrics:

@@ -1221,6 +1221,11 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
         raise ScenarioError([f"{path}: not valid TOML: {exc}"]) from None
     except RecursionError:  # arrays or tables nested thousands deep
         raise ScenarioError([f"{path}: not valid TOML: nested too deeply"]) from None
+    return scenario_from_data(data, path)
+
+
+def scenario_from_data(data: dict, path: str = "<scenario>") -> Scenario:
+    """A scenario from its parsed TOML tables (e.g. a sweep's point), or ScenarioError."""
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:

@@ -9,8 +9,10 @@ migrations begin after the warm-up). Two kinds of records:
   last one when a migration ends: `{"t", "kind": "migration", "vm", ...}`
   (phase, iteration, remaining, bytes and pages transferred in the interval
   by encoding, transfer rate, dirty-pages-rate, expected-downtime),
-  `"kind": "link"` (throughput, capacity), `"kind": "host"` (emulated cores
-  busy by stage), `"kind": "guest"` (operations per second);
+  `"kind": "link"` (throughput, capacity, and the interval's migration and
+  background bytes), `"kind": "host"` (emulated cores busy by stage, and the
+  interval's emulated CPU seconds by stage), `"kind": "guest"` (operations per
+  second, and the interval's operations);
 - events, `{"t", "kind": "event", "vm", "event", ...}`: phases, each
   iteration's figures (QEMU's query-migrate names), the downtime
   checkpoints, verification, switch-over, cancellation, scheduled events.

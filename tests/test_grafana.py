@@ -1,24 +1,32 @@
-"""The Grafana dashboard only queries metrics that cluster/metrics.py really exports."""
+"""The Grafana dashboards: generated from cluster/dashboards.py, committed as the same JSON, querying
+only what cluster/metrics.py exports, and every panel's query answered by a real Prometheus that
+scraped a real run of every technique family."""
 import json
+import math
 import re
 import shutil
 import subprocess
+import time
+import urllib.parse
+import urllib.request
 
 import pytest
 
+from cluster import dashboards
 from cluster.metrics import MetricsExporter
-from tests.conftest import ROOT
+from tests.conftest import LIVEMIG, ROOT
+from tests.test_metrics import _free_port, needs_prometheus, start_prometheus
 
-DASHBOARD = ROOT / "grafana" / "livemig.json"
 DS_UID = "${DS_PROMETHEUS}"
 METRIC = re.compile(r"livemig_[a-z_]+")
 SELECTOR = re.compile(r"(livemig_[a-z_]+)\{([^}]*)\}")
 MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*"')
+NAMES = list(dashboards.DASHBOARDS)
 
 
 @pytest.fixture(scope="module")
-def dashboard() -> dict:
-    return json.loads(DASHBOARD.read_text())
+def models() -> dict[str, dict]:
+    return {name: json.loads((dashboards.OUT / f"{name}.json").read_text()) for name in NAMES}
 
 
 @pytest.fixture(scope="module")
@@ -28,76 +36,127 @@ def exported() -> dict[str, tuple[str, ...]]:
     try:
         served = {family.name for family in exporter.registry.collect()}
         declared = exporter.declared()
-        assert {name.removesuffix("_total") for name in declared} == served
+        assert {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in declared} == served
         return declared
     finally:
         exporter.close()
 
 
-def _panels(dashboard: dict) -> list[dict]:
-    out = []
-    for p in dashboard["panels"]:
-        out.append(p)
-        out.extend(p.get("panels", []))  # collapsed rows
-    return out
+def _all_queries(models) -> list[tuple[str, str, str]]:
+    return [(name, title, expr) for name, m in models.items() for title, expr in dashboards.queries(m)]
 
 
-def _exprs(dashboard: dict) -> list[tuple[str, str]]:
-    return [(p["title"], t["expr"]) for p in _panels(dashboard) for t in p.get("targets", [])]
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_json_is_what_the_code_generates(name):
+    committed = (dashboards.OUT / f"{name}.json").read_text()
+    assert committed == dashboards.render(name), f"run `python -m cluster.dashboards` and commit {name}.json"
 
 
-def test_dashboard_model(dashboard):
-    assert 36 <= dashboard["schemaVersion"] <= 41
-    assert dashboard["refresh"] == "1s"
-    assert dashboard["time"] == {"from": "now-15m", "to": "now"}
-    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
-    assert variables["DS_PROMETHEUS"]["query"] == "prometheus"
-    assert variables["vm"]["definition"] == "label_values(livemig_phase, vm)"
-    assert variables["vm"]["datasource"]["uid"] == DS_UID
-    ids = [p["id"] for p in _panels(dashboard)]
-    assert len(ids) == len(set(ids))
+def test_dashboard_model(models):
+    uids = [m["uid"] for m in models.values()]
+    assert len(set(uids)) == len(uids)
+    for m in models.values():
+        assert m["refresh"] == "1s" and m["time"] == {"from": "now-15m", "to": "now"}
+        variables = {v["name"]: v for v in m["templating"]["list"]}
+        assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+        assert variables["DS_PROMETHEUS"]["query"] == "prometheus"
+        assert variables["vm"]["query"] == "label_values(livemig_phase, vm)"
+        assert variables["vm"]["datasource"]["uid"] == DS_UID
+        ids = [p["id"] for p in m["panels"]]
+        assert len(ids) == len(set(ids))
+    assert any(a["name"] == "Phases" for a in models["overview"]["annotations"]["list"])
 
 
-def test_every_panel_has_a_title_a_datasource_and_queries(dashboard):
-    for p in _panels(dashboard):
-        assert p.get("title"), p
-        assert p["datasource"] == {"type": "prometheus", "uid": DS_UID}, p["title"]
-        assert p["targets"], p["title"]
-        for t in p["targets"]:
-            assert t["expr"].strip(), p["title"]
-            assert t["datasource"]["uid"] == DS_UID, p["title"]
+def test_every_panel_has_a_title_a_datasource_and_queries(models):
+    for m in models.values():
+        for p in m["panels"]:
+            assert p.get("title") and p["datasource"] == {"type": "prometheus", "uid": DS_UID}, p
+            assert p["targets"], p["title"]
+            for t in p["targets"]:
+                assert t["expr"].strip() and t["datasource"]["uid"] == DS_UID, p["title"]
 
 
-def test_queries_use_only_exported_metrics_and_labels(dashboard, exported):
+def test_queries_use_only_exported_metrics_and_labels(models, exported):
     used = set()
-    for title, expr in _exprs(dashboard):
+    for name, title, expr in _all_queries(models):
         names = set(METRIC.findall(expr))
-        assert names, f"{title}: no livemig metric in {expr!r}"
-        assert names <= exported.keys(), f"{title}: unknown {names - exported.keys()}"
+        assert names, f"{name}/{title}: no livemig metric in {expr!r}"
+        assert names <= exported.keys(), f"{name}/{title}: unknown {names - exported.keys()}"
         used |= names
-        for name, matchers in SELECTOR.findall(expr):
+        for metric, matchers in SELECTOR.findall(expr):
             for label in MATCHER.findall(matchers):
-                assert label in exported[name], f"{title}: {name} has no label {label!r}"
-        for name in names:  # the VM filter is applied wherever the metric has a vm label
-            if "vm" in exported[name]:
-                assert re.search(re.escape(name) + r'\{[^}]*vm=~"\$vm"', expr), f"{title}: {name} without $vm"
+                assert label in exported[metric], f"{title}: {metric} has no label {label!r}"
+        for metric in names:  # the VM filter is applied wherever the metric has a vm label
+            if "vm" in exported[metric]:
+                assert re.search(re.escape(metric) + r'\{[^}]*vm=~"\$vm"', expr), f"{title}: {metric} without $vm"
     assert used == exported.keys(), f"metrics with no panel: {exported.keys() - used}"
 
 
-def test_verified_value_mappings(dashboard):
-    (panel,) = [p for p in dashboard["panels"] if "livemig_verified_ratio" in p["targets"][0]["expr"]]
-    assert panel["type"] == "stat"
-    options = {k: v["text"] for m in panel["fieldConfig"]["defaults"]["mappings"] for k, v in m["options"].items()}
-    assert options == {"1": "verified", "0": "NOT verified"}
+def test_rates_are_per_emulated_second(models):
+    """No panel divides a counter by real time: every increase() goes over the emulated clock."""
+    for name, title, expr in _all_queries(models):
+        assert "rate(" not in expr.replace("irate(", "rate("), f"{name}/{title}: {expr}"
+        if "increase(" in expr:
+            assert "delta(livemig_emulated_time_seconds" in expr, f"{name}/{title}: {expr}"
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
-def test_queries_parse_as_promql(dashboard, tmp_path):
+def test_queries_and_prometheus_config_pass_promtool(models, tmp_path):
     rules = {"groups": [{"name": "livemig", "rules": [
         {"record": f"livemig:check:{i}", "expr": expr.replace("$vm", ".*")}
-        for i, (_, expr) in enumerate(_exprs(dashboard))]}]}
+        for i, (_, _, expr) in enumerate(_all_queries(models))]}]}
     (tmp_path / "rules.yml").write_text(json.dumps(rules))  # JSON is YAML
     r = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yml")],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(["promtool", "check", "config", str(ROOT / "grafana" / "prometheus.yml")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _query_range(prom: int, expr: str, start: float, end: float) -> list:
+    url = f"http://127.0.0.1:{prom}/api/v1/query_range?" + urllib.parse.urlencode(
+        {"query": expr, "start": start, "end": end, "step": 0.5})
+    body = json.loads(urllib.request.urlopen(url, timeout=10).read())
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def _has_data(series: list) -> bool:
+    return any(math.isfinite(float(v)) for s in series for _, v in s["values"])
+
+
+@needs_prometheus
+def test_every_panel_returns_data_from_a_real_run(models, tmp_path):
+    exporter, prom = _free_port(), _free_port()
+    server = start_prometheus(tmp_path, exporter, prom)
+    try:
+        start = time.time()
+        run = subprocess.run([LIVEMIG, "run", str(ROOT / "tests" / "data" / "families.toml"), "--quiet",
+                              "--out", str(tmp_path / "out"), "--metrics-port", str(exporter), "--linger", "3"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        end = time.time()
+        empty = [f"{name}/{title}: {expr}" for name, title, expr in _all_queries(models)
+                 if not _has_data(_query_range(prom, expr.replace("$vm", ".*"), start, end))]
+        assert not empty, "panels without data:\n" + "\n".join(empty)
+        _counters_are_each_vms_own(tmp_path / "out")
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _counters_are_each_vms_own(out) -> None:
+    """The exporter's counters, fed the run's timeline, are each VM's own figures of result.json
+    (they once counted every earlier VM's pages too)."""
+    result = json.loads((out / "result.json").read_text())
+    m = MetricsExporter(0)
+    try:
+        for line in (out / "timeline.jsonl").read_text().splitlines():
+            m.observe(json.loads(line))
+        for v in result["vms"]:
+            assert {e: m.counters["livemig_pages_sent"][(v["vm"], e)] for e in v["pages"]} == v["pages"], v["vm"]
+            sent = sum(m.counters["livemig_memory_sent_bytes"][(v["vm"], e)] for e in ("normal", "zero", "compressed"))
+            assert sent == pytest.approx(v["memory_bytes_sent"], rel=1e-9), v["vm"]
+    finally:
+        m.close()

@@ -1,0 +1,503 @@
+"""`livemig report`: one or more runs as plots, in a page that needs nothing else.
+
+Reads each run directory's `timeline.jsonl` and `result.json` (the timeline is
+the data; cluster/timeline.py) and draws, with matplotlib, for one run:
+bytes remaining and transfer rate per iteration, the dirty rate against the
+transfer rate, the guest's operations per second with the migration's phases
+shaded (the shape of the vMotion seed's Figures 4, 5 and 7), link use and CPU
+per host; for several runs, the same time series overlaid, aligned at each
+run's first migration start. The figures are written as PNG files and
+embedded as base64 in one HTML page, which fetches nothing when opened, with
+the results table (one column per run, ratios to the first run, the rows of
+`livemig compare`).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.compare import ROWS, figure
+
+PAGE = 4096
+MB = 1e6
+# Shades by phase; pre-copy iterations alternate between two blues.
+PHASE_COLOURS = {"setup": "#d9d9d9", "stop-and-copy": "#f4a582", "switch-over": "#ca0020",
+                 "postcopy-switch": "#b2abd2", "postcopy-active": "#8073ac"}
+PRECOPY_COLOURS = ("#d1e5f0", "#92c5de")
+# Events that end a migration, whichever comes last (post-copy ends when the source is released).
+END_EVENTS = ("switched-over", "source-released", "cancelled", "stays-on-source", "aborted", "failed")
+
+
+class ReportError(Exception):
+    """A run directory that cannot be reported (one line for the user)."""
+
+
+@dataclass
+class Run:
+    """One run directory: its name on the page, result.json and timeline records."""
+    name: str
+    path: Path
+    result: dict
+    records: list[dict]
+
+    def of(self, kind: str, **match) -> list[dict]:
+        return [r for r in self.records if r["kind"] == kind and all(r.get(k) == v for k, v in match.items())]
+
+    def events(self, event: str, **match) -> list[dict]:
+        return [r for r in self.of("event", **match) if r["event"] == event]
+
+    @property
+    def t0(self) -> float:
+        """The first migration's start (emulated s): runs are overlaid from there."""
+        starts = [r["t"] for r in self.events("migration-start")]
+        return min(starts, default=0.0)
+
+    def migrations(self) -> list[tuple[str, int]]:
+        return [(r["vm"], r["migration"]) for r in self.events("migration-start")]
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories (holding result.json) from the arguments; a directory without
+    one (a sweep's) stands for every run below it, in name order."""
+    out: list[Path] = []
+    for p in paths:
+        if (p / "result.json").is_file():
+            out.append(p)
+        elif p.is_dir():
+            found = sorted(q.parent for q in p.rglob("result.json"))
+            ordered = [d for d in _sweep_order(p) if d in found]
+            below = ordered + [d for d in found if d not in ordered]
+            if not below:
+                raise ReportError(f"{p}: no result.json in it or below it; give run directories (livemig run --out)")
+            out.extend(below)
+        else:
+            raise ReportError(f"{p}: no such directory; give run directories (livemig run --out)")
+    return out
+
+
+def _sweep_order(d: Path) -> list[Path]:
+    """A sweep directory's runs in its points' order (sweep.json), repeats in order."""
+    try:
+        points = json.loads((d / "sweep.json").read_text())["points"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [r.parent for p in points for r in sorted((d / p["point"]).glob("r*/result.json"),
+                                                     key=lambda q: int(q.parent.name[1:] or 0))]
+
+
+def load_run(path: Path, base: Path | None = None) -> Run:
+    """A run directory's result and timeline; ReportError when either is missing or unreadable."""
+    try:
+        result = json.loads((path / "result.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path / 'result.json'}: unreadable ({exc})") from None
+    tl = path / "timeline.jsonl"
+    if not tl.is_file():
+        raise ReportError(f"{tl}: missing; the report is drawn from the timeline a run writes with --out")
+    try:
+        records = [json.loads(line) for line in tl.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{tl}: not JSON lines ({exc})") from None
+    name = str(path.relative_to(base)) if base and path != base and path.is_relative_to(base) else path.name
+    return Run(name, path, result, records)
+
+
+def load_runs(paths: list[Path], warn=print) -> list[Run]:
+    """The runs named or found below the arguments. A run found below a directory (a sweep's)
+    that has no timeline (it crashed before its first record) is left out with a warning;
+    one named itself is an error."""
+    dirs = find_runs(paths)
+    base = paths[0] if len(paths) == 1 and paths[0].is_dir() and len(dirs) > 1 else None
+    named = {p.resolve() for p in paths}
+    runs = []
+    for d in dirs:
+        if d.resolve() not in named and not (d / "timeline.jsonl").is_file():
+            warn(f"report: {d} left out: no timeline.jsonl ({_status(d)})")
+            continue
+        runs.append(load_run(d, base))
+    if not runs:
+        raise ReportError(f"{paths[0]}: none of its runs has a timeline.jsonl")
+    return runs
+
+
+def _status(d: Path) -> str:
+    try:
+        r = json.loads((d / "result.json").read_text())
+        return f"{r.get('status')}: {r.get('stop_reason', '')}"
+    except (OSError, ValueError):
+        return "unreadable result.json"
+
+
+# --- phases ---------------------------------------------------------------------------------
+
+def phase_spans(run: Run, vm: str, migration: int) -> list[tuple[float, float, str]]:
+    """(start, end, label) of each phase of one migration, in emulated seconds: the phase
+    events in order, pre-copy numbered by iteration, each until the next; the last one before
+    the VM's restart on the destination ends there, and the switch-over runs from the restart
+    to the switch; a phase after the restart (post-copy) runs to the migration's end."""
+    evs = sorted(run.events("phase", vm=vm, migration=migration), key=lambda r: r["t"])
+    ends = [r["t"] for e in END_EVENTS for r in run.events(e, vm=vm, migration=migration)]
+    started = run.events("vm-started", vm=vm, migration=migration)
+    switched = run.events("switched-over", vm=vm, migration=migration)
+    t_end = max(ends, default=evs[-1]["t"] if evs else 0.0)
+    t_restart = started[0]["t"] if started else t_end
+    spans = []
+    for i, e in enumerate(evs):
+        label = f"precopy {e.get('iteration', 0)}" if e["phase"] == "precopy" else e["phase"]
+        nxt = evs[i + 1]["t"] if i + 1 < len(evs) else (t_restart if e["t"] < t_restart else t_end)
+        spans.append((e["t"], max(nxt, e["t"]), label))
+    if started and switched and switched[0]["t"] > t_restart:
+        spans.append((t_restart, switched[0]["t"], "switch-over"))
+    return sorted(spans)
+
+
+def _shade(ax, spans, t0: float) -> None:
+    seen = set()
+    for start, end, label in spans:
+        if label.startswith("precopy"):
+            n = int(label.split()[1] or 0)
+            colour, key = PRECOPY_COLOURS[n % 2], "precopy"
+        else:
+            colour, key = PHASE_COLOURS.get(label, "#e0e0e0"), label
+        ax.axvspan(start - t0, end - t0, color=colour, alpha=0.6, lw=0,
+                   label=None if key in seen else key)
+        seen.add(key)
+
+
+# --- one run --------------------------------------------------------------------------------
+
+def _iterations(run: Run, vm: str, mig: int) -> list[dict]:
+    return sorted(run.events("iteration", vm=vm, migration=mig), key=lambda r: r["iteration"])
+
+
+def plot_iterations(run: Run):
+    """Per migration: bytes remaining after each iteration and its transfer rate (bars)."""
+    plt = _plt()
+    migs = run.migrations()
+    fig, axes = plt.subplots(len(migs), 2, figsize=(10, 2.8 * len(migs)), squeeze=False)
+    for (vm, mig), (left, right) in zip(migs, axes):
+        its = _iterations(run, vm, mig)
+        n = [r["iteration"] for r in its]
+        left.bar(n, [r["remaining"] / MB for r in its], color="#4393c3")
+        left.set(title=f"{vm}: bytes remaining after each iteration", xlabel="iteration", ylabel="MB")
+        right.bar(n, [r["bytes"] / r["duration_s"] / MB if r["duration_s"] else 0 for r in its], color="#d6604d")
+        right.set(title=f"{vm}: transfer rate of each iteration", xlabel="iteration", ylabel="MB/s")
+        for ax in (left, right):
+            ax.set_xticks(n)
+    return _done(fig)
+
+
+def plot_dirty_vs_transfer(run: Run):
+    """Transfer rate over time (samples) against each iteration's dirty rate (bytes/s)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    t0 = run.t0
+    for vm, mig in run.migrations():
+        s = run.of("migration", vm=vm, migration=mig)
+        line, = ax.plot([r["t"] - t0 for r in s], [r["transfer_rate"] / MB for r in s], label=f"{vm} transfer")
+        its = [r for r in _iterations(run, vm, mig) if r.get("dirty_pages_rate") is not None]
+        if its:  # each iteration's dirty rate over the iteration it was measured in
+            ax.hlines([r["dirty_pages_rate"] * PAGE / MB for r in its], [r["t"] - r["duration_s"] - t0 for r in its],
+                      [r["t"] - t0 for r in its], colors=line.get_color(), linestyles="--", lw=2,
+                      label=f"{vm} dirty (per iteration)")
+    ax.set(title="Dirty rate against transfer rate", xlabel="emulated s since migration start", ylabel="MB/s")
+    ax.legend(fontsize="small")
+    return _done(fig)
+
+
+def plot_guest(run: Run):
+    """Guest operations per second over time, one panel per migration, phases shaded."""
+    plt = _plt()
+    migs = run.migrations()
+    fig, axes = plt.subplots(len(migs), 1, figsize=(10, 2.8 * len(migs)), squeeze=False)
+    t0 = run.t0
+    for (vm, mig), (ax,) in zip(migs, axes):
+        _shade(ax, phase_spans(run, vm, mig), t0)
+        g = run.of("guest", vm=vm)
+        ax.plot([r["t"] - t0 for r in g], [r["ops_per_s"] for r in g], color="black", lw=1.2, label="ops/s")
+        ax.set(title=f"{vm}: guest operations per second", xlabel="emulated s since migration start",
+               ylabel="ops/s")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize="small", loc="lower left", ncol=4)
+    return _done(fig)
+
+
+def plot_links(run: Run):
+    """Throughput of every link as a share of its capacity."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 3.0))
+    t0 = run.t0
+    for link in sorted({r["link"] for r in run.of("link")}):
+        s = run.of("link", link=link)
+        ax.plot([r["t"] - t0 for r in s], [100 * r["throughput_bytes_s"] / r["capacity_bytes_s"]
+                                          if r.get("capacity_bytes_s") else 0 for r in s], label=link)
+    ax.set(title="Link use", xlabel="emulated s since migration start", ylabel="% of capacity")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize="small")
+    return _done(fig)
+
+
+def plot_cpu(run: Run):
+    """Emulated cores busy per host, stacked by pipeline stage."""
+    plt = _plt()
+    hosts = sorted({r["host"] for r in run.of("host")})
+    fig, axes = plt.subplots(len(hosts), 1, figsize=(10, 2.4 * len(hosts)), squeeze=False)
+    t0 = run.t0
+    for host, (ax,) in zip(hosts, axes):
+        s = run.of("host", host=host)
+        stages = sorted({k for r in s for k in r["cpu_cores"]})
+        if stages:
+            ax.stackplot([r["t"] - t0 for r in s], *[[r["cpu_cores"].get(k, 0.0) for r in s] for k in stages],
+                         labels=stages)
+            ax.legend(fontsize="small", loc="upper right")
+        ax.set(title=f"{host}: CPU", xlabel="emulated s since migration start", ylabel="cores")
+    return _done(fig)
+
+
+# --- several runs -----------------------------------------------------------------------------
+
+def plot_overlay(runs: list[Run]):
+    """Bytes remaining, transfer rate, guest ops/s and link throughput of every run, overlaid."""
+    plt = _plt()
+    fig, axes = plt.subplots(4, 1, figsize=(10, 11))
+    for run, style in zip(runs, _styles(runs)):
+        t0 = run.t0
+        m = run.of("migration")
+        for i, (vm, mig) in enumerate(run.migrations()):
+            s = [r for r in m if r["vm"] == vm and r["migration"] == mig]
+            axes[0].plot([r["t"] - t0 for r in s], [r["remaining"] / MB for r in s],
+                         label=run.name if i == 0 else None, **style)
+            axes[1].plot([r["t"] - t0 for r in s], [r["transfer_rate"] / MB for r in s], **style)
+        for vm in sorted({r["vm"] for r in run.of("guest")}):
+            g = run.of("guest", vm=vm)
+            axes[2].plot([r["t"] - t0 for r in g], [r["ops_per_s"] for r in g], **style)
+        links = run.of("link")
+        for link in sorted({r["link"] for r in links}):
+            s = [r for r in links if r["link"] == link]
+            axes[3].plot([r["t"] - t0 for r in s], [r["throughput_bytes_s"] / MB for r in s], **style)
+    for ax, (title, unit) in zip(axes, [("Bytes remaining", "MB"), ("Transfer rate", "MB/s"),
+                                        ("Guest operations per second", "ops/s"), ("Link throughput", "MB/s")]):
+        ax.set(title=title, xlabel="emulated s since migration start", ylabel=unit)
+    axes[0].legend(fontsize="small", ncol=2)
+    return _done(fig)
+
+
+def _group(name: str) -> str:
+    """A run's sweep point (`point/r2` -> `point`), or its own name."""
+    return name.rsplit("/", 1)[0] if "/" in name else name
+
+
+def plot_iterations_overlay(runs: list[Run]):
+    """Every run's migrations: bytes remaining after each iteration, and each iteration's rate."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for run, style in zip(runs, _styles(runs)):
+        for i, (vm, mig) in enumerate(run.migrations()):
+            its = _iterations(run, vm, mig)
+            n = [r["iteration"] for r in its]
+            left.plot(n, [r["remaining"] / MB for r in its], marker="o", label=None if i else run.name, **style)
+            right.plot(n, [r["bytes"] / r["duration_s"] / MB if r["duration_s"] else 0 for r in its],
+                       marker="o", **style)
+    left.set(title="Bytes remaining after each iteration", xlabel="iteration", ylabel="MB")
+    right.set(title="Transfer rate of each iteration", xlabel="iteration", ylabel="MB/s")
+    left.legend(fontsize="x-small", ncol=2)
+    return _done(fig)
+
+
+def plot_sweep(summ: dict):
+    """A sweep's points: median and min-max of each repeat's figures (sweep.json), as error bars."""
+    plt = _plt()
+    shown = [("total_time_s", "Migration time", "s", 1.0), ("downtime_ms", "Downtime", "ms", 1.0),
+             ("memory_bytes_sent", "Memory sent", "GB", 1e-9), ("avg_throughput_mbytes_s", "Throughput", "MB/s", 1.0)]
+    points = summ["points"]
+    fig, axes = plt.subplots(1, len(shown), figsize=(12, 3.4))
+    x = list(range(len(points)))
+    for ax, (key, title, unit, k) in zip(axes, shown):
+        figs = [p["figures"].get(key) for p in points]
+        med = [f["median"] * k if f else float("nan") for f in figs]
+        low = [(f["median"] - f["min"]) * k if f else 0 for f in figs]
+        high = [(f["max"] - f["median"]) * k if f else 0 for f in figs]
+        ax.errorbar(x, med, yerr=[low, high], fmt="o-", capsize=4)
+        ax.set(title=title, ylabel=unit)
+        ax.set_xticks(x, [p["point"] for p in points], rotation=30, ha="right", fontsize="small")
+        ax.set_ylim(bottom=0)
+    fig.suptitle(f"sweep {summ['sweep']}: median and min-max of {summ['repeats']} repeat(s)")
+    return _done(fig)
+
+
+def _styles(runs: list[Run]) -> list[dict]:
+    """A colour per sweep point (or run), a line style per repeat."""
+    groups = list(dict.fromkeys(_group(run.name) for run in runs))
+    seen: dict[str, int] = {}
+    out = []
+    for run in runs:
+        g = _group(run.name)
+        out.append({"color": f"C{groups.index(g) % 10}", "ls": ("-", "--", ":", "-.")[seen.get(g, 0) % 4]})
+        seen[g] = seen.get(g, 0) + 1
+    return out
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+def columns(runs: list[Run]) -> list[tuple[str, dict]]:
+    """The results table's columns: one per run, or for one run of several migrations, one per migration."""
+    if len(runs) == 1 and len(runs[0].result.get("vms") or []) > 1:
+        return [(f"{v['vm']} -> {v.get('destination', '')}", v) for v in runs[0].result["vms"]]
+    return [(r.name, r.result) for r in runs]
+
+
+def table_rows(cols: list[tuple[str, dict]]) -> list[dict]:
+    """The rows of `livemig compare` for every column (name, result): {metric, unit, values,
+    ratios to the first column}."""
+    results = [r for _, r in cols]
+    out = []
+    for label, key, unit, k in ROWS:
+        values = [figure(r, key) for r in results]
+        if all(v is None for v in values):
+            continue
+        values = [None if v is None else v * k for v in values]
+        base = values[0]
+        ratios = [v / base if v is not None and base else None for v in values]
+        out.append({"metric": label, "unit": unit, "values": values, "ratios": ratios})
+    for window in ("before", "during", "after"):  # the guest's slowdown, as guestperf shows it
+        values = [_app(r).get(f"ops_per_s_{window}") for r in results]
+        if any(v is not None for v in values):
+            base = values[0]
+            out.append({"metric": f"Guest ops/s {window}", "unit": "ops/s", "values": values,
+                        "ratios": [v / base if v is not None and base else None for v in values]})
+    out.append({"metric": "Verified", "unit": "", "values": [r.get("verified") for r in results], "ratios": None})
+    return out
+
+
+def _app(result: dict) -> dict:
+    """The application figures: the result's own, or its first migration's."""
+    app = result.get("app") or {}
+    if "ops_per_s_before" not in app and result.get("vms"):
+        app = result["vms"][0].get("app") or {}
+    return app
+
+
+def iteration_table(run: Run) -> str:
+    """Every migration's iterations (QEMU's figures per pass), as an HTML table."""
+    lines = ["<table><tr><th>VM</th><th>iteration</th><th>pages</th><th>MB sent</th><th>duration s</th>"
+             "<th>MB/s</th><th>dirty pages/s</th><th>MB remaining</th></tr>"]
+    for vm, mig in run.migrations():
+        for r in _iterations(run, vm, mig):
+            rate = r["bytes"] / r["duration_s"] / MB if r.get("duration_s") else None
+            cells = [r["iteration"], r.get("pages"), r["bytes"] / MB, r.get("duration_s"), rate,
+                     r.get("dirty_pages_rate"), r["remaining"] / MB]
+            lines.append(f"<tr><td>{html.escape(vm)}</td>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
+
+
+def html_table(runs: list[Run]) -> str:
+    cols = columns(runs)
+    heads = "".join(f"<th>{html.escape(name)}</th>" for name, _ in cols)
+    lines = [f"<table><tr><th>metric</th><th>unit</th>{heads}</tr>"]
+    for row in table_rows(cols):
+        cells = []
+        for i, v in enumerate(row["values"]):
+            ratio = row["ratios"][i] if row["ratios"] and i else None
+            cells.append(f"<td>{_cell(v)}" + (f" <small>(&times;{ratio:.2f})</small>" if ratio is not None else "")
+                         + "</td>")
+        lines.append(f"<tr><td>{html.escape(row['metric'])}</td><td>{row['unit']}</td>{''.join(cells)}</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+# --- the page ----------------------------------------------------------------------------------
+
+def figures(runs: list[Run], sweep: dict | None = None) -> list[tuple[str, str, bytes]]:
+    """(file stem, caption, PNG bytes) of every plot of the report; with a sweep's
+    summary (sweep.json), its points' medians and spread first."""
+    if len(runs) == 1:
+        run = runs[0]
+        if not run.migrations():  # nothing migrated: the table says why
+            return []
+        plots = [("iterations", "Bytes remaining and transfer rate per iteration", plot_iterations),
+                 ("dirty-vs-transfer", "Dirty rate against transfer rate", plot_dirty_vs_transfer),
+                 ("guest", "Guest operations per second, phases shaded", plot_guest),
+                 ("links", "Link use", plot_links), ("cpu", "CPU per host", plot_cpu)]
+        return [(stem, caption, draw(run)) for stem, caption, draw in plots]
+    out = [("sweep", "The sweep's points: median and min-max", plot_sweep(sweep))] if sweep else []
+    return out + [("overlay", f"{len(runs)} runs overlaid", plot_overlay(runs)),
+                  ("iterations", "Each run's iterations (every migration)", plot_iterations_overlay(runs))]
+
+
+def load_sweep(paths: list[Path]) -> dict | None:
+    """sweep.json of a single sweep directory given, or None."""
+    if len(paths) != 1:
+        return None
+    try:
+        summ = json.loads((paths[0] / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summ if summ.get("points") else None
+
+
+def render(runs: list[Run], out_html: Path, sweep: dict | None = None) -> dict:
+    """Write the page and its PNG files (next to it, `<stem>-<plot>.png`); returns
+    {html, pngs, bytes}."""
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    figs = figures(runs, sweep if len(runs) > 1 else None)
+    pngs, parts = [], []
+    for stem, caption, png in figs:
+        p = out_html.with_name(f"{out_html.stem}-{stem}.png")
+        p.write_bytes(png)
+        pngs.append(p)
+        data = base64.b64encode(png).decode()
+        parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    out_html.write_text(_page(runs, parts))
+    return {"html": out_html, "pngs": pngs, "bytes": out_html.stat().st_size}
+
+
+def _page(runs: list[Run], parts: list[str]) -> str:
+    title = runs[0].name if len(runs) == 1 else f"{len(runs)} runs"
+    iterations = f"<h2>Iterations</h2>\n{iteration_table(runs[0])}\n" if len(runs) == 1 else ""
+    sub = "; ".join(f"{html.escape(r.name)}: {html.escape(str(r.result.get('scenario')))} "
+                    f"({html.escape(str(r.result.get('status')))}, "
+                    f"{html.escape(str((r.result.get('run') or {}).get('started_at', '')))})" for r in runs)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>livemig report: {html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #bbb;padding:2px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}figure{{margin:1em 0}}</style>
+</head><body>
+<h1>livemig report: {html.escape(title)}</h1>
+<p>{sub}</p>
+<p>Emulated units throughout. Ratios are to the first column.</p>
+<h2>Results</h2>
+{html_table(runs)}
+{iterations}<h2>Plots</h2>
+{''.join(parts)}
+</body></html>
+"""
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _done(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=80)
+    _plt().close(fig)
+    return buf.getvalue()

@@ -1,0 +1,92 @@
+"""`livemig report`: a real run's timeline drawn into a page that headless Chromium opens
+without errors, every image decoded, nothing fetched."""
+import subprocess
+
+import pytest
+
+from cluster.report import ReportError, columns, load_runs, phase_spans, render, table_rows
+from tests.browser import external_references, needs_chromium, open_page
+from tests.conftest import LIVEMIG, ROOT, scenario_text
+
+WRITER = '{ kind = "uniform", dirty_pages_per_s = 8000, working_set_gib = 0.25 }'
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("report")
+    (d / "s.toml").write_text(scenario_text("report", memory_gib=1, workload=WRITER, gbps=1))
+    r = subprocess.run([LIVEMIG, "run", str(d / "s.toml"), "--out", str(d / "run"), "--quiet"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return d / "run"
+
+
+def test_phases_follow_the_timeline(run_dir):
+    (run,) = load_runs([run_dir])
+    spans = phase_spans(run, "vm", 0)
+    labels = [s[2] for s in spans]
+    assert labels[0] == "setup" and labels[1] == "precopy 1", labels
+    assert "stop-and-copy" in labels and labels[-1] == "switch-over", labels
+    assert all(a[1] <= b[0] + 1e-9 for a, b in zip(spans, spans[1:])), spans  # in order, no overlap
+    iterations = run.result["vms"][0]["iterations"]
+    assert sum(label.startswith("precopy") for label in labels) == iterations
+
+
+def test_table_has_the_run_figures(run_dir):
+    (run,) = load_runs([run_dir])
+    rows = {r["metric"]: r for r in table_rows(columns([run]))}
+    assert rows["Migration time"]["values"] == [run.result["total_time_s"]]
+    assert rows["Verified"]["values"] == [True]
+    assert rows["Guest ops/s before"]["values"] == [run.result["app"]["ops_per_s_before"]]
+
+
+@needs_chromium
+def test_report_opens_in_chromium(run_dir, tmp_path):
+    r = subprocess.run([LIVEMIG, "report", str(run_dir), "--out", str(tmp_path / "r.html")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    page = tmp_path / "r.html"
+    pngs = sorted(tmp_path.glob("r-*.png"))
+    assert [p.name for p in pngs] == ["r-cpu.png", "r-dirty-vs-transfer.png", "r-guest.png", "r-iterations.png",
+                                      "r-links.png"]
+    assert external_references(page) == []
+    seen = open_page(page, tmp_path)
+    assert seen["errors"] == []
+    assert len(seen["images"]) == len(pngs)
+    assert all(i["complete"] and i["width"] >= 400 and i["height"] >= 150 for i in seen["images"]), seen
+
+
+@needs_chromium
+def test_the_probe_sees_a_broken_image(tmp_path):
+    """The check can fail: an image that does not decode is reported."""
+    page = tmp_path / "broken.html"
+    page.write_text('<!DOCTYPE html><html><head></head><body><img src="data:image/png;base64,AAAA"></body></html>')
+    seen = open_page(page, tmp_path)
+    assert seen["images"][0]["width"] == 0 and seen["errors"], seen
+
+
+def test_a_directory_without_runs_is_one_line(tmp_path):
+    with pytest.raises(ReportError, match="no result.json"):
+        load_runs([tmp_path])
+    r = subprocess.run([LIVEMIG, "report", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_two_runs_overlaid(run_dir, tmp_path):
+    runs = load_runs([run_dir, run_dir])
+    done = render(runs, tmp_path / "two.html")
+    assert [p.name for p in done["pngs"]] == ["two-overlay.png", "two-iterations.png"]
+    rows = {r["metric"]: r for r in table_rows(columns(runs))}
+    assert rows["Migration time"]["ratios"] == [1.0, 1.0]
+
+
+def test_a_run_without_timeline_below_a_directory_is_left_out(run_dir, tmp_path):
+    import shutil
+    shutil.copytree(run_dir, tmp_path / "a" / "r1")
+    shutil.copy(run_dir / "result.json", (tmp_path / "b" / "r1").mkdir(parents=True) or tmp_path / "b" / "r1")
+    warnings = []
+    runs = load_runs([tmp_path], warn=warnings.append)
+    assert [r.name for r in runs] == ["a/r1"]
+    assert len(warnings) == 1 and "b/r1 left out: no timeline.jsonl" in warnings[0]
+    with pytest.raises(ReportError, match="missing"):
+        load_runs([tmp_path / "b" / "r1"])

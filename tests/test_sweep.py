@@ -1,0 +1,145 @@
+"""`livemig sweep`: a tiny sweep (2 points x 2 repeats) really runs, summarises, resumes and reports."""
+import json
+import subprocess
+import time
+
+import pytest
+
+from cluster.sweep import Point, apply, load_spec, point_name, select, spread
+from tests.browser import external_references, needs_chromium, open_page
+from tests.conftest import LIVEMIG, ROOT, scenario_text
+
+WRITER = '{ kind = "uniform", dirty_pages_per_s = 4000, working_set_gib = 0.125 }'
+SPEC = '''name = "tiny"
+base = "base.toml"
+repeats = 2
+[vary]
+"hosts.*.nics.*.speed_gbps" = [2, 5]
+'''
+
+
+def _sweep(d, *args):
+    return subprocess.run([LIVEMIG, "sweep", str(d / "spec.toml"), "--out", str(d / "out"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """The sweep run as a user resumes one: first one point (--only), then the whole sweep,
+    which runs only the other point's repeats."""
+    d = tmp_path_factory.mktemp("sweep")
+    (d / "base.toml").write_text(scenario_text("tiny", memory_gib=0.5, workload=WRITER, gbps=1))
+    (d / "spec.toml").write_text(SPEC)
+    part = _sweep(d, "--only", "speed_gbps=2", "--json")
+    assert part.returncode == 0, part.stderr
+    ids = _run_ids(d / "out")
+    first = _sweep(d)
+    assert first.returncode == 0, first.stderr
+    return d, first, part, ids
+
+
+def _run_ids(out):
+    return sorted(json.loads(p.read_text())["run"]["run_id"] for p in out.rglob("result.json"))
+
+
+def test_sweep_runs_every_point_and_repeat(swept):
+    d, first, _, _ = swept
+    summ = json.loads((d / "out" / "sweep.json").read_text())
+    assert [p["point"] for p in summ["points"]] == ["speed_gbps=2", "speed_gbps=5"]
+    assert all(p["runs"] == 2 and p["verified"] == 2 for p in summ["points"])
+    for p in summ["points"]:  # each run's link speed is the point's, as loaded
+        for r in (d / "out" / p["point"]).glob("r*/result.json"):
+            nics = [n for h in json.loads(r.read_text())["scenario_as_loaded"]["hosts"] for n in h["nics"]]
+            assert {n["speed_gbps"] for n in nics} == {p["settings"]["hosts.*.nics.*.speed_gbps"]}
+    slow, fast = (p["figures"]["total_time_s"] for p in summ["points"])
+    assert slow["min"] <= slow["median"] <= slow["max"]
+    assert fast["median"] < slow["median"]  # 5 Gbit/s beats 2 Gbit/s
+    header = (d / "out" / "sweep.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["point", "hosts.*.nics.*.speed_gbps", "runs", "verified"]
+    assert "total_time_s_median" in header and "downtime_ms_max" in header
+    assert "speed_gbps=2" in first.stdout and "median (min-max)" in first.stdout
+
+
+def test_a_filter_runs_only_its_point_and_the_rest_resumes(swept):
+    d, first, part, ids = swept
+    assert "2 run(s), 0 reused" in part.stderr, part.stderr
+    assert [p["point"] for p in json.loads(part.stdout)["points"]] == ["speed_gbps=2"]
+    assert len(ids) == 2
+    assert "4 run(s), 2 reused" in first.stderr, first.stderr  # the first point's runs were kept
+    assert set(ids) <= set(_run_ids(d / "out"))
+    r = _sweep(d, "--only", "speed_gbps=7")
+    assert r.returncode == 2 and "no point matches" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_second_invocation_reuses_the_runs(swept):
+    d, _, _, _ = swept
+    before = _run_ids(d / "out")
+    t = time.monotonic()
+    again = _sweep(d)
+    assert again.returncode == 0, again.stderr
+    assert "4 run(s), 4 reused" in again.stderr
+    assert time.monotonic() - t < 30  # no Ray started
+    assert _run_ids(d / "out") == before
+
+
+@needs_chromium
+def test_the_sweep_directory_reports_as_overlaid_runs(swept, tmp_path):
+    d, _, _, _ = swept
+    r = subprocess.run([LIVEMIG, "report", str(d / "out"), "--out", str(tmp_path / "s.html")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "4 run(s)" in r.stdout, r.stdout
+    assert sorted(p.name for p in tmp_path.glob("s-*.png")) == ["s-iterations.png", "s-overlay.png", "s-sweep.png"]
+    page = tmp_path / "s.html"
+    text = page.read_text()
+    assert all(f"speed_gbps={g}/r{i}" in text for g in (2, 5) for i in (1, 2))
+    assert external_references(page) == []
+    seen = open_page(page, tmp_path)
+    assert seen["errors"] == [] and len(seen["images"]) == 3, seen
+    assert all(i["complete"] and i["width"] >= 400 for i in seen["images"]), seen
+
+
+def _points():
+    return [Point({"hosts.*.nics.*.speed_gbps": g}, point_name({"hosts.*.nics.*.speed_gbps": g})) for g in (2, 5)]
+
+
+def test_settings_apply_by_path():
+    data = {"hosts": [{"nics": [{"speed_gbps": 1}, {"speed_gbps": 1}]}, {"nics": [{"speed_gbps": 1}]}],
+            "vms": [{"name": "a"}, {"name": "b"}]}
+    out = apply(data, "hosts.*.nics.*.speed_gbps", 25)
+    assert [n["speed_gbps"] for h in out["hosts"] for n in h["nics"]] == [25, 25, 25]
+    assert data["hosts"][0]["nics"][0]["speed_gbps"] == 1  # the base is untouched
+    assert apply(data, "vms.1.workload.kind", "idle")["vms"][1]["workload"] == {"kind": "idle"}
+    with pytest.raises(KeyError, match="not an index"):
+        apply(data, "vms.5.name", "c")
+    with pytest.raises(KeyError, match="ends at a table or list"):
+        apply(data, "vms", 1)
+    assert point_name({"migration.technique": "postcopy", "hosts.*.nics.*.speed_gbps": 10}) == \
+        "technique=postcopy,speed_gbps=10"
+    points = _points()
+    assert [p.name for p in select(points, ["speed_gbps=5"])] == ["speed_gbps=5"]
+    assert select(points, ["hosts.*.nics.*.speed_gbps=2"])[0].name == "speed_gbps=2"
+    assert spread([3.0, None, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+
+
+def test_bad_spec_is_one_line(tmp_path):
+    (tmp_path / "base.toml").write_text(scenario_text("b"))
+    for body, words in [('base = "base.toml"\nrepeats = 0\n[vary]\n"a.b" = [1]\n', "repeats"),
+                        ('base = "nope.toml"\n[vary]\n"a.b" = [1]\n', "no such file"),
+                        ('base = "base.toml"\n[vary]\n"a" = [1]\n"b" = [1]\n"c" = [1]\n', "one or two"),
+                        ('base = "base.toml"\ncolour = 1\n[vary]\n"a" = [1]\n', "unknown key"),
+                        ('base = "base.toml"\n[vary]\n"migration.downtime_limit_ms" = ["x"]\n', "downtime_limit_ms")]:
+        (tmp_path / "spec.toml").write_text(body)
+        r = subprocess.run([LIVEMIG, "sweep", str(tmp_path / "spec.toml"), "--out", str(tmp_path / "o")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, (body, r.stderr)
+        assert not (tmp_path / "o").exists()
+
+
+def test_shipped_sweeps_load():
+    from cluster.sweep import point_scenario
+    specs = sorted((ROOT / "sweeps").glob("*.toml"))
+    assert specs
+    for path in specs:
+        spec = load_spec(path)
+        assert all(point_scenario(spec, p) for p in spec.points())

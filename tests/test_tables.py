@@ -1,0 +1,33 @@
+"""Tables: `compare` prints a rich table that does not wrap when piped, or Markdown with --markdown;
+Markdown tables (reproduce's) read back into the same cells."""
+import json
+import subprocess
+
+from cluster.tables import from_markdown, to_markdown
+from tests.conftest import LIVEMIG, ROOT
+
+
+def _result(d, name, total, downtime):
+    d.mkdir()
+    (d / "result.json").write_text(json.dumps({"scenario": name, "total_time_s": total, "downtime_ms": downtime,
+                                               "iterations": 3, "memory_bytes_sent": 2.0 ** 31}))
+    return d
+
+
+def test_compare_piped_and_as_markdown(tmp_path):
+    a, b = _result(tmp_path / "a", "vanilla", 12.0, 300.0), _result(tmp_path / "b", "pmigrate", 3.0, 100.0)
+    plain = subprocess.run([LIVEMIG, "compare", str(a), str(b)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+    assert plain.returncode == 0, plain.stderr
+    rows = [line for line in plain.stdout.splitlines() if "Migration time" in line]
+    assert len(rows) == 1 and "12.00 s" in rows[0] and "4.00" in rows[0]  # one line, not wrapped
+    md = subprocess.run([LIVEMIG, "compare", str(a), str(b), "--markdown"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=60)
+    headers, cells = from_markdown(md.stdout.split("\n\n", 1)[1])
+    assert headers == ["Metric", "A", "B", "A/B"]
+    assert ["Downtime", "300.00 ms", "100.00 ms", "3.00"] in cells
+
+
+def test_markdown_round_trip():
+    headers, rows = ["experiment", "figure"], [["Xen idle", "1.5"], ["KVM", "-"]]
+    assert from_markdown(to_markdown(headers, rows)) == (headers, rows)

@@ -168,8 +168,18 @@ def _print_result(sc, result: dict, path: Path) -> None:
     fid = result["emulation"]["fidelity"]
     if not fid["faithful"]:
         err.print(f"[yellow]fidelity: saturation {fid['saturation']:.1%}: real work overran its charged CPU; "
-                  f"rerun with a higher --dilation[/]")
+                  f"rerun with --dilation {unsaturating_dilation(result['emulation']['dilation'], fid['saturation']):g} "
+                  f"(or a smaller memory_scale)[/]")
     out.print(f"result: {path}   (wall clock {result['emulation']['wall_clock_s']['total_s']:.1f} s)")
+
+
+def unsaturating_dilation(dilation: float, saturation: float) -> float:
+    """A dilation likely to run unsaturated: the overrun's share of extra real time, a quarter more
+    for margin, rounded up to two significant digits."""
+    import math
+    want = dilation * (1 + saturation) * 1.25
+    step = 10 ** (math.floor(math.log10(want)) - 1)
+    return math.ceil(want / step) * step
 
 
 def _interrupt(signum, frame):

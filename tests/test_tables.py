@@ -7,15 +7,16 @@ from cluster.tables import from_markdown, to_markdown
 from tests.conftest import LIVEMIG, ROOT
 
 
-def _result(d, name, total, downtime):
+def _result(d, name, total, downtime, saturation=0.01):
     d.mkdir()
     (d / "result.json").write_text(json.dumps({"scenario": name, "total_time_s": total, "downtime_ms": downtime,
-                                               "iterations": 3, "memory_bytes_sent": 2.0 ** 31}))
+                                               "iterations": 3, "memory_bytes_sent": 2.0 ** 31,
+                                               "emulation": {"fidelity": {"saturation": saturation}}}))
     return d
 
 
 def test_compare_piped_and_as_markdown(tmp_path):
-    a, b = _result(tmp_path / "a", "vanilla", 12.0, 300.0), _result(tmp_path / "b", "pmigrate", 3.0, 100.0)
+    a, b = _result(tmp_path / "a", "vanilla", 12.0, 300.0), _result(tmp_path / "b", "pmigrate", 3.0, 100.0, 0.08)
     plain = subprocess.run([LIVEMIG, "compare", str(a), str(b)], cwd=ROOT, capture_output=True, text=True,
                            timeout=60)
     assert plain.returncode == 0, plain.stderr
@@ -26,6 +27,9 @@ def test_compare_piped_and_as_markdown(tmp_path):
     headers, cells = from_markdown(md.stdout.split("\n\n", 1)[1])
     assert headers == ["Metric", "A", "B", "A/B"]
     assert ["Downtime", "300.00 ms", "100.00 ms", "3.00"] in cells
+    # Each run's saturation is shown, so an unfaithful one is seen beside its figures.
+    sat = next(c for c in cells if c[0].startswith("Saturation"))
+    assert sat[1].startswith("1.00") and sat[2].startswith("8.00")
 
 
 def test_markdown_round_trip():

@@ -58,6 +58,16 @@ def test_the_probe_sees_a_broken_image(tmp_path):
     assert seen["images"][0]["width"] == 0 and seen["errors"], seen
 
 
+def test_out_into_a_directory_or_under_a_file(run_dir, tmp_path):
+    r = subprocess.run([LIVEMIG, "report", str(run_dir), "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and (tmp_path / "report.html").is_file(), r.stderr
+    (tmp_path / "f").write_text("")
+    r = subprocess.run([LIVEMIG, "report", str(run_dir), "--out", str(tmp_path / "f" / "x.html")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "is a file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_a_directory_without_runs_is_one_line(tmp_path):
     with pytest.raises(ReportError, match="no result.json"):
         load_runs([tmp_path])

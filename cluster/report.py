@@ -188,6 +188,7 @@ def plot_iterations(run: Run):
         right.set(title=f"{vm}: transfer rate of each iteration", xlabel="iteration", ylabel="MB/s")
         for ax in (left, right):
             ax.set_xticks(n)
+            ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1.0))  # an idle VM's zero bars too
     return _done(fig)
 
 

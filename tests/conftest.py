@@ -1,6 +1,4 @@
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +18,43 @@ def ray_cluster():
     start_local_ray("livemig-tests", num_cpus=2)
     yield
     ray.shutdown()
+
+
+# --- a tiny sweep (2 points x 2 repeats), run once for the sweep and report tests -------------
+SWEEP_SPEC = '''name = "tiny"
+base = "base.toml"
+repeats = 2
+[vary]
+"hosts.*.nics.*.speed_gbps" = [2, 5]
+'''
+
+
+def sweep_cli(d: Path, *args):
+    """`livemig sweep` of the spec in d into d/out (a CompletedProcess)."""
+    import subprocess
+    return subprocess.run([LIVEMIG, "sweep", str(d / "spec.toml"), "--out", str(d / "out"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def run_ids(out: Path) -> list[str]:
+    import json
+    return sorted(json.loads(p.read_text())["run"]["run_id"] for p in out.rglob("result.json"))
+
+
+@pytest.fixture(scope="session")
+def swept(tmp_path_factory):
+    """The sweep run as a user resumes one: first one point (--only), then the whole sweep,
+    which runs only the other point's repeats. (directory, whole sweep, first part, its run ids)"""
+    d = tmp_path_factory.mktemp("sweep")
+    writer = '{ kind = "uniform", dirty_pages_per_s = 4000, working_set_gib = 0.125 }'
+    (d / "base.toml").write_text(scenario_text("tiny", memory_gib=0.5, workload=writer, gbps=1))
+    (d / "spec.toml").write_text(SWEEP_SPEC)
+    part = sweep_cli(d, "--only", "speed_gbps=2", "--json")
+    assert part.returncode == 0, part.stderr
+    ids = run_ids(d / "out")
+    first = sweep_cli(d)
+    assert first.returncode == 0, first.stderr
+    return d, first, part, ids
 
 
 def scenario_text(name: str = "t", *, memory_gib: float = 1, workload: str = '{ kind = "idle" }',
@@ -53,37 +88,3 @@ workload = {workload}
 downtime_limit_ms = {downtime_ms}
 {migration}
 '''
-
-
-# --- a tiny sweep (2 points x 2 repeats), run once for the sweep and report tests -------------
-SWEEP_SPEC = '''name = "tiny"
-base = "base.toml"
-repeats = 2
-[vary]
-"hosts.*.nics.*.speed_gbps" = [2, 5]
-'''
-
-
-def sweep_cli(d: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([LIVEMIG, "sweep", str(d / "spec.toml"), "--out", str(d / "out"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-
-
-def run_ids(out: Path) -> list[str]:
-    return sorted(json.loads(p.read_text())["run"]["run_id"] for p in out.rglob("result.json"))
-
-
-@pytest.fixture(scope="session")
-def swept(tmp_path_factory):
-    """The sweep run as a user resumes one: first one point (--only), then the whole sweep,
-    which runs only the other point's repeats. (directory, whole sweep, first part, its run ids)"""
-    d = tmp_path_factory.mktemp("sweep")
-    writer = '{ kind = "uniform", dirty_pages_per_s = 4000, working_set_gib = 0.125 }'
-    (d / "base.toml").write_text(scenario_text("tiny", memory_gib=0.5, workload=writer, gbps=1))
-    (d / "spec.toml").write_text(SWEEP_SPEC)
-    part = sweep_cli(d, "--only", "speed_gbps=2", "--json")
-    assert part.returncode == 0, part.stderr
-    ids = run_ids(d / "out")
-    first = sweep_cli(d)
-    assert first.returncode == 0, first.stderr
-    return d, first, part, ids

@@ -391,6 +391,11 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories (liv
     except ReportError as exc:
         _fail_input([f"report: {exc}"])
     target = out_file or run_dirs[0] / "report.html"
+    if target.is_dir():  # a directory given: the page goes into it
+        target = target / "report.html"
+    blocker = next((p for p in target.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        _fail_input([f"report: --out: {blocker} is a file, not a directory"])
     done = render(runs, target, load_sweep(run_dirs))
     print(f"{done['html']} ({done['bytes'] / 1e6:.2f} MB, {len(runs)} run(s)); "
           f"PNG: {', '.join(p.name for p in done['pngs'])}")

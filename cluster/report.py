@@ -188,6 +188,7 @@ def plot_iterations(run: Run):
         right.set(title=f"{vm}: transfer rate of each iteration", xlabel="iteration", ylabel="MB/s")
         for ax in (left, right):
             ax.set_xticks(n)
+            ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1.0))  # an idle VM's zero bars too
     return _done(fig)
 
 
@@ -475,13 +476,14 @@ def _page(runs: list[Run], parts: list[str]) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>livemig report: {html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #bbb;padding:2px 8px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}figure{{margin:1em 0}}</style>
+td:first-child,th:first-child{{text-align:left;white-space:nowrap}}img{{max-width:100%}}figure{{margin:1em 0}}
+.wide{{overflow-x:auto}}</style>
 </head><body>
 <h1>livemig report: {html.escape(title)}</h1>
 <p>{sub}</p>
 <p>Emulated units throughout. Ratios are to the first column.</p>
 <h2>Results</h2>
-{html_table(runs)}
+<div class="wide">{html_table(runs)}</div>
 {iterations}<h2>Plots</h2>
 {''.join(parts)}
 </body></html>

@@ -23,6 +23,43 @@ def ray_cluster():
     ray.shutdown()
 
 
+# --- a tiny sweep (2 points x 2 repeats), run once for the sweep and report tests -------------
+SWEEP_SPEC = '''name = "tiny"
+base = "base.toml"
+repeats = 2
+[vary]
+"hosts.*.nics.*.speed_gbps" = [2, 5]
+'''
+
+
+def sweep_cli(d: Path, *args):
+    """`livemig sweep` of the spec in d into d/out (a CompletedProcess)."""
+    import subprocess
+    return subprocess.run([LIVEMIG, "sweep", str(d / "spec.toml"), "--out", str(d / "out"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def run_ids(out: Path) -> list[str]:
+    import json
+    return sorted(json.loads(p.read_text())["run"]["run_id"] for p in out.rglob("result.json"))
+
+
+@pytest.fixture(scope="session")
+def swept(tmp_path_factory):
+    """The sweep run as a user resumes one: first one point (--only), then the whole sweep,
+    which runs only the other point's repeats. (directory, whole sweep, first part, its run ids)"""
+    d = tmp_path_factory.mktemp("sweep")
+    writer = '{ kind = "uniform", dirty_pages_per_s = 4000, working_set_gib = 0.125 }'
+    (d / "base.toml").write_text(scenario_text("tiny", memory_gib=0.5, workload=writer, gbps=1))
+    (d / "spec.toml").write_text(SWEEP_SPEC)
+    part = sweep_cli(d, "--only", "speed_gbps=2", "--json")
+    assert part.returncode == 0, part.stderr
+    ids = run_ids(d / "out")
+    first = sweep_cli(d)
+    assert first.returncode == 0, first.stderr
+    return d, first, part, ids
+
+
 def scenario_text(name: str = "t", *, memory_gib: float = 1, workload: str = '{ kind = "idle" }',
                   gbps: float = 1, rtt_ms: float = 0.2, dilation: float = 1.0, scale: float = 1 / 64,
                   downtime_ms: float = 100, extra_vm: str = "", migration: str = "") -> str:

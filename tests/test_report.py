@@ -6,19 +6,12 @@ import pytest
 
 from cluster.report import ReportError, columns, load_runs, phase_spans, render, table_rows
 from tests.browser import external_references, needs_chromium, open_page
-from tests.conftest import LIVEMIG, ROOT, scenario_text
-
-WRITER = '{ kind = "uniform", dirty_pages_per_s = 8000, working_set_gib = 0.25 }'
-
+from tests.conftest import LIVEMIG, ROOT
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("report")
-    (d / "s.toml").write_text(scenario_text("report", memory_gib=1, workload=WRITER, gbps=1))
-    r = subprocess.run([LIVEMIG, "run", str(d / "s.toml"), "--out", str(d / "run"), "--quiet"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return d / "run"
+def run_dir(swept):
+    """One real run: the tiny sweep's first (tests/conftest.py)."""
+    return swept[0] / "out" / "speed_gbps=2" / "r1"
 
 
 def test_phases_follow_the_timeline(run_dir):
@@ -63,6 +56,16 @@ def test_the_probe_sees_a_broken_image(tmp_path):
     page.write_text('<!DOCTYPE html><html><head></head><body><img src="data:image/png;base64,AAAA"></body></html>')
     seen = open_page(page, tmp_path)
     assert seen["images"][0]["width"] == 0 and seen["errors"], seen
+
+
+def test_out_into_a_directory_or_under_a_file(run_dir, tmp_path):
+    r = subprocess.run([LIVEMIG, "report", str(run_dir), "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and (tmp_path / "report.html").is_file(), r.stderr
+    (tmp_path / "f").write_text("")
+    r = subprocess.run([LIVEMIG, "report", str(run_dir), "--out", str(tmp_path / "f" / "x.html")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "is a file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_a_directory_without_runs_is_one_line(tmp_path):

@@ -8,38 +8,8 @@ import pytest
 from cluster.sweep import Point, apply, load_spec, point_name, select, spread
 from tests.browser import external_references, needs_chromium, open_page
 from tests.conftest import LIVEMIG, ROOT, scenario_text
-
-WRITER = '{ kind = "uniform", dirty_pages_per_s = 4000, working_set_gib = 0.125 }'
-SPEC = '''name = "tiny"
-base = "base.toml"
-repeats = 2
-[vary]
-"hosts.*.nics.*.speed_gbps" = [2, 5]
-'''
-
-
-def _sweep(d, *args):
-    return subprocess.run([LIVEMIG, "sweep", str(d / "spec.toml"), "--out", str(d / "out"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-    """The sweep run as a user resumes one: first one point (--only), then the whole sweep,
-    which runs only the other point's repeats."""
-    d = tmp_path_factory.mktemp("sweep")
-    (d / "base.toml").write_text(scenario_text("tiny", memory_gib=0.5, workload=WRITER, gbps=1))
-    (d / "spec.toml").write_text(SPEC)
-    part = _sweep(d, "--only", "speed_gbps=2", "--json")
-    assert part.returncode == 0, part.stderr
-    ids = _run_ids(d / "out")
-    first = _sweep(d)
-    assert first.returncode == 0, first.stderr
-    return d, first, part, ids
-
-
-def _run_ids(out):
-    return sorted(json.loads(p.read_text())["run"]["run_id"] for p in out.rglob("result.json"))
+from tests.conftest import run_ids as _run_ids
+from tests.conftest import sweep_cli as _sweep
 
 
 def test_sweep_runs_every_point_and_repeat(swept):

@@ -433,7 +433,8 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 @app.command("list")
 def list_scenarios() -> None:
     """The shipped scenarios, one line each."""
-    for p in sorted(SCENARIO_DIR.rglob("*.toml")):
+    from cluster.scenario import shipped_scenarios
+    for p in shipped_scenarios(SCENARIO_DIR):
         try:
             data = tomllib.loads(p.read_text())
             lines = str(data.get("description") or "").strip().splitlines()

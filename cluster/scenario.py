@@ -1275,3 +1275,9 @@ def _file_kind(mode: int) -> str:
     kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
     return next((words for test, words in kinds if test(mode)), "not a regular file")
+
+
+def shipped_scenarios(directory: Path) -> list[Path]:
+    """The scenario files under `directory` (scenarios/), sorted; the sweep
+    specifications in its `sweeps/` folder are not scenarios."""
+    return sorted(p for p in directory.rglob("*.toml") if "sweeps" not in p.relative_to(directory).parts[:-1])

@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cluster.predict import predict
-from cluster.scenario import NAME, Scenario, ScenarioError, parse_scenario
+from cluster.scenario import NAME, Scenario, ScenarioError, parse_scenario, shipped_scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
-BASES = [tomllib.loads(p.read_text()) for p in sorted((ROOT / "scenarios").rglob("*.toml"))]
+BASES = [tomllib.loads(p.read_text()) for p in shipped_scenarios(ROOT / "scenarios")]
 PATH = "fuzz.toml"
 # LIVEMIG_FUZZ_EXAMPLES=5000 for a longer hunt; the default keeps the file to a few seconds.
 EXAMPLES = int(os.environ.get("LIVEMIG_FUZZ_EXAMPLES", "150"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.scenario import GIB, ScenarioError, load_scenario, parse_scenario
+from cluster.scenario import GIB, ScenarioError, load_scenario, parse_scenario, shipped_scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "scenarios" / "quickstart.toml"
@@ -104,7 +104,7 @@ def test_quickstart_parses():
     assert sc.migration_links(), "quickstart has no source -> destination link"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").rglob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", shipped_scenarios(ROOT / "scenarios"), ids=lambda p: p.name)
 def test_every_shipped_scenario_is_valid(path):
     load_scenario(path)
 
@@ -381,7 +381,7 @@ def test_cli_validate_quickstart_ok():
 
 
 def test_cli_list_one_line_per_scenario():
-    shipped = sorted((ROOT / "scenarios").rglob("*.toml"))
+    shipped = shipped_scenarios(ROOT / "scenarios")
     r = livemig("list")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()

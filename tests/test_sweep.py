@@ -108,7 +108,7 @@ def test_bad_spec_is_one_line(tmp_path):
 
 def test_shipped_sweeps_load():
     from cluster.sweep import point_scenario
-    specs = sorted((ROOT / "sweeps").glob("*.toml"))
+    specs = sorted((ROOT / "scenarios" / "sweeps").glob("*.toml"))
     assert specs
     for path in specs:
         spec = load_spec(path)

@@ -70,6 +70,8 @@ def test_writes_outrunning_the_link_make_the_mirror_synchronous(ray_cluster, tmp
     lat = m["write_latency_ms"]
     assert lat["write-blocking"] > lat["background"]
     assert any(e["event"] == "mirror-mode" for e in _events(r, tmp_path))
+    last = [e for e in _events(r, tmp_path) if e["event"] == "disk-progress"][-1]
+    assert last["write_latency_ms"]["write-blocking"] > 0
 
 
 def test_a_cancelled_storage_migration_removes_the_partial_disk(ray_cluster, tmp_path):

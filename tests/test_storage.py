@@ -60,7 +60,7 @@ def test_storage_interface_moves_no_bytes_over_the_migration_network(ray_cluster
 
 def test_writes_outrunning_the_link_make_the_mirror_synchronous(ray_cluster, tmp_path):
     # SolidDB at 64 clients writes 50 MB/s; the link carries 25 MB/s.
-    text = storage_scenario(disk_gib=1 / 16, memory_gib=1 / 16, workload='disk_workload = { preset = "soliddb-64" }')
+    text = storage_scenario(disk_gib=1 / 32, memory_gib=1 / 32, workload='disk_workload = { preset = "soliddb-64" }')
     text = text.replace("speed_gbps = 10", "speed_gbps = 0.2")
     r = _run(text, tmp_path)
     assert r["status"] == "completed" and r["disk"]["verified"], r["stop_reason"]
@@ -70,6 +70,8 @@ def test_writes_outrunning_the_link_make_the_mirror_synchronous(ray_cluster, tmp
     lat = m["write_latency_ms"]
     assert lat["write-blocking"] > lat["background"]
     assert any(e["event"] == "mirror-mode" for e in _events(r, tmp_path))
+    last = [e for e in _events(r, tmp_path) if e["event"] == "disk-progress"][-1]
+    assert last["write_latency_ms"]["write-blocking"] > 0
 
 
 def test_a_cancelled_storage_migration_removes_the_partial_disk(ray_cluster, tmp_path):

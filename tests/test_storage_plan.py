@@ -105,3 +105,17 @@ def test_over_the_network_the_disk_uses_the_migration_s_connections():
     assert _move(two).rate_bytes_s == pytest.approx(10e9 / 8)  # one consumer: one connection, one link
     assert _move(two.replace('downtime_limit_ms = 300', 'downtime_limit_ms = 300\nconsumers = 2')
                  ).rate_bytes_s == pytest.approx(20e9 / 8)
+
+
+def test_the_schema_offers_exactly_the_presets_there_are():
+    from typing import get_args
+
+    from agents.datapath.datastore import PRESETS
+    from agents.guest.disk import DISK_PRESETS
+    from cluster.scenario import Datastore, DiskWorkloadSpec
+    assert set(get_args(Datastore.model_fields["kind"].annotation)) == set(PRESETS)
+    assert set(get_args(DiskWorkloadSpec.model_fields["preset"].annotation)) == {"none", *DISK_PRESETS}
+    s = parse_scenario(storage_scenario(extra='[[datastores]]\nname = "x"\nkind = "hdd"\nhosts = ["src"]\n'
+                                              'read_iops = 150.0'))
+    figures = s.datastore_named("x").model_figures()
+    assert figures["read_iops"] == 150 and figures["write_iops"] == PRESETS["hdd"].write_iops

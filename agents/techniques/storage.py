@@ -21,7 +21,8 @@ A cancel at any point stops the copy, removes the destination's partial
 disk, and leaves the VM on its source with its disk as the guest wrote it.
 
 Events, besides pre-copy's: `disk-copy` phase, `disk-progress` (QEMU's
-offset and len, the mirror mode, the buffer fill, the guest's disk IOPS), `mirror-mode` (each
+offset and len, the mirror mode, the buffer fill, the guest's disk IOPS and
+mean write latency in each mode so far), `mirror-mode` (each
 switch between background and write-blocking), `disk-copy-done`,
 `disk-synced` (inside the downtime), `disk-verified`.
 """
@@ -106,7 +107,7 @@ class StorageMigration(PrecopyMigration):
             self._record_switches(st["switches"], st["t0"])
             self.ctx.record("disk-progress", offset=st["offset"] / self.scale, len=st["len"] / self.scale,
                             mode=st["mode"], buffer_fill=st["buffer_fill"] / self.scale, ready=st["ready"],
-                            guest_iops=iops)
+                            guest_iops=iops, write_latency_ms=st["write_latency_ms"])
 
     def _record_switches(self, switches: list, t0: float) -> None:
         for t, mode, fill in switches[self._switches_seen:]:

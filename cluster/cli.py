@@ -72,7 +72,7 @@ def run(
     address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (e.g. 'auto') instead of starting one."),
     dashboard: bool = typer.Option(False, help="Start the Ray dashboard (http://127.0.0.1:8265) to watch the actors."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT during the run."),
-    inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit."),
+    inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit, behind the batch checksum's back."),
     interval: float = typer.Option(0.1, help="The timeline's sampling interval, emulated seconds (timeline.jsonl)."),
 ) -> None:
     """Emulate the scenario's migrations and print the paper-style summary; writes result.json and timeline.jsonl."""

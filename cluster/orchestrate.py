@@ -383,11 +383,10 @@ class Orchestrator:
     def _link_stats(self, m: MigrationState) -> dict:
         import ray
         lps = self.sl.topo.links_of_migration(m.index)
-        return dict(zip([lp.index for lp in lps], ray.get([self.sl.links[lp.index].stats.remote() for lp in lps])))
+        return dict(zip([lp.index for lp in lps], self._gather([self.sl.links[lp.index].stats.remote() for lp in lps])))
 
     def _sample(self, now: float, force: bool = False) -> None:
         """One record per running migration, link, host and guest: one call per actor."""
-        import ray
         self._sampled_at = now
         t_begin = time.monotonic()
         running = [m for m in self.migs if m.status == "running"]
@@ -396,18 +395,30 @@ class Orchestrator:
         hosts = [self.sl.hosts[name].sample.remote(since) for name, since in asks.items()]
         links = [a.stats.remote() for a in self.sl.links.values()]
         guests = [g.progress.remote() for g in self.sl.guests]
-        got_hosts, got_links, got_guests = (ray.get(refs, timeout=ACTOR_CALL_S) for refs in (hosts, links, guests))
+        got_hosts, got_links, got_guests = (self._gather(refs) for refs in (hosts, links, guests))
         t = time.monotonic()
         for name, got in zip(asks, got_hosts):
+            if got is None:
+                continue  # a dead host: its migrations end through their own wait
             for m in running:
                 if m.index in got["polls"]:
                     self._sample_migration(m, got["polls"][m.index], t)
             self._sample_host(name, got["usage"], t)
         for idx, stats in zip(self.sl.links, got_links):
-            self._sample_link(idx, stats, t)
-        for vm, (tg, ops, *throttle) in zip(self.sl.scenario.vms, got_guests):
-            self._sample_guest(vm.name, tg, ops, *throttle)
+            if stats is not None:
+                self._sample_link(idx, stats, t)
+        for vm, got in zip(self.sl.scenario.vms, got_guests):
+            if got is not None:
+                self._sample_guest(vm.name, *got)
         self.sampling_s += time.monotonic() - t_begin
+
+    def _gather(self, refs: list) -> list:
+        """Every answer, None for an actor that is dead or does not answer in time."""
+        import ray
+        try:
+            return ray.get(refs, timeout=ACTOR_CALL_S)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ray.exceptions.RayTaskError):
+            return [self.call(r) for r in refs]
 
     def _sample_migration(self, m: MigrationState, polled: dict, t: float, final: bool = False) -> None:
         """The migration's events so far, then its interval record: what moved since the last one."""

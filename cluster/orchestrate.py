@@ -381,7 +381,6 @@ class Orchestrator:
 
     # --- sampling --------------------------------------------------------------------
     def _link_stats(self, m: MigrationState) -> dict:
-        import ray
         lps = self.sl.topo.links_of_migration(m.index)
         return dict(zip([lp.index for lp in lps], self._gather([self.sl.links[lp.index].stats.remote() for lp in lps])))
 

@@ -456,8 +456,8 @@ class Orchestrator:
             k = rec["trigger"]
             if self.events[k].action == "cancel":
                 self.fired.add(k)  # already carried out in the migration thread
-            else:
-                self._fire(k, now, m)
+            else:  # at the trigger's time: a fault was carried out then, on the spot
+                self._fire(k, min(now, self.tl.t0 + rec["t"] * self.scale.dilation), m)
 
     def _sample_link(self, idx: int, stats: dict, t: float) -> None:
         prev = self._samples.get(("l", idx))

@@ -340,3 +340,11 @@ def test_fault_outcomes_become_a_counter_by_kind_and_outcome():
         assert 'livemig_faults_total{kind="kill-destination",outcome="aborted-vm-safe"} 1.0' in body
     finally:
         m.close()
+
+
+def test_a_destination_killed_during_postcopy_loses_the_vm_and_the_run_ends(ray_cluster, tmp_path):
+    r, events = _run_postcopy(tmp_path, _event("kill-destination", at_s=0.8, vm="vm"))
+    assert r["status"] == "failed" and r["data_path_faults"]["vm_lost"]
+    assert "destination" in r["postcopy"]["lost"]["reason"]
+    assert r["faults"][0]["outcome"] == "vm-lost"
+    assert not any(e["event"] == "postcopy-recover" for e in events)  # no new connection reaches a dead host

@@ -7,7 +7,7 @@
   livemig reproduce SUITE     run a paper's experiment pairs (or the model grid) and compare
   livemig list                the shipped scenarios
   livemig techniques          the migration techniques and their options
-  livemig bench pipeline|link|codec   figures of this machine
+  livemig bench pipeline|link|codec|checksum   figures of this machine
 
 Exit codes: 0 done (and verified), 1 the migration failed or was aborted,
 2 bad input (one line on stderr naming file, field and what is allowed).
@@ -349,6 +349,13 @@ def bench_scaling(memory_gib: float = typer.Option(1.0, help="Emulated memory of
     """PMigrate Figures 6-7: migration time and speed-up with 1, 2, 4, 8 consumers under each address-space lock."""
     from cluster.bench import scaling_bench
     print(json.dumps(scaling_bench(memory_gib=memory_gib, dilation=dilation), indent=2))
+
+
+@bench_app.command("checksum")
+def bench_checksum(repeats: int = typer.Option(200, help="Batches measured per size.")) -> None:
+    """The per-batch checksum (mmh3) against packing the batch, at 16, 64 and 256 pages per batch."""
+    from cluster.bench import checksum_bench
+    print(json.dumps(checksum_bench(repeats=repeats), indent=2))
 
 
 @bench_app.command("timeline")

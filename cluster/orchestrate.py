@@ -29,6 +29,7 @@ from cluster.timeline import Timeline
 PAGE = 4096
 WARMUP_S = 1.0  # emulated seconds of guest activity measured before migrating
 AFTER_S = 1.0  # ... and after the last switch-over
+VERIFY_S = 600.0  # real seconds two hosts may take to digest their images (a TiB at 2 GB/s)
 FINISHED = ("completed", "cancelled", "aborted", "failed")
 MIN_SAMPLE_REAL_S = 0.1
 
@@ -76,11 +77,12 @@ def verify_images(src, dst, src_key: str, dst_key: str, npages: int, excused=Non
     import ray
 
     from agents.verify import chunk_pages, mismatched
-    bad_chunks = mismatched(*ray.get([src.digests.remote(src_key), dst.digests.remote(dst_key)]))
+    bad_chunks = mismatched(*ray.get([src.digests.remote(src_key), dst.digests.remote(dst_key)], timeout=VERIFY_S))
     if len(bad_chunks) == 0:
         return []
     idx = chunk_pages(bad_chunks, npages)
-    bad = idx[mismatched(*ray.get([src.page_digests.remote(src_key, idx), dst.page_digests.remote(dst_key, idx)]))]
+    bad = idx[mismatched(*ray.get([src.page_digests.remote(src_key, idx), dst.page_digests.remote(dst_key, idx)],
+                                  timeout=VERIFY_S))]
     if excused is not None and len(bad):
         bad = np.setdiff1d(bad, excused())
     return bad.tolist()
@@ -126,7 +128,7 @@ class Orchestrator:
     # --- the run ----------------------------------------------------------------
     def run(self) -> list[MigrationState]:
         import ray
-        self.t_run = ray.get([g.start.remote() for g in self.sl.guests])[0]
+        self.t_run = ray.get([g.start.remote() for g in self.sl.guests], timeout=ACTOR_CALL_S)[0]
         self.tl.t0 = self.t_run
         self.tl.event(self.t_run, "guests-started")
         self.t_mig = self.t_run + self.scale.real_seconds(WARMUP_S)
@@ -218,13 +220,12 @@ class Orchestrator:
         destination = {"image": self.sl.paths[dst_key], "return_path": f"{self.sl.cluster.sock_dir}/m{m.index}ret",
                        "one_way_s": lps[0].one_way_s if lps else 0.0}
         ray.get(src.migrate.remote(m.index, key, self.sl.guests[m.vm_index], m.plan.technique,
-                                   m.plan.options.model_dump(), self._triggers(m), destination))
+                                   m.plan.options.model_dump(), self._triggers(m), destination), timeout=ACTOR_CALL_S)
         m.ref = src.wait.remote(m.index, 1e9)
 
     def _share_nics(self) -> None:
         """Give each link its max-min fair share of the NICs it shares with the
         links of the other running migrations (cluster/fair_share.py)."""
-        import ray
 
         from cluster.fair_share import max_min_rates
         topo = self.sl.topo
@@ -234,7 +235,7 @@ class Orchestrator:
             rates |= max_min_rates({lp.index: (self.link_caps[lp.index], lp.nics) for lp in topo.links
                                     if lp.index in busy}, topo.shared_nics)
         changed = {i: r for i, r in rates.items() if abs(r - self.link_rates[i]) > 1e-6 * max(1.0, r)}
-        ray.get([self.sl.links[i].set_bandwidth.remote(r) for i, r in changed.items()])
+        self._gather([self.sl.links[i].set_bandwidth.remote(r) for i, r in changed.items()])
         self.link_rates |= changed
 
     def _triggers(self, m: MigrationState) -> list[dict]:
@@ -259,7 +260,6 @@ class Orchestrator:
 
     def _fire(self, k: int, now: float, m: MigrationState | None = None) -> None:
         """Carry out event `k`; `m`: the migration whose phase triggered it (a fault on the spot)."""
-        import ray
         ev, scale = self.events[k], self.scale
         self.fired.add(k)
         self.tl.event(now, "scheduled", index=k, action=ev.action, **ev.model_dump(exclude={"action", "on", "at_s"}))
@@ -276,27 +276,26 @@ class Orchestrator:
                 self.link_caps[planned[0].index] = scale.real_rate(ev.bandwidth_gbps * 1e9 / 8)
             if getattr(ev, "rtt_ms", None) is not None:
                 calls.append(link.set_one_way.remote(scale.real_seconds(ev.rtt_ms / 2000)))
-            ray.get(calls)
+            self._gather(calls)
             self._share_nics()
         elif ev.action == "set-workload":
             vm = next(i for i, v in enumerate(self.sl.scenario.vms) if v.name == ev.vm)
-            ray.get(self.sl.guests[vm].set_rate_factor.remote(ev.rate_factor))
+            self.call(self.sl.guests[vm].set_rate_factor.remote(ev.rate_factor))
         elif ev.action == "cancel":
             self._cancel_vm(ev.vm, now)
         elif ev.action in FAULT_KINDS or ev.action == "link-up":
             self.faults.fire(k, ev, now, m)
         elif ev.action == "start-postcopy":
             running = [m for m in self.migs if m.vm == ev.vm and m.status == "running"]
-            if not running or not ray.get(self._src(running[0]).start_postcopy.remote(running[0].index)):
+            if not running or not self.call(self._src(running[0]).start_postcopy.remote(running[0].index), False):
                 self.tl.event(now, "ignored", index=k, reason=f"no post-copy migration of {ev.vm} is running")
 
     def _cancel_vm(self, vm: str, now: float) -> None:
         """Cancel the VM's running migration, or else its next pending one."""
-        import ray
         mine = [m for m in self.migs if m.vm == vm]
         running = [m for m in mine if m.status == "running"]
         if running:
-            ray.get(self._src(running[0]).cancel.remote(running[0].index, "cancelled", "cancelled by a scheduled event"))
+            self.call(self._src(running[0]).cancel.remote(running[0].index, "cancelled", "cancelled by a scheduled event"))
             return
         pending = [m for m in mine if m.status == "pending"]
         if pending:

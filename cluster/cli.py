@@ -7,7 +7,7 @@
   livemig reproduce SUITE     run a paper's experiment pairs (or the model grid) and compare
   livemig list                the shipped scenarios
   livemig techniques          the migration techniques and their options
-  livemig bench pipeline|link|codec|checksum   figures of this machine
+  livemig bench pipeline|link|codec   figures of this machine
 
 Exit codes: 0 done (and verified), 1 the migration failed or was aborted,
 2 bad input (one line on stderr naming file, field and what is allowed).
@@ -72,7 +72,7 @@ def run(
     address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (e.g. 'auto') instead of starting one."),
     dashboard: bool = typer.Option(False, help="Start the Ray dashboard (http://127.0.0.1:8265) to watch the actors."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT during the run."),
-    inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit, behind the batch checksum's back."),
+    inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit."),
     interval: float = typer.Option(0.1, help="The timeline's sampling interval, emulated seconds (timeline.jsonl)."),
 ) -> None:
     """Emulate the scenario's migrations and print the paper-style summary; writes result.json and timeline.jsonl."""

@@ -29,6 +29,7 @@ from cluster.timeline import Timeline
 PAGE = 4096
 WARMUP_S = 1.0  # emulated seconds of guest activity measured before migrating
 AFTER_S = 1.0  # ... and after the last switch-over
+LOST = "(lost)"  # where a VM lost in post-copy runs: nowhere (result.json's final hosts)
 VERIFY_S = 600.0  # real seconds two hosts may take to digest their images (a TiB at 2 GB/s)
 FINISHED = ("completed", "cancelled", "aborted", "failed")
 MIN_SAMPLE_REAL_S = 0.1
@@ -335,6 +336,7 @@ class Orchestrator:
         now = time.monotonic()
         if moved and m.status != "completed":
             m.vm_lost, m.guest_resumed_at = True, None
+            self.sl.location[m.vm_index] = (LOST, dst_key)  # on no host: a later migration of it fails at once
             sides = {k: v for k, v in m.report.get("postcopy", {}).get("lost", {}).items() if k != "reason"}
             self.tl.event(now, "vm-lost", vm=m.vm, migration=m.index, reason=m.reason, **sides)
         elif moved:

@@ -5,6 +5,8 @@
   acknowledge) and of verification (both sides hash their image in parallel).
 - link: achieved rate of the link shaper against its target at 1 and 10
   Gbit/s, and the error of its emulated latency at 1 ms and 10 ms round trips.
+- checksum: the per-batch checksum (agents/datapath/wire_format.py) against
+  packing the same batch, per batch size.
 - scaling: PMigrate Figures 6-7 (consumers and address-space locks).
 - timeline: what recording the timeline costs a run.
 - lru: S-memV's Figure 14 (collection of the access history, LRU splitting,
@@ -200,6 +202,34 @@ address_space_lock = "{lock}"
 [cpu]
 profile = "xen-4.1"
 """
+
+
+def checksum_bench(batches=(16, 64, 256), repeats: int = 200) -> dict:
+    """Real microseconds to pack a batch of random pages and to checksum it (medians), its
+    GiB/s, and the checksum's share of packing; per 4 KiB page, the real us it adds on each
+    side (sender seals, receiver checks)."""
+    import numpy as np
+
+    from agents.datapath.wire_format import SlotLayout, SlotView, pack_pages
+    image = np.random.default_rng(0).integers(0, 256, (4096, 4096), dtype=np.uint8)
+    out = {}
+    for n in batches:
+        layout = SlotLayout(n)
+        slot = SlotView(np.zeros(layout.slot_bytes, dtype=np.uint8), 0, layout)
+        pack, seal = [], []
+        for k in range(repeats):
+            idx = (np.arange(n) + k * n) % len(image)
+            t0 = time.perf_counter()
+            pack_pages(image, idx, slot)
+            t1 = time.perf_counter()
+            slot.seal()
+            seal.append(time.perf_counter() - t1)
+            pack.append(t1 - t0)
+        p, c = statistics.median(pack), statistics.median(seal)
+        out[f"{n}_pages"] = {"pack_us": round(p * 1e6, 1), "checksum_us": round(c * 1e6, 1),
+                             "checksum_gib_s": round(n * 4096 / c / 2**30, 2),
+                             "checksum_over_pack": round(c / p, 2), "checksum_us_per_page": round(c * 1e6 / n, 3)}
+    return out
 
 
 def scaling_bench(memory_gib: float = 1.0, memory_scale: float = 1 / 512, dilation: float = 0.15,

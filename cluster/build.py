@@ -214,7 +214,9 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
     if opts.inject_fault == "corrupt-page":
         from agents.datapath.shm import region_path
         c0 = sl.topo.connections[0]
-        ray.get(sl.links[c0.link].corrupt_one_page.remote(region_path(cl.run_id, f"ring{c0.index}"), c0.batch_pages))
+        # Damaged before its checksum was taken: the transport cannot see it, verification must.
+        ray.get(sl.links[c0.link].corrupt.remote({c0.index: (region_path(cl.run_id, f"ring{c0.index}"), c0.batch_pages)},
+                                                 1, True))
     _guests(sl)
     _access_histories(sl)
     _disks(sl)

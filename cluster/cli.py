@@ -507,6 +507,13 @@ def bench_scaling(memory_gib: float = typer.Option(1.0, help="Emulated memory of
     print(json.dumps(scaling_bench(memory_gib=memory_gib, dilation=dilation), indent=2))
 
 
+@bench_app.command("checksum")
+def bench_checksum(repeats: int = typer.Option(200, help="Batches measured per size.")) -> None:
+    """The per-batch checksum (mmh3) against packing the batch, at 16, 64 and 256 pages per batch."""
+    from cluster.bench import checksum_bench
+    print(json.dumps(checksum_bench(repeats=repeats), indent=2))
+
+
 @bench_app.command("timeline")
 def bench_timeline(scenario: Path = typer.Argument(Path("scenarios/quickstart.toml"), help="Scenario to run."),
                    repeats: int = typer.Option(2, help="Runs at each interval.")) -> None:

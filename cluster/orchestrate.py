@@ -30,6 +30,8 @@ from cluster.timeline import Timeline
 PAGE = 4096
 WARMUP_S = 1.0  # emulated seconds of guest activity measured before migrating
 AFTER_S = 1.0  # ... and after the last switch-over
+LOST = "(lost)"  # where a VM lost in post-copy runs: nowhere (result.json's final hosts)
+VERIFY_S = 600.0  # real seconds two hosts may take to digest their images (a TiB at 2 GB/s)
 FINISHED = ("completed", "cancelled", "aborted", "failed")
 MIN_SAMPLE_REAL_S = 0.1
 
@@ -81,11 +83,12 @@ def verify_images(src, dst, src_key: str, dst_key: str, npages: int, excused=Non
     import ray
 
     from agents.verify import chunk_pages, mismatched
-    bad_chunks = mismatched(*ray.get([src.digests.remote(src_key), dst.digests.remote(dst_key)]))
+    bad_chunks = mismatched(*ray.get([src.digests.remote(src_key), dst.digests.remote(dst_key)], timeout=VERIFY_S))
     if len(bad_chunks) == 0:
         return []
     idx = chunk_pages(bad_chunks, npages)
-    bad = idx[mismatched(*ray.get([src.page_digests.remote(src_key, idx), dst.page_digests.remote(dst_key, idx)]))]
+    bad = idx[mismatched(*ray.get([src.page_digests.remote(src_key, idx), dst.page_digests.remote(dst_key, idx)],
+                                  timeout=VERIFY_S))]
     if excused is not None and len(bad):
         bad = np.setdiff1d(bad, excused())
     return bad.tolist()
@@ -139,7 +142,7 @@ class Orchestrator:
     # --- the run ----------------------------------------------------------------
     def run(self) -> list[MigrationState]:
         import ray
-        self.t_run = ray.get([g.start.remote() for g in self.sl.guests])[0]
+        self.t_run = ray.get([g.start.remote() for g in self.sl.guests], timeout=ACTOR_CALL_S)[0]
         self.tl.t0 = self.t_run
         self.tl.event(self.t_run, "guests-started")
         self.t_mig = self.t_run + self.scale.real_seconds(WARMUP_S)
@@ -244,13 +247,12 @@ class Orchestrator:
                               status=m.status, reason=m.reason)
                 return
         ray.get(src.migrate.remote(m.index, key, self.sl.guests[m.vm_index], m.plan.technique,
-                                   m.plan.options.model_dump(), self._triggers(m), destination))
+                                   m.plan.options.model_dump(), self._triggers(m), destination), timeout=ACTOR_CALL_S)
         m.ref = src.wait.remote(m.index, 1e9)
 
     def _share_nics(self) -> None:
         """Give each link its max-min fair share of the NICs it shares with the
         links of the other running migrations (cluster/fair_share.py)."""
-        import ray
 
         from cluster.fair_share import max_min_rates
         topo = self.sl.topo
@@ -260,7 +262,7 @@ class Orchestrator:
             rates |= max_min_rates({lp.index: (self.link_caps[lp.index], lp.nics) for lp in topo.links
                                     if lp.index in busy}, topo.shared_nics)
         changed = {i: r for i, r in rates.items() if abs(r - self.link_rates[i]) > 1e-6 * max(1.0, r)}
-        ray.get([self.sl.links[i].set_bandwidth.remote(r) for i, r in changed.items()])
+        self._gather([self.sl.links[i].set_bandwidth.remote(r) for i, r in changed.items()])
         self.link_rates |= changed
 
     def _triggers(self, m: MigrationState) -> list[dict]:
@@ -285,7 +287,6 @@ class Orchestrator:
 
     def _fire(self, k: int, now: float, m: MigrationState | None = None) -> None:
         """Carry out event `k`; `m`: the migration whose phase triggered it (a fault on the spot)."""
-        import ray
         ev, scale = self.events[k], self.scale
         self.fired.add(k)
         self.tl.event(now, "scheduled", index=k, action=ev.action, **ev.model_dump(exclude={"action", "on", "at_s"}))
@@ -302,27 +303,26 @@ class Orchestrator:
                 self.link_caps[planned[0].index] = scale.real_rate(ev.bandwidth_gbps * 1e9 / 8)
             if getattr(ev, "rtt_ms", None) is not None:
                 calls.append(link.set_one_way.remote(scale.real_seconds(ev.rtt_ms / 2000)))
-            ray.get(calls)
+            self._gather(calls)
             self._share_nics()
         elif ev.action == "set-workload":
             vm = next(i for i, v in enumerate(self.sl.scenario.vms) if v.name == ev.vm)
-            ray.get(self.sl.guests[vm].set_rate_factor.remote(ev.rate_factor))
+            self.call(self.sl.guests[vm].set_rate_factor.remote(ev.rate_factor))
         elif ev.action == "cancel":
             self._cancel_vm(ev.vm, now)
         elif ev.action in FAULT_KINDS or ev.action == "link-up":
             self.faults.fire(k, ev, now, m)
         elif ev.action == "start-postcopy":
             running = [m for m in self.migs if m.vm == ev.vm and m.status == "running"]
-            if not running or not ray.get(self._src(running[0]).start_postcopy.remote(running[0].index)):
+            if not running or not self.call(self._src(running[0]).start_postcopy.remote(running[0].index), False):
                 self.tl.event(now, "ignored", index=k, reason=f"no post-copy migration of {ev.vm} is running")
 
     def _cancel_vm(self, vm: str, now: float) -> None:
         """Cancel the VM's running migration, or else its next pending one."""
-        import ray
         mine = [m for m in self.migs if m.vm == vm]
         running = [m for m in mine if m.status == "running"]
         if running:
-            ray.get(self._src(running[0]).cancel.remote(running[0].index, "cancelled", "cancelled by a scheduled event"))
+            self.call(self._src(running[0]).cancel.remote(running[0].index, "cancelled", "cancelled by a scheduled event"))
             return
         pending = [m for m in mine if m.status == "pending"]
         if pending:
@@ -372,6 +372,7 @@ class Orchestrator:
         now = time.monotonic()
         if moved and m.status != "completed":
             m.vm_lost, m.guest_resumed_at = True, None
+            self.sl.location[m.vm_index] = (LOST, dst_key)  # on no host: a later migration of it fails at once
             sides = {k: v for k, v in m.report.get("postcopy", {}).get("lost", {}).items() if k != "reason"}
             self.tl.event(now, "vm-lost", vm=m.vm, migration=m.index, reason=m.reason, **sides)
         elif moved:
@@ -419,13 +420,11 @@ class Orchestrator:
 
     # --- sampling --------------------------------------------------------------------
     def _link_stats(self, m: MigrationState) -> dict:
-        import ray
         lps = self.sl.topo.links_of_migration(m.index)
-        return dict(zip([lp.index for lp in lps], ray.get([self.sl.links[lp.index].stats.remote() for lp in lps])))
+        return dict(zip([lp.index for lp in lps], self._gather([self.sl.links[lp.index].stats.remote() for lp in lps])))
 
     def _sample(self, now: float, force: bool = False) -> None:
         """One record per running migration, link, host and guest: one call per actor."""
-        import ray
         self._sampled_at = now
         t_begin = time.monotonic()
         running = [m for m in self.migs if m.status == "running"]
@@ -434,18 +433,30 @@ class Orchestrator:
         hosts = [self.sl.hosts[name].sample.remote(since) for name, since in asks.items()]
         links = [a.stats.remote() for a in self.sl.links.values()]
         guests = [g.progress.remote() for g in self.sl.guests]
-        got_hosts, got_links, got_guests = (ray.get(refs, timeout=ACTOR_CALL_S) for refs in (hosts, links, guests))
+        got_hosts, got_links, got_guests = (self._gather(refs) for refs in (hosts, links, guests))
         t = time.monotonic()
         for name, got in zip(asks, got_hosts):
+            if got is None:
+                continue  # a dead host: its migrations end through their own wait
             for m in running:
                 if m.index in got["polls"]:
                     self._sample_migration(m, got["polls"][m.index], t)
             self._sample_host(name, got["usage"], t)
         for idx, stats in zip(self.sl.links, got_links):
-            self._sample_link(idx, stats, t)
-        for vm, (tg, ops, *throttle) in zip(self.sl.scenario.vms, got_guests):
-            self._sample_guest(vm.name, tg, ops, *throttle)
+            if stats is not None:
+                self._sample_link(idx, stats, t)
+        for vm, got in zip(self.sl.scenario.vms, got_guests):
+            if got is not None:
+                self._sample_guest(vm.name, *got)
         self.sampling_s += time.monotonic() - t_begin
+
+    def _gather(self, refs: list) -> list:
+        """Every answer, None for an actor that is dead or does not answer in time."""
+        import ray
+        try:
+            return ray.get(refs, timeout=ACTOR_CALL_S)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ray.exceptions.RayTaskError):
+            return [self.call(r) for r in refs]
 
     def _sample_migration(self, m: MigrationState, polled: dict, t: float, final: bool = False) -> None:
         """The migration's events so far, then its interval record: what moved since the last one."""
@@ -484,8 +495,8 @@ class Orchestrator:
             k = rec["trigger"]
             if self.events[k].action == "cancel":
                 self.fired.add(k)  # already carried out in the migration thread
-            else:
-                self._fire(k, now, m)
+            else:  # at the trigger's time: a fault was carried out then, on the spot
+                self._fire(k, min(now, self.tl.t0 + rec["t"] * self.scale.dilation), m)
 
     def _sample_link(self, idx: int, stats: dict, t: float) -> None:
         prev = self._samples.get(("l", idx))

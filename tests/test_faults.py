@@ -286,7 +286,7 @@ PC_WRITER = '{ kind = "uniform", dirty_pages_per_s = 20000, working_set_gib = 0.
 def _run_postcopy(tmp_path, events: str):
     from cluster.runner import RunOptions, run_scenario
     from cluster.scenario import parse_scenario
-    text = scenario_text("pc-faults", memory_gib=0.5, workload=PC_WRITER, migration=POSTCOPY) + events
+    text = scenario_text("pc-faults", memory_gib=0.25, workload=PC_WRITER, migration=POSTCOPY) + events
     r = run_scenario(parse_scenario(text, "pc-faults.toml"), RunOptions(out_dir=str(tmp_path)))
     return r, [e for e in _timeline(tmp_path) if e["kind"] == "event"]
 
@@ -295,8 +295,9 @@ def test_postcopy_pauses_on_a_link_failure_survives_a_second_one_during_recovery
         ray_cluster, tmp_path):
     r, events = _run_postcopy(tmp_path, _event("link-down", on={"vm": "vm", "phase": "postcopy-active"}, link=LINK)
                                  + _event("link-up", at_s=2.5, link=LINK)
+                                 # down for twice the user timeout: the handshake gives up first
                                  + _event("link-down", on={"vm": "vm", "phase": "postcopy-recover"}, link=LINK,
-                                          duration_s=1.0))
+                                          duration_s=2.0))
     assert r["status"] == "completed" and r["verified"], r["stop_reason"]
     names = [e["event"] for e in events]
     # paused, a recovery that fails (the link goes down again in its handshake), paused, recovered
@@ -312,11 +313,11 @@ def test_postcopy_pauses_on_a_link_failure_survives_a_second_one_during_recovery
 
 
 def test_postcopy_whose_link_never_returns_reports_the_vm_lost_and_each_sides_pages(ray_cluster, tmp_path):
-    r, events = _run_postcopy(tmp_path, _event("link-down", at_s=0.8, link=LINK))
+    r, events = _run_postcopy(tmp_path, _event("link-down", at_s=0.5, link=LINK))
     assert r["status"] == "failed" and not r["verified"]
     lost = r["postcopy"]["lost"]
     assert lost["pages_on_destination"] > 0 and lost["pages_only_on_source"] > 0
-    assert lost["pages_on_destination"] + lost["pages_only_on_source"] <= lost["pages_total"] == 0.5 * 2**30 / 4096
+    assert lost["pages_on_destination"] + lost["pages_only_on_source"] <= lost["pages_total"] == 0.25 * 2**30 / 4096
     assert r["data_path_faults"]["vm_lost"] and r["faults"][0]["outcome"] == "vm-lost"
     assert any(e["event"] == "vm-lost" for e in events)
     assert "neither side holds the whole VM" in r["postcopy"]["neither_side_whole"]
@@ -340,3 +341,12 @@ def test_fault_outcomes_become_a_counter_by_kind_and_outcome():
         assert 'livemig_faults_total{kind="kill-destination",outcome="aborted-vm-safe"} 1.0' in body
     finally:
         m.close()
+
+
+@pytest.mark.slow
+def test_a_destination_killed_during_postcopy_loses_the_vm_and_the_run_ends(ray_cluster, tmp_path):
+    r, events = _run_postcopy(tmp_path, _event("kill-destination", at_s=0.5, vm="vm"))
+    assert r["status"] == "failed" and r["data_path_faults"]["vm_lost"]
+    assert "destination" in r["postcopy"]["lost"]["reason"]
+    assert r["faults"][0]["outcome"] == "vm-lost"
+    assert not any(e["event"] == "postcopy-recover" for e in events)  # no new connection reaches a dead host

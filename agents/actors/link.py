@@ -41,10 +41,11 @@ class LinkAgent:
 
         threading.Thread(target=accept_then_run, daemon=True).start()
 
-    def corrupt(self, rings: dict[int, tuple[str, int]], count: int = 1) -> None:
+    def corrupt(self, rings: dict[int, tuple[str, int]], count: int = 1, undetected: bool = False) -> None:
         """Fault injection: flip one byte in the payload of each of the next `count` batches
         with contents that enter the link, on the connections of `rings` (conn_id -> its
-        ring's path and batch pages)."""
+        ring's path and batch pages). `undetected`: seal the batch again, as if it had been
+        damaged before its checksum was taken (only verification can catch that)."""
         views = {}
         for cid, (path, batch_pages) in rings.items():
             ring = Region.attach(path)
@@ -59,6 +60,8 @@ class LinkAgent:
             payload_len = view.get_header()[2]
             if payload_len:  # a batch with payload: not only zero pages
                 view.payload[(d[5] * 7919) % payload_len] ^= 0xFF
+                if undetected:
+                    view.seal()
                 left[0] -= 1
                 self.corrupted += 1
                 if left[0] <= 0:

@@ -47,6 +47,10 @@ class ConnectionLost(ConnectionError):
     """A connection gave up: no acknowledgement within the user timeout, or its peer is gone."""
 
 
+class DestinationGone(ConnectionLost):
+    """The receiving end closed under a live connection: its host is gone, for good."""
+
+
 @dataclass
 class SendCounters:
     pages_normal: int = 0
@@ -92,7 +96,7 @@ class PageSender:
             d = acks.recv()
             if d is None or d[0] == KIND_CLOSE:
                 if not self._closing:  # the receiving end went away under a live connection
-                    self.fail(ConnectionLost("the destination closed the connection (its host is gone)"))
+                    self.fail(DestinationGone("the destination closed the connection (its host is gone)"))
                 break
             if d[0] == KIND_NACK:
                 self._resend(d[2])
@@ -152,6 +156,8 @@ class PageSender:
         comes back DROPPED); the connection may be used again (a new one, as far as the
         emulated network knows) once `drain()` returns."""
         with self._cv:
+            if isinstance(self.failure, DestinationGone):
+                raise self.failure  # no new connection can reach a host that is gone
             self.failure = None
             self._progress_t = time.monotonic()
         self.to_link.send(KIND_RESET)

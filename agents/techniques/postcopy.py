@@ -52,7 +52,7 @@ import numpy as np
 
 from agents.datapath.channel import KIND_PAGE_REQUEST, Listener
 from agents.datapath.clock import sleep_until
-from agents.datapath.sender import ConnectionLost
+from agents.datapath.sender import ConnectionLost, DestinationGone
 from agents.datapath.shm import Region
 from agents.guest.dirty_log import DirtyLog
 from agents.techniques.precopy import PrecopyMigration, PrecopyResult, StopPolicy
@@ -392,8 +392,8 @@ class PostcopyMigration(PrecopyMigration):
                 released = self.sink.drain()
                 break
             except ConnectionLost as exc:
-                if isinstance(exc, PostcopyLost):
-                    raise
+                if isinstance(exc, (PostcopyLost, DestinationGone)):
+                    raise  # the VM ran there: it is lost with its host
                 self._pause_and_recover(exc, order)
         self.ctx.record("source-released", t_real=released)
         r.memory_bytes_sent += sent["wire"] / self.scale
@@ -442,6 +442,8 @@ class PostcopyMigration(PrecopyMigration):
                 self.sink.send_state(self.vm, max(1, len(self.image) // 8))
                 self.sink.drain()
                 break
+            except DestinationGone:
+                raise
             except ConnectionLost as again:
                 self._paused(f"recovery failed: {again}")
         received = self._destination_map("-recv")[:len(self.image)] != 0

@@ -360,6 +360,7 @@ def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario,
     _check_run_options(dilation, 0.1, None, None, out_dir or Path("runs"))
     out_dir = out_dir or Path("runs") / f"sweep-{spec.name}"
     t0 = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)  # killed: stop as at Ctrl-C
     try:
         sw.run_sweep(spec, out_dir, points, selected, fresh, dilation, progress=lambda m: err.print(m))
         points = [p for p in points if p.results]

@@ -11,7 +11,8 @@ The comparisons of QEMU's guestperf, as a small TOML file:
 Every point (the product of the varied values) runs `repeats` times in one Ray
 (started once for the whole sweep) into `OUT/<point>/r<i>/` (result.json and
 timeline.jsonl, as `livemig run --out`). A run whose result.json already holds
-the same scenario as loaded is reused, so an interrupted sweep resumes. The
+the same scenario as loaded, completed and verified, is reused, so an interrupted
+sweep resumes; Ctrl-C (a run that comes back interrupted) stops the sweep. The
 summary, per point and figure, is the median and the spread (min to max) of
 the repeats: `sweep.json` and `sweep.csv` on disk, a table on screen.
 """
@@ -176,12 +177,25 @@ def select(points: list[Point], only: list[str]) -> list[Point]:
 
 # --- running ------------------------------------------------------------------------------------
 
+class SweepInterrupted(KeyboardInterrupt):
+    """A run came back aborted by Ctrl-C (or SIGTERM): the sweep stops; finished runs stay for resume."""
+
+
+def interrupted(result: dict) -> bool:
+    """Whether a run's result was aborted by an interrupt (cluster/orchestrate.py `_interrupt`)."""
+    entries = [result, *(v for v in result.get("vms") or [] if isinstance(v, dict))]
+    return any(e.get("status") == "aborted" and "interrupted" in str(e.get("stop_reason") or "") for e in entries)
+
+
 def reusable(run_dir: Path, scenario) -> dict | None:
-    """The run's result when it exists and was made from this very scenario (as loaded)."""
+    """The run's result when it exists, completed and verified, and was made from this very
+    scenario (as loaded); a failed, aborted or unverified run is run again."""
     from cluster.results import finite
     try:
         result = json.loads((run_dir / "result.json").read_text())
     except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(result, dict) or result.get("status") != "completed" or result.get("verified") is not True:
         return None
     wanted = json.loads(json.dumps(finite(scenario.model_dump(mode="json", by_alias=True))))
     return result if result.get("scenario_as_loaded") == wanted else None
@@ -220,6 +234,8 @@ def _run_all(spec: Spec, todo: list, progress) -> None:
         for n, (point, sc, d) in enumerate(todo, 1):
             t = time.monotonic()
             result = _one_run(sc, d, f"{spec.path}#{point.name}", RunOptions, run_scenario)
+            if interrupted(result):  # Ctrl-C reached the run: stop here, not at the next repeat
+                raise SweepInterrupted
             point.results.append(result)
             progress(f"[{n}/{len(todo)}] {point.name} {d.name}: {result['status']} "
                      f"in {time.monotonic() - t:.1f} s")

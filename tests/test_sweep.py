@@ -113,3 +113,37 @@ def test_shipped_sweeps_load():
     for path in specs:
         spec = load_spec(path)
         assert all(point_scenario(spec, p) for p in spec.points())
+
+
+def _loaded(tmp_path):
+    from cluster.scenario import load_scenario
+    (tmp_path / "base.toml").write_text(scenario_text("b"))
+    return load_scenario(tmp_path / "base.toml")
+
+
+def test_only_a_completed_verified_run_is_reused(tmp_path):
+    """A run aborted by Ctrl-C, failed or unverified is run again, never counted in the medians."""
+    from cluster.results import write_result
+    from cluster.sweep import reusable
+    sc = _loaded(tmp_path)
+    as_loaded = sc.model_dump(mode="json", by_alias=True)
+    good = {"status": "completed", "verified": True, "scenario_as_loaded": as_loaded}
+    for name, result, kept in [("good", good, True),
+                               ("aborted", good | {"status": "aborted", "stop_reason": "interrupted (Ctrl-C)"}, False),
+                               ("failed", good | {"status": "failed"}, False),
+                               ("unverified", good | {"verified": False}, False),
+                               ("other", good | {"scenario_as_loaded": {}}, False)]:
+        write_result(result, tmp_path / name)
+        assert (reusable(tmp_path / name, sc) is not None) == kept, name
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "result.json").write_text("[1]")
+    assert reusable(tmp_path / "list", sc) is None
+
+
+def test_an_interrupted_run_is_recognised():
+    from cluster.sweep import interrupted
+    vm = {"vm": "vm", "status": "aborted", "stop_reason": "interrupted (Ctrl-C)"}
+    assert interrupted({"status": "aborted", "vms": [vm]})
+    assert interrupted({"status": "aborted", "stop_reason": "interrupted before the migrations started", "vms": []})
+    assert not interrupted({"status": "aborted", "vms": [vm | {"stop_reason": "cancel event"}]})
+    assert not interrupted({"status": "completed", "vms": [vm | {"status": "completed"}]})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
 import statistics
 import time
 import tomllib
@@ -30,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.compare import ROWS, figure
-from cluster.scenario import ScenarioError, read_scenario_text, scenario_from_data
+from cluster.scenario import NAME, ScenarioError, read_scenario_text, scenario_from_data
 
 MAX_REPEATS = 100
 MAX_VALUES = 64
+MAX_DIR_NAME = 255  # bytes of one directory name (NAME_MAX of Linux file systems)
 SPEC_KEYS = {"name", "description", "base", "repeats", "vary"}
 # The figures of the on-screen table, with short headings (sweep.json and sweep.csv carry
 # every row of `livemig compare`).
@@ -95,7 +97,18 @@ def load_spec(path: Path) -> Spec:
     if type(repeats) is not int or not 1 <= repeats <= MAX_REPEATS:
         raise SweepError(f"{path}: repeats: must be a whole number from 1 to {MAX_REPEATS} (got {repeats!r})")
     vary = _check_vary(path, data.get("vary"))
-    return Spec(path, str(data.get("name") or path.stem), base, base_data, repeats, vary)
+    return Spec(path, _check_name(path, data.get("name")), base, base_data, repeats, vary)
+
+
+def _check_name(path: Path, name) -> str:
+    """The sweep's name (default: the file's), by the scenario's rule (cluster/scenario.py NAME):
+    it names the default directory, runs/sweep-<name>/."""
+    given = "" if name is not None else " (the file's name, as none is given)"
+    name = path.stem if name is None else name
+    if not isinstance(name, str) or not re.fullmatch(NAME, name):
+        raise SweepError(f"{path}: name: {name!r}{given} is not allowed; a string of 1 to 64 letters, digits, "
+                         f"'_', '-' or '.', not starting with '.'")
+    return name
 
 
 def _check_vary(path: Path, vary) -> dict:
@@ -107,6 +120,13 @@ def _check_vary(path: Path, vary) -> dict:
             raise SweepError(f"{path}: vary.{key}: must be a list of 1 to {MAX_VALUES} values")
         if any(isinstance(v, (dict, list)) for v in values):
             raise SweepError(f"{path}: vary.{key}: values must be numbers, strings or booleans")
+        bad = next((v for v in values if isinstance(v, str) and "\0" in v), None)
+        if bad is not None:
+            raise SweepError(f"{path}: vary.{key}: {bad!r} holds a NUL byte; it cannot be part of a directory name")
+    longest = point_name({k: max(vs, key=lambda v: len(str(v).encode())) for k, vs in vary.items()})
+    if len(longest.encode()) > MAX_DIR_NAME:
+        raise SweepError(f"{path}: vary: the point {longest[:40]!r}... makes a directory name of "
+                         f"{len(longest.encode())} bytes; at most {MAX_DIR_NAME} are allowed (use shorter values)")
     return vary
 
 

@@ -98,7 +98,13 @@ def test_bad_spec_is_one_line(tmp_path):
                         ('base = "nope.toml"\n[vary]\n"a.b" = [1]\n', "no such file"),
                         ('base = "base.toml"\n[vary]\n"a" = [1]\n"b" = [1]\n"c" = [1]\n', "one or two"),
                         ('base = "base.toml"\ncolour = 1\n[vary]\n"a" = [1]\n', "unknown key"),
-                        ('base = "base.toml"\n[vary]\n"migration.downtime_limit_ms" = ["x"]\n', "downtime_limit_ms")]:
+                        ('base = "base.toml"\n[vary]\n"migration.downtime_limit_ms" = ["x"]\n', "downtime_limit_ms"),
+                        ('name = "../../../x"\nbase = "base.toml"\n[vary]\n"a" = [1]\n', "name:"),
+                        ('name = 5\nbase = "base.toml"\n[vary]\n"a" = [1]\n', "name:"),
+                        ('base = "base.toml"\n[vary]\n"vms.0.name" = ["a\\u0000b"]\n', "NUL byte"),
+                        (f'base = "base.toml"\n[vary]\n"vms.0.name" = ["a", "{"b" * 251}"]\n', "at most 255"),
+                        (f'base = "base.toml"\n[vary]\n"a.x" = ["{"b" * 130}"]\n"c.y" = ["{"b" * 130}"]\n',
+                         "at most 255")]:
         (tmp_path / "spec.toml").write_text(body)
         r = subprocess.run([LIVEMIG, "sweep", str(tmp_path / "spec.toml"), "--out", str(tmp_path / "o")],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)

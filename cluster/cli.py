@@ -386,17 +386,15 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories (liv
                                                    "first directory); its PNG files go next to it.")) -> None:
     """Plots of one run (iterations, dirty against transfer rate, guest ops/s with phases, links, CPU) or of
     several runs overlaid, with the results table, in one self-contained HTML page plus PNG files."""
-    from cluster.report import ReportError, load_runs, load_sweep, render
+    from cluster.report import ReportError, check_out, load_runs, load_sweep, render
     try:
         runs = load_runs(run_dirs, warn=lambda m: print(m, file=sys.stderr))
+        target = out_file or run_dirs[0] / "report.html"
+        if out_file is not None and out_file.is_dir():  # a directory given: the page goes into it
+            target = out_file / "report.html"
+        check_out(target)
     except ReportError as exc:
         _fail_input([f"report: {exc}"])
-    target = out_file or run_dirs[0] / "report.html"
-    if target.is_dir():  # a directory given: the page goes into it
-        target = target / "report.html"
-    blocker = next((p for p in target.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        _fail_input([f"report: --out: {blocker} is a file, not a directory"])
     done = render(runs, target, load_sweep(run_dirs))
     print(f"{done['html']} ({done['bytes'] / 1e6:.2f} MB, {len(runs)} run(s)); "
           f"PNG: {', '.join(p.name for p in done['pngs'])}")

@@ -78,7 +78,7 @@ def run(
     dashboard_port: int = typer.Option(8265, help="The Ray dashboard's port, with --dashboard."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT during the run."),
     linger: float = typer.Option(0.0, help="Keep the metrics exporter up this many real seconds after the run, "
-                                 "so Prometheus scrapes the final figures."),
+                                 "so Prometheus scrapes the final figures (with --metrics-port)."),
     inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit; "
                                                 "'memory-server-refuses': a sub-host's memory server does not start."),
     interval: float = typer.Option(0.1, help="The timeline's sampling interval, emulated seconds (timeline.jsonl)."),
@@ -89,6 +89,8 @@ def run(
     _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir)
     if not 0 <= linger <= 3600:  # `not (a <= x <= b)`: NaN is refused too
         _fail_input([f"--linger: must be between 0 and 3600 seconds (got {linger:g})"])
+    if linger and metrics_port is None:
+        _fail_input(["--linger: keeps the metrics exporter up, so it needs --metrics-port PORT"])
     from cluster.results import write_result
     from cluster.runner import RunOptions, run_scenario
 
@@ -289,7 +291,8 @@ def reproduce(suite: str = typer.Argument(..., help="pmigrate, xbrle, convergenc
         _reproduce_smemv(out_dir, markdown_out, [g for g in only.split(",") if g.strip()])
         return
     if suite not in SUITES:
-        _fail_input([f"reproduce: unknown suite {suite!r}; known: {', '.join(SUITES)}"])
+        known = [*SUITES, "convergence", "smemv", "model"]
+        _fail_input([f"reproduce: unknown suite {suite!r}; known: {', '.join(known)}"])
     report = run_suite(suite, out_dir, tolerance, progress=lambda m: err.print(m))
     (out_dir / f"{suite}.json").write_text(json.dumps(report, indent=2, default=float))
     _print_markdown(markdown(report), markdown_out, f"reproduce {suite}")

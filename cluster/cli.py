@@ -55,14 +55,13 @@ def _load(path: Path):
 
 
 def _summary_table(title: str, columns: list[tuple[str, dict]]) -> Table:
-    from cluster.results import summary_rows
+    from cluster.results import table_rows
     t = Table(title=title, title_justify="left")
     t.add_column("Metric")
-    rows = [summary_rows(r) for _, r in columns]
     for name, _ in columns:
         t.add_column(name, justify="right")
-    for i, (label, _) in enumerate(rows[0]):
-        t.add_row(label, *[r[i][1] for r in rows])
+    for label, cells in table_rows([r for _, r in columns]):
+        t.add_row(label, *cells)
     return t
 
 
@@ -163,6 +162,9 @@ def _print_result(sc, result: dict, path: Path) -> None:
     cols = [(v["vm"] if names.count(v["vm"]) == 1 else f"{v['vm']} -> {v['destination']}", v) for v in result["vms"]]
     out.print(_summary_table(f"{sc.name}: emulated at memory_scale {sc.emulation.memory_scale:g}, "
                              f"dilation {result['emulation']['dilation']:g}", cols))
+    from cluster.results import fault_line
+    if faults := fault_line(result):
+        out.print(faults, markup=False, highlight=False)
     for host, e in result.get("evacuations", {}).items():
         out.print(f"evacuation of {host}: {len(e['vms'])} VMs in {e['evacuation_time_s']:.2f} s "
                   f"(their migration times add up to {e['sum_of_migration_times_s']:.2f} s), "

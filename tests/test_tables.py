@@ -35,3 +35,19 @@ def test_compare_piped_and_as_markdown(tmp_path):
 def test_markdown_round_trip():
     headers, rows = ["experiment", "figure"], [["Xen idle", "1.5"], ["KVM", "-"]]
     assert from_markdown(to_markdown(headers, rows)) == (headers, rows)
+
+
+def test_the_run_summary_has_disk_sent_only_when_a_disk_moved():
+    """`livemig run`'s table: "Disk sent" when any column sent disk bytes, and a line of faults."""
+    from cluster.results import fault_line, table_rows
+    mem = {"status": "completed", "verified": True, "memory_bytes_sent": 2**30, "disk_bytes_sent": 0}
+    disk = mem | {"disk_bytes_sent": 4 * 2**30}
+    labels = [label for label, _ in table_rows([mem, mem])]
+    assert "Disk sent" not in labels and "Total memory sent" in labels
+    rows = dict(table_rows([mem, disk]))
+    assert rows["Disk sent"] == ["-", "4.00 GByte"] and rows["Total memory sent"] == ["1.00 GByte"] * 2
+    assert fault_line(mem) is None and fault_line(mem | {"faults": []}) is None
+    faults = [{"kind": "link-down", "target": "a:eth0->b:eth0", "outcome": "survived"},
+              {"kind": "kill-destination", "target": "vm", "outcome": "aborted-vm-safe"}]
+    assert fault_line({"faults": faults}) == \
+        "faults: link-down (a:eth0->b:eth0) -> survived, kill-destination (vm) -> aborted-vm-safe"

@@ -341,7 +341,7 @@ def _reproduce_model(out_dir: Path, markdown_out: bool) -> None:
 
 
 @app.command()
-def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario, [vary] one or two settings, repeats."),
+def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario, \\[vary] one or two settings, repeats."),
           out_dir: Optional[Path] = typer.Option(None, "--out", help="Directory of the sweep (default: runs/sweep-<name>)."),
           only: list[str] = typer.Option([], "--only", help="Run only the points where SETTING=VALUE (the dotted "
                                          "path or its last name); repeat for several."),
@@ -456,8 +456,30 @@ def techniques(json_out: bool = typer.Option(False, "--json", help="Print the de
     if json_out:
         print(json.dumps([spec.describe() for spec in specs], indent=2))
         return
+    from cluster.tables import WIDTH, print_table
+    width = out.width if out.is_terminal else WIDTH  # piped: print_table's fixed width
     for spec in specs:
-        out.print(_technique_table(spec))
+        if width >= WIDE_TABLE:
+            print_table(_technique_table(spec), out)
+        else:  # too narrow for six columns: a block per option, the help wrapped below it
+            print(_technique_blocks(spec, width))
+
+
+WIDE_TABLE = 120  # columns from which `livemig techniques` prints tables
+
+
+def _technique_blocks(spec, width: int) -> str:
+    """A technique's options as plain text: one block per option, `name = default unit`, what is
+    allowed and the QEMU name, then the help, wrapped at `width` columns."""
+    import textwrap
+    wrap = lambda text, indent: textwrap.fill(text, max(width, 40), initial_indent=indent, subsequent_indent=indent)
+    lines = [wrap(f"{spec.name}: {spec.summary}", ""), ""]
+    for o in spec.options:
+        default = "-" if o.default is None else str(o.default)
+        qemu = f"; QEMU: {o.qemu_name}" if o.qemu_name else ""
+        lines += [f"  {o.name} = {default}{(' ' + o.unit) if o.unit else ''}",
+                  wrap(f"allowed: {o.allowed()}{qemu}", "      "), wrap(o.help, "      ")]
+    return "\n".join(lines) + "\n"
 
 
 def _technique_table(spec) -> Table:

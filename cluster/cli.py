@@ -370,7 +370,7 @@ def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario,
         sw.run_sweep(spec, out_dir, points, selected, fresh, dilation, progress=lambda m: err.print(m))
         points = [p for p in points if p.results]
     except KeyboardInterrupt:
-        err.print(f"interrupted: the finished runs stay in {out_dir}; run the sweep again to resume")
+        print(f"interrupted: the finished runs stay in {out_dir}; run the sweep again to resume", file=sys.stderr)
         raise typer.Exit(1)
     summ = sw.summary(spec, points)
     js, cv = sw.write_summary(summ, out_dir)

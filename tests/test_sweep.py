@@ -153,3 +153,28 @@ def test_an_interrupted_run_is_recognised():
     assert interrupted({"status": "aborted", "stop_reason": "interrupted before the migrations started", "vms": []})
     assert not interrupted({"status": "aborted", "vms": [vm | {"stop_reason": "cancel event"}]})
     assert not interrupted({"status": "completed", "vms": [vm | {"status": "completed"}]})
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_and_the_aborted_run_is_not_kept(tmp_path):
+    """Ctrl-C during the first repeat: the sweep stops (exit 1, one line), runs no further repeat,
+    writes no summary, and the aborted run is run again, not reused, on resume."""
+    import signal
+
+    from tests.conftest import SLOW_WRITER
+    (tmp_path / "base.toml").write_text(scenario_text("slow", memory_gib=1, workload=SLOW_WRITER, gbps=1))
+    (tmp_path / "spec.toml").write_text('base = "base.toml"\nrepeats = 2\n[vary]\n"hosts.*.nics.*.speed_gbps" = [1]\n')
+    p = subprocess.Popen([LIVEMIG, "sweep", str(tmp_path / "spec.toml"), "--out", str(tmp_path / "out")], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    timeline = tmp_path / "out" / "speed_gbps=1" / "r1" / "timeline.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and '"migration-start"' not in (timeline.read_text() if timeline.exists() else ""):
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the pre-copy
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: the finished runs stay in"), err
+    r1 = json.loads((timeline.parent / "result.json").read_text())
+    assert r1["status"] == "aborted" and "interrupted" in r1["vms"][0]["stop_reason"], r1["vms"][0]["stop_reason"]
+    assert not (timeline.parent.parent / "r2").exists() and not (tmp_path / "out" / "sweep.json").exists()

@@ -5,9 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from cluster.report import ReportError, columns, load_runs, phase_spans, render, table_rows
+from cluster.report import (
+    ReportError,
+    columns,
+    load_runs,
+    phase_spans,
+    render,
+    table_rows,
+)
 from tests.browser import external_references, needs_chromium, open_page
 from tests.conftest import LIVEMIG, ROOT
+
 
 @pytest.fixture(scope="module")
 def run_dir(swept):

@@ -116,6 +116,10 @@ def _check_vary(path: Path, vary) -> dict:
         raise SweepError(f"{path}: vary: give one or two settings, e.g. "
                          f'"migration.technique" = ["precopy", "postcopy"]')
     for key, values in vary.items():
+        parts = key.split(".")
+        if "" in parts or all(q == "*" or q.isdigit() for q in parts):
+            raise SweepError(f"{path}: vary.{key!r}: not a setting's dotted path; e.g. \"migration.technique\" or "
+                             f"\"hosts.*.nics.*.speed_gbps\"")
         if not isinstance(values, list) or not 1 <= len(values) <= MAX_VALUES:
             raise SweepError(f"{path}: vary.{key}: must be a list of 1 to {MAX_VALUES} values")
         if any(isinstance(v, (dict, list)) for v in values):

@@ -101,6 +101,8 @@ def test_bad_spec_is_one_line(tmp_path):
                         ('base = "base.toml"\n[vary]\n"migration.downtime_limit_ms" = ["x"]\n', "downtime_limit_ms"),
                         ('name = "../../../x"\nbase = "base.toml"\n[vary]\n"a" = [1]\n', "name:"),
                         ('name = 5\nbase = "base.toml"\n[vary]\n"a" = [1]\n', "name:"),
+                        ('base = "base.toml"\n[vary]\n"*" = [1]\n', "dotted path"),
+                        ('base = "base.toml"\n[vary]\n"vms..name" = [1]\n', "dotted path"),
                         ('base = "base.toml"\n[vary]\n"vms.0.name" = ["a\\u0000b"]\n', "NUL byte"),
                         (f'base = "base.toml"\n[vary]\n"vms.0.name" = ["a", "{"b" * 251}"]\n', "at most 255"),
                         (f'base = "base.toml"\n[vary]\n"a.x" = ["{"b" * 130}"]\n"c.y" = ["{"b" * 130}"]\n',

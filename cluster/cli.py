@@ -164,7 +164,7 @@ def _print_result(sc, result: dict, path: Path) -> None:
                              f"dilation {result['emulation']['dilation']:g}", cols))
     from cluster.results import fault_line
     if faults := fault_line(result):
-        out.print(faults, markup=False, highlight=False)
+        print(faults)  # one line, however wide
     for host, e in result.get("evacuations", {}).items():
         out.print(f"evacuation of {host}: {len(e['vms'])} VMs in {e['evacuation_time_s']:.2f} s "
                   f"(their migration times add up to {e['sum_of_migration_times_s']:.2f} s), "

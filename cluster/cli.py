@@ -349,7 +349,8 @@ def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario,
           dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second for every run."),
           json_out: bool = typer.Option(False, "--json", help="Print sweep.json instead of the table.")) -> None:
     """Vary one or two settings of a base scenario, each point repeated (default 3): medians and spread (min to
-    max) on screen, in sweep.csv and sweep.json; finished runs are reused, so an interrupted sweep resumes."""
+    max) on screen, in sweep.csv and sweep.json; completed, verified runs are reused, so an interrupted sweep
+    resumes (Ctrl-C stops the sweep; the interrupted run is run again)."""
     from cluster import sweep as sw
     try:
         spec = sw.load_spec(spec_file)

@@ -55,14 +55,13 @@ def _load(path: Path):
 
 
 def _summary_table(title: str, columns: list[tuple[str, dict]]) -> Table:
-    from cluster.results import summary_rows
+    from cluster.results import table_rows
     t = Table(title=title, title_justify="left")
     t.add_column("Metric")
-    rows = [summary_rows(r) for _, r in columns]
     for name, _ in columns:
         t.add_column(name, justify="right")
-    for i, (label, _) in enumerate(rows[0]):
-        t.add_row(label, *[r[i][1] for r in rows])
+    for label, cells in table_rows([r for _, r in columns]):
+        t.add_row(label, *cells)
     return t
 
 
@@ -78,7 +77,7 @@ def run(
     dashboard_port: int = typer.Option(8265, help="The Ray dashboard's port, with --dashboard."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT during the run."),
     linger: float = typer.Option(0.0, help="Keep the metrics exporter up this many real seconds after the run, "
-                                 "so Prometheus scrapes the final figures."),
+                                 "so Prometheus scrapes the final figures (with --metrics-port)."),
     inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit; "
                                                 "'memory-server-refuses': a sub-host's memory server does not start."),
     interval: float = typer.Option(0.1, help="The timeline's sampling interval, emulated seconds (timeline.jsonl)."),
@@ -89,6 +88,8 @@ def run(
     _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir)
     if not 0 <= linger <= 3600:  # `not (a <= x <= b)`: NaN is refused too
         _fail_input([f"--linger: must be between 0 and 3600 seconds (got {linger:g})"])
+    if linger and metrics_port is None:
+        _fail_input(["--linger: keeps the metrics exporter up, so it needs --metrics-port PORT"])
     from cluster.results import write_result
     from cluster.runner import RunOptions, run_scenario
 
@@ -161,6 +162,9 @@ def _print_result(sc, result: dict, path: Path) -> None:
     cols = [(v["vm"] if names.count(v["vm"]) == 1 else f"{v['vm']} -> {v['destination']}", v) for v in result["vms"]]
     out.print(_summary_table(f"{sc.name}: emulated at memory_scale {sc.emulation.memory_scale:g}, "
                              f"dilation {result['emulation']['dilation']:g}", cols))
+    from cluster.results import fault_line
+    if faults := fault_line(result):
+        print(faults)  # one line, however wide
     for host, e in result.get("evacuations", {}).items():
         out.print(f"evacuation of {host}: {len(e['vms'])} VMs in {e['evacuation_time_s']:.2f} s "
                   f"(their migration times add up to {e['sum_of_migration_times_s']:.2f} s), "
@@ -289,7 +293,8 @@ def reproduce(suite: str = typer.Argument(..., help="pmigrate, xbrle, convergenc
         _reproduce_smemv(out_dir, markdown_out, [g for g in only.split(",") if g.strip()])
         return
     if suite not in SUITES:
-        _fail_input([f"reproduce: unknown suite {suite!r}; known: {', '.join(SUITES)}"])
+        known = [*SUITES, "convergence", "smemv", "model"]
+        _fail_input([f"reproduce: unknown suite {suite!r}; known: {', '.join(known)}"])
     report = run_suite(suite, out_dir, tolerance, progress=lambda m: err.print(m))
     (out_dir / f"{suite}.json").write_text(json.dumps(report, indent=2, default=float))
     _print_markdown(markdown(report), markdown_out, f"reproduce {suite}")
@@ -336,7 +341,7 @@ def _reproduce_model(out_dir: Path, markdown_out: bool) -> None:
 
 
 @app.command()
-def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario, [vary] one or two settings, repeats."),
+def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario, \\[vary] one or two settings, repeats."),
           out_dir: Optional[Path] = typer.Option(None, "--out", help="Directory of the sweep (default: runs/sweep-<name>)."),
           only: list[str] = typer.Option([], "--only", help="Run only the points where SETTING=VALUE (the dotted "
                                          "path or its last name); repeat for several."),
@@ -344,7 +349,8 @@ def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario,
           dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second for every run."),
           json_out: bool = typer.Option(False, "--json", help="Print sweep.json instead of the table.")) -> None:
     """Vary one or two settings of a base scenario, each point repeated (default 3): medians and spread (min to
-    max) on screen, in sweep.csv and sweep.json; finished runs are reused, so an interrupted sweep resumes."""
+    max) on screen, in sweep.csv and sweep.json; completed, verified runs are reused, so an interrupted sweep
+    resumes (Ctrl-C stops the sweep; the interrupted run is run again)."""
     from cluster import sweep as sw
     try:
         spec = sw.load_spec(spec_file)
@@ -360,11 +366,12 @@ def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario,
     _check_run_options(dilation, 0.1, None, None, out_dir or Path("runs"))
     out_dir = out_dir or Path("runs") / f"sweep-{spec.name}"
     t0 = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)  # killed: stop as at Ctrl-C
     try:
         sw.run_sweep(spec, out_dir, points, selected, fresh, dilation, progress=lambda m: err.print(m))
         points = [p for p in points if p.results]
     except KeyboardInterrupt:
-        err.print(f"interrupted: the finished runs stay in {out_dir}; run the sweep again to resume")
+        print(f"interrupted: the finished runs stay in {out_dir}; run the sweep again to resume", file=sys.stderr)
         raise typer.Exit(1)
     summ = sw.summary(spec, points)
     js, cv = sw.write_summary(summ, out_dir)
@@ -385,17 +392,15 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories (liv
                                                    "first directory); its PNG files go next to it.")) -> None:
     """Plots of one run (iterations, dirty against transfer rate, guest ops/s with phases, links, CPU) or of
     several runs overlaid, with the results table, in one self-contained HTML page plus PNG files."""
-    from cluster.report import ReportError, load_runs, load_sweep, render
+    from cluster.report import ReportError, check_out, load_runs, load_sweep, render
     try:
         runs = load_runs(run_dirs, warn=lambda m: print(m, file=sys.stderr))
+        target = out_file or run_dirs[0] / "report.html"
+        if out_file is not None and out_file.is_dir():  # a directory given: the page goes into it
+            target = out_file / "report.html"
+        check_out(target)
     except ReportError as exc:
         _fail_input([f"report: {exc}"])
-    target = out_file or run_dirs[0] / "report.html"
-    if target.is_dir():  # a directory given: the page goes into it
-        target = target / "report.html"
-    blocker = next((p for p in target.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        _fail_input([f"report: --out: {blocker} is a file, not a directory"])
     done = render(runs, target, load_sweep(run_dirs))
     print(f"{done['html']} ({done['bytes'] / 1e6:.2f} MB, {len(runs)} run(s)); "
           f"PNG: {', '.join(p.name for p in done['pngs'])}")
@@ -452,8 +457,30 @@ def techniques(json_out: bool = typer.Option(False, "--json", help="Print the de
     if json_out:
         print(json.dumps([spec.describe() for spec in specs], indent=2))
         return
+    from cluster.tables import WIDTH, print_table
+    width = out.width if out.is_terminal else WIDTH  # piped: print_table's fixed width
     for spec in specs:
-        out.print(_technique_table(spec))
+        if width >= WIDE_TABLE:
+            print_table(_technique_table(spec), out)
+        else:  # too narrow for six columns: a block per option, the help wrapped below it
+            print(_technique_blocks(spec, width))
+
+
+WIDE_TABLE = 120  # columns from which `livemig techniques` prints tables
+
+
+def _technique_blocks(spec, width: int) -> str:
+    """A technique's options as plain text: one block per option, `name = default unit`, what is
+    allowed and the QEMU name, then the help, wrapped at `width` columns."""
+    import textwrap
+    wrap = lambda text, indent: textwrap.fill(text, max(width, 40), initial_indent=indent, subsequent_indent=indent)
+    lines = [wrap(f"{spec.name}: {spec.summary}", ""), ""]
+    for o in spec.options:
+        default = "-" if o.default is None else str(o.default)
+        qemu = f"; QEMU: {o.qemu_name}" if o.qemu_name else ""
+        lines += [f"  {o.name} = {default}{(' ' + o.unit) if o.unit else ''}",
+                  wrap(f"allowed: {o.allowed()}{qemu}", "      "), wrap(o.help, "      ")]
+    return "\n".join(lines) + "\n"
 
 
 def _technique_table(spec) -> Table:

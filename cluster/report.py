@@ -17,6 +17,7 @@ import base64
 import html
 import io
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,8 @@ def find_runs(paths: list[Path]) -> list[Path]:
             if not below:
                 raise ReportError(f"{p}: no result.json in it or below it; give run directories (livemig run --out)")
             out.extend(below)
+        elif p.exists():
+            raise ReportError(f"{p}: is a file, not a run directory; give run directories (livemig run --out)")
         else:
             raise ReportError(f"{p}: no such directory; give run directories (livemig run --out)")
     return out
@@ -89,7 +92,7 @@ def _sweep_order(d: Path) -> list[Path]:
                                                      key=lambda q: int(q.parent.name[1:] or 0))]
 
 
-def load_run(path: Path, base: Path | None = None) -> Run:
+def load_run(path: Path, base: Path | None = None, warn=print) -> Run:
     """A run directory's result and timeline; ReportError when either is missing or unreadable."""
     try:
         result = json.loads((path / "result.json").read_text())
@@ -98,17 +101,14 @@ def load_run(path: Path, base: Path | None = None) -> Run:
     tl = path / "timeline.jsonl"
     if not tl.is_file():
         raise ReportError(f"{tl}: missing; the report is drawn from the timeline a run writes with --out")
-    try:
-        records = [json.loads(line) for line in tl.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{tl}: not JSON lines ({exc})") from None
+    records = read_timeline(tl, warn)
     name = str(path.relative_to(base)) if base and path != base and path.is_relative_to(base) else path.name
     return Run(name, path, result, records)
 
 
 def load_runs(paths: list[Path], warn=print) -> list[Run]:
     """The runs named or found below the arguments. A run found below a directory (a sweep's)
-    that has no timeline (it crashed before its first record) is left out with a warning;
+    that has no timeline, or an empty one (it crashed before its first record), is left out with a warning;
     one named itself is an error."""
     dirs = find_runs(paths)
     base = paths[0] if len(paths) == 1 and paths[0].is_dir() and len(dirs) > 1 else None
@@ -118,9 +118,15 @@ def load_runs(paths: list[Path], warn=print) -> list[Run]:
         if d.resolve() not in named and not (d / "timeline.jsonl").is_file():
             warn(f"report: {d} left out: no timeline.jsonl ({_status(d)})")
             continue
-        runs.append(load_run(d, base))
+        run = load_run(d, base, warn)
+        if not run.records:  # the run ended before its first sample: nothing to draw
+            if d.resolve() in named:
+                raise ReportError(f"{d / 'timeline.jsonl'}: empty, nothing to draw ({_status(d)})")
+            warn(f"report: {d} left out: its timeline.jsonl is empty ({_status(d)})")
+            continue
+        runs.append(run)
     if not runs:
-        raise ReportError(f"{paths[0]}: none of its runs has a timeline.jsonl")
+        raise ReportError(f"{paths[0]}: none of its runs has a timeline.jsonl with records; nothing to draw")
     return runs
 
 
@@ -130,6 +136,65 @@ def _status(d: Path) -> str:
         return f"{r.get('status')}: {r.get('stop_reason', '')}"
     except (OSError, ValueError):
         return "unreadable result.json"
+
+
+# --- the timeline's records ---------------------------------------------------------------------
+
+# What the plots read of each record (cluster/timeline.py writes them): numbers that must be numbers,
+# names that must be present. Records of other kinds and other events are kept and not read.
+NUMBERS = {"guest": ("ops_per_s",), "link": ("throughput_bytes_s",), "migration": ("remaining", "transfer_rate")}
+NAMES = {"guest": ("vm",), "host": ("host",), "link": ("link",), "migration": ("vm", "migration"), "event": ("event",)}
+EVENT_NUMBERS = {"iteration": ("iteration", "remaining", "bytes", "duration_s", "dirty_pages_rate")}
+EVENT_NAMES = {"migration-start": ("vm", "migration"), "phase": ("vm", "migration"), "iteration": ("vm", "migration")}
+
+
+def read_timeline(tl: Path, warn=print) -> list[dict]:
+    """timeline.jsonl's records, each checked for what the plots read; ReportError naming the file's
+    line otherwise. A last line cut short (a run killed while writing) is left out with a warning."""
+    try:
+        lines = tl.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{tl}: unreadable ({exc})") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if n == len(lines):
+                warn(f"report: {tl}:{n}: last line cut short, left out ({exc.msg})")
+                continue
+            raise ReportError(f"{tl}:{n}: not JSON ({exc.msg} at column {exc.colno})") from None
+        problem = record_problem(rec)
+        if problem:
+            raise ReportError(f"{tl}:{n}: {problem}")
+        records.append(rec)
+    return records
+
+
+def record_problem(rec) -> str | None:
+    """What is wrong with one timeline record for the report, or None."""
+    if not isinstance(rec, dict):
+        return f"a record must be a JSON object, not {type(rec).__name__}"
+    kind = rec.get("kind")
+    if not isinstance(kind, str):
+        return "a record needs a 'kind' (event, guest, host, link, migration)"
+    event = rec.get("event") if kind == "event" else None
+    numbers = ("t", *NUMBERS.get(kind, ()), *EVENT_NUMBERS.get(event, ()))
+    names = (*NAMES.get(kind, ()), *EVENT_NAMES.get(event, ()))
+    missing = [k for k in (*numbers, *names) if k not in rec]
+    if missing:
+        return f"{kind} record{f' {event!r}' if event else ''} without {missing[0]!r}"
+    bad = next((k for k in numbers if type(rec[k]) not in (int, float)), None)
+    if bad:
+        return f"{kind} record: {bad!r} must be a number (got {rec[bad]!r})"
+    bad = next((k for k in names if isinstance(rec[k], (dict, list))), None)
+    if bad:
+        return f"{kind} record: {bad!r} must be a name or number (got {rec[bad]!r})"
+    if kind == "host" and not isinstance(rec.get("cpu_cores"), dict):
+        return "host record: 'cpu_cores' must be an object of stage -> cores"
+    return None
 
 
 # --- phases ---------------------------------------------------------------------------------
@@ -447,6 +512,29 @@ def load_sweep(paths: list[Path]) -> dict | None:
     except (OSError, ValueError):
         return None
     return summ if summ.get("points") else None
+
+
+PLOT_STEMS = ("iterations", "dirty-vs-transfer", "guest", "links", "cpu", "sweep", "overlay")
+
+
+def check_out(target: Path) -> Path:
+    """The page's path once it is known the page and its PNG files can be written there (its
+    directory made if missing); ReportError (one line) otherwise, before anything is drawn."""
+    if target.is_dir():
+        raise ReportError(f"--out: {target} is a directory; give the page's file name, e.g. {target / 'report.html'}")
+    blocker = next((p for p in target.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ReportError(f"--out: {blocker} is a file, not a directory")
+    taken = [q for stem in PLOT_STEMS if (q := target.with_name(f"{target.stem}-{stem}.png")).is_dir()]
+    if taken:
+        raise ReportError(f"--out: {taken[0]} is a directory; the report's PNG files go there")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".livemig-report-"):
+            pass
+    except OSError as exc:
+        raise ReportError(f"--out: cannot write in {target.parent}: {exc.strerror or exc}") from None
+    return target
 
 
 def render(runs: list[Run], out_html: Path, sweep: dict | None = None) -> dict:

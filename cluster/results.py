@@ -52,8 +52,12 @@ def _fmt(v, fmt: str, unit: str = "") -> str:
     return "-" if v is None else f"{v:{fmt}}{unit}"
 
 
+OPTIONAL_ROWS = ("Disk sent",)  # left out of a table when no column has a figure
+
+
 def summary_rows(r: dict) -> list[tuple[str, str]]:
-    """The rows of PMigrate's tables, for one VM's (or a prediction's) figures."""
+    """The rows of PMigrate's tables, for one VM's (or a prediction's) figures; the rows of
+    OPTIONAL_ROWS are "-" when the figure is absent or zero (see `table_rows`)."""
     app = r.get("app") or {}
     deg = app.get("degradation")
     return [
@@ -65,6 +69,7 @@ def summary_rows(r: dict) -> list[tuple[str, str]]:
         ("# of pre-copy iterations", _fmt(r.get("iterations"), "d")),
         ("Stop reason", r.get("stop_reason") or "-"),
         ("Total memory sent", _fmt_bytes(r.get("memory_bytes_sent"))),
+        ("Disk sent", _fmt_bytes(r.get("disk_bytes_sent") or None)),  # storage migration; dropped when none sent
         ("Downtime send", _fmt_bytes(r.get("downtime_bytes_sent"))),
         ("Avg. network throughput", _fmt(r.get("avg_throughput_mbytes_s"), ".1f", " MByte/s")),
         ("Avg. CPU usage", _fmt(r.get("cpu_usage_percent"), ".1f", " %")),
@@ -75,3 +80,18 @@ def summary_rows(r: dict) -> list[tuple[str, str]]:
         ("App degradation", _fmt(None if deg is None else deg * 100, ".1f", " %")),
         ("App non-response", _fmt(app.get("non_response_s"), ".3f", " s")),
     ]
+
+
+def table_rows(results: list[dict]) -> list[tuple[str, list[str]]]:
+    """(label, a cell per result) of the summary table; an optional row no result fills is left out."""
+    rows = [summary_rows(r) for r in results]
+    out = [(label, [r[i][1] for r in rows]) for i, (label, _) in enumerate(rows[0])]
+    return [(label, cells) for label, cells in out if label not in OPTIONAL_ROWS or set(cells) != {"-"}]
+
+
+def fault_line(result: dict) -> str | None:
+    """The run's injected faults in one line, `kind -> outcome` each (cluster/faults.py), or None."""
+    faults = [f for f in result.get("faults") or [] if isinstance(f, dict)]
+    if not faults:
+        return None
+    return "faults: " + ", ".join(f"{f.get('kind')} ({f.get('target')}) -> {f.get('outcome')}" for f in faults)

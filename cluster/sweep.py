@@ -11,7 +11,8 @@ The comparisons of QEMU's guestperf, as a small TOML file:
 Every point (the product of the varied values) runs `repeats` times in one Ray
 (started once for the whole sweep) into `OUT/<point>/r<i>/` (result.json and
 timeline.jsonl, as `livemig run --out`). A run whose result.json already holds
-the same scenario as loaded is reused, so an interrupted sweep resumes. The
+the same scenario as loaded, completed and verified, is reused, so an interrupted
+sweep resumes; Ctrl-C (a run that comes back interrupted) stops the sweep. The
 summary, per point and figure, is the median and the spread (min to max) of
 the repeats: `sweep.json` and `sweep.csv` on disk, a table on screen.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
 import statistics
 import time
 import tomllib
@@ -29,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.compare import ROWS, figure
-from cluster.scenario import ScenarioError, read_scenario_text, scenario_from_data
+from cluster.scenario import NAME, ScenarioError, read_scenario_text, scenario_from_data
 
 MAX_REPEATS = 100
 MAX_VALUES = 64
+MAX_DIR_NAME = 255  # bytes of one directory name (NAME_MAX of Linux file systems)
 SPEC_KEYS = {"name", "description", "base", "repeats", "vary"}
 # The figures of the on-screen table, with short headings (sweep.json and sweep.csv carry
 # every row of `livemig compare`).
@@ -94,7 +97,18 @@ def load_spec(path: Path) -> Spec:
     if type(repeats) is not int or not 1 <= repeats <= MAX_REPEATS:
         raise SweepError(f"{path}: repeats: must be a whole number from 1 to {MAX_REPEATS} (got {repeats!r})")
     vary = _check_vary(path, data.get("vary"))
-    return Spec(path, str(data.get("name") or path.stem), base, base_data, repeats, vary)
+    return Spec(path, _check_name(path, data.get("name")), base, base_data, repeats, vary)
+
+
+def _check_name(path: Path, name) -> str:
+    """The sweep's name (default: the file's), by the scenario's rule (cluster/scenario.py NAME):
+    it names the default directory, runs/sweep-<name>/."""
+    given = "" if name is not None else " (the file's name, as none is given)"
+    name = path.stem if name is None else name
+    if not isinstance(name, str) or not re.fullmatch(NAME, name):
+        raise SweepError(f"{path}: name: {name!r}{given} is not allowed; a string of 1 to 64 letters, digits, "
+                         f"'_', '-' or '.', not starting with '.'")
+    return name
 
 
 def _check_vary(path: Path, vary) -> dict:
@@ -102,10 +116,21 @@ def _check_vary(path: Path, vary) -> dict:
         raise SweepError(f"{path}: vary: give one or two settings, e.g. "
                          f'"migration.technique" = ["precopy", "postcopy"]')
     for key, values in vary.items():
+        parts = key.split(".")
+        if "" in parts or all(q == "*" or q.isdigit() for q in parts):
+            raise SweepError(f"{path}: vary.{key!r}: not a setting's dotted path; e.g. \"migration.technique\" or "
+                             f"\"hosts.*.nics.*.speed_gbps\"")
         if not isinstance(values, list) or not 1 <= len(values) <= MAX_VALUES:
             raise SweepError(f"{path}: vary.{key}: must be a list of 1 to {MAX_VALUES} values")
         if any(isinstance(v, (dict, list)) for v in values):
             raise SweepError(f"{path}: vary.{key}: values must be numbers, strings or booleans")
+        bad = next((v for v in values if isinstance(v, str) and "\0" in v), None)
+        if bad is not None:
+            raise SweepError(f"{path}: vary.{key}: {bad!r} holds a NUL byte; it cannot be part of a directory name")
+    longest = point_name({k: max(vs, key=lambda v: len(str(v).encode())) for k, vs in vary.items()})
+    if len(longest.encode()) > MAX_DIR_NAME:
+        raise SweepError(f"{path}: vary: the point {longest[:40]!r}... makes a directory name of "
+                         f"{len(longest.encode())} bytes; at most {MAX_DIR_NAME} are allowed (use shorter values)")
     return vary
 
 
@@ -176,12 +201,25 @@ def select(points: list[Point], only: list[str]) -> list[Point]:
 
 # --- running ------------------------------------------------------------------------------------
 
+class SweepInterrupted(KeyboardInterrupt):
+    """A run came back aborted by Ctrl-C (or SIGTERM): the sweep stops; finished runs stay for resume."""
+
+
+def interrupted(result: dict) -> bool:
+    """Whether a run's result was aborted by an interrupt (cluster/orchestrate.py `_interrupt`)."""
+    entries = [result, *(v for v in result.get("vms") or [] if isinstance(v, dict))]
+    return any(e.get("status") == "aborted" and "interrupted" in str(e.get("stop_reason") or "") for e in entries)
+
+
 def reusable(run_dir: Path, scenario) -> dict | None:
-    """The run's result when it exists and was made from this very scenario (as loaded)."""
+    """The run's result when it exists, completed and verified, and was made from this very
+    scenario (as loaded); a failed, aborted or unverified run is run again."""
     from cluster.results import finite
     try:
         result = json.loads((run_dir / "result.json").read_text())
     except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(result, dict) or result.get("status") != "completed" or result.get("verified") is not True:
         return None
     wanted = json.loads(json.dumps(finite(scenario.model_dump(mode="json", by_alias=True))))
     return result if result.get("scenario_as_loaded") == wanted else None
@@ -220,6 +258,8 @@ def _run_all(spec: Spec, todo: list, progress) -> None:
         for n, (point, sc, d) in enumerate(todo, 1):
             t = time.monotonic()
             result = _one_run(sc, d, f"{spec.path}#{point.name}", RunOptions, run_scenario)
+            if interrupted(result):  # Ctrl-C reached the run: stop here, not at the next repeat
+                raise SweepInterrupted
             point.results.append(result)
             progress(f"[{n}/{len(todo)}] {point.name} {d.name}: {result['status']} "
                      f"in {time.monotonic() - t:.1f} s")

@@ -100,3 +100,13 @@ def test_ctrl_c_aborts_and_vm_stays_on_source(tmp_path):
     # The guest went on running on its source after the abort.
     assert r["app"]["ops_per_s_after"] == pytest.approx(4000, rel=0.2)
     assert not _leftover_shm(p.pid)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "scenarios/quickstart.toml", "--linger", "5"], "needs --metrics-port"),
+    (["reproduce", "nope"], "known: pmigrate, xbrle, convergence, smemv, model"),
+])
+def test_options_refused_in_one_line_before_ray(tmp_path, args, words):
+    r = _livemig(*args, "--out", str(tmp_path / "out"), timeout=60)
+    assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out").exists()

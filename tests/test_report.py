@@ -1,12 +1,21 @@
 """`livemig report`: a real run's timeline drawn into a page that headless Chromium opens
 without errors, every image decoded, nothing fetched."""
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from cluster.report import ReportError, columns, load_runs, phase_spans, render, table_rows
+from cluster.report import (
+    ReportError,
+    columns,
+    load_runs,
+    phase_spans,
+    render,
+    table_rows,
+)
 from tests.browser import external_references, needs_chromium, open_page
 from tests.conftest import LIVEMIG, ROOT
+
 
 @pytest.fixture(scope="module")
 def run_dir(swept):
@@ -93,3 +102,75 @@ def test_a_run_without_timeline_below_a_directory_is_left_out(run_dir, tmp_path)
     assert len(warnings) == 1 and "b/r1 left out: no timeline.jsonl" in warnings[0]
     with pytest.raises(ReportError, match="missing"):
         load_runs([tmp_path / "b" / "r1"])
+
+
+def test_out_is_checked_before_drawing(tmp_path):
+    """--out that cannot take the page or its PNG files: one line (ReportError), nothing written."""
+    from cluster.report import check_out
+    (tmp_path / "page.html").mkdir()
+    (tmp_path / "r-guest.png").mkdir()
+    (tmp_path / "f").write_text("")
+    for target, words in [(tmp_path / "page.html", "is a directory"), (tmp_path / "r.html", "r-guest.png is a dir"),
+                          (tmp_path / "f" / "x.html", "is a file"), (Path("/proc/r.html"), "cannot write in /proc")]:
+        with pytest.raises(ReportError, match=words):
+            check_out(target)
+    assert check_out(tmp_path / "new" / "ok.html") == tmp_path / "new" / "ok.html"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["f", "new", "page.html", "r-guest.png"]
+    run = _failed_run(tmp_path / "run", '{"t": 0, "kind": "event", "event": "guests-started"}\n')
+    for out in ("/proc/r.html", str(tmp_path / "r.html")):
+        r = _report(run, "--out", out)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--out" in r.stderr, r.stderr
+    assert [p.name for p in tmp_path.glob("*.png")] == ["r-guest.png"] and not (tmp_path / "r.html").exists()
+
+
+def _failed_run(d: Path, timeline: str) -> Path:
+    """A run directory as a run that failed early leaves it: result.json and a short timeline."""
+    from cluster.results import write_result
+    write_result({"scenario": "t", "status": "failed", "verified": False, "stop_reason": "RuntimeError: x", "vms": []},
+                 d)
+    (d / "timeline.jsonl").write_text(timeline)
+    return d
+
+
+def _report(*args):
+    return subprocess.run([LIVEMIG, "report", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+GOOD = '{"t": 0, "kind": "event", "event": "guests-started"}'
+
+
+@pytest.mark.parametrize("line, words", [
+    ('{"t": 0}', "needs a 'kind'"), ("5", "not int"), ('[1]', "not list"),
+    ('{"t": 0, "kind": "event", "event": "migration-start", "migration": 0}', "without 'vm'"),
+    ('{"t": "0", "kind": "guest", "vm": "v", "ops_per_s": 1}', "'t' must be a number"),
+    ('{"t": 0, "kind": "host", "host": "h", "cpu_cores": []}', "cpu_cores"),
+    ('{"t": 0, "kind": "link", "link": ["x"], "throughput_bytes_s": 1}', "'link' must be a name"),
+    ('{"t": 0, "kind": ', "not JSON")])
+def test_a_timeline_line_that_is_not_a_record_is_one_line(tmp_path, line, words):
+    """Named by file and line number, exit 2, before anything is drawn."""
+    run = _failed_run(tmp_path, f"{GOOD}\n{line}\n{GOOD}\n")
+    with pytest.raises(ReportError, match=f"timeline.jsonl:2: .*{words}"):
+        load_runs([run])
+    if line == "5":
+        r = _report(run)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "timeline.jsonl:2:" in r.stderr and not (run / "report.html").exists()
+
+
+def test_a_cut_last_line_is_left_out_with_a_warning(tmp_path):
+    warnings = []
+    (run,) = load_runs([_failed_run(tmp_path, f'{GOOD}\n{{"t": 0.1, "ki')], warn=warnings.append)
+    assert len(run.records) == 1 and "timeline.jsonl:2: last line cut short" in warnings[0], warnings
+
+
+def test_nothing_to_draw_or_a_file_is_one_line(tmp_path):
+    run = _failed_run(tmp_path / "run", "")
+    r = _report(run)
+    assert r.returncode == 2 and "empty, nothing to draw (failed: RuntimeError: x)" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (run / "report.html").exists()
+    r = _report(ROOT / "scenarios" / "quickstart.toml")
+    assert r.returncode == 2 and "is a file, not a run directory" in r.stderr, r.stderr
+    warnings = []
+    _failed_run(tmp_path / "run2", GOOD + "\n")
+    assert [x.name for x in load_runs([tmp_path], warn=warnings.append)] == ["run2"]
+    assert "run left out: its timeline.jsonl is empty" in warnings[0], warnings

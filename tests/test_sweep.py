@@ -98,7 +98,15 @@ def test_bad_spec_is_one_line(tmp_path):
                         ('base = "nope.toml"\n[vary]\n"a.b" = [1]\n', "no such file"),
                         ('base = "base.toml"\n[vary]\n"a" = [1]\n"b" = [1]\n"c" = [1]\n', "one or two"),
                         ('base = "base.toml"\ncolour = 1\n[vary]\n"a" = [1]\n', "unknown key"),
-                        ('base = "base.toml"\n[vary]\n"migration.downtime_limit_ms" = ["x"]\n', "downtime_limit_ms")]:
+                        ('base = "base.toml"\n[vary]\n"migration.downtime_limit_ms" = ["x"]\n', "downtime_limit_ms"),
+                        ('name = "../../../x"\nbase = "base.toml"\n[vary]\n"a" = [1]\n', "name:"),
+                        ('name = 5\nbase = "base.toml"\n[vary]\n"a" = [1]\n', "name:"),
+                        ('base = "base.toml"\n[vary]\n"*" = [1]\n', "dotted path"),
+                        ('base = "base.toml"\n[vary]\n"vms..name" = [1]\n', "dotted path"),
+                        ('base = "base.toml"\n[vary]\n"vms.0.name" = ["a\\u0000b"]\n', "NUL byte"),
+                        (f'base = "base.toml"\n[vary]\n"vms.0.name" = ["a", "{"b" * 251}"]\n', "at most 255"),
+                        (f'base = "base.toml"\n[vary]\n"a.x" = ["{"b" * 130}"]\n"c.y" = ["{"b" * 130}"]\n',
+                         "at most 255")]:
         (tmp_path / "spec.toml").write_text(body)
         r = subprocess.run([LIVEMIG, "sweep", str(tmp_path / "spec.toml"), "--out", str(tmp_path / "o")],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -113,3 +121,62 @@ def test_shipped_sweeps_load():
     for path in specs:
         spec = load_spec(path)
         assert all(point_scenario(spec, p) for p in spec.points())
+
+
+def _loaded(tmp_path):
+    from cluster.scenario import load_scenario
+    (tmp_path / "base.toml").write_text(scenario_text("b"))
+    return load_scenario(tmp_path / "base.toml")
+
+
+def test_only_a_completed_verified_run_is_reused(tmp_path):
+    """A run aborted by Ctrl-C, failed or unverified is run again, never counted in the medians."""
+    from cluster.results import write_result
+    from cluster.sweep import reusable
+    sc = _loaded(tmp_path)
+    as_loaded = sc.model_dump(mode="json", by_alias=True)
+    good = {"status": "completed", "verified": True, "scenario_as_loaded": as_loaded}
+    for name, result, kept in [("good", good, True),
+                               ("aborted", good | {"status": "aborted", "stop_reason": "interrupted (Ctrl-C)"}, False),
+                               ("failed", good | {"status": "failed"}, False),
+                               ("unverified", good | {"verified": False}, False),
+                               ("other", good | {"scenario_as_loaded": {}}, False)]:
+        write_result(result, tmp_path / name)
+        assert (reusable(tmp_path / name, sc) is not None) == kept, name
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "result.json").write_text("[1]")
+    assert reusable(tmp_path / "list", sc) is None
+
+
+def test_an_interrupted_run_is_recognised():
+    from cluster.sweep import interrupted
+    vm = {"vm": "vm", "status": "aborted", "stop_reason": "interrupted (Ctrl-C)"}
+    assert interrupted({"status": "aborted", "vms": [vm]})
+    assert interrupted({"status": "aborted", "stop_reason": "interrupted before the migrations started", "vms": []})
+    assert not interrupted({"status": "aborted", "vms": [vm | {"stop_reason": "cancel event"}]})
+    assert not interrupted({"status": "completed", "vms": [vm | {"status": "completed"}]})
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_and_the_aborted_run_is_not_kept(tmp_path):
+    """Ctrl-C during the first repeat: the sweep stops (exit 1, one line), runs no further repeat,
+    writes no summary, and the aborted run is run again, not reused, on resume."""
+    import signal
+
+    from tests.conftest import SLOW_WRITER
+    (tmp_path / "base.toml").write_text(scenario_text("slow", memory_gib=1, workload=SLOW_WRITER, gbps=1))
+    (tmp_path / "spec.toml").write_text('base = "base.toml"\nrepeats = 2\n[vary]\n"hosts.*.nics.*.speed_gbps" = [1]\n')
+    p = subprocess.Popen([LIVEMIG, "sweep", str(tmp_path / "spec.toml"), "--out", str(tmp_path / "out")], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    timeline = tmp_path / "out" / "speed_gbps=1" / "r1" / "timeline.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and '"migration-start"' not in (timeline.read_text() if timeline.exists() else ""):
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the pre-copy
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: the finished runs stay in"), err
+    r1 = json.loads((timeline.parent / "result.json").read_text())
+    assert r1["status"] == "aborted" and "interrupted" in r1["vms"][0]["stop_reason"], r1["vms"][0]["stop_reason"]
+    assert not (timeline.parent.parent / "r2").exists() and not (tmp_path / "out" / "sweep.json").exists()

@@ -1,6 +1,7 @@
 """Tables: `compare` prints a rich table that does not wrap when piped, or Markdown with --markdown;
 Markdown tables (reproduce's) read back into the same cells."""
 import json
+import os
 import subprocess
 
 from cluster.tables import from_markdown, to_markdown
@@ -35,3 +36,40 @@ def test_compare_piped_and_as_markdown(tmp_path):
 def test_markdown_round_trip():
     headers, rows = ["experiment", "figure"], [["Xen idle", "1.5"], ["KVM", "-"]]
     assert from_markdown(to_markdown(headers, rows)) == (headers, rows)
+
+
+def test_the_run_summary_has_disk_sent_only_when_a_disk_moved():
+    """`livemig run`'s table: "Disk sent" when any column sent disk bytes, and a line of faults."""
+    from cluster.results import fault_line, table_rows
+    mem = {"status": "completed", "verified": True, "memory_bytes_sent": 2**30, "disk_bytes_sent": 0}
+    disk = mem | {"disk_bytes_sent": 4 * 2**30}
+    labels = [label for label, _ in table_rows([mem, mem])]
+    assert "Disk sent" not in labels and "Total memory sent" in labels
+    rows = dict(table_rows([mem, disk]))
+    assert rows["Disk sent"] == ["-", "4.00 GByte"] and rows["Total memory sent"] == ["1.00 GByte"] * 2
+    assert fault_line(mem) is None and fault_line(mem | {"faults": []}) is None
+    faults = [{"kind": "link-down", "target": "a:eth0->b:eth0", "outcome": "survived"},
+              {"kind": "kill-destination", "target": "vm", "outcome": "aborted-vm-safe"}]
+    assert fault_line({"faults": faults}) == \
+        "faults: link-down (a:eth0->b:eth0) -> survived, kill-destination (vm) -> aborted-vm-safe"
+
+
+def test_techniques_stay_readable_narrow_and_piped():
+    """Piped: tables at the fixed width (not one character per cell); narrow: a block per option."""
+    from agents.techniques import registry
+    from cluster.cli import _technique_blocks
+    from cluster.tables import WIDTH
+    r = subprocess.run([LIVEMIG, "techniques"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) < 1000 and max(map(len, lines)) <= WIDTH, len(lines)
+    for spec in registry.all_specs():
+        text = _technique_blocks(spec, 80)
+        assert max(map(len, text.splitlines())) <= 80
+        assert all(f"  {o.name} = " in text for o in spec.options)
+        assert all(o.qemu_name in text for o in spec.options if o.qemu_name)
+
+
+def test_sweep_help_shows_vary():
+    r = subprocess.run([LIVEMIG, "sweep", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0 and "[vary] one or two settings" in r.stdout, r.stdout

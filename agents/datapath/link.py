@@ -83,6 +83,10 @@ class LinkShaper:
         self.bytes_forwarded = 0
         self.batches_forwarded = 0
         self.bytes_by_connection: dict[int, int] = {}
+        # Bytes paced outside the shaper that crossed this link (a storage migration's
+        # disk copy on the network path, agents/datapath/mirror.py `LinkGate`), by connection.
+        self.disk_bytes = 0
+        self.disk_by_connection: dict[int, int] = {}
         # Background throughput the monitor saw: (real seconds observed, bytes moved).
         self.background_seen = [0.0, 0.0]
         self.corrupt_next = None  # fault injection: callable(conn_id, descriptor)
@@ -127,6 +131,17 @@ class LinkShaper:
             self._down_changed = self.down != down
             self.down = down
 
+    def add_disk_bytes(self, conn_id: int, nbytes: int) -> None:
+        """`nbytes` of a disk copy crossed the link for connection `conn_id`'s migration (counted, not shaped)."""
+        with self._lock:
+            self.disk_bytes += nbytes
+            self.disk_by_connection[conn_id] = self.disk_by_connection.get(conn_id, 0) + nbytes
+
+    @property
+    def bytes_carried(self) -> int:
+        """All bytes that crossed the link: batches forwarded and disk bytes."""
+        return self.bytes_forwarded + self.disk_bytes
+
     def set_one_way(self, one_way_s: float) -> None:
         if one_way_s < 0:
             raise ValueError("one-way latency must not be negative")
@@ -147,7 +162,7 @@ class LinkShaper:
         rate = max(1.0, self.migration_rate)
         now = time.monotonic()
         self._bucket = TokenBucket(rate, now)
-        window = [now, 0]
+        window = [now, self.bytes_carried]
         while self._open or self._queue or self._line:
             now = time.monotonic()
             self._apply_rate_change()
@@ -191,12 +206,12 @@ class LinkShaper:
         dt = now - t0
         if dt < self.monitor_period_s:
             return
-        used = (self.bytes_forwarded - sent0) / dt
+        used = (self.bytes_carried - sent0) / dt
         bg = min(self.background, max(0.0, self.capacity - used))
         self.background_seen[0] += dt
         self.background_seen[1] += bg * dt
         self._bucket.set_rate(max(1.0, self.migration_rate), now)
-        window[:] = [now, self.bytes_forwarded]
+        window[:] = [now, self.bytes_carried]
 
     def _receive(self, timeout: float) -> None:
         """Queue the descriptors that arrive within `timeout` (or just sleep, when all are closed)."""

@@ -157,3 +157,13 @@ def test_a_link_down_in_the_disk_copy_holds_the_disk_bytes_which_count_on_the_li
                if x.get("kind") == "link"]
     assert sum(s["bytes"] for s in samples) >= 0.9 * d["network_bytes"]
     assert r["faults"][0]["outcome"] == "survived"
+
+
+def test_a_link_down_for_good_in_the_disk_copy_aborts_after_the_user_timeout(ray_cluster, tmp_path):
+    text = storage_scenario(disk_gib=0.25, events=_on_disk_copy("link-down", link='"src:eth0->dst:eth0"'),
+                            mig_extra="tcp_user_timeout_ms = 1000")
+    r = _run(text.replace("speed_gbps = 10", "speed_gbps = 1"), tmp_path)
+    assert r["status"] == "aborted" and "tcp_user_timeout_ms" in r["stop_reason"]
+    assert r["disk"]["destination_removed"] and r["disk"]["bytes_sent"] < 0.1 * GIB
+    assert r["total_time_s"] >= 1.0
+    assert r["faults"][0]["outcome"] == "aborted-vm-safe"

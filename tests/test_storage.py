@@ -167,3 +167,19 @@ def test_a_link_down_for_good_in_the_disk_copy_aborts_after_the_user_timeout(ray
     assert r["disk"]["destination_removed"] and r["disk"]["bytes_sent"] < 0.1 * GIB
     assert r["total_time_s"] >= 1.0
     assert r["faults"][0]["outcome"] == "aborted-vm-safe"
+
+
+def test_set_link_in_the_disk_copy_changes_the_disk_copys_pace(ray_cluster, tmp_path):
+    import json
+    text = storage_scenario(disk_gib=0.125, events=_on_disk_copy("set-link", link='"src:eth0->dst:eth0"',
+                                                                 bandwidth_gbps=0.25))
+    r = _run(text.replace("speed_gbps = 10", "speed_gbps = 1"), tmp_path)
+    assert r["status"] == "completed" and r["disk"]["verified"], r["stop_reason"]
+    records = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    changed = next(e["t"] for e in records if e.get("event") == "scheduled" and e.get("action") == "set-link")
+    done = next(e["t"] for e in records if e.get("event") == "disk-copy-done")
+    after = [s for s in records if s["kind"] == "link" and changed + 0.3 < s["t"] <= done]
+    span = after[-1]["t"] - after[0]["t"] + 0.1
+    assert sum(s["bytes"] for s in after[1:]) / span <= 0.25e9 / 8 * 1.15  # the new 0.25 Gbit/s, not 1
+    # 134 MB at 125 MB/s take 1.07 s; at 31 MB/s after the change, much longer.
+    assert r["disk"]["copy_time_s"] >= 2.0

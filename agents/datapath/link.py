@@ -96,6 +96,7 @@ class LinkShaper:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._rate_changed_at: float | None = None  # a setter changed the share; the loop applies it
+        self._disk_debt = 0  # disk bytes whose line time the loop has not booked yet
         # The loop's state, touched by its thread only.
         self._bucket: TokenBucket | None = None
         self._queue = DeficitRoundRobin()  # batches received, not yet admitted into the bucket
@@ -132,10 +133,13 @@ class LinkShaper:
             self.down = down
 
     def add_disk_bytes(self, conn_id: int, nbytes: int) -> None:
-        """`nbytes` of a disk copy crossed the link for connection `conn_id`'s migration (counted, not shaped)."""
+        """`nbytes` of a disk copy crossed the link for connection `conn_id`'s migration: counted, and
+        their line time is taken from the batches (the disk copy paces itself at the link's rate,
+        agents/datapath/mirror.py `LinkGate`; a memory copy at the same time gets what is left)."""
         with self._lock:
             self.disk_bytes += nbytes
             self.disk_by_connection[conn_id] = self.disk_by_connection.get(conn_id, 0) + nbytes
+            self._disk_debt += nbytes  # line time the batches give up to them (the loop books it)
 
     @property
     def bytes_carried(self) -> int:
@@ -193,8 +197,11 @@ class LinkShaper:
             t, self._rate_changed_at = self._rate_changed_at, None
             rate = max(1.0, self.migration_rate)
             back_up, self._down_changed = self._down_changed and not self.down, False
+            debt, self._disk_debt = self._disk_debt, 0
         if t is not None:
             self._bucket.set_rate(rate, t)
+        if debt:
+            self._bucket.departure(debt, time.monotonic())
         if back_up:  # what was on the wire when it went down goes again
             now = time.monotonic()
             self._line = collections.deque((max(a, now + self.one_way_s), c, d) for a, c, d in self._line)

@@ -43,8 +43,11 @@ nothing leaves while the link is down (a `link-down` fault), and the pace is
 the rate a migration may take on the link now (a `set-link` bandwidth
 change, background traffic). The disk's bytes are not queued in the link's
 shaper (it carries page batches over sockets): they are paced here at the
-link's share and counted in its statistics, so a memory copy running at the
-same time (the mirror during pre-copy) is not slowed by them.
+link's share, counted in its statistics, and their line time is taken from
+the page batches (agents/datapath/link.py `add_disk_bytes`): a memory copy
+running at the same time (pre-copy while the mirror goes on) gets what the
+disk leaves; the disk does not yield to it (the mirror's guest writes are
+small next to the link).
 
 QEMU's job vocabulary in `status()`: offset and len (the job's length grows
 as the guest rewrites copied blocks), ready (the bulk copy is done), and

@@ -169,6 +169,7 @@ def test_a_link_down_for_good_in_the_disk_copy_aborts_after_the_user_timeout(ray
     assert r["faults"][0]["outcome"] == "aborted-vm-safe"
 
 
+@pytest.mark.slow  # 17 s; tests/test_storage_core.py checks the pace follows the link's rate without Ray
 def test_set_link_in_the_disk_copy_changes_the_disk_copys_pace(ray_cluster, tmp_path):
     import json
     text = storage_scenario(disk_gib=0.125, events=_on_disk_copy("set-link", link='"src:eth0->dst:eth0"',

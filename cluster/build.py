@@ -279,7 +279,16 @@ def _disk_move_spec(sl: Slice, mv, mp) -> dict:
             "target_figures": mv.target.model_figures(), "allowed": list(mv.allowed), "disk_bytes": mv.disk_bytes,
             "path": {"kind": mv.path, "rate_bytes_s": mv.rate_bytes_s, "delay_s": mv.delay_s},
             "region_bytes": region, "buffer_bytes": buffer, "copy_mode": o.copy_mode, "window_s": o.mirror_window_s,
-            "chunk_bytes": chunk if mp.technique == "block-dirty" else 0}
+            "chunk_bytes": chunk if mp.technique == "block-dirty" else 0,
+            "links": _disk_links(sl, mp.index) if mv.path == "network" else []}
+
+
+def _disk_links(sl: Slice, m: int) -> list:
+    """On the network path the disk crosses migration `m`'s links: each LinkAgent with the
+    migration's first connection on it (whose statistics its disk bytes join)."""
+    topo = sl.topo
+    return [(sl.links[lp.index], next(c.index for c in topo.connections_of_migration(m) if c.link == lp.index))
+            for lp in topo.links_of_migration(m)]
 
 
 def _share_cores(sl: Slice) -> None:

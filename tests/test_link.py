@@ -11,6 +11,7 @@ import select
 import socket
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -160,6 +161,23 @@ def test_halving_the_bandwidth_halves_the_rate_at_once(background, rate_control,
     assert got_after == pytest.approx(after, rel=0.03)
     assert got_after / got_before == pytest.approx(after / before, rel=0.05)
     assert shaper.capacity == RATE / 2
+
+
+def test_disk_bytes_counted_on_the_link_take_their_line_time_from_the_batches():
+    shaper = LinkShaper(RATE, ONE_WAY, monitor_period_s=60.0)
+    link = SharedLink(shaper, [0])
+    stop = threading.Event()
+
+    def disk_copy() -> None:  # a disk copy paced at half the link, as LinkGate reports it
+        while not stop.wait(0.02):
+            shaper.add_disk_bytes(0, int(RATE / 2 * 0.02))
+
+    link.drive({0: Sender()}, seconds=2.2, events=[(1.0, threading.Thread(target=disk_copy, daemon=True).start)])
+    stop.set()
+    assert link.rate(0.2, 1.0) == pytest.approx(RATE, rel=0.03)
+    assert link.rate(1.2, 2.2) == pytest.approx(RATE / 2, rel=0.08)  # the batches get what the disk leaves
+    assert shaper.bytes_carried == shaper.bytes_forwarded + shaper.disk_bytes
+    assert shaper.disk_by_connection == {0: shaper.disk_bytes}
 
 
 def test_each_connection_keeps_its_order_and_its_close_comes_last():

@@ -98,3 +98,89 @@ def test_dirty_bitmap_technique_verifies_with_a_writing_guest(ray_cluster, tmp_p
     # The guest's writes were sent again: more than the disk in all, the rest in the downtime.
     assert r["disk_bytes_sent"] > 0.25 * GIB
     assert d["downtime_bytes"] == passes[-1]["bytes"]
+
+
+# --- faults during the disk copy --------------------------------------------------------
+def _on_disk_copy(action: str, **fields) -> str:
+    extra = "".join(f'{k} = {v}\n' for k, v in fields.items())
+    return f'[[events]]\naction = "{action}"\non = {{ vm = "db", phase = "disk-copy" }}\n{extra}'
+
+
+def _disk_copy_started(events: list[dict], migration: int = 0) -> float:
+    return next(e["t"] for e in events if e["event"] == "phase" and e["phase"] == "disk-copy"
+                and e["migration"] == migration)
+
+
+def test_a_crash_in_the_disk_copy_cancels_it_at_once_and_a_retry_to_the_same_host_verifies(ray_cluster, tmp_path):
+    retry = ('[[migrations]]\nvm = "db"\nto = "dst"\n'
+             '[[migrations]]\nvm = "db"\nfrom = "src"\nto = "dst"\nstart_s = 1.0\n')
+    text = storage_scenario(disk_gib=0.5, extra=retry, events=_on_disk_copy("crash-migration-thread", vm='"db"'))
+    r = _run(text, tmp_path)
+    first, second = r["vms"]
+    events = _events(r, tmp_path)
+    assert first["status"] == "aborted" and "crashed" in first["stop_reason"]
+    d = first["disk"]
+    assert d["destination_removed"] and d["bytes_sent"] < 0.5 * 0.5 * GIB
+    aborted = next(e for e in events if e["event"] == "aborted" and e["migration"] == 0)
+    assert aborted["during"] == "disk-copy"
+    assert aborted["t"] - _disk_copy_started(events) < 1.0  # the copy alone takes 1.8 s
+    assert r["faults"][0]["outcome"] == "aborted-vm-safe"
+    # The retry finds no partial disk in its way, and the guest's disk writes went on meanwhile.
+    assert second["status"] == "completed" and second["verified"] and second["disk"]["verified"], second["stop_reason"]
+
+
+def test_a_killed_destination_in_the_disk_copy_aborts_at_once_and_removes_the_partial_disk(ray_cluster, tmp_path):
+    r = _run(storage_scenario(disk_gib=1.0, events=_on_disk_copy("kill-destination", vm='"db"')), tmp_path)
+    assert r["status"] == "aborted" and "destination" in r["stop_reason"]
+    d = r["disk"]
+    assert d["destination_removed"] and d["bytes_sent"] < 0.6 * GIB
+    events = _events(r, tmp_path)
+    aborted = next(e for e in events if e["event"] == "aborted")
+    assert aborted["during"] == "disk-copy"
+    assert aborted["t"] - _disk_copy_started(events) < 2.0  # the copy alone takes 3.6 s
+    stays = [e for e in events if e["event"] == "stays-on-source"]
+    assert stays and stays[0]["host"] == "src"
+
+
+def test_a_link_down_in_the_disk_copy_holds_the_disk_bytes_which_count_on_the_link(ray_cluster, tmp_path):
+    text = storage_scenario(disk_gib=0.25, events=_on_disk_copy("link-down", link='"src:eth0->dst:eth0"',
+                                                                duration_s=1.5))
+    text = text.replace("speed_gbps = 10", "speed_gbps = 1")  # the link, not the SAN, paces the copy
+    r = _run(text, tmp_path)
+    assert r["status"] == "completed" and r["disk"]["verified"], r["stop_reason"]
+    d = r["disk"]
+    floor = 0.25 * GIB / 125e6  # 2.15 s at 1 Gbit/s
+    assert d["copy_time_s"] >= (floor + 1.5) * 0.95
+    link = r["links"][0]
+    assert link["bytes_shaped"] >= d["network_bytes"] * 0.99
+    samples = [x for x in map(__import__("json").loads, (tmp_path / "timeline.jsonl").read_text().splitlines())
+               if x.get("kind") == "link"]
+    assert sum(s["bytes"] for s in samples) >= 0.9 * d["network_bytes"]
+    assert r["faults"][0]["outcome"] == "survived"
+
+
+def test_a_link_down_for_good_in_the_disk_copy_aborts_after_the_user_timeout(ray_cluster, tmp_path):
+    text = storage_scenario(disk_gib=0.25, events=_on_disk_copy("link-down", link='"src:eth0->dst:eth0"'),
+                            mig_extra="tcp_user_timeout_ms = 1000")
+    r = _run(text.replace("speed_gbps = 10", "speed_gbps = 1"), tmp_path)
+    assert r["status"] == "aborted" and "tcp_user_timeout_ms" in r["stop_reason"]
+    assert r["disk"]["destination_removed"] and r["disk"]["bytes_sent"] < 0.1 * GIB
+    assert r["total_time_s"] >= 1.0
+    assert r["faults"][0]["outcome"] == "aborted-vm-safe"
+
+
+@pytest.mark.slow  # 17 s; tests/test_storage_core.py checks the pace follows the link's rate without Ray
+def test_set_link_in_the_disk_copy_changes_the_disk_copys_pace(ray_cluster, tmp_path):
+    import json
+    text = storage_scenario(disk_gib=0.125, events=_on_disk_copy("set-link", link='"src:eth0->dst:eth0"',
+                                                                 bandwidth_gbps=0.25))
+    r = _run(text.replace("speed_gbps = 10", "speed_gbps = 1"), tmp_path)
+    assert r["status"] == "completed" and r["disk"]["verified"], r["stop_reason"]
+    records = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    changed = next(e["t"] for e in records if e.get("event") == "scheduled" and e.get("action") == "set-link")
+    done = next(e["t"] for e in records if e.get("event") == "disk-copy-done")
+    after = [s for s in records if s["kind"] == "link" and changed + 0.3 < s["t"] <= done]
+    span = after[-1]["t"] - after[0]["t"] + 0.1
+    assert sum(s["bytes"] for s in after[1:]) / span <= 0.25e9 / 8 * 1.15  # the new 0.25 Gbit/s, not 1
+    # 134 MB at 125 MB/s take 1.07 s; at 31 MB/s after the change, much longer.
+    assert r["disk"]["copy_time_s"] >= 2.0

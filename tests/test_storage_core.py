@@ -17,6 +17,7 @@ from agents.datapath.mirror import (
     BACKGROUND,
     WRITE_BLOCKING,
     DataPath,
+    LinkGate,
     MirrorJob,
     ModeSwitch,
 )
@@ -219,6 +220,32 @@ def test_cancel_removes_the_partial_destination_and_leaves_the_source(tmp_path):
     assert not os.path.exists(dst.path)
     assert np.array_equal(src.digests(), before)
     assert all(not t.is_alive() for t in job._threads)
+
+
+def test_a_network_copy_waits_while_its_link_is_down_takes_the_links_rate_and_counts_on_it(tmp_path):
+    from agents.datapath.link import LinkShaper
+    src, dst = _pair(tmp_path, 4 * MIB, seed=5)
+    link = LinkShaper(40e6, 0.0)  # its state and counters, as the LinkAgent's carry_disk reads them
+    link.set_down(True)
+
+    def ask(nbytes: int):
+        link.add_disk_bytes(7, nbytes)
+        return link.down, link.migration_rate
+
+    # The path says 1 GB/s; the link allows 40 MB/s.
+    job = MirrorJob(src, dst, None, None, DataPath("network", 1e9), region_bytes=EXTENT, buffer_bytes=4 * EXTENT,
+                    gate=LinkGate(ask))
+    job.start()
+    time.sleep(0.3)
+    assert job.stats.copied_bytes == 0 and job.status()["link_down_s"] > 0.2
+    link.set_down(False)
+    t0 = time.monotonic()
+    assert job.wait_synced(30)
+    assert time.monotonic() - t0 >= 4 * MIB / 40e6 * 0.95  # paced at the link's rate, not the path's
+    job.finish()
+    assert job.status()["link_down_s"] == 0
+    assert link.disk_bytes == link.disk_by_connection[7] == job.stats.copied_bytes == 4 * MIB
+    assert len(job.verify()) == 0
 
 
 def test_bench_disk_reports_the_machine_and_the_agent(tmp_path):

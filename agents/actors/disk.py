@@ -26,7 +26,7 @@ import ray
 from agents.datapath.block_dirty import DirtyBitmapJob
 from agents.datapath.clock import precise_threads
 from agents.datapath.datastore import DatastoreModel, Device
-from agents.datapath.mirror import DataPath, MirrorJob
+from agents.datapath.mirror import DataPath, LinkGate, MirrorJob
 from agents.guest.disk import DiskImage, DiskWorkload, DiskWorkloadRunner
 
 
@@ -65,16 +65,21 @@ class DiskAgent:
 
     # --- storage migration ----------------------------------------------------
     def start_mirror(self, vm: str, target_dir: str, target_figures: dict, path: dict, region_bytes: int,
-                     buffer_bytes: int, copy_mode: str, window_s: float, chunk_bytes: int = 0) -> str:
+                     buffer_bytes: int, copy_mode: str, window_s: float, chunk_bytes: int = 0,
+                     links: list | None = None) -> str:
         """Begin moving `vm`'s disk to the target datastore; the destination disk's path.
-        `chunk_bytes` > 0: by dirty bitmap (agents/datapath/block_dirty.py) instead of the mirror."""
+        `chunk_bytes` > 0: by dirty bitmap (agents/datapath/block_dirty.py) instead of the mirror.
+        `links`: on the network path, (LinkAgent, connection id) of each link the migration crosses:
+        the copy follows their state and is counted in their statistics."""
         src = self.disks[vm]
         os.makedirs(target_dir, exist_ok=True)
         dst = DiskImage.create(os.path.join(target_dir, f"{vm}.img"), src.nbytes, fill=False)
         dst_dev = Device(DatastoreModel(**target_figures), self.scale, self.dilation)
         args = (src, dst, self.device, dst_dev, DataPath(**path), region_bytes, buffer_bytes, copy_mode, window_s,
                 self.scale, self.dilation)
-        job = DirtyBitmapJob(*args, chunk_bytes=chunk_bytes) if chunk_bytes else MirrorJob(*args)
+        gate = LinkGate(_ask_links(links)) if links else None
+        job = (DirtyBitmapJob(*args, chunk_bytes=chunk_bytes, gate=gate) if chunk_bytes
+               else MirrorJob(*args, gate=gate))
         self.jobs[vm] = job
         if vm in self.runners:
             self.runners[vm].write = job.guest_write
@@ -154,6 +159,24 @@ class DiskAgent:
             job.cancel()
         for disk in self.disks.values():
             disk.unlink()
+
+
+def _ask_links(links: list):
+    """`LinkGate`'s question to the links (LinkAgent, connection id): the bytes sent are shared
+    among the links up in proportion to their rates; down when all are down; the rate is their sum."""
+    rates = [1.0] * len(links)
+
+    def ask(nbytes: int) -> tuple[bool, float | None]:
+        up = sum(rates)
+        refs = [agent.carry_disk.remote(conn, round(nbytes * r / up) if up else 0)
+                for (agent, conn), r in zip(links, rates)]
+        try:
+            got = ray.get(refs, timeout=10)
+        except Exception:  # noqa: BLE001 - a link's actor is gone (tear-down): keep the last state
+            return False, None
+        rates[:] = [0.0 if down else rate for down, rate in got]
+        return all(down for down, _ in got), (sum(rates) or None)
+    return ask
 
 
 def _mean_ms(latency: dict) -> dict:

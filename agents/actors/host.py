@@ -471,8 +471,18 @@ class _Job:
             except Exception:
                 pass
         finally:
+            self._clean_up()
             self.done.set()
 
+    def _clean_up(self) -> None:
+        """The technique's own clean-up, whatever ended its run (storage: cancel a disk copy still going)."""
+        cleanup = getattr(self.technique, "cleanup", None)
+        if cleanup is None:
+            return
+        try:
+            cleanup()
+        except Exception:  # noqa: BLE001 - reported like a failure of the run itself
+            self.error = (self.error or "") + traceback.format_exc()
 
     def _fault_ended(self, exc: BaseException) -> None:
         """Abort on a fault. Before a post-copy switch the VM keeps running on its source;

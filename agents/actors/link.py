@@ -85,10 +85,23 @@ class LinkAgent:
         """What the co-located background flow wants, in real bytes/s."""
         self.shaper.set_background(bytes_s)
 
+    def carry_disk(self, conn_id: int, nbytes: int) -> tuple[bool, float]:
+        """A disk copy on the network path (agents/datapath/mirror.py `LinkGate`): count the
+        `nbytes` it sent since its last call for connection `conn_id`'s migration; whether the
+        link is down, and the rate (real bytes/s) a migration may take on it now."""
+        s = self.shaper
+        if nbytes:
+            s.add_disk_bytes(conn_id, nbytes)
+        return s.down, s.migration_rate
+
     def stats(self) -> dict:
         s = self.shaper
-        return {"bytes": s.bytes_forwarded, "batches": s.batches_forwarded, "rate_bytes_s": s.migration_rate,
-                "background_seen": list(s.background_seen), "by_connection": dict(s.bytes_by_connection),
+        by_conn = dict(s.bytes_by_connection)
+        for c, n in dict(s.disk_by_connection).items():
+            by_conn[c] = by_conn.get(c, 0) + n
+        return {"bytes": s.bytes_carried, "batches": s.batches_forwarded, "rate_bytes_s": s.migration_rate,
+                "disk_bytes": s.disk_bytes,
+                "background_seen": list(s.background_seen), "by_connection": by_conn,
                 "capacity_bytes_s": s.capacity, "one_way_s": s.one_way_s,
                 "down": s.down, "batches_dropped": s.batches_dropped, "batches_corrupted": self.corrupted}
 

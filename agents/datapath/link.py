@@ -83,6 +83,10 @@ class LinkShaper:
         self.bytes_forwarded = 0
         self.batches_forwarded = 0
         self.bytes_by_connection: dict[int, int] = {}
+        # Bytes paced outside the shaper that crossed this link (a storage migration's
+        # disk copy on the network path, agents/datapath/mirror.py `LinkGate`), by connection.
+        self.disk_bytes = 0
+        self.disk_by_connection: dict[int, int] = {}
         # Background throughput the monitor saw: (real seconds observed, bytes moved).
         self.background_seen = [0.0, 0.0]
         self.corrupt_next = None  # fault injection: callable(conn_id, descriptor)
@@ -92,6 +96,7 @@ class LinkShaper:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._rate_changed_at: float | None = None  # a setter changed the share; the loop applies it
+        self._disk_debt = 0  # disk bytes whose line time the loop has not booked yet
         # The loop's state, touched by its thread only.
         self._bucket: TokenBucket | None = None
         self._queue = DeficitRoundRobin()  # batches received, not yet admitted into the bucket
@@ -127,6 +132,20 @@ class LinkShaper:
             self._down_changed = self.down != down
             self.down = down
 
+    def add_disk_bytes(self, conn_id: int, nbytes: int) -> None:
+        """`nbytes` of a disk copy crossed the link for connection `conn_id`'s migration: counted, and
+        their line time is taken from the batches (the disk copy paces itself at the link's rate,
+        agents/datapath/mirror.py `LinkGate`; a memory copy at the same time gets what is left)."""
+        with self._lock:
+            self.disk_bytes += nbytes
+            self.disk_by_connection[conn_id] = self.disk_by_connection.get(conn_id, 0) + nbytes
+            self._disk_debt += nbytes  # line time the batches give up to them (the loop books it)
+
+    @property
+    def bytes_carried(self) -> int:
+        """All bytes that crossed the link: batches forwarded and disk bytes."""
+        return self.bytes_forwarded + self.disk_bytes
+
     def set_one_way(self, one_way_s: float) -> None:
         if one_way_s < 0:
             raise ValueError("one-way latency must not be negative")
@@ -147,7 +166,7 @@ class LinkShaper:
         rate = max(1.0, self.migration_rate)
         now = time.monotonic()
         self._bucket = TokenBucket(rate, now)
-        window = [now, 0]
+        window = [now, self.bytes_carried]
         while self._open or self._queue or self._line:
             now = time.monotonic()
             self._apply_rate_change()
@@ -178,8 +197,11 @@ class LinkShaper:
             t, self._rate_changed_at = self._rate_changed_at, None
             rate = max(1.0, self.migration_rate)
             back_up, self._down_changed = self._down_changed and not self.down, False
+            debt, self._disk_debt = self._disk_debt, 0
         if t is not None:
             self._bucket.set_rate(rate, t)
+        if debt:
+            self._bucket.departure(debt, time.monotonic())
         if back_up:  # what was on the wire when it went down goes again
             now = time.monotonic()
             self._line = collections.deque((max(a, now + self.one_way_s), c, d) for a, c, d in self._line)
@@ -191,12 +213,12 @@ class LinkShaper:
         dt = now - t0
         if dt < self.monitor_period_s:
             return
-        used = (self.bytes_forwarded - sent0) / dt
+        used = (self.bytes_carried - sent0) / dt
         bg = min(self.background, max(0.0, self.capacity - used))
         self.background_seen[0] += dt
         self.background_seen[1] += bg * dt
         self._bucket.set_rate(max(1.0, self.migration_rate), now)
-        window[:] = [now, self.bytes_forwarded]
+        window[:] = [now, self.bytes_carried]
 
     def _receive(self, timeout: float) -> None:
         """Queue the descriptors that arrive within `timeout` (or just sleep, when all are closed)."""

@@ -36,6 +36,19 @@ rate is faster than the network transfer rate ... or I/O throughput at the
 destination datastore"). With `copy_mode = "write-blocking"` mirroring is
 synchronous throughout (Storage vMotion's local mirror, QEMU's copy-mode).
 
+On the `network` path the disk's bytes cross the migration's link: a
+`LinkGate` polls the link (its LinkAgent) every GATE_PERIOD_S of real time,
+reports the bytes sent since, and the transmitter follows the link's state:
+nothing leaves while the link is down (a `link-down` fault), and the pace is
+the rate a migration may take on the link now (a `set-link` bandwidth
+change, background traffic). The disk's bytes are not queued in the link's
+shaper (it carries page batches over sockets): they are paced here at the
+link's share, counted in its statistics, and their line time is taken from
+the page batches (agents/datapath/link.py `add_disk_bytes`): a memory copy
+running at the same time (pre-copy while the mirror goes on) gets what the
+disk leaves; the disk does not yield to it (the mirror's guest writes are
+small next to the link).
+
 QEMU's job vocabulary in `status()`: offset and len (the job's length grows
 as the guest rewrites copied blocks), ready (the bulk copy is done), and
 actively_synced (ready and nothing left in flight).
@@ -61,6 +74,7 @@ BACKGROUND, WRITE_BLOCKING = "background", "write-blocking"
 # (FIFO arithmetic), so the rates hold, and a thread sleeps only when it
 # gets further ahead, instead of spinning towards every region's deadline.
 PACE_SLACK_S = 0.002
+GATE_PERIOD_S = 0.02  # real seconds between two looks at the link's state (network path)
 
 
 def pace(deadline: float) -> None:
@@ -83,6 +97,35 @@ class DataPath:
     @property
     def network_bytes(self) -> bool:
         return self.kind == "network"
+
+
+class LinkGate:
+    """The link a disk copy on the `network` path crosses, as its transmitter sees it.
+
+    `ask(nbytes) -> (down, rate_bytes_s)` tells the link of `nbytes` sent since the
+    last call and returns its state (real bytes/s; rate None: unchanged). Polled at
+    most every `period_s` real seconds; `down_s` is how long it has been down (0: up)."""
+
+    def __init__(self, ask, period_s: float = GATE_PERIOD_S) -> None:
+        self.ask, self.period = ask, period_s
+        self.down, self.rate = False, None
+        self.pending = 0
+        self.down_since: float | None = None
+        self._t = -1e18
+
+    def sent(self, nbytes: int) -> None:
+        self.pending += nbytes
+
+    def poll(self, now: float, force: bool = False) -> None:
+        if not force and now - self._t < self.period:
+            return
+        self._t = now
+        n, self.pending = self.pending, 0
+        self.down, self.rate = self.ask(n)
+        self.down_since = (self.down_since or now) if self.down else None
+
+    def down_s(self) -> float:
+        return time.monotonic() - self.down_since if self.down_since is not None else 0.0
 
 
 @dataclass
@@ -210,7 +253,7 @@ class MirrorJob:
     def __init__(self, src: DiskImage, dst: DiskImage, src_dev: Device | None, dst_dev: Device | None,
                  path: DataPath | None, region_bytes: int = 1 << 20, buffer_bytes: int = 16 << 20,
                  copy_mode: str = BACKGROUND, window_s: float = 0.5, memory_scale: float = 1.0,
-                 dilation: float = 1.0) -> None:
+                 dilation: float = 1.0, gate: LinkGate | None = None) -> None:
         if region_bytes <= 0 or region_bytes % BLOCK or buffer_bytes < 2 * region_bytes:
             raise ValueError(f"region_bytes must be a positive multiple of {BLOCK} and buffer_bytes at least "
                              f"twice it; got {region_bytes}, {buffer_bytes}")
@@ -226,6 +269,7 @@ class MirrorJob:
         self.switch = ModeSwitch(buffer_bytes, self._drain_rate(), window_s, mode=copy_mode)
         self._mode_lock = threading.Lock()
         self._bucket = TokenBucket(path.rate_bytes_s * memory_scale / dilation, 0.0) if path else None
+        self.gate = gate if self._bucket is not None else None
         self._arrivals: deque[tuple[float, Entry]] = deque()
         self._arrived = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -349,14 +393,39 @@ class MirrorJob:
         return [(max(int(a), start), min(int(b), start + n)) for a, b in runs]
 
     def _transmit(self) -> None:
-        while (entry := self.buffer.get()) is not None:
-            t = time.monotonic()
-            if self._bucket is not None:
-                t = self._bucket.departure(len(entry.data), t)
-                pace(t)
-            with self._arrived:
-                self._arrivals.append((t + (self.path.delay_s * self.dilation if self.path else 0.0), entry))
-                self._arrived.notify()
+        try:
+            while (entry := self.buffer.get()) is not None:
+                self._follow_link()
+                self._send(entry)
+        finally:
+            if self.gate is not None and self.gate.pending:
+                self.gate.poll(time.monotonic(), force=True)  # the last bytes reach the link's statistics
+
+    def _follow_link(self) -> None:
+        """The network path: wait while the link is down (no credit for the time it was);
+        take the rate the link allows now."""
+        g = self.gate
+        if g is None:
+            return
+        g.poll(time.monotonic())
+        if g.down:
+            while g.down and not self.buffer.closed:
+                time.sleep(g.period)
+                g.poll(time.monotonic())
+            self._bucket.t = max(self._bucket.t, time.monotonic())
+        if g.rate and g.rate != self._bucket.rate:
+            self._bucket.set_rate(g.rate, time.monotonic())
+
+    def _send(self, entry: Entry) -> None:
+        t = time.monotonic()
+        if self._bucket is not None:
+            t = self._bucket.departure(len(entry.data), t)
+            pace(t)
+            if self.gate is not None:
+                self.gate.sent(len(entry.data))
+        with self._arrived:
+            self._arrivals.append((t + (self.path.delay_s * self.dilation if self.path else 0.0), entry))
+            self._arrived.notify()
 
     def _write(self) -> None:
         while True:
@@ -382,7 +451,8 @@ class MirrorJob:
         """QEMU query-block-jobs-like figures (real bytes) and the mirror's mode."""
         return {"offset": self.stats.copied_bytes + self.stats.mirrored_bytes, "len": self.length,
                 "ready": self.ready(), "actively_synced": self.ready() and self.buffer.fill == 0,
-                "mode": self.switch.mode, "buffer_fill": self.buffer.fill, "error": self.error}
+                "mode": self.switch.mode, "buffer_fill": self.buffer.fill, "error": self.error,
+                "link_down_s": self.gate.down_s() if self.gate is not None else 0.0}
 
     def verify(self) -> np.ndarray:
         """Digest runs (of 16 blocks) where the destination differs from the source."""

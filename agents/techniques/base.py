@@ -119,6 +119,9 @@ class Technique(Protocol):
       will switch first and keep sending after).
     - `abort(status, reason)`: ask `run()` to stop as soon as it can; the VM
       stays on its source with its memory untouched.
+    - `cleanup()` (optional): called by the host once `run()` has ended, however it
+      ended (an exception or a fault included): release what the technique started
+      besides the pipeline (storage: cancel a disk copy still going). Idempotent.
     - `progress()`: phase, iteration, remaining bytes (emulated), for the timeline.
     - `report()`: the technique's own figures for result.json.
     """

@@ -19,6 +19,12 @@ them:
 
 A cancel at any point stops the copy, removes the destination's partial
 disk, and leaves the VM on its source with its disk as the guest wrote it.
+So does a fault or an error: during the disk copy the migration thread
+checks, at each look at the job, for an injected crash, a closed connection
+(the destination host is gone) and a link down for longer than
+`tcp_user_timeout_ms`, and raises at once; whatever ended `run()`, the host
+calls `cleanup()`, which cancels the mirror (the guest's writes go to the
+source only again) and stops the progress watcher.
 
 Events, besides pre-copy's: `disk-copy` phase, `disk-progress` (QEMU's
 offset and len, the mirror mode, the buffer fill, the guest's disk IOPS and
@@ -34,6 +40,7 @@ from typing import ClassVar
 
 import ray
 
+from agents.faults import ConnectionLost
 from agents.techniques.precopy import PrecopyMigration
 
 MIB = 1 << 20
@@ -55,6 +62,9 @@ class StorageMigration(PrecopyMigration):
         m.disk_report: dict = {}
         m._marks: dict[str, float] = {}
         m._watch_stop = threading.Event()
+        m._watcher: threading.Thread | None = None
+        m._mirror_open = False  # started, and neither completed nor cancelled
+        m._user_timeout_s = getattr(o, "tcp_user_timeout_ms", 30_000) / 1000 * m.dilation
         m._switches_seen = 0
         if m.disk is not None:
             m.guest = _HoldsDiskToo(m.guest, m)
@@ -63,9 +73,8 @@ class StorageMigration(PrecopyMigration):
     # --- phases -------------------------------------------------------------------
     def run(self):
         if self.disk is not None:
-            self._marks["start"] = time.monotonic()
+            self._marks["start"] = self.result.started_at = time.monotonic()
             if not self._disk_copy():
-                self.result.started_at = self._marks["start"]
                 return self._cancel()
         return super().run()
 
@@ -77,13 +86,19 @@ class StorageMigration(PrecopyMigration):
             return False
         ray.get(d["agent"].start_mirror.remote(d["vm"], d["target_dir"], d["target_figures"], d["path"],
                                                d["region_bytes"], d["buffer_bytes"], d["copy_mode"],
-                                               d["window_s"], d.get("chunk_bytes", 0)))
-        threading.Thread(target=self._watch, daemon=True, name="disk-watch").start()
+                                               d["window_s"], d.get("chunk_bytes", 0), d.get("links") or None))
+        self._mirror_open = True
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="disk-watch")
+        self._watcher.start()
         while not self.abort_requested:
+            self._check_faults()
             st = ray.get(d["agent"].mirror_status.remote(d["vm"]))
             self._marks["job_t0"] = st["t0"]
             if st["error"]:
                 raise RuntimeError(f"disk mirror failed: {st['error']}")
+            if st["link_down_s"] > self._user_timeout_s:
+                raise ConnectionLost(f"the disk copy's link stayed down longer than tcp_user_timeout_ms "
+                                     f"({self._user_timeout_s / self.dilation * 1000:g} ms)")
             if st["ready"]:
                 self._marks["copy_done"] = time.monotonic()
                 self.ctx.record("disk-copy-done", copy_time_s=st["copy_done_t"],
@@ -91,6 +106,15 @@ class StorageMigration(PrecopyMigration):
                 return True
             time.sleep(min(0.05, POLL_EMULATED_S * self.dilation))
         return False
+
+    def _check_faults(self) -> None:
+        """Raise what would end a memory copy: an injected crash, a connection the destination closed."""
+        crash = getattr(self.sink, "crash", None)
+        if crash is not None:
+            raise crash
+        for conn in getattr(self.sink, "connections", []):
+            if conn.failure is not None:
+                raise conn.failure
 
     def _watch(self) -> None:
         """Record the mirror's progress and mode switches until the job ends."""
@@ -132,6 +156,7 @@ class StorageMigration(PrecopyMigration):
 
     def _complete_disk(self, r) -> None:
         d = self.disk
+        self._mirror_open = False
         fig = ray.get(d["agent"].complete_mirror.remote(d["vm"]))
         self._record_switches(fig["switches"], self._marks["job_t0"])
         self.ctx.record("disk-verified", verified=fig["verified"], mismatched_runs=len(fig["mismatched_runs"]))
@@ -140,12 +165,24 @@ class StorageMigration(PrecopyMigration):
             r.status, r.stop_reason = "failed", f"disk verification failed: {len(fig['mismatched_runs'])}+ runs differ"
 
     def _cancel(self, paused: bool = False):
-        if self.disk is not None:
-            self._watch_stop.set()
-            fig = ray.get(self.disk["agent"].cancel_mirror.remote(self.disk["vm"]))
-            if fig:
-                self.disk_report = self._disk_figures(fig) | {"destination_removed": fig["destination_removed"]}
+        self.cleanup()
         return super()._cancel(paused)
+
+    def cleanup(self) -> None:
+        """Whatever ended the migration (a cancel, a fault, an error): stop the progress watcher;
+        if the mirror still runs, cancel it: the destination's partial disk is removed and the
+        guest's writes go to its source disk only. Idempotent; a no-op after a completed switch-over."""
+        if self.disk is None:
+            return
+        self._watch_stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+        if not self._mirror_open:
+            return
+        self._mirror_open = False
+        fig = ray.get(self.disk["agent"].cancel_mirror.remote(self.disk["vm"]))
+        if fig:
+            self.disk_report = self._disk_figures(fig) | {"destination_removed": fig["destination_removed"]}
 
     # --- figures --------------------------------------------------------------------
     def _disk_figures(self, fig: dict) -> dict:

@@ -10,6 +10,10 @@ scale with memory_scale; processes do not. When the footprint does not fit
 the machine's free shared memory or available memory, the run is refused in
 one line naming the largest memory_scale that would fit, instead of filling
 /dev/shm or swapping half-way through.
+
+It also measures what a run really takes (result.json's
+`emulation.peak_memory_bytes`, the soak bench): the processes started for a
+driver, their private memory, and the shared memory a run allocated.
 """
 from __future__ import annotations
 
@@ -67,7 +71,10 @@ def footprint(scenario: Scenario, scale: Scale) -> Footprint:
     rings = sum(c.slots * SlotLayout(c.batch_pages).slot_bytes for c in topo.connections)
     private = sum((mp.options.memory_pool_mib + mp.options.xbzrle_cache_mib) * MIB * scale.memory_scale
                   for mp in plans)
-    processes = len(scenario.hosts) + len(topo.links) + len(scenario.vms)
+    # A split migration's memory servers hold page frames in their sub-hosts' actors.
+    private += sum(pages[mp.vm_index] * PAGE * (len(mp.destinations) - 1) for mp in plans)
+    # An actor per host, link, guest and datastore (DiskAgent).
+    processes = len(scenario.hosts) + len(topo.links) + len(scenario.vms) + len(scenario.datastores)
     return Footprint(images * IMAGE_BYTES_PER_PAGE + rings, int(private), processes)
 
 

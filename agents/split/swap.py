@@ -20,7 +20,7 @@ touches it after. Here:
   mm/swapfile.c), page-ins read page-cluster = 3, i.e. 8 pages, around the
   faulting one (swap read-ahead). A page the migration re-sends while it
   is swapped out is first read in (the kernel faults it in before QEMU's
-  write can land), then overwritten.
+  write can land; one fault per 8-page read-ahead window), then overwritten.
 
 Costs are emulated seconds; `memory_scale` turns real pages into the
 emulated pages they stand for (a real page is 1/memory_scale of them).
@@ -98,7 +98,9 @@ class SwapSpace:
     def received(self, idx: np.ndarray, data_written) -> float:
         """The migration writes pages `idx` (`data_written()` does the write once
         they are resident); returns the emulated device seconds it cost."""
-        cost = self._page_in(idx[self.slot[idx] >= 0])
+        swapped = idx[self.slot[idx] >= 0]
+        # QEMU writes a batch in page order: swap read-ahead serves the next pages of each fault.
+        cost = self._page_in(swapped, faults=len(np.unique(swapped // READ_AHEAD)))
         self.resident[idx] = 1
         self.present[idx] = True
         self.touch(idx)

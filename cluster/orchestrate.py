@@ -261,9 +261,26 @@ class Orchestrator:
         if topo.shared_nics and busy:
             rates |= max_min_rates({lp.index: (self.link_caps[lp.index], lp.nics) for lp in topo.links
                                     if lp.index in busy}, topo.shared_nics)
+        rates |= self._split_nic_shares(rates)
         changed = {i: r for i, r in rates.items() if abs(r - self.link_rates[i]) > 1e-6 * max(1.0, r)}
         self._gather([self.sl.links[i].set_bandwidth.remote(r) for i, r in changed.items()])
         self.link_rates |= changed
+
+    def _split_nic_shares(self, rates: dict) -> dict:
+        """A split migration's links share the source's NIC dynamically, not by halves:
+        each may run up to what they got together, and the source paces them together
+        at that (agents/techniques/split.py SplitSink)."""
+        import ray
+        out, calls = {}, []
+        for m in self.migs:
+            if m.status != "running" or not splits(m.plan):
+                continue
+            mine = [lp.index for lp in self.sl.topo.links_of_migration(m.index)]
+            together = sum(rates[i] for i in mine)
+            out |= {i: min(self.link_caps[i], together) for i in mine}
+            calls.append(self._src(m).set_split_nic_rate.remote(m.index, together if len(mine) > 1 else None))
+        ray.get(calls)
+        return out
 
     def _triggers(self, m: MigrationState) -> list[dict]:
         """The phase-triggered events of this VM that have not fired yet."""

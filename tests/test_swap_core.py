@@ -78,3 +78,25 @@ def test_a_zero_page_never_written_takes_no_memory_until_touched():
     dest.fault(np.array([20]))  # first touch of a zero page: resident, no read from the device
     assert resident[20] == 1 and dest.space.swapped_in == 0
     dest.close()
+
+
+def test_a_page_first_received_as_zero_swapped_then_resent_with_contents_is_not_read_back_stale():
+    """The bug the memcached reproduction found: a slot left behind made the swap file's stale copy win."""
+    from agents.techniques.swap import SwapDestination
+    rng = np.random.default_rng(3)
+    image = np.zeros((32, PAGE), dtype=np.uint8)
+    resident = np.zeros(32, dtype=np.uint8)
+    dest = SwapDestination(image, resident, np.zeros(8, dtype=np.uint8), 0.25, "ssd", 1.0, 1.0)
+    truth = np.zeros((32, PAGE), dtype=np.uint8)
+    for rnd in range(6):
+        idx = rng.choice(32, 12, replace=False)
+        zero = rng.random(12) < 0.4
+        data = rng.integers(0, 256, (12, PAGE), dtype=np.uint8)
+        data[zero] = 0
+        truth[idx] = data
+        unmapped = idx[zero & ~dest.space.present[idx]]
+        dest.received(idx, zero, lambda idx=idx, data=data: image.__setitem__(idx, data))
+        resident[unmapped] = 1  # what the receiver's post-copy marks used to do to this map: must not matter
+        assert np.array_equal(dest.space.contents(), truth), f"round {rnd}"
+        assert dest.space.resident_count <= 8
+    dest.close()

@@ -196,6 +196,12 @@ class HostAgent:
             server.page_out(page_out, data)
         return got
 
+    def set_split_nic_rate(self, m: int, rate_bytes_s: float | None) -> None:
+        """Split migration `m`'s links share this host's NIC: pace them together at `rate_bytes_s`."""
+        job = self.jobs.get(m)
+        if job is not None and hasattr(job.pipeline, "set_nic_rate"):
+            job.pipeline.set_nic_rate(rate_bytes_s)
+
     def split_table(self, m: int) -> np.ndarray | None:
         """Split migration `m`'s host per page (0: main, 1..k: sub-hosts), or None."""
         return getattr(self.jobs[m].technique, "page_host", None)

@@ -91,7 +91,7 @@ class PageReceiver:
                                                         lambda: restore_pages(self.images[vm], view, self.unpacker))
                     except (ValueError, KeyError, IndexError) as exc:
                         self.error = f"batch {d[5]} could not be restored: {exc}"
-                    marks = self.received.get(vm)
+                    marks = self.received.get(vm) if vm not in self.swaps else None  # a swap space keeps its own
                     if marks is not None:  # after the bytes: a guest that sees the mark finds the page
                         marks[self.views[slot].idx[:npages]] = 1
                     self.decode_s += self.unpacker.take_decode_s()

@@ -20,7 +20,7 @@ touches it after. Here:
   mm/swapfile.c), page-ins read page-cluster = 3, i.e. 8 pages, around the
   faulting one (swap read-ahead). A page the migration re-sends while it
   is swapped out is first read in (the kernel faults it in before QEMU's
-  write can land), then overwritten.
+  write can land; one fault per 8-page read-ahead window), then overwritten.
 
 Costs are emulated seconds; `memory_scale` turns real pages into the
 emulated pages they stand for (a real page is 1/memory_scale of them).
@@ -88,7 +88,7 @@ class SwapSpace:
 
     @property
     def resident_count(self) -> int:
-        return int(np.count_nonzero(self.resident))
+        return int(np.count_nonzero(self.resident.astype(bool) & self.present))
 
     def touch(self, idx: np.ndarray) -> None:
         """Pages accessed (the referenced bit): most recently used now."""
@@ -98,7 +98,9 @@ class SwapSpace:
     def received(self, idx: np.ndarray, data_written) -> float:
         """The migration writes pages `idx` (`data_written()` does the write once
         they are resident); returns the emulated device seconds it cost."""
-        cost = self._page_in(idx[self.present[idx] & (self.resident[idx] == 0)])
+        swapped = idx[self.slot[idx] >= 0]
+        # QEMU writes a batch in page order: swap read-ahead serves the next pages of each fault.
+        cost = self._page_in(swapped, faults=len(np.unique(swapped // READ_AHEAD)))
         self.resident[idx] = 1
         self.present[idx] = True
         self.touch(idx)
@@ -111,7 +113,7 @@ class SwapSpace:
         fresh = idx[~self.present[idx]]  # never written: a zero-fill fault, no I/O
         self.present[fresh] = True
         self.resident[fresh] = 1
-        out = idx[self.present[idx] & (self.resident[idx] == 0)]
+        out = idx[self.slot[idx] >= 0]
         cost, ahead = 0.0, idx[:0]
         if len(out):
             faults = np.unique(out)
@@ -137,7 +139,7 @@ class SwapSpace:
         """The faulting pages and up to READ_AHEAD - 1 after each that are swapped out too."""
         cand = (faults[:, None] + np.arange(READ_AHEAD)[None, :]).reshape(-1)
         cand = np.unique(cand[cand < len(self.image)])
-        return cand[self.present[cand] & (self.resident[cand] == 0)]
+        return cand[self.slot[cand] >= 0]
 
     def _page_in(self, pages: np.ndarray, faults: int | None = None) -> float:
         if not len(pages):
@@ -157,10 +159,10 @@ class SwapSpace:
         if over <= 0:
             return 0.0
         keep = self.stamp.copy()
-        keep[self.resident == 0] = np.iinfo(np.int64).max
+        keep[(self.resident == 0) | ~self.present] = np.iinfo(np.int64).max
         keep[exclude] = np.iinfo(np.int64).max - 1  # just written or touched: not the victims
         victims = np.argpartition(keep, over - 1)[:over]
-        victims = victims[self.resident[victims] == 1]
+        victims = victims[(self.resident[victims] == 1) & self.present[victims]]
         slots = self.free_slots[self.nfree - len(victims): self.nfree]
         self.nfree -= len(victims)
         self._write(slots, self.image[victims])

@@ -27,6 +27,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from agents.datapath.clock import sleep_until
+from agents.datapath.rate_limit import RateLimit
 from agents.split.history import chunk_or, nchunks_of
 from agents.split.splitting import assign_hosts, lru_split, page_hosts, random_split
 from agents.techniques.precopy import PrecopyMigration
@@ -48,6 +50,23 @@ def capacities(hosts_gib: list[float], state_bytes: float, chunk_real: int, memo
     return [max(0, main)] + [int(-(-g * GIB // chunk_emu)) for g in hosts_gib[1:]]
 
 
+class NicPacer(RateLimit):
+    """The shared pacer of a split migration's pipelines: a token bucket with a
+    burst of BURST_S at the rate, so the time a consumer spends packing a batch
+    is not added to the time its bytes take (a link at line rate stays at
+    line rate when one host alone has pages to send)."""
+
+    BURST_S = 0.02
+
+    def pace(self, nbytes: int) -> None:
+        with self._lock:
+            if not self.rate:
+                return
+            self._paid_until = max(self._paid_until, time.monotonic() - self.BURST_S) + nbytes / self.rate
+            until = self._paid_until
+        sleep_until(until)
+
+
 class SplitSink:
     """The source's pipelines to the destination hosts (0: main, 1..k: sub-hosts),
     behind the one sink a technique sends to: each page goes to the pipeline
@@ -58,6 +77,13 @@ class SplitSink:
         self.pipelines = pipelines
         self.page_host: np.ndarray | None = None
         self.pool, self.lock = pipelines[0].pool, pipelines[0].lock  # what the host's poll reports
+        # One pacer for all: the source's NIC is shared by the links to its hosts, and
+        # whichever host has pages to send may use all of it (work-conserving).
+        self.limit = NicPacer()
+        for p in pipelines:
+            p.limit = self.limit
+        self.cap: float | None = None  # the migration's own cap (real bytes/s)
+        self.nic: float | None = None  # the source NIC's share for this migration (cluster/orchestrate.py)
 
     def route(self, page_host: np.ndarray) -> None:
         self.page_host = page_host
@@ -93,9 +119,18 @@ class SplitSink:
         self.pipelines[0].send_state(vm, state_bytes)
 
     def set_rate_limit(self, rate_bytes_s: float | None) -> None:
-        share = None if rate_bytes_s is None else rate_bytes_s / len(self.pipelines)
-        for p in self.pipelines:
-            p.set_rate_limit(share)
+        """The migration's cap over all its hosts together (None: none but the NIC's)."""
+        self.cap = rate_bytes_s
+        self._pace()
+
+    def set_nic_rate(self, rate_bytes_s: float | None) -> None:
+        """What the source's NIC gives this migration's links together (real bytes/s)."""
+        self.nic = rate_bytes_s
+        self._pace()
+
+    def _pace(self) -> None:
+        rates = [r for r in (self.cap, self.nic) if r]
+        self.limit.set_rate(min(rates) if rates else None)
 
     def drain(self) -> float:
         return max(p.drain() for p in self.pipelines)

@@ -23,7 +23,7 @@ test: $(STAMP)
 	  echo "note: Chromium is not installed; the report's browser test will be skipped"; }
 	$(PY) -m pytest -q
 
-# The slow matrices (invariance of every technique and encoding to the scaling knobs).
+# The slow tests: reproductions of the papers, the invariance matrix, kill and clean-up cases.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -s -m slow
 

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from cluster.footprint import processes_of_driver
 from tests.conftest import LIVEMIG, ROOT, start_migrating
 
@@ -35,6 +37,7 @@ def test_sigterm_aborts_keeps_the_result_and_leaves_nothing(tmp_path):
     assert leftovers(p.pid) == {}
 
 
+@pytest.mark.slow  # 15-60 s each: `make test-slow`
 def test_a_second_ctrl_c_tears_down_at_once(tmp_path):
     p = start_migrating(tmp_path, tmp_path / "out", 19322)
     p.send_signal(signal.SIGINT)
@@ -48,6 +51,7 @@ def test_a_second_ctrl_c_tears_down_at_once(tmp_path):
     assert leftovers(p.pid) == {}
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_driver_is_swept_and_the_next_run_works(tmp_path):
     p = start_migrating(tmp_path, tmp_path / "out", 19323)
     p.kill()

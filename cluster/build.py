@@ -433,3 +433,7 @@ def _guests(sl: Slice) -> None:
             vm.name, sl.paths[sl.first_key(i)], vm.workload.model_dump(), vm.content.model_dump(), vm.vcpus,
             scale.memory_scale, scale.dilation, fault_s, sc.emulation.seed + 1000 * i, vm.io_bound,
             any(splits(mp) for mp in sc.migration_plans() if mp.vm_index == i))))
+    # Ray starts actor processes a core's worth at a time: dozens of guests take
+    # many seconds. Wait for them here, in set-up, not in the first deadlined call.
+    import ray
+    ray.get([g.__ray_ready__.remote() for g in sl.guests])

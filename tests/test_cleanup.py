@@ -27,6 +27,7 @@ def leftovers(pid: int, wait_s: float = 20.0) -> dict:
         time.sleep(0.5)
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_sigterm_aborts_keeps_the_result_and_leaves_nothing(tmp_path):
     p = start_migrating(tmp_path, tmp_path / "out", 19321)
     p.send_signal(signal.SIGTERM)

@@ -60,6 +60,7 @@ def test_version_and_schema():
     assert options["downtime_limit_ms"]["default"] == 300 and "consumers" in options
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_corrupted_page_in_transit_fails_verification(tmp_path):
     r = _livemig("run", "scenarios/quickstart.toml", "--out", str(tmp_path), "--quiet", "--inject-fault", "corrupt-page")
     assert r.returncode == 1, r.stderr

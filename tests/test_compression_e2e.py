@@ -66,6 +66,7 @@ def test_xbzrle_with_zstd_on_two_consumers_verifies(ray_cluster):
     assert r["pages"]["delta"] > 0 and r["pages"]["compressed"] > 0
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_incompressible_memory_costs_no_time(ray_cluster):
     plain = _run('{ kind = "idle" }', "none", extra_vm=RANDOM)
     packed = _run('{ kind = "idle" }', "zstd", extra_vm=RANDOM)

@@ -12,10 +12,13 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 LIVEMIG = ROOT / ".venv" / "bin" / "livemig"
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_quickstart_runs_with_a_bogus_ray_address(tmp_path):
     env = {**os.environ, "RAY_ADDRESS": "bogus:1234"}
     r = subprocess.run([str(LIVEMIG), "run", "scenarios/quickstart.toml", "--out", str(tmp_path), "--quiet"],

@@ -20,6 +20,7 @@ def writer_runs(ray_cluster):
     return text, {d: _run(text, d) for d in (1.0, 2.0)}
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_uniform_writer_matches_prediction(writer_runs):
     text, runs = writer_runs
     model = predict(parse_scenario(text, "test.toml"))
@@ -57,6 +58,7 @@ def test_idle_vm_one_iteration_and_guest_figures(ray_cluster):
     assert r["downtime_ms"] < 100
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_dirtying_faster_than_the_link_stops_by_a_cap(ray_cluster):
     hot = '{ kind = "uniform", dirty_pages_per_s = 60000, working_set_gib = 0.25 }'
     r = _run(scenario_text("hot", memory_gib=0.5, workload=hot, gbps=1, dilation=0.5, downtime_ms=10,
@@ -95,6 +97,7 @@ profile = "xen-4.1"
 '''
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_parallel_migration_of_a_dirtying_vm_verifies(ray_cluster):
     r = run_scenario(parse_scenario(PARALLEL, "parallel.toml"), RunOptions())
     assert r["status"] == "completed" and r["verified"] is True
@@ -106,6 +109,7 @@ def test_parallel_migration_of_a_dirtying_vm_verifies(ray_cluster):
     assert r["emulation"]["fidelity"]["saturation"] < 0.05
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_time_sliced_strategy_makes_many_iterations_and_verifies(ray_cluster):
     text = PARALLEL.replace("consumers = 4", 'consumers = 1\nstrategy = "time-sliced"\nslice_mib = 16\nmax_iterations = 100000') \
                    .replace('address_space_lock = "range"', 'address_space_lock = "global"').replace("xen-4.1", "kvm-0.14")

@@ -44,6 +44,7 @@ def test_the_1gbe_example_the_issue_quotes_is_a_violation():
 WRITER = '{ kind = "uniform", dirty_pages_per_s = 3000, working_set_gib = 0.25 }'
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_a_capped_migration_stops_and_copies_at_the_links_speed(ray_cluster):
     # The issue's example, at memory_scale 1/128: 10 GbE, max-bandwidth 0.5 Gbit/s, 300 ms limit.
     text = scenario_text("cap", memory_gib=1, workload=WRITER, gbps=10, scale=1 / 128, downtime_ms=300,

@@ -112,6 +112,7 @@ def test_timeline_bytes_add_up_to_the_results_and_to_what_the_link_carried(evacu
     assert {"migration", "link", "host", "guest", "event"} <= kinds
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_a_to_b_while_b_to_c(ray_cluster, tmp_path):
     text = HEAD.format(name="chain") + _host("a", '"source"') + _host("b", '["source", "destination"]')
     text += _host("c", '"destination"')
@@ -167,6 +168,7 @@ vm = "vm"
     assert all(o > 0 for o in ops)
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_a_scheduled_bandwidth_halving_halves_the_transfer_rate(ray_cluster, tmp_path):
     text = HEAD.format(name="halving") + _host("a", '"source"') + _host("b", '"destination"')
     text += _vm("vm", 0.5)

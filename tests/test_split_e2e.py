@@ -55,6 +55,7 @@ def test_lru_split_faults_less_than_random_and_recovers(runs):
     assert sum(rnd["remote_paging"]["fault_latency"]["histogram"]) == rnd["remote_paging"]["faults"]
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_a_memory_server_that_refuses_to_start_leaves_the_vm_on_its_source(ray_cluster, tmp_path):
     v = _run(TINY.replace("observe_after_s = 2", "observe_after_s = 0"), tmp_path,
              inject_fault="memory-server-refuses")
@@ -68,6 +69,7 @@ def test_a_memory_server_that_refuses_to_start_leaves_the_vm_on_its_source(ray_c
     assert running[-1] > 0, "the VM runs on at its source"
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_swap_assisted_pages_to_the_device_during_and_after_and_verifies(ray_cluster, tmp_path):
     """The baseline: half the VM's memory free at the destination, the rest
     swapped to an SSD model through a real swap file; verified page for page

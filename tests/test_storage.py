@@ -142,6 +142,7 @@ def test_a_killed_destination_in_the_disk_copy_aborts_at_once_and_removes_the_pa
     assert stays and stays[0]["host"] == "src"
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_a_link_down_in_the_disk_copy_holds_the_disk_bytes_which_count_on_the_link(ray_cluster, tmp_path):
     text = storage_scenario(disk_gib=0.25, events=_on_disk_copy("link-down", link='"src:eth0->dst:eth0"',
                                                                 duration_s=1.5))

@@ -15,6 +15,7 @@ machine emulates.
 """
 from __future__ import annotations
 
+import statistics
 import time
 
 from cluster.footprint import MemorySampler, this_machine
@@ -68,13 +69,10 @@ def _run(text: str, name: str) -> tuple[dict, MemorySampler, float]:
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ys over xs (0 with fewer than two points)."""
-    n = len(xs)
-    if n < 2:
+    """Least-squares slope of ys over xs (0 with fewer than two points, or all xs equal)."""
+    if len(set(xs)) < 2:
         return 0.0
-    mx, my = sum(xs) / n, sum(ys) / n
-    var = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+    return statistics.linear_regression(xs, ys).slope
 
 
 def soak_bench(rounds: int = 10, memory_gib: float = 1.0, memory_scale: float = 1 / 64) -> dict:

@@ -13,7 +13,8 @@ one line naming the largest memory_scale that would fit, instead of filling
 
 It also measures what a run really takes (result.json's
 `emulation.peak_memory_bytes`, the soak bench): the processes started for a
-driver, their private memory, and the shared memory a run allocated.
+driver and their private memory (the shared memory a run allocated is
+agents/datapath/shm.py's `run_bytes`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from agents.datapath.shm import SHM_DIR
 from cluster.scaling import Scale, vm_real_pages
 from cluster.scenario import Scenario
 
@@ -38,7 +40,6 @@ ACTOR_RSS_BYTES = 160 * MIB
 RAY_BASE_BYTES = 450 * MIB
 # Leave this share of available memory to the rest of the machine.
 HEADROOM = 0.8
-SHM_DIR = "/dev/shm"
 
 
 @dataclass(frozen=True)
@@ -192,14 +193,3 @@ class MemorySampler:
         """The first sample at or after real time t."""
         return next((b for ts, b in self.samples if ts >= t), None)
 
-
-def shm_allocated(run_id: str) -> int:
-    """Bytes really allocated in /dev/shm by the run's regions (st_blocks: sparse files count what is touched)."""
-    total = 0
-    for name in os.listdir(SHM_DIR):
-        if name.startswith(f"livemig-{run_id}-"):
-            try:
-                total += os.stat(os.path.join(SHM_DIR, name)).st_blocks * 512
-            except OSError:
-                pass
-    return total

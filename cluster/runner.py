@@ -14,8 +14,9 @@ import datetime
 import time
 from pathlib import Path
 
+from agents.datapath.shm import run_bytes
 from cluster.build import Cluster, RunOptions, build_slice, start_local_ray, swaps
-from cluster.footprint import MemorySampler, guard, shm_allocated
+from cluster.footprint import MemorySampler, guard
 from cluster.orchestrate import WARMUP_S, Orchestrator, verify_images
 from cluster.scaling import scale_of
 from cluster.scenario import Scenario
@@ -72,7 +73,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             colocated = _colocated(sl, migs, guest_data, scale)
             faults, fault_counts = orchestrator.fault_list, orchestrator.faults.counts()
             final_hosts = {vm.name: sl.location[i][0] for i, vm in enumerate(scenario.vms)}
-            shm = shm_allocated(run_id)
+            shm = run_bytes(run_id)
             wall = {"ray_start_s": round(t_ray, 3), "setup_s": round(setup_s, 3),
                     "timeline_sampling_s": round(orchestrator.sampling_s, 4)}
         wall["total_s"] = round(time.monotonic() - wall0, 3)

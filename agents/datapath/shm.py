@@ -92,6 +92,17 @@ def remove_run(run_id: str) -> int:
     return n
 
 
+def run_bytes(run_id: str) -> int:
+    """Bytes really allocated by every region of a run (st_blocks: a sparse region counts what is touched)."""
+    total = 0
+    for path in glob.glob(os.path.join(SHM_DIR, f"{PREFIX}{run_id}-*")):
+        try:
+            total += os.stat(path).st_blocks * 512
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def driver_gone(path: str) -> bool:
     """Whether the run that named `path` ("livemig-<pid>_<id>-...") has lost its driver process."""
     pid = os.path.basename(path)[len(PREFIX):].split("-", 1)[0].split("_", 1)[0]

@@ -8,6 +8,7 @@ paper's direction and is within the tolerance of its value.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from cluster.compare import rows
@@ -46,37 +47,44 @@ def judge(row: dict, tolerance: float) -> dict:
             "within": abs(got / paper - 1) <= tolerance}
 
 
-def run_suite(suite: str, out_dir: Path, tolerance: float = 0.25, progress=print) -> list[dict]:
+@contextlib.contextmanager
+def one_ray():
+    """One local Ray for every run of a reproduction, shut down after the last."""
     import ray
 
-    from cluster.results import write_result
-    from cluster.runner import RunOptions, run_scenario, start_local_ray
-    from cluster.scenario import load_scenario
-
-    report = []
+    from cluster.runner import start_local_ray
     start_local_ray("livemig-reproduce")
     try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_kept(path: Path, out_dir: Path, progress=print, label: str = "") -> dict:
+    """Run a shipped scenario (inside `one_ray`); its result.json goes to out_dir/<file stem>."""
+    from cluster.results import write_result
+    from cluster.runner import RunOptions, run_scenario
+    from cluster.scenario import load_scenario
+    progress(f"running {label or path.name}")
+    r = run_scenario(load_scenario(path), RunOptions(), str(path))
+    write_result(r, out_dir / path.stem)
+    return r
+
+
+def run_suite(suite: str, out_dir: Path, tolerance: float = 0.25, progress=print) -> list[dict]:
+    report = []
+    with one_ray():
         for title, a_path, b_path in SUITES[suite]:
-            results = []
-            for rel in (a_path, b_path):
-                path = SCENARIOS / rel
-                if not path.exists():
-                    results = None
-                    break
-                progress(f"running {rel}")
-                r = run_scenario(load_scenario(path), RunOptions(), str(path))
-                write_result(r, out_dir / Path(rel).stem)
-                results.append(r)
-            if results is None:
+            paths = [SCENARIOS / rel for rel in (a_path, b_path)]
+            if not all(p.exists() for p in paths):
                 progress(f"skipped {title}: scenario missing")
                 continue
+            results = [run_kept(p, out_dir, progress, rel) for p, rel in zip(paths, (a_path, b_path))]
             table = rows(*results)
             for row in table:
                 row.update(judge(row, tolerance))
             report.append({"experiment": title, "a": a_path, "b": b_path, "rows": table,
                            "verified": all(r["verified"] for r in results)})
-    finally:
-        ray.shutdown()
     return report
 
 
@@ -137,16 +145,13 @@ def run_model(out_dir: Path, progress=print) -> list[dict]:
     """Every grid point through the emulator (one Ray for all) and the predictor."""
     import itertools
 
-    import ray
-
     from cluster.predict import predict
     from cluster.results import write_result
-    from cluster.runner import RunOptions, run_scenario, start_local_ray
+    from cluster.runner import RunOptions, run_scenario
     from cluster.scenario import parse_scenario
 
     rows = []
-    start_local_ray("livemig-reproduce")
-    try:
+    with one_ray():
         for dirty, gbps, limit in itertools.product(*MODEL_GRID.values()):
             sc = parse_scenario(model_scenario(dirty, gbps, limit), f"model-{dirty}-{gbps}-{limit}.toml")
             progress(f"running {sc.name}")
@@ -157,8 +162,6 @@ def run_model(out_dir: Path, progress=print) -> list[dict]:
                          "verified": r["verified"], "emulated": {k: r[k] for k in MODEL_FIGURES},
                          "predicted": {k: p[k] for k in MODEL_FIGURES},
                          "deviation": {k: _deviation(r[k], p[k]) for k in MODEL_FIGURES}})
-    finally:
-        ray.shutdown()
     return rows
 
 

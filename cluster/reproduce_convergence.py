@@ -52,24 +52,14 @@ def checks(methods: list[dict], nics: list[dict]) -> list[tuple[str, bool]]:
 
 def run(out_dir: Path, progress=print) -> dict:
     """Run both experiments in one Ray; returns {methods, nics, checks}."""
-    import ray
-
-    from cluster.results import write_result
-    from cluster.runner import RunOptions, run_scenario, start_local_ray
-    from cluster.scenario import load_scenario
+    from cluster.reproduce import one_ray, run_kept
 
     def go(label: str, name: str) -> dict:
-        progress(f"running {name}")
-        r = run_scenario(load_scenario(SCENARIOS / name), RunOptions(), str(SCENARIOS / name))
-        write_result(r, out_dir / Path(name).stem)
-        return row(label, r)
+        return row(label, run_kept(SCENARIOS / name, out_dir, progress))
 
-    start_local_ray("livemig-reproduce")
-    try:
+    with one_ray():
         methods = [go(label, name) for label, name in METHODS]
         nics = [go(label, name) for label, name in NICS]
-    finally:
-        ray.shutdown()
     return {"methods": methods, "nics": nics,
             "checks": [{"check": c, "holds": ok} for c, ok in checks(methods, nics)]}
 

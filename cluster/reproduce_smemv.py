@@ -55,28 +55,18 @@ def _row(group: str, variant: str, r: dict, ideal: dict | None) -> dict:
 
 def run(out_dir: Path, groups: list[str] | None = None, progress=print) -> list[dict]:
     """Run the groups (all when None) and return one row per scenario."""
-    import ray
-
-    from cluster.results import write_result
-    from cluster.runner import RunOptions, run_scenario, start_local_ray
-    from cluster.scenario import load_scenario
+    from cluster.reproduce import one_ray, run_kept
 
     rows = []
-    start_local_ray("livemig-reproduce")
-    try:
+    with one_ray():
         for title, stem, variants in GROUPS:
             if groups and stem not in groups:
                 continue
             ideal = None
             for v in variants:
-                path = SCENARIOS / f"{stem}-{v}.toml"
-                progress(f"running {path.name}")
-                r = run_scenario(load_scenario(path), RunOptions(), str(path))
-                write_result(r, out_dir / path.stem)
+                r = run_kept(SCENARIOS / f"{stem}-{v}.toml", out_dir, progress)
                 ideal = r if v == "ideal" else ideal
                 rows.append(_row(stem, v, r, ideal) | {"experiment": title})
-    finally:
-        ray.shutdown()
     return rows
 
 

@@ -18,6 +18,8 @@ possible.
 """
 from __future__ import annotations
 
+import bisect
+
 from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from cluster import split_run
 from cluster.convergence_figures import convergence_figures
@@ -52,12 +54,8 @@ def counters_of(polled: dict, memory_scale: float) -> dict:
 def _ops_at(samples: list, t: float) -> float | None:
     """Cumulative operations at real time t: the latest tick at or before t
     (a guest blocked in a fault ticks not at all, so none is missed)."""
-    done = None
-    for ts, ops in samples:
-        if ts > t:
-            break
-        done = ops
-    return done
+    i = bisect.bisect_right(samples, t, key=lambda s: s[0])
+    return samples[i - 1][1] if i else None
 
 
 def _rate(samples: list, t1: float, t2: float, dilation: float) -> float | None:

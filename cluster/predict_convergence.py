@@ -18,6 +18,10 @@ from agents.techniques.convergence import (MIB, AutoConverge, DirtyLimit, SyncPe
 from agents.techniques.precopy import stop_reason
 
 PAGE = 4096
+# A guest throttled to its floor can shrink its dirty set a little each pass forever (a zero
+# downtime limit never converges, and only a stall ends pre-copy then): the model counts whole
+# pages, as the dirty log does, and gives up as stalled after this many passes.
+MAX_PASSES = 10_000
 
 
 def throttled_iterations(mig):
@@ -65,6 +69,8 @@ def _passes(vm, policy, control, mem_pages, first, dirty, sync_s):
                 control.on_stop(reason)  # SDPS kicks in where pre-copy would give up
             if reason and not keeps_going(control, reason):
                 return todo, sent, elapsed, len(log), reason, log
+            if len(log) >= MAX_PASSES:
+                return todo, sent, elapsed, len(log), "stalled", log
         history.append(remaining)
         bandwidth = pages_per_s * bytes_per_page
         dt = todo / pages_per_s
@@ -78,7 +84,7 @@ def _passes(vm, policy, control, mem_pages, first, dirty, sync_s):
         decision = control.on_sync(SyncPeriod(dt + sync_s, dirtied * PAGE, todo * bytes_per_page, remaining,
                                               dirtied * PAGE))
         limited |= decision is not None and decision.dirty_limit_mbytes_s is not None
-        todo = dirtied
+        todo = float(round(dirtied))
         bytes_per_page, pages_per_s = dirty
 
 

@@ -9,7 +9,10 @@ and guest on top of Ray's own) and processes. Images, rings, pools and caches
 scale with memory_scale; processes do not. When the footprint does not fit
 the machine's free shared memory or available memory, the run is refused in
 one line naming the largest memory_scale that would fit, instead of filling
-/dev/shm or swapping half-way through.
+/dev/shm or swapping half-way through. Disk images (sparse files in the run
+directory) are checked against that file system's free space, and the wall
+clock the analytic model predicts (emulated time times dilation) against a
+day, so that values that each look sane do not start a run that lasts for days.
 
 It also measures what a run really takes (result.json's
 `emulation.peak_memory_bytes`, the soak bench): the processes started for a
@@ -40,6 +43,9 @@ ACTOR_RSS_BYTES = 160 * MIB
 RAY_BASE_BYTES = 450 * MIB
 # Leave this share of available memory to the rest of the machine.
 HEADROOM = 0.8
+# The longest run the guard lets start, in real seconds (predicted emulated time x dilation).
+MAX_WALL_S = 24 * 3600
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -118,12 +124,65 @@ def refusal(fp: Footprint, machine: Machine, scale: Scale) -> str | None:
             f"memory_scale = {fit!r} (1/{1 / fit:g}) would fit")
 
 
-def guard(scenario: Scenario, scale: Scale, path: str = "") -> None:
-    """Refuse a run that does not fit this machine: raises ScenarioError with one line."""
+def disk_image_bytes(scenario: Scenario, scale: Scale) -> int:
+    """Real bytes of disk images at most: each disk once, and once more where it moves."""
+    moved = sum(mp.vm.disk_gib for mp in scenario.migration_plans()
+                if getattr(mp.options, "target_datastore", None))
+    return int((sum(vm.disk_gib for vm in scenario.vms) + moved) * GIB * scale.memory_scale)
+
+
+def disk_refusal(need: int, free: int) -> str | None:
+    """One line when `need` bytes of disk images do not fit `free` bytes of the run directory."""
+    if need <= free * HEADROOM:
+        return None
+    return (f"emulation.memory_scale: the disk images need {need / GIB:.1f} GiB and the run directory's "
+            f"file system has {free / GIB:.1f} GiB free; lower memory_scale or free some space")
+
+
+def predicted_wall_s(scenario: Scenario, scale: Scale) -> float:
+    """Real seconds the migrations should take, from the analytic model
+    (cluster/predict.py): the last one's start plus its predicted time, dilated."""
+    from cluster.predict import predict_migration
     from cluster.scenario import ScenarioError
-    why = refusal(footprint(scenario, scale), this_machine(), scale)
+    end = 0.0
+    for mp in scenario.migration_plans():
+        try:
+            end = max(end, mp.start_s + predict_migration(scenario, mp)["total_time_s"])
+        except (ScenarioError, KeyError, ValueError, ZeroDivisionError, OverflowError):
+            continue  # a technique the model does not cover: nothing to say about it
+    return end * scale.dilation
+
+
+def wall_refusal(wall_s: float, scale: Scale) -> str | None:
+    """One line when the run would last more than MAX_WALL_S of wall clock."""
+    if not wall_s > MAX_WALL_S:  # NaN counts as too long
+        return None
+    emulated = wall_s / scale.dilation
+    fits = MAX_WALL_S / emulated if emulated > 0 else 0.0
+    hint = (f"dilation = {fits:.3g} would take a day" if fits >= 1e-3 else
+            "no dilation brings that under a day: check the link speeds and the VM's size")
+    return (f"emulation.dilation: at {scale.dilation:g} the migrations would take about {wall_s / 3600:,.0f} h "
+            f"of wall clock ({emulated:,.0f} emulated s predicted); at most {MAX_WALL_S // 3600} h runs; {hint}")
+
+
+def guard(scenario: Scenario, scale: Scale, path: str = "", out_dir: str | None = None) -> None:
+    """Refuse a run that does not fit this machine (memory, shared memory, disk
+    space for `out_dir`) or would run for days: raises ScenarioError with one line."""
+    from cluster.scenario import ScenarioError
+    why = (refusal(footprint(scenario, scale), this_machine(), scale)
+           or disk_refusal(disk_image_bytes(scenario, scale), _free_bytes(out_dir or "."))
+           or wall_refusal(predicted_wall_s(scenario, scale), scale))
     if why:
         raise ScenarioError([f"{path or scenario.name}: {why}"])
+
+
+def _free_bytes(path: str) -> int:
+    """Free bytes of the file system that holds `path` (or its nearest existing parent)."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        p = os.path.dirname(p)
+    st = os.statvfs(p)
+    return st.f_bavail * st.f_frsize
 
 
 # --- what a run really takes (benches, clean-up tests) ------------------------------------

@@ -35,7 +35,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
 
     scale = scale_of(scenario, opts.dilation)
     if not opts.address:  # on a cluster of several machines this one's memory says little
-        guard(scenario, scale, scenario_path)
+        guard(scenario, scale, scenario_path, opts.out_dir)
     metrics = MetricsExporter(opts.metrics_port) if opts.metrics_port is not None else None
     path = None
     if opts.out_dir:

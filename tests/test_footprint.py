@@ -3,13 +3,15 @@ machine is refused in one line naming a memory_scale that fits."""
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.footprint import (ACTOR_RSS_BYTES, IMAGE_BYTES_PER_PAGE, RAY_BASE_BYTES, Machine, footprint, refusal,
-                               this_machine)
+from cluster.footprint import (ACTOR_RSS_BYTES, IMAGE_BYTES_PER_PAGE, RAY_BASE_BYTES, Machine, disk_refusal,
+                               footprint, predicted_wall_s, refusal, this_machine, wall_refusal)
 from cluster.scaling import Scale
 from cluster.scenario import parse_scenario
 from tests.conftest import LIVEMIG, ROOT
@@ -71,3 +73,27 @@ def test_livemig_run_refuses_what_does_not_fit_here_in_one_line(tmp_path):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "memory_scale" in lines[0] and "would fit" in lines[0], p.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_that_would_last_for_days_is_refused_naming_a_dilation(tmp_path):
+    # 16 GiB (a quarter of it zero pages) over 10 Mbit/s: about 2.9 emulated hours; at dilation 10, 29 real hours.
+    text = pairs(1, 16.0, 1 / 1024).replace("speed_gbps = 10", "speed_gbps = 0.01")
+    (tmp_path / "slow.toml").write_text(text.replace("[emulation]\n", "[emulation]\ndilation = 10\n"))
+    sc = parse_scenario(text, "slow.toml")
+    emulated = predicted_wall_s(sc, Scale(1 / 1024, 1.0))
+    assert 2 * 3600 < emulated < 4 * 3600
+    assert wall_refusal(predicted_wall_s(sc, Scale(1 / 1024, 1.0)), Scale(1 / 1024, 1.0)) is None
+    why = wall_refusal(predicted_wall_s(sc, Scale(1 / 1024, 10.0)), Scale(1 / 1024, 10.0))
+    assert why.startswith("emulation.dilation: at 10 "), why
+    fits = float(re.search(r"dilation = ([0-9.]+) would take a day", why).group(1))
+    assert fits * emulated == pytest.approx(24 * 3600, rel=0.01)
+    proc = subprocess.run([LIVEMIG, "run", str(tmp_path / "slow.toml"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "slow.toml: emulation.dilation: at 10 " in proc.stderr
+
+
+def test_disk_images_that_do_not_fit_the_run_directory_are_refused():
+    assert disk_refusal(10 * GIB, 100 * GIB) is None
+    why = disk_refusal(10 * GIB, 11 * GIB)
+    assert why.startswith("emulation.memory_scale: the disk images need 10.0 GiB") and "11.0 GiB free" in why

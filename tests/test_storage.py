@@ -58,6 +58,21 @@ def test_storage_interface_moves_no_bytes_over_the_migration_network(ray_cluster
     assert r["disk_bytes_sent"] == pytest.approx(0.25 * GIB)
 
 
+def test_array_offload_copies_inside_the_array_at_the_datastores_pace(ray_cluster, tmp_path):
+    # Both datastores on one VAAI array that offloads, and the source host reaches the target:
+    # the array copies (seed, Figure 1), no byte crosses the migration network.
+    array = 'array = "vnx1"\noffload = true\noffload_mbytes_s = 150'
+    text = storage_scenario(disk_gib=0.25, tgt_hosts='["src", "dst"]', src_array=array, tgt_array=array)
+    r = _run(text, tmp_path)
+    assert r["status"] == "completed" and r["verified"] and r["disk"]["verified"], r["stop_reason"]
+    d = r["disk"]
+    assert d["path"] == "array-offload" and d["paths_allowed"][0] == "array-offload"
+    assert d["network_bytes"] == 0 and r["disk_bytes_sent"] == pytest.approx(0.25 * GIB)
+    # The slower of the array's copy (150 MB/s) and the slow SAN's writes (300 MB/s) sets the pace.
+    floor = 0.25 * GIB / 150e6
+    assert floor * 0.98 <= d["copy_time_s"] <= floor * 3
+
+
 def test_writes_outrunning_the_link_make_the_mirror_synchronous(ray_cluster, tmp_path):
     # SolidDB at 64 clients writes 50 MB/s; the link carries 25 MB/s.
     text = storage_scenario(disk_gib=1 / 32, memory_gib=1 / 32, workload='disk_workload = { preset = "soliddb-64" }')

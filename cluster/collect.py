@@ -209,14 +209,24 @@ def _times(events: list[dict], m) -> dict:
            "setup_time_s": (first_pass - at["setup"]) if first_pass is not None and "setup" in at else 0.0,
            "downtime_s": 0.0, "downtime_breakdown_ms": {}}
     if m.status == "completed" and "vm-stopped" in at:
-        out["downtime_s"] = at["vm-started"] - at["vm-stopped"]
         steps = [c for c in CHECKPOINTS if c in at]
         # A checkpoint is recorded once its step returns; the destination's ack of the
         # state may come first. Each step ends no earlier than the one before it.
         ends = {}
         for c in steps:
             ends[c] = max([at[c], *ends.values()])
-        out["downtime_breakdown_ms"] = {f"{a} -> {b}": (ends[b] - ends[a]) * 1000 for a, b in zip(steps, steps[1:])}
+        spans = {f"{a} -> {b}": (ends[b] - ends[a]) for a, b in zip(steps, steps[1:])}
+        # Ray calls made while the VM was stopped: each out of the step it ended in.
+        hops = [ev for ev in events if ev["event"] == "control-plane-hop" and at["vm-stopped"] <= ev["t"] <= at["vm-started"]]
+        for ev in hops:
+            key = next((f"{a} -> {b}" for a, b in zip(steps, steps[1:]) if ev["t"] <= ends[b]), None)
+            if key is not None:
+                spans[key] = max(0.0, spans[key] - ev["excluded_s"])
+        excluded = sum(ev["excluded_s"] for ev in hops)
+        out["downtime_s"] = max(0.0, at["vm-started"] - at["vm-stopped"] - excluded)
+        out["downtime_breakdown_ms"] = {k: v * 1000 for k, v in spans.items()}
+        if hops:
+            out["downtime_breakdown_ms"]["control-plane hops (excluded)"] = excluded * 1000
     return out
 
 

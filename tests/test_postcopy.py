@@ -212,3 +212,21 @@ def test_hybrid_switch_on_request_with_a_guest_that_keeps_writing(ray_cluster, t
     assert pc["max_sends_per_page"] == 1 and pc["pages_requested_twice"] == 0
     assert sum(pc["postcopy_latency_dist"]) == pytest.approx(pc["faults"], abs=len(pc["postcopy_latency_dist"]))
     assert r["finished_at_s"] - r["started_at_s"] == pytest.approx(r["total_time_s"])
+    # The Ray call that resumed the guest on the destination is out of the downtime.
+    steps = r["downtime_breakdown_ms"]
+    assert steps["control-plane hops (excluded)"] > 0
+    assert r["downtime_ms"] == pytest.approx(sum(v for k, v in steps.items() if "->" in k), abs=0.01)
+
+
+def test_the_ray_call_that_resumes_the_guest_is_left_out_of_the_downtime():
+    from cluster.collect import _times
+
+    class M:
+        status = "completed"
+    ev = [{"event": "migration-start", "t": 0.0}, {"event": "vm-stopped", "t": 1.0},
+          {"event": "device-state-sent", "t": 1.002}, {"event": "destination-loaded", "t": 1.003},
+          {"event": "control-plane-hop", "t": 1.011, "excluded_s": 0.007}, {"event": "vm-started", "t": 1.011}]
+    t = _times(ev, M())
+    assert t["downtime_s"] == pytest.approx(0.004)
+    assert t["downtime_breakdown_ms"]["destination-loaded -> vm-started"] == pytest.approx(1.0)
+    assert t["downtime_breakdown_ms"]["control-plane hops (excluded)"] == pytest.approx(7.0)

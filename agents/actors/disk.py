@@ -95,12 +95,14 @@ class DiskAgent:
                                "write_latency_ms": _mean_ms(s.write_latency_s)}
 
     def sync_for_switchover(self, vm: str, timeout_s: float) -> dict:
-        """The VM is stopped: hold its disk I/O and wait until the mirror is in sync."""
+        """The VM is stopped: hold its disk I/O and wait until the mirror is in sync.
+        `t_enter` and `t_real`: when this began and ended here (real monotonic s)."""
+        t_enter = time.monotonic()
         if vm in self.runners:
             self.runners[vm].pause()
         self.jobs[vm].quiesce()
         synced = self.jobs[vm].wait_synced(timeout_s)
-        return {"synced": synced, "t_real": time.monotonic()}
+        return {"synced": synced, "t_enter": t_enter, "t_real": time.monotonic()}
 
     def complete_mirror(self, vm: str) -> dict:
         """Verify the destination disk block for block; when it matches, the guest's

@@ -368,7 +368,10 @@ class PostcopyMigration(PrecopyMigration):
         # From here on the guest is the destination's: no way back.
         r.guest_on_destination = True
         dest = self.ctx.destination
+        t_call = time.monotonic()
         r.resumed_at = self.guest.resume_on_destination(dest["image"], missing, dest["return_path"])
+        # The resume itself is the fixed cost slept above; the call that carries it is not.
+        self._control_hop(t_call, r.resumed_at)
         self.ctx.record("vm-started", t_real=r.resumed_at, missing_pages=int(np.count_nonzero(missing) / self.scale))
         r.downtime_s = self._emu(r.resumed_at - r.paused_at)
         r.downtime_bytes = self.state_bytes

@@ -215,6 +215,14 @@ class PrecopyMigration:
     def _emu(self, real_s: float) -> float:
         return real_s / self.dilation
 
+    def _control_hop(self, t_call: float, t_returned: float, busy_real_s: float = 0.0) -> None:
+        """A Ray call made while the VM is stopped (resuming the guest elsewhere, holding
+        its disk): its round trip, less `busy_real_s` of emulated work done inside it, is
+        the emulator's, not the hypervisor's, and is left out of the downtime (DESIGN.md:
+        no control-plane round trip inside a downtime). Recorded as `control-plane-hop`."""
+        hop = max(0.0, (t_returned - t_call) - busy_real_s)
+        self.ctx.events.append({"t_real": t_returned, "event": "control-plane-hop", "excluded_s": self._emu(hop)})
+
     def _enter(self, phase: str, iteration: int = 0) -> None:
         self.phase = phase
         if self.ctx.enter(phase, iteration):

@@ -142,7 +142,9 @@ class StorageMigration(PrecopyMigration):
     def sync_disk(self) -> None:
         """At switch-over, the VM stopped: wait for the mirror to be in sync."""
         d = self.disk
+        t_call = time.monotonic()
         got = ray.get(d["agent"].sync_for_switchover.remote(d["vm"], SYNC_TIMEOUT_EMULATED_S * self.dilation))
+        self._control_hop(t_call, time.monotonic(), busy_real_s=got["t_real"] - got["t_enter"])
         self._watch_stop.set()
         self.ctx.record("disk-synced", t_real=got["t_real"], synced=got["synced"])
         if not got["synced"]:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from agents.datapath.shm import run_bytes
+from cluster.crossnode import check_nodes
 from cluster.build import Cluster, RunOptions, build_slice, start_local_ray, swaps
 from cluster.footprint import MemorySampler, guard
 from cluster.orchestrate import WARMUP_S, Orchestrator, verify_images
@@ -48,6 +49,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
         with MemorySampler(period_s=1.0) as memory, Cluster(scenario, scale, opts) as cl:
             t_ray = time.monotonic() - wall0
             run_id = cl.run_id
+            check_nodes(scenario, scenario_path or "<scenario>")
             sl = build_slice(cl, scenario, scale, opts)
             setup_s = time.monotonic() - wall0
             orchestrator = Orchestrator(sl, timeline, opts)

@@ -3,14 +3,18 @@ and the bridge halves (agents/datapath/crossnode.py) over a real TCP connection 
 127.0.0.1, with the real sender, link shaper and receiver, each end with its own ring."""
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 
 from agents.cpu import CorePool
 from agents.datapath.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE
-from agents.datapath.crossnode import BridgeIn, BridgeOut, TcpListener, channel_pair, connect
+from agents.datapath.crossnode import (
+    BridgeIn,
+    BridgeOut,
+    TcpListener,
+    channel_pair,
+    connect,
+)
 from agents.datapath.link import LinkShaper
 from agents.datapath.receiver import PageReceiver
 from agents.datapath.sender import PageSender
@@ -77,7 +81,7 @@ def test_a_batch_damaged_before_sending_arrives_damaged_and_fails_its_checksum()
         src.header[0] += 1  # a damaged page count changes what is sent: the frame still parses
         send_frame(a, (KIND_BATCH, 0, 0, 16, 0, 1, 0.0, 0.0), src)
         send_frame(a, (KIND_CLOSE, 0, 0, 0, 0, 0, 0.0, 0.0))
-        view = lambda d: SlotView(dst_ring, d[2], layout)  # noqa: E731
+        view = lambda d: SlotView(dst_ring, d[2], layout)
         assert recv_frame(b, view)[0] == KIND_BATCH
         assert not SlotView(dst_ring, 0, layout).intact()
         assert recv_frame(b, view)[0] == KIND_CLOSE  # the stream stayed in step

@@ -27,7 +27,13 @@ import threading
 
 import numpy as np
 
-from agents.datapath.channel import DESCRIPTOR, KIND_BATCH, KIND_CLOSE, KIND_STATE, Channel
+from agents.datapath.channel import (
+    DESCRIPTOR,
+    KIND_BATCH,
+    KIND_CLOSE,
+    KIND_STATE,
+    Channel,
+)
 from agents.datapath.tcp_frames import recv_frame, send_frame
 from agents.datapath.wire_format import SlotLayout, SlotView
 

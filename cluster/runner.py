@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from agents.datapath.shm import run_bytes
-from cluster.crossnode import check_nodes
 from cluster.build import Cluster, RunOptions, build_slice, start_local_ray, swaps
+from cluster.crossnode import check_nodes
 from cluster.footprint import MemorySampler, guard
 from cluster.orchestrate import WARMUP_S, Orchestrator, verify_images
 from cluster.scaling import scale_of

@@ -784,8 +784,9 @@ def crossnode_problems(s: Scenario) -> Problems:
                f"its hosts are on Ray nodes {', '.join(sorted(str(n) for n in nodes))}")
         where = f"migrations[{mp.index}]" if s.migrations else "migration"
         if mp.technique != "precopy":  # storage and block-dirty included: their disk copy
-            problems.append((f"{where}.technique", f"\"{mp.technique}\" cannot cross Ray nodes ({why}); "
-                                                   f"across nodes only \"precopy\" (with PMigrate's consumers) runs"))
+            msg = (f"\"{mp.technique}\" cannot cross Ray nodes ({why}); "
+                   f"across nodes only \"precopy\" (with PMigrate's consumers) runs")
+            problems.append((f"{where}.technique", msg))
     return problems
 
 

@@ -103,3 +103,18 @@ def hand_over(sl, m: int, vm: int, timeout: float) -> float:
     resumed = ray.get(new.take_over.remote(state), timeout=timeout)
     sl.guests[vm] = new  # the old actor stays tracked: tear-down closes it with the rest
     return resumed
+
+
+def data_path(sl, timeout: float = 30.0) -> dict:
+    """For result.json: where each host ran, and what crossed TCP (connections, real bytes sent)."""
+    import ray
+    names = list(sl.hosts)
+    try:
+        ends = ray.get([sl.hosts[n].bridge_status.remote() for n in names], timeout=timeout)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        ends = [{} for _ in names]  # a host killed by a fault: its figures are lost with it
+    sent = [e for got in ends for e in got.values() if "sent" in e]
+    return {"transport": sl.scenario.network.transport,
+            "ray_nodes": {n: sl.nodes[n]["id"][:12] for n in names},
+            "tcp_connections": len(sent), "tcp_bytes_sent": sum(e["sent"] for e in sent),
+            "tcp_errors": [e["error"] for got in ends for e in got.values() if e["error"]]}

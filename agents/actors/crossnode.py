@@ -7,17 +7,14 @@ PageReceiver as on one node) and the source `open_bridge_out` (connected to
 the link's outbound socket, the sender's acknowledgement socket and the
 destination's TCP port); agents/datapath/crossnode.py moves the bytes.
 `node()` tells the control plane where a host runs, so it can place the
-link and the guest beside it. `image_bytes` / `take_image` copy an image
-between nodes over Ray's own object transfer (a guest that moves to another
-node, cluster/crossnode.py).
+link and the guest beside it. `GuestHandOff` (a mixin of GuestAgent) moves a
+guest's running state to a standby guest on another node at switch-over.
 """
 from __future__ import annotations
 
 import pickle
 import threading
 import time
-
-import numpy as np
 
 from agents.datapath.channel import Channel
 from agents.datapath.crossnode import (
@@ -78,13 +75,10 @@ class CrossNodeEnds:
                                           to_sender, sock)
 
     def bridge_status(self) -> dict:
-        """Real bytes each bridge end moved over TCP, and its error if any, by connection."""
-        return {c: {"bytes": getattr(b, "bytes_sent", getattr(b, "bytes_received", 0)), "error": b.error}
+        """By connection: the real bytes a sending end wrote to TCP (frames, descriptors and
+        batch bytes), or that it is a receiving end; and its error, if any."""
+        return {c: ({"sent": b.bytes_sent} if isinstance(b, BridgeOut) else {"received": True}) | {"error": b.error}
                 for c, b in self._bridges().items()}
-
-    def image_bytes(self, key: str) -> np.ndarray:
-        """Image `key`'s pages, to copy it to another node (Ray's object transfer)."""
-        return self.images[key].pages().copy()
 
 
 # What a guest carries to another node: its workload's state and what it has measured.

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from cluster import crossnode
 from cluster.scaling import Scale, vm_real_pages
-from cluster.scenario import MIB, Scenario
+from cluster.scenario import MIB, Scenario, ScenarioError
 from cluster.topology import Topology, plan
 
 
@@ -123,8 +123,12 @@ class Cluster:
         import ray
         if self.opts.address:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(address=self.opts.address, namespace=f"livemig-{self.run_id}", log_to_driver=False,
-                     include_dashboard=self.opts.dashboard, configure_logging=False)
+            try:
+                ray.init(address=self.opts.address, namespace=f"livemig-{self.run_id}", log_to_driver=False,
+                         include_dashboard=self.opts.dashboard, configure_logging=False)
+            except ConnectionError as exc:  # unreachable, or refused: a wrong or missing token
+                from cluster.join import join_refused
+                raise ScenarioError([join_refused(self.opts.address, exc)]) from None
         else:
             url = start_local_ray(f"livemig-{self.run_id}", dashboard=self.opts.dashboard,
                                   dashboard_port=self.opts.dashboard_port)

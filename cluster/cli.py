@@ -71,7 +71,10 @@ def run(
     out_dir: Path = typer.Option(None, "--out", help="Directory for result.json (default: runs/<scenario name>)."),
     dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second; overrides the scenario. Raise it when the result reports saturation."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; only the result path."),
-    address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (e.g. 'auto') instead of starting one."),
+    address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (HEAD:6379, or 'auto') instead of "
+                                          "starting one; hosts with ray_node run on the nodes offering that resource."),
+    auth_token_file: Optional[str] = typer.Option(None, help="With --address: the cluster's token file (Ray's "
+                                                  "RAY_AUTH_TOKEN_PATH); default: RAY_AUTH_TOKEN, or ~/.ray/auth_token."),
     dashboard: bool = typer.Option(False, help="Start the Ray dashboard on 127.0.0.1 and print its address; it asks "
                                    "for the token in ~/.ray/auth_token."),
     dashboard_port: int = typer.Option(8265, help="The Ray dashboard's port, with --dashboard."),
@@ -86,6 +89,7 @@ def run(
     sc = _load(scenario)
     out_dir = out_dir or Path("runs") / sc.name
     _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir)
+    _check_join(address, auth_token_file)
     if not 0 <= linger <= 3600:  # `not (a <= x <= b)`: NaN is refused too
         _fail_input([f"--linger: must be between 0 and 3600 seconds (got {linger:g})"])
     if linger and metrics_port is None:
@@ -123,6 +127,17 @@ def run(
     else:
         _print_result(sc, result, path)
     raise typer.Exit(0 if result["status"] == "completed" and result["verified"] else 1)
+
+
+def _check_join(address: str | None, token_file: str | None) -> None:
+    """A cluster to join must answer, and a token file given must be readable: one line at once, not a long hang."""
+    from cluster import join
+    if token_file is not None and address is None:
+        _fail_input(["--auth-token-file: only with --address (the embedded cluster makes its own token)"])
+    problem = join.token_problem(token_file) or (join.address_problem(address) if address else None)
+    if problem:
+        _fail_input([problem])
+    join.use_token_file(token_file)
 
 
 def _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir: Path) -> None:

@@ -6,7 +6,8 @@ The refusals are pure. The runs start a real multi-node cluster on this machine
 resource) and migrate from a host on one node to a host on the other: every batch
 crosses TCP into the destination node's own ring, the guest goes on in a guest
 actor on the destination's node, and the copy verifies. They take about a minute,
-so they are marked slow.
+so they are marked slow. The cluster runs with token authentication on, and is joined
+the way a user joins one: `livemig run --address`.
 """
 from __future__ import annotations
 
@@ -71,30 +72,63 @@ def test_bad_placement_fields_are_refused():
 
 
 # --- a real two-node cluster ----------------------------------------------------------------
+# Held by a child process: Ray reads RAY_AUTH_MODE when it is imported, so a cluster with token
+# authentication on, as Ray documents it (RAY_AUTH_MODE=token on every node, the token in
+# ~/.ray/auth_token), is started and joined by processes that have it from the start.
+HOLD = """
+import sys
+from ray.cluster_utils import Cluster
+c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node-a": 1}})
+c.add_node(num_cpus=1, resources={"node-b": 1})
+c.wait_for_nodes()
+print(c.address, flush=True)
+sys.stdin.read()
+c.shutdown()
+"""
+
+
+def _token_env() -> dict:
+    import os
+    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 @pytest.fixture(scope="module")
 def two_nodes():
-    import ray
-    from ray.cluster_utils import Cluster
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node-a": 1}})
-    cluster.add_node(num_cpus=1, resources={"node-b": 1})
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="livemig-crossnode-tests", log_to_driver=False)
-    yield cluster.address
-    ray.shutdown()
-    cluster.shutdown()
+    """The address of a head node (resource node-a) and a worker node (node-b)."""
+    import subprocess
+    import sys
+    holder = subprocess.Popen([sys.executable, "-c", HOLD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=_token_env())
+    try:
+        address = holder.stdout.readline().strip()
+        assert address, "the two-node cluster did not start"
+        yield address
+    finally:
+        holder.stdin.close()
+        holder.wait(60)
 
 
-def _run(address: str, text: str) -> dict:
-    from cluster.runner import RunOptions, run_scenario
-    return run_scenario(parse_scenario(text, "two-nodes.toml"), RunOptions(address=address), "two-nodes.toml")
+def _run(address: str, text: str, tmp_path, *extra):
+    import json
+    import subprocess
 
+    from tests.conftest import LIVEMIG, ROOT
+    scenario = tmp_path / "two-nodes.toml"
+    scenario.write_text(text)
+    out = tmp_path / "out"
+    done = subprocess.run([LIVEMIG, "run", str(scenario), "--address", address, "--out", str(out), "-q", *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=_token_env())
+    result = json.loads((out / "result.json").read_text()) if done.returncode in (0, 1) else {}
+    return done, result
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("consumers, compression", [(4, "zstd"), (1, "xbzrle")])
-def test_a_migration_between_two_nodes_crosses_tcp_verifies_and_the_guest_runs_on(two_nodes, consumers,
+def test_a_migration_between_two_nodes_crosses_tcp_verifies_and_the_guest_runs_on(two_nodes, tmp_path, consumers,
                                                                                    compression):
-    r = _run(two_nodes, TWO_NODES.format(dst_node="node-b", consumers=consumers, compression=compression))
+    done, r = _run(two_nodes, TWO_NODES.format(dst_node="node-b", consumers=consumers, compression=compression),
+                   tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
     assert r["status"] == "completed" and r["verified"], r.get("stop_reason")
     dp = r["data_path"]
     assert dp["ray_nodes"]["host-a"] != dp["ray_nodes"]["host-b"]
@@ -105,8 +139,14 @@ def test_a_migration_between_two_nodes_crosses_tcp_verifies_and_the_guest_runs_o
 
 
 @pytest.mark.slow
-def test_a_ray_node_no_node_offers_is_refused_before_anything_starts(two_nodes):
-    with pytest.raises(ScenarioError) as exc:
-        _run(two_nodes, TWO_NODES.format(dst_node="node-z", consumers=1, compression="none"))
-    assert exc.value.lines == [exc.value.lines[0]] and "hosts[1].ray_node" in exc.value.lines[0]
-    assert "node-z" in exc.value.lines[0] and "node-a" in exc.value.lines[0]
+def test_a_wrong_token_or_a_ray_node_no_node_offers_is_refused_in_one_line(two_nodes, tmp_path):
+    text = TWO_NODES.format(dst_node="node-b", consumers=1, compression="none")
+    bad = tmp_path / "token"
+    bad.write_text("not-the-token\n")
+    refused, _ = _run(two_nodes, text, tmp_path, "--auth-token-file", str(bad))
+    mine = [ln for ln in refused.stderr.splitlines() if ln.startswith("--address")]
+    assert refused.returncode == 2 and len(mine) == 1 and "token" in mine[0], refused.stderr[-2000:]
+    nowhere, _ = _run(two_nodes, text.replace('"node-b"', '"node-z"'), tmp_path)
+    mine = [ln for ln in nowhere.stderr.splitlines() if "ray_node" in ln]
+    assert nowhere.returncode == 2 and len(mine) == 1, nowhere.stderr[-2000:]
+    assert "hosts[1].ray_node" in mine[0] and "node-z" in mine[0] and "node-a" in mine[0]

@@ -9,7 +9,7 @@
   livemig reproduce SUITE     run a paper's experiment pairs (or the model grid) and compare
   livemig list                the shipped scenarios
   livemig techniques          the migration techniques and their options
-  livemig bench pipeline|link|codec|lru|disk   figures of this machine
+  livemig bench pipeline|link|crossnode|codec|lru|disk   figures of this machine
 
 Exit codes: 0 done (and verified), 1 the migration failed or was aborted,
 2 bad input (one line on stderr naming file, field and what is allowed).
@@ -515,6 +515,20 @@ def bench_pipeline(mib: int = typer.Option(256, help="Real MiB of guest memory p
     """Unshaped real MB/s of the whole path (scan, encode, send, restore, verify) per content mix."""
     from cluster.bench import pipeline_bench
     print(json.dumps(pipeline_bench(mib, batch_pages), indent=2))
+
+
+@bench_app.command("crossnode")
+def bench_crossnode(mib: int = typer.Option(64, min=1, max=4096, help="Real MiB of guest image sent."),
+                    batch_pages: int = typer.Option(256, min=1, max=4096, help="Pages per batch."),
+                    repeats: int = typer.Option(3, min=1, max=20, help="Sends per path; the best is kept."),
+                    mix: str = typer.Option("random", help="Content of the image: random, text, mixed or zero.")) -> None:
+    """Cross-node (TCP) against same-node (shared memory) throughput, and Ray's object transfer, on a
+    two-node Ray cluster started on this machine (MB/s of real bytes)."""
+    from cluster.bench import MIXES
+    from cluster.bench_crossnode import crossnode_bench
+    if mix not in MIXES:
+        _fail_input([f"--mix: unknown content {mix!r}; allowed: {', '.join(MIXES)}"])
+    print(json.dumps(crossnode_bench(mib, batch_pages, repeats, mix), indent=2))
 
 
 @bench_app.command("lru")

@@ -103,6 +103,7 @@ class Cluster:
         self.run_id = new_run_id()
         self.sock_dir = tempfile.mkdtemp(prefix=f"livemig-{self.run_id}-", dir="/tmp")
         self.actors: list = []
+        self.hosts: list = []  # HostAgents: each clears its node of the run's files at tear-down
         self._started_ray = False
 
     def __enter__(self) -> "Cluster":
@@ -148,6 +149,12 @@ class Cluster:
                 ray.get(a.close.remote(), timeout=5)
             except Exception:  # noqa: BLE001 - a dead actor is what tear-down is for
                 pass
+        for a in self.hosts:  # other Ray nodes' shared memory and sockets (this node's: below)
+            try:
+                ray.get(a.sweep_node.remote(self.run_id, self.sock_dir), timeout=5)
+            except Exception:  # noqa: BLE001 - a dead host's node is swept by its next run
+                pass
+        self.hosts.clear()
         for a in self.actors:
             try:
                 ray.kill(a)
@@ -337,6 +344,7 @@ def _hosts(sl: Slice) -> None:
         actor = sl.cluster.track(HostAgent.options(name=f"{roles}:{h.name}", **crossnode.host_options(h))
                                  .remote(roles, h.name))
         sl.hosts[h.name] = actor
+        sl.cluster.hosts.append(actor)
         cores = min(h.cores, cpu.migration_cores or h.cores)
         # CPU rate control where migrations share cores with VMs that stay (PMigrate §6.3).
         shares = any(not vm.migrate and sc.initial_host(vm).name == h.name for vm in sc.vms)

@@ -74,6 +74,15 @@ class CrossNodeEnds:
         self._bridges()[conn] = BridgeOut(self.rings[conn].array, slots, SlotLayout(batch_pages), from_link,
                                           to_sender, sock)
 
+    def sweep_node(self, run_id: str, sock_dir: str) -> int:
+        """Remove what run `run_id` left on this node (shared memory, its socket directory), after
+        every actor closed: on a cluster of several machines the driver's clean-up reaches its own only."""
+        import shutil
+
+        from agents.datapath.shm import remove_run
+        shutil.rmtree(sock_dir, ignore_errors=True)
+        return remove_run(run_id)
+
     def bridge_status(self) -> dict:
         """By connection: the real bytes a sending end wrote to TCP (frames, descriptors and
         batch bytes), or that it is a receiving end; and its error, if any."""

@@ -10,7 +10,9 @@ its batch's bytes read from the source ring, over a real TCP connection
 (agents/datapath/tcp_frames.py) to a `BridgeIn` in the destination host,
 which writes them into the same slot of a ring of its own node and hands the
 descriptor to the destination's unchanged `PageReceiver` over a local socket
-pair. Acknowledgements (ACK, NACK, DROPPED, CLOSE) go back the same way. So
+pair. Acknowledgements (ACK, NACK, DROPPED, CLOSE) go back the same way, an
+ACK's restore time restamped on the sending node's clock as it arrives
+(monotonic clocks of two machines are not comparable). So
 the receiver checks each batch's checksum on the bytes that crossed the
 network, and a batch damaged at the link is sent back and re-sent as on one
 node.
@@ -24,11 +26,13 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import numpy as np
 
 from agents.datapath.channel import (
     DESCRIPTOR,
+    KIND_ACK,
     KIND_BATCH,
     KIND_CLOSE,
     KIND_STATE,
@@ -55,6 +59,24 @@ def _views(ring: np.ndarray, slots: int, layout: SlotLayout) -> list[SlotView]:
 
 def _carries_bytes(kind: int) -> bool:
     return kind in (KIND_BATCH, KIND_STATE)
+
+
+def _start(end, loops) -> list[threading.Thread]:
+    """Run each loop of a bridge end in a thread. A loop that fails records why and shuts the TCP
+    connection down, so both sides see it closed (the sender fails at once) instead of waiting."""
+    def guarded(loop):
+        def run() -> None:
+            try:
+                loop()
+            except Exception as exc:  # noqa: BLE001 - a bug must fail the connection, not hang it
+                end.error = end.error or f"{type(exc).__name__}: {exc}"
+                end.close()
+        return run
+
+    threads = [threading.Thread(target=guarded(f), daemon=True, name=n) for f, n in loops]
+    for t in threads:
+        t.start()
+    return threads
 
 
 class TcpListener:
@@ -92,10 +114,7 @@ class BridgeOut:
         self.from_link, self.to_sender, self.sock = from_link, to_sender, sock
         self.bytes_sent = 0  # real bytes written to TCP: frames, descriptors and batch bytes
         self.error: str | None = None
-        self._threads = [threading.Thread(target=f, daemon=True, name=n)
-                         for f, n in ((self._forward, "bridge-out"), (self._acks, "bridge-acks"))]
-        for t in self._threads:
-            t.start()
+        self._threads = _start(self, ((self._forward, "bridge-out"), (self._acks, "bridge-acks")))
 
     def _forward(self) -> None:
         while True:
@@ -115,6 +134,8 @@ class BridgeOut:
             d = recv_frame(self.sock)
             if d is None:  # the far node closed: the sender hears the connection closed
                 d = _CLOSE
+            elif d[0] == KIND_ACK:  # restored "now" on this node's clock: another machine's is not ours
+                d = (*d[:7], time.monotonic())
             try:
                 self.to_sender.sock.send(DESCRIPTOR.pack(*d))
             except OSError:
@@ -146,10 +167,7 @@ class BridgeIn:
         self.sock, self.to_receiver, self.from_receiver = sock, to_receiver, from_receiver
         self.bytes_received = 0
         self.error: str | None = None
-        self._threads = [threading.Thread(target=f, daemon=True, name=n)
-                         for f, n in ((self._deliver, "bridge-in"), (self._acks, "bridge-acks"))]
-        for t in self._threads:
-            t.start()
+        self._threads = _start(self, ((self._deliver, "bridge-in"), (self._acks, "bridge-acks")))
 
     def _slot(self, d: tuple) -> SlotView:
         return self.views[d[2]]

@@ -106,6 +106,20 @@ def test_a_body_larger_than_a_slot_is_refused():
         b.close()
 
 
+class Damage:
+    """The link's fault hook: flips a payload byte of every 7th batch (two in all) in the source
+    ring as it enters the link, as the fault injector does (agents/actors/link.py)."""
+
+    def __init__(self, ring: np.ndarray, layout: SlotLayout) -> None:
+        self.ring, self.layout, self.hit = ring, layout, []
+
+    def __call__(self, conn_id: int, d: tuple) -> None:
+        if d[0] != KIND_BATCH or len(self.hit) >= 2 or d[5] % 7:
+            return
+        SlotView(self.ring, d[2], self.layout).payload[77] ^= 0xFF
+        self.hit.append(d[5])
+
+
 class CrossWire:
     """PageSender -> LinkShaper -> BridgeOut ==TCP==> BridgeIn -> PageReceiver, two rings."""
 
@@ -149,14 +163,7 @@ def test_pages_cross_the_bridge_restored_exactly_with_damaged_batches_resent(met
     w = CrossWire(encoder=None if method == "none" else BatchEncoder(settings, caches))
     if caches is not None:
         w.sender.on_resend = caches.invalidate
-    hit = []
-
-    def corrupt(cid, d):  # damaged in the source ring as it enters the link, as the fault injector does
-        if d[0] == KIND_BATCH and len(hit) < 2 and d[5] % 7 == 0:
-            SlotView(w.src_ring, d[2], w.layout).payload[77] ^= 0xFF
-            hit.append(d[5])
-
-    w.link.corrupt_next = corrupt
+    w.link.corrupt_next = damage = Damage(w.src_ring, w.layout)
     try:
         w.send(np.arange(len(w.src)))
         w.sender.drain(timeout=30)
@@ -164,7 +171,7 @@ def test_pages_cross_the_bridge_restored_exactly_with_damaged_batches_resent(met
         w.send(np.arange(0, len(w.src), 5))
         w.sender.drain(timeout=30)
         assert np.array_equal(w.src, w.dst)
-        assert len(hit) == 2 and w.receiver.batches_corrupted == 2 and w.sender.counters.batches_resent == 2
+        assert len(damage.hit) == 2 and w.receiver.batches_corrupted == 2 and w.sender.counters.batches_resent == 2
         assert w.out.bytes_sent >= w.sender.counters.payload_bytes
         assert not (w.out.error or w.into.error or w.receiver.error)
     finally:

@@ -31,12 +31,12 @@ import time
 import numpy as np
 
 from agents.datapath.channel import (
-    DESCRIPTOR,
     KIND_ACK,
     KIND_BATCH,
     KIND_CLOSE,
     KIND_STATE,
     Channel,
+    Listener,
 )
 from agents.datapath.tcp_frames import recv_frame, send_frame
 from agents.datapath.wire_format import SlotLayout, SlotView
@@ -87,10 +87,7 @@ class TcpListener:
         self.address = self.sock.getsockname()[:2]
 
     def accept(self, timeout: float = 60.0) -> socket.socket:
-        self.sock.settimeout(timeout)
-        conn, _ = self.sock.accept()
-        conn.settimeout(None)
-        return _tune(conn)
+        return _tune(Listener.accept(self, timeout).sock)  # the Unix listener's accept, on this socket
 
     def close(self) -> None:
         self.sock.close()
@@ -102,7 +99,38 @@ def connect(address: tuple[str, int], timeout: float = 30.0) -> socket.socket:
     return _tune(sock)
 
 
-class BridgeOut:
+class _BridgeEnd:
+    """What both halves share: the ring's slot views, the TCP socket, two pumping threads."""
+
+    def __init__(self, ring: np.ndarray, slots: int, layout: SlotLayout, sock: socket.socket) -> None:
+        self.views = _views(ring, slots, layout)
+        self.sock = sock
+        self.error: str | None = None
+
+    def _pump(self, read, write) -> None:
+        """Move descriptors from `read()` (None: closed) to `write(d)` until a CLOSE has gone
+        through; a peer that vanished counts as a CLOSE, a write that fails ends the pump."""
+        while True:
+            d = read()
+            if d is None:
+                d = _CLOSE
+            try:
+                write(d)
+            except OSError as exc:
+                self.error = self.error or f"{type(exc).__name__}: {exc}"
+                return
+            if d[0] == KIND_CLOSE:
+                return
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in self._threads:
+            t.join(timeout)
+
+    def close(self) -> None:
+        Channel(self.sock).close()  # shut down both ways, then close, as a descriptor channel
+
+
+class BridgeOut(_BridgeEnd):
     """The sending node's half: link deliveries -> TCP; acknowledgements from TCP -> the sender.
 
     `from_link`: the link's outbound channel of this connection; `to_sender`: the
@@ -110,52 +138,24 @@ class BridgeOut:
 
     def __init__(self, ring: np.ndarray, slots: int, layout: SlotLayout, from_link: Channel, to_sender: Channel,
                  sock: socket.socket) -> None:
-        self.views = _views(ring, slots, layout)
-        self.from_link, self.to_sender, self.sock = from_link, to_sender, sock
+        super().__init__(ring, slots, layout, sock)
         self.bytes_sent = 0  # real bytes written to TCP: frames, descriptors and batch bytes
-        self.error: str | None = None
-        self._threads = _start(self, ((self._forward, "bridge-out"), (self._acks, "bridge-acks")))
+        self._threads = _start(self, ((lambda: self._pump(from_link.recv, self._send), "bridge-out"),
+                                      (lambda: self._pump(self._ack, lambda d: to_sender.send(*d)), "bridge-acks")))
 
-    def _forward(self) -> None:
-        while True:
-            d = self.from_link.recv()
-            if d is None:
-                d = _CLOSE
-            try:
-                self.bytes_sent += send_frame(self.sock, d, self.views[d[2]] if _carries_bytes(d[0]) else None)
-            except OSError as exc:
-                self.error = f"TCP send failed: {exc}"
-                return
-            if d[0] == KIND_CLOSE:
-                return
+    def _send(self, d: tuple) -> None:
+        self.bytes_sent += send_frame(self.sock, d, self.views[d[2]] if _carries_bytes(d[0]) else None)
 
-    def _acks(self) -> None:
-        while True:
-            d = recv_frame(self.sock)
-            if d is None:  # the far node closed: the sender hears the connection closed
-                d = _CLOSE
-            elif d[0] == KIND_ACK:  # restored "now" on this node's clock: another machine's is not ours
-                d = (*d[:7], time.monotonic())
-            try:
-                self.to_sender.sock.send(DESCRIPTOR.pack(*d))
-            except OSError:
-                return
-            if d[0] == KIND_CLOSE:
-                return
-
-    def join(self, timeout: float | None = None) -> None:
-        for t in self._threads:
-            t.join(timeout)
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+    def _ack(self) -> tuple:
+        d = recv_frame(self.sock)
+        if d is None:  # the far node closed: the sender hears the connection closed
+            d = _CLOSE
+        elif d[0] == KIND_ACK:  # restored "now" on this node's clock: another machine's is not ours
+            d = (*d[:7], time.monotonic())
+        return d
 
 
-class BridgeIn:
+class BridgeIn(_BridgeEnd):
     """The receiving node's half: TCP -> the local ring and the receiver; its acknowledgements -> TCP.
 
     `ring`: a ring of this node with the connection's layout, written here;
@@ -163,52 +163,17 @@ class BridgeIn:
 
     def __init__(self, ring: np.ndarray, slots: int, layout: SlotLayout, sock: socket.socket,
                  to_receiver: Channel, from_receiver: Channel) -> None:
-        self.views = _views(ring, slots, layout)
-        self.sock, self.to_receiver, self.from_receiver = sock, to_receiver, from_receiver
-        self.bytes_received = 0
-        self.error: str | None = None
-        self._threads = _start(self, ((self._deliver, "bridge-in"), (self._acks, "bridge-acks")))
+        super().__init__(ring, slots, layout, sock)
+        self._threads = _start(self, ((lambda: self._pump(self._frame, lambda d: to_receiver.send(*d)), "bridge-in"),
+                                      (lambda: self._pump(from_receiver.recv, lambda d: send_frame(self.sock, d)),
+                                       "bridge-acks")))
 
-    def _slot(self, d: tuple) -> SlotView:
-        return self.views[d[2]]
-
-    def _deliver(self) -> None:
-        while True:
-            try:
-                d = recv_frame(self.sock, self._slot)
-            except (ValueError, IndexError) as exc:
-                self.error, d = f"bad frame: {exc}", None
-            if d is None:
-                d = _CLOSE
-            try:
-                self.to_receiver.sock.send(DESCRIPTOR.pack(*d))
-            except OSError:
-                return
-            if d[0] == KIND_CLOSE:
-                return
-
-    def _acks(self) -> None:
-        while True:
-            d = self.from_receiver.recv()
-            if d is None:
-                d = _CLOSE
-            try:
-                send_frame(self.sock, d)
-            except OSError:
-                return
-            if d[0] == KIND_CLOSE:
-                return
-
-    def join(self, timeout: float | None = None) -> None:
-        for t in self._threads:
-            t.join(timeout)
-
-    def close(self) -> None:
+    def _frame(self) -> tuple | None:
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+            d = recv_frame(self.sock, lambda d: self.views[d[2]])
+        except (ValueError, IndexError) as exc:
+            self.error, d = f"bad frame: {exc}", None
+        return d
 
 
 def channel_pair() -> tuple[Channel, Channel]:

@@ -109,10 +109,13 @@ def data_path(sl, timeout: float = 30.0) -> dict:
     """For result.json: where each host ran, and what crossed TCP (connections, real bytes sent)."""
     import ray
     names = list(sl.hosts)
-    try:
-        ends = ray.get([sl.hosts[n].bridge_status.remote() for n in names], timeout=timeout)
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        ends = [{} for _ in names]  # a host killed by a fault: its figures are lost with it
+    refs = [sl.hosts[n].bridge_status.remote() for n in names]
+    ends = []
+    for ref in refs:
+        try:
+            ends.append(ray.get(ref, timeout=timeout))
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            ends.append({})  # a host killed by a fault: its figures are lost with it
     sent = [e for got in ends for e in got.values() if "sent" in e]
     return {"transport": sl.scenario.network.transport,
             "ray_nodes": {n: sl.nodes[n]["id"][:12] for n in names},

@@ -47,10 +47,19 @@ def _custom(resources: dict) -> list[str]:
 
 
 def locate(hosts: dict) -> dict:
-    """Host name -> {"id", "ip"} of the Ray node its actor runs on."""
+    """Host name -> {"id", "ip"} of the Ray node its actor runs on, and "clock_offset_s": how far
+    that node's monotonic clock is ahead of the driver's (to half a round trip; 0 on one machine)."""
+    import time
+
     import ray
-    names = list(hosts)
-    return dict(zip(names, ray.get([hosts[n].node.remote() for n in names], timeout=120)))
+    ray.get([hosts[n].node.remote() for n in hosts], timeout=120)  # every actor up: round trips are calls only
+    nodes = {}
+    for name, actor in hosts.items():
+        t0 = time.monotonic()
+        node = ray.get(actor.node.remote(), timeout=120)
+        node["clock_offset_s"] = node.pop("clock") - (t0 + time.monotonic()) / 2
+        nodes[name] = node
+    return nodes
 
 
 def beside(sl, host: str) -> dict:
@@ -119,5 +128,8 @@ def data_path(sl, timeout: float = 30.0) -> dict:
     sent = [e for got in ends for e in got.values() if "sent" in e]
     return {"transport": sl.scenario.network.transport,
             "ray_nodes": {n: sl.nodes[n]["id"][:12] for n in names},
+            # Timestamps from actors enter the timeline as they are: on several machines these offsets
+            # are the error they carry (cluster_utils nodes share this machine's clock).
+            "clock_offset_ms": {n: round(sl.nodes[n]["clock_offset_s"] * 1e3, 3) for n in names},
             "tcp_connections": len(sent), "tcp_bytes_sent": sum(e["sent"] for e in sent),
             "tcp_errors": [e["error"] for got in ends for e in got.values() if e["error"]]}

@@ -32,9 +32,10 @@ class CrossNodeEnds:
     """Cross-node connection ends; expects HostAgent's `rings`, `receivers`, `_accepted`, `_receiver`."""
 
     def node(self) -> dict:
-        """This host's Ray node: its id and the address other nodes reach it at."""
+        """This host's Ray node: its id, the address other nodes reach it at, and its monotonic clock now."""
         import ray
-        return {"id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}
+        return {"id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+                "clock": time.monotonic()}
 
     def _bridges(self) -> dict:
         if not hasattr(self, "_bridge_ends"):

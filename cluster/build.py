@@ -21,8 +21,9 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
+from cluster import crossnode
 from cluster.scaling import Scale, vm_real_pages
-from cluster.scenario import MIB, Scenario
+from cluster.scenario import MIB, Scenario, ScenarioError
 from cluster.topology import Topology, plan
 
 
@@ -102,6 +103,7 @@ class Cluster:
         self.run_id = new_run_id()
         self.sock_dir = tempfile.mkdtemp(prefix=f"livemig-{self.run_id}-", dir="/tmp")
         self.actors: list = []
+        self.hosts: list = []  # HostAgents: each clears its node of the run's files at tear-down
         self._started_ray = False
 
     def __enter__(self) -> "Cluster":
@@ -122,8 +124,12 @@ class Cluster:
         import ray
         if self.opts.address:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(address=self.opts.address, namespace=f"livemig-{self.run_id}", log_to_driver=False,
-                     include_dashboard=self.opts.dashboard, configure_logging=False)
+            try:
+                ray.init(address=self.opts.address, namespace=f"livemig-{self.run_id}", log_to_driver=False,
+                         include_dashboard=self.opts.dashboard, configure_logging=False)
+            except ConnectionError as exc:  # unreachable, or refused: a wrong or missing token
+                from cluster.join import join_refused
+                raise ScenarioError([join_refused(self.opts.address, exc)]) from None
         else:
             url = start_local_ray(f"livemig-{self.run_id}", dashboard=self.opts.dashboard,
                                   dashboard_port=self.opts.dashboard_port)
@@ -143,6 +149,12 @@ class Cluster:
                 ray.get(a.close.remote(), timeout=5)
             except Exception:  # noqa: BLE001 - a dead actor is what tear-down is for
                 pass
+        for a in self.hosts:  # other Ray nodes' shared memory and sockets (this node's: below)
+            try:
+                ray.get(a.sweep_node.remote(self.run_id, self.sock_dir), timeout=5)
+            except Exception:  # noqa: BLE001 - a dead host's node is swept by its next run
+                pass
+        self.hosts.clear()
         for a in self.actors:
             try:
                 ray.kill(a)
@@ -175,6 +187,8 @@ class Slice:
     npages: dict = field(default_factory=dict)  # VM index -> real pages
     datastores: dict = field(default_factory=dict)  # datastore name -> DiskAgent
     disk_moves: dict = field(default_factory=dict)  # migration index -> its disk move, for the technique
+    nodes: dict = field(default_factory=dict)  # host name -> its Ray node {"id", "ip"} (cluster/crossnode.py)
+    standby: dict = field(default_factory=dict)  # migration index -> the guest waiting on its destination's node
 
     @staticmethod
     def first_key(vm: int) -> str:
@@ -327,21 +341,25 @@ def _hosts(sl: Slice) -> None:
         if h.name not in used:
             continue
         roles = "+".join(h.roles)
-        actor = sl.cluster.track(HostAgent.options(name=f"{roles}:{h.name}").remote(roles, h.name))
+        actor = sl.cluster.track(HostAgent.options(name=f"{roles}:{h.name}", **crossnode.host_options(h))
+                                 .remote(roles, h.name))
         sl.hosts[h.name] = actor
+        sl.cluster.hosts.append(actor)
         cores = min(h.cores, cpu.migration_cores or h.cores)
         # CPU rate control where migrations share cores with VMs that stay (PMigrate §6.3).
         shares = any(not vm.migrate and sc.initial_host(vm).name == h.name for vm in sc.vms)
         waits.append(actor.configure.remote(cores, costs, sl.scale.memory_scale, sl.scale.dilation,
                                             cpu.shared_cores if shares else 0, cpu.migration_priority))
     ray.get(waits)
+    sl.nodes = crossnode.locate(sl.hosts)
 
 
 def _links(sl: Slice) -> None:
     from agents.actors.link import LinkAgent
     net, scale = sl.scenario.network, sl.scale
     for lp in sl.topo.links:
-        sl.links[lp.index] = sl.cluster.track(LinkAgent.options(name=f"link:{lp.name}").remote(
+        sl.links[lp.index] = sl.cluster.track(LinkAgent.options(name=f"link:{lp.name}",
+                                                                **crossnode.beside(sl, lp.source)).remote(
             lp.name, lp.rate_bytes_s, lp.one_way_s, lp.background_bytes_s, net.rate_control,
             scale.real_rate(net.reserved_mbytes_s * MIB), scale.real_seconds(1.0)))
 
@@ -379,6 +397,10 @@ def _wire(sl: Slice) -> None:
     for c in sl.topo.connections:
         mp = plans[c.migration]
         src, dst = sl.hosts[mp.source.name], sl.hosts[mp.destinations[c.host].name]
+        if crossnode.crosses(sl, mp.source.name, mp.destinations[c.host].name):
+            crossnode.wire(sl, c, mp.source.name, mp.destinations[c.host].name,
+                           {mp.index: sl.copy_key(mp.vm_index, mp.index, c.host)}, d)
+            continue
         ring = region_path(sl.cluster.run_id, f"ring{c.index}")
         ray.get(src.create_ring.remote(c.index, ring, c.slots, c.batch_pages))
         ray.get(dst.attach_ring.remote(c.index, ring))
@@ -428,12 +450,18 @@ def _guests(sl: Slice) -> None:
     from agents.actors.guest import GuestAgent
     sc, scale = sl.scenario, sl.scale
     fault_s = _costs(sc, sc.migration.address_space_lock)["guest_fault_us"] * 1e-6
-    for i, vm in enumerate(sc.vms):
-        sl.guests.append(sl.cluster.track(GuestAgent.options(name=f"guest:{vm.name}").remote(
-            vm.name, sl.paths[sl.first_key(i)], vm.workload.model_dump(), vm.content.model_dump(), vm.vcpus,
+
+    def guest(i: int, key: str, host: str, name: str):
+        vm = sc.vms[i]
+        return sl.cluster.track(GuestAgent.options(name=name, **crossnode.beside(sl, host)).remote(
+            vm.name, sl.paths[key], vm.workload.model_dump(), vm.content.model_dump(), vm.vcpus,
             scale.memory_scale, scale.dilation, fault_s, sc.emulation.seed + 1000 * i, vm.io_bound,
-            any(splits(mp) for mp in sc.migration_plans() if mp.vm_index == i))))
+            any(splits(mp) for mp in sc.migration_plans() if mp.vm_index == i)))
+
+    for i, vm in enumerate(sc.vms):
+        sl.guests.append(guest(i, sl.first_key(i), sc.initial_host(vm).name, f"guest:{vm.name}"))
+    crossnode.standby_guests(sl, lambda i, key, host: guest(i, key, host, f"guest:{sc.vms[i].name}@{key}"))
     # Ray starts actor processes a core's worth at a time: dozens of guests take
     # many seconds. Wait for them here, in set-up, not in the first deadlined call.
     import ray
-    ray.get([g.__ray_ready__.remote() for g in sl.guests])
+    ray.get([g.__ray_ready__.remote() for g in [*sl.guests, *sl.standby.values()]])

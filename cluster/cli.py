@@ -9,7 +9,7 @@
   livemig reproduce SUITE     run a paper's experiment pairs (or the model grid) and compare
   livemig list                the shipped scenarios
   livemig techniques          the migration techniques and their options
-  livemig bench pipeline|link|codec|lru|disk   figures of this machine
+  livemig bench pipeline|link|crossnode|codec|lru|disk   figures of this machine
 
 Exit codes: 0 done (and verified), 1 the migration failed or was aborted,
 2 bad input (one line on stderr naming file, field and what is allowed).
@@ -71,7 +71,10 @@ def run(
     out_dir: Path = typer.Option(None, "--out", help="Directory for result.json (default: runs/<scenario name>)."),
     dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second; overrides the scenario. Raise it when the result reports saturation."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; only the result path."),
-    address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (e.g. 'auto') instead of starting one."),
+    address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (HEAD:6379, or 'auto') instead of "
+                                          "starting one; hosts with ray_node run on the nodes offering that resource."),
+    auth_token_file: Optional[str] = typer.Option(None, help="With --address: the cluster's token file (Ray's "
+                                                  "RAY_AUTH_TOKEN_PATH); default: RAY_AUTH_TOKEN, or ~/.ray/auth_token."),
     dashboard: bool = typer.Option(False, help="Start the Ray dashboard on 127.0.0.1 and print its address; it asks "
                                    "for the token in ~/.ray/auth_token."),
     dashboard_port: int = typer.Option(8265, help="The Ray dashboard's port, with --dashboard."),
@@ -86,6 +89,7 @@ def run(
     sc = _load(scenario)
     out_dir = out_dir or Path("runs") / sc.name
     _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir)
+    _check_join(address, auth_token_file)
     if not 0 <= linger <= 3600:  # `not (a <= x <= b)`: NaN is refused too
         _fail_input([f"--linger: must be between 0 and 3600 seconds (got {linger:g})"])
     if linger and metrics_port is None:
@@ -123,6 +127,17 @@ def run(
     else:
         _print_result(sc, result, path)
     raise typer.Exit(0 if result["status"] == "completed" and result["verified"] else 1)
+
+
+def _check_join(address: str | None, token_file: str | None) -> None:
+    """A cluster to join must answer, and a token file given must be readable: one line at once, not a long hang."""
+    from cluster import join
+    if token_file is not None and address is None:
+        _fail_input(["--auth-token-file: only with --address (the embedded cluster makes its own token)"])
+    problem = join.token_problem(token_file) or (join.address_problem(address) if address else None)
+    if problem:
+        _fail_input([problem])
+    join.use_token_file(token_file)
 
 
 def _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir: Path) -> None:
@@ -500,6 +515,20 @@ def bench_pipeline(mib: int = typer.Option(256, help="Real MiB of guest memory p
     """Unshaped real MB/s of the whole path (scan, encode, send, restore, verify) per content mix."""
     from cluster.bench import pipeline_bench
     print(json.dumps(pipeline_bench(mib, batch_pages), indent=2))
+
+
+@bench_app.command("crossnode")
+def bench_crossnode(mib: int = typer.Option(64, min=1, max=4096, help="Real MiB of guest image sent."),
+                    batch_pages: int = typer.Option(256, min=1, max=4096, help="Pages per batch."),
+                    repeats: int = typer.Option(3, min=1, max=20, help="Sends per path; the best is kept."),
+                    mix: str = typer.Option("random", help="Content of the image: random, text, mixed or zero.")) -> None:
+    """Cross-node (TCP) against same-node (shared memory) throughput, and Ray's object transfer, on a
+    two-node Ray cluster started on this machine (MB/s of real bytes)."""
+    from cluster.bench import MIXES
+    from cluster.bench_crossnode import crossnode_bench
+    if mix not in MIXES:
+        _fail_input([f"--mix: unknown content {mix!r}; allowed: {', '.join(MIXES)}"])
+    print(json.dumps(crossnode_bench(mib, batch_pages, repeats, mix), indent=2))
 
 
 @bench_app.command("lru")

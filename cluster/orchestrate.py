@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cluster import split_run
+from cluster import crossnode, split_run
 from cluster.build import RunOptions, Slice, splits, swaps
 from cluster.faults import ACTOR_CALL_S, FAULT_KINDS, FaultInjector
 from cluster.scenario import GIB, MIB
@@ -397,6 +397,11 @@ class Orchestrator:
             self.sl.location[m.vm_index] = (m.plan.destinations[0].name, dst_key)
             self.tl.event(m.guest_resumed_at, "switched-over", vm=m.vm, migration=m.index,
                           host=m.plan.destinations[0].name, by="technique", verified=m.verified)
+        elif m.verified and m.index in self.sl.standby:  # to another Ray node: a guest there runs on
+            m.guest_resumed_at = crossnode.hand_over(self.sl, m.index, m.vm_index, ACTOR_CALL_S)
+            self.sl.location[m.vm_index] = (m.plan.destinations[0].name, dst_key)
+            self.tl.event(m.guest_resumed_at, "switched-over", vm=m.vm, migration=m.index,
+                          host=m.plan.destinations[0].name, by="hand-off")
         elif m.verified:
             paging = {"host": dst, "migration": m.index} if swaps(m.plan) else None
             m.guest_resumed_at = ray.get(guest.resume_on.remote(self.sl.paths[dst_key], None, None, paging),

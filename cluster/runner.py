@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from agents.datapath.shm import run_bytes
+from cluster import crossnode
 from cluster.build import Cluster, RunOptions, build_slice, start_local_ray, swaps
 from cluster.footprint import MemorySampler, guard
 from cluster.orchestrate import WARMUP_S, Orchestrator, verify_images
@@ -48,10 +49,12 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
         with MemorySampler(period_s=1.0) as memory, Cluster(scenario, scale, opts) as cl:
             t_ray = time.monotonic() - wall0
             run_id = cl.run_id
+            crossnode.check_nodes(scenario, scenario_path or "<scenario>")
             sl = build_slice(cl, scenario, scale, opts)
             setup_s = time.monotonic() - wall0
             orchestrator = Orchestrator(sl, timeline, opts)
             migs = orchestrator.run()
+            data_path = crossnode.data_path(sl)
             for m in migs:  # remote paging after a split migration, while the guests still run
                 if "split" in m.report and m.verified:
                     from cluster.split_run import placement_now
@@ -86,6 +89,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
     out = collect.combine(scenario, scenario_path, per_vm, scale, wall, final_hosts)
     out["emulation"] |= _peak_memory(memory, shm)
     out["faults"] = faults
+    out["data_path"] = data_path
     out["fault_counts"] = fault_counts
     out["run"] = _provenance(run_id, started)
     out["scenario_as_loaded"] = scenario.model_dump(mode="json", by_alias=True)

@@ -134,6 +134,9 @@ class Host(_Strict):
     nics: list[Nic] = Field(min_length=1, max_length=MAX_NICS)
     # The host's storage interface (HBA): how fast it copies between datastores it reaches (8 Gbit/s FC).
     storage_gbps: Gbps = 8.0
+    # The Ray node that plays this host: the name of a custom resource the node was started
+    # with (`ray start --resources='{"node-b": 1}'`); unset: wherever Ray places it.
+    ray_node: str | None = Field(None, pattern=NAME)
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -165,6 +168,9 @@ class Network(_Strict):
     # PMigrate §3.2: migration takes only spare bandwidth, keeping a reserved minimum.
     rate_control: bool = False
     reserved_mbytes_s: MbytesS = 0.0
+    # How a connection's bytes cross: "auto" shares memory when both ends are on one Ray
+    # node and uses TCP when not; "tcp" always crosses TCP (the cross-node path on one node).
+    transport: Literal["auto", "tcp"] = "auto"
 
 
 class ContentMix(_Strict):
@@ -758,9 +764,29 @@ def _semantic_problems(s: Scenario) -> Problems:
         return problems
     links = _link_problems(s)
     problems = (links + _vm_problems(s) + _placement_problems(s) + _capacity_problems(s) + _cache_problems(s)
-                + _convergence_problems(s) + _split_problems(s) + _storage_problems(s))
+                + _convergence_problems(s) + _split_problems(s) + _storage_problems(s) + crossnode_problems(s))
     if not links:  # events name links, which must exist first
         problems += _event_problems(s)
+    return problems
+
+
+def crossnode_problems(s: Scenario) -> Problems:
+    """Across Ray nodes (hosts on different `ray_node`s, or `network.transport = "tcp"`) only
+    pre-copy and PMigrate run: post-copy's page requests, split and swap migration's remote
+    paging and a storage migration's disk copy still assume one machine. One line per
+    migration that would cross."""
+    problems: Problems = []
+    for mp in s.migration_plans():
+        nodes = {h.ray_node for h in (mp.source, *mp.destinations)}
+        if s.network.transport != "tcp" and len(nodes) == 1:
+            continue
+        why = ("network.transport = \"tcp\"" if s.network.transport == "tcp" else
+               f"its hosts are on Ray nodes {', '.join(sorted(str(n) for n in nodes))}")
+        where = f"migrations[{mp.index}]" if s.migrations else "migration"
+        if mp.technique != "precopy":  # storage and block-dirty included: their disk copy
+            msg = (f"\"{mp.technique}\" cannot cross Ray nodes ({why}); "
+                   f"across nodes only \"precopy\" (with PMigrate's consumers) runs")
+            problems.append((f"{where}.technique", msg))
     return problems
 
 

@@ -11,6 +11,7 @@ import ray
 
 import numpy as np
 
+from agents.actors.crossnode import GuestHandOff
 from agents.datapath.channel import Channel
 from agents.datapath.clock import precise_threads
 from agents.datapath.shm import Region
@@ -25,7 +26,7 @@ from agents.split.history import bitmap_bytes
 
 
 @ray.remote(num_cpus=0, max_concurrency=4)
-class GuestAgent:
+class GuestAgent(GuestHandOff):
     def __init__(self, name: str, image_path: str, workload: dict, content: dict, vcpus: int,
                  memory_scale: float, dilation: float, fault_s: float, seed: int, io_bound: bool = False,
                  track_access: bool = False) -> None:

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import ray
 
+from agents.actors.crossnode import CrossNodeEnds
 from agents.cpu import CorePool, CostModel
 from agents.datapath.channel import Channel, Listener
 from agents.datapath.clock import precise_threads
@@ -43,7 +44,7 @@ LOCKS = {"global": GlobalLock, "rwlock": ReadWriteLock, "range": RangeLock}
 
 
 @ray.remote(num_cpus=0, max_concurrency=64)
-class HostAgent:
+class HostAgent(CrossNodeEnds):
     def __init__(self, role: str, name: str) -> None:
         precise_threads()
         self.role, self.name = role, name
@@ -241,8 +242,10 @@ class HostAgent:
     def open_receiver(self, conn: int, link_out: str, ack_path: str, slots: int, batch_pages: int,
                       images: dict[int, str]) -> None:
         """`images`: for each migration whose batches may arrive here, the key of its destination image."""
-        from_link = Channel.connect(link_out)
-        acks = Channel.connect(ack_path)
+        self._receiver(conn, Channel.connect(link_out), Channel.connect(ack_path), slots, batch_pages, images)
+
+    def _receiver(self, conn: int, from_link: Channel, acks: Channel, slots: int, batch_pages: int,
+                  images: dict[int, str]) -> None:
         c = self.costs
 
         def restore_cost(pages: int, with_contents: int) -> float:

@@ -29,6 +29,7 @@ class Listener:
             os.unlink(path)
         except FileNotFoundError:
             pass
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)  # on another Ray node, too
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock.bind(path)
         self.sock.listen(8)

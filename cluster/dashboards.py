@@ -7,7 +7,7 @@ every panel's query against a real Prometheus that scraped a real run.
 Dashboards: an overview (progress of every migration, dirty against transfer
 rate, per-link throughput, guest throughput with phase annotations, results)
 and one per technique family (parallel pipeline, compression, convergence and
-post-copy). Rates are per emulated second: a counter's increase over
+post-copy, storage, split). Rates are per emulated second: a counter's increase over
 the emulated clock's (`livemig_emulated_time_seconds`), so the panels are right
 at any dilation (cluster/metrics.py).
 """
@@ -141,11 +141,74 @@ CONVERGENCE = [
            "livemig_postcopy_blocktime_seconds", 6),
 ]
 
+STORAGE = [
+    P("timeseries", "Disk copy progress", "bytes",
+      "The mirror job's length and offset (QEMU's len and offset) and what remains; len grows as the guest "
+      "rewrites blocks already copied.",
+      [(f"livemig_disk_job_length_bytes{{{VM}}}", "{{vm}} len"), (f"livemig_disk_job_offset_bytes{{{VM}}}",
+                                                                   "{{vm}} offset"),
+       (f"livemig_disk_remaining_bytes{{{VM}}}", "{{vm}} remaining")]),
+    P("timeseries", "Disk transfer rate", "Bps",
+      "Disk bytes written at the destination per emulated second: bulk copy and mirrored guest writes.",
+      [(per_emulated_s(inc("livemig_disk_copied_bytes_total", "vm", VM)), "{{vm}} bulk copy"),
+       (per_emulated_s(inc("livemig_disk_mirrored_bytes_total", "vm", VM)), "{{vm}} mirrored")]),
+    P("state", "Mirror mode", "",
+      "Background (asynchronous, through the buffer) or write-blocking (synchronous: a guest write completes "
+      "once the destination has it).", [(f'max by (vm, mode) (livemig_disk_mirror_mode{{{VM}}}) == 1',
+                                         "{{vm}} {{mode}}")], 12),
+    P("timeseries", "Mirror ready and actively synced", "none",
+      "QEMU's ready (the bulk copy is done) and actively-synced (ready and nothing in flight).",
+      [(f"livemig_disk_mirror_ready{{{VM}}}", "{{vm}} ready"),
+       (f"livemig_disk_mirror_actively_synced{{{VM}}}", "{{vm}} actively synced")]),
+    per_vm("timeseries", "Mirror buffer fill", "bytes", "The transmit buffer mirrored writes and the bulk copy share.",
+           "livemig_disk_mirror_buffer_bytes"),
+    P("timeseries", "Mirrored writes per second", "none", "Guest writes the I/O mirror sent, per emulated second.",
+      [(per_emulated_s(inc("livemig_disk_mirrored_writes_total", "vm", VM)), "{{vm}}")]),
+    P("timeseries", "Guest disk IOPS", "none", "The guest's disk requests per emulated second, by operation.",
+      [(per_emulated_s(inc("livemig_guest_disk_requests_total", "vm, op", VM)), "{{vm}} {{op}}")]),
+    P("timeseries", "Guest disk throughput", "Bps", "The guest's disk bytes per emulated second, by operation.",
+      [(per_emulated_s(inc("livemig_guest_disk_bytes_total", "vm, op", VM)), "{{vm}} {{op}}")]),
+    P("timeseries", "Guest write latency by mirror mode", "s", "Mean guest disk write latency in each mode so far.",
+      [(f"livemig_disk_write_latency_seconds{{{VM}}}", "{{vm}} {{mode}}")]),
+    P("stat", "Mirror mode switches", "none", "Switches into each mode so far.",
+      [(f"sum by (vm, mode) (livemig_disk_mirror_switches_total{{{VM}}})", "{{vm}} {{mode}}")], 6),
+    P("stat", "Mirrored bytes", "bytes", "Guest-written bytes the mirror sent after the copy.",
+      [(f"livemig_disk_mirrored_bytes_total{{{VM}}}", "{{vm}}")], 6),
+    LINKS,
+]
+
+SPLIT = [
+    P("bars", "Pages given to each host", "none",
+      "The split's placement: pages for the main host and for each memory server (S-memV §IV-A).",
+      [(f"livemig_split_assigned_pages{{{VM}}}", "{{vm}} {{host}}")], 12),
+    LINKS,
+    P("timeseries", "Remote page-ins and page-outs per second", "none",
+      "Pages brought from and evicted to the memory servers, per emulated second, after the switch-over.",
+      [(per_emulated_s(inc("livemig_remote_pages_total", "vm, direction", VM)), "{{vm}} {{direction}}")]),
+    P("timeseries", "Remote-paging bandwidth", "Bps", "Remote-paging bytes per emulated second, in and out.",
+      [(per_emulated_s(inc("livemig_remote_paging_bytes_total", "vm, direction", VM)), "{{vm}} {{direction}}")]),
+    P("timeseries", "Remote faults per second", "none", "Remote page faults on the main host per emulated second.",
+      [(per_emulated_s(inc("livemig_remote_faults_total", "vm", VM)), "{{vm}}")]),
+    P("timeseries", "Remote fault latency distribution", "none", "Faults by latency bucket (log2 microseconds).",
+      [(f"sum by (le) (livemig_remote_fault_latency_seconds_bucket{{{VM}}})", "le {{le}}")]),
+    P("stat", "Remote fault latency p99", "s", "From the remote fault latency histogram.",
+      [(f"histogram_quantile(0.99, sum by (le, vm) (livemig_remote_fault_latency_seconds_bucket{{{VM}}}))",
+        "{{vm}}")], 6),
+    P("stat", "Remote mean fault latency", "s", "Sum over count of the remote fault latency histogram.",
+      [(f"livemig_remote_fault_latency_seconds_sum{{{VM}}} / livemig_remote_fault_latency_seconds_count{{{VM}}}",
+        "{{vm}}")], 6),
+    per_vm("stat", "Blocked on remote faults", "s", "Time the vCPUs waited for remote pages so far.",
+           "livemig_remote_blocked_seconds_total", 6),
+    per_vm("stat", "Remote faults", "none", "Remote page faults so far.", "livemig_remote_faults_total", 6),
+]
+
 DASHBOARDS = {
     "overview": ("livemig: overview", "livemig-overview", OVERVIEW),
     "pipeline": ("livemig: parallel pipeline (PMigrate)", "livemig-pipeline", PIPELINE),
     "compression": ("livemig: compression (zstd, XBZRLE)", "livemig-compression", COMPRESSION),
     "convergence-postcopy": ("livemig: convergence and post-copy", "livemig-convergence-postcopy", CONVERGENCE),
+    "storage": ("livemig: storage (disk copy, I/O mirror)", "livemig-storage", STORAGE),
+    "split": ("livemig: split migration (S-memV)", "livemig-split", SPLIT),
 }
 PANEL_BUILDERS = {"timeseries": timeseries.Panel, "stat": stat.Panel, "state": statetimeline.Panel,
                   "bars": bargauge.Panel}

@@ -126,24 +126,47 @@ def _has_data(series: list) -> bool:
     return any(math.isfinite(float(v)) for s in series for _, v in s["values"])
 
 
-@needs_prometheus
-def test_every_panel_returns_data_from_a_real_run(models, tmp_path):
+def _panels_without_data(models, tmp_path, scenario: str, names: list[str]) -> list[str]:
+    """Run `scenario` scraped by a real Prometheus; the queries of dashboards `names` that return nothing."""
     exporter, prom = _free_port(), _free_port()
     server = start_prometheus(tmp_path, exporter, prom)
     try:
         start = time.time()
-        run = subprocess.run([LIVEMIG, "run", str(ROOT / "tests" / "data" / "families.toml"), "--quiet",
+        run = subprocess.run([LIVEMIG, "run", str(ROOT / "tests" / "data" / scenario), "--quiet",
                               "--out", str(tmp_path / "out"), "--metrics-port", str(exporter), "--linger", "3"],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr
         end = time.time()
-        empty = [f"{name}/{title}: {expr}" for name, title, expr in _all_queries(models)
-                 if not _has_data(_query_range(prom, expr.replace("$vm", ".*"), start, end))]
-        assert not empty, "panels without data:\n" + "\n".join(empty)
-        _counters_are_each_vms_own(tmp_path / "out")
+        return [f"{name}/{title}: {expr}" for name, title, expr in _all_queries({n: models[n] for n in names})
+                if not _has_data(_query_range(prom, expr.replace("$vm", ".*"), start, end))]
     finally:
         server.terminate()
         server.wait(10)
+
+
+# The dashboards each real run must fill: one run per set, every family covered.
+RUNS = {"families.toml": ["overview", "pipeline", "compression", "convergence-postcopy"],
+        "storage-split.toml": ["storage", "split"]}
+
+
+def test_every_dashboard_is_checked_by_a_run():
+    assert sorted(n for names in RUNS.values() for n in names) == sorted(NAMES)
+
+
+@needs_prometheus
+def test_every_panel_returns_data_from_a_real_run(models, tmp_path):
+    empty = _panels_without_data(models, tmp_path, "families.toml", RUNS["families.toml"])
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+    _counters_are_each_vms_own(tmp_path / "out")
+
+
+@pytest.mark.slow  # 35-46 s: Ray, a disk copy, a split migration and 2 s of remote paging
+@needs_prometheus
+def test_storage_and_split_panels_return_data_from_a_real_run(models, tmp_path):
+    """A storage migration (disk copy and I/O mirror) and a split migration (with remote paging after it)."""
+    empty = _panels_without_data(models, tmp_path, "storage-split.toml", RUNS["storage-split.toml"])
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+    _storage_and_split_counters_are_the_results(tmp_path / "out")
 
 
 def _counters_are_each_vms_own(out) -> None:
@@ -158,5 +181,36 @@ def _counters_are_each_vms_own(out) -> None:
             assert {e: m.counters["livemig_pages_sent"][(v["vm"], e)] for e in v["pages"]} == v["pages"], v["vm"]
             sent = sum(m.counters["livemig_memory_sent_bytes"][(v["vm"], e)] for e in ("normal", "zero", "compressed"))
             assert sent == pytest.approx(v["memory_bytes_sent"], rel=1e-9), v["vm"]
+    finally:
+        m.close()
+
+
+def _storage_and_split_counters_are_the_results(out) -> None:
+    """Fed the run's timeline and results, the exporter's disk and remote-paging counters are
+    result.json's figures."""
+    result = json.loads((out / "result.json").read_text())
+    by_vm = {v["vm"]: v for v in result["vms"]}
+    m = MetricsExporter(0)
+    try:
+        for line in (out / "timeline.jsonl").read_text().splitlines():
+            m.observe(json.loads(line))
+        rp = by_vm["split"]["split"]["remote_paging"]
+        # From the timeline alone: remote paging seen while the run went on, never more than at its end.
+        assert 0 < m.counters["livemig_remote_faults"][("split",)] <= rp["faults"]
+        assert 0 < m.counters["livemig_disk_mirrored_writes"][("db",)]
+        for vm, v in by_vm.items():
+            m.finish(vm, v)
+        mirror = by_vm["db"]["disk"]["mirror"]
+        assert m.counters["livemig_disk_mirrored_writes"][("db",)] == pytest.approx(mirror["mirrored_writes"])
+        assert m.counters["livemig_disk_copied_bytes"][("db",)] + m.counters["livemig_disk_mirrored_bytes"][("db",)] \
+            == pytest.approx(by_vm["db"]["disk_bytes_sent"])
+        assert m.counters["livemig_remote_faults"][("split",)] == rp["faults"]
+        assert m.counters["livemig_remote_pages"][("split", "in")] == pytest.approx(rp["page_ins"])
+        assert sum(m.remote_latency[("split",)]["counts"]) == rp["faults"]
+        assert {h: n for (vm, h), n in m.gauges["split_pages"].items() if vm == "split"} == dict(
+            zip(("main", "sub"), by_vm["split"]["split"]["pages_by_host"]))
+        progress = [r for r in map(json.loads, (out / "timeline.jsonl").read_text().splitlines())
+                    if r.get("event") == "disk-progress"]
+        assert progress and progress[-1]["copied_bytes"] > 0 and progress[-1]["guest_io"]["reads"] > 0
     finally:
         m.close()

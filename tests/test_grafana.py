@@ -7,12 +7,11 @@ import re
 import shutil
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 
 import pytest
 
 from cluster import dashboards
+from cluster.dashboard_pictures import RUNS, query_range
 from cluster.metrics import MetricsExporter
 from tests.conftest import LIVEMIG, ROOT
 from tests.test_metrics import _free_port, needs_prometheus, start_prometheus
@@ -114,14 +113,6 @@ def test_queries_and_prometheus_config_pass_promtool(models, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def _query_range(prom: int, expr: str, start: float, end: float) -> list:
-    url = f"http://127.0.0.1:{prom}/api/v1/query_range?" + urllib.parse.urlencode(
-        {"query": expr, "start": start, "end": end, "step": 0.5})
-    body = json.loads(urllib.request.urlopen(url, timeout=10).read())
-    assert body["status"] == "success", body
-    return body["data"]["result"]
-
-
 def _has_data(series: list) -> bool:
     return any(math.isfinite(float(v)) for s in series for _, v in s["values"])
 
@@ -138,15 +129,10 @@ def _panels_without_data(models, tmp_path, scenario: str, names: list[str]) -> l
         assert run.returncode == 0, run.stderr
         end = time.time()
         return [f"{name}/{title}: {expr}" for name, title, expr in _all_queries({n: models[n] for n in names})
-                if not _has_data(_query_range(prom, expr.replace("$vm", ".*"), start, end))]
+                if not _has_data(query_range(prom, expr.replace("$vm", ".*"), start, end))]
     finally:
         server.terminate()
         server.wait(10)
-
-
-# The dashboards each real run must fill: one run per set, every family covered.
-RUNS = {"families.toml": ["overview", "pipeline", "compression", "convergence-postcopy"],
-        "storage-split.toml": ["storage", "split"]}
 
 
 def test_every_dashboard_is_checked_by_a_run():

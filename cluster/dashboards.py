@@ -114,7 +114,9 @@ COMPRESSION = [
       [(per_emulated_s(inc("livemig_memory_sent_bytes_total", "encoding", VM)), "{{encoding}}")]),
     P("timeseries", "Pages sent by encoding", "none", "Pages so far, by encoding.",
       [(f"sum by (encoding) (livemig_pages_sent_total{{{VM}}})", "{{encoding}}")]),
-    per_vm("stat", "XBZRLE pages", "none", "Pages sent as XBZRLE deltas (at the end of each migration).",
+    per_vm("stat", "XBZRLE pages", "none",
+           "Pages found in the XBZRLE cache, QEMU's xbzrle-cache pages: sent as deltas, skipped unchanged or "
+           "overflowed (at the end of each migration).",
            "livemig_xbzrle_pages_total", 8),
     per_vm("stat", "XBZRLE cache misses", "none", "Pages not in the XBZRLE cache.",
            "livemig_xbzrle_cache_misses_total", 8),

@@ -40,7 +40,8 @@ COUNTERS = {
     "livemig_cpu_seconds": ("Emulated CPU seconds charged on a host, by pipeline stage", ("host", "stage")),
     "livemig_xbzrle_cache_misses": ("XBZRLE cache misses (pages not in the cache), at the end of a migration",
                                     ("vm",)),
-    "livemig_xbzrle_pages": ("Pages sent XBZRLE-encoded, at the end of a migration", ("vm",)),
+    "livemig_xbzrle_pages": ("Pages found in the XBZRLE cache (QEMU's xbzrle-cache pages: deltas, unchanged "
+                             "pages and overflows alike), at the end of a migration", ("vm",)),
     "livemig_xbzrle_cache_overflows": ("XBZRLE encodings that overflowed (sent whole)", ("vm",)),
     "livemig_postcopy_faults": ("Post-copy remote page faults on the destination", ("vm",)),
     "livemig_migrations": ("Migrations finished, by technique and status", ("technique", "status")),

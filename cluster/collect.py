@@ -186,9 +186,6 @@ def compression_figures(options, scale: Scale, polled: dict, receiver: dict, pag
             "cache_miss_rate": x["cache_miss_rate"],
             "encoding_rate": x["encoding_rate"],
             "overflow": int(round(x["overflow"] / ms)),
-            # Not in QEMU's query-migrate, but `pages` counts every hit: deltas (pages.delta),
-            # unchanged pages (skipped, nothing sent) and overflows (sent whole, as normal pages).
-            "unchanged": int(round(x.get("unchanged", 0) / ms)),
             # The whole migration's ratios (QEMU's two rates above are the last period's).
             "cache_miss_ratio_overall": x.get("cache_miss_ratio_overall", 0.0),
             "encoding_ratio_overall": x.get("encoding_ratio_overall", 0.0),

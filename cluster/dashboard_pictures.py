@@ -45,15 +45,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_prometheus(workdir: Path, exporter: int, prom: int, binary: str | None = None) -> subprocess.Popen:
-    """Debian's Prometheus scraping the exporter on `exporter` every 200 ms, its API on `prom`;
-    its configuration and data under `workdir`. Raises FileNotFoundError when it is not installed."""
+def start_prometheus(workdir: Path, exporter: int, prom: int, binary: str | None = None,
+                     config: str | None = None) -> subprocess.Popen:
+    """Debian's Prometheus scraping the exporter on `exporter` every 200 ms (or as `config`, a
+    prometheus.yml, says), its API on `prom`; its configuration and data under `workdir`.
+    Raises FileNotFoundError when it is not installed."""
     binary = binary or shutil.which("prometheus")
     if not binary:
         raise FileNotFoundError("the Prometheus server is not installed (apt-get install prometheus)")
-    (workdir / "prometheus.yml").write_text(
+    (workdir / "prometheus.yml").write_text(config or (
         f"global:\n  scrape_interval: {SCRAPE_S * 1000:g}ms\n  scrape_timeout: 150ms\n"
-        f"scrape_configs:\n  - job_name: livemig\n    static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n")
+        f"scrape_configs:\n  - job_name: livemig\n    static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n"))
     return subprocess.Popen([binary, f"--config.file={workdir / 'prometheus.yml'}",
                              f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{prom}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

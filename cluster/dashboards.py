@@ -54,6 +54,19 @@ def per_vm(kind: str, title: str, unit: str, description: str, metric: str, widt
     return P(kind, title, unit, description, [(f"{metric}{{{VM}}}", "{{vm}}")], width)
 
 
+def per_s(title: str, unit: str, description: str, metric: str, by: str = "vm", legend: str = "{{vm}}") -> P:
+    """A time-series panel of one counter per emulated second, summed by `by`, filtered by VM."""
+    return P("timeseries", title, unit, description, [(per_emulated_s(inc(metric, by, VM)), legend)])
+
+
+def latency_stats(what: str, histogram: str) -> list[P]:
+    """The p99 and the mean of a latency histogram, per VM."""
+    return [P("stat", f"{what} p99", "s", "From the latency histogram.",
+              [(f"histogram_quantile(0.99, sum by (le, vm) ({histogram}_bucket{{{VM}}}))", "{{vm}}")], 6),
+            P("stat", f"{what} mean", "s", "Sum over count of the latency histogram.",
+              [(f"{histogram}_sum{{{VM}}} / {histogram}_count{{{VM}}}", "{{vm}}")], 6)]
+
+
 TRANSFER = P("timeseries", "Transfer rate", "Bps", "Memory bytes on the wire per emulated second, per VM.",
              [(per_emulated_s(inc("livemig_memory_sent_bytes_total", "vm", VM)), "{{vm}}")])
 LINKS = P("timeseries", "Link throughput", "Bps",
@@ -164,12 +177,12 @@ STORAGE = [
        (f"livemig_disk_mirror_actively_synced{{{VM}}}", "{{vm}} actively synced")]),
     per_vm("timeseries", "Mirror buffer fill", "bytes", "The transmit buffer mirrored writes and the bulk copy share.",
            "livemig_disk_mirror_buffer_bytes"),
-    P("timeseries", "Mirrored writes per second", "none", "Guest writes the I/O mirror sent, per emulated second.",
-      [(per_emulated_s(inc("livemig_disk_mirrored_writes_total", "vm", VM)), "{{vm}}")]),
-    P("timeseries", "Guest disk IOPS", "none", "The guest's disk requests per emulated second, by operation.",
-      [(per_emulated_s(inc("livemig_guest_disk_requests_total", "vm, op", VM)), "{{vm}} {{op}}")]),
-    P("timeseries", "Guest disk throughput", "Bps", "The guest's disk bytes per emulated second, by operation.",
-      [(per_emulated_s(inc("livemig_guest_disk_bytes_total", "vm, op", VM)), "{{vm}} {{op}}")]),
+    per_s("Mirrored writes per second", "none", "Guest writes the I/O mirror sent, per emulated second.",
+          "livemig_disk_mirrored_writes_total"),
+    per_s("Guest disk IOPS", "none", "The guest's disk requests per emulated second, by operation.",
+          "livemig_guest_disk_requests_total", "vm, op", "{{vm}} {{op}}"),
+    per_s("Guest disk throughput", "Bps", "The guest's disk bytes per emulated second, by operation.",
+          "livemig_guest_disk_bytes_total", "vm, op", "{{vm}} {{op}}"),
     P("timeseries", "Guest write latency by mirror mode", "s", "Mean guest disk write latency in each mode so far.",
       [(f"livemig_disk_write_latency_seconds{{{VM}}}", "{{vm}} {{mode}}")]),
     P("stat", "Mirror mode switches", "none", "Switches into each mode so far.",
@@ -184,21 +197,16 @@ SPLIT = [
       "The split's placement: pages for the main host and for each memory server (S-memV §IV-A).",
       [(f"livemig_split_assigned_pages{{{VM}}}", "{{vm}} {{host}}")], 12),
     LINKS,
-    P("timeseries", "Remote page-ins and page-outs per second", "none",
-      "Pages brought from and evicted to the memory servers, per emulated second, after the switch-over.",
-      [(per_emulated_s(inc("livemig_remote_pages_total", "vm, direction", VM)), "{{vm}} {{direction}}")]),
-    P("timeseries", "Remote-paging bandwidth", "Bps", "Remote-paging bytes per emulated second, in and out.",
-      [(per_emulated_s(inc("livemig_remote_paging_bytes_total", "vm, direction", VM)), "{{vm}} {{direction}}")]),
-    P("timeseries", "Remote faults per second", "none", "Remote page faults on the main host per emulated second.",
-      [(per_emulated_s(inc("livemig_remote_faults_total", "vm", VM)), "{{vm}}")]),
+    per_s("Remote page-ins and page-outs per second", "none",
+          "Pages brought from and evicted to the memory servers, per emulated second, after the switch-over.",
+          "livemig_remote_pages_total", "vm, direction", "{{vm}} {{direction}}"),
+    per_s("Remote-paging bandwidth", "Bps", "Remote-paging bytes per emulated second, in and out.",
+          "livemig_remote_paging_bytes_total", "vm, direction", "{{vm}} {{direction}}"),
+    per_s("Remote faults per second", "none", "Remote page faults on the main host per emulated second.",
+          "livemig_remote_faults_total"),
     P("timeseries", "Remote fault latency distribution", "none", "Faults by latency bucket (log2 microseconds).",
       [(f"sum by (le) (livemig_remote_fault_latency_seconds_bucket{{{VM}}})", "le {{le}}")]),
-    P("stat", "Remote fault latency p99", "s", "From the remote fault latency histogram.",
-      [(f"histogram_quantile(0.99, sum by (le, vm) (livemig_remote_fault_latency_seconds_bucket{{{VM}}}))",
-        "{{vm}}")], 6),
-    P("stat", "Remote mean fault latency", "s", "Sum over count of the remote fault latency histogram.",
-      [(f"livemig_remote_fault_latency_seconds_sum{{{VM}}} / livemig_remote_fault_latency_seconds_count{{{VM}}}",
-        "{{vm}}")], 6),
+    *latency_stats("Remote fault latency", "livemig_remote_fault_latency_seconds"),
     per_vm("stat", "Blocked on remote faults", "s", "Time the vCPUs waited for remote pages so far.",
            "livemig_remote_blocked_seconds_total", 6),
     per_vm("stat", "Remote faults", "none", "Remote page faults so far.", "livemig_remote_faults_total", 6),

@@ -48,7 +48,7 @@ def figure(result: dict, key: str) -> float | None:
     """A figure of a result, wherever it lives (top level, app, compression). For a run of
     several migrations, the application figures are the worst VM's (the largest degradation
     and non-response time); the others are the run's (cluster/collect.py `combine`: time from
-    the first start to the last end, the longest downtime, bytes and CPU summed)."""
+    the first start to the last end, the longest downtime, iterations, bytes and CPU summed)."""
     if key in ("non_response_s", "degradation"):
         app = result.get("app") or {}
         if "ops_per_s_before" in app or not result.get("vms"):

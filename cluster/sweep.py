@@ -293,8 +293,8 @@ def spread(values: list) -> dict | None:
 
 # What a point's figures are when its runs migrate several VMs (compare.figure).
 AGGREGATE = ("several migrations per run: a point's figures are the whole run's (time from the first start to the "
-             "last end, the longest downtime, iterations, bytes and CPU summed, the worst VM's degradation and non-response); "
-             "`per_vm` holds each VM's own")
+             "last end, the longest downtime, iterations, bytes and CPU summed, the worst VM's degradation and "
+             "non-response); `per_vm` holds each VM's own")
 
 
 def per_vm(result: dict) -> dict[str, dict]:

@@ -96,8 +96,8 @@ class DiskAgent:
         job = self.jobs[vm]
         s = job.stats
         return job.status() | {"copied_bytes": s.copied_bytes, "mirrored_bytes": s.mirrored_bytes,
-                               "mirrored_writes": s.mirrored_writes, "switches": list(s.switches), "copy_done_t": s.copy_done_t,
-                               "t0": job.t0, "buffer_high_water": job.buffer.high_water,
+                               "mirrored_writes": s.mirrored_writes, "switches": list(s.switches),
+                               "copy_done_t": s.copy_done_t, "t0": job.t0, "buffer_high_water": job.buffer.high_water,
                                "write_latency_ms": _mean_ms(s.write_latency_s)}
 
     def sync_for_switchover(self, vm: str, timeout_s: float) -> dict:

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench docs dashboards clean
+.PHONY: demo test test-slow bench docs dashboards dashboard-pictures clean
 
 $(STAMP): pyproject.toml setup.py agents/encodings/_xbzrle.c
 	python3 -m venv $(VENV)
@@ -43,6 +43,12 @@ docs: $(STAMP)
 # The Grafana dashboards' JSON from their code (cluster/dashboards.py).
 dashboards: $(STAMP)
 	$(PY) -m cluster.dashboards
+
+# The dashboards' panels under docs/ (README), without a Grafana: a real Prometheus (Debian's
+# `prometheus`) scrapes two real runs, each panel's committed PromQL runs as a range query and
+# matplotlib draws it (cluster/dashboard_pictures.py): docs/dashboard-<name>.png.
+dashboard-pictures: $(STAMP)
+	$(PY) -m cluster.dashboard_pictures --out docs
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

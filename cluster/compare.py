@@ -45,12 +45,16 @@ def load(path: str | Path) -> dict:
 
 
 def figure(result: dict, key: str) -> float | None:
-    """A figure of a result, wherever it lives (top level, app, compression)."""
+    """A figure of a result, wherever it lives (top level, app, compression). For a run of
+    several migrations, the application figures are the worst VM's (the largest degradation
+    and non-response time); the others are the run's (cluster/collect.py `combine`: time from
+    the first start to the last end, the longest downtime, iterations, bytes and CPU summed)."""
     if key in ("non_response_s", "degradation"):
         app = result.get("app") or {}
-        if "ops_per_s_before" not in app and result.get("vms"):
-            app = result["vms"][0].get("app") or {}
-        return app.get(key)
+        if "ops_per_s_before" in app or not result.get("vms"):
+            return app.get(key)
+        values = [(v.get("app") or {}).get(key) for v in result["vms"]]
+        return max((x for x in values if x is not None), default=None)
     if key == "memory_compress_rate":
         return (result.get("compression") or {}).get("memory_compress_rate")
     if key == "saturation":

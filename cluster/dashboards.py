@@ -7,7 +7,7 @@ every panel's query against a real Prometheus that scraped a real run.
 Dashboards: an overview (progress of every migration, dirty against transfer
 rate, per-link throughput, guest throughput with phase annotations, results)
 and one per technique family (parallel pipeline, compression, convergence and
-post-copy). Rates are per emulated second: a counter's increase over
+post-copy, storage, split). Rates are per emulated second: a counter's increase over
 the emulated clock's (`livemig_emulated_time_seconds`), so the panels are right
 at any dilation (cluster/metrics.py).
 """
@@ -52,6 +52,19 @@ class P:
 def per_vm(kind: str, title: str, unit: str, description: str, metric: str, width: int = 12) -> P:
     """A panel of one per-VM metric, as it is, a series per VM."""
     return P(kind, title, unit, description, [(f"{metric}{{{VM}}}", "{{vm}}")], width)
+
+
+def per_s(title: str, unit: str, description: str, metric: str, by: str = "vm", legend: str = "{{vm}}") -> P:
+    """A time-series panel of one counter per emulated second, summed by `by`, filtered by VM."""
+    return P("timeseries", title, unit, description, [(per_emulated_s(inc(metric, by, VM)), legend)])
+
+
+def latency_stats(what: str, histogram: str) -> list[P]:
+    """The p99 and the mean of a latency histogram, per VM."""
+    return [P("stat", f"{what} p99", "s", "From the latency histogram.",
+              [(f"histogram_quantile(0.99, sum by (le, vm) ({histogram}_bucket{{{VM}}}))", "{{vm}}")], 6),
+            P("stat", f"{what} mean", "s", "Sum over count of the latency histogram.",
+              [(f"{histogram}_sum{{{VM}}} / {histogram}_count{{{VM}}}", "{{vm}}")], 6)]
 
 
 TRANSFER = P("timeseries", "Transfer rate", "Bps", "Memory bytes on the wire per emulated second, per VM.",
@@ -114,7 +127,9 @@ COMPRESSION = [
       [(per_emulated_s(inc("livemig_memory_sent_bytes_total", "encoding", VM)), "{{encoding}}")]),
     P("timeseries", "Pages sent by encoding", "none", "Pages so far, by encoding.",
       [(f"sum by (encoding) (livemig_pages_sent_total{{{VM}}})", "{{encoding}}")]),
-    per_vm("stat", "XBZRLE pages", "none", "Pages sent as XBZRLE deltas (at the end of each migration).",
+    per_vm("stat", "XBZRLE pages", "none",
+           "Pages found in the XBZRLE cache, QEMU's xbzrle-cache pages: sent as deltas, skipped unchanged or "
+           "overflowed (at the end of each migration).",
            "livemig_xbzrle_pages_total", 8),
     per_vm("stat", "XBZRLE cache misses", "none", "Pages not in the XBZRLE cache.",
            "livemig_xbzrle_cache_misses_total", 8),
@@ -141,11 +156,69 @@ CONVERGENCE = [
            "livemig_postcopy_blocktime_seconds", 6),
 ]
 
+STORAGE = [
+    P("timeseries", "Disk copy progress", "bytes",
+      "The mirror job's length and offset (QEMU's len and offset) and what remains; len grows as the guest "
+      "rewrites blocks already copied.",
+      [(f"livemig_disk_job_length_bytes{{{VM}}}", "{{vm}} len"), (f"livemig_disk_job_offset_bytes{{{VM}}}",
+                                                                   "{{vm}} offset"),
+       (f"livemig_disk_remaining_bytes{{{VM}}}", "{{vm}} remaining")]),
+    P("timeseries", "Disk transfer rate", "Bps",
+      "Disk bytes written at the destination per emulated second: bulk copy and mirrored guest writes.",
+      [(per_emulated_s(inc("livemig_disk_copied_bytes_total", "vm", VM)), "{{vm}} bulk copy"),
+       (per_emulated_s(inc("livemig_disk_mirrored_bytes_total", "vm", VM)), "{{vm}} mirrored")]),
+    P("state", "Mirror mode", "",
+      "Background (asynchronous, through the buffer) or write-blocking (synchronous: a guest write completes "
+      "once the destination has it).", [(f'max by (vm, mode) (livemig_disk_mirror_mode{{{VM}}}) == 1',
+                                         "{{vm}} {{mode}}")], 12),
+    P("timeseries", "Mirror ready and actively synced", "none",
+      "QEMU's ready (the bulk copy is done) and actively-synced (ready and nothing in flight).",
+      [(f"livemig_disk_mirror_ready{{{VM}}}", "{{vm}} ready"),
+       (f"livemig_disk_mirror_actively_synced{{{VM}}}", "{{vm}} actively synced")]),
+    per_vm("timeseries", "Mirror buffer fill", "bytes", "The transmit buffer mirrored writes and the bulk copy share.",
+           "livemig_disk_mirror_buffer_bytes"),
+    per_s("Mirrored writes per second", "none", "Guest writes the I/O mirror sent, per emulated second.",
+          "livemig_disk_mirrored_writes_total"),
+    per_s("Guest disk IOPS", "none", "The guest's disk requests per emulated second, by operation.",
+          "livemig_guest_disk_requests_total", "vm, op", "{{vm}} {{op}}"),
+    per_s("Guest disk throughput", "Bps", "The guest's disk bytes per emulated second, by operation.",
+          "livemig_guest_disk_bytes_total", "vm, op", "{{vm}} {{op}}"),
+    P("timeseries", "Guest write latency by mirror mode", "s", "Mean guest disk write latency in each mode so far.",
+      [(f"livemig_disk_write_latency_seconds{{{VM}}}", "{{vm}} {{mode}}")]),
+    P("stat", "Mirror mode switches", "none", "Switches into each mode so far.",
+      [(f"sum by (vm, mode) (livemig_disk_mirror_switches_total{{{VM}}})", "{{vm}} {{mode}}")], 6),
+    P("stat", "Mirrored bytes", "bytes", "Guest-written bytes the mirror sent after the copy.",
+      [(f"livemig_disk_mirrored_bytes_total{{{VM}}}", "{{vm}}")], 6),
+    LINKS,
+]
+
+SPLIT = [
+    P("bars", "Pages given to each host", "none",
+      "The split's placement: pages for the main host and for each memory server (S-memV §IV-A).",
+      [(f"livemig_split_assigned_pages{{{VM}}}", "{{vm}} {{host}}")], 12),
+    LINKS,
+    per_s("Remote page-ins and page-outs per second", "none",
+          "Pages brought from and evicted to the memory servers, per emulated second, after the switch-over.",
+          "livemig_remote_pages_total", "vm, direction", "{{vm}} {{direction}}"),
+    per_s("Remote-paging bandwidth", "Bps", "Remote-paging bytes per emulated second, in and out.",
+          "livemig_remote_paging_bytes_total", "vm, direction", "{{vm}} {{direction}}"),
+    per_s("Remote faults per second", "none", "Remote page faults on the main host per emulated second.",
+          "livemig_remote_faults_total"),
+    P("timeseries", "Remote fault latency distribution", "none", "Faults by latency bucket (log2 microseconds).",
+      [(f"sum by (le) (livemig_remote_fault_latency_seconds_bucket{{{VM}}})", "le {{le}}")]),
+    *latency_stats("Remote fault latency", "livemig_remote_fault_latency_seconds"),
+    per_vm("stat", "Blocked on remote faults", "s", "Time the vCPUs waited for remote pages so far.",
+           "livemig_remote_blocked_seconds_total", 6),
+    per_vm("stat", "Remote faults", "none", "Remote page faults so far.", "livemig_remote_faults_total", 6),
+]
+
 DASHBOARDS = {
     "overview": ("livemig: overview", "livemig-overview", OVERVIEW),
     "pipeline": ("livemig: parallel pipeline (PMigrate)", "livemig-pipeline", PIPELINE),
     "compression": ("livemig: compression (zstd, XBZRLE)", "livemig-compression", COMPRESSION),
     "convergence-postcopy": ("livemig: convergence and post-copy", "livemig-convergence-postcopy", CONVERGENCE),
+    "storage": ("livemig: storage (disk copy, I/O mirror)", "livemig-storage", STORAGE),
+    "split": ("livemig: split migration (S-memV)", "livemig-split", SPLIT),
 }
 PANEL_BUILDERS = {"timeseries": timeseries.Panel, "stat": stat.Panel, "state": statetimeline.Panel,
                   "bars": bargauge.Panel}

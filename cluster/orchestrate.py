@@ -227,7 +227,8 @@ class Orchestrator:
         m.t_start = time.monotonic()
         m.status, m.phase = "running", "setup"
         self.tl.event(m.t_start, "migration-start", vm=m.vm, migration=m.index, technique=m.plan.technique,
-                      source=m.plan.source.name, destination=m.plan.destinations[0].name)
+                      source=m.plan.source.name, destination=m.plan.destinations[0].name,
+                      destinations=[h.name for h in m.plan.destinations])
         self._share_nics()
         dst_key = self.sl.copy_key(m.vm_index, m.index)
         lps = self.sl.topo.links_of_migration(m.index)

@@ -92,8 +92,9 @@ def _sweep_order(d: Path) -> list[Path]:
                                                      key=lambda q: int(q.parent.name[1:] or 0))]
 
 
-def load_run(path: Path, base: Path | None = None, warn=print) -> Run:
-    """A run directory's result and timeline; ReportError when either is missing or unreadable."""
+def load_run(path: Path, base: Path | None = None, warn=print, lenient: bool = False) -> Run:
+    """A run directory's result and timeline; ReportError when either is missing or unreadable.
+    `lenient`: malformed timeline records are left out with one warning (see `read_timeline`)."""
     try:
         result = json.loads((path / "result.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -101,15 +102,16 @@ def load_run(path: Path, base: Path | None = None, warn=print) -> Run:
     tl = path / "timeline.jsonl"
     if not tl.is_file():
         raise ReportError(f"{tl}: missing; the report is drawn from the timeline a run writes with --out")
-    records = read_timeline(tl, warn)
+    records = read_timeline(tl, warn, lenient)
     name = str(path.relative_to(base)) if base and path != base and path.is_relative_to(base) else path.name
     return Run(name, path, result, records)
 
 
 def load_runs(paths: list[Path], warn=print) -> list[Run]:
     """The runs named or found below the arguments. A run found below a directory (a sweep's)
-    that has no timeline, or an empty one (it crashed before its first record), is left out with a warning;
-    one named itself is an error."""
+    that has no timeline, or an empty one (it crashed before its first record), or an unreadable
+    result.json, is left out with a warning, and its malformed timeline records are left out with
+    one warning naming the file; for a run named itself each of these is an error."""
     dirs = find_runs(paths)
     base = paths[0] if len(paths) == 1 and paths[0].is_dir() and len(dirs) > 1 else None
     named = {p.resolve() for p in paths}
@@ -118,7 +120,14 @@ def load_runs(paths: list[Path], warn=print) -> list[Run]:
         if d.resolve() not in named and not (d / "timeline.jsonl").is_file():
             warn(f"report: {d} left out: no timeline.jsonl ({_status(d)})")
             continue
-        run = load_run(d, base, warn)
+        found = d.resolve() not in named
+        try:
+            run = load_run(d, base, warn, lenient=found)
+        except ReportError as exc:
+            if not found:
+                raise
+            warn(f"report: {d} left out: {exc}")
+            continue
         if not run.records:  # the run ended before its first sample: nothing to draw
             if d.resolve() in named:
                 raise ReportError(f"{d / 'timeline.jsonl'}: empty, nothing to draw ({_status(d)})")
@@ -148,28 +157,36 @@ EVENT_NUMBERS = {"iteration": ("iteration", "remaining", "bytes", "duration_s", 
 EVENT_NAMES = {"migration-start": ("vm", "migration"), "phase": ("vm", "migration"), "iteration": ("vm", "migration")}
 
 
-def read_timeline(tl: Path, warn=print) -> list[dict]:
+def read_timeline(tl: Path, warn=print, lenient: bool = False) -> list[dict]:
     """timeline.jsonl's records, each checked for what the plots read; ReportError naming the file's
-    line otherwise. A last line cut short (a run killed while writing) is left out with a warning."""
+    line otherwise. A last line cut short (a run killed while writing) is left out with a warning.
+    `lenient` (a run among a sweep's): every malformed record is left out instead, with one warning
+    line naming the file, how many and the first."""
     try:
         lines = tl.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ReportError(f"{tl}: unreadable ({exc})") from None
-    records = []
+    records, bad = [], []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            if n == len(lines):
+            if n == len(lines) and not bad:
                 warn(f"report: {tl}:{n}: last line cut short, left out ({exc.msg})")
                 continue
-            raise ReportError(f"{tl}:{n}: not JSON ({exc.msg} at column {exc.colno})") from None
-        problem = record_problem(rec)
-        if problem:
+            problem = f"not JSON ({exc.msg} at column {exc.colno})"
+        else:
+            problem = record_problem(rec)
+        if problem and not lenient:
             raise ReportError(f"{tl}:{n}: {problem}")
-        records.append(rec)
+        if problem:
+            bad.append(f"{tl}:{n}: {problem}")
+        else:
+            records.append(rec)
+    if bad:
+        warn(f"report: {len(bad)} malformed record(s) left out, the first {bad[0]}")
     return records
 
 
@@ -391,7 +408,8 @@ def plot_sweep(summ: dict):
         ax.set(title=title, ylabel=unit)
         ax.set_xticks(x, [p["point"] for p in points], rotation=30, ha="right", fontsize="small")
         ax.set_ylim(bottom=0)
-    fig.suptitle(f"sweep {summ['sweep']}: median and min-max of {summ['repeats']} repeat(s)")
+    several = " (several VMs per run: each run's whole figures)" if summ.get("aggregate") else ""
+    fig.suptitle(f"sweep {summ['sweep']}: median and min-max of {summ['repeats']} repeat(s){several}")
     return _done(fig)
 
 

@@ -291,20 +291,50 @@ def spread(values: list) -> dict | None:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
+# What a point's figures are when its runs migrate several VMs (compare.figure).
+AGGREGATE = ("several migrations per run: a point's figures are the whole run's (time from the first start to the "
+             "last end, the longest downtime, iterations, bytes and CPU summed, the worst VM's degradation and "
+             "non-response); `per_vm` holds each VM's own")
+
+
+def per_vm(result: dict) -> dict[str, dict]:
+    """A multi-migration result's migrations by name (`vm`, or `vm -> destination` when a VM
+    migrates twice, as result.json's `app`); {} for one migration."""
+    vms = [v for v in result.get("vms") or [] if isinstance(v, dict)]
+    if len(vms) < 2:
+        return {}
+    names = [v.get("vm") for v in vms]
+    return {(v.get("vm") if names.count(v.get("vm")) == 1 else f"{v.get('vm')} -> {v.get('destination')}"): v
+            for v in vms}
+
+
+def _figures(results: list[dict]) -> dict:
+    figs = {}
+    for label, key, _, _ in ROWS:
+        s = spread([figure(r, key) for r in results])
+        if s:
+            figs[key] = {"label": label, **s}
+    return figs
+
+
 def summary(spec: Spec, points: list[Point]) -> dict:
     """sweep.json's content: per point its settings, runs and each figure's spread (result.json's units:
-    the unit is in the key; degradation is a fraction)."""
+    the unit is in the key; degradation is a fraction); when the runs migrate several VMs, `per_vm`:
+    each VM's own figures, and `aggregate` says what the point's figures are."""
     rows = []
     for p in points:
-        figs = {}
-        for label, key, _, _ in ROWS:
-            s = spread([figure(r, key) for r in p.results])
-            if s:
-                figs[key] = {"label": label, **s}
-        rows.append({"point": p.name, "settings": p.settings, "runs": len(p.results), "reused": p.reused,
-                     "verified": sum(bool(r.get("verified")) for r in p.results), "figures": figs})
-    return {"sweep": spec.name, "spec": str(spec.path), "base": str(spec.base), "repeats": spec.repeats,
-            "vary": spec.vary, "points": rows}
+        row = {"point": p.name, "settings": p.settings, "runs": len(p.results), "reused": p.reused,
+               "verified": sum(bool(r.get("verified")) for r in p.results), "figures": _figures(p.results)}
+        by_vm = [per_vm(r) for r in p.results]
+        names = list(dict.fromkeys(name for vms in by_vm for name in vms))
+        if names:
+            row["per_vm"] = {n: _figures([vms[n] for vms in by_vm if n in vms]) for n in names}
+        rows.append(row)
+    out = {"sweep": spec.name, "spec": str(spec.path), "base": str(spec.base), "repeats": spec.repeats,
+           "vary": spec.vary, "points": rows}
+    if any("per_vm" in r for r in rows):
+        out["aggregate"] = AGGREGATE
+    return out
 
 
 def write_summary(summ: dict, out: Path) -> tuple[Path, Path]:
@@ -316,14 +346,17 @@ def write_summary(summ: dict, out: Path) -> tuple[Path, Path]:
     keys = [key for _, key, _, _ in ROWS]
     with cv.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["point", *summ["vary"], "runs", "verified"]
+        # `vm`: empty for the point's figures (the whole run's when it migrates several VMs), else one VM's.
+        w.writerow(["point", "vm", *summ["vary"], "runs", "verified"]
                    + [f"{k}_{s}" for k in keys for s in ("median", "min", "max")])
         for row in summ["points"]:
-            cells = [row["point"], *(row["settings"][k] for k in summ["vary"]), row["runs"], row["verified"]]
-            for k in keys:
-                fig = row["figures"].get(k)
-                cells += [fig[s] if fig else "" for s in ("median", "min", "max")]
-            w.writerow(cells)
+            head = [*(row["settings"][k] for k in summ["vary"]), row["runs"], row["verified"]]
+            for vm, figs in [("", row["figures"]), *(row.get("per_vm") or {}).items()]:
+                cells = [row["point"], vm, *head]
+                for k in keys:
+                    fig = figs.get(k)
+                    cells += [fig[s] if fig else "" for s in ("median", "min", "max")]
+                w.writerow(cells)
     return js, cv
 
 
@@ -337,16 +370,25 @@ def screen_table(summ: dict):
     for _, heading in SCREEN:
         t.add_column(heading, justify="right", no_wrap=True)
     t.add_column("verified", justify="right")
-    scale = {key: k for _, key, _, k in ROWS}
+    if summ.get("aggregate"):
+        t.caption = escape(f"{summ['aggregate']} (the indented rows).")
+        t.caption_justify = "left"
     for row in summ["points"]:
-        cells = [escape(row["point"])]
-        for key, _ in SCREEN:
-            fig, k = row["figures"].get(key), scale[key]
-            cells.append("-" if not fig else
-                         f"{_num(fig['median'] * k)} ({_num(fig['min'] * k)}-{_num(fig['max'] * k)})")
-        cells.append(f"{row['verified']}/{row['runs']}")
-        t.add_row(*cells)
+        whole = " (whole run)" if row.get("per_vm") else ""
+        t.add_row(escape(row["point"] + whole), *_cells(row["figures"]), f"{row['verified']}/{row['runs']}")
+        for vm, figs in (row.get("per_vm") or {}).items():
+            t.add_row(escape(f"  {vm}"), *_cells(figs), "")
     return t
+
+
+def _cells(figs: dict) -> list[str]:
+    """median (min-max) of each SCREEN figure, in the table's units."""
+    scale = {key: k for _, key, _, k in ROWS}
+    cells = []
+    for key, _ in SCREEN:
+        fig, k = figs.get(key), scale[key]
+        cells.append("-" if not fig else f"{_num(fig['median'] * k)} ({_num(fig['min'] * k)}-{_num(fig['max'] * k)})")
+    return cells
 
 
 def _num(v: float) -> str:

@@ -12,10 +12,15 @@ migrations begin after the warm-up). Two kinds of records:
   `"kind": "link"` (throughput, capacity, and the interval's migration and
   background bytes), `"kind": "host"` (emulated cores busy by stage, and the
   interval's emulated CPU seconds by stage), `"kind": "guest"` (operations per
-  second, and the interval's operations);
+  second, and the interval's operations; after a split migration,
+  `remote_paging`: its figures so far, faults, pages and bytes in and out,
+  the fault latency histogram);
 - events, `{"t", "kind": "event", "vm", "event", ...}`: phases, each
   iteration's figures (QEMU's query-migrate names), the downtime
-  checkpoints, verification, switch-over, cancellation, scheduled events.
+  checkpoints, verification, switch-over, cancellation, scheduled events;
+  a storage migration's `disk-progress` (the mirror job so far) and
+  `mirror-mode` switches, a split migration's `split` (pages per host, in
+  the order of `migration-start`'s `destinations`).
 
 result.json's figures (cluster/collect.py) and the Prometheus exporter
 (cluster/metrics.py) are both computed from these records.

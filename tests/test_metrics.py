@@ -2,7 +2,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -11,6 +10,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cluster import dashboard_pictures
+from cluster.dashboard_pictures import free_port as _free_port
 from tests.conftest import LIVEMIG, ROOT, scenario_text
 
 PROMETHEUS = shutil.which("prometheus")
@@ -19,21 +20,10 @@ needs_prometheus = pytest.mark.skipif(
     reason="the Prometheus server is not installed (apt-get install prometheus)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_prometheus(tmp_path, exporter: int, prom: int) -> subprocess.Popen:
-    """Debian's Prometheus scraping the exporter every 200 ms, its API on `prom`."""
+    """Debian's Prometheus scraping the exporter every 200 ms, its API on `prom` (cluster/dashboard_pictures.py)."""
     assert PROMETHEUS, "LIVEMIG_REQUIRE_PROMETHEUS is set but prometheus is not installed"
-    (tmp_path / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\n"
-        f"scrape_configs:\n  - job_name: livemig\n    static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n")
-    return subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return dashboard_pictures.start_prometheus(tmp_path, exporter, prom, PROMETHEUS)
 
 
 def _query(prom_port: int, expr: str) -> list:

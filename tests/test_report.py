@@ -174,3 +174,21 @@ def test_nothing_to_draw_or_a_file_is_one_line(tmp_path):
     _failed_run(tmp_path / "run2", GOOD + "\n")
     assert [x.name for x in load_runs([tmp_path], warn=warnings.append)] == ["run2"]
     assert "run left out: its timeline.jsonl is empty" in warnings[0], warnings
+
+
+def test_a_malformed_record_below_a_sweep_directory_is_left_out_with_one_warning(tmp_path):
+    """In a sweep's directory, one bad record (or an unreadable result.json) does not stop the report:
+    it is left out with one line naming the file; the same run named itself is still an error."""
+    bad = _failed_run(tmp_path / "p" / "r1", f"{GOOD}\n5\n{{\"t\": 0}}\n{GOOD}\n")
+    _failed_run(tmp_path / "p" / "r2", f"{GOOD}\n")
+    (tmp_path / "q" / "r1").mkdir(parents=True)
+    (tmp_path / "q" / "r1" / "result.json").write_text("{")
+    (tmp_path / "q" / "r1" / "timeline.jsonl").write_text(f"{GOOD}\n")
+    warnings = []
+    runs = load_runs([tmp_path], warn=warnings.append)
+    assert [r.name for r in runs] == ["p/r1", "p/r2"] and len(runs[0].records) == 2
+    assert len(warnings) == 2, warnings
+    assert "2 malformed record(s) left out, the first" in warnings[0] and "p/r1/timeline.jsonl:2:" in warnings[0]
+    assert "q/r1 left out:" in warnings[1] and "result.json: unreadable" in warnings[1]
+    with pytest.raises(ReportError, match="timeline.jsonl:2:"):
+        load_runs([bad])

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,7 @@ def test_sweep_runs_every_point_and_repeat(swept):
     assert slow["min"] <= slow["median"] <= slow["max"]
     assert fast["median"] < slow["median"]  # 5 Gbit/s beats 2 Gbit/s
     header = (d / "out" / "sweep.csv").read_text().splitlines()[0].split(",")
-    assert header[:4] == ["point", "hosts.*.nics.*.speed_gbps", "runs", "verified"]
+    assert header[:5] == ["point", "vm", "hosts.*.nics.*.speed_gbps", "runs", "verified"]
     assert "total_time_s_median" in header and "downtime_ms_max" in header
     assert "speed_gbps=2" in first.stdout and "median (min-max)" in first.stdout
 
@@ -180,3 +181,31 @@ def test_ctrl_c_stops_the_sweep_and_the_aborted_run_is_not_kept(tmp_path):
     r1 = json.loads((timeline.parent / "result.json").read_text())
     assert r1["status"] == "aborted" and "interrupted" in r1["vms"][0]["stop_reason"], r1["vms"][0]["stop_reason"]
     assert not (timeline.parent.parent / "r2").exists() and not (tmp_path / "out" / "sweep.json").exists()
+
+
+def _vm(name: str, time_s: float, degradation: float) -> dict:
+    return {"vm": name, "destination": "dst", "total_time_s": time_s, "downtime_ms": 10 * time_s,
+            "app": {"ops_per_s_before": 100.0, "degradation": degradation, "non_response_s": degradation}}
+
+
+def test_a_sweep_of_several_vms_says_its_figures_are_the_whole_runs_and_gives_each_vms():
+    """The worst VM's degradation, not the first's; each VM's own figures beside; the table says which."""
+    from rich.console import Console
+
+    from cluster.sweep import Spec, screen_table, summary
+    runs = [{"total_time_s": 3.0, "downtime_ms": 30.0, "verified": True,
+             "app": {"a": {"degradation": 0.01}, "b": {"degradation": d}},
+             "vms": [_vm("a", 1.0, 0.01), _vm("b", 3.0, d)]} for d in (0.2, 0.4)]
+    spec = Spec(path=Path("s.toml"), name="s", base=Path("b.toml"), base_data={}, repeats=2, vary={"x": [1]})
+    summ = summary(spec, [Point({"x": 1}, "x=1", runs)])
+    row = summ["points"][0]
+    assert row["figures"]["degradation"]["median"] == pytest.approx(0.3)  # the worst VM's: b's
+    assert row["per_vm"]["a"]["degradation"]["median"] == pytest.approx(0.01)
+    assert row["per_vm"]["b"]["total_time_s"]["max"] == 3.0
+    assert "worst VM" in summ["aggregate"]
+    console = Console(width=200, record=True)
+    console.print(screen_table(summ))
+    text = console.export_text()
+    assert "x=1 (whole run)" in text and "  a " in text and "worst VM" in text
+    one = summary(spec, [Point({"x": 1}, "x=1", [runs[0]["vms"][0]])])
+    assert "aggregate" not in one and "per_vm" not in one["points"][0]

@@ -63,6 +63,12 @@ class DiskAgent:
         return [float(c) / self.scale / ((b - a) / self.dilation) if b > a else 0.0
                 for c, a, b in zip(counts, marks, marks[1:])]
 
+    def io_counts(self, vm: str) -> dict:
+        """The guest's disk requests and bytes so far, read and written (emulated: real / memory_scale)."""
+        runner = self.runners.get(vm)
+        st = runner.stats if runner else None
+        return {k: (getattr(st, k) if st else 0) / self.scale for k in ("reads", "writes", "read_bytes", "write_bytes")}
+
     # --- storage migration ----------------------------------------------------
     def start_mirror(self, vm: str, target_dir: str, target_figures: dict, path: dict, region_bytes: int,
                      buffer_bytes: int, copy_mode: str, window_s: float, chunk_bytes: int = 0,
@@ -90,8 +96,8 @@ class DiskAgent:
         job = self.jobs[vm]
         s = job.stats
         return job.status() | {"copied_bytes": s.copied_bytes, "mirrored_bytes": s.mirrored_bytes,
-                               "switches": list(s.switches), "copy_done_t": s.copy_done_t,
-                               "t0": job.t0, "buffer_high_water": job.buffer.high_water,
+                               "mirrored_writes": s.mirrored_writes, "switches": list(s.switches),
+                               "copy_done_t": s.copy_done_t, "t0": job.t0, "buffer_high_water": job.buffer.high_water,
                                "write_latency_ms": _mean_ms(s.write_latency_s)}
 
     def sync_for_switchover(self, vm: str, timeout_s: float) -> dict:

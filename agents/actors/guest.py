@@ -115,11 +115,15 @@ class GuestAgent(GuestHandOff):
 
     def progress(self) -> tuple[float, float, dict]:
         """(real time, cumulative operations) of the latest tick, and, while a
-        migration logs its writes or throttles it, the vCPUs' throttle and dirty rates."""
+        migration logs its writes or throttles it, the vCPUs' throttle and dirty rates;
+        after a split migration, `remote_paging`: its figures so far (`split_status`)."""
         s = self.guest.samples
         t, ops = s[-1] if s else (time.monotonic(), 0.0)
         g = self.guest
-        return t, ops, g.throttle.status() if g.logging or g.throttle.active else {}
+        extra = g.throttle.status() if g.logging or g.throttle.active else {}
+        if isinstance(g.remote, SplitMemory):
+            extra = extra | {"remote_paging": self.split_status()}
+        return t, ops, extra
 
     def timeline(self) -> tuple[list, float]:
         return list(self.guest.samples), self.guest.faults

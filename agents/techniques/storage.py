@@ -27,8 +27,10 @@ calls `cleanup()`, which cancels the mirror (the guest's writes go to the
 source only again) and stops the progress watcher.
 
 Events, besides pre-copy's: `disk-copy` phase, `disk-progress` (QEMU's
-offset and len, the mirror mode, the buffer fill, the guest's disk IOPS and
-mean write latency in each mode so far), `mirror-mode` (each
+offset and len, ready and actively synced, the mirror mode, the buffer fill,
+the bytes bulk-copied and mirrored and the writes mirrored so far, the
+guest's disk IOPS in the interval, its requests and bytes read and written
+so far, and its mean write latency in each mode so far), `mirror-mode` (each
 switch between background and write-blocking), `disk-copy-done`,
 `disk-synced` (inside the downtime), `disk-verified`.
 """
@@ -123,15 +125,19 @@ class StorageMigration(PrecopyMigration):
         while not self._watch_stop.wait(POLL_EMULATED_S * self.dilation):
             now = time.monotonic()
             try:
-                st = ray.get(d["agent"].mirror_status.remote(d["vm"]))
-                iops = ray.get(d["agent"].io_rates.remote(d["vm"], [last, now]))[0]
+                st, rates, io = ray.get([d["agent"].mirror_status.remote(d["vm"]),
+                                         d["agent"].io_rates.remote(d["vm"], [last, now]),
+                                         d["agent"].io_counts.remote(d["vm"])])
             except Exception:  # noqa: BLE001 - the job was completed or cancelled meanwhile
                 return
             last = now
             self._record_switches(st["switches"], st["t0"])
             self.ctx.record("disk-progress", offset=st["offset"] / self.scale, len=st["len"] / self.scale,
                             mode=st["mode"], buffer_fill=st["buffer_fill"] / self.scale, ready=st["ready"],
-                            guest_iops=iops, write_latency_ms=st["write_latency_ms"])
+                            guest_iops=rates[0], write_latency_ms=st["write_latency_ms"],
+                            actively_synced=st["actively_synced"], copied_bytes=st["copied_bytes"] / self.scale,
+                            mirrored_bytes=st["mirrored_bytes"] / self.scale,
+                            mirrored_writes=st["mirrored_writes"] / self.scale, guest_io=io)
 
     def _record_switches(self, switches: list, t0: float) -> None:
         for t, mode, fill in switches[self._switches_seen:]:

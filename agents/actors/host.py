@@ -371,6 +371,7 @@ class HostAgent:
             out["xbzrle"] = job.caches.counters(m)
         out["pool_high_water_bytes"] = job.pipeline.pool.high_water
         out["lock"] = job.pipeline.lock.stats()
+        out["drift_s"] = getattr(job.pipeline, "drift_s", 0.0)
         out["events"] = job.ctx.events[since:] if job.ctx else []
         return out
 

@@ -58,13 +58,15 @@ class _Call:
     def __init__(self) -> None:
         self.outstanding = 0
         self.wire = 0
+        self.done_t = 0.0  # when its last task's charged work ended, on the emulated schedule
         self.error: BaseException | None = None
         self.cv = threading.Condition()
 
-    def done(self, wire: int) -> None:
+    def done(self, wire: int, t: float = 0.0) -> None:
         with self.cv:
             self.outstanding -= 1
             self.wire += wire
+            self.done_t = max(self.done_t, t)
             self.cv.notify_all()
 
 
@@ -95,6 +97,7 @@ class SourcePipeline:
         # schedule (the batches' stamps): this machine's lateness that stretched the migration.
         self.drift_s = 0.0
         self._drained_to = 0.0
+        self._late = 0.0  # the lateness found at the last check
         self._threads = [threading.Thread(target=self._consume, args=(i,), daemon=True, name=f"consumer-{i}")
                          for i in range(consumers)]
         for t in self._threads:
@@ -106,6 +109,7 @@ class SourcePipeline:
         """Send pages `idx` of `image` through the consumers; returns wire bytes (real)."""
         self._crash_point()
         call = _Call()
+        self._late = 0.0  # its tasks are scheduled from now (their queueing time) on
         for start in range(0, len(idx), self.task_pages):
             self._crash_point()
             if should_stop():
@@ -119,6 +123,7 @@ class SourcePipeline:
         with call.cv:
             while call.outstanding:
                 call.cv.wait(0.5)
+        self._behind(call.done_t)  # the next tasks are queued from now: count how late this is
         if call.error is not None:
             raise call.error
         if self.barrier_each_pass:
@@ -150,10 +155,19 @@ class SourcePipeline:
         self._crash_point()
         last = max(c.drain() for c in self.connections)
         if last > self._drained_to:
-            self.drift_s += max(0.0, time.monotonic() - last)
+            self._behind(last)
             self._drained_to = last
         return last
 
+    def _behind(self, scheduled: float) -> None:
+        """Work scheduled to end at `scheduled` (emulated schedule) really ended now: what follows
+        starts from now, so the lateness stays in the run's times; add it to `drift_s` (only what
+        is new since the last check, whose lateness the batches after it carried on)."""
+        if scheduled <= 0:
+            return
+        late = max(0.0, time.monotonic() - scheduled)
+        self.drift_s += max(0.0, late - self._late)
+        self._late = late
     def reset(self) -> None:
         """The connections broke: drop what they still hold at the link (post-copy recovery)."""
         for c in self.connections:
@@ -212,7 +226,7 @@ class SourcePipeline:
                 task.call.error = exc
             finally:
                 self.pool.release(task.nbytes)
-                task.call.done(wire)
+                task.call.done(wire, clock.t)
 
     def _locked_step(self, core, start: int, length: int, mode: str, us_per_page: float, n: int) -> None:
         """A modelled address-space operation: hold the lock for its cost, on `core`."""

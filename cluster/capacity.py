@@ -126,14 +126,14 @@ def _least_demanding(probes: list[Probe], harder_up: bool) -> Probe:
 def capacity(text: str, path: str, run_result: Callable, knobs=("dilation", "memory_scale", "link_gbps"),
              steps: int = 3, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Every boundary of scenario `text` (file `path`); `run_result(scenario)` runs one and returns result.json's dict."""
-    from cluster.scenario import scenario_from_data
+    from cluster.scenario import MAX_DILATION, MAX_GBPS, MIN_GBPS, scenario_from_data
 
     data = tomllib.loads(text)
     base = scenario_from_data(data, path)
     out: dict = {"bench": "capacity", "scenario": path, "unsaturated_below": UNSATURATED, "knobs": {}}
     starts = {"dilation": base.emulation.dilation, "memory_scale": base.emulation.memory_scale,
               "link_gbps": max(n.speed_gbps for h in base.hosts for n in h.nics)}
-    limits = {"dilation": (1e-3, 1000.0), "memory_scale": (1e-6, 1.0), "link_gbps": (1e-3, 1e4)}
+    limits = {"dilation": (1e-3, MAX_DILATION), "memory_scale": (1e-6, 1.0), "link_gbps": (MIN_GBPS, MAX_GBPS)}
     for knob in knobs:
         _, harder_up = KNOBS[knob]
 

@@ -110,6 +110,7 @@ class CorePool:
         self.priority = priority
         self._free = list(range(self.cores))  # ids below `shared` are the shared cores
         self._cv = threading.Condition()
+        self._waiters = 0  # threads waiting for a free core
         self._lock = threading.Lock()
         self.charged_s = 0.0
         self.overrun_s = 0.0
@@ -122,17 +123,37 @@ class CorePool:
         self.held_by: dict = {}  # tag -> real seconds held
 
     @contextmanager
-    def core(self, tag=None):
+    def core(self, tag=None, clock: "CoreClock | None" = None):
+        """A free core for one piece of work. With a `clock` (a thread's, see CoreClock) whose
+        work runs back to back, the work begins where the thread's previous work ended in
+        emulated time, not when this thread got round to it: real lateness (a late wake-up, a
+        socket send) is made up by the next charges instead of piling up batch after batch."""
+        waited = False
         with self._cv:
             while not self._free:
+                waited = True
+                self._waiters += 1
                 self._cv.wait()
+                self._waiters -= 1
             self._free.sort()
             cid = self._free.pop()  # the highest id: unshared cores first
-        t0 = time.monotonic()
+        now = time.monotonic()
+        carried = clock is not None and clock.busy and not waited
+        start = min(now, max(clock.t, clock.not_before)) if carried else now
+        c = _Core(self, start, self.priority if cid < self.shared else 1.0, tag)
         try:
-            yield _Core(self, t0, self.priority if cid < self.shared else 1.0, tag)
+            yield c
         finally:
-            held = time.monotonic() - t0
+            end = time.monotonic()
+            with self._cv:
+                # Past its emulated end, a thread that had caught up with its schedule (it slept to
+                # its last deadline) only woke up and handed over: no thread waited for its core,
+                # and its own next work continues from that end, so the lateness is not counted.
+                tail = max(0.0, end - c.t) if clock is not None and c.on_time and not self._waiters else 0.0
+            # Held from when it really began; never less than charged (lateness made up is not credit).
+            held = max(end - now - tail, c.charged)
+            if clock is not None:
+                clock.t, clock.busy = c.t, False
             with self._cv:
                 self._free.append(cid)
                 self._cv.notify()
@@ -155,27 +176,45 @@ class CorePool:
                     "charged_by": dict(self.charged_by), "held_by": dict(self.held_by)}
 
 
+class CoreClock:
+    """One thread's place in emulated CPU time, kept from one use of a core to the next.
+
+    The thread sets `busy` when its next work was already waiting as it finished the last
+    (a task queued, a batch arrived): the work then starts at `t`, where the last one ended
+    in emulated time (or at `not_before`, when its input came later than that). A thread
+    that had to wait for work starts afresh (CorePool.core)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0  # where its last work ended on the emulated schedule (monotonic seconds)
+        self.busy = False
+        self.not_before = 0.0  # when the next work became available on the emulated schedule (0: no later than t)
+
+
 class _Core:
     def __init__(self, pool: CorePool, started: float, speed: float = 1.0, tag=None) -> None:
         self.pool = pool
         self.tag = tag
         self.t = started
         self.speed = speed  # below 1 on a core shared with co-located VMs
+        self.charged = 0.0  # real seconds charged on it so far
+        self.on_time = False  # whether its last charge found it on schedule (it slept to the deadline)
 
     def charge(self, real_s: float) -> None:
-        """Busy until `real_s` (stretched on a shared core) after the previous charge ended."""
+        """Busy until `real_s` (stretched on a shared core) after the previous charge ended.
+        Work that ran late does not move the schedule: later charges make it up, if they can."""
         real_s /= self.speed
         deadline = self.t + real_s
         late = time.monotonic() - deadline
-        if late > 0:
-            self.pool._account(real_s, late, self.tag)
-            self.t = time.monotonic()
-        else:
+        self.on_time = late <= 0  # it caught up with its schedule: what follows is wake-up and hand-over
+        if self.on_time:
             sleep_until(deadline)
-            self.pool._account(real_s, 0.0, self.tag)
-            self.t = deadline
+        self.pool._account(real_s, max(0.0, late), self.tag)
+        self.charged += real_s
+        self.t = deadline
 
-    def hold(self, real_s: float) -> None:
-        """Spend `real_s` on this core doing nothing real (a modelled step)."""
-        self.t = max(self.t, time.monotonic())
+    def hold(self, real_s: float, waited: float = 0.0) -> None:
+        """Spend `real_s` on this core doing nothing real (a modelled step), after `waited`
+        real seconds spent waiting for it (e.g. for the address-space lock), which move
+        the schedule on as they happened."""
+        self.t += waited
         self.charge(real_s)

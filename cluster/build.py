@@ -63,7 +63,10 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, namespace=namespace,
                    log_to_driver=False, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                   dashboard_port=dashboard_port, configure_logging=False)
+                   dashboard_port=dashboard_port, configure_logging=False,
+                   # Ray starts its workers at niceness 15; the hosts' and links' timing is the
+                   # emulation, so they run at the priority of the command that started them.
+                   _system_config={"worker_niceness": 0})
     url = getattr(ctx, "dashboard_url", None)
     return f"http://{url}" if dashboard and url else None
 

@@ -9,7 +9,7 @@
   livemig reproduce SUITE     run a paper's experiment pairs (or the model grid) and compare
   livemig list                the shipped scenarios
   livemig techniques          the migration techniques and their options
-  livemig bench pipeline|link|crossnode|codec|lru|disk   figures of this machine
+  livemig bench pipeline|link|crossnode|codec|lru|disk|capacity   figures of this machine
 
 Exit codes: 0 done (and verified), 1 the migration failed or was aborted,
 2 bad input (one line on stderr naming file, field and what is allowed).
@@ -529,6 +529,29 @@ def bench_crossnode(mib: int = typer.Option(64, min=1, max=4096, help="Real MiB 
     if mix not in MIXES:
         _fail_input([f"--mix: unknown content {mix!r}; allowed: {', '.join(MIXES)}"])
     print(json.dumps(crossnode_bench(mib, batch_pages, repeats, mix), indent=2))
+
+
+@bench_app.command("capacity")
+def bench_capacity(scenario: Path = typer.Argument(..., help="Scenario whose faithful range to find."),
+                   knob: list[str] = typer.Option(["dilation", "memory_scale", "link_gbps"], "--knob",
+                                                  help="What to search: dilation, memory_scale, link_gbps."),
+                   steps: int = typer.Option(3, min=0, max=10, help="Bisection runs after the side changes.")) -> None:
+    """The smallest dilation, and at dilation 1 the largest memory_scale and link speed, at which
+    SCENARIO runs unsaturated (fidelity.saturation < 0.05): a few runs in one Ray per knob."""
+    from cluster.capacity import KNOBS, capacity
+    from cluster.reproduce import one_ray
+    from cluster.runner import RunOptions, run_scenario
+    from cluster.scenario import read_scenario_text
+
+    bad = [k for k in knob if k not in KNOBS]
+    if bad:
+        _fail_input([f"livemig bench capacity: --knob {bad[0]!r} is not one of {', '.join(KNOBS)}"])
+    _load(scenario)  # a bad scenario: one line, exit 2, before Ray starts
+    err = Console(stderr=True)
+    with one_ray():
+        out = capacity(read_scenario_text(scenario), str(scenario), lambda sc: run_scenario(sc, RunOptions()),
+                       tuple(knob), steps, progress=lambda line: err.print(line, highlight=False))
+    print(json.dumps(out, indent=2))
 
 
 @bench_app.command("lru")

@@ -246,6 +246,9 @@ def _cpu(sl, m, total_s: float) -> dict:
     widths = (min(m.plan.options.consumers, m.plan.source.cores), min(n_conns, m.plan.destinations[0].cores))
     real_total = total_s * sl.scale.dilation
     saturation = max((lag / (real_total * w) if real_total > 0 else 0.0) for lag, w in zip((lag_src, lag_dst), widths))
+    # Passes that ended later than their batches' emulated stamps say (agents/datapath/pipeline.py drift_s).
+    drift = m.final.get("drift_s", 0.0)
+    saturation = max(saturation, drift / real_total if real_total > 0 else 0.0)
     return {"cpu_seconds": of(ua, "charged_by", send) / sl.scale.dilation,
             "cpu_seconds_destination": of(da, "charged_by", recv) / sl.scale.dilation,
             "saturation": saturation}

@@ -63,6 +63,13 @@ class Topology:
         return [lp for lp in self.links if lp.index in used]
 
 
+# Real seconds of a connection's rate its ring holds beyond the bandwidth-delay product: a
+# slot's round trip (sender -> link -> receiver -> acknowledgement) wakes three processes,
+# each of which may wait milliseconds for a core on a loaded 2-core machine (measured:
+# 8 slots held a 10 Gbit/s link at memory_scale 1 to 0.9 GB/s, 32 slots to 1.0-1.1 GB/s).
+RING_REAL_S = 0.010
+
+
 def auto_batch_pages(real_rate: float, scale: Scale, target_emulated_s: float = 0.008) -> int:
     """Pages per batch so one batch crosses its connection in a few emulated ms.
 
@@ -111,8 +118,10 @@ def _connections(scenario: Scenario, scale: Scale, links: dict, conns: list, mp,
         batch = o.batch_pages or auto_batch_pages(share, scale)
         bdp = share * 2 * lp.one_way_s
         # Headroom past the bandwidth-delay product: a slot also waits for its
-        # batch to serialize at line rate and be restored (a NIC queue, not credit).
-        slots = int(min(32, max(8, math.ceil(bdp / (batch * PAGE)) + 6)))
+        # batch to serialize at line rate and be restored (a NIC queue, not credit),
+        # and for three processes of this machine to wake up on its way round.
+        ring = bdp + share * RING_REAL_S
+        slots = int(min(32, max(8, math.ceil(ring / (batch * PAGE)) + 6)))
         conns.append(ConnectionPlan(len(conns), lp.index, batch, slots, mp.index, d))
 
 

@@ -118,3 +118,25 @@ def test_time_sliced_strategy_makes_many_iterations_and_verifies(ray_cluster):
     # One slice per 16 MiB on the wire (zero pages are 9 bytes each): about 1024 x 0.75 / 16 = 48 in the first pass.
     assert r["iterations"] > 30
     assert r["iteration_log"] == []  # slices are counted, not logged one by one
+
+
+def test_the_destination_image_is_resident_once_the_run_is_set_up(ray_cluster):
+    """Set-up (cluster/build.py) prefaults the destination's copy for real (agents/datapath/shm.py): every page is
+    allocated in /dev/shm and mapped in the destination host's process before the clock starts."""
+    import ray
+
+    from cluster.build import Cluster, RunOptions, build_slice
+    from cluster.scaling import Scale
+    from cluster.scenario import load_scenario
+    from tests.conftest import ROOT
+
+    sc = load_scenario(ROOT / "scenarios" / "quickstart.toml")
+    scale = Scale(sc.emulation.memory_scale, sc.emulation.dilation)
+    with Cluster(sc, scale, RunOptions()) as cl:
+        sl = build_slice(cl, sc, scale, RunOptions())
+        mp = sc.migration_plans()[0]
+        key = sl.copy_key(mp.vm_index, mp.index)
+        resident, allocated = ray.get(sl.hosts[mp.destination.name].image_resident_bytes.remote(key))
+    size = sl.npages[mp.vm_index] * 4096
+    assert allocated == size
+    assert resident == size

@@ -34,3 +34,12 @@ def test_prefault_allocates_every_page_and_keeps_contents(region, how, monkeypat
     region.prefault()
     assert allocated(region.path) == SIZE
     assert (pages[3, :8] == 7).all() and not pages[4:].any() and not pages[:3].any()
+
+
+def test_a_prefaulted_region_is_resident_in_the_process_that_mapped_it(region):
+    assert shm.resident_bytes(region.path) == 0  # mapped, never touched
+    region.pages()[5, 0] = 1
+    assert shm.resident_bytes(region.path) == 4096
+    region.prefault()
+    assert shm.resident_bytes(region.path) == SIZE
+

@@ -203,3 +203,24 @@ def test_unknown_encoding_byte_raises():
     slot.enc[0] = 7  # page 0 was a zero page; payload_len is still consistent
     with pytest.raises(ValueError):
         restore_pages(np.full_like(src, 0xAA), slot)
+
+
+def test_the_compiled_page_copies_match_numpy():
+    """agents/datapath/_pagecopy.c: gather keeps the non-zero pages in batch order, scatter and
+    clear write exactly the pages named, and a page number outside the image moves nothing."""
+    from agents.datapath import _pagecopy
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (64, PAGE), dtype=np.uint8)
+    image[[2, 5, 9]] = 0
+    image[7, :-1] = 0  # non-zero only in its last byte
+    idx = np.array([9, 7, 2, 30, 5, 1], dtype=np.int64)
+    out, zero = np.zeros((len(idx), PAGE), np.uint8), np.zeros(len(idx), np.uint8)
+    k = _pagecopy.gather(image, idx, out, zero)
+    assert zero.tolist() == [1, 0, 1, 0, 1, 0] and k == 3
+    assert (out[:k] == image[[7, 30, 1]]).all()
+    dst = np.full_like(image, 0xAA)
+    _pagecopy.scatter(dst, idx[zero == 0], out)
+    _pagecopy.clear(dst, idx[zero == 1])
+    assert (dst[idx] == image[idx]).all() and (np.delete(dst, idx, axis=0) == 0xAA).all()
+    with pytest.raises(ValueError, match="outside"):
+        _pagecopy.scatter(dst, np.array([64], dtype=np.int64), out)

@@ -27,7 +27,7 @@ from agents.datapath.pipeline import SourcePipeline
 from agents.datapath.range_lock import GlobalLock, RangeLock, ReadWriteLock
 from agents.datapath.receiver import PageReceiver
 from agents.datapath.sender import PageSender
-from agents.datapath.shm import Region
+from agents.datapath.shm import Region, resident_bytes
 from agents.datapath.wire_format import SlotLayout
 from agents.encodings import cost_model as codec_costs
 from agents.encodings.encoding import BatchEncoder, Compression, XbzrleCaches
@@ -98,6 +98,11 @@ class HostAgent(CrossNodeEnds):
         self.access[key] = Region.create(path + "-acc", bitmap_bytes(npages))
         self.images[key] = region
         return time.monotonic() - t0
+
+    def image_resident_bytes(self, key: str) -> tuple[int, int]:
+        """(bytes of image `key` resident in this process's page tables, bytes allocated in its file)."""
+        region = self.images[key]
+        return resident_bytes(region.path), os.stat(region.path).st_blocks * 512
 
     def release_image(self, key: str) -> None:
         """Discard an image (a cancelled migration's partial copy)."""
@@ -374,6 +379,7 @@ class HostAgent(CrossNodeEnds):
             out["xbzrle"] = job.caches.counters(m)
         out["pool_high_water_bytes"] = job.pipeline.pool.high_water
         out["lock"] = job.pipeline.lock.stats()
+        out["drift_s"] = getattr(job.pipeline, "drift_s", 0.0)
         out["events"] = job.ctx.events[since:] if job.ctx else []
         return out
 

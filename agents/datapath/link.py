@@ -281,9 +281,9 @@ class LinkShaper:
 
     def _deliver(self, now: float) -> None:
         while self._line and self._line[0][0] <= now:
-            _, conn, d = self._line.popleft()
-            try:
-                conn.outbound.sock.send(DESCRIPTOR.pack(*d))
+            arrival, conn, d = self._line.popleft()
+            try:  # t_done: when it arrived on the emulated schedule, however late this thread is
+                conn.outbound.sock.send(DESCRIPTOR.pack(*d[:7], min(arrival, now)))
             except OSError:
                 pass  # the receiver is gone (tear-down)
             if d is _CLOSE:

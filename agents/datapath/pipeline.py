@@ -23,13 +23,14 @@ technique sets and lifts it (`set_rate_limit`).
 from __future__ import annotations
 
 import queue
+import time
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from agents.cpu import CorePool, CostModel
+from agents.cpu import CoreClock, CorePool, CostModel
 from agents.datapath.memory_pool import MemoryPool
 from agents.datapath.range_lock import AddressSpaceLock
 from agents.datapath.rate_limit import RateLimit
@@ -48,6 +49,7 @@ class _Task:
     phase: str
     nbytes: int
     call: "_Call"
+    queued_at: float = 0.0  # when the producer handed it over (monotonic seconds)
 
 
 class _Call:
@@ -56,13 +58,15 @@ class _Call:
     def __init__(self) -> None:
         self.outstanding = 0
         self.wire = 0
+        self.done_t = 0.0  # when its last task's charged work ended, on the emulated schedule
         self.error: BaseException | None = None
         self.cv = threading.Condition()
 
-    def done(self, wire: int) -> None:
+    def done(self, wire: int, t: float = 0.0) -> None:
         with self.cv:
             self.outstanding -= 1
             self.wire += wire
+            self.done_t = max(self.done_t, t)
             self.cv.notify_all()
 
 
@@ -89,6 +93,11 @@ class SourcePipeline:
         self.barrier_each_pass = len(connections) > 1
         self.limit = RateLimit()
         self.crash: BaseException | None = None  # an injected crash, raised in the migration thread
+        # Real seconds by which passes ended after their last batch was restored on the emulated
+        # schedule (the batches' stamps): this machine's lateness that stretched the migration.
+        self.drift_s = 0.0
+        self._drained_to = 0.0
+        self._late = 0.0  # the lateness found at the last check
         self._threads = [threading.Thread(target=self._consume, args=(i,), daemon=True, name=f"consumer-{i}")
                          for i in range(consumers)]
         for t in self._threads:
@@ -100,6 +109,7 @@ class SourcePipeline:
         """Send pages `idx` of `image` through the consumers; returns wire bytes (real)."""
         self._crash_point()
         call = _Call()
+        self._late = 0.0  # its tasks are scheduled from now (their queueing time) on
         for start in range(0, len(idx), self.task_pages):
             self._crash_point()
             if should_stop():
@@ -109,10 +119,11 @@ class SourcePipeline:
             self.pool.acquire(nbytes)  # blocks while the consumers are behind
             with call.cv:
                 call.outstanding += 1
-            self.tasks.put(_Task(vm, image, chunk, phase, nbytes, call))
+            self.tasks.put(_Task(vm, image, chunk, phase, nbytes, call, time.monotonic()))
         with call.cv:
             while call.outstanding:
                 call.cv.wait(0.5)
+        self._behind(call.done_t)  # the next tasks are queued from now: count how late this is
         if call.error is not None:
             raise call.error
         if self.barrier_each_pass:
@@ -139,9 +150,24 @@ class SourcePipeline:
         self.limit.set_rate(rate_bytes_s)
 
     def drain(self) -> float:
+        """Wait until every batch is restored; returns when the last was, on the emulated schedule.
+        How much later than that this really happened adds to `drift_s`."""
         self._crash_point()
-        return max(c.drain() for c in self.connections)
+        last = max(c.drain() for c in self.connections)
+        if last > self._drained_to:
+            self._behind(last)
+            self._drained_to = last
+        return last
 
+    def _behind(self, scheduled: float) -> None:
+        """Work scheduled to end at `scheduled` (emulated schedule) really ended now: what follows
+        starts from now, so the lateness stays in the run's times; add it to `drift_s` (only what
+        is new since the last check, whose lateness the batches after it carried on)."""
+        if scheduled <= 0:
+            return
+        late = max(0.0, time.monotonic() - scheduled)
+        self.drift_s += max(0.0, late - self._late)
+        self._late = late
     def reset(self) -> None:
         """The connections broke: drop what they still hold at the link (post-copy recovery)."""
         for c in self.connections:
@@ -159,6 +185,7 @@ class SourcePipeline:
         base = me * _WINDOW
         c = self.costs
         shootdown = c.shootdown_us * (self.consumers - 1)
+        clock = CoreClock()  # its place in emulated CPU time, from one task to the next
         while True:
             task = self.tasks.get()
             if task is None:
@@ -168,11 +195,14 @@ class SourcePipeline:
             wire = 0
             try:
                 slot = conn.acquire_slot()  # waiting for the wire takes no core
+                # The task starts on the emulated schedule: once this consumer's last task ended,
+                # the task was queued and its slot came back, not when this thread got to it.
+                clock.busy, clock.not_before = True, max(task.queued_at, conn.freed_at[slot])
                 # One core for the whole task: fewer hand-overs between threads,
                 # so per-task overhead stays inside the charged time. A consumer
                 # waiting for the address-space lock keeps its core, as a thread
                 # spinning on mmap_sem's wait queue would.
-                with self.cores.core(self.tag) as core:
+                with self.cores.core(self.tag, clock) as core:
                     self._locked_step(core, base, length, "mmap", c.mmap_us, n)
                     self._locked_step(core, base, length, "map", c.map_us, n)
                     stats = conn.pack(slot, task.image, task.idx, self.encoders and self.encoders[me], task.vm,
@@ -184,8 +214,8 @@ class SourcePipeline:
                     core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, stats.pages - stats.zero)
                                 + self.real_s(stats.model_us, 1))
                     capped = self.limit.active
-                    if not capped:
-                        conn.post(slot, task.vm, stats.pages, stats)
+                    if not capped:  # sent when its charged work ended, however late this thread is
+                        conn.post(slot, task.vm, stats.pages, stats, at=core.t)
                     wire = stats.wire_bytes
                     self._locked_step(core, base, length, "munmap", c.munmap_us + shootdown, n)
                 if capped:
@@ -196,11 +226,12 @@ class SourcePipeline:
                 task.call.error = exc
             finally:
                 self.pool.release(task.nbytes)
-                task.call.done(wire)
+                task.call.done(wire, clock.t)
 
     def _locked_step(self, core, start: int, length: int, mode: str, us_per_page: float, n: int) -> None:
         """A modelled address-space operation: hold the lock for its cost, on `core`."""
         if us_per_page <= 0:
             return
+        asked = time.monotonic()
         with self.lock.hold(start, length, mode):
-            core.hold(self.real_s(us_per_page, n))
+            core.hold(self.real_s(us_per_page, n), time.monotonic() - asked)

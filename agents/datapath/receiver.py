@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from agents.cpu import CorePool
+from agents.cpu import CoreClock, CorePool
 from agents.datapath.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, KIND_DROPPED, KIND_NACK, Channel
 from agents.datapath.wire_format import (
     ENC_ZERO,
@@ -65,6 +65,7 @@ class PageReceiver:
         self._thread.start()
 
     def _run(self) -> None:
+        clock = CoreClock()  # each restore continues the emulated schedule of the ones before
         while True:
             d = self.from_link.recv()
             if d is None or d[0] == KIND_CLOSE:
@@ -78,9 +79,13 @@ class PageReceiver:
                 self.batches_corrupted += 1
                 self.acks.send(KIND_NACK, vm, slot, npages, 0, d[5], d[6], time.monotonic())
                 continue
+            done = time.monotonic()
             if kind == KIND_BATCH:
                 device_wait = 0.0
-                with self.cores.core((vm, "receive")) as core:
+                # It starts when it arrived (the link's t_done) or when the last batch's restore
+                # ended on the emulated schedule, whichever is later; not when this thread woke up.
+                clock.busy, clock.not_before = d[7] > 0, d[7]
+                with self.cores.core((vm, "receive"), clock) as core:
                     zero = int(np.count_nonzero(self.views[slot].enc[:npages] == ENC_ZERO))
                     try:
                         view, swap = self.views[slot], self.swaps.get(vm)
@@ -98,11 +103,13 @@ class PageReceiver:
                     model_us = self.unpacker.take_model_us()
                     self.decode_model_us += model_us
                     core.charge(self.restore_cost(npages, npages - zero) + self.decode_cost(model_us))
+                done = min(core.t, time.monotonic())  # restored when its charged work ended
                 if device_wait > 0:  # the swap device, not a core, holds the batch up
                     time.sleep(device_wait)
                 self.pages_restored += npages
                 self.restored_by[vm] = self.restored_by.get(vm, 0) + npages
-            self.acks.send(KIND_ACK, vm, slot, npages, 0, d[5], d[6], time.monotonic())
+                done = max(done, time.monotonic()) if device_wait > 0 else done
+            self.acks.send(KIND_ACK, vm, slot, npages, 0, d[5], d[6], done)
         try:
             self.acks.send(KIND_CLOSE)
         except OSError:

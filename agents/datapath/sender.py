@@ -76,6 +76,7 @@ class PageSender:
         self.layout = layout
         self.views = [SlotView(ring, i, layout) for i in range(slots)]
         self.free: queue.Queue[int] = queue.Queue()
+        self.freed_at = [0.0] * slots  # per slot: when it came back (monotonic seconds, emulated schedule)
         for i in range(slots):
             self.free.put(i)
         self.to_link = to_link
@@ -102,6 +103,8 @@ class PageSender:
                 self._resend(d[2])
             elif d[0] in (KIND_ACK, KIND_DROPPED):
                 self._inflight.pop(d[2], None)
+                # Free since its restore ended on the emulated schedule (the ack's t_done).
+                self.freed_at[d[2]] = d[7] if d[0] == KIND_ACK and d[7] > 0 else time.monotonic()
                 self.free.put(d[2])
                 with self._cv:
                     self._outstanding -= 1
@@ -174,7 +177,9 @@ class PageSender:
         self._inflight[slot] = (vm, image, idx.copy())
         return stats
 
-    def post(self, slot: int, vm: int, npages: int, stats: PackStats) -> None:
+    def post(self, slot: int, vm: int, npages: int, stats: PackStats, at: float | None = None) -> None:
+        """Hand the packed slot to the link; `at`: when it was sent on the emulated schedule
+        (monotonic seconds, not later than now; default now)."""
         with self._cv:
             c = self.counters
             c.pages_normal += stats.normal
@@ -187,7 +192,7 @@ class PageSender:
             c.encode_s += stats.encode_s
             c.encode_model_us += stats.model_us
             c.wire_bytes += stats.wire_bytes
-        self._post(KIND_BATCH, vm, slot, npages, stats.wire_bytes)
+        self._post(KIND_BATCH, vm, slot, npages, stats.wire_bytes, at)
 
     def send_state(self, vm: int, state_bytes: int) -> None:
         """CPU and device state: one message of the given wire size (single-threaded, as in the paper)."""
@@ -198,7 +203,7 @@ class PageSender:
             self.counters.state_bytes += state_bytes
         self._post(KIND_STATE, vm, slot, 0, state_bytes)
 
-    def _post(self, kind: int, vm: int, slot: int, npages: int, wire_bytes: int) -> None:
+    def _post(self, kind: int, vm: int, slot: int, npages: int, wire_bytes: int, at: float | None = None) -> None:
         with self._cv:
             if self._outstanding == 0:
                 self._progress_t = time.monotonic()
@@ -206,7 +211,8 @@ class PageSender:
             self._seq += 1
             seq = self._seq
             self.counters.batches += 1
-            self.to_link.send(kind, vm, slot, npages, wire_bytes, seq, time.monotonic())
+            now = time.monotonic()
+            self.to_link.send(kind, vm, slot, npages, wire_bytes, seq, now if at is None else min(at, now))
 
     def drain(self, timeout: float = 600.0) -> float:
         """Wait until every batch posted so far is restored; returns the last restore time."""

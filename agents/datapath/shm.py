@@ -80,6 +80,23 @@ class Region:
             pass
 
 
+def resident_bytes(path: str, smaps: str = "/proc/self/smaps") -> int:
+    """Bytes of the file `path` that this process has mapped and resident (Rss in `smaps`):
+    pages it can touch without a fault. 0 where it is not mapped or the kernel has no smaps."""
+    total, mine = 0, False
+    try:
+        with open(smaps) as f:
+            for line in f:
+                head = line.split(maxsplit=5)
+                if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line: range perms offset dev inode [path]
+                    mine = len(head) == 6 and head[5].rstrip("\n") == path
+                elif mine and head[0] == "Rss:":
+                    total += int(head[1]) * 1024
+    except OSError:
+        return 0
+    return total
+
+
 def remove_run(run_id: str) -> int:
     """Remove every region of a run; returns how many were removed."""
     n = 0

@@ -36,6 +36,11 @@ import mmh3
 import numpy as np
 
 from agents.encodings import xbzrle
+
+try:
+    from agents.datapath import _pagecopy
+except ImportError:  # not built: numpy does the copies, holding the GIL
+    _pagecopy = None
 from agents.encodings.zero_pages import zero_mask
 
 PAGE = 4096
@@ -143,6 +148,23 @@ class PackStats:
         return self.normal + self.zero + self.compressed + self.delta
 
 
+def _gather(image: np.ndarray, idx: np.ndarray, payload: np.ndarray) -> tuple[np.ndarray, int]:
+    """Copy the non-zero pages `idx` of `image` into `payload`, back to back; returns
+    (zero mask, number copied). One pass without the GIL (agents/datapath/_pagecopy.c)."""
+    n = len(idx)
+    if _pagecopy is not None and image.flags.c_contiguous:
+        zero = np.empty(n, dtype=np.uint8)
+        k = _pagecopy.gather(image, np.ascontiguousarray(idx, dtype=np.int64), payload, zero)
+        return zero.view(bool), k
+    gathered = payload.reshape(n, PAGE)
+    np.take(image, idx, axis=0, out=gathered)
+    zero = zero_mask(gathered)
+    k = n - int(np.count_nonzero(zero))
+    if k < n:
+        gathered[:k] = gathered[~zero]  # fancy indexing copies first, so the overlap is safe
+    return zero, k
+
+
 def pack_pages(image: np.ndarray, idx: np.ndarray, slot: SlotView) -> PackStats:
     """Gather pages `idx` of `image` into `slot`: zero pages as markers, others raw.
 
@@ -150,15 +172,10 @@ def pack_pages(image: np.ndarray, idx: np.ndarray, slot: SlotView) -> PackStats:
     zero pages are the others moved up to close the gaps.
     """
     n = len(idx)
-    gathered = slot.payload[: n * PAGE].reshape(n, PAGE)
-    np.take(image, idx, axis=0, out=gathered)
-    zero = zero_mask(gathered)
+    zero, k = _gather(image, idx, slot.payload[: n * PAGE])
+    nz = n - k
     slot.idx[:n] = idx
     slot.enc[:n] = np.where(zero, ENC_ZERO, ENC_NORMAL)
-    nz = int(np.count_nonzero(zero))
-    k = n - nz
-    if nz:
-        gathered[:k] = gathered[~zero]  # fancy indexing copies first, so the overlap is safe
     slot.lengths[:n] = np.where(zero, 0, PAGE)
     slot.set_header(n, 0, k * PAGE)
     wire = n * PAGE_HEADER_BYTES + nz * ZERO_MARKER_BYTES + k * PAGE
@@ -240,10 +257,15 @@ def restore_pages(image: np.ndarray, slot: SlotView, unpacker: Unpacker | None =
     if nd:
         # Deltas first: decode_batch validates all of them before writing any page.
         u.decode_deltas(slot.payload[frames_end: payload_len], dlens, image, idx[delta])
-    if k:
+    fast = _pagecopy is not None and image.flags.c_contiguous
+    if k and fast:
+        _pagecopy.scatter(image, np.ascontiguousarray(idx[normal], dtype=np.int64), slot.payload[: k * PAGE])
+    elif k:
         image[idx[normal]] = slot.payload[: k * PAGE].reshape(k, PAGE)
     for row, page in zip(idx[packed].tolist(), pages):
         image[row] = np.frombuffer(page, dtype=np.uint8)
-    if k + nd + nc < n:
+    if k + nd + nc < n and fast:
+        _pagecopy.clear(image, np.ascontiguousarray(idx[zero], dtype=np.int64))
+    elif k + nd + nc < n:
         image[idx[zero]] = 0
     return n

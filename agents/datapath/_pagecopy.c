@@ -1,0 +1,156 @@
+/*
+ * _pagecopy.c - the data path's page copies, compiled, without the GIL.
+ *
+ * Packing a batch (agents/datapath/wire_format.py pack_pages) gathers its pages
+ * out of the guest image, finds the zero pages and keeps only the others; in
+ * numpy that is three passes over the bytes (gather, zero scan, close the
+ * gaps) holding the GIL, so the consumers of one process took turns.  Here it
+ * is one pass: a page is scanned for a non-zero word (which a page with
+ * contents has at once) and copied if it has one.  Restoring (restore_pages)
+ * scatters the normal pages and clears the zero ones.  Both release the GIL
+ * while they copy, so PMigrate's consumers (and its receivers) run in
+ * parallel, as the paper's threads do.
+ *
+ * gather(image, index, out, zero_out) -> k
+ *     image: pages of page_size bytes; index: int64 page numbers (n);
+ *     out: writable, at least n pages; zero_out: writable uint8 (n), set to
+ *     1 for a zero page, 0 otherwise.  The non-zero pages land in out back
+ *     to back, in batch order; returns how many (k).
+ * scatter(image, index, payload) -> None
+ *     page index[i] of the writable image gets page i of payload.
+ * clear(image, index) -> None
+ *     page index[i] of the writable image becomes all zero.
+ * Page numbers are checked against the image before any byte moves
+ * (ValueError).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define PS 4096
+
+static int is_zero(const uint8_t *p)
+{
+    const uint64_t *w = (const uint64_t *)p;
+    for (Py_ssize_t i = 0; i < PS / 8; i += 8) {
+        if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7])
+            return 0;
+    }
+    return 1;
+}
+
+/* The index as int64 page numbers, all inside an image of `pages` pages. */
+static int check_index(Py_buffer *ix, Py_ssize_t pages)
+{
+    if (ix->len % (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "index must be int64 page numbers");
+        return -1;
+    }
+    const int64_t *p = ix->buf;
+    for (Py_ssize_t k = 0; k < ix->len / (Py_ssize_t)sizeof(int64_t); k++) {
+        if (p[k] < 0 || p[k] >= pages) {
+            PyErr_Format(PyExc_ValueError, "page %lld is outside the image of %zd pages", (long long)p[k], pages);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *py_gather(PyObject *self, PyObject *args)
+{
+    Py_buffer image, ix, out, zero;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*:gather", &image, &ix, &out, &zero)) return NULL;
+    PyObject *res = NULL;
+    Py_ssize_t n = ix.len / (Py_ssize_t)sizeof(int64_t);
+    if (check_index(&ix, image.len / PS) < 0) goto done;
+    if (out.len < n * PS || zero.len < n) {
+        PyErr_SetString(PyExc_ValueError, "out or zero_out is shorter than the batch");
+        goto done;
+    }
+    {
+        const uint8_t *img = image.buf;
+        const int64_t *p = ix.buf;
+        uint8_t *o = out.buf, *z = zero.buf;
+        Py_ssize_t k = 0;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const uint8_t *page = img + p[i] * PS;
+            z[i] = (uint8_t)is_zero(page);
+            if (!z[i]) memcpy(o + (k++) * PS, page, PS);
+        }
+        Py_END_ALLOW_THREADS
+        res = PyLong_FromSsize_t(k);
+    }
+done:
+    PyBuffer_Release(&image);
+    PyBuffer_Release(&ix);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&zero);
+    return res;
+}
+
+static PyObject *py_scatter(PyObject *self, PyObject *args)
+{
+    Py_buffer image, ix, payload;
+    if (!PyArg_ParseTuple(args, "w*y*y*:scatter", &image, &ix, &payload)) return NULL;
+    PyObject *res = NULL;
+    Py_ssize_t n = ix.len / (Py_ssize_t)sizeof(int64_t);
+    if (check_index(&ix, image.len / PS) < 0) goto done;
+    if (payload.len < n * PS) {
+        PyErr_SetString(PyExc_ValueError, "payload is shorter than the batch");
+        goto done;
+    }
+    {
+        uint8_t *img = image.buf;
+        const int64_t *p = ix.buf;
+        const uint8_t *src = payload.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) memcpy(img + p[i] * PS, src + i * PS, PS);
+        Py_END_ALLOW_THREADS
+        res = Py_NewRef(Py_None);
+    }
+done:
+    PyBuffer_Release(&image);
+    PyBuffer_Release(&ix);
+    PyBuffer_Release(&payload);
+    return res;
+}
+
+static PyObject *py_clear(PyObject *self, PyObject *args)
+{
+    Py_buffer image, ix;
+    if (!PyArg_ParseTuple(args, "w*y*:clear", &image, &ix)) return NULL;
+    PyObject *res = NULL;
+    Py_ssize_t n = ix.len / (Py_ssize_t)sizeof(int64_t);
+    if (check_index(&ix, image.len / PS) < 0) goto done;
+    {
+        uint8_t *img = image.buf;
+        const int64_t *p = ix.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) memset(img + p[i] * PS, 0, PS);
+        Py_END_ALLOW_THREADS
+        res = Py_NewRef(Py_None);
+    }
+done:
+    PyBuffer_Release(&image);
+    PyBuffer_Release(&ix);
+    return res;
+}
+
+static PyMethodDef methods[] = {
+    {"gather", py_gather, METH_VARARGS, "gather(image, index, out, zero_out) -> k"},
+    {"scatter", py_scatter, METH_VARARGS, "scatter(image, index, payload) -> None"},
+    {"clear", py_clear, METH_VARARGS, "clear(image, index) -> None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "agents.datapath._pagecopy",
+    "Compiled page copies of the data path; use agents.datapath.wire_format instead.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__pagecopy(void)
+{
+    return PyModule_Create(&module);
+}

@@ -711,6 +711,17 @@ class Scenario(_Strict):
                                      "bandwidth_gbps": p.bandwidth_gbps, "rtt_ms": self.network.rtt_ms})
                 for p in pairs]
 
+    def paging_links(self, main: Host, sub: Host) -> list[Link]:
+        """The links a split migration's remote paging crosses between its main host and a
+        sub-host (S-memV §IV-E): as listed, in either direction; when the scenario lists no
+        link at all, their NICs paired by speed. ValueError when there is none."""
+        listed = self.listed_links(main, sub) or self.listed_links(sub, main)
+        if listed:
+            return listed
+        if self.network.links:
+            raise ValueError("none is listed")
+        return self._paired_links(main, sub)
+
     def migration_links(self) -> list[Link]:
         """Links from the source host to the destination host (single-pair scenarios)."""
         return self.links_between(self.source, self.destination)
@@ -720,6 +731,11 @@ class Scenario(_Strict):
         names = [link_name(l) for l in self.network.links]
         for p in self.migration_plans():
             names += [link_name(l) for d in p.destinations for l in self.links_between(p.source, d)]
+            for d in p.destinations[1:] if p.technique == "split" else ():
+                try:
+                    names += [link_name(l) for l in self.paging_links(p.destinations[0], d)]
+                except ValueError:  # reported by _paging_link_problems
+                    pass
         return list(dict.fromkeys(names))
 
     def link_bandwidth_gbps(self, link: Link) -> float:
@@ -932,6 +948,22 @@ def _link_problems(s: Scenario) -> Problems:
                 problems.append((f"migrations[{p.index}].to", f"no link from \"{p.source.name}\" to \"{dst.name}\": none is "
                                  f"listed and their NICs cannot be paired ({exc}); add one with "
                                  f"from = \"{p.source.name}:<nic>\" and to = \"{dst.name}:<nic>\""))
+        if p.technique == "split":
+            problems += _paging_link_problems(s, p)
+    return problems
+
+
+def _paging_link_problems(s: Scenario, p) -> Problems:
+    """A split migration's main host pages to and from each sub-host over a link between them."""
+    main = p.destinations[0]
+    problems: Problems = []
+    for sub in p.destinations[1:]:
+        try:
+            s.paging_links(main, sub)
+        except ValueError as exc:
+            problems.append((f"migrations[{p.index}].to", f"no link between the main host \"{main.name}\" and the "
+                             f"sub-host \"{sub.name}\" for remote paging ({exc}); add one with "
+                             f"from = \"{main.name}:<nic>\" and to = \"{sub.name}:<nic>\""))
     return problems
 
 

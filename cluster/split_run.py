@@ -105,13 +105,12 @@ def finish(orch, m, src, src_key: str) -> float:
     o, scale = m.plan.options, sl.scale
     from agents.techniques.split import capacities, real_chunk_pages
     chunk = real_chunk_pages(o.chunk_pages, scale.memory_scale)
-    lp = sl.topo.links_of_migration(m.index)[0]
     split = {"page_host": table, "history": ray.get(src.split_history.remote(m.index)), "chunk_pages": chunk,
              "capacity": capacities(destination_fields(sl, m)["hosts_gib"], o.device_state_kib * 1024, chunk,
                                     scale.memory_scale)[0],
              "policy": o.split_policy, "migration": m.index,
              "servers": {d: sl.hosts[h.name] for d, h in enumerate(m.plan.destinations) if d > 0},
-             "link": (lp.one_way_s / scale.dilation, lp.emulated_bandwidth_bytes_s),
+             "links": paging_links(sl, m),
              "collect_s": scale.real_seconds(o.history_collect_ms / 1000), "age_every": o.history_age_collections,
              "seed": sl.scenario.emulation.seed + m.index}
     resumed = ray.get(guest.resume_on.remote(sl.paths[main_key], None, split))
@@ -119,6 +118,16 @@ def finish(orch, m, src, src_key: str) -> float:
     orch.tl.event(resumed, "switched-over", vm=m.vm, migration=m.index, host=m.plan.destinations[0].name,
                   verified=True, split=True)
     return resumed
+
+
+def paging_links(sl, m) -> dict:
+    """Sub-host number -> (the LinkAgent between it and the main host, whether page-ins,
+    from the sub-host to the main host, cross it the way it is listed)."""
+    out = {}
+    for d, sub in enumerate(m.plan.destinations[1:], 1):
+        lp = sl.topo.paging_link(m.index, d)
+        out[d] = (sl.links[lp.index], lp.source == sub.name)
+    return out
 
 
 def observe_after_s(scenario) -> float:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.split.history import AccessHistory, bitmap_bytes, chunk_or, mark_accessed
-from agents.split.paging import PageSubTable, RemotePager
+from agents.split.paging import PageSubTable, PagingLine, RemotePager
 from agents.split.splitting import MAIN, assign_hosts, histogram_threshold, lru_split, page_hosts, random_split
 
 
@@ -252,3 +252,42 @@ def test_recovery_is_when_throughput_is_back_and_stays():
     assert recovery_s(series, 1000.0) == 2.0
     assert recovery_s(series, 5000.0) is None
     assert recovery_s([], 1000.0) is None
+
+
+def test_paging_line_brings_the_faulting_page_first_and_queues_behind_earlier_paging():
+    """10 GbE (1.25e9 B/s), 0.1 ms one way: a request crosses, the 4 KiB faulting page
+    arrives after the round trip plus its serialisation, the rest of a 256-page chunk
+    after that; a second fault at once waits for the first chunk to leave the NIC;
+    page-outs go the other way and do not delay page-ins."""
+    line = PagingLine()
+    rate, one_way, chunk = 1.25e9, 1e-4, 256 * 4096
+    first, rest = line.book(0.0, rate, one_way, True, [4096, chunk - 4096], back=chunk)
+    assert first == pytest.approx(2 * one_way + 4096 / rate)
+    assert rest == pytest.approx(2 * one_way + chunk / rate)
+    again = line.book(0.0, rate, one_way, True, [4096, chunk - 4096], back=chunk)
+    assert again[0] == pytest.approx(one_way + chunk / rate + 4096 / rate + one_way)
+    assert line.bytes == [2 * chunk, 2 * chunk]
+    other_way = PagingLine()
+    other_way.free_at[1] = 10.0  # page-outs queued the other way
+    assert other_way.book(0.0, rate, one_way, True, [4096])[0] == pytest.approx(2 * one_way + 4096 / rate)
+    with pytest.raises(ValueError):
+        line.book(0.0, 0.0, one_way, True, [4096])
+
+
+def test_remote_paging_crosses_the_link_between_main_host_and_sub_host():
+    """The topology gives each split migration a paging link per sub-host: the listed
+    main<->sub link, with its own latency and bandwidth, not the migration's first link."""
+    from cluster.scaling import scale_of
+    from cluster.scenario import parse_scenario
+    from cluster.topology import plan
+    from tests.conftest import ROOT
+    text = (ROOT / "scenarios" / "smemv" / "tiny-split.toml").read_text()
+    text = text.replace('from = "main:eth0"\nto = "sub:eth0"\nrtt_ms = 0.2',
+                        'from = "main:eth0"\nto = "sub:eth0"\nrtt_ms = 2.0\nbandwidth_gbps = 1')
+    sc = parse_scenario(text, "tiny-split.toml")
+    topo = plan(sc, scale_of(sc))
+    lp = topo.paging_link(0, 1)
+    assert (lp.source, lp.destination) == ("main", "sub")
+    assert lp.emulated_bandwidth_bytes_s == pytest.approx(1e9 / 8)
+    assert lp.one_way_s == pytest.approx(scale_of(sc).real_seconds(1e-3))
+    assert lp.index not in {x.index for x in topo.links_of_migration(0)}

@@ -85,3 +85,25 @@ def test_swap_assisted_pages_to_the_device_during_and_after_and_verifies(ray_clu
     # The device's time (at 510 MB/s) is in the migration time: the figure comes from the model.
     assert during["device_busy_s"] >= during["swapped_out_pages"] * 4096 / 510e6
     assert v["total_time_s"] > during["device_busy_s"]
+
+
+@pytest.mark.slow  # long end to end: make test-slow
+def test_remote_paging_waits_for_the_faulting_page_over_the_main_sub_link(ray_cluster, tmp_path):
+    """Remote paging crosses the main<->sub link (here 20 ms round trip at 100 Mbit/s, the
+    migration's links 0.2 ms at 10 GbE): a fault takes at least that link's round trip
+    plus one page (20.3 ms), and the vCPU may resume with the faulting page, long before
+    its 1 MiB chunk has crossed (84 ms more)."""
+    text = TINY.replace('from = "main:eth0"\nto = "sub:eth0"\nrtt_ms = 0.2',
+                        'from = "main:eth0"\nto = "sub:eth0"\nrtt_ms = 20\nbandwidth_gbps = 0.1')
+    text = text.replace('split_policy = "lru"', 'split_policy = "random"')
+    v = _run(text, tmp_path)
+    assert v["status"] == "completed" and v["verified"], v["stop_reason"]
+    rp = v["split"]["remote_paging"]
+    assert rp["faults"] > 0
+    # Power-of-two buckets: bucket 14 is [16.4, 32.8) ms, where a fault that waited for the
+    # faulting page alone ends (20.3 ms on an idle link); the whole chunk takes 104 ms
+    # (bucket 16). Faults behind another chunk on the link wait for it: FIFO, as on TCP.
+    hist = rp["fault_latency"]["histogram"]
+    assert sum(hist[:14]) == 0, "no fault is quicker than the paging link's round trip"
+    assert hist[14] > 0, "the vCPU resumes with the faulting page, before its chunk is in"
+    assert rp["misplaced_pages_at_end"] == 0 and rp["lost_pages_at_end"] == 0

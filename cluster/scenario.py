@@ -1055,6 +1055,11 @@ def _split_problems(s: Scenario) -> Problems:
             problems.setdefault(field, f"{o.chunk_pages} pages ({chunk_bytes / MIB:g} MiB) is larger than \"{p.vm.name}\" "
                                        f"({p.vm.memory_gib:g} GiB); a chunk is at most the VM's pages")
             continue
+        from agents.techniques.split import chunk_problem
+        problem = chunk_problem(o.chunk_pages, s.emulation.memory_scale)
+        if problem:
+            problems.setdefault(field, problem)
+            continue
         need = o.device_state_kib * 1024 + chunk_bytes
         main = p.destinations[0]
         if main.memory_gib * GIB < need:

@@ -226,7 +226,7 @@ def test_bench_lru_reports_the_three_times_and_the_ratio_to_fig14():
 # --- the run's pure helpers (cluster/split_run.py, agents/techniques/split.py) ----------------
 def test_capacities_leave_the_state_on_the_main_host_and_round_sub_hosts_up():
     from agents.techniques.split import capacities, real_chunk_pages
-    assert real_chunk_pages(256, 1 / 64) == 4 and real_chunk_pages(256, 1 / 1024) == 1
+    assert real_chunk_pages(256, 1 / 64) == 4 and real_chunk_pages(256, 1 / 256) == 1
     chunk_emu = 4 * 4096 * 64  # 1 MiB
     caps = capacities([1.0, 0.5], 256 * 1024, 4, 1 / 64)
     assert caps == [1024 - 1, 512]  # 1 GiB less 256 KiB of state holds 1023 chunks of 1 MiB
@@ -291,3 +291,13 @@ def test_remote_paging_crosses_the_link_between_main_host_and_sub_host():
     assert lp.emulated_bandwidth_bytes_s == pytest.approx(1e9 / 8)
     assert lp.one_way_s == pytest.approx(scale_of(sc).real_seconds(1e-3))
     assert lp.index not in {x.index for x in topo.links_of_migration(0)}
+
+
+@pytest.mark.parametrize("chunk_pages, scale", [(1, 1 / 128), (256, 1 / 1024), (200, 1 / 128), (3, 0.5)])
+def test_a_chunk_that_is_not_whole_real_pages_is_refused_not_rounded(chunk_pages, scale):
+    """At 1/128 a 1-page chunk would be 1/128 of a real page: it used to become 128 pages."""
+    from agents.techniques.split import chunk_problem, real_chunk_pages
+    assert "whole number of real pages" in chunk_problem(chunk_pages, scale)
+    with pytest.raises(ValueError):
+        real_chunk_pages(chunk_pages, scale)
+    assert chunk_problem(256, 1 / 128) is None and chunk_problem(128, 1 / 128) is None

@@ -545,8 +545,16 @@ class CrashMigrationThreadEvent(_VmFault):
     action: Literal["crash-migration-thread"]
 
 
+class KillMemoryServerEvent(_Event):
+    """The host actor of sub-host `host`, with the memory server of a split migration, is killed."""
+
+    action: Literal["kill-memory-server"]
+    host: str = Field(min_length=1)
+
+
 Event = Annotated[SetLinkEvent | SetBackgroundEvent | SetWorkloadEvent | CancelEvent | StartPostcopyEvent
-                  | LinkDownEvent | LinkUpEvent | CorruptBatchEvent | KillDestinationEvent | CrashMigrationThreadEvent,
+                  | LinkDownEvent | LinkUpEvent | CorruptBatchEvent | KillDestinationEvent | CrashMigrationThreadEvent
+                  | KillMemoryServerEvent,
                   Field(discriminator="action")]
 
 
@@ -1131,9 +1139,20 @@ def _event_problems(s: Scenario) -> Problems:
             if vm is not None and vm not in (all_vms if anyone else migrated_set):
                 which, pool = ("a VM", vm_names) if anyone else ("a migrated VM", migrated)
                 problems.append((f"events[{i}].{field}", f"\"{vm}\" is not {which}; known: {_names(pool) or 'none'}"))
+        if ev.action == "kill-memory-server":
+            problems += _memory_server_problems(s, i, ev)
         if ev.action == "start-postcopy" and ev.vm in migrated_set:
             problems += _postcopy_switch_problems(s, i, ev)
     return problems
+
+
+def _memory_server_problems(s: Scenario, i: int, ev) -> Problems:
+    """A kill-memory-server event names a sub-host of a split migration (where a memory server runs)."""
+    subs = list(dict.fromkeys(h.name for p in s.migration_plans() if p.technique == "split" for h in p.destinations[1:]))
+    if ev.host in subs:
+        return []
+    return [(f"events[{i}].host", f"\"{ev.host}\" runs no memory server: it is not a sub-host of a split migration; "
+                                  f"known: {_names(subs) or 'none'}")]
 
 
 def _postcopy_switch_problems(s: Scenario, i: int, ev) -> Problems:
@@ -1158,7 +1177,7 @@ _WORKLOADS = {"idle": IdleWorkload, "uniform": UniformWorkload, "hotset": Hotset
 _EVENTS = {"set-link": SetLinkEvent, "set-background": SetBackgroundEvent, "set-workload": SetWorkloadEvent,
            "cancel": CancelEvent, "start-postcopy": StartPostcopyEvent, "link-down": LinkDownEvent,
            "link-up": LinkUpEvent, "corrupt-batch": CorruptBatchEvent, "kill-destination": KillDestinationEvent,
-           "crash-migration-thread": CrashMigrationThreadEvent}
+           "crash-migration-thread": CrashMigrationThreadEvent, "kill-memory-server": KillMemoryServerEvent}
 _TAGGED = _WORKLOADS | _EVENTS  # members of discriminated unions, by tag
 
 

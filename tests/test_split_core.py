@@ -301,3 +301,26 @@ def test_a_chunk_that_is_not_whole_real_pages_is_refused_not_rounded(chunk_pages
     with pytest.raises(ValueError):
         real_chunk_pages(chunk_pages, scale)
     assert chunk_problem(256, 1 / 128) is None and chunk_problem(128, 1 / 128) is None
+
+
+def test_the_predictor_shares_the_source_nic_and_adds_the_swap_device_time():
+    """cluster/predict_split.py without Ray: split migration's two links share the source's
+    10 GbE port (not 20 Gbit/s), plus a byte per page of network page table and history;
+    swap-assisted adds the device's time for the pages past the resident share (2 GiB,
+    20% zero, half free: 0.3 x 524288 pages to an SSD)."""
+    from cluster.predict import link_rate, predict, predict_migration
+    from cluster.scenario import parse_scenario
+    from tests.conftest import ROOT
+    sc = parse_scenario((ROOT / "scenarios" / "smemv" / "tiny-split.toml").read_text(), "tiny-split.toml")
+    assert link_rate(sc) == pytest.approx(1.25e9)
+    base = predict_migration(sc, sc.migration_plans()[0], precopy_only=True)
+    pages = 2 * 2**30 / 4096
+    extra = pages + (1 * 2**30 - 256 * 1024) // (256 * 4096) * 256
+    assert predict(sc)["total_time_s"] == pytest.approx(base["total_time_s"] + extra / 1.25e9, rel=1e-9)
+    sw = parse_scenario((ROOT / "scenarios" / "smemv" / "tiny-swap.toml").read_text(), "tiny-swap.toml")
+    base = predict_migration(sw, sw.migration_plans()[0], precopy_only=True)
+    over = 0.3 * pages
+    device = -(-over // 256) * 0.1e-3 + over * 4096 / 510e6
+    swap = predict(sw)
+    assert swap["swap"]["swapped_out_pages"] == pytest.approx(over)
+    assert swap["total_time_s"] == pytest.approx(base["total_time_s"] + device, rel=1e-9)

@@ -90,14 +90,15 @@ class SplitMemory:
         a chunk still on its way; returns real seconds blocked."""
         self._account(idx)
         t0 = time.monotonic()
-        if self._pending is not None and self.in_flight[idx].any():
+        settled = self._pending is not None and bool(self.in_flight[idx].any())
+        if settled:
             self._settle()
         away = idx[self.pager.table[idx] != MAIN]
         for page in np.unique(away).tolist():  # one fault per chunk: the rest of it comes along
             if self.pager.table[page] != MAIN:
                 self._fault(page)
         until = float(self.arrival[idx].max()) if len(idx) else 0.0
-        if not len(away) and until <= t0:
+        if not (settled or len(away)) and until <= t0:
             return 0.0
         sleep_until(until)
         blocked = time.monotonic() - t0

@@ -335,7 +335,7 @@ def fault_figures(m, events: list[dict], memory_scale: float) -> dict:
            "postcopy_recovered": sum(1 for e in events if e["event"] == "postcopy-recovered"),
            "vm_lost": m.vm_lost}
     if m.vm_lost:
-        out["lost"] = m.report.get("postcopy", {}).get("lost", {})
+        out["lost"] = m.lost or m.report.get("postcopy", {}).get("lost", {})
     return out
 
 

@@ -20,12 +20,22 @@ migration enters a phase (the phases of post-copy included):
   aborts at once; the copy there is discarded; the VM stays on its source.
 - `crash-migration-thread`: the source's migration thread crashes at its
   next step: the migration aborts, the VM stays on its source.
+- `kill-memory-server` (`host`): a sub-host's actor, with the memory server
+  of each split migration to it, is killed (ray.kill). During a split
+  migration the source hears its connections to that host close and aborts:
+  the VM stays on its source, every copy is discarded (S-memV §IV-A: a
+  failed split migration runs on at the source). After one, the VM on the
+  main host has lost the pages that server held: S-memV has no fault
+  tolerance (its §VII leaves MemX's RAID-like recovery to future work), so
+  the VM cannot go on: it is stopped where it is and reported `vm-lost`
+  with the pages lost (cluster/split_run.py `memory_server_lost`).
 
 Each fault is judged once the run is over, from the migrations it hit
 (those running when it fired, over its link or of its VM):
 `survived` (each completed and verified), `aborted-vm-safe` (each that did
 not complete left the VM running on its source), `vm-lost` (a post-copy
-could not finish: neither side held the whole VM), `no-effect` (it hit no
+could not finish: neither side held the whole VM; or a split VM lost a
+memory server's pages), `no-effect` (it hit no
 migration). The list goes to result.json (`faults`), the timeline (`fault`
 events) and the metrics (livemig_faults_total by kind and outcome).
 """
@@ -34,7 +44,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-FAULT_KINDS = ("link-down", "corrupt-batch", "kill-destination", "crash-migration-thread")
+FAULT_KINDS = ("link-down", "corrupt-batch", "kill-destination", "crash-migration-thread", "kill-memory-server")
 OUTCOMES = ("survived", "aborted-vm-safe", "vm-lost", "no-effect", "pending")
 ACTOR_CALL_S = 10.0  # the longest any control-plane call to an actor may take before it counts as dead
 
@@ -104,7 +114,8 @@ class FaultInjector:
             self._new("crash-migration-thread", k, ev.vm, now, [m], on_the_spot=True)
             return
         handler = {"link-down": self._link_down, "corrupt-batch": self._corrupt,
-                   "kill-destination": self._kill_destination, "crash-migration-thread": self._crash}[ev.action]
+                   "kill-destination": self._kill_destination, "crash-migration-thread": self._crash,
+                   "kill-memory-server": self._kill_memory_server}[ev.action]
         handler(k, ev, now)
 
     def _new(self, kind: str, k: int, target: str, now: float, migrations: list, **detail) -> Fault:
@@ -178,6 +189,23 @@ class FaultInjector:
         ray.kill(self.o.sl.hosts[host], no_restart=True)
         self.dead_hosts.add(host)
         self._new("kill-destination", k, ev.vm, now, [m], host=host)
+
+    def _kill_memory_server(self, k: int, ev, now: float) -> None:
+        """Kill sub-host `ev.host`: the split migrations to it that run abort; the VMs that
+        run on their main host with pages there are lost (stopped first, their pages counted)."""
+        import ray
+
+        from cluster import split_run
+        mine = [m for m in self.o.migs if ev.host in {h.name for h in m.plan.destinations[1:]}
+                and (m.status == "running" or split_run.paging_from(self.o.sl, m))]
+        after = [m for m in mine if m.status != "running"]
+        counted = {m.index: split_run.stop_for_loss(self.o.sl, m, ev.host) for m in after}
+        ray.kill(self.o.sl.hosts[ev.host], no_restart=True)
+        self.dead_hosts.add(ev.host)
+        for m in after:
+            split_run.memory_server_lost(self.o, m, ev.host, counted[m.index], now)
+        detail = {"host": ev.host} | ({} if mine else {"reason": "no split migration to it ran or had switched over"})
+        self._new("kill-memory-server", k, ev.host, now, mine, **detail)
 
     def _crash(self, k: int, ev, now: float) -> None:
         running = self._running_of(ev.vm)

@@ -71,7 +71,8 @@ class MigrationState:
     swap_during: dict = field(default_factory=dict)  # swap-assisted: the destination's paging while it migrated
     guest_resumed_at: float | None = None
     guest_faults: float = 0.0  # the guest's dirty-tracking faults (filled in at the end)
-    vm_lost: bool = False  # a post-copy that could not finish: neither side holds the whole VM
+    vm_lost: bool = False  # a post-copy that could not finish: neither side holds the whole VM (or a split VM's pages)
+    lost: dict = field(default_factory=dict)  # split migration: what a killed memory server took with it
     remote_faults: dict = field(default_factory=dict)  # post-copy: the guest's faults on the destination
     ref: object = None  # the pending HostAgent.wait call
 
@@ -105,10 +106,13 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _merged_receivers(sl: Slice, m: MigrationState, conns: list[int]) -> dict:
-    """The receivers of every host of a split migration, added up."""
-    import ray
-    parts = ray.get([sl.hosts[h.name].receiver_status.remote(conns) for h in m.plan.destinations])
+_NO_RECEIVER = {"pages_restored": 0, "errors": [], "decode_s": 0.0, "decode_model_us": 0.0}
+
+
+def _merged_receivers(orch: "Orchestrator", m: MigrationState, conns: list[int]) -> dict:
+    """The receivers of every host of a split migration, added up (a dead host's: nothing)."""
+    parts = [orch.call(orch.sl.hosts[h.name].receiver_status.remote(conns)) or _NO_RECEIVER
+             for h in m.plan.destinations]
     return {"pages_restored": sum(p["pages_restored"] for p in parts), "errors": [e for p in parts for e in p["errors"]],
             "decode_s": sum(p["decode_s"] for p in parts), "decode_model_us": sum(p["decode_model_us"] for p in parts)}
 
@@ -361,8 +365,7 @@ class Orchestrator:
         conns = [c.index for c in self.sl.topo.connections_of_migration(m.index)]
         names = (m.plan.source.name, m.plan.destinations[0].name)
         m.usage_after = {n: self.call(self.sl.hosts[n].usage.remote()) or _NO_USAGE for n in names}
-        m.receiver = self.call(dst.receiver_status.remote(conns)) or {"pages_restored": 0, "errors": [],
-                                                                       "decode_s": 0.0, "decode_model_us": 0.0}
+        m.receiver = self.call(dst.receiver_status.remote(conns)) or _NO_RECEIVER
         m.status, m.reason = m.report.get("status", "failed"), m.report.get("stop_reason", "")
         if m.final.get("error"):
             m.status, m.reason = "failed", m.final["error"].strip().splitlines()[-1]
@@ -373,7 +376,7 @@ class Orchestrator:
         # wrote its destination image since, and those pages are excused.
         moved = bool(m.report.get("guest_on_destination"))
         if splits(m.plan):
-            m.receiver = _merged_receivers(self.sl, m, conns)
+            m.receiver = _merged_receivers(self, m, conns)
             m.guest_resumed_at = split_run.finish(self, m, src, src_key)
             m.t_end = time.monotonic()
             m.links_after = self._link_stats(m)

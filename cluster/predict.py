@@ -112,13 +112,16 @@ def link_rate(scenario: Scenario, mp: MigrationPlan | None = None) -> float:
     bandwidth cap and the pairing are worked out in one place.
     """
     from agents.datapath.link import migration_share
+    from cluster.fair_share import max_min_rates
     from cluster.scaling import Scale
     from cluster.topology import plan
     mp = mp or scenario.migration_plans()[0]
     net = scenario.network
     topo = plan(scenario, Scale(1.0, 1.0))
-    return sum(migration_share(lp.rate_bytes_s, lp.background_bytes_s, net.rate_control, net.reserved_mbytes_s * MIB)
-               for lp in topo.links_of_migration(mp.index))
+    # Links that share a NIC (a split migration's, from the source's one port) share its speed.
+    return sum(max_min_rates({lp.index: (migration_share(lp.rate_bytes_s, lp.background_bytes_s, net.rate_control,
+                                                         net.reserved_mbytes_s * MIB), lp.nics)
+                              for lp in topo.links_of_migration(mp.index)}, topo.shared_nics).values())
 
 
 def migration_rates(scenario: Scenario, mp: MigrationPlan | None = None) -> tuple[float, float]:
@@ -163,6 +166,10 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan, precopy_only: bool 
     if mp.technique == "postcopy" and not precopy_only:
         from cluster.predict_postcopy import predict_postcopy
         return predict_postcopy(scenario, mp)
+    if mp.technique in ("split", "swap") and not precopy_only:  # cluster/predict_split.py
+        from cluster import predict_split
+        base = predict_migration(scenario, mp, precopy_only=True)
+        return getattr(predict_split, f"predict_{mp.technique}")(scenario, mp, base)
     vm, mig = mp.vm, mp.options
     costs = resolve(scenario.cpu.profile, mig.address_space_lock, scenario.cpu.overrides())
     z = vm.content.zero

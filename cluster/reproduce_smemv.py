@@ -11,6 +11,17 @@ the emulator's figures next to those.
 
 The runs' length is the scenarios' `observe_after_s` (20 emulated seconds
 for the applications): "not within N s" stands for the paper's minutes.
+
+Not reproduced: the SSD and HDD baselines' seconds of extra downtime on an
+idle VM (+3.4 s, +30 s). A swap-out backlog at the stop does not explain
+them: the most a source can run ahead of its destination through TCP is
+its send and receive buffers (Linux's default maxima, 4 + 6 MiB), 22 ms of
+page-outs on the SSD model and 0.2 s on the HDD's. Both paper figures
+instead stand for the same ~1.6 GB of page-outs left when the VM stopped
+(3.4 s at the SSD's 486 MB/s per 256-page cluster, 30 s at the HDD's
+53 MB/s): the paper's own explanation, KVM entering its last iteration in
+the middle of the first pass of an idle VM, which neither QEMU's documented
+stop rule nor the emulator's does.
 """
 from __future__ import annotations
 

@@ -59,8 +59,9 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                 if "split" in m.report and m.verified:
                     from cluster.split_run import placement_now
                     m.split = ray.get(sl.guests[m.vm_index].split_status.remote())
-                    m.split["misplaced_pages_at_end"], m.split["lost_pages_at_end"] = placement_now(
-                        sl, m, m.src_key)
+                    if not m.vm_lost:  # a lost one's memory server is gone
+                        m.split["misplaced_pages_at_end"], m.split["lost_pages_at_end"] = placement_now(
+                            sl, m, m.src_key)
                 elif swaps(m.plan) and m.status == "completed":
                     m.split = (ray.get(sl.hosts[m.plan.destinations[0].name].swap_status.remote(m.index))
                                | ray.get(sl.guests[m.vm_index].split_status.remote()))

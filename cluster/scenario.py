@@ -551,8 +551,16 @@ class CrashMigrationThreadEvent(_VmFault):
     action: Literal["crash-migration-thread"]
 
 
+class KillMemoryServerEvent(_Event):
+    """The host actor of sub-host `host`, with the memory server of a split migration, is killed."""
+
+    action: Literal["kill-memory-server"]
+    host: str = Field(min_length=1)
+
+
 Event = Annotated[SetLinkEvent | SetBackgroundEvent | SetWorkloadEvent | CancelEvent | StartPostcopyEvent
-                  | LinkDownEvent | LinkUpEvent | CorruptBatchEvent | KillDestinationEvent | CrashMigrationThreadEvent,
+                  | LinkDownEvent | LinkUpEvent | CorruptBatchEvent | KillDestinationEvent | CrashMigrationThreadEvent
+                  | KillMemoryServerEvent,
                   Field(discriminator="action")]
 
 
@@ -717,6 +725,17 @@ class Scenario(_Strict):
                                      "bandwidth_gbps": p.bandwidth_gbps, "rtt_ms": self.network.rtt_ms})
                 for p in pairs]
 
+    def paging_links(self, main: Host, sub: Host) -> list[Link]:
+        """The links a split migration's remote paging crosses between its main host and a
+        sub-host (S-memV §IV-E): as listed, in either direction; when the scenario lists no
+        link at all, their NICs paired by speed. ValueError when there is none."""
+        listed = self.listed_links(main, sub) or self.listed_links(sub, main)
+        if listed:
+            return listed
+        if self.network.links:
+            raise ValueError("none is listed")
+        return self._paired_links(main, sub)
+
     def migration_links(self) -> list[Link]:
         """Links from the source host to the destination host (single-pair scenarios)."""
         return self.links_between(self.source, self.destination)
@@ -726,6 +745,11 @@ class Scenario(_Strict):
         names = [link_name(l) for l in self.network.links]
         for p in self.migration_plans():
             names += [link_name(l) for d in p.destinations for l in self.links_between(p.source, d)]
+            for d in p.destinations[1:] if p.technique == "split" else ():
+                try:
+                    names += [link_name(l) for l in self.paging_links(p.destinations[0], d)]
+                except ValueError:  # reported by _paging_link_problems
+                    pass
         return list(dict.fromkeys(names))
 
     def link_bandwidth_gbps(self, link: Link) -> float:
@@ -958,6 +982,22 @@ def _link_problems(s: Scenario) -> Problems:
                 problems.append((f"migrations[{p.index}].to", f"no link from \"{p.source.name}\" to \"{dst.name}\": none is "
                                  f"listed and their NICs cannot be paired ({exc}); add one with "
                                  f"from = \"{p.source.name}:<nic>\" and to = \"{dst.name}:<nic>\""))
+        if p.technique == "split":
+            problems += _paging_link_problems(s, p)
+    return problems
+
+
+def _paging_link_problems(s: Scenario, p) -> Problems:
+    """A split migration's main host pages to and from each sub-host over a link between them."""
+    main = p.destinations[0]
+    problems: Problems = []
+    for sub in p.destinations[1:]:
+        try:
+            s.paging_links(main, sub)
+        except ValueError as exc:
+            problems.append((f"migrations[{p.index}].to", f"no link between the main host \"{main.name}\" and the "
+                             f"sub-host \"{sub.name}\" for remote paging ({exc}); add one with "
+                             f"from = \"{main.name}:<nic>\" and to = \"{sub.name}:<nic>\""))
     return problems
 
 
@@ -1049,6 +1089,11 @@ def _split_problems(s: Scenario) -> Problems:
             problems.setdefault(field, f"{o.chunk_pages} pages ({chunk_bytes / MIB:g} MiB) is larger than \"{p.vm.name}\" "
                                        f"({p.vm.memory_gib:g} GiB); a chunk is at most the VM's pages")
             continue
+        from agents.techniques.split import chunk_problem
+        problem = chunk_problem(o.chunk_pages, s.emulation.memory_scale)
+        if problem:
+            problems.setdefault(field, problem)
+            continue
         need = o.device_state_kib * 1024 + chunk_bytes
         main = p.destinations[0]
         if main.memory_gib * GIB < need:
@@ -1120,9 +1165,20 @@ def _event_problems(s: Scenario) -> Problems:
             if vm is not None and vm not in (all_vms if anyone else migrated_set):
                 which, pool = ("a VM", vm_names) if anyone else ("a migrated VM", migrated)
                 problems.append((f"events[{i}].{field}", f"\"{vm}\" is not {which}; known: {_names(pool) or 'none'}"))
+        if ev.action == "kill-memory-server":
+            problems += _memory_server_problems(s, i, ev)
         if ev.action == "start-postcopy" and ev.vm in migrated_set:
             problems += _postcopy_switch_problems(s, i, ev)
     return problems
+
+
+def _memory_server_problems(s: Scenario, i: int, ev) -> Problems:
+    """A kill-memory-server event names a sub-host of a split migration (where a memory server runs)."""
+    subs = list(dict.fromkeys(h.name for p in s.migration_plans() if p.technique == "split" for h in p.destinations[1:]))
+    if ev.host in subs:
+        return []
+    return [(f"events[{i}].host", f"\"{ev.host}\" runs no memory server: it is not a sub-host of a split migration; "
+                                  f"known: {_names(subs) or 'none'}")]
 
 
 def _postcopy_switch_problems(s: Scenario, i: int, ev) -> Problems:
@@ -1147,7 +1203,7 @@ _WORKLOADS = {"idle": IdleWorkload, "uniform": UniformWorkload, "hotset": Hotset
 _EVENTS = {"set-link": SetLinkEvent, "set-background": SetBackgroundEvent, "set-workload": SetWorkloadEvent,
            "cancel": CancelEvent, "start-postcopy": StartPostcopyEvent, "link-down": LinkDownEvent,
            "link-up": LinkUpEvent, "corrupt-batch": CorruptBatchEvent, "kill-destination": KillDestinationEvent,
-           "crash-migration-thread": CrashMigrationThreadEvent}
+           "crash-migration-thread": CrashMigrationThreadEvent, "kill-memory-server": KillMemoryServerEvent}
 _TAGGED = _WORKLOADS | _EVENTS  # members of discriminated unions, by tag
 
 

@@ -10,7 +10,9 @@ failed or cancelled one discards every copy and closes the servers.
 """
 from __future__ import annotations
 
+import os
 import time
+from contextlib import suppress
 
 import numpy as np
 
@@ -38,11 +40,52 @@ def _keys(sl, m) -> list[tuple[object, str]]:
     return [(sl.hosts[h.name], sl.copy_key(m.vm_index, m.index, d)) for d, h in enumerate(m.plan.destinations)]
 
 
-def discard(sl, m) -> None:
-    """Drop every destination's copy and the memory servers (the VM stays on its source)."""
+def discard(sl, m, dead: set[str] = frozenset()) -> None:
+    """Drop every destination's copy and the memory servers (the VM stays on its source);
+    a host in `dead` (killed by a fault) answers nothing: its copy's files are removed here."""
     import ray
-    ray.get([host.release_image.remote(key) for host, key in _keys(sl, m)])
-    ray.get([sl.hosts[h.name].close_memory_server.remote(m.index) for h in m.plan.destinations[1:]])
+    alive = [(d, h) for d, h in enumerate(m.plan.destinations) if h.name not in dead]
+    keys = _keys(sl, m)
+    ray.get([keys[d][0].release_image.remote(keys[d][1]) for d, _ in alive])
+    ray.get([sl.hosts[h.name].close_memory_server.remote(m.index) for d, h in alive if d > 0])
+    for d, h in enumerate(m.plan.destinations):
+        if h.name in dead:
+            for suffix in ("", "-log", "-recv", "-acc"):
+                with suppress(FileNotFoundError):
+                    os.unlink(sl.paths[keys[d][1]] + suffix)
+
+
+def paging_from(sl, m) -> bool:
+    """Does the VM of split migration `m` run on its main host with remote paging now?"""
+    return (m.status == "completed" and m.verified and not m.vm_lost and "split" in m.report
+            and sl.location[m.vm_index] == (m.plan.destinations[0].name, sl.copy_key(m.vm_index, m.index)))
+
+
+def stop_for_loss(sl, m, host: str) -> int:
+    """Stop the VM of split migration `m` (between two ticks: no fault half done) and
+    count the real pages sub-host `host`'s memory server holds for it."""
+    import ray
+    from cluster.faults import ACTOR_CALL_S
+    guest = sl.guests[m.vm_index]
+    ray.get(guest.pause.remote(), timeout=ACTOR_CALL_S)
+    table = ray.get(guest.split_where.remote(), timeout=ACTOR_CALL_S)
+    d = [h.name for h in m.plan.destinations].index(host)
+    return int(np.count_nonzero(table == d)) if table is not None else 0
+
+
+def memory_server_lost(orch, m, host: str, real_pages: int, now: float) -> None:
+    """Split migration `m`'s VM lost the `real_pages` a killed memory server held: it stays
+    stopped on its main host and is reported lost, with its pages (emulated) lost."""
+    from cluster.orchestrate import LOST
+    sl = orch.sl
+    scale = sl.scale.memory_scale
+    m.vm_lost = True
+    m.lost = {"reason": f"the memory server on sub-host \"{host}\" was killed after the split migration: "
+                        f"the VM's pages there are gone and it cannot go on (S-memV has no fault tolerance)",
+              "host": host, "pages_lost": real_pages / scale, "pages_total": sl.npages[m.vm_index] / scale}
+    sl.location[m.vm_index] = (LOST, sl.copy_key(m.vm_index, m.index))
+    orch.tl.event(now, "vm-lost", vm=m.vm, migration=m.index, reason=m.lost["reason"], host=host,
+                  pages_lost=m.lost["pages_lost"])
 
 
 def verify(sl, m, src, src_key: str, table: np.ndarray) -> list[int]:
@@ -99,19 +142,20 @@ def finish(orch, m, src, src_key: str) -> float:
             m.reason = (f"verification failed: {len(m.mismatched)} page(s) differ" if m.mismatched else
                         f"verification failed: {m.misplaced} page(s) not on exactly one host"
                         if m.misplaced else f"destination could not restore: {m.receiver['errors'][0]}")
-        discard(sl, m)
+        discard(sl, m, orch.faults.dead_hosts)
+        orch.tl.event(time.monotonic(), "stays-on-source", vm=m.vm, migration=m.index, host=m.plan.source.name,
+                      status=m.status, reason=m.reason)
         return ray.get(guest.resume.remote())
     main_key = sl.copy_key(m.vm_index, m.index)
     o, scale = m.plan.options, sl.scale
     from agents.techniques.split import capacities, real_chunk_pages
     chunk = real_chunk_pages(o.chunk_pages, scale.memory_scale)
-    lp = sl.topo.links_of_migration(m.index)[0]
     split = {"page_host": table, "history": ray.get(src.split_history.remote(m.index)), "chunk_pages": chunk,
              "capacity": capacities(destination_fields(sl, m)["hosts_gib"], o.device_state_kib * 1024, chunk,
                                     scale.memory_scale)[0],
              "policy": o.split_policy, "migration": m.index,
              "servers": {d: sl.hosts[h.name] for d, h in enumerate(m.plan.destinations) if d > 0},
-             "link": (lp.one_way_s / scale.dilation, lp.emulated_bandwidth_bytes_s),
+             "links": paging_links(sl, m),
              "collect_s": scale.real_seconds(o.history_collect_ms / 1000), "age_every": o.history_age_collections,
              "seed": sl.scenario.emulation.seed + m.index}
     resumed = ray.get(guest.resume_on.remote(sl.paths[main_key], None, split))
@@ -119,6 +163,16 @@ def finish(orch, m, src, src_key: str) -> float:
     orch.tl.event(resumed, "switched-over", vm=m.vm, migration=m.index, host=m.plan.destinations[0].name,
                   verified=True, split=True)
     return resumed
+
+
+def paging_links(sl, m) -> dict:
+    """Sub-host number -> (the LinkAgent between it and the main host, whether page-ins,
+    from the sub-host to the main host, cross it the way it is listed)."""
+    out = {}
+    for d, sub in enumerate(m.plan.destinations[1:], 1):
+        lp = sl.topo.paging_link(m.index, d)
+        out[d] = (sl.links[lp.index], lp.source == sub.name)
+    return out
 
 
 def observe_after_s(scenario) -> float:

@@ -7,9 +7,12 @@ traffic, and the migration's connections: as many as its technique needs
 (one per PMigrate consumer), spread round-robin over its links, each with
 its batch size and the slots of its ring. A split migration (S-memV) has
 that many connections to each of its hosts: the main host and every
-sub-host (`ConnectionPlan.host`: 0 the main host, 1..k the sub-hosts). A link used by several migrations
-is one link: their connections share it. Pure; the runner builds actors
-from it.
+sub-host (`ConnectionPlan.host`: 0 the main host, 1..k the sub-hosts), and
+after it, remote paging crosses a link between the main host and each
+sub-host (`Topology.paging`; no connection: the pager books its bytes on
+the link, agents/actors/link.py `carry_paging`). A link used by several
+migrations is one link: their connections share it. Pure; the runner
+builds actors from it.
 """
 from __future__ import annotations
 
@@ -51,12 +54,18 @@ class Topology:
     connections: list[ConnectionPlan]
     # Real bytes/s of each NIC that several links share (cluster/fair_share.py divides it).
     shared_nics: dict[str, float] = field(default_factory=dict)
+    # Split migrations' remote paging: (migration, sub-host number 1..k) -> the link to the main host.
+    paging: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def connections_of(self, link: int) -> list[ConnectionPlan]:
         return [c for c in self.connections if c.link == link]
 
     def connections_of_migration(self, m: int) -> list[ConnectionPlan]:
         return [c for c in self.connections if c.migration == m]
+
+    def paging_link(self, m: int, d: int) -> LinkPlan:
+        """The link split migration `m`'s main host pages over to and from its sub-host `d`."""
+        return self.links[self.paging[(m, d)]]
 
     def links_of_migration(self, m: int) -> list[LinkPlan]:
         used = {c.link for c in self.connections_of_migration(m)}
@@ -99,18 +108,24 @@ def _plan(scenario: Scenario, scale: Scale) -> Topology:
     from agents.techniques import registry
     links: dict[str, LinkPlan] = {}
     conns: list[ConnectionPlan] = []
+    paging: dict[tuple[int, int], int] = {}
     for mp in scenario.migration_plans():
         technique = registry.get(mp.technique).load()
         targets = mp.destinations if getattr(technique, "splits", False) else mp.destinations[:1]
         for d, dst in enumerate(targets):
             _connections(scenario, scale, links, conns, mp, dst, d, technique.connections_needed(mp.options))
-    return Topology(list(links.values()), conns, _shared_nics(scenario, scale, list(links.values())))
+    for mp in scenario.migration_plans():  # after every migration's links, so theirs keep their numbers
+        if getattr(registry.get(mp.technique).load(), "splits", False):
+            for d, sub in enumerate(mp.destinations[1:], 1):
+                paging[(mp.index, d)] = _link(scenario, scale, scenario.paging_links(mp.destinations[0], sub)[0],
+                                              links).index
+    return Topology(list(links.values()), conns, _shared_nics(scenario, scale, list(links.values())), paging)
 
 
 def _connections(scenario: Scenario, scale: Scale, links: dict, conns: list, mp, dst, d: int, n: int) -> None:
     """Migration `mp`'s `n` connections to its destination `dst` (number `d`), round-robin over their links."""
     o = mp.options
-    mine = [_link(scenario, scale, l, links, mp, dst) for l in scenario.links_between(mp.source, dst)]
+    mine = [_link(scenario, scale, l, links) for l in scenario.links_between(mp.source, dst)]
     for k in range(n):
         lp = mine[k % len(mine)]
         sharing = len(range(k % len(mine), n, len(mine)))
@@ -125,6 +140,10 @@ def _connections(scenario: Scenario, scale: Scale, links: dict, conns: list, mp,
         conns.append(ConnectionPlan(len(conns), lp.index, batch, slots, mp.index, d))
 
 
+def _host(nic: str) -> str:
+    return nic.split(":", 1)[0]
+
+
 def _shared_nics(scenario: Scenario, scale: Scale, links: list[LinkPlan]) -> dict[str, float]:
     """NICs that more than one link uses (a host sending to, or receiving from, several hosts)."""
     uses: dict[str, int] = {}
@@ -134,7 +153,7 @@ def _shared_nics(scenario: Scenario, scale: Scale, links: list[LinkPlan]) -> dic
     return {nic: scale.real_rate(gbps_to_bytes_s(scenario.nic_speed_gbps(nic))) for nic, n in uses.items() if n > 1}
 
 
-def _link(scenario: Scenario, scale: Scale, link, links: dict, mp, dst) -> LinkPlan:
+def _link(scenario: Scenario, scale: Scale, link, links: dict) -> LinkPlan:
     """The plan of `link`, made once however many migrations use it. A link
     keeps its NIC speed: a bandwidth cap is the migration's own (QEMU's
     max-bandwidth), applied by its sender (agents/datapath/rate_limit.py)."""
@@ -143,6 +162,6 @@ def _link(scenario: Scenario, scale: Scale, link, links: dict, mp, dst) -> LinkP
         emu_rate = gbps_to_bytes_s(scenario.link_bandwidth_gbps(link))
         background = min(link.background.mbytes_s * MIB, emu_rate)
         links[name] = LinkPlan(len(links), name, scale.real_rate(emu_rate), scale.real_seconds(link.rtt_ms / 2000),
-                               scale.real_rate(background), emu_rate, mp.source.name, dst.name,
+                               scale.real_rate(background), emu_rate, _host(link.from_nic), _host(link.to_nic),
                                (link.from_nic, link.to_nic))
     return links[name]

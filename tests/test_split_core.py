@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.split.history import AccessHistory, bitmap_bytes, chunk_or, mark_accessed
-from agents.split.paging import PageSubTable, RemotePager
+from agents.split.paging import PageSubTable, PagingLine, RemotePager
 from agents.split.splitting import MAIN, assign_hosts, histogram_threshold, lru_split, page_hosts, random_split
 
 
@@ -226,7 +226,7 @@ def test_bench_lru_reports_the_three_times_and_the_ratio_to_fig14():
 # --- the run's pure helpers (cluster/split_run.py, agents/techniques/split.py) ----------------
 def test_capacities_leave_the_state_on_the_main_host_and_round_sub_hosts_up():
     from agents.techniques.split import capacities, real_chunk_pages
-    assert real_chunk_pages(256, 1 / 64) == 4 and real_chunk_pages(256, 1 / 1024) == 1
+    assert real_chunk_pages(256, 1 / 64) == 4 and real_chunk_pages(256, 1 / 256) == 1
     chunk_emu = 4 * 4096 * 64  # 1 MiB
     caps = capacities([1.0, 0.5], 256 * 1024, 4, 1 / 64)
     assert caps == [1024 - 1, 512]  # 1 GiB less 256 KiB of state holds 1023 chunks of 1 MiB
@@ -252,3 +252,75 @@ def test_recovery_is_when_throughput_is_back_and_stays():
     assert recovery_s(series, 1000.0) == 2.0
     assert recovery_s(series, 5000.0) is None
     assert recovery_s([], 1000.0) is None
+
+
+def test_paging_line_brings_the_faulting_page_first_and_queues_behind_earlier_paging():
+    """10 GbE (1.25e9 B/s), 0.1 ms one way: a request crosses, the 4 KiB faulting page
+    arrives after the round trip plus its serialisation, the rest of a 256-page chunk
+    after that; a second fault at once waits for the first chunk to leave the NIC;
+    page-outs go the other way and do not delay page-ins."""
+    line = PagingLine()
+    rate, one_way, chunk = 1.25e9, 1e-4, 256 * 4096
+    first, rest = line.book(0.0, rate, one_way, True, [4096, chunk - 4096], back=chunk)
+    assert first == pytest.approx(2 * one_way + 4096 / rate)
+    assert rest == pytest.approx(2 * one_way + chunk / rate)
+    again = line.book(0.0, rate, one_way, True, [4096, chunk - 4096], back=chunk)
+    assert again[0] == pytest.approx(one_way + chunk / rate + 4096 / rate + one_way)
+    assert line.bytes == [2 * chunk, 2 * chunk]
+    other_way = PagingLine()
+    other_way.free_at[1] = 10.0  # page-outs queued the other way
+    assert other_way.book(0.0, rate, one_way, True, [4096])[0] == pytest.approx(2 * one_way + 4096 / rate)
+    with pytest.raises(ValueError):
+        line.book(0.0, 0.0, one_way, True, [4096])
+
+
+def test_remote_paging_crosses_the_link_between_main_host_and_sub_host():
+    """The topology gives each split migration a paging link per sub-host: the listed
+    main<->sub link, with its own latency and bandwidth, not the migration's first link."""
+    from cluster.scaling import scale_of
+    from cluster.scenario import parse_scenario
+    from cluster.topology import plan
+    from tests.conftest import ROOT
+    text = (ROOT / "scenarios" / "smemv" / "tiny-split.toml").read_text()
+    text = text.replace('from = "main:eth0"\nto = "sub:eth0"\nrtt_ms = 0.2',
+                        'from = "main:eth0"\nto = "sub:eth0"\nrtt_ms = 2.0\nbandwidth_gbps = 1')
+    sc = parse_scenario(text, "tiny-split.toml")
+    topo = plan(sc, scale_of(sc))
+    lp = topo.paging_link(0, 1)
+    assert (lp.source, lp.destination) == ("main", "sub")
+    assert lp.emulated_bandwidth_bytes_s == pytest.approx(1e9 / 8)
+    assert lp.one_way_s == pytest.approx(scale_of(sc).real_seconds(1e-3))
+    assert lp.index not in {x.index for x in topo.links_of_migration(0)}
+
+
+@pytest.mark.parametrize("chunk_pages, scale", [(1, 1 / 128), (256, 1 / 1024), (200, 1 / 128), (3, 0.5)])
+def test_a_chunk_that_is_not_whole_real_pages_is_refused_not_rounded(chunk_pages, scale):
+    """At 1/128 a 1-page chunk would be 1/128 of a real page: it used to become 128 pages."""
+    from agents.techniques.split import chunk_problem, real_chunk_pages
+    assert "whole number of real pages" in chunk_problem(chunk_pages, scale)
+    with pytest.raises(ValueError):
+        real_chunk_pages(chunk_pages, scale)
+    assert chunk_problem(256, 1 / 128) is None and chunk_problem(128, 1 / 128) is None
+
+
+def test_the_predictor_shares_the_source_nic_and_adds_the_swap_device_time():
+    """cluster/predict_split.py without Ray: split migration's two links share the source's
+    10 GbE port (not 20 Gbit/s), plus a byte per page of network page table and history;
+    swap-assisted adds the device's time for the pages past the resident share (2 GiB,
+    20% zero, half free: 0.3 x 524288 pages to an SSD)."""
+    from cluster.predict import link_rate, predict, predict_migration
+    from cluster.scenario import parse_scenario
+    from tests.conftest import ROOT
+    sc = parse_scenario((ROOT / "scenarios" / "smemv" / "tiny-split.toml").read_text(), "tiny-split.toml")
+    assert link_rate(sc) == pytest.approx(1.25e9)
+    base = predict_migration(sc, sc.migration_plans()[0], precopy_only=True)
+    pages = 2 * 2**30 / 4096
+    extra = pages + (1 * 2**30 - 256 * 1024) // (256 * 4096) * 256
+    assert predict(sc)["total_time_s"] == pytest.approx(base["total_time_s"] + extra / 1.25e9, rel=1e-9)
+    sw = parse_scenario((ROOT / "scenarios" / "smemv" / "tiny-swap.toml").read_text(), "tiny-swap.toml")
+    base = predict_migration(sw, sw.migration_plans()[0], precopy_only=True)
+    over = 0.3 * pages
+    device = -(-over // 256) * 0.1e-3 + over * 4096 / 510e6
+    swap = predict(sw)
+    assert swap["swap"]["swapped_out_pages"] == pytest.approx(over)
+    assert swap["total_time_s"] == pytest.approx(base["total_time_s"] + device, rel=1e-9)

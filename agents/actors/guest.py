@@ -77,7 +77,7 @@ class GuestAgent(GuestHandOff):
                                   self.guest.workload.footprint)
         elif split is not None:
             remote = SplitMemory(pages, split["page_host"], split["history"], split["chunk_pages"], split["capacity"],
-                                 split["policy"], split["servers"], split["migration"], split["link"],
+                                 split["policy"], split["servers"], split["migration"], split["links"],
                                  self.guest.dilation, self.memory_scale, split["collect_s"], split["age_every"],
                                  split.get("seed", 0))
         access = None

@@ -4,10 +4,19 @@ It accepts the descriptor sockets of every connection routed over its link
 (each named by its connection id) and runs the shaper
 (agents/datapath/link.py) on them; the control plane may change the link's
 bandwidth, latency or background traffic at run time, in real units.
+
+Remote paging after a split migration (S-memV §IV-E) crosses the link
+between a main host and a sub-host without a connection of its own: the
+pager books its messages here (`carry_paging`), each direction a queue of
+its own (the link is full duplex), behind earlier paging, at the rate a
+migration may take on the link now (its capacity less the background's
+share); bytes the way the link is listed also take their line time from
+the batches of migrations on it.
 """
 from __future__ import annotations
 
 import threading
+import time
 
 import ray
 
@@ -16,6 +25,10 @@ from agents.datapath.clock import precise_threads
 from agents.datapath.link import LinkShaper
 from agents.datapath.shm import Region
 from agents.datapath.wire_format import SlotLayout, SlotView
+from agents.split.paging import PagingLine
+
+
+PAGING = -1  # the connection number remote paging's bytes are booked under on the shaper
 
 
 @ray.remote(num_cpus=0, max_concurrency=4)
@@ -30,6 +43,21 @@ class LinkAgent:
         self._listeners: list[Listener] = []
         self._rings: list[Region] = []
         self.corrupted = 0
+        self._paging_lock = threading.Lock()
+        self.paging = PagingLine()
+
+    def carry_paging(self, forward: bool, sizes: list[float], back: float = 0.0) -> tuple[bool, list[float]]:
+        """Remote paging (agents/split/paging.py `PagingLine.book`): a request crosses, messages of
+        `sizes` real bytes come back to back (`forward`: the way the link is listed), then `back`
+        real bytes go the other way. Returns (whether the link is down, real seconds from now
+        until each message of `sizes` has arrived)."""
+        s = self.shaper
+        with self._paging_lock:
+            arrivals = self.paging.book(time.monotonic(), max(1.0, s.migration_rate), s.one_way_s, forward, sizes, back)
+        listed_way = sum(sizes) if forward else back
+        if listed_way:
+            s.add_disk_bytes(PAGING, int(listed_way))
+        return s.down, arrivals
 
     def listen(self, paths: list[tuple[int, str, str]]) -> None:
         """One (conn_id, inbound, outbound) socket pair per connection; shaping starts when all are connected."""
@@ -99,8 +127,11 @@ class LinkAgent:
         by_conn = dict(s.bytes_by_connection)
         for c, n in dict(s.disk_by_connection).items():
             by_conn[c] = by_conn.get(c, 0) + n
-        return {"bytes": s.bytes_carried, "batches": s.batches_forwarded, "rate_bytes_s": s.migration_rate,
-                "disk_bytes": s.disk_bytes,
+        paging = sum(self.paging.bytes)
+        by_conn.pop(PAGING, None)
+        return {"bytes": s.bytes_carried + self.paging.bytes[1], "batches": s.batches_forwarded,
+                "rate_bytes_s": s.migration_rate, "paging_bytes": paging,
+                "disk_bytes": s.disk_bytes - s.disk_by_connection.get(PAGING, 0),
                 "background_seen": list(s.background_seen), "by_connection": by_conn,
                 "capacity_bytes_s": s.capacity, "one_way_s": s.one_way_s,
                 "down": s.down, "batches_dropped": s.batches_dropped, "batches_corrupted": self.corrupted}

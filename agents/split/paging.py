@@ -14,6 +14,9 @@
   then, to stay within its memory, the page-out of the main host's chunk
   with the smallest chunk history (LRU, by aging) or a random one (the
   paper's comparison) to that same sub-host.
+- `PagingLine`: the link between the main host and a sub-host as remote
+  paging uses it: each direction a queue (full duplex), a request's
+  one-way trip, then its pages back to back at the link's rate.
 
 Shapes: page numbers are int64 arrays; page data is uint8 (n, page_size).
 """
@@ -148,3 +151,36 @@ class RemotePager:
             self.chunk_host[plan.chunk_out] = plan.host
             self.table[plan.page_out] = plan.host
             self.on_main -= 1
+
+
+class PagingLine:
+    """Remote paging's use of one link, direction by direction (0: the way it is listed, 1: back).
+
+    Times are in one clock (e.g. real monotonic seconds), sizes in bytes, rates
+    in bytes per second of that clock. `bytes`: what each direction carried.
+    """
+
+    def __init__(self) -> None:
+        self.free_at = [0.0, 0.0]
+        self.bytes = [0.0, 0.0]
+
+    def book(self, now: float, rate: float, one_way: float, forward: bool, sizes: list[float],
+             back: float = 0.0) -> list[float]:
+        """A request crosses (one way), the other end sends `sizes` back to back on direction
+        `forward` (0 if True) behind what that direction still carries, then `back` bytes go
+        the other way (a page-out). Returns each message's arrival, in seconds from `now`.
+        Errors: ValueError for a rate that is not positive."""
+        if not rate > 0:
+            raise ValueError(f"rate must be positive, got {rate}")
+        k = 0 if forward else 1
+        t = max(now + one_way, self.free_at[k])
+        arrivals = []
+        for n in sizes:
+            t += n / rate
+            arrivals.append(t + one_way - now)
+        self.free_at[k] = t
+        self.bytes[k] += sum(sizes)
+        if back:
+            self.free_at[1 - k] = max(t + one_way, self.free_at[1 - k]) + back / rate
+            self.bytes[1 - k] += back
+        return arrivals

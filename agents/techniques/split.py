@@ -36,10 +36,26 @@ from agents.techniques.precopy import PrecopyMigration
 GIB = 1 << 30
 
 
+def chunk_problem(chunk_pages: int, memory_scale: float) -> str | None:
+    """Why `chunk_pages` cannot be emulated at `memory_scale` (None: it can): a real
+    chunk stands for one emulated chunk, so it must be a whole number of real pages."""
+    real = chunk_pages * memory_scale
+    if real >= 1 - 1e-9 and abs(real - round(real)) <= 1e-9 * real:
+        return None
+    step = 1 / memory_scale
+    multiple = f"a multiple of {step:g} pages" if abs(step - round(step)) <= 1e-9 * step else "a larger chunk"
+    return (f"{chunk_pages} pages at emulation.memory_scale {memory_scale:g} is {real:g} real pages; a chunk must be "
+            f"a whole number of real pages (at least one): use {multiple} or raise memory_scale")
+
+
 def real_chunk_pages(chunk_pages: int, memory_scale: float) -> int:
     """Real pages per chunk: the chunk scales with memory, so a VM has as many
-    chunks (and remote paging as many faults) at any memory_scale."""
-    return max(1, int(round(chunk_pages * memory_scale)))
+    chunks (and remote paging as many faults) at any memory_scale. ValueError
+    when that is not a whole number of real pages (`chunk_problem`)."""
+    problem = chunk_problem(chunk_pages, memory_scale)
+    if problem:
+        raise ValueError(problem)
+    return int(round(chunk_pages * memory_scale))
 
 
 def capacities(hosts_gib: list[float], state_bytes: float, chunk_real: int, memory_scale: float) -> list[int]:

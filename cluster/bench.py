@@ -239,16 +239,15 @@ def scaling_bench(memory_gib: float = 1.0, memory_scale: float = 1 / 512, dilati
     As in PMigrate §6.2.3, each consumer thread is limited to 40 MByte/s: here
     by giving it a NIC pair of its own at that speed (0.3355 Gbit/s).
     """
-    import ray
 
-    from cluster.runner import RunOptions, run_scenario, start_local_ray
+    from cluster.build import local_ray
+    from cluster.runner import RunOptions, run_scenario
     from cluster.scenario import parse_scenario
 
     nic_gbps = 40 * 2**20 * 8 / 1e9
     out: dict = {"bench": "scaling", "memory_gib": memory_gib, "cpu_profile": "xen-4.1",
                  "per_thread_limit_mbytes_s": 40, "memory_scale": memory_scale, "dilation": dilation, "locks": {}}
-    start_local_ray("livemig-bench")
-    try:
+    with local_ray("livemig-bench"):
         for lock in locks:
             rows = []
             for n in workers:
@@ -264,8 +263,6 @@ def scaling_bench(memory_gib: float = 1.0, memory_scale: float = 1 / 512, dilati
             for row in rows:
                 row["speedup"] = round(base / row["migration_time_s"], 2)
             out["locks"][lock] = rows
-    finally:
-        ray.shutdown()
     return out
 
 
@@ -273,15 +270,13 @@ def timeline_bench(scenario_path: str, repeats: int = 2) -> dict:
     """What recording the timeline costs: the driver's real time spent sampling
     at 0.1 emulated-second intervals, as a share of the run, and the figures
     with the timeline sampled every 0.1 s against every 10 s."""
-    import ray
-
-    from cluster.runner import RunOptions, run_scenario, start_local_ray
+    from cluster.build import local_ray
+    from cluster.runner import RunOptions, run_scenario
     from cluster.scenario import load_scenario
 
     sc = load_scenario(scenario_path)
     out: dict = {"bench": "timeline", "scenario": scenario_path, "runs": []}
-    start_local_ray("livemig-bench")
-    try:
+    with local_ray("livemig-bench"):
         for _ in range(repeats):
             for interval in (0.1, 10.0):
                 r = run_scenario(sc, RunOptions(interval_s=interval))
@@ -293,8 +288,6 @@ def timeline_bench(scenario_path: str, repeats: int = 2) -> dict:
                     "sampling_share": round(wall["timeline_sampling_s"] / run_s, 4),
                     "total_time_s": [round(v["total_time_s"], 3) for v in r["vms"]],
                     "saturation": round(r["emulation"]["fidelity"]["saturation"], 4)})
-    finally:
-        ray.shutdown()
     fine = [x for x in out["runs"] if x["interval_s"] == 0.1]
     coarse = [x for x in out["runs"] if x["interval_s"] == 10.0]
     mean = lambda xs: sum(x["run_s"] for x in xs) / len(xs)  # noqa: E731

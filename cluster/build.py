@@ -67,6 +67,29 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
     return f"http://{url}" if dashboard and url else None
 
 
+def stop_local_ray() -> None:
+    """Shut Ray down, its autoscaler monitor first: the monitor ignores SIGTERM, and
+    ray.shutdown waited a second for it each time (1.4 s against 0.4 s in all).
+    It keeps no state a local run needs."""
+    import ray
+    node = getattr(ray._private.worker, "_global_node", None)
+    for info in (node.all_processes.get("monitor", []) if node is not None and node.head else []):
+        info.process.kill()
+        info.process.wait(timeout=5)
+    ray.shutdown()
+
+
+@contextlib.contextmanager
+def local_ray(namespace: str, num_cpus: int | None = None):
+    """One embedded Ray for several runs (a sweep, a reproduction, a benchmark): the
+    runner joins it instead of starting one per run; stopped when the block ends."""
+    start_local_ray(namespace, num_cpus=num_cpus)
+    try:
+        yield
+    finally:
+        stop_local_ray()
+
+
 def _sweep_socket_dirs() -> None:
     """Remove socket directories of runs whose driver is gone (killed before its tear-down)."""
     import glob
@@ -138,11 +161,7 @@ class Cluster:
         import ray
 
         from agents.datapath import shm
-        for a in self.actors:
-            try:
-                ray.get(a.close.remote(), timeout=5)
-            except Exception:  # noqa: BLE001 - a dead actor is what tear-down is for
-                pass
+        _close_all(self.actors)
         for a in self.actors:
             try:
                 ray.kill(a)
@@ -150,13 +169,27 @@ class Cluster:
                 pass
         self.actors.clear()
         if self._started_ray:
-            ray.shutdown()
+            stop_local_ray()
         shm.remove_run(self.run_id)
         shutil.rmtree(self.sock_dir, ignore_errors=True)
 
     def track(self, actor):
         self.actors.append(actor)
         return actor
+
+
+def _close_all(actors: list, timeout_s: float = 5.0) -> None:
+    """Ask every actor to close at once and wait for them together (at most `timeout_s`
+    real seconds in all): one at a time, a run's tear-down took a round trip per actor."""
+    import ray
+    refs = []
+    for a in actors:
+        try:
+            refs.append(a.close.remote())
+        except Exception:  # noqa: BLE001 - a dead actor is what tear-down is for
+            pass
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
 
 
 @dataclass

@@ -50,14 +50,9 @@ def judge(row: dict, tolerance: float) -> dict:
 @contextlib.contextmanager
 def one_ray():
     """One local Ray for every run of a reproduction, shut down after the last."""
-    import ray
-
-    from cluster.runner import start_local_ray
-    start_local_ray("livemig-reproduce")
-    try:
+    from cluster.build import local_ray
+    with local_ray("livemig-reproduce"):
         yield
-    finally:
-        ray.shutdown()
 
 
 def run_kept(path: Path, out_dir: Path, progress=print, label: str = "") -> dict:

@@ -250,11 +250,9 @@ def run_sweep(spec: Spec, out: Path, points: list[Point], selected: list[Point] 
 
 
 def _run_all(spec: Spec, todo: list, progress) -> None:
-    import ray
-
-    from cluster.runner import RunOptions, run_scenario, start_local_ray
-    start_local_ray(f"livemig-sweep-{spec.name}")
-    try:
+    from cluster.build import local_ray
+    from cluster.runner import RunOptions, run_scenario
+    with local_ray(f"livemig-sweep-{spec.name}"):
         for n, (point, sc, d) in enumerate(todo, 1):
             t = time.monotonic()
             result = _one_run(sc, d, f"{spec.path}#{point.name}", RunOptions, run_scenario)
@@ -263,8 +261,6 @@ def _run_all(spec: Spec, todo: list, progress) -> None:
             point.results.append(result)
             progress(f"[{n}/{len(todo)}] {point.name} {d.name}: {result['status']} "
                      f"in {time.monotonic() - t:.1f} s")
-    finally:
-        ray.shutdown()
 
 
 def _one_run(sc, d: Path, source: str, RunOptions, run_scenario) -> dict:

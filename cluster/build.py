@@ -239,8 +239,10 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
     import ray
 
     sl = Slice(cl, scenario, scale, plan(scenario, scale))
-    _hosts(sl)
+    configured = _hosts(sl)
     _links(sl)
+    _spawn_guests(sl)
+    ray.get(configured)
     ray.get(_images(sl))
     _wire(sl)
     _pipelines(sl)
@@ -345,10 +347,9 @@ def _costs(scenario: Scenario, lock: str) -> dict:
     return resolve(scenario.cpu.profile, lock, scenario.cpu.overrides()).__dict__
 
 
-def _hosts(sl: Slice) -> None:
-    """A HostAgent per host that runs a VM or takes part in a migration, named by its roles."""
-    import ray
-
+def _hosts(sl: Slice) -> list:
+    """A HostAgent per host that runs a VM or takes part in a migration, named by its roles
+    (their configuration's pending results)."""
     from agents.actors.host import HostAgent
     sc, cpu = sl.scenario, sl.scenario.cpu
     used = {sc.initial_host(vm).name for vm in sc.vms}
@@ -367,7 +368,7 @@ def _hosts(sl: Slice) -> None:
         shares = any(not vm.migrate and sc.initial_host(vm).name == h.name for vm in sc.vms)
         waits.append(actor.configure.remote(cores, costs, sl.scale.memory_scale, sl.scale.dilation,
                                             cpu.shared_cores if shares else 0, cpu.migration_priority))
-    ray.get(waits)
+    return waits
 
 
 def _links(sl: Slice) -> None:
@@ -457,16 +458,21 @@ def _access_histories(sl: Slice) -> None:
     ray.get(waits)
 
 
-def _guests(sl: Slice) -> None:
+def _spawn_guests(sl: Slice) -> None:
+    """A GuestAgent per VM, created first: Ray starts their processes (a core's worth
+    at a time, 0.5-1 s each) while the hosts start and make the images."""
     from agents.actors.guest import GuestAgent
+    for vm in sl.scenario.vms:
+        sl.guests.append(sl.cluster.track(GuestAgent.options(name=f"guest:{vm.name}").remote(vm.name)))
+
+
+def _guests(sl: Slice) -> None:
+    """Each guest on its image. Dozens of guests take many seconds to start: wait
+    for them here, in set-up, not in the first deadlined call."""
+    import ray
     sc, scale = sl.scenario, sl.scale
     fault_s = _costs(sc, sc.migration.address_space_lock)["guest_fault_us"] * 1e-6
-    for i, vm in enumerate(sc.vms):
-        sl.guests.append(sl.cluster.track(GuestAgent.options(name=f"guest:{vm.name}").remote(
-            vm.name, sl.paths[sl.first_key(i)], vm.workload.model_dump(), vm.content.model_dump(), vm.vcpus,
-            scale.memory_scale, scale.dilation, fault_s, sc.emulation.seed + 1000 * i, vm.io_bound,
-            any(splits(mp) for mp in sc.migration_plans() if mp.vm_index == i))))
-    # Ray starts actor processes a core's worth at a time: dozens of guests take
-    # many seconds. Wait for them here, in set-up, not in the first deadlined call.
-    import ray
-    ray.get([g.__ray_ready__.remote() for g in sl.guests])
+    ray.get([g.boot.remote(sl.paths[sl.first_key(i)], vm.workload.model_dump(), vm.content.model_dump(), vm.vcpus,
+                           scale.memory_scale, scale.dilation, fault_s, sc.emulation.seed + 1000 * i, vm.io_bound,
+                           any(splits(mp) for mp in sc.migration_plans() if mp.vm_index == i))
+             for i, (g, vm) in enumerate(zip(sl.guests, sc.vms))])

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.compare import ROWS, figure
+from cluster.tables import SATURATED, SATURATION_LIMIT
 from cluster.scenario import NAME, ScenarioError, read_scenario_text, scenario_from_data
 
 MAX_REPEATS = 100
@@ -41,7 +42,7 @@ SPEC_KEYS = {"name", "description", "base", "repeats", "vary"}
 # every row of `livemig compare`).
 SCREEN = (("total_time_s", "time s"), ("downtime_ms", "downtime ms"), ("iterations", "iterations"),
           ("memory_bytes_sent", "sent GByte"), ("avg_throughput_mbytes_s", "MByte/s"),
-          ("degradation", "degradation %"))
+          ("degradation", "degradation %"), ("saturation", "saturation %"))
 
 class SweepError(Exception):
     """A sweep file that cannot be run: one line naming the file, the field and what is allowed."""
@@ -328,7 +329,8 @@ def screen_table(summ: dict):
     from rich.markup import escape
     from rich.table import Table
     t = Table(title=escape(f"sweep {summ['sweep']}: median (min-max) of {summ['repeats']} repeat(s)"),
-              title_justify="left")
+              title_justify="left", caption=f"{SATURATED}: a repeat's saturation was over {SATURATION_LIMIT:.0%}; "
+                                            "its figures are not faithful (raise dilation)", caption_justify="left")
     t.add_column("point", no_wrap=True)
     for _, heading in SCREEN:
         t.add_column(heading, justify="right", no_wrap=True)
@@ -339,7 +341,8 @@ def screen_table(summ: dict):
         for key, _ in SCREEN:
             fig, k = row["figures"].get(key), scale[key]
             cells.append("-" if not fig else
-                         f"{_num(fig['median'] * k)} ({_num(fig['min'] * k)}-{_num(fig['max'] * k)})")
+                         f"{_num(fig['median'] * k)} ({_num(fig['min'] * k)}-{_num(fig['max'] * k)})"
+                         + (f" {SATURATED}" if key == "saturation" and fig["max"] > SATURATION_LIMIT else ""))
         cells.append(f"{row['verified']}/{row['runs']}")
         t.add_row(*cells)
     return t

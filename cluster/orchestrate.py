@@ -151,8 +151,10 @@ class Orchestrator:
             self._loop(until=lambda: all(m.status in FINISHED for m in self.migs))
         except KeyboardInterrupt:
             self._interrupt()
+        # The window after is counted from the last switch-over, not from when the driver saw it end.
         after_s = max(windows.after_s, split_run.observe_after_s(self.sl.scenario))
-        t_after = time.monotonic() + self.scale.real_seconds(after_s)
+        resumed = [m.guest_resumed_at for m in self.migs if m.guest_resumed_at]
+        t_after = min(max(resumed, default=time.monotonic()), time.monotonic()) + self.scale.real_seconds(after_s)
         self._loop(until=lambda: time.monotonic() >= t_after)
         self._sample(time.monotonic(), force=True)
         self.fault_list = self.faults.finish({m.index: {"status": m.status, "verified": m.verified,

@@ -38,6 +38,15 @@ MIXES = {
 }
 
 
+def saturation_fields(result: dict) -> dict:
+    """A benchmark row's saturation and whether it is over the limit: `saturated` rows
+    ran unfaithfully (their figures are not this machine's emulation of the scenario)."""
+    from cluster.tables import SATURATION_LIMIT, saturation_of
+    s = saturation_of(result)
+    return {"saturation": None if s is None else round(s, 4),
+            "saturated": s is None or s > SATURATION_LIMIT}
+
+
 def pipeline_bench(mib: int = 256, batch_pages: int = 256) -> dict:
     """The whole path on the real actors, unshaped and with no CPU charged."""
     import ray
@@ -243,16 +252,15 @@ def scaling_bench(memory_gib: float = 1.0, memory_scale: float = 1 / 512, dilati
     As in PMigrate §6.2.3, each consumer thread is limited to 40 MByte/s: here
     by giving it a NIC pair of its own at that speed (0.3355 Gbit/s).
     """
-    import ray
 
-    from cluster.runner import RunOptions, run_scenario, start_local_ray
+    from cluster.build import local_ray
+    from cluster.runner import RunOptions, run_scenario
     from cluster.scenario import parse_scenario
 
     nic_gbps = 40 * 2**20 * 8 / 1e9
     out: dict = {"bench": "scaling", "memory_gib": memory_gib, "cpu_profile": "xen-4.1",
                  "per_thread_limit_mbytes_s": 40, "memory_scale": memory_scale, "dilation": dilation, "locks": {}}
-    start_local_ray("livemig-bench")
-    try:
+    with local_ray("livemig-bench"):
         for lock in locks:
             rows = []
             for n in workers:
@@ -263,13 +271,12 @@ def scaling_bench(memory_gib: float = 1.0, memory_scale: float = 1 / 512, dilati
                 rows.append({"workers": n, "migration_time_s": round(r["total_time_s"], 2),
                              "throughput_mbytes_s": round(r["avg_throughput_mbytes_s"], 1),
                              "cpu_seconds": round(r["cpu_seconds"], 1), "verified": r["verified"],
-                             "saturation": round(r["emulation"]["fidelity"]["saturation"], 3)})
+                             **saturation_fields(r)})
             base = rows[0]["migration_time_s"]
             for row in rows:
                 row["speedup"] = round(base / row["migration_time_s"], 2)
             out["locks"][lock] = rows
-    finally:
-        ray.shutdown()
+    out["saturated_runs"] = sum(row["saturated"] for rows in out["locks"].values() for row in rows)
     return out
 
 
@@ -277,15 +284,13 @@ def timeline_bench(scenario_path: str, repeats: int = 2) -> dict:
     """What recording the timeline costs: the driver's real time spent sampling
     at 0.1 emulated-second intervals, as a share of the run, and the figures
     with the timeline sampled every 0.1 s against every 10 s."""
-    import ray
-
-    from cluster.runner import RunOptions, run_scenario, start_local_ray
+    from cluster.build import local_ray
+    from cluster.runner import RunOptions, run_scenario
     from cluster.scenario import load_scenario
 
     sc = load_scenario(scenario_path)
     out: dict = {"bench": "timeline", "scenario": scenario_path, "runs": []}
-    start_local_ray("livemig-bench")
-    try:
+    with local_ray("livemig-bench"):
         for _ in range(repeats):
             for interval in (0.1, 10.0):
                 r = run_scenario(sc, RunOptions(interval_s=interval))
@@ -296,9 +301,7 @@ def timeline_bench(scenario_path: str, repeats: int = 2) -> dict:
                     "sampling_s": wall["timeline_sampling_s"], "run_s": round(run_s, 3),
                     "sampling_share": round(wall["timeline_sampling_s"] / run_s, 4),
                     "total_time_s": [round(v["total_time_s"], 3) for v in r["vms"]],
-                    "saturation": round(r["emulation"]["fidelity"]["saturation"], 4)})
-    finally:
-        ray.shutdown()
+                    **saturation_fields(r)})
     fine = [x for x in out["runs"] if x["interval_s"] == 0.1]
     coarse = [x for x in out["runs"] if x["interval_s"] == 10.0]
     mean = lambda xs: sum(x["run_s"] for x in xs) / len(xs)  # noqa: E731

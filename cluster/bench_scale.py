@@ -19,6 +19,7 @@ import statistics
 import time
 
 from cluster.footprint import MemorySampler, this_machine
+from cluster.bench import saturation_fields
 
 _HOSTS = """
 name = "{name}"
@@ -108,7 +109,7 @@ def evacuation_bench(counts: tuple[int, ...] = (8, 16, 32), memory_gib: float = 
                      "wall_clock_s": r["emulation"]["wall_clock_s"]["total_s"],
                      "peak_private_memory_mib": round(max(b for _, b in mem.samples) / 2**20),
                      "shared_memory_images_mib": round(images / 2**20),
-                     "saturation": round(fid["saturation"], 3), "faithful": fid["faithful"],
+                     **saturation_fields(r), "faithful": fid["faithful"],
                      "shm_free_before_gib": round(shm_before / 2**30, 1)})
     unsaturated = [row["vms"] for row in rows if row["faithful"] and row["completed"] == row["vms"]]
     return {"memory_gib": memory_gib, "memory_scale": memory_scale, "dilation": dilation, "runs": rows,

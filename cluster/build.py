@@ -71,6 +71,29 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
     return f"http://{url}" if dashboard and url else None
 
 
+def stop_local_ray() -> None:
+    """Shut Ray down, its autoscaler monitor first: the monitor ignores SIGTERM, and
+    ray.shutdown waited a second for it each time (1.4 s against 0.4 s in all).
+    It keeps no state a local run needs."""
+    import ray
+    node = getattr(ray._private.worker, "_global_node", None)
+    for info in (node.all_processes.get("monitor", []) if node is not None and node.head else []):
+        info.process.kill()
+        info.process.wait(timeout=5)
+    ray.shutdown()
+
+
+@contextlib.contextmanager
+def local_ray(namespace: str, num_cpus: int | None = None):
+    """One embedded Ray for several runs (a sweep, a reproduction, a benchmark): the
+    runner joins it instead of starting one per run; stopped when the block ends."""
+    start_local_ray(namespace, num_cpus=num_cpus)
+    try:
+        yield
+    finally:
+        stop_local_ray()
+
+
 def _sweep_socket_dirs() -> None:
     """Remove socket directories of runs whose driver is gone (killed before its tear-down)."""
     import glob
@@ -147,11 +170,7 @@ class Cluster:
         import ray
 
         from agents.datapath import shm
-        for a in self.actors:
-            try:
-                ray.get(a.close.remote(), timeout=5)
-            except Exception:  # noqa: BLE001 - a dead actor is what tear-down is for
-                pass
+        _close_all(self.actors)
         for a in self.hosts:  # other Ray nodes' shared memory and sockets (this node's: below)
             try:
                 ray.get(a.sweep_node.remote(self.run_id, self.sock_dir), timeout=5)
@@ -165,13 +184,27 @@ class Cluster:
                 pass
         self.actors.clear()
         if self._started_ray:
-            ray.shutdown()
+            stop_local_ray()
         shm.remove_run(self.run_id)
         shutil.rmtree(self.sock_dir, ignore_errors=True)
 
     def track(self, actor):
         self.actors.append(actor)
         return actor
+
+
+def _close_all(actors: list, timeout_s: float = 5.0) -> None:
+    """Ask every actor to close at once and wait for them together (at most `timeout_s`
+    real seconds in all): one at a time, a run's tear-down took a round trip per actor."""
+    import ray
+    refs = []
+    for a in actors:
+        try:
+            refs.append(a.close.remote())
+        except Exception:  # noqa: BLE001 - a dead actor is what tear-down is for
+            pass
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
 
 
 @dataclass
@@ -223,8 +256,14 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
     import ray
 
     sl = Slice(cl, scenario, scale, plan(scenario, scale))
-    _hosts(sl)
+    configured = _hosts(sl)
+    if not opts.address:  # one node: guests need no placement, so their processes start meanwhile
+        _spawn_guests(sl)
+    ray.get(configured)
+    sl.nodes = crossnode.locate(sl.hosts)  # links and guests go beside their hosts
     _links(sl)
+    if opts.address:
+        _spawn_guests(sl)
     ray.get(_images(sl))
     _wire(sl)
     _pipelines(sl)
@@ -329,10 +368,9 @@ def _costs(scenario: Scenario, lock: str) -> dict:
     return resolve(scenario.cpu.profile, lock, scenario.cpu.overrides()).__dict__
 
 
-def _hosts(sl: Slice) -> None:
-    """A HostAgent per host that runs a VM or takes part in a migration, named by its roles."""
-    import ray
-
+def _hosts(sl: Slice) -> list:
+    """A HostAgent per host that runs a VM or takes part in a migration, named by its roles
+    (their configuration's pending results)."""
     from agents.actors.host import HostAgent
     sc, cpu = sl.scenario, sl.scenario.cpu
     used = {sc.initial_host(vm).name for vm in sc.vms}
@@ -353,8 +391,7 @@ def _hosts(sl: Slice) -> None:
         shares = any(not vm.migrate and sc.initial_host(vm).name == h.name for vm in sc.vms)
         waits.append(actor.configure.remote(cores, costs, sl.scale.memory_scale, sl.scale.dilation,
                                             cpu.shared_cores if shares else 0, cpu.migration_priority))
-    ray.get(waits)
-    sl.nodes = crossnode.locate(sl.hosts)
+    return waits
 
 
 def _links(sl: Slice) -> None:
@@ -449,22 +486,37 @@ def _access_histories(sl: Slice) -> None:
     ray.get(waits)
 
 
-def _guests(sl: Slice) -> None:
+def _spawn_guests(sl: Slice) -> None:
+    """A GuestAgent per VM, created early: Ray starts their processes (a core's worth
+    at a time, 0.5-1 s each) while the hosts make the images; `_guests` boots them."""
+    for vm in sl.scenario.vms:
+        sl.guests.append(_new_guest(sl, vm.name, sl.scenario.initial_host(vm).name, f"guest:{vm.name}"))
+
+
+def _new_guest(sl: Slice, vm: str, host: str, name: str):
+    """An empty GuestAgent on the Ray node of `host` (anywhere before the nodes are located)."""
     from agents.actors.guest import GuestAgent
+    return sl.cluster.track(GuestAgent.options(name=name, **crossnode.beside(sl, host)).remote(vm))
+
+
+def _guests(sl: Slice) -> None:
+    """Each guest on its image. Dozens of guests take many seconds to start: wait
+    for them here, in set-up, not in the first deadlined call."""
+    import ray
     sc, scale = sl.scenario, sl.scale
     fault_s = _costs(sc, sc.migration.address_space_lock)["guest_fault_us"] * 1e-6
 
-    def guest(i: int, key: str, host: str, name: str):
+    def boot(g, i: int, key: str):
         vm = sc.vms[i]
-        return sl.cluster.track(GuestAgent.options(name=name, **crossnode.beside(sl, host)).remote(
-            vm.name, sl.paths[key], vm.workload.model_dump(), vm.content.model_dump(), vm.vcpus,
-            scale.memory_scale, scale.dilation, fault_s, sc.emulation.seed + 1000 * i, vm.io_bound,
-            any(splits(mp) for mp in sc.migration_plans() if mp.vm_index == i)))
+        return g.boot.remote(sl.paths[key], vm.workload.model_dump(), vm.content.model_dump(), vm.vcpus,
+                             scale.memory_scale, scale.dilation, fault_s, sc.emulation.seed + 1000 * i, vm.io_bound,
+                             any(splits(mp) for mp in sc.migration_plans() if mp.vm_index == i))
 
-    for i, vm in enumerate(sc.vms):
-        sl.guests.append(guest(i, sl.first_key(i), sc.initial_host(vm).name, f"guest:{vm.name}"))
-    crossnode.standby_guests(sl, lambda i, key, host: guest(i, key, host, f"guest:{sc.vms[i].name}@{key}"))
-    # Ray starts actor processes a core's worth at a time: dozens of guests take
-    # many seconds. Wait for them here, in set-up, not in the first deadlined call.
-    import ray
-    ray.get([g.__ray_ready__.remote() for g in [*sl.guests, *sl.standby.values()]])
+    booted = []
+
+    def standby(i: int, key: str, host: str):
+        g = _new_guest(sl, sc.vms[i].name, host, f"guest:{sc.vms[i].name}@{key}")
+        booted.append(boot(g, i, key))
+        return g
+    crossnode.standby_guests(sl, standby)
+    ray.get(booted + [boot(g, i, sl.first_key(i)) for i, g in enumerate(sl.guests)])

@@ -271,13 +271,15 @@ def compare(result_a: Path = typer.Argument(..., help="result.json (or its direc
     if json_out:
         print(json.dumps({"a": str(result_a), "b": str(result_b), "rows": table_rows}, indent=2))
         return
-    from cluster.tables import print_table, rich_table, to_markdown
+    from cluster.tables import print_table, rich_table, saturation_cell, to_markdown
     with_paper = any("paper_ratio" in r for r in table_rows)
     headers = ["Metric", "A", "B", "A/B"] + (["paper A", "paper B", "paper A/B", "deviation"] if with_paper else [])
     fmt = lambda v, u="": "-" if v is None else f"{v:,.2f}{(' ' + u) if u else ''}"
     cells = []
     for r in table_rows:
         row = [r["metric"], fmt(r["a"], r["unit"]), fmt(r["b"], r["unit"]), fmt(r["ratio"])]
+        if r["key"] == "saturation":  # a fraction in result.json, a percentage in the rows
+            row[1:3] = [saturation_cell(None if v is None else v / 100) for v in (r["a"], r["b"])]
         if with_paper:
             dev = r.get("deviation")
             row += [fmt(r.get("paper_a"), r["unit"]), fmt(r.get("paper_b"), r["unit"]), fmt(r.get("paper_ratio")),

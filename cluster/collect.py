@@ -374,7 +374,7 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until:
         "compression": compression_figures(o, scale, m.final, m.receiver, pages, total),
         "convergence": convergence_figures(o, events, tl.of("guest", vm=m.vm),
                                            lambda t1, t2: _rate(samples, real(t1), real(t2), scale.dilation),
-                                           times["started_at_s"]),
+                                           times["started_at_s"], warmup_s),
         "iteration_log": [{"iteration": r["iteration"], "pages": r["pages"], "bytes": r["bytes"],
                            "duration_s": r["duration_s"],
                            "throughput_mbytes_s": r["bytes"] / r["duration_s"] / MIB if r["duration_s"] else 0.0}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cluster.tables import saturation_of
+
 ROWS = [
     # (label, key, unit, scale)
     ("Migration time", "total_time_s", "s", 1.0),
@@ -58,7 +60,7 @@ def figure(result: dict, key: str) -> float | None:
     if key == "memory_compress_rate":
         return (result.get("compression") or {}).get("memory_compress_rate")
     if key == "saturation":
-        return ((result.get("emulation") or {}).get("fidelity") or {}).get("saturation")
+        return saturation_of(result)
     return result.get(key)
 
 

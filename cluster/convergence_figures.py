@@ -11,9 +11,12 @@ rates the guest measured while the limit held.
 from __future__ import annotations
 
 
-def convergence_figures(options, events: list[dict], guest_records: list[dict], rate, started_at_s: float) -> dict | None:
+def convergence_figures(options, events: list[dict], guest_records: list[dict], rate, started_at_s: float,
+                        warmup_s: float) -> dict | None:
     """`rate(t1, t2)`: the guest's operations per emulated second between two
-    timeline times (None if unknown); `guest_records`: its timeline samples."""
+    timeline times (None if unknown); `guest_records`: its timeline samples;
+    `warmup_s`: the emulated seconds the guest ran before (the last 80% of them
+    measure its throughput before, as result.json's app figures do)."""
     from agents.techniques.convergence import policy_from_options
     policy = policy_from_options(options)
     if policy is None:
@@ -32,7 +35,7 @@ def convergence_figures(options, events: list[dict], guest_records: list[dict], 
             "max_throttle_pct": max((ev["throttle_pct"] for ev in steps), default=0.0),
             "dirty_rate_at_kick_in_bytes_s": start.get("dirty_rate_bytes_s"),
             "transfer_rate_at_kick_in_bytes_s": start.get("transfer_rate_bytes_s")}
-    out["app"] = _app_cost(rate, started_at_s, start["t"], stop_t)
+    out["app"] = _app_cost(rate, started_at_s, start["t"], stop_t, warmup_s)
     limit = at.get("dirty-limit")
     if limit is not None:
         out["vcpu_dirty_limit_mbytes_s"] = limit["vcpu_dirty_limit_mbytes_s"]
@@ -40,8 +43,8 @@ def convergence_figures(options, events: list[dict], guest_records: list[dict], 
     return out
 
 
-def _app_cost(rate, started_at_s: float, t1: float, t2: float) -> dict:
-    before = rate(started_at_s - 0.8, started_at_s)
+def _app_cost(rate, started_at_s: float, t1: float, t2: float, warmup_s: float) -> dict:
+    before = rate(started_at_s - 0.8 * warmup_s, started_at_s)
     throttled = rate(t1, t2)
     return {"ops_per_s_before": before, "ops_per_s_throttled": throttled,
             "degradation_throttled": max(0.0, 1 - throttled / before) if before and throttled is not None else None,

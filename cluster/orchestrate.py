@@ -1,7 +1,8 @@
 """Orchestrating migrations: start each on time, watch them all, switch over.
 
-The guests run a warm-up first, so their throughput before migration is
-measured. Then each migration starts at its `start_s` (a VM's migrations one
+The guests run a warm-up first (`[emulation] warmup_s`), so their throughput
+before migration is measured, and the run goes on `after_s` after the last
+switch-over, for their throughput after it. Then each migration starts at its `start_s` (a VM's migrations one
 after the other), scheduled events fire at their time or when a migration
 reaches their phase, and every interval the orchestrator samples each
 migration, link, host and guest into the timeline (cluster/timeline.py).
@@ -28,8 +29,6 @@ from cluster.scenario import GIB, MIB
 from cluster.timeline import Timeline
 
 PAGE = 4096
-WARMUP_S = 1.0  # emulated seconds of guest activity measured before migrating
-AFTER_S = 1.0  # ... and after the last switch-over
 LOST = "(lost)"  # where a VM lost in post-copy runs: nowhere (result.json's final hosts)
 VERIFY_S = 600.0  # real seconds two hosts may take to digest their images (a TiB at 2 GB/s)
 FINISHED = ("completed", "cancelled", "aborted", "failed")
@@ -149,13 +148,17 @@ class Orchestrator:
         self.t_run = ray.get([g.start.remote() for g in self.sl.guests], timeout=ACTOR_CALL_S)[0]
         self.tl.t0 = self.t_run
         self.tl.event(self.t_run, "guests-started")
-        self.t_mig = self.t_run + self.scale.real_seconds(WARMUP_S)
+        windows = self.sl.scenario.emulation
+        self.t_mig = self.t_run + self.scale.real_seconds(windows.warmup_s)
         try:
             self._loop(until=lambda: time.monotonic() >= self.t_mig)
             self._loop(until=lambda: all(m.status in FINISHED for m in self.migs))
         except KeyboardInterrupt:
             self._interrupt()
-        t_after = time.monotonic() + self.scale.real_seconds(max(AFTER_S, split_run.observe_after_s(self.sl.scenario)))
+        # The window after is counted from the last switch-over, not from when the driver saw it end.
+        after_s = max(windows.after_s, split_run.observe_after_s(self.sl.scenario))
+        resumed = [m.guest_resumed_at for m in self.migs if m.guest_resumed_at]
+        t_after = min(max(resumed, default=time.monotonic()), time.monotonic()) + self.scale.real_seconds(after_s)
         self._loop(until=lambda: time.monotonic() >= t_after)
         self._sample(time.monotonic(), force=True)
         self.fault_list = self.faults.finish({m.index: {"status": m.status, "verified": m.verified,

@@ -12,6 +12,7 @@ import contextlib
 from pathlib import Path
 
 from cluster.compare import rows
+from cluster.tables import saturation_cell, saturation_of
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -50,14 +51,9 @@ def judge(row: dict, tolerance: float) -> dict:
 @contextlib.contextmanager
 def one_ray():
     """One local Ray for every run of a reproduction, shut down after the last."""
-    import ray
-
-    from cluster.runner import start_local_ray
-    start_local_ray("livemig-reproduce")
-    try:
+    from cluster.build import local_ray
+    with local_ray("livemig-reproduce"):
         yield
-    finally:
-        ray.shutdown()
 
 
 def run_kept(path: Path, out_dir: Path, progress=print, label: str = "") -> dict:
@@ -84,14 +80,16 @@ def run_suite(suite: str, out_dir: Path, tolerance: float = 0.25, progress=print
             for row in table:
                 row.update(judge(row, tolerance))
             report.append({"experiment": title, "a": a_path, "b": b_path, "rows": table,
-                           "verified": all(r["verified"] for r in results)})
+                           "verified": all(r["verified"] for r in results),
+                           "saturation": [saturation_of(r) for r in results]})
     return report
 
 
 def markdown(report: list[dict]) -> str:
-    lines = ["| experiment | figure | paper A → B | emulator A → B | paper ratio | emulator ratio | deviation |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| experiment | figure | paper A → B | emulator A → B | paper ratio | emulator ratio | deviation "
+             "| saturation A / B |", "|" + " --- |" * 8]
     for exp in report:
+        saturation = " / ".join(saturation_cell(s) for s in exp.get("saturation") or (None, None))
         for r in exp["rows"]:
             if "paper_ratio" not in r:
                 continue
@@ -99,7 +97,8 @@ def markdown(report: list[dict]) -> str:
             f = lambda v: "-" if v is None else f"{v:,.3g}"
             lines.append(f"| {exp['experiment']} | {r['metric']} ({r['unit']}) | {f(r.get('paper_a'))} → {f(r.get('paper_b'))} "
                          f"| {f(r['a'])} → {f(r['b'])} | {f(r.get('paper_ratio'))} | {f(r['ratio'])} "
-                         f"| {'-' if r.get('deviation') is None else format(r['deviation'], '+.0%')}{mark} |")
+                         f"| {'-' if r.get('deviation') is None else format(r['deviation'], '+.0%')}{mark} "
+                         f"| {saturation} |")
     return "\n".join(lines)
 
 
@@ -159,7 +158,8 @@ def run_model(out_dir: Path, progress=print) -> list[dict]:
             write_result(r, out_dir / sc.name)
             p = predict(sc)
             rows.append({"scenario": sc.name, "dirty_pages_per_s": dirty, "gbps": gbps, "downtime_limit_ms": limit,
-                         "verified": r["verified"], "emulated": {k: r[k] for k in MODEL_FIGURES},
+                         "verified": r["verified"], "saturation": saturation_of(r),
+                         "emulated": {k: r[k] for k in MODEL_FIGURES},
                          "predicted": {k: p[k] for k in MODEL_FIGURES},
                          "deviation": {k: _deviation(r[k], p[k]) for k in MODEL_FIGURES}})
     return rows
@@ -172,13 +172,14 @@ def _deviation(emulated: float, predicted: float) -> float | None:
 
 def model_markdown(rows: list[dict]) -> str:
     head = "| dirty pages/s | Gbit/s | limit ms | " + " | ".join(
-        f"{k} emu / model (dev)" for k in MODEL_FIGURES) + " |"
-    lines = [head, "|" + " --- |" * (3 + len(MODEL_FIGURES))]
+        f"{k} emu / model (dev)" for k in MODEL_FIGURES) + " | saturation |"
+    lines = [head, "|" + " --- |" * (4 + len(MODEL_FIGURES))]
     for r in rows:
         cells = []
         for k in MODEL_FIGURES:
             e, p, d = r["emulated"][k], r["predicted"][k], r["deviation"][k]
             scale = 2**30 if k == "memory_bytes_sent" else 1  # GiB
             cells.append(f"{e / scale:.3g} / {p / scale:.3g} ({'-' if d is None else format(d, '+.0%')})")
-        lines.append(f"| {r['dirty_pages_per_s']} | {r['gbps']} | {r['downtime_limit_ms']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['dirty_pages_per_s']} | {r['gbps']} | {r['downtime_limit_ms']} | " + " | ".join(cells)
+                     + f" | {saturation_cell(r.get('saturation'))} |")
     return "\n".join(lines)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cluster.tables import saturation_cell, saturation_of
+
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios" / "convergence"
 
 METHODS = (("forced stop-and-copy", "memcached-stop-and-copy.toml"), ("SDPS", "memcached-sdps.toml"),
@@ -32,7 +34,8 @@ def row(label: str, result: dict) -> dict:
     return {"method": label, "verified": result["verified"], "total_time_s": v["total_time_s"],
             "downtime_ms": v["downtime_ms"], "memory_bytes_sent": v["memory_bytes_sent"],
             "degradation": v["app"].get("degradation"), "non_response_s": v["app"].get("non_response_s"),
-            "faults": post.get("faults"), "kicked_in_at_s": conv.get("kicked_in_at_s")}
+            "faults": post.get("faults"), "kicked_in_at_s": conv.get("kicked_in_at_s"),
+            "saturation": saturation_of(result)}
 
 
 def checks(methods: list[dict], nics: list[dict]) -> list[tuple[str, bool]]:
@@ -68,12 +71,13 @@ def markdown(report: dict) -> str:
     """The two tables and the checks, as Markdown."""
     f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
     lines = ["| method | migration time | downtime | memory sent | app degradation | non-response | faults "
-             "| kicked in at |", "|" + " --- |" * 8]
+             "| kicked in at | saturation |", "|" + " --- |" * 9]
     for r in report["methods"] + report["nics"]:
         lines.append(f"| {r['method']} | {r['total_time_s']:.1f} s | {r['downtime_ms']:.0f} ms "
                      f"| {r['memory_bytes_sent'] / 1e9:.1f} GB | {f(r['degradation'], '.1%')} "
                      f"| {f(r['non_response_s'], '.2f')} s | {f(r['faults'], ',.0f')} "
-                     f"| {f(r['kicked_in_at_s'], '.1f')}{'' if r['kicked_in_at_s'] is None else ' s'} |")
+                     f"| {f(r['kicked_in_at_s'], '.1f')}{'' if r['kicked_in_at_s'] is None else ' s'} "
+                     f"| {saturation_cell(r.get('saturation'))} |")
     lines.append("")
     lines += [f"- {'✓' if c['holds'] else '✗'} {c['check']}" for c in report["checks"]]
     return "\n".join(lines)

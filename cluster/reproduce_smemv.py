@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cluster.tables import saturation_cell, saturation_of
+
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios" / "smemv"
 
 # (experiment, scenario stem per variant, slow?)
@@ -57,7 +59,7 @@ def _row(group: str, variant: str, r: dict, ideal: dict | None) -> dict:
            "recovery_s": section.get("recovery_s"),
            "faults": paging.get("faults", paging.get("after_migration", {}).get("swap_faults")),
            "ops_per_s_after": r.get("app", {}).get("ops_per_s_after"),
-           "ops_per_s_before": r.get("app", {}).get("ops_per_s_before")}
+           "ops_per_s_before": r.get("app", {}).get("ops_per_s_before"), "saturation": saturation_of(r)}
     paper = PAPER.get(group, {}).get(variant)
     if paper:
         row["paper_time_ratio"], row["paper_downtime_diff_ms"] = paper
@@ -84,10 +86,11 @@ def run(out_dir: Path, groups: list[str] | None = None, progress=print) -> list[
 def markdown(rows: list[dict]) -> str:
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     lines = ["| experiment | variant | time s | x ideal (paper) | downtime ms | +ms vs ideal (paper) | "
-             "faults after | recovery s | verified |", "|" + " --- |" * 9]
+             "faults after | recovery s | verified | saturation |", "|" + " --- |" * 10]
     for r in rows:
         lines.append(f"| {r['experiment']} | {r['variant']} | {f(r['total_time_s'], '.2f')} | "
                      f"{f(r['time_ratio'], '.2f')} ({f(r.get('paper_time_ratio'), '.2f')}) | {f(r['downtime_ms'], '.0f')} | "
                      f"{f(r['downtime_diff_ms'], '+.0f')} ({f(r.get('paper_downtime_diff_ms'), '+.0f')}) | "
-                     f"{f(r['faults'], '.0f')} | {f(r['recovery_s'], '.1f')} | {r['verified']} |")
+                     f"{f(r['faults'], '.0f')} | {f(r['recovery_s'], '.1f')} | {r['verified']} | "
+                     f"{saturation_cell(r.get('saturation'))} |")
     return "\n".join(lines)

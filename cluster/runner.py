@@ -18,7 +18,7 @@ from agents.datapath.shm import run_bytes
 from cluster import crossnode
 from cluster.build import Cluster, RunOptions, build_slice, start_local_ray, swaps
 from cluster.footprint import MemorySampler, guard
-from cluster.orchestrate import WARMUP_S, Orchestrator, verify_images
+from cluster.orchestrate import Orchestrator, verify_images
 from cluster.scaling import scale_of
 from cluster.scenario import Scenario
 from cluster.timeline import Timeline
@@ -71,7 +71,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             for m in migs:
                 samples, m.guest_faults = guest_data[m.vm_index]
                 later = [n.t_start for n in migs if n.vm_index == m.vm_index and n.index > m.index and n.t_start]
-                per_vm.append(collect.migration_result(sl, timeline, m, samples, WARMUP_S, min(later, default=None)))
+                per_vm.append(collect.migration_result(sl, timeline, m, samples, scenario.emulation.warmup_s,
+                                                         min(later, default=None)))
                 if metrics:
                     metrics.finish(m.vm, per_vm[-1])
             colocated = _colocated(sl, migs, guest_data, scale)
@@ -125,5 +126,6 @@ def _colocated(sl, migs, guest_data, scale) -> dict:
     if not ran:
         return {}
     t_first, t_last = min(m.t_start for m in ran), max(m.t_end for m in ran)
-    return {vm.name: collect.colocated_figures(guest_data[i][0], t_first, t_last, scale.dilation, WARMUP_S)
+    return {vm.name: collect.colocated_figures(guest_data[i][0], t_first, t_last, scale.dilation,
+                                                 sl.scenario.emulation.warmup_s)
             for i, vm in enumerate(sl.scenario.vms) if not vm.migrate}

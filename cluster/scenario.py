@@ -595,11 +595,21 @@ class CpuModel(_Strict):
                                               "restore_us", "shootdown_us", "dirty_sync_ns", "guest_fault_us")}
 
 
+MIN_WINDOW_S = 0.1  # the shortest warm-up or after window: 40 guest ticks in its measured 80%
+
+
 class Emulation(_Strict):
     memory_scale: Annotated[float, Field(gt=0, le=1)] = 1 / 64
     dilation: Annotated[float, Field(gt=0, le=MAX_DILATION)] = 1.0
     # numpy seeds are non-negative and under 2**32; VM i uses seed + 1000 * i.
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 1
+    # The windows around the migrations (emulated seconds): the guests run `warmup_s`
+    # before the first migration starts (the application's "before" is measured over
+    # its last 80%), and the run goes on `after_s` after the last switch-over (its
+    # "after"). The guest ticks every 2 real ms: 0.5 s gives its figures 200 ticks and
+    # the timeline 5 records on each side; the run costs 1 s less than with 1 s each.
+    warmup_s: Annotated[float, Field(ge=MIN_WINDOW_S, le=3600)] = 0.5
+    after_s: Annotated[float, Field(ge=MIN_WINDOW_S, le=3600)] = 0.5
 
 
 REFERENCE_KEYS = ("total_time_s", "downtime_ms", "iterations", "memory_bytes_sent", "downtime_bytes_sent",

@@ -176,8 +176,12 @@ def paging_links(sl, m) -> dict:
 
 
 def observe_after_s(scenario) -> float:
-    """Emulated seconds the run goes on after the last switch-over for split migrations' remote paging."""
-    return max((getattr(mp.options, "observe_after_s", 0.0) or 0.0 for mp in scenario.migration_plans()), default=0.0)
+    """Emulated seconds the run goes on after the last switch-over for the remote paging of
+    split and swap-assisted migrations (0 without one: the option is every technique's, but
+    only theirs page; the others keep to `[emulation] after_s`)."""
+    from cluster.build import splits, swaps
+    return max((mp.options.observe_after_s or 0.0 for mp in scenario.migration_plans() if splits(mp) or swaps(mp)),
+               default=0.0)
 
 
 RECOVERED = 0.9  # throughput back to this share of the rate before the migration

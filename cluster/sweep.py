@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.compare import ROWS, figure
+from cluster.tables import SATURATED, SATURATION_LIMIT
 from cluster.scenario import NAME, ScenarioError, read_scenario_text, scenario_from_data
 
 MAX_REPEATS = 100
@@ -41,7 +42,7 @@ SPEC_KEYS = {"name", "description", "base", "repeats", "vary"}
 # every row of `livemig compare`).
 SCREEN = (("total_time_s", "time s"), ("downtime_ms", "downtime ms"), ("iterations", "iterations"),
           ("memory_bytes_sent", "sent GByte"), ("avg_throughput_mbytes_s", "MByte/s"),
-          ("degradation", "degradation %"))
+          ("degradation", "degradation %"), ("saturation", "saturation %"))
 
 class SweepError(Exception):
     """A sweep file that cannot be run: one line naming the file, the field and what is allowed."""
@@ -250,11 +251,9 @@ def run_sweep(spec: Spec, out: Path, points: list[Point], selected: list[Point] 
 
 
 def _run_all(spec: Spec, todo: list, progress) -> None:
-    import ray
-
-    from cluster.runner import RunOptions, run_scenario, start_local_ray
-    start_local_ray(f"livemig-sweep-{spec.name}")
-    try:
+    from cluster.build import local_ray
+    from cluster.runner import RunOptions, run_scenario
+    with local_ray(f"livemig-sweep-{spec.name}"):
         for n, (point, sc, d) in enumerate(todo, 1):
             t = time.monotonic()
             result = _one_run(sc, d, f"{spec.path}#{point.name}", RunOptions, run_scenario)
@@ -263,8 +262,6 @@ def _run_all(spec: Spec, todo: list, progress) -> None:
             point.results.append(result)
             progress(f"[{n}/{len(todo)}] {point.name} {d.name}: {result['status']} "
                      f"in {time.monotonic() - t:.1f} s")
-    finally:
-        ray.shutdown()
 
 
 def _one_run(sc, d: Path, source: str, RunOptions, run_scenario) -> dict:
@@ -365,14 +362,14 @@ def screen_table(summ: dict):
     from rich.markup import escape
     from rich.table import Table
     t = Table(title=escape(f"sweep {summ['sweep']}: median (min-max) of {summ['repeats']} repeat(s)"),
-              title_justify="left")
+              title_justify="left", caption=f"{SATURATED}: a repeat's saturation was over {SATURATION_LIMIT:.0%}; "
+                                            "its figures are not faithful (raise dilation)", caption_justify="left")
     t.add_column("point", no_wrap=True)
     for _, heading in SCREEN:
         t.add_column(heading, justify="right", no_wrap=True)
     t.add_column("verified", justify="right")
     if summ.get("aggregate"):
-        t.caption = escape(f"{summ['aggregate']} (the indented rows).")
-        t.caption_justify = "left"
+        t.caption += escape(f"\n{summ['aggregate']} (the indented rows).")
     for row in summ["points"]:
         whole = " (whole run)" if row.get("per_vm") else ""
         t.add_row(escape(row["point"] + whole), *_cells(row["figures"]), f"{row['verified']}/{row['runs']}")
@@ -387,7 +384,9 @@ def _cells(figs: dict) -> list[str]:
     cells = []
     for key, _ in SCREEN:
         fig, k = figs.get(key), scale[key]
-        cells.append("-" if not fig else f"{_num(fig['median'] * k)} ({_num(fig['min'] * k)}-{_num(fig['max'] * k)})")
+        cells.append("-" if not fig else
+                     f"{_num(fig['median'] * k)} ({_num(fig['min'] * k)}-{_num(fig['max'] * k)})"
+                     + (f" {SATURATED}" if key == "saturation" and fig["max"] > SATURATION_LIMIT else ""))
     return cells
 
 

@@ -11,6 +11,22 @@ from rich.markup import escape
 from rich.table import Table
 
 WIDTH = 200  # columns of a table printed to a pipe or a file
+# Above this share of overrun a run's figures are not faithful (DESIGN.md, `fidelity.saturation`).
+SATURATION_LIMIT = 0.05
+SATURATED = "saturated"  # the mark next to a saturation over the limit, in every table
+
+
+def saturation_of(result: dict) -> float | None:
+    """A result.json's `emulation.fidelity.saturation` (None when it has none: a failed run)."""
+    return ((result.get("emulation") or {}).get("fidelity") or {}).get("saturation")
+
+
+def saturation_cell(saturation: float | None) -> str:
+    """A saturation (a fraction) in percent, '1.2%', marked when over SATURATION_LIMIT:
+    '7.0% saturated'; '-' when unknown."""
+    if saturation is None:
+        return "-"
+    return f"{saturation:.1%}" + (f" {SATURATED}" if saturation > SATURATION_LIMIT else "")
 
 
 def to_markdown(headers: list[str], rows: list[list[str]]) -> str:

@@ -12,15 +12,15 @@ LIVEMIG = str(Path(sys.executable).parent / "livemig")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray for a module's in-process runs (the runner reuses it)."""
-    import ray
-
-    from cluster.runner import start_local_ray
-    start_local_ray("livemig-tests", num_cpus=2)
-    yield
-    ray.shutdown()
+    """One local Ray for every in-process run of the session (the runner joins it, as a
+    sweep's runs do): started by the first test that asks for it, 3-6 s saved per module
+    after that. A test that needs a Ray of its own (several nodes, a kill of Ray itself)
+    must not ask for this one, and must run where none is up (`ray.is_initialized()`)."""
+    from cluster.build import local_ray
+    with local_ray("livemig-tests", num_cpus=2):
+        yield
 
 
 # --- a tiny sweep (2 points x 2 repeats), run once for the sweep and report tests -------------

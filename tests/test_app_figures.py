@@ -40,3 +40,26 @@ def test_a_window_without_ticks_is_no_progress_not_unknown():
     f = app_figures(s, 2.5, 5.0, 5.2, 1.0, 2.0, 5.2)
     assert f["ops_per_s_during"] == pytest.approx(0.0)
     assert f["degradation"] == pytest.approx(1.0)
+
+
+WRITER = '{ kind = "uniform", dirty_pages_per_s = 2000, working_set_gib = 0.125 }'
+
+
+def test_the_windows_around_the_migration_are_settings(ray_cluster, tmp_path):
+    """[emulation] warmup_s and after_s: the migration starts after the one, the run
+    ends after the other, and the application is measured before and after in them."""
+    import json
+
+    from cluster.runner import RunOptions, run_scenario
+    from cluster.scenario import parse_scenario
+    from tests.conftest import scenario_text
+    text = scenario_text("windows", memory_gib=0.25, workload=WRITER, gbps=10).replace(
+        "seed = 5", "seed = 5\nwarmup_s = 0.3\nafter_s = 0.7")
+    r = run_scenario(parse_scenario(text, "windows.toml"), RunOptions(out_dir=str(tmp_path)))
+    v = r["vms"][0]
+    assert r["verified"] and v["started_at_s"] == pytest.approx(0.3, abs=0.05)
+    records = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    switched = next(e["t"] for e in records if e.get("event") == "switched-over")
+    assert records[-1]["t"] - switched == pytest.approx(0.7, abs=0.1)
+    for when in ("before", "during", "after"):
+        assert v["app"][f"ops_per_s_{when}"] == pytest.approx(2000, rel=0.05), when

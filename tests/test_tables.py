@@ -28,9 +28,9 @@ def test_compare_piped_and_as_markdown(tmp_path):
     headers, cells = from_markdown(md.stdout.split("\n\n", 1)[1])
     assert headers == ["Metric", "A", "B", "A/B"]
     assert ["Downtime", "300.00 ms", "100.00 ms", "3.00"] in cells
-    # Each run's saturation is shown, so an unfaithful one is seen beside its figures.
+    # Each run's saturation is shown, and the one over 5% is marked, so an unfaithful run is seen beside its figures.
     sat = next(c for c in cells if c[0].startswith("Saturation"))
-    assert sat[1].startswith("1.00") and sat[2].startswith("8.00")
+    assert sat[1:3] == ["1.0%", "8.0% saturated"]
 
 
 def test_markdown_round_trip():
@@ -73,3 +73,59 @@ def test_sweep_help_shows_vary():
     r = subprocess.run([LIVEMIG, "sweep", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60,
                        env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0 and "[vary] one or two settings" in r.stdout, r.stdout
+
+
+# --- saturation, shown and marked in every table (issue 8, item 4) ------------------------------
+def test_saturation_cell_marks_over_five_percent():
+    from cluster.tables import saturation_cell
+    assert [saturation_cell(s) for s in (None, 0.0, 0.05, 0.0501, 0.54)] == [
+        "-", "0.0%", "5.0%", "5.0% saturated", "54.0% saturated"]
+
+
+def _sat_result(saturation):
+    return {"emulation": {"fidelity": {"saturation": saturation}}, "total_time_s": 2.0, "verified": True}
+
+
+def test_sweep_table_has_a_saturation_column_marked_by_its_worst_repeat():
+    from rich.console import Console
+
+    from cluster.sweep import Point, Spec, summary, screen_table
+    spec = Spec(path=ROOT / "x.toml", name="s", base=ROOT / "b.toml", base_data={}, repeats=2, vary={"k": [1, 2]})
+    calm, hot = Point({"k": 1}, "k=1"), Point({"k": 2}, "k=2")
+    calm.results = [_sat_result(0.01), _sat_result(0.02)]
+    hot.results = [_sat_result(0.01), _sat_result(0.09)]
+    console = Console(width=300, record=True)
+    console.print(screen_table(summary(spec, [calm, hot])))
+    lines = console.export_text().splitlines()
+    assert "saturation %" in next(line for line in lines if "point" in line)
+    assert "saturated" not in next(line for line in lines if "k=1" in line)
+    assert "5 (1-9) saturated" in next(line for line in lines if "k=2" in line)
+
+
+def test_reproduce_tables_show_each_runs_saturation():
+    from cluster import reproduce, reproduce_convergence, reproduce_smemv
+    pair = [{"experiment": "Xen idle", "saturation": [0.01, 0.2], "rows": [
+        {"metric": "Migration time", "unit": "s", "a": 4.0, "b": 2.0, "ratio": 2.0, "paper_a": 4.0, "paper_b": 2.0,
+         "paper_ratio": 2.0, "deviation": 0.0}]}]
+    headers, cells = from_markdown(reproduce.markdown(pair))
+    assert headers[-1] == "saturation A / B" and cells[0][-1] == "1.0% / 20.0% saturated"
+    model = [{"dirty_pages_per_s": 0, "gbps": 1, "downtime_limit_ms": 30, "saturation": 0.06,
+              "emulated": dict.fromkeys(reproduce.MODEL_FIGURES, 1.0),
+              "predicted": dict.fromkeys(reproduce.MODEL_FIGURES, 1.0),
+              "deviation": dict.fromkeys(reproduce.MODEL_FIGURES, 0.0)}]
+    assert from_markdown(reproduce.model_markdown(model))[1][0][-1] == "6.0% saturated"
+    conv = reproduce_convergence.row("forced", {"verified": True, "emulation": {"fidelity": {"saturation": 0.03}},
+                                                "vms": [{"total_time_s": 9.0, "downtime_ms": 900.0, "app": {},
+                                                         "memory_bytes_sent": 1e9}]})
+    md = reproduce_convergence.markdown({"methods": [conv], "nics": [], "checks": []})
+    assert from_markdown(md.split("\n\n")[0])[1][0][-1] == "3.0%"
+    smemv = reproduce_smemv._row("g", "ideal", {"status": "completed", "verified": True, "total_time_s": 1.0,
+                                                "downtime_ms": 5.0, **_sat_result(0.07)}, None)
+    assert from_markdown(reproduce_smemv.markdown([smemv | {"experiment": "e"}]))[1][0][-1] == "7.0% saturated"
+
+
+def test_bench_rows_mark_saturated_runs():
+    from cluster.bench import saturation_fields
+    assert saturation_fields(_sat_result(0.02)) == {"saturation": 0.02, "saturated": False}
+    assert saturation_fields(_sat_result(0.3)) == {"saturation": 0.3, "saturated": True}
+    assert saturation_fields({"status": "failed"})["saturated"]  # a run without a figure is not trusted

@@ -27,13 +27,17 @@ from agents.split.history import bitmap_bytes
 
 @ray.remote(num_cpus=0, max_concurrency=4)
 class GuestAgent(GuestHandOff):
-    def __init__(self, name: str, image_path: str, workload: dict, content: dict, vcpus: int,
-                 memory_scale: float, dilation: float, fault_s: float, seed: int, io_bound: bool = False,
-                 track_access: bool = False) -> None:
-        """`track_access`: mark every page read or written in the accessed bits next to the image
-        (a VM that a split migration will move: its source keeps an access history)."""
+    def __init__(self, name: str) -> None:
+        """An empty VM: its process starts while the hosts make its image; `boot` gives it one."""
         precise_threads()
         self.name = name
+        self.guest: Guest | None = None
+
+    def boot(self, image_path: str, workload: dict, content: dict, vcpus: int, memory_scale: float,
+             dilation: float, fault_s: float, seed: int, io_bound: bool = False, track_access: bool = False) -> None:
+        """Run on the image at `image_path` (made by its host), not started yet.
+        `track_access`: mark every page read or written in the accessed bits next to the image
+        (a VM that a split migration will move: its source keeps an access history)."""
         self.region = Region.attach(image_path)
         self.log_region = Region.attach(image_path + "-log")
         pages = self.region.pages()
@@ -132,5 +136,6 @@ class GuestAgent(GuestHandOff):
         self.guest.stop()
 
     def close(self) -> None:
-        self.guest.stop()
+        if self.guest is not None:
+            self.guest.stop()
 

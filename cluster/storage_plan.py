@@ -51,26 +51,13 @@ def allowed_paths(s, mp, src, tgt) -> dict[str, tuple[float, float]]:
     return out
 
 
-def disk_location(s, mp) -> str | None:
-    """The datastore `mp.vm`'s disk is on when migration plan `mp` starts: where the
-    last earlier migration of the VM (by start, then order) moved it, or where it began."""
-    where = mp.vm.datastore
-    for p in sorted(s.migration_plans(), key=lambda p: (p.start_s, p.index)):
-        if p.index == mp.index:
-            break
-        target = getattr(p.options, "target_datastore", None)
-        if p.vm_index == mp.vm_index and target is not None:
-            where = target
-    return where
-
-
 def disk_move(s, mp) -> DiskMove | None:
     """Migration plan `mp`'s disk move, or None when its disk stays where it is."""
     vm, o = mp.vm, mp.options
-    target, here = getattr(o, "target_datastore", None), disk_location(s, mp)
-    if vm.disk_gib <= 0 or target is None or target == here:
+    target = getattr(o, "target_datastore", None)
+    if vm.disk_gib <= 0 or target is None or target == vm.datastore:
         return None
-    src, tgt = s.datastore_named(here), s.datastore_named(target)
+    src, tgt = s.datastore_named(vm.datastore), s.datastore_named(target)
     paths = allowed_paths(s, mp, src, tgt)
     choice = next(iter(paths)) if o.disk_path == "auto" else o.disk_path
     rate, delay = paths[choice]
@@ -141,20 +128,12 @@ def _disk_problems(s) -> list[tuple[str, str]]:
 
 def _move_problems(s) -> list[tuple[str, str]]:
     problems = []
-    moved: dict[int, int] = {}  # VM index -> the migration that moves its disk
     for mp in s.migration_plans():
         o = mp.options
         where = f"migrations[{mp.index}]" if s.migrations else "migration"
         target = getattr(o, "target_datastore", None)
         if target is None:
             continue
-        if target != disk_location(s, mp):
-            if mp.vm_index in moved:
-                # A second move would start from the first one's target, whose agent does not hold the disk.
-                problems.append((f"{where}.target_datastore", f"{mp.vm.name}'s disk already moves in migrations"
-                                                              f"[{moved[mp.vm_index]}]; a disk moves once per scenario"))
-                continue
-            moved[mp.vm_index] = mp.index
         tgt = s.datastore_named(target)
         if tgt is None:
             problems.append((f"{where}.target_datastore", f"\"{target}\" is not a datastore; known: "
@@ -167,12 +146,12 @@ def _move_problems(s) -> list[tuple[str, str]]:
             problems.append((f"{where}.target_datastore", f"destination host \"{mp.destination.name}\" does not reach "
                                                           f"datastore \"{tgt.name}\" (reached by: {', '.join(tgt.hosts)})"))
             continue
-        if target != disk_location(s, mp) and mp.vm.disk_gib > tgt.capacity_gib:
+        if target != mp.vm.datastore and mp.vm.disk_gib > tgt.capacity_gib:
             problems.append((f"{where}.target_datastore", f"{mp.vm.name}'s {mp.vm.disk_gib:g} GiB disk does not fit "
                                                           f"datastore \"{tgt.name}\" (capacity_gib {tgt.capacity_gib:g})"))
             continue
-        if o.disk_path != "auto" and target != disk_location(s, mp):
-            allowed = allowed_paths(s, mp, s.datastore_named(disk_location(s, mp)), tgt)
+        if o.disk_path != "auto" and target != mp.vm.datastore:
+            allowed = allowed_paths(s, mp, s.datastore_named(mp.vm.datastore), tgt)
             if o.disk_path not in allowed:
                 problems.append((f"{where}.disk_path", f"\"{o.disk_path}\" is not possible here; the topology allows: "
                                                        f"{', '.join(allowed)}"))

@@ -89,24 +89,6 @@ def test_a_forced_path_is_taken_when_allowed_and_refused_otherwise():
                                 'allows: network']
 
 
-def test_a_disk_that_moves_twice_is_refused_and_one_that_stays_put_does_not_move():
-    # There and back: the second move would start from san-b, which the first one filled.
-    back = ('[[migrations]]\nvm = "db"\nto = "dst"\n[[migrations]]\nvm = "db"\nto = "src"\n'
-            'start_s = 60\ntarget_datastore = "san-a"\n')
-    both = 'role = ["source", "destination"]'
-    text = storage_scenario(src_hosts='["src", "dst"]', tgt_hosts='["src", "dst"]', events=back)
-    text = text.replace('role = "source"', both).replace('role = "destination"', both)
-    text = text.replace('name = "db"\n', 'name = "db"\nhost = "src"\n')
-    with pytest.raises(ScenarioError) as info:
-        parse_scenario(text, "x.toml")
-    assert info.value.lines == ["x.toml: migrations[1].target_datastore: db's disk already moves in "
-                                "migrations[0]; a disk moves once per scenario"]
-    # Back with the disk left on san-b (shared by both hosts): only memory moves the second time.
-    sc = parse_scenario(text.replace('target_datastore = "san-a"', 'target_datastore = "san-b"'), "x.toml")
-    first, second = sc.migration_plans()
-    assert disk_move(sc, first).source.name == "san-a" and disk_move(sc, second) is None
-
-
 def test_no_move_when_the_disk_stays_on_shared_storage():
     assert _move(storage_scenario(src_hosts='["src", "dst"]', target="san-a")) is None
 

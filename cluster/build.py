@@ -223,6 +223,7 @@ class Slice:
     npages: dict = field(default_factory=dict)  # VM index -> real pages
     datastores: dict = field(default_factory=dict)  # datastore name -> DiskAgent
     disk_moves: dict = field(default_factory=dict)  # migration index -> its disk move, for the technique
+    disk_at: dict = field(default_factory=dict)  # VM index -> the datastore its disk is on now
     nodes: dict = field(default_factory=dict)  # host name -> its Ray node {"id", "ip"} (cluster/crossnode.py)
     standby: dict = field(default_factory=dict)  # migration index -> the guest waiting on its destination's node
 
@@ -301,6 +302,7 @@ def _disks(sl: Slice) -> None:
             nbytes = max(1, round(vm.disk_gib * (1 << 30) * scale.memory_scale / EXTENT)) * EXTENT
             agent = sl.datastores[vm.datastore]
             waits.append(agent.create_disk.remote(vm.name, nbytes, vm.disk_used_fraction, sc.emulation.seed + 1000 * i))
+            sl.disk_at[i] = vm.datastore
     ray.get(waits)
     ray.get([sl.datastores[vm.datastore].start_workload.remote(vm.name, vm.disk_workload.figures(),
                                                                sc.emulation.seed + 1000 * i + 7)

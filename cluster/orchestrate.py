@@ -224,9 +224,10 @@ class Orchestrator:
     def _start(self, m: MigrationState, now: float) -> None:
         import ray
         host, key = self.sl.location[m.vm_index]
-        if host != m.plan.source.name:
+        disk, why = self._disk_move(m)
+        if host != m.plan.source.name or why:
             m.status = m.phase = "failed"
-            m.reason = f"{m.vm} runs on {host}, not on {m.plan.source.name}"
+            m.reason = why or f"{m.vm} runs on {host}, not on {m.plan.source.name}"
             self.tl.event(now, "failed", vm=m.vm, migration=m.index, reason=m.reason)
             return
         src = self._src(m)
@@ -241,8 +242,8 @@ class Orchestrator:
         lps = self.sl.topo.links_of_migration(m.index)
         destination = {"image": self.sl.paths[dst_key], "return_path": f"{self.sl.cluster.sock_dir}/m{m.index}ret",
                        "one_way_s": lps[0].one_way_s if lps else 0.0}
-        if m.index in self.sl.disk_moves:
-            destination["disk"] = self.sl.disk_moves[m.index]
+        if disk is not None:
+            destination["disk"] = disk
         if splits(m.plan):
             destination |= split_run.destination_fields(self.sl, m)
             try:
@@ -257,6 +258,22 @@ class Orchestrator:
         ray.get(src.migrate.remote(m.index, key, self.sl.guests[m.vm_index], m.plan.technique,
                                    m.plan.options.model_dump(), self._triggers(m), destination), timeout=ACTOR_CALL_S)
         m.ref = src.wait.remote(m.index, 1e9)
+
+    def _disk_move(self, m: MigrationState) -> tuple[dict | None, str]:
+        """Migration `m`'s disk move as its VM's disk lies now, or why it cannot start: a
+        move was planned from where the disk began (cluster/storage_plan.py), but whether
+        an earlier migration moved it is known only now. A disk that stays where it is
+        asked to be needs no move; one that would move a second time is refused (its
+        first move's agent does not hold it)."""
+        target = getattr(m.plan.options, "target_datastore", None)
+        here = self.sl.disk_at.get(m.vm_index)
+        planned = self.sl.disk_moves.get(m.index)
+        if target is None or here is None or here == target:
+            return None, ""
+        if planned is not None and planned["source"] == here:
+            return planned, ""
+        return None, (f"{m.vm}'s disk is on {here} after an earlier migration; a disk moves once per run "
+                      f"(to {target} it would move again)")
 
     def _share_nics(self) -> None:
         """Give each link its max-min fair share of the NICs it shares with the
@@ -394,6 +411,9 @@ class Orchestrator:
             written = (lambda: ray.get(guest.written_on_destination.remote(), timeout=ACTOR_CALL_S)) if moved else None
             self._verify(m, src, dst, src_key, dst_key, written)
         now = time.monotonic()
+        disk = m.report.get("disk") or {}
+        if m.status == "completed" and disk.get("verified"):
+            self.sl.disk_at[m.vm_index] = disk["target_datastore"]
         if moved and m.status != "completed":
             m.vm_lost, m.guest_resumed_at = True, None
             self.sl.location[m.vm_index] = (LOST, dst_key)  # on no host: a later migration of it fails at once

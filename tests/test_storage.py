@@ -73,6 +73,22 @@ def test_array_offload_copies_inside_the_array_at_the_datastores_pace(ray_cluste
     assert floor * 0.98 <= d["copy_time_s"] <= floor * 3
 
 
+def test_a_disk_moves_from_where_it_is_and_only_once(ray_cluster, tmp_path):
+    # There (the disk to san-b), back with the disk left on san-b (memory only), then there
+    # again asking for san-a: a second move of the disk, refused with the VM where it is.
+    both = 'role = ["source", "destination"]'
+    legs = ('[[migrations]]\nvm = "db"\nto = "dst"\n'
+            '[[migrations]]\nvm = "db"\nfrom = "dst"\nto = "src"\nstart_s = 0.5\n'
+            '[[migrations]]\nvm = "db"\nfrom = "src"\nto = "dst"\nstart_s = 1.0\ntarget_datastore = "san-a"\n')
+    text = storage_scenario(disk_gib=0.125, src_hosts='["src", "dst"]', tgt_hosts='["src", "dst"]', extra=legs)
+    text = text.replace('role = "source"', both).replace('role = "destination"', both)
+    r = _run(text.replace('name = "db"\n', 'name = "db"\nhost = "src"\n'), tmp_path)
+    there, back, again = r["vms"]
+    assert there["status"] == "completed" and there["disk"]["verified"] and there["disk_bytes_sent"] > 0
+    assert back["status"] == "completed" and back["verified"] and back["disk_bytes_sent"] == 0
+    assert again["status"] == "failed" and "moves once per run" in again["stop_reason"]
+
+
 def test_writes_outrunning_the_link_make_the_mirror_synchronous(ray_cluster, tmp_path):
     # SolidDB at 64 clients writes 50 MB/s; the link carries 25 MB/s.
     text = storage_scenario(disk_gib=1 / 32, memory_gib=1 / 32, workload='disk_workload = { preset = "soliddb-64" }')

@@ -16,6 +16,7 @@ Exit codes: 0 done (and verified), 1 the migration failed or was aborted,
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -126,7 +127,9 @@ def run(
         print(path)
     else:
         _print_result(sc, result, path)
-    raise typer.Exit(0 if result["status"] == "completed" and result["verified"] else 1)
+    # A VM lost after its migration (a memory server killed, post-copy cut off) fails the run too.
+    lost = any(f.get("outcome") == "vm-lost" for f in result.get("faults") or [])
+    raise typer.Exit(0 if result["status"] == "completed" and result["verified"] and not lost else 1)
 
 
 def _check_join(address: str | None, token_file: str | None) -> None:
@@ -155,6 +158,20 @@ def _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir: 
     blocker = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         _fail_input([f"--out: {blocker} is a file, not a directory; result.json cannot be written under it"])
+    # Tried now, so that a place nothing can be written to (/proc, a read-only mount) fails at once;
+    # what the try made is removed again (a refused run leaves no directory behind).
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        writable, why = os.access(out_dir, os.W_OK), "permission denied"
+    except OSError as exc:
+        writable, why = False, exc.strerror
+    finally:
+        for p in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+    if not writable:
+        _fail_input([f"--out: {out_dir} cannot be written ({why}); give a directory you can write"])
 
 
 def _report_crash(name: str, scenario_file: str, out_dir: Path, exc: Exception) -> None:

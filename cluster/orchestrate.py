@@ -251,7 +251,7 @@ class Orchestrator:
             except Exception as exc:  # ray.exceptions.RayTaskError: one line of it
                 m.status = m.phase = "failed"
                 m.reason = f"a memory server did not start: {str(exc).strip().splitlines()[-1]}"
-                split_run.discard(self.sl, m)
+                split_run.discard(self.sl, m, self.faults.dead_hosts)
                 self.tl.event(time.monotonic(), "stays-on-source", vm=m.vm, migration=m.index, host=host,
                               status=m.status, reason=m.reason)
                 return

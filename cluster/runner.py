@@ -58,7 +58,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             for m in migs:  # remote paging after a split migration, while the guests still run
                 if "split" in m.report and m.verified:
                     from cluster.split_run import placement_now
-                    m.split = ray.get(sl.guests[m.vm_index].split_status.remote())
+                    m.split = ray.get(sl.guests[m.vm_index].split_status.remote(), timeout=60)
                     if not m.vm_lost:  # a lost one's memory server is gone
                         m.split["misplaced_pages_at_end"], m.split["lost_pages_at_end"] = placement_now(
                             sl, m, m.src_key)
@@ -66,7 +66,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                     m.split = (ray.get(sl.hosts[m.plan.destinations[0].name].swap_status.remote(m.index))
                                | ray.get(sl.guests[m.vm_index].split_status.remote()))
             guest_data = ray.get([g.timeline.remote() for g in sl.guests], timeout=60)
-            ray.get([g.stop.remote() for g in sl.guests], timeout=60)
+            # A vCPU blocked for good (a page behind a dead link) never stops; tear-down kills it.
+            ray.wait([g.stop.remote() for g in sl.guests], num_returns=len(sl.guests), timeout=10)
             per_vm = []
             for m in migs:
                 samples, m.guest_faults = guest_data[m.vm_index]

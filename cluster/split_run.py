@@ -123,6 +123,9 @@ def finish(orch, m, src, src_key: str) -> float:
     sl = orch.sl
     guest = sl.guests[m.vm_index]
     m.src_key = src_key
+    killed = sorted({h.name for h in m.plan.destinations} & orch.faults.dead_hosts)
+    if killed and m.status == "completed":  # killed during the switch-over: the VM has not left its source
+        m.status, m.reason = "aborted", f"host {killed[0]} was killed during the switch-over"
     table = ray.get(src.split_table.remote(m.index)) if m.status == "completed" else None
     if table is not None:
         m.phase = "verifying"
@@ -235,10 +238,16 @@ def placement_now(sl, m, src_key: str) -> tuple[int, int]:
     image (which the migration left as it was at the switch-over)."""
     import ray
     from agents.verify import mismatched
+    from ray.exceptions import GetTimeoutError
+
+    from cluster.faults import ACTOR_CALL_S
     guest = sl.guests[m.vm_index]
-    ray.get(guest.pause.remote())
+    try:  # a vCPU blocked on a page behind a dead link never reaches a tick: nothing to read then
+        ray.get(guest.pause.remote(), timeout=ACTOR_CALL_S)
+    except GetTimeoutError:
+        return -1, -1
     try:
-        table = ray.get(guest.split_where.remote())
+        table = ray.get(guest.split_where.remote(), timeout=ACTOR_CALL_S)
         if table is None:
             return -1, -1
         misplaced = placement_problems(table, server_holds(sl, m))

@@ -111,3 +111,10 @@ def test_options_refused_in_one_line_before_ray(tmp_path, args, words):
     r = _livemig(*args, "--out", str(tmp_path / "out"), timeout=60)
     assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out", ["/proc/livemig-out", "/sys/livemig-out"])
+def test_an_out_directory_nothing_can_be_written_to_fails_at_once(out):
+    r = _livemig("run", "scenarios/quickstart.toml", "--out", out, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"--out: {out} cannot be written") and "Traceback" not in r.stderr

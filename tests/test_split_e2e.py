@@ -151,6 +151,18 @@ def test_a_memory_server_killed_during_split_migration_aborts_it_and_the_vm_stay
     assert v["app"]["ops_per_s_after"] > 0.8 * v["app"]["ops_per_s_before"], "the VM runs on at its source"
 
 
+@pytest.mark.slow  # two runs end to end (about 50 s): make test-slow
+@pytest.mark.parametrize("when", ['at_s = 1', 'on = { vm = "vm", phase = "stop-and-copy" }'])
+def test_a_memory_server_killed_before_or_at_the_switch_over_leaves_the_vm_on_its_source(ray_cluster, tmp_path, when):
+    # Before the migration starts (at 2 s), or on entering its stop-and-copy: a fresh-eyes
+    # reviewer found both crashed the run (calls to the dead actor); the VM must stay put.
+    r, v = _result(tmp_path, TINY + f'\n[[events]]\n{when}\naction = "kill-memory-server"\nhost = "sub"\n')
+    assert v["status"] in ("aborted", "failed") and not v["verified"], v["stop_reason"]
+    assert r["faults"][0]["outcome"] in ("aborted-vm-safe", "no-effect")
+    names = [e.get("event") for e in _events(tmp_path) if e.get("kind") == "event"]
+    assert "stays-on-source" in names and "switched-over" not in names
+
+
 @pytest.mark.slow  # long end to end (25-30 s): make test-slow
 def test_a_memory_server_killed_after_split_migration_loses_the_vm_and_its_pages(ray_cluster, tmp_path):
     r, v = _result(tmp_path, _with_kill(4.5))  # switched over at about 3.5 s; observed until 5.5 s

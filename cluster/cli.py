@@ -206,6 +206,8 @@ def _print_result(sc, result: dict, path: Path) -> None:
         err.print(f"[yellow]fidelity: saturation {fid['saturation']:.1%}: real work overran its charged CPU; "
                   f"rerun with --dilation {unsaturating_dilation(result['emulation']['dilation'], fid['saturation']):g} "
                   f"(or a smaller memory_scale)[/]")
+    for u in result.get("events_not_fired") or []:
+        err.print(f"[yellow]events[{u['index']}] ({u['action']}) never fired: the run ended before it[/yellow]")
     out.print(f"result: {path}   (wall clock {result['emulation']['wall_clock_s']['total_s']:.1f} s)")
 
 

@@ -133,6 +133,7 @@ class Orchestrator:
         self.link_rates = dict(self.link_caps)  # what each link actor was last told
         self.faults = FaultInjector(self)
         self.fault_list: list[dict] = []  # filled in at the end (cluster/faults.py)
+        self.unfired: list[dict] = []  # scenario events the run ended before
 
     def call(self, ref, default=None, timeout: float = ACTOR_CALL_S):
         """ray.get with a deadline; `default` when the actor is dead or does not answer in time."""
@@ -161,6 +162,10 @@ class Orchestrator:
         t_after = min(max(resumed, default=time.monotonic()), time.monotonic()) + self.scale.real_seconds(after_s)
         self._loop(until=lambda: time.monotonic() >= t_after)
         self._sample(time.monotonic(), force=True)
+        self.unfired = [{"index": k, "action": ev.action} for k, ev in enumerate(self.sl.scenario.events)
+                        if k not in self.fired]
+        for u in self.unfired:  # a fault that never came must not read as one survived
+            self.tl.event(time.monotonic(), "event-not-fired", reason="the run ended before it", **u)
         self.fault_list = self.faults.finish({m.index: {"status": m.status, "verified": m.verified,
                                                         "vm_lost": m.vm_lost} for m in self.migs})
         return self.migs

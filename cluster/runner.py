@@ -78,6 +78,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                     metrics.finish(m.vm, per_vm[-1])
             colocated = _colocated(sl, migs, guest_data, scale)
             faults, fault_counts = orchestrator.fault_list, orchestrator.faults.counts()
+            unfired = orchestrator.unfired
             final_hosts = {vm.name: sl.location[i][0] for i, vm in enumerate(scenario.vms)}
             shm = run_bytes(run_id)
             wall = {"ray_start_s": round(t_ray, 3), "setup_s": round(setup_s, 3),
@@ -94,6 +95,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
     out["faults"] = faults
     out["data_path"] = data_path
     out["fault_counts"] = fault_counts
+    out["events_not_fired"] = unfired
     out["run"] = _provenance(run_id, started)
     out["scenario_as_loaded"] = scenario.model_dump(mode="json", by_alias=True)
     out["timeline"] = {"file": "timeline.jsonl" if path else None, "records": len(timeline.records),

@@ -236,6 +236,16 @@ def test_a_link_down_for_good_aborts_after_the_user_timeout_and_the_vm_stays(ray
     assert r["total_time_s"] >= 0.5 + 1.5
 
 
+def test_a_fault_scheduled_after_the_run_ends_is_reported_as_never_fired(ray_cluster, tmp_path):
+    # A user must not read a kill that never came as one the VM survived.
+    r, events = _run(tmp_path, _event("corrupt-batch", at_s=0.3, link=LINK)
+                     + _event("kill-destination", at_s=600, vm="vm"))
+    assert r["status"] == "completed" and r["verified"]
+    assert r["events_not_fired"] == [{"index": 1, "action": "kill-destination"}]
+    assert [e["index"] for e in events if e["event"] == "event-not-fired"] == [1]
+    assert [f["kind"] for f in r["faults"]] == ["corrupt-batch"]
+
+
 def test_damaged_batches_are_resent_and_the_run_verifies(ray_cluster, tmp_path):
     r, _ = _run(tmp_path, _event("corrupt-batch", at_s=0.3, link=LINK, count=4))
     assert r["status"] == "completed" and r["verified"], r["stop_reason"]

@@ -24,14 +24,40 @@ def address_problem(address: str) -> str | None:
     if address == "auto" or address.startswith("ray://"):
         return None  # Ray finds the cluster itself / Ray Client: left to Ray
     host, _, port = address.rpartition(":") if ":" in address else (address, "", str(DEFAULT_PORT))
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    host = host.strip("[]")  # an IPv6 literal, [::1]:6379
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         return f"--address: {address!r} is not HOST:PORT (the head's GCS port, 6379 unless `ray start --port`)"
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_S).close()
+        with socket.create_connection((host, int(port)), timeout=CONNECT_S) as conn:
+            speaks = speaks_grpc(conn)
     except OSError as exc:
         return (f"--address: no Ray head answers at {host}:{port} ({exc.strerror or exc}); start one with "
                 f"`ray start --head --port {port}` there, or run without --address for the embedded cluster")
+    if not speaks:  # ray.init would wait without end for a GCS there
+        return (f"--address: {host}:{port} answers but is not a Ray head (no gRPC there); give the head's GCS "
+                f"port, 6379 unless `ray start --port`")
     return None
+
+
+# HTTP/2's client preface and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5): a gRPC server such
+# as Ray's GCS answers with a SETTINGS frame of its own (frame type 4, the fourth byte).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def speaks_grpc(conn: socket.socket) -> bool:
+    """Does the peer on `conn` answer HTTP/2's preface with a SETTINGS frame (within CONNECT_S)?"""
+    conn.settimeout(CONNECT_S)
+    try:
+        conn.sendall(_H2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except OSError:
+        return False
+    return len(head) == 9 and head[3] == 4
 
 
 def token_problem(path: str | None) -> str | None:

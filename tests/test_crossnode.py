@@ -150,3 +150,30 @@ def test_a_wrong_token_or_a_ray_node_no_node_offers_is_refused_in_one_line(two_n
     mine = [ln for ln in nowhere.stderr.splitlines() if "ray_node" in ln]
     assert nowhere.returncode == 2 and len(mine) == 1, nowhere.stderr[-2000:]
     assert "hosts[1].ray_node" in mine[0] and "node-z" in mine[0] and "node-a" in mine[0]
+
+
+# --- `--address` checked before Ray is asked (cluster/join.py), without Ray ------------------
+def _serve_once(reply: bytes):
+    """A one-connection TCP server on 127.0.0.1 that answers `reply` to whatever it gets; its port."""
+    import socket
+    import threading
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(64)
+            conn.sendall(reply)
+        srv.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return srv.getsockname()[1]
+
+
+def test_an_address_is_a_ray_head_only_if_it_speaks_grpc():
+    from cluster.join import address_problem
+    # HTTP/2's SETTINGS frame (type 4), as a gRPC server such as Ray's GCS sends first.
+    assert address_problem(f"127.0.0.1:{_serve_once(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))}") is None
+    web = _serve_once(b"HTTP/1.0 400 Bad request\r\n\r\n")
+    assert "is not a Ray head (no gRPC there)" in address_problem(f"127.0.0.1:{web}")
+    assert "no Ray head answers at ::1:1" in address_problem("[::1]:1")
+    assert "is not HOST:PORT" in address_problem(":6379")

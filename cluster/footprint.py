@@ -124,13 +124,6 @@ def refusal(fp: Footprint, machine: Machine, scale: Scale) -> str | None:
             f"memory_scale = {fit!r} (1/{1 / fit:g}) would fit")
 
 
-def disk_image_bytes(scenario: Scenario, scale: Scale) -> int:
-    """Real bytes of disk images at most: each disk once, and once more where it moves."""
-    moved = sum(mp.vm.disk_gib for mp in scenario.migration_plans()
-                if getattr(mp.options, "target_datastore", None))
-    return int((sum(vm.disk_gib for vm in scenario.vms) + moved) * GIB * scale.memory_scale)
-
-
 def disk_refusal(need: int, free: int) -> str | None:
     """One line when `need` bytes of disk images do not fit `free` bytes of the run directory."""
     if need <= free * HEADROOM:
@@ -169,8 +162,9 @@ def guard(scenario: Scenario, scale: Scale, path: str = "", out_dir: str | None 
     """Refuse a run that does not fit this machine (memory, shared memory, disk
     space for `out_dir`) or would run for days: raises ScenarioError with one line."""
     from cluster.scenario import ScenarioError
+    from cluster.storage_plan import real_disk_bytes
     why = (refusal(footprint(scenario, scale), this_machine(), scale)
-           or disk_refusal(disk_image_bytes(scenario, scale), _free_bytes(out_dir or "."))
+           or disk_refusal(int(real_disk_bytes(scenario)), _free_bytes(out_dir or "."))
            or wall_refusal(predicted_wall_s(scenario, scale), scale))
     if why:
         raise ScenarioError([f"{path or scenario.name}: {why}"])

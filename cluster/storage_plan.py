@@ -74,10 +74,14 @@ def storage_problems(s) -> list[tuple[str, str]]:
     return _disk_problems(s) + _move_problems(s) + _real_size_problems(s)
 
 
-def _real_size_problems(s) -> list[tuple[str, str]]:
-    """The disk images are real files: each disk once, and once more where it moves."""
+def real_disk_bytes(s) -> float:
+    """Real bytes of disk images at most (they are real files): each disk once, and once more where it moves."""
     moved = sum(mp.vm.disk_gib for mp in s.migration_plans() if getattr(mp.options, "target_datastore", None))
-    real = (sum(vm.disk_gib for vm in s.vms) + moved) * GIB * s.emulation.memory_scale
+    return (sum(vm.disk_gib for vm in s.vms) + moved) * GIB * s.emulation.memory_scale
+
+
+def _real_size_problems(s) -> list[tuple[str, str]]:
+    real = real_disk_bytes(s)
     if real <= REAL_DISK_LIMIT:
         return []
     return [("emulation.memory_scale", f"the disk images would take {real / GIB:.1f} GiB of real files; lower "

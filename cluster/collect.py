@@ -34,6 +34,9 @@ ENCODINGS = ("normal", "zero", "compressed", "delta")
 # p99 under 0.13 ms. A figure below its floor by more than this is a violation.
 FLOOR_REL = 0.005
 FLOOR_ABS_REAL_S = 0.0002
+# The application's "before" is its throughput over the last 80% of the warm-up (the guest's
+# first ticks are still starting up).
+BEFORE_SHARE = 0.8
 CHECKPOINTS = ("vm-stopped", "last-page-sent", "device-state-sent", "destination-loaded", "vm-started")
 
 
@@ -93,7 +96,7 @@ def app_figures(samples: list, t_mig: float, paused: float | None, resumed: floa
     end = resumed or guest_resumed_at or t_mig
     paused = paused or end
     frozen = (end, guest_resumed_at) if resumed and guest_resumed_at else (0.0, 0.0)
-    before = _rate(samples, t_mig - warmup_s * dilation * 0.8, t_mig, dilation)
+    before = _rate(samples, t_mig - warmup_s * dilation * BEFORE_SHARE, t_mig, dilation)
     during = _rate(samples, t_mig, paused, dilation)
     if released is not None and resumed is not None and released > resumed:
         ops = (_ops_at(samples, paused) or 0) - (_ops_at(samples, t_mig) or 0) + \
@@ -113,7 +116,7 @@ def app_figures(samples: list, t_mig: float, paused: float | None, resumed: floa
 
 def colocated_figures(samples: list, t_first: float, t_last: float, dilation: float, warmup_s: float) -> dict:
     """A co-located VM's throughput before and during the others' migrations."""
-    before = _rate(samples, t_first - warmup_s * dilation * 0.8, t_first, dilation)
+    before = _rate(samples, t_first - warmup_s * dilation * BEFORE_SHARE, t_first, dilation)
     during = _rate(samples, t_first, t_last, dilation)
     return {"ops_per_s_before": before, "ops_per_s_during": during,
             "during_over_before": during / before if before and during is not None else None}

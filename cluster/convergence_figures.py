@@ -44,7 +44,8 @@ def convergence_figures(options, events: list[dict], guest_records: list[dict], 
 
 
 def _app_cost(rate, started_at_s: float, t1: float, t2: float, warmup_s: float) -> dict:
-    before = rate(started_at_s - 0.8 * warmup_s, started_at_s)
+    from cluster.collect import BEFORE_SHARE  # here: collect imports this module
+    before = rate(started_at_s - BEFORE_SHARE * warmup_s, started_at_s)
     throttled = rate(t1, t2)
     return {"ops_per_s_before": before, "ops_per_s_throttled": throttled,
             "degradation_throttled": max(0.0, 1 - throttled / before) if before and throttled is not None else None,

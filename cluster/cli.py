@@ -281,22 +281,25 @@ def compare(result_a: Path = typer.Argument(..., help="result.json (or its direc
             json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
             markdown_out: bool = typer.Option(False, "--markdown", help="Print the table as Markdown.")) -> None:
     """Two results side by side with ratios A/B (and the paper's, when the scenarios give them)."""
-    from cluster.compare import CompareError, load, rows
+    from cluster.compare import CompareError, load, rows, status_of
     try:
         a, b = load(result_a), load(result_b)
     except CompareError as exc:
         _fail_input([str(exc)])
     table_rows = rows(a, b)
     if json_out:
-        print(json.dumps({"a": str(result_a), "b": str(result_b), "rows": table_rows}, indent=2))
+        print(json.dumps({"a": str(result_a), "b": str(result_b), "rows": table_rows,
+                          "status": {"a": status_of(a), "b": status_of(b)}}, indent=2))
         return
     from cluster.tables import print_table, rich_table, saturation_cell, to_markdown
     with_paper = any("paper_ratio" in r for r in table_rows)
     headers = ["Metric", "A", "B", "A/B"] + (["paper A", "paper B", "paper A/B", "deviation"] if with_paper else [])
     fmt = lambda v, u="": "-" if v is None else f"{v:,.2f}{(' ' + u) if u else ''}"
-    cells = []
+    cells = [["Status", status_of(a), status_of(b), "-"] + (["-"] * 4 if with_paper else [])]
     for r in table_rows:
         row = [r["metric"], fmt(r["a"], r["unit"]), fmt(r["b"], r["unit"]), fmt(r["ratio"])]
+        if r["key"] == "iterations" and all(float(v or 0).is_integer() for v in (r["a"], r["b"])):
+            row[1:3] = ["-" if v is None else f"{int(v)}" for v in (r["a"], r["b"])]
         if r["key"] == "saturation":  # a fraction in result.json, a percentage in the rows
             row[1:3] = [saturation_cell(None if v is None else v / 100) for v in (r["a"], r["b"])]
         if with_paper:
@@ -305,6 +308,10 @@ def compare(result_a: Path = typer.Argument(..., help="result.json (or its direc
                     "-" if dev is None else f"{dev:+.0%}"]
         cells.append(row)
     title = f"A = {a.get('scenario')}   B = {b.get('scenario')}"
+    for side, res in (("A", a), ("B", b)):
+        if not status_of(res).endswith(", verified"):
+            err.print(f"[yellow]{side} did not complete a verified migration ({status_of(res)}): "
+                      "its figures are not a migration's")
     if markdown_out:
         print(f"{title}\n\n{to_markdown(headers, cells)}")
     else:

@@ -46,6 +46,17 @@ def load(path: str | Path) -> dict:
         raise CompareError(f"{p}: not a result.json ({exc})") from None
 
 
+def status_of(result: dict) -> str:
+    """How the run ended, in a few words: 'completed, verified', 'completed, NOT verified',
+    or the status with its stop reason ('failed: link down'); a failed run's figures are not
+    a migration's (cluster/collect.py `_status`)."""
+    status = result.get("status", "unknown")
+    if status == "completed":
+        return "completed, " + ("verified" if result.get("verified") else "NOT verified")
+    reason = result.get("stop_reason") or ""
+    return f"{status}: {reason}" if reason else status
+
+
 def figure(result: dict, key: str) -> float | None:
     """A figure of a result, wherever it lives (top level, app, compression). For a run of
     several migrations, the application figures are the worst VM's (the largest degradation

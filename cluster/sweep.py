@@ -361,15 +361,18 @@ def screen_table(summ: dict):
     """A rich table: a row per point, a column per figure: median (min-max)."""
     from rich.markup import escape
     from rich.table import Table
+    marked = any((figs.get("saturation") or {}).get("max", 0) > SATURATION_LIMIT
+                 for row in summ["points"] for figs in [row["figures"], *(row.get("per_vm") or {}).values()])
     t = Table(title=escape(f"sweep {summ['sweep']}: median (min-max) of {summ['repeats']} repeat(s)"),
-              title_justify="left", caption=f"{SATURATED}: a repeat's saturation was over {SATURATION_LIMIT:.0%}; "
-                                            "its figures are not faithful (raise dilation)", caption_justify="left")
+              title_justify="left", caption_justify="left",
+              caption=f"{SATURATED}: a repeat's saturation was over {SATURATION_LIMIT:.0%}; "
+                      "its figures are not faithful (raise dilation)" if marked else "")
     t.add_column("point", no_wrap=True)
     for _, heading in SCREEN:
         t.add_column(heading, justify="right", no_wrap=True)
     t.add_column("verified", justify="right")
     if summ.get("aggregate"):
-        t.caption += escape(f"\n{summ['aggregate']} (the indented rows).")
+        t.caption = "\n".join(c for c in (t.caption, escape(f"{summ['aggregate']} (the indented rows).")) if c)
     for row in summ["points"]:
         whole = " (whole run)" if row.get("per_vm") else ""
         t.add_row(escape(row["point"] + whole), *_cells(row["figures"]), f"{row['verified']}/{row['runs']}")

@@ -209,3 +209,19 @@ def test_a_sweep_of_several_vms_says_its_figures_are_the_whole_runs_and_gives_ea
     assert "x=1 (whole run)" in text and "  a " in text and "worst VM" in text
     one = summary(spec, [Point({"x": 1}, "x=1", [runs[0]["vms"][0]])])
     assert "aggregate" not in one and "per_vm" not in one["points"][0]
+
+
+def test_the_sweep_tables_saturated_legend_shows_only_when_a_row_is_marked():
+    from rich.console import Console
+
+    from cluster.sweep import Spec, screen_table, summary
+    spec = Spec(path=Path("s.toml"), name="s", base=Path("b.toml"), base_data={}, repeats=1, vary={"x": [1]})
+
+    def text(saturation):
+        run = {"total_time_s": 1.0, "downtime_ms": 5.0, "verified": True,
+               "emulation": {"fidelity": {"saturation": saturation}}}
+        console = Console(width=200, record=True)
+        console.print(screen_table(summary(spec, [Point({"x": 1}, "x=1", [run])])))
+        return console.export_text()
+    assert "not faithful" not in text(0.01)
+    assert "not faithful" in text(0.2) and "saturated" in text(0.2)

@@ -8,9 +8,10 @@ from cluster.tables import from_markdown, to_markdown
 from tests.conftest import LIVEMIG, ROOT
 
 
-def _result(d, name, total, downtime, saturation=0.01):
+def _result(d, name, total, downtime, saturation=0.01, status="completed", stop_reason=None):
     d.mkdir()
-    (d / "result.json").write_text(json.dumps({"scenario": name, "total_time_s": total, "downtime_ms": downtime,
+    (d / "result.json").write_text(json.dumps({"scenario": name, "status": status, "verified": status == "completed",
+                                               "stop_reason": stop_reason, "total_time_s": total, "downtime_ms": downtime,
                                                "iterations": 3, "memory_bytes_sent": 2.0 ** 31,
                                                "emulation": {"fidelity": {"saturation": saturation}}}))
     return d
@@ -31,6 +32,20 @@ def test_compare_piped_and_as_markdown(tmp_path):
     # Each run's saturation is shown, and the one over 5% is marked, so an unfaithful run is seen beside its figures.
     sat = next(c for c in cells if c[0].startswith("Saturation"))
     assert sat[1:3] == ["1.0%", "8.0% saturated"]
+    assert ["Status", "completed, verified", "completed, verified", "-"] in cells
+    assert ["# of pre-copy iterations", "3", "3", "1.00"] in cells  # a count, not 3.00
+
+
+def test_compare_says_when_a_run_did_not_complete(tmp_path):
+    """A failed run's figures are not a migration's: the table's first row and a warning say so."""
+    a = _result(tmp_path / "a", "vanilla", 12.0, 300.0)
+    b = _result(tmp_path / "b", "cut", 3.0, 0.0, status="failed", stop_reason="link down")
+    md = subprocess.run([LIVEMIG, "compare", str(a), str(b), "--markdown"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=60)
+    assert md.returncode == 0, md.stderr
+    _, cells = from_markdown(md.stdout.split("\n\n", 1)[1])
+    assert cells[0] == ["Status", "completed, verified", "failed: link down", "-"]
+    assert "B did not complete a verified migration (failed: link down)" in " ".join(md.stderr.split())
 
 
 def test_markdown_round_trip():

@@ -121,7 +121,10 @@ def _roles_in(value: Any) -> Any:
         bad = [r for r in value if r not in ROLES]
         if bad:
             raise ValueError(f"{bad[0]!r} is not a role; allowed: {_or(ROLES)}")
-        return tuple(dict.fromkeys(value))
+        twice = [r for i, r in enumerate(value) if r in value[:i]]
+        if twice:
+            raise ValueError(f"{twice[0]!r} is listed twice; list each role once")
+        return tuple(value)
     raise ValueError(f"needs a role or a non-empty list of roles ({_or(ROLES)})")
 
 
@@ -841,6 +844,10 @@ def _host_problems(s: Scenario) -> Problems:
     for i, first in _repeats([h.name for h in s.hosts]):
         problems.append((f"hosts[{i}].name", f"\"{s.hosts[i].name}\" is already the name of hosts[{first}]; "
                                              f"host names must be unique"))
+    most = max(h.cores for h in s.hosts)
+    if s.cpu.migration_cores is not None and s.cpu.migration_cores > most:
+        problems.append(("cpu.migration_cores", f"{s.cpu.migration_cores} is more than any host has (the most is "
+                                                f"cores = {most}); allowed: 1 to {most}"))
     return problems
 
 
@@ -856,6 +863,10 @@ def _nic_ref_problems(s: Scenario) -> Problems:
     (DirectPath I/O), so no migration traffic can use it; automatic pairing skips it too."""
     nics = {f"{h.name}:{n.name}": n for h in s.hosts for n in h.nics}
     problems: Problems = []
+    for i, first in _repeats([f"{l.from_nic}->{l.to_nic}" for l in s.network.links]):
+        problems.append((f"network.links[{i}]", f"repeats the NIC pair of network.links[{first}] "
+                                                f"(\"{s.network.links[i].from_nic}\" to \"{s.network.links[i].to_nic}\"); "
+                                                f"a NIC pair has one link: list it once"))
     for i, link in enumerate(s.network.links):
         for key, ref in (("from", link.from_nic), ("to", link.to_nic)):
             if ref not in nics:

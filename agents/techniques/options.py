@@ -27,6 +27,7 @@ PAGE_SIZE = 4096
 # would hang or crash the emulation (a setup of 1e12 ms, a cache of 1e308 MiB).
 MAX_PAUSE_MS = 60_000  # a minute: no setup or resume phase of a live migration takes longer
 MAX_MIB = 64 << 20  # 64 TiB in MiB: the largest server's memory; no buffer or cache is bigger
+PAGE_MIB = PAGE_SIZE / 2**20  # one page, in MiB: the smallest slice or buffer that holds anything
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ COMMON: tuple[Option, ...] = (
 PRECOPY: tuple[Option, ...] = (
     Option("strategy", "image", "", "image: each iteration a pass over the dirty image (PMigrate); time-sliced: "
            "a slice of slice_mib after each dirty-log fetch (vanilla KVM)", str, choices=("image", "time-sliced")),
-    Option("slice_mib", 2.0, "MiB", "Data put on the wire per iteration by the time-sliced strategy", float, gt=0,
+    Option("slice_mib", 2.0, "MiB", "Data put on the wire per iteration by the time-sliced strategy (at least one 4 KiB page)", float,
+           ge=PAGE_MIB,
            le=MAX_MIB),
     Option("stop_rule", "pass", "", "pass: the stop rule is checked after each pass over the dirty image "
            "(PMigrate's image-oriented iteration); qemu: about every 100 ms, the dirty log synced mid-pass once the "

@@ -88,12 +88,16 @@ def load_spec(path: Path) -> Spec:
     if not isinstance(data.get("base"), str):
         raise SweepError(f"{path}: base: missing; give the base scenario's file, relative to the sweep file")
     base = (path.parent / data["base"]).resolve()
+    if base == path.resolve():
+        raise SweepError(f"{path}: base: names this sweep file itself; give the scenario the sweep varies")
     try:
         base_data = tomllib.loads(read_scenario_text(base))
     except ScenarioError as exc:
         raise SweepError(f"{path}: base: {exc.lines[0]}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SweepError(f"{path}: base: {base}: not valid TOML: {exc}") from None
+    if "vary" in base_data:
+        raise SweepError(f"{path}: base: {base} is a sweep file, not a scenario; give the scenario the sweep varies")
     repeats = data.get("repeats", 3)
     if type(repeats) is not int or not 1 <= repeats <= MAX_REPEATS:
         raise SweepError(f"{path}: repeats: must be a whole number from 1 to {MAX_REPEATS} (got {repeats!r})")

@@ -95,8 +95,11 @@ def test_settings_apply_by_path():
 
 def test_bad_spec_is_one_line(tmp_path):
     (tmp_path / "base.toml").write_text(scenario_text("b"))
+    (tmp_path / "other.toml").write_text('base = "base.toml"\n[vary]\n"a.b" = [1]\n')
     for body, words in [('base = "base.toml"\nrepeats = 0\n[vary]\n"a.b" = [1]\n', "repeats"),
                         ('base = "nope.toml"\n[vary]\n"a.b" = [1]\n', "no such file"),
+                        ('base = "spec.toml"\n[vary]\n"a.b" = [1]\n', "names this sweep file itself"),
+                        ('base = "other.toml"\n[vary]\n"a.b" = [1]\n', "is a sweep file, not a scenario"),
                         ('base = "base.toml"\n[vary]\n"a" = [1]\n"b" = [1]\n"c" = [1]\n', "one or two"),
                         ('base = "base.toml"\ncolour = 1\n[vary]\n"a" = [1]\n', "unknown key"),
                         ('base = "base.toml"\n[vary]\n"migration.downtime_limit_ms" = ["x"]\n', "downtime_limit_ms"),

@@ -137,7 +137,7 @@ def _check_join(address: str | None, token_file: str | None) -> None:
     from cluster import join
     if token_file is not None and address is None:
         _fail_input(["--auth-token-file: only with --address (the embedded cluster makes its own token)"])
-    problem = join.token_problem(token_file) or (join.address_problem(address) if address else None)
+    problem = join.token_problem(token_file) or (join.address_problem(address) if address is not None else None)
     if problem:
         _fail_input([problem])
     join.use_token_file(token_file)

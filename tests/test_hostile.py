@@ -139,6 +139,7 @@ def test_sixty_thousand_vms_are_refused_within_seconds(tmp_path):
     (["--dilation", "nan"], "--dilation: "),
     (["--dilation", "1e9"], "--dilation: "),
     (["--interval", "inf"], "--interval: "),
+    (["--address", ""], "--address: "),  # empty: not silently the embedded cluster
 ])
 def test_bad_run_options_fail_at_once(args, start, tmp_path):
     t0 = time.monotonic()

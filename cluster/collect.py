@@ -463,6 +463,10 @@ def combine(scenario: Scenario, path: str, per_vm: list[dict], scale: Scale, wal
     out["emulation"] = {
         "memory_scale": scale.memory_scale,
         "dilation": scale.dilation,
+        # The run's clock (timeline, started_at_s, a fault's run_at_s) starts with the guests; the
+        # scenario's (start_s, an event's at_s) warmup_s later.
+        "warmup_s": scenario.emulation.warmup_s,
+        "after_s": scenario.emulation.after_s,
         "fidelity": {
             "saturation": saturation,
             "faithful": saturation < 0.05 and not violations,

@@ -51,7 +51,9 @@ ACTOR_CALL_S = 10.0  # the longest any control-plane call to an actor may take b
 
 @dataclass
 class Fault:
-    """One injected fault. Times are emulated seconds since the migrations' clock started."""
+    """One injected fault, at two emulated times: `at_s` on the scenario's clock (seconds after
+    the warm-up, as an event's at_s is written) and `run_at_s` on the run's clock (seconds since
+    the guests started, as the timeline and a migration's started_at_s count)."""
 
     kind: str
     at_s: float
@@ -60,6 +62,7 @@ class Fault:
     migrations: list[int] = field(default_factory=list)  # those running that it hit
     detail: dict = field(default_factory=dict)
     outcome: str = "pending"
+    run_at_s: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -120,7 +123,7 @@ class FaultInjector:
 
     def _new(self, kind: str, k: int, target: str, now: float, migrations: list, **detail) -> Fault:
         f = Fault(kind, self.o.scale.emulated_seconds(now - self.o.t_mig), target, k,
-                  [m.index for m in migrations], detail)
+                  [m.index for m in migrations], detail, run_at_s=self.o.scale.emulated_seconds(now - self.o.t_run))
         self.faults.append(f)
         self.o.tl.event(now, "fault", fault=kind, target=target, index=len(self.faults) - 1,
                         migrations=f.migrations, **detail)

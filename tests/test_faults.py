@@ -224,6 +224,11 @@ def test_precopy_waits_out_a_link_outage_and_verifies(ray_cluster, tmp_path):
     assert r["status"] == "completed" and r["verified"], r["stop_reason"]
     assert r["faults"][0]["kind"] == "link-down" and r["faults"][0]["outcome"] == "survived"
     assert r["fault_counts"] == {"link-down": {"survived": 1}}
+    # Both clocks: the scenario's (after the warm-up) and the run's, which the timeline and started_at_s use.
+    fault = r["faults"][0]
+    assert fault["at_s"] == pytest.approx(0.5, abs=0.05)
+    assert fault["run_at_s"] == pytest.approx(next(e["t"] for e in events if e["event"] == "fault"), abs=1e-6)
+    assert fault["run_at_s"] - fault["at_s"] == pytest.approx(r["emulation"]["warmup_s"], abs=0.05)
     # Its bytes' time on 1 GbE, plus the outage: nothing crossed the link meanwhile.
     assert r["total_time_s"] > r["memory_bytes_sent"] / 125e6 + 1.5
     assert any(e["event"] == "link-up" and e["by"] == "duration" for e in events)

@@ -145,8 +145,7 @@ def capacity(text: str, path: str, run_result: Callable, knobs=("dilation", "mem
             return p
 
         best, probes = boundary(run, starts[knob], harder_up, steps, *limits[knob])
-        out["knobs"][knob] = {
-            "dilation": None if knob == "dilation" else 1.0,
+        out["knobs"][knob] = ({} if knob == "dilation" else {"at_dilation": 1.0}) | {
             "best": None if best is None else vars(best) | {"ok": best.ok},
             "probes": [vars(p) | {"ok": p.ok} for p in probes],
         }

@@ -200,7 +200,7 @@ def _print_result(sc, result: dict, path: Path) -> None:
     for host, e in result.get("evacuations", {}).items():
         out.print(f"evacuation of {host}: {len(e['vms'])} VMs in {e['evacuation_time_s']:.2f} s "
                   f"(their migration times add up to {e['sum_of_migration_times_s']:.2f} s), "
-                  f"{e['memory_bytes_sent'] / 2**30:.2f} GByte sent")
+                  f"{e['memory_bytes_sent'] / 2**30:.2f} GiB sent")
     fid = result["emulation"]["fidelity"]
     if not fid["faithful"]:
         err.print(f"[yellow]fidelity: saturation {fid['saturation']:.1%}: real work overran its charged CPU; "

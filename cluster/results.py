@@ -42,9 +42,9 @@ def _fmt_bytes(b: float | None) -> str:
     if b is None:
         return "-"
     if b >= GIB:
-        return f"{b / GIB:.2f} GByte"
+        return f"{b / GIB:.2f} GiB"
     if b >= MIB:
-        return f"{b / MIB:.1f} MByte"
+        return f"{b / MIB:.1f} MiB"
     return f"{b / 1024:.1f} KByte"
 
 
@@ -71,7 +71,7 @@ def summary_rows(r: dict) -> list[tuple[str, str]]:
         ("Total memory sent", _fmt_bytes(r.get("memory_bytes_sent"))),
         ("Disk sent", _fmt_bytes(r.get("disk_bytes_sent") or None)),  # storage migration; dropped when none sent
         ("Downtime send", _fmt_bytes(r.get("downtime_bytes_sent"))),
-        ("Avg. network throughput", _fmt(r.get("avg_throughput_mbytes_s"), ".1f", " MByte/s")),
+        ("Avg. network throughput", _fmt(r.get("avg_throughput_mbytes_s"), ".1f", " MiB/s")),
         ("Avg. CPU usage", _fmt(r.get("cpu_usage_percent"), ".1f", " %")),
         ("Total CPU cost", _fmt(r.get("cpu_seconds"), ".2f", " CPU-s")),
         ("App throughput before", _fmt(app.get("ops_per_s_before"), ",.0f", " ops/s")),

@@ -41,7 +41,7 @@ SPEC_KEYS = {"name", "description", "base", "repeats", "vary"}
 # The figures of the on-screen table, with short headings (sweep.json and sweep.csv carry
 # every row of `livemig compare`).
 SCREEN = (("total_time_s", "time s"), ("downtime_ms", "downtime ms"), ("iterations", "iterations"),
-          ("memory_bytes_sent", "sent GByte"), ("avg_throughput_mbytes_s", "MByte/s"),
+          ("memory_bytes_sent", "sent GiB"), ("avg_throughput_mbytes_s", "MiB/s"),
           ("degradation", "degradation %"), ("saturation", "saturation %"))
 
 class SweepError(Exception):

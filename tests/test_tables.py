@@ -61,7 +61,7 @@ def test_the_run_summary_has_disk_sent_only_when_a_disk_moved():
     labels = [label for label, _ in table_rows([mem, mem])]
     assert "Disk sent" not in labels and "Total memory sent" in labels
     rows = dict(table_rows([mem, disk]))
-    assert rows["Disk sent"] == ["-", "4.00 GByte"] and rows["Total memory sent"] == ["1.00 GByte"] * 2
+    assert rows["Disk sent"] == ["-", "4.00 GiB"] and rows["Total memory sent"] == ["1.00 GiB"] * 2
     assert fault_line(mem) is None and fault_line(mem | {"faults": []}) is None
     faults = [{"kind": "link-down", "target": "a:eth0->b:eth0", "outcome": "survived"},
               {"kind": "kill-destination", "target": "vm", "outcome": "aborted-vm-safe"}]

@@ -45,7 +45,7 @@ def _fmt_bytes(b: float | None) -> str:
         return f"{b / GIB:.2f} GiB"
     if b >= MIB:
         return f"{b / MIB:.1f} MiB"
-    return f"{b / 1024:.1f} KByte"
+    return f"{b / 1024:.1f} KiB"
 
 
 def _fmt(v, fmt: str, unit: str = "") -> str:

@@ -97,7 +97,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
     out["fault_counts"] = fault_counts
     out["events_not_fired"] = unfired
     out["run"] = _provenance(run_id, started)
-    out["scenario_as_loaded"] = scenario.model_dump(mode="json", by_alias=True)
+    out["scenario_as_loaded"] = scenario.as_loaded()
     out["timeline"] = {"file": "timeline.jsonl" if path else None, "records": len(timeline.records),
                        "interval_s": opts.interval_s}
     if colocated:

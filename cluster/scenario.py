@@ -669,6 +669,18 @@ class Scenario(_Strict):
     cpu: CpuModel = CpuModel()
     emulation: Emulation = Emulation()
 
+    def as_loaded(self) -> dict:
+        """The scenario as result.json records it (JSON types, defaults filled in), with only the
+        options of the techniques it runs: [migration] keeps theirs, a [[migrations]] entry the
+        ones it sets."""
+        data = self.model_dump(mode="json", by_alias=True)
+        used = {p.technique for p in self.migration_plans()} or {self.migration.technique}
+        keep = {name for t in used for name in registry.get(t).option_names()}
+        data["migration"] = {k: v for k, v in data["migration"].items() if k not in OPTIONS or k in keep}
+        data["migrations"] = [{k: v for k, v in d.items() if k not in OPTIONS or k in e.model_fields_set}
+                              for d, e in zip(data["migrations"], self.migrations)]
+        return data
+
     def host(self, role: str) -> Host:
         """The first host with this role."""
         return next(h for h in self.hosts if role in h.roles)

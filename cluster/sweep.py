@@ -226,7 +226,7 @@ def reusable(run_dir: Path, scenario) -> dict | None:
         return None
     if not isinstance(result, dict) or result.get("status") != "completed" or result.get("verified") is not True:
         return None
-    wanted = json.loads(json.dumps(finite(scenario.model_dump(mode="json", by_alias=True))))
+    wanted = json.loads(json.dumps(finite(scenario.as_loaded())))
     return result if result.get("scenario_as_loaded") == wanted else None
 
 

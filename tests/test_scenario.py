@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.scenario import GIB, ScenarioError, load_scenario, parse_scenario, shipped_scenarios
+from cluster.scenario import GIB, ScenarioError, load_scenario, parse_scenario, scenario_from_data, shipped_scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "scenarios" / "quickstart.toml"
@@ -107,6 +107,19 @@ def test_quickstart_parses():
 @pytest.mark.parametrize("path", shipped_scenarios(ROOT / "scenarios"), ids=lambda p: p.name)
 def test_every_shipped_scenario_is_valid(path):
     load_scenario(path)
+
+
+def test_the_scenario_as_loaded_lists_only_the_options_of_the_techniques_it_runs():
+    """result.json's `scenario_as_loaded`: post-copy's options appear for a post-copy run only, and
+    what it records loads back as the same scenario."""
+    from agents.techniques import registry
+    for path, technique in [(QUICKSTART, "precopy"), (ROOT / "scenarios/convergence/memcached-postcopy.toml", "postcopy")]:
+        sc = load_scenario(path)
+        data = sc.as_loaded()
+        options = set(data["migration"]) - {"technique"}
+        assert options == set(registry.get(technique).option_names())
+        assert scenario_from_data(data, "again.toml") == sc
+    assert "postcopy_after_iterations" not in load_scenario(QUICKSTART).as_loaded()["migration"]
 
 
 def test_explicit_link_bandwidth_wins():

@@ -138,7 +138,7 @@ def test_only_a_completed_verified_run_is_reused(tmp_path):
     from cluster.results import write_result
     from cluster.sweep import reusable
     sc = _loaded(tmp_path)
-    as_loaded = sc.model_dump(mode="json", by_alias=True)
+    as_loaded = sc.as_loaded()
     good = {"status": "completed", "verified": True, "scenario_as_loaded": as_loaded}
     for name, result, kept in [("good", good, True),
                                ("aborted", good | {"status": "aborted", "stop_reason": "interrupted (Ctrl-C)"}, False),

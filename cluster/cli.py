@@ -155,8 +155,9 @@ def _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir: 
         _fail_input([f"--inject-fault: unknown fault {inject_fault!r}; allowed: corrupt-page, memory-server-refuses"])
     if metrics_port is not None and not 1 <= metrics_port <= 65535:
         _fail_input([f"--metrics-port: must be a TCP port, 1 to 65535 (got {metrics_port})"])
-    blocker = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
+    from cluster.footprint import nearest_existing
+    blocker = nearest_existing(out_dir)
+    if not blocker.is_dir():
         _fail_input([f"--out: {blocker} is a file, not a directory; result.json cannot be written under it"])
     # Tried now, so that a place nothing can be written to (/proc, a read-only mount) fails at once;
     # what the try made is removed again (a refused run leaves no directory behind).

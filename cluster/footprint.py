@@ -26,6 +26,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from agents.datapath.shm import SHM_DIR
 from cluster.scaling import Scale, vm_real_pages
@@ -170,12 +171,16 @@ def guard(scenario: Scenario, scale: Scale, path: str = "", out_dir: str | None 
         raise ScenarioError([f"{path or scenario.name}: {why}"])
 
 
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """`path` itself when it exists, else its nearest existing parent (a directory not made yet
+    lives on that one's file system)."""
+    p = Path(os.path.abspath(path))
+    return next(q for q in (p, *p.parents) if q.exists())
+
+
 def _free_bytes(path: str) -> int:
     """Free bytes of the file system that holds `path` (or its nearest existing parent)."""
-    p = os.path.abspath(path)
-    while not os.path.exists(p):
-        p = os.path.dirname(p)
-    st = os.statvfs(p)
+    st = os.statvfs(nearest_existing(path))
     return st.f_bavail * st.f_frsize
 
 

@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-slow bench docs dashboards dashboard-pictures clean
 
-$(STAMP): pyproject.toml setup.py agents/encodings/_xbzrle.c
+$(STAMP): pyproject.toml setup.py $(wildcard agents/*/*.c)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

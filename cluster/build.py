@@ -226,6 +226,7 @@ class Slice:
     disk_at: dict = field(default_factory=dict)  # VM index -> the datastore its disk is on now
     nodes: dict = field(default_factory=dict)  # host name -> its Ray node {"id", "ip"} (cluster/crossnode.py)
     standby: dict = field(default_factory=dict)  # migration index -> the guest waiting on its destination's node
+    guest_host: dict = field(default_factory=dict)  # VM index -> the host beside whose node its guest actor runs
 
     @staticmethod
     def first_key(vm: int) -> str:
@@ -492,6 +493,7 @@ def _spawn_guests(sl: Slice) -> None:
     """A GuestAgent per VM, created early: Ray starts their processes (a core's worth
     at a time, 0.5-1 s each) while the hosts make the images; `_guests` boots them."""
     for vm in sl.scenario.vms:
+        sl.guest_host[len(sl.guests)] = sl.scenario.initial_host(vm).name
         sl.guests.append(_new_guest(sl, vm.name, sl.scenario.initial_host(vm).name, f"guest:{vm.name}"))
 
 

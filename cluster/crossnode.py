@@ -46,20 +46,44 @@ def _custom(resources: dict) -> list[str]:
     return sorted(k for k in resources if not k.startswith(builtin) and not k.startswith("node:"))
 
 
+CLOCK_PROBES = 5  # round trips per host; the shortest bounds the offset's error best
+
+
 def locate(hosts: dict) -> dict:
     """Host name -> {"id", "ip"} of the Ray node its actor runs on, and "clock_offset_s": how far
-    that node's monotonic clock is ahead of the driver's (to half a round trip; 0 on one machine)."""
+    that node's monotonic clock is ahead of the driver's. Exactly 0 on the driver's machine (one
+    kernel boot, one CLOCK_MONOTONIC); elsewhere measured over the shortest of CLOCK_PROBES round
+    trips, to within half of it (Cristian's algorithm)."""
     import time
 
     import ray
+
+    from agents.actors.crossnode import boot_id
     ray.get([hosts[n].node.remote() for n in hosts], timeout=120)  # every actor up: round trips are calls only
-    nodes = {}
+    mine, nodes = boot_id(), {}
     for name, actor in hosts.items():
-        t0 = time.monotonic()
-        node = ray.get(actor.node.remote(), timeout=120)
-        node["clock_offset_s"] = node.pop("clock") - (t0 + time.monotonic()) / 2
+        probes = []
+        for _ in range(CLOCK_PROBES):
+            t0 = time.monotonic()
+            node = ray.get(actor.node.remote(), timeout=120)
+            t1 = time.monotonic()
+            probes.append((t1 - t0, node.pop("clock") - (t0 + t1) / 2, node))
+        _, offset, node = min(probes, key=lambda p: p[0])
+        node["clock_offset_s"] = 0.0 if mine is not None and node["boot_id"] == mine else offset
         nodes[name] = node
     return nodes
+
+
+def to_driver_clock(sl, host: str, t: float) -> float:
+    """A monotonic time read by an actor on host `host`'s node, on the driver's clock (the timeline's)."""
+    node = sl.nodes.get(host)
+    return t - node["clock_offset_s"] if node else t
+
+
+def samples_to_driver_clock(sl, vm: int, samples: list) -> list:
+    """A guest's (time, ops) samples, read on its guest actor's node, on the driver's clock."""
+    offset = (sl.nodes.get(sl.guest_host.get(vm)) or {}).get("clock_offset_s", 0.0)
+    return [(t - offset, ops) for t, ops in samples] if offset else samples
 
 
 def beside(sl, host: str) -> dict:
@@ -103,15 +127,17 @@ def standby_guests(sl, make) -> None:
             sl.standby[mp.index] = make(mp.vm_index, sl.copy_key(mp.vm_index, mp.index), dst)
 
 
-def hand_over(sl, m: int, vm: int, timeout: float) -> float:
-    """Switch VM `vm` over to migration `m`'s standby guest: the paused guest hands its state
-    over, the standby runs on from it; returns when it resumed."""
+def hand_over(sl, m: int, vm: int, destination: str, timeout: float) -> float:
+    """Switch VM `vm` over to migration `m`'s standby guest on `destination`'s node: the paused
+    guest hands its state over, the standby runs on from it; returns when it resumed, on the
+    driver's clock."""
     import ray
-    new = sl.standby.pop(m)
+    new, old = sl.standby.pop(m), sl.guest_host[vm]
     state = ray.get(sl.guests[vm].hand_off.remote(), timeout=timeout)
-    resumed = ray.get(new.take_over.remote(state), timeout=timeout)
-    sl.guests[vm] = new  # the old actor stays tracked: tear-down closes it with the rest
-    return resumed
+    shift = sl.nodes[destination]["clock_offset_s"] - sl.nodes[old]["clock_offset_s"]
+    resumed = ray.get(new.take_over.remote(state, shift), timeout=timeout)
+    sl.guests[vm], sl.guest_host[vm] = new, destination  # the old actor stays tracked: tear-down closes it
+    return to_driver_clock(sl, destination, resumed)
 
 
 def data_path(sl, timeout: float = 30.0) -> dict:

@@ -430,7 +430,8 @@ class Orchestrator:
             self.tl.event(m.guest_resumed_at, "switched-over", vm=m.vm, migration=m.index,
                           host=m.plan.destinations[0].name, by="technique", verified=m.verified)
         elif m.verified and m.index in self.sl.standby:  # to another Ray node: a guest there runs on
-            m.guest_resumed_at = crossnode.hand_over(self.sl, m.index, m.vm_index, ACTOR_CALL_S)
+            m.guest_resumed_at = crossnode.hand_over(self.sl, m.index, m.vm_index, m.plan.destinations[0].name,
+                                                     ACTOR_CALL_S)
             self.sl.location[m.vm_index] = (m.plan.destinations[0].name, dst_key)
             self.tl.event(m.guest_resumed_at, "switched-over", vm=m.vm, migration=m.index,
                           host=m.plan.destinations[0].name, by="hand-off")
@@ -515,8 +516,8 @@ class Orchestrator:
     def _sample_migration(self, m: MigrationState, polled: dict, t: float, final: bool = False) -> None:
         """The migration's events so far, then its interval record: what moved since the last one."""
         from cluster.collect import counters_of
-        for ev in polled.pop("events"):
-            t_ev = ev.pop("t_real")
+        for ev in polled.pop("events"):  # read on the source host's node
+            t_ev = crossnode.to_driver_clock(self.sl, m.plan.source.name, ev.pop("t_real"))
             self.tl.event(t_ev, ev.pop("event"), vm=m.vm, migration=m.index, **ev)
             m.events_seen += 1
             rec = self.tl.records[-1]

@@ -65,7 +65,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                 elif swaps(m.plan) and m.status == "completed":
                     m.split = (ray.get(sl.hosts[m.plan.destinations[0].name].swap_status.remote(m.index))
                                | ray.get(sl.guests[m.vm_index].split_status.remote()))
-            guest_data = ray.get([g.timeline.remote() for g in sl.guests], timeout=60)
+            guest_data = [(crossnode.samples_to_driver_clock(sl, i, samples), faults) for i, (samples, faults)
+                          in enumerate(ray.get([g.timeline.remote() for g in sl.guests], timeout=60))]
             # A vCPU blocked for good (a page behind a dead link) never stops; tear-down kills it.
             ray.wait([g.stop.remote() for g in sl.guests], num_returns=len(sl.guests), timeout=10)
             per_vm = []

@@ -64,6 +64,19 @@ def test_a_technique_that_cannot_cross_nodes_is_refused_in_one_line_naming_the_f
     assert any('network.transport = "tcp"' in ln for ln in lines), lines
 
 
+def test_times_read_on_another_machine_enter_the_timeline_on_the_drivers_clock():
+    """A node whose monotonic clock is 250 s ahead: an event it reads at 1250 s happened at the
+    driver's 1000 s; a guest's samples go back by the offset of the node its actor is on."""
+    from types import SimpleNamespace
+
+    from cluster.crossnode import samples_to_driver_clock, to_driver_clock
+    sl = SimpleNamespace(nodes={"a": {"clock_offset_s": 0.0}, "b": {"clock_offset_s": 250.0}},
+                         guest_host={0: "a", 1: "b"})
+    assert to_driver_clock(sl, "b", 1250.0) == 1000.0 and to_driver_clock(sl, "a", 5.0) == 5.0
+    assert samples_to_driver_clock(sl, 1, [(1250.0, 10.0), (1251.0, 20.0)]) == [(1000.0, 10.0), (1001.0, 20.0)]
+    assert samples_to_driver_clock(sl, 0, [(3.0, 1.0)]) == [(3.0, 1.0)]
+
+
 def test_bad_placement_fields_are_refused():
     assert any("ray_node" in ln for ln in _refusal(TWO_NODES.format(dst_node="no de", consumers=1,
                                                                      compression="none")))
@@ -136,6 +149,8 @@ def test_a_migration_between_two_nodes_crosses_tcp_verifies_and_the_guest_runs_o
     # Everything the migration sent crossed TCP (real bytes: emulated ones times memory_scale).
     assert dp["tcp_bytes_sent"] >= r["memory_bytes_sent"] * r["emulation"]["memory_scale"] * 0.99
     assert r["app"]["ops_per_s_after"] > 0  # the guest went on, in its actor on the destination's node
+    # cluster_utils nodes are processes of one kernel boot: one CLOCK_MONOTONIC, no offset to guess.
+    assert set(dp["clock_offset_ms"].values()) == {0.0}
 
 
 @pytest.mark.slow

@@ -28,14 +28,25 @@ from agents.datapath.shm import Region
 from agents.datapath.wire_format import SlotLayout
 
 
+def boot_id() -> str | None:
+    """This kernel's boot id (Linux), None where there is none: two processes with the same one
+    read the same CLOCK_MONOTONIC."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 class CrossNodeEnds:
     """Cross-node connection ends; expects HostAgent's `rings`, `receivers`, `_accepted`, `_receiver`."""
 
     def node(self) -> dict:
-        """This host's Ray node: its id, the address other nodes reach it at, and its monotonic clock now."""
+        """This host's Ray node: its id, the address other nodes reach it at, its monotonic clock
+        now, and the kernel's boot id (processes of one boot share CLOCK_MONOTONIC)."""
         import ray
         return {"id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
-                "clock": time.monotonic()}
+                "clock": time.monotonic(), "boot_id": boot_id()}
 
     def _bridges(self) -> dict:
         if not hasattr(self, "_bridge_ends"):
@@ -114,10 +125,13 @@ class GuestHandOff:
         with g._lock:
             return {k: getattr(g, k) for k in _GUEST_STATE}
 
-    def take_over(self, state: dict) -> float:
-        """Run on from `state` (another node's guest), on this actor's image; returns when it resumed."""
+    def take_over(self, state: dict, clock_shift_s: float = 0.0) -> float:
+        """Run on from `state` (another node's guest), on this actor's image; returns when it resumed.
+        `clock_shift_s` (this node's monotonic clock minus the other's) puts the state's samples on this
+        node's clock, so that the guest's timeline has one clock."""
         g = self.guest
         state = pickle.loads(pickle.dumps(state))  # Ray hands numpy arrays over read-only; the guest writes them
+        state["samples"] = [(t + clock_shift_s, ops) for t, ops in state["samples"]]
         with g._lock:
             for k, v in state.items():
                 setattr(g, k, v)

@@ -171,11 +171,16 @@ class Cluster:
 
         from agents.datapath import shm
         _close_all(self.actors)
-        for a in self.hosts:  # other Ray nodes' shared memory and sockets (this node's: below)
+        # Other Ray nodes' shared memory and sockets (this node's: below), every host at once;
+        # a dead host's node is swept by its next run.
+        sweeps = []
+        for a in self.hosts:
             try:
-                ray.get(a.sweep_node.remote(self.run_id, self.sock_dir), timeout=5)
-            except Exception:  # noqa: BLE001 - a dead host's node is swept by its next run
+                sweeps.append(a.sweep_node.remote(self.run_id, self.sock_dir))
+            except Exception:  # noqa: BLE001 - a killed actor may refuse the call itself
                 pass
+        if sweeps:
+            ray.wait(sweeps, num_returns=len(sweeps), timeout=5)
         self.hosts.clear()
         for a in self.actors:
             try:

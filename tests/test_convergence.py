@@ -197,3 +197,18 @@ def test_cli_exits_2_with_one_line_on_a_throttle_increment_of_zero(tmp_path):
     out = subprocess.run([LIVEMIG, "run", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "cpu_throttle_increment" in out.stderr
+
+
+def test_a_policy_whose_trigger_never_fires_leaves_the_stop_rules_caps_in_force():
+    """A guest dirtying 40% of what is sent never trips auto-converge's (or dirty-limit's) 50%
+    trigger: once the trigger has judged the periods it needs, max-iterations ends pre-copy as
+    without a policy, instead of iterating past every cap for ever (a fresh-eyes finding)."""
+    from agents.techniques.convergence import AutoConverge, DirtyLimit, SyncPeriod, keeps_going
+    for policy in (AutoConverge(), DirtyLimit(100)):
+        low = SyncPeriod(1.0, dirtied_bytes=0.4e9, transferred_bytes=1e9)
+        policy.on_sync(low)
+        assert keeps_going(policy, "max-iterations")  # one period judged: it could still fire
+        policy.on_sync(low)
+        assert not keeps_going(policy, "max-iterations") and not keeps_going(policy, "max-sent")
+        policy.on_sync(SyncPeriod(1.0, dirtied_bytes=0.8e9, transferred_bytes=1e9))
+        assert keeps_going(policy, "max-iterations")  # a high period: the next one may fire it

@@ -102,11 +102,17 @@ class _Trigger:
         self.threshold_pct = threshold_pct
         self.periods = _Accumulator(min_period_s)
         self.high = 0
+        self.seen = 0  # complete periods judged
+        self.last_high = False
 
     def fires(self, p: SyncPeriod) -> SyncPeriod | None:
         """The period that fired it (to size the step), or None."""
         period = self.periods.add(p)
-        if period is None or period.dirtied_bytes <= self.threshold_bytes(period):
+        if period is None:
+            return None
+        self.seen += 1
+        self.last_high = period.dirtied_bytes > self.threshold_bytes(period)
+        if not self.last_high:
             return None
         self.high += 1
         if self.high < QEMU_HIGH_PERIODS:
@@ -116,6 +122,12 @@ class _Trigger:
 
     def threshold_bytes(self, p: SyncPeriod) -> float:
         return p.transferred_bytes * self.threshold_pct / 100
+
+    def may_fire(self) -> bool:
+        """Whether it can still fire on this guest: it has judged fewer periods than it needs to
+        fire, or the last one was high. One that judged enough, the last of them low, says the
+        guest dirties below the threshold: throttling is not what keeps pre-copy from converging."""
+        return self.seen < QEMU_HIGH_PERIODS or self.last_high
 
 
 @dataclass
@@ -158,6 +170,12 @@ class AutoConverge:
         """The stop rule would end pre-copy for `reason`: QEMU has no such rule and keeps going."""
         return None
 
+    def engaged(self) -> bool:
+        return self.throttle_pct > 0
+
+    def may_engage(self) -> bool:
+        return self.trigger.may_fire()
+
     def exhausted(self) -> bool:
         """Nothing more to try: the stop rule may end pre-copy."""
         return self.throttle_pct >= min(self.maximum, CPU_THROTTLE_PCT_MAX)
@@ -189,6 +207,12 @@ class DirtyLimit:
 
     def on_stop(self, reason: str) -> Decision | None:
         return None
+
+    def engaged(self) -> bool:
+        return self.active
+
+    def may_engage(self) -> bool:
+        return self.trigger.may_fire()
 
     def exhausted(self) -> bool:
         return self.active and self.active_s >= self.SETTLE_PERIODS * self.period_s
@@ -238,6 +262,12 @@ class Sdps:
         self.throttle_pct = pct
         return Decision(throttle_pct=pct)
 
+    def engaged(self) -> bool:
+        return self.active
+
+    def may_engage(self) -> bool:
+        return True  # on_stop kicks it in where pre-copy would give up
+
     def exhausted(self) -> bool:
         return self.active and self.throttle_pct >= self.maximum
 
@@ -245,9 +275,14 @@ class Sdps:
 def keeps_going(policy, reason: str | None) -> bool:
     """Pre-copy goes on past a stop other than convergence while the policy can
     still act; once it cannot, only a stall ends it (the bytes already sent or
-    the passes already made say nothing about a guest that is now slowed)."""
+    the passes already made say nothing about a guest that is now slowed). A
+    policy that has not kicked in and no longer can (its trigger judged the guest
+    below its threshold) leaves the stop rule as it is: without that, a guest that
+    never trips the trigger would iterate past every cap, for ever."""
     if not reason or reason == "converged":
         return False
+    if not policy.engaged():
+        return policy.may_engage()
     return not policy.exhausted() or reason != "stalled"
 
 

@@ -130,14 +130,30 @@ def _disk_problems(s) -> list[tuple[str, str]]:
     return problems
 
 
+def _shared_disk_problems(s, mp, places: set, where: str) -> list[tuple[str, str]]:
+    """A migration that leaves the disk where it is needs a destination that reaches it (shared
+    storage, vMotion's usual case); otherwise the VM would run on without its disk."""
+    dst, known = mp.destinations[0], [s.datastore_named(d) for d in places if s.datastore_named(d) is not None]
+    if mp.vm.disk_gib <= 0 or not known or any(dst.name in d.hosts for d in known):
+        return []  # no disk, or one _disk_problems already refuses
+    on = " or ".join(f'"{d}"' for d in sorted(places))
+    return [(f"{where}.technique", f"{mp.vm.name}'s disk stays on datastore {on}, which destination host "
+                                   f"\"{dst.name}\" does not reach; move it with technique = \"storage\" and a "
+                                   f"target_datastore that host reaches, or put it on a datastore both hosts reach")]
+
+
 def _move_problems(s) -> list[tuple[str, str]]:
     problems = []
+    could_be_on: dict[str, set] = {}  # VM -> datastores its disk may be on (where it started, earlier targets)
     for mp in s.migration_plans():
         o = mp.options
         where = f"migrations[{mp.index}]" if s.migrations else "migration"
         target = getattr(o, "target_datastore", None)
+        places = could_be_on.setdefault(mp.vm.name, {mp.vm.datastore})
         if target is None:
+            problems += _shared_disk_problems(s, mp, places, where)
             continue
+        places.add(target)
         tgt = s.datastore_named(target)
         if tgt is None:
             problems.append((f"{where}.target_datastore", f"\"{target}\" is not a datastore; known: "

@@ -156,10 +156,13 @@ class Orchestrator:
             self._loop(until=lambda: all(m.status in FINISHED for m in self.migs))
         except KeyboardInterrupt:
             self._interrupt()
-        # The window after is counted from the last switch-over, not from when the driver saw it end.
+        # The window after is counted from the last switch-over (for post-copy, the source's release,
+        # where its "after" starts), not from when the driver saw it end.
         after_s = max(windows.after_s, split_run.observe_after_s(self.sl.scenario))
-        resumed = [m.guest_resumed_at for m in self.migs if m.guest_resumed_at]
-        t_after = min(max(resumed, default=time.monotonic()), time.monotonic()) + self.scale.real_seconds(after_s)
+        ends = [m.guest_resumed_at for m in self.migs if m.guest_resumed_at]
+        ends += [self.tl.t0 + r["t"] * self.scale.dilation for r in self.tl.records
+                 if r["kind"] == "event" and r["event"] == "source-released"]
+        t_after = min(max(ends, default=time.monotonic()), time.monotonic()) + self.scale.real_seconds(after_s)
         self._loop(until=lambda: time.monotonic() >= t_after)
         self._sample(time.monotonic(), force=True)
         self.unfired = [{"index": k, "action": ev.action} for k, ev in enumerate(self.sl.scenario.events)

@@ -492,20 +492,25 @@ class Orchestrator:
         links = [a.stats.remote() for a in self.sl.links.values()]
         guests = [g.progress.remote() for g in self.sl.guests]
         got_hosts, got_links, got_guests = (self._gather(refs) for refs in (hosts, links, guests))
-        t = time.monotonic()
+        # Each record is dated when its actor read it, on the driver's clock: when replies come back
+        # at different times, a driver-side time would squeeze one interval and stretch the next.
         for name, got in zip(asks, got_hosts):
             if got is None:
                 continue  # a dead host: its migrations end through their own wait
+            t = crossnode.to_driver_clock(self.sl, name, got["t_read"])
             for m in running:
                 if m.index in got["polls"]:
                     self._sample_migration(m, got["polls"][m.index], t)
             self._sample_host(name, got["usage"], t)
         for idx, stats in zip(self.sl.links, got_links):
             if stats is not None:
-                self._sample_link(idx, stats, t)
-        for vm, got in zip(self.sl.scenario.vms, got_guests):
+                self._sample_link(idx, stats, crossnode.to_driver_clock(self.sl, self.sl.topo.links[idx].source,
+                                                                          stats["t_read"]))
+        for i, (vm, got) in enumerate(zip(self.sl.scenario.vms, got_guests)):
             if got is not None:
-                self._sample_guest(vm.name, *got)
+                t_guest, ops, extra = got
+                self._sample_guest(vm.name, crossnode.to_driver_clock(self.sl, self.sl.guest_host[i], t_guest),
+                                   ops, extra)
         self.sampling_s += time.monotonic() - t_begin
 
     def _gather(self, refs: list) -> list:

@@ -385,8 +385,10 @@ class HostAgent(CrossNodeEnds):
 
     def sample(self, since: dict[int, int]) -> dict:
         """One call per timeline interval: `poll` of each migration in `since`
-        (its number -> events already seen) and this host's `usage`."""
-        return {"polls": {m: self.poll(m, k) for m, k in since.items()}, "usage": self.usage()}
+        (its number -> events already seen), this host's `usage`, and `t_read`: when
+        they were read (this node's monotonic clock), which dates the record."""
+        out = {"polls": {m: self.poll(m, k) for m, k in since.items()}, "usage": self.usage()}
+        return out | {"t_read": time.monotonic()}
 
     def _pages_saved(self, job: _Job) -> int:
         """Pages migration `job` has sent so far, zero pages included (QEMU's target_page_count)."""

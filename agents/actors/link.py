@@ -134,7 +134,9 @@ class LinkAgent:
                 "disk_bytes": s.disk_bytes - s.disk_by_connection.get(PAGING, 0),
                 "background_seen": list(s.background_seen), "by_connection": by_conn,
                 "capacity_bytes_s": s.capacity, "one_way_s": s.one_way_s,
-                "down": s.down, "batches_dropped": s.batches_dropped, "batches_corrupted": self.corrupted}
+                "down": s.down, "batches_dropped": s.batches_dropped, "batches_corrupted": self.corrupted,
+                # dates the record: a slow reply, or a loop behind its schedule, must not squeeze its interval
+                "t_read": s.counted_until(time.monotonic())}
 
     def close(self) -> None:
         for lst in self._listeners:

@@ -141,6 +141,24 @@ class LinkShaper:
             self.disk_by_connection[conn_id] = self.disk_by_connection.get(conn_id, 0) + nbytes
             self._disk_debt += nbytes  # line time the batches give up to them (the loop books it)
 
+    def counted_until(self, now: float) -> float:
+        """The time up to which the byte counters are exact: `now`, unless the loop is behind its
+        schedule (a batch due to arrive, or free to leave, before `now` is not counted yet); then
+        that batch's time. A sample dated by it shows the emulated schedule, not the loop's lateness
+        (a late loop catches up in a burst, which read at `now` looked like several times the line
+        rate)."""
+        if self.down:
+            return now  # nothing crosses: the counters are exact
+        try:
+            due = self._line[0][0] if self._line else now
+            if self._queue:
+                due = min(due, self._bucket.free_at + self.one_way_s)
+        except (IndexError, AttributeError):  # the loop moved on, or has not started
+            due = now
+        # Never before an earlier answer: a batch admitted late can be due before it.
+        self._counted_until = max(min(now, due), getattr(self, "_counted_until", -math.inf))
+        return self._counted_until
+
     @property
     def bytes_carried(self) -> int:
         """All bytes that crossed the link: batches forwarded and disk bytes."""

@@ -218,3 +218,40 @@ def test_nova_force_switches_a_hybrid_to_postcopy_and_the_result_names_it(ray_cl
     assert len(forced) == 1 and forced[0]["reason"] == "completion-timeout"
     assert forced[0]["elapsed_s"] > 2  # 1 s/GiB over Nova's 2 GiB floor
     assert r["policy"][0] == r["policy"][0] | {"decision": "downtime-limit", "downtime_limit_ms": 1}
+
+
+# --- the policy's monitor: decisions on time, even in the middle of a long pass ---------------
+
+
+def _decision_times(m):
+    t0 = m.result.started_at
+    return {(e["decision"], e["reason"]): e["elapsed_s"] for e in m.ctx.events if e["event"] == "policy"}, t0
+
+
+def test_a_completion_timeout_in_the_middle_of_a_long_first_pass_cancels_within_a_period(guests):
+    # The first pass takes ~3 s at 1 MB/s; Nova's 0.5 s/GiB over its 2 GiB floor times out at 1 s,
+    # and its monitor looks every 0.5 s: the cancel comes in (1, 1.5] s, not after the pass.
+    g, _, r, decisions = _run(guests, _opts(policy="nova", completion_timeout_s_per_gib=0.5, downtime_max_ms=10),
+                              link=1 * MB, limit_s=0.001, **FOREVER)
+    assert (r.status, r.stop_reason) == ("cancelled", "policy: completion-timeout")
+    assert r.memory_bytes_sent < 0.6 * NPAGES * PAGE  # its first pass cut short
+    assert r.total_time_s < 1.5 + 0.3  # one period late at most (and the pass's last batch)
+    assert _still_running(g)
+
+
+def test_a_forced_completion_pauses_the_vm_at_its_time_and_finishes_the_pass(guests):
+    g = guests(uniform(rate=20_000, ws=NPAGES))
+    g.start()
+    time.sleep(0.02)
+    dst = np.zeros_like(g.pages)
+    m = migration(g, CopySink(dst, bytes_s=1 * MB), limit_s=0.001, **FOREVER)._with_policy(
+        _opts(policy="nova-force", completion_timeout_s_per_gib=0.5, downtime_max_ms=10))
+    r = m.run()
+    said, t0 = _decision_times(m)
+    assert 1.0 < said[("force", "completion-timeout")] <= 1.5 + 0.05
+    stopped = [e for e in m.ctx.events if e["event"] == "vm-stopped"]
+    assert len(stopped) == 1 and stopped[0]["by"] == "policy-force: completion-timeout"
+    assert (r.status, r.stop_reason) == ("completed", "policy-force")
+    assert r.iteration_count == 1  # the pass went on with the VM paused, then the stop-and-copy
+    assert r.downtime_s == pytest.approx(r.total_time_s - (stopped[0]["t_real"] - t0), abs=0.01)
+    assert np.array_equal(dst, g.pages)

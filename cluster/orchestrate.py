@@ -249,7 +249,8 @@ class Orchestrator:
         dst_key = self.sl.copy_key(m.vm_index, m.index)
         lps = self.sl.topo.links_of_migration(m.index)
         destination = {"image": self.sl.paths[dst_key], "return_path": f"{self.sl.cluster.sock_dir}/m{m.index}ret",
-                       "one_way_s": lps[0].one_way_s if lps else 0.0}
+                       "one_way_s": lps[0].one_way_s if lps else 0.0,
+                       "stream_bytes_s": self.sl.topo.stream_rate(m.index) if lps else 0.0}
         if disk is not None:
             destination["disk"] = disk
         if splits(m.plan):

@@ -11,13 +11,21 @@ lasts (pages left) / (pages per second).
 Faults, for a writer spreading its writes uniformly over W working-set pages
 at r pages/s: U(t) of them are still missing, a write hits one with
 probability p = U/W, and each fault blocks the guest for the fault latency L
-(the request's one-way trip, the batches already queued in the connection's
-ring ahead of the page, the page itself, the way back). The guest runs a share
+(the request's one-way trip, the bytes ahead of the page on the source, the
+page itself at line rate, the way back). The bytes ahead are the emulator's
+rule (agents/techniques/postcopy.py `bytes_ahead_of_request`): none with
+postcopy-preempt, else the socket buffers' backlog (10 MiB) or what is left to
+push if less, at the stream's rate. The guest runs a share
 u = 1/(1 + r p L) of the time, faults at F = r u p per second, and the
 missing pages fall as the push (R pages/s, the working set first: it starts
 at page 0, and the dirty set of a hybrid lies in it) and the faults bring
 them: dU/dt = -(R + F). Integrated numerically until U = 0. Blocktime is the
 time not run, (1 - u) dt. No Ray, no threads.
+
+The push reaches the working set at the rate of its pages' encoding: a pure
+post-copy's working set has lost the zero pages the guest wrote before the
+switch (a whole-page write leaves no zero page: agents/guest/content.py), a
+share 1 - exp(-r T / W) after T seconds of writing (warm-up and set-up).
 
 Adaptive pre-paging moves the push to the first fault's page (the pivot) and
 bubbles out both ways. In a pure post-copy the pages above the working set
@@ -28,40 +36,61 @@ pages all lie in the working set, so nothing is spent outside it.
 """
 from __future__ import annotations
 
-from agents.techniques.postcopy import SwitchPolicy, switch_reason
+import math
+from typing import Callable
+
+from agents.techniques.postcopy import SwitchPolicy, bytes_ahead_of_request, switch_reason
 from agents.techniques.precopy import StopPolicy
 from cluster.scenario import GIB, MigrationPlan, Scenario
 
 PAGE = 4096
 
 
-def fault_latency_s(scenario: Scenario, mp: MigrationPlan, pages_per_s: float) -> float:
-    """A fault's latency: request and page each cross the link once, and the page
-    waits behind the batches in flight (the connection's ring is kept full by the push)."""
+def fault_latency(scenario: Scenario, mp: MigrationPlan) -> Callable[[float], float]:
+    """A fault's latency (s) as a function of the pages left to push: request and page
+    each cross the link once; the page waits behind the bytes ahead of it on the source."""
     from cluster.scaling import Scale
     from cluster.topology import plan
     topo = plan(scenario, Scale(1.0, 1.0))
     conn = topo.connections_of_migration(mp.index)[0]
-    one_way = topo.links[conn.link].one_way_s
-    return 2 * one_way + (conn.slots * conn.batch_pages + 1) / pages_per_s
+    link = topo.links[conn.link]
+    stream = topo.stream_rate(mp.index)
+    preempt = mp.options.postcopy_preempt
+
+    def latency(left_pages: float) -> float:
+        return 2 * link.one_way_s + bytes_ahead_of_request(preempt, left_pages * PAGE) / stream + PAGE / link.rate_bytes_s
+    return latency
 
 
-def faults_while_missing(rate: float, ws: float, missing: float, push: float, latency: float,
+def faults_while_missing(rate: float, ws: float, missing: float, push: float,
+                         latency: float | Callable[[float], float], left: float = 0.0,
                          steps: int = 4000) -> tuple[float, float, float]:
-    """(faults, blocked seconds, seconds until the working set is all there); see the module docstring."""
+    """(faults, blocked seconds, seconds until the working set is all there); see the module docstring.
+    `latency`: seconds, or a function of the pages left to send (`left` of them at the start)."""
     if missing <= 0 or ws <= 0:
         return 0.0, 0.0, 0.0
+    latency_of = latency if callable(latency) else (lambda _: latency)
     dt = missing / push / steps
     u_left, faults, blocked, t = missing, 0.0, 0.0, 0.0
     while u_left > 0:
         p = u_left / ws
-        run = 1.0 / (1.0 + rate * p * latency)
+        run = 1.0 / (1.0 + rate * p * latency_of(left))
         f = rate * run * p
         faults += f * dt
         blocked += (1 - run) * dt
         u_left -= (push + f) * dt
+        left = max(0.0, left - (push + f) * dt)
         t += dt
     return faults, blocked, t
+
+
+def working_set_zero_share(scenario: Scenario, mp: MigrationPlan, rate: float, ws: float) -> float:
+    """The share of zero pages in the working set at a pure post-copy's switch (see the module docstring)."""
+    content = mp.vm.content
+    if content.working_set is not None:
+        return 1.0 if content.working_set == "zero" else 0.0
+    written_for = scenario.emulation.warmup_s + mp.options.setup_ms / 1000
+    return content.zero * math.exp(-rate * written_for / ws)
 
 
 def predict_postcopy(scenario: Scenario, mp: MigrationPlan) -> dict:
@@ -94,10 +123,13 @@ def predict_postcopy(scenario: Scenario, mp: MigrationPlan) -> dict:
     downtime = (sync_s if count else 0.0) + state / wire_rate + one_way + mig.resume_ms / 1000
     post_s = todo / pages_per_s + one_way
     rate, _, ws = pre._write_probabilities(vm)
-    latency = fault_latency_s(scenario, mp, pages_per_s)
+    latency = fault_latency(scenario, mp)
     missing_ws = min(ws, todo)
     bubbling = 1.25 if after == 0 and mig.adaptive_prepaging and todo > ws else 1.0
-    faults, blocked, ws_s = faults_while_missing(rate, ws, missing_ws, pages_per_s / bubbling, latency)
+    push = pages_per_s
+    if after == 0:  # the working set's own encoding (a hybrid's missing pages are dirty ones already)
+        push = pre._pass_rates(scenario, mp, working_set_zero_share(scenario, mp, rate, ws), wire_rate)[1]
+    faults, blocked, ws_s = faults_while_missing(rate, ws, missing_ws, push / bubbling, latency, todo)
     setup = mig.setup_ms / 1000
     total = setup + elapsed + downtime + post_s
     sent += todo * bytes_per_page
@@ -108,7 +140,8 @@ def predict_postcopy(scenario: Scenario, mp: MigrationPlan) -> dict:
         "downtime_bytes_sent": state, "avg_throughput_mbytes_s": sent / total / 2**20, "app": None,
         "iteration_log": log,
         "postcopy": {"switched": True, "switch_reason": why, "precopy_iterations": count,
-                     "faults": faults, "blocktime_ms": blocked * 1000, "postcopy_latency_us": latency * 1e6,
+                     "faults": faults, "blocktime_ms": blocked * 1000, "postcopy_latency_us": latency(todo) * 1e6,
+                     "postcopy_preempt": mig.postcopy_preempt,
                      "pages_pulled": faults, "pages_pushed": todo - faults, "postcopy_time_s": post_s,
                      "working_set_arrived_after_s": ws_s, "source_released_after_s": total,
                      "model": "uniform writer over its working set; the push reaches the working set first"},

@@ -67,6 +67,13 @@ class Topology:
         """The link split migration `m`'s main host pages over to and from its sub-host `d`."""
         return self.links[self.paging[(m, d)]]
 
+    def stream_rate(self, m: int) -> float:
+        """Bytes/s (real) of migration `m`'s first connection, its share of its link:
+        the stream post-copy's requested pages queue behind (agents/techniques/postcopy.py)."""
+        conns = self.connections_of_migration(m)
+        sharing = sum(1 for c in conns if c.link == conns[0].link)
+        return self.links[conns[0].link].rate_bytes_s / sharing
+
     def links_of_migration(self, m: int) -> list[LinkPlan]:
         used = {c.link for c in self.connections_of_migration(m)}
         return [lp for lp in self.links if lp.index in used]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from agents.datapath.channel import KIND_BATCH, KIND_CLOSE, Channel
+from agents.datapath.channel import KIND_BATCH, KIND_CLOSE, KIND_URGENT, Channel
 from agents.datapath.clock import precise_threads
 from agents.datapath.link import LinkShaper
 
@@ -247,3 +247,27 @@ def test_a_stop_and_copy_after_an_idle_moment_takes_at_least_bytes_over_bandwidt
     floor = batches * nbytes / rate + one_way
     assert last - t0 >= floor * 0.995, (last - t0, floor)
     assert last - t0 <= floor + 0.005  # and not much slower either
+
+
+def test_an_urgent_batch_goes_ahead_of_the_queue_and_delays_the_rest_by_its_line_time():
+    # 24 batches queued: 20 ms of backlog at 40 MB/s. A requested page posted behind them
+    # arrives after its own line time and the one-way delay, as an ordinary batch.
+    link = SharedLink(LinkShaper(RATE, ONE_WAY), [0])
+    t0 = time.monotonic()
+    for seq in range(24):
+        link.to_link[0].send(KIND_BATCH, 0, 0, 0, BATCH, seq, t0)
+    page = 4096 * 8
+    link.to_link[0].send(KIND_URGENT, 0, 1, 8, page, 99, t0)
+    got = []
+    while len(got) < 25:
+        ready, _, _ = select.select([link.from_link[0].sock], [], [], 5)
+        assert ready, "the link delivered nothing for 5 s"
+        got.append(link.from_link[0].recv())
+    link.close([0])
+    order = [d[5] for d in got]
+    assert order.index(99) < 12  # ahead of the backlog (at once, unless this thread was slow to post it)
+    urgent = got[order.index(99)]
+    # Its arrival on the emulated schedule (t_done), however late the threads ran.
+    assert urgent[0] == KIND_BATCH and urgent[7] == pytest.approx(t0 + page / RATE + ONE_WAY, abs=1e-6)
+    # The batches behind it lost its line time: the last one leaves after all 25.
+    assert got[-1][7] == pytest.approx(t0 + (24 * BATCH + page) / RATE + ONE_WAY, abs=1e-6)

@@ -218,3 +218,56 @@ def test_nova_force_switches_a_hybrid_to_postcopy_and_the_result_names_it(ray_cl
     assert len(forced) == 1 and forced[0]["reason"] == "completion-timeout"
     assert forced[0]["elapsed_s"] > 2  # 1 s/GiB over Nova's 2 GiB floor
     assert r["policy"][0] == r["policy"][0] | {"decision": "downtime-limit", "downtime_limit_ms": 1}
+
+
+# --- the policy's monitor: decisions on time, even in the middle of a long pass ---------------
+
+
+def _decision_times(m):
+    t0 = m.result.started_at
+    return {(e["decision"], e["reason"]): e["elapsed_s"] for e in m.ctx.events if e["event"] == "policy"}, t0
+
+
+def test_a_completion_timeout_in_the_middle_of_a_long_first_pass_cancels_within_a_period(guests):
+    # The first pass takes ~3 s at 1 MB/s; Nova's 0.5 s/GiB over its 2 GiB floor times out at 1 s,
+    # and its monitor looks every 0.5 s: the cancel comes in (1, 1.5] s, not after the pass.
+    g, _, r, decisions = _run(guests, _opts(policy="nova", completion_timeout_s_per_gib=0.5, downtime_max_ms=10),
+                              link=1 * MB, limit_s=0.001, **FOREVER)
+    assert (r.status, r.stop_reason) == ("cancelled", "policy: completion-timeout")
+    assert r.memory_bytes_sent < 0.6 * NPAGES * PAGE  # its first pass cut short
+    assert r.total_time_s < 1.5 + 0.3  # one period late at most (and the pass's last batch)
+    assert _still_running(g)
+
+
+def test_a_forced_completion_pauses_the_vm_at_its_time_and_finishes_the_pass(guests):
+    g = guests(uniform(rate=20_000, ws=NPAGES))
+    g.start()
+    time.sleep(0.02)
+    dst = np.zeros_like(g.pages)
+    m = migration(g, CopySink(dst, bytes_s=2 * MB), limit_s=0.001, **FOREVER)._with_policy(
+        _opts(policy="nova-force", completion_timeout_s_per_gib=0.5, downtime_max_ms=10))
+    r = m.run()
+    said, t0 = _decision_times(m)
+    assert 1.0 < said[("force", "completion-timeout")] <= 1.5 + 0.05
+    stopped = [e for e in m.ctx.events if e["event"] == "vm-stopped"]
+    assert len(stopped) == 1 and stopped[0]["by"] == "policy-force: completion-timeout"
+    assert (r.status, r.stop_reason) == ("completed", "policy-force")
+    assert r.iteration_count == 1  # the pass went on with the VM paused, then the stop-and-copy
+    assert r.downtime_s == pytest.approx(r.total_time_s - (stopped[0]["t_real"] - t0), abs=0.01)
+    assert np.array_equal(dst, g.pages)
+
+
+def test_through_ray_a_completion_timeout_mid_pass_cancels_on_time_and_drops_the_queued_pages(ray_cluster, tmp_path):
+    # 1 GiB over 1 GbE: the first pass takes ~8.6 s; 2 s/GiB times out at 2 s, the monitor
+    # looks every 0.5 s. The cancel drops the pages queued in the pipeline (as a cancel shuts
+    # QEMU's channel): the run ends once the ring's batches in flight are back.
+    from cluster.runner import RunOptions, run_scenario
+    from tests.conftest import scenario_text
+    text = scenario_text("timeout", memory_gib=1, workload='{ kind = "uniform", dirty_pages_per_s = 4000, '
+                         'working_set_gib = 0.25 }', migration='technique = "precopy"\n'
+                         'completion_timeout_s_per_gib = 2\ntimeout_action = "cancel"')
+    r = run_scenario(parse_scenario(text, "timeout.toml"), RunOptions(out_dir=str(tmp_path)))
+    assert (r["status"], r["stop_reason"]) == ("cancelled", "policy: completion-timeout")
+    cancel = [d for d in r["policy"] if d["decision"] == "cancel"]
+    assert len(cancel) == 1 and 2.0 < cancel[0]["elapsed_s"] <= 2.5 + 0.1
+    assert r["total_time_s"] < cancel[0]["elapsed_s"] + 1.0  # not the ~6 s the pass had left

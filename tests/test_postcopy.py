@@ -15,6 +15,7 @@ import pytest
 
 from agents.guest.remote_memory import BUCKETS, LatencyHistogram, RemoteMemory, latency_bucket
 from agents.techniques.postcopy import PushOrder, SwitchPolicy, switch_reason
+from agents.techniques.postcopy import SOCKET_BACKLOG_BYTES, bytes_ahead_of_request
 from cluster.predict_postcopy import faults_while_missing
 from tests.conftest import LIVEMIG, ROOT, scenario_text
 
@@ -143,6 +144,27 @@ def test_fault_model_regimes():
     assert faults_while_missing(0, 100, 100, 100, 0.01)[0] == 0
 
 
+def test_a_requested_page_waits_behind_the_socket_buffers_unless_preempt():
+    assert SOCKET_BACKLOG_BYTES == 10 * 2**20  # Linux's default tcp_wmem + tcp_rmem maxima
+    assert bytes_ahead_of_request(preempt=False, left_bytes=1e9) == SOCKET_BACKLOG_BYTES
+    assert bytes_ahead_of_request(preempt=False, left_bytes=2**20) == 2**20  # less left to push
+    assert bytes_ahead_of_request(preempt=True, left_bytes=1e9) == 0.0
+
+
+@pytest.mark.parametrize("preempt, rtt_ms, want_ms", [
+    (False, 0.2, 0.2 + (10 * 2**20 + 4096) / 125e6 * 1000),  # 84.1 ms: the backlog at 1 Gbit/s
+    (True, 10.0, 10 + 4096 / 125e6 * 1000),  # the round trip and the page
+])
+def test_predicted_fault_latency_is_the_round_trip_the_queue_ahead_and_the_page(preempt, rtt_ms, want_ms):
+    from cluster.predict import predict
+    from cluster.scenario import parse_scenario
+    text = scenario_text("lat", memory_gib=0.25, workload=WRITER.replace("0.125", "0.0625"), rtt_ms=rtt_ms,
+                         migration=POSTCOPY + f"\npostcopy_after_iterations = 0\npostcopy_preempt = {str(preempt).lower()}")
+    got = predict(parse_scenario(text, "lat.toml"))["postcopy"]
+    assert got["postcopy_latency_us"] / 1000 == pytest.approx(want_ms, rel=1e-6)
+    assert got["postcopy_preempt"] is preempt
+
+
 # --- bad input ---------------------------------------------------------------------------
 POSTCOPY = 'technique = "postcopy"'
 
@@ -180,26 +202,35 @@ def _run(text: str, tmp_path):
     return sc, run_scenario(sc, RunOptions(out_dir=str(tmp_path)))
 
 
-# make test-slow: its fault count swings with tick timing (17 to 24.7, once 84, against
-# 16.6 predicted); that swing failed a CI run whose changes did not touch post-copy.
+# make test-slow: ~20 s each, and a loaded machine that saturates the run (its working set
+# then arrives late) moves blocktime by more than the margin.
 @pytest.mark.slow
-def test_pure_postcopy_matches_the_predictor(ray_cluster, tmp_path):
+@pytest.mark.parametrize("name", ["fault-queue-1gbe", "fault-queue-preempt-metro"])
+def test_pure_postcopy_faults_latency_and_blocktime_match_the_predictor(ray_cluster, tmp_path, name):
     from cluster.predict import predict
-    # Dilation 2: the fault path's real overheads (a batch per fault) stay inside its charges.
-    text = scenario_text("pure", memory_gib=0.5, workload=WRITER, dilation=2.0,
-                         migration=POSTCOPY + "\npostcopy_after_iterations = 0\nadaptive_prepaging = false")
-    # In page order the push fills the working set (pages 0 to W) first, at a
-    # known pace; bubbling's pace depends on where the first fault lands.
-    sc, r = _run(text, tmp_path)
+    from cluster.scenario import load_scenario
+    # What a requested page waits behind is emulated (the socket buffers, or nothing with
+    # postcopy-preempt), so faults, their latency and the blocktime follow the model's rule.
+    # At memory_scale 1/8 a few real faults are measured; the median stands for them. A fault
+    # on a page the push already sent waits for the stream instead (QEMU's too: the page is
+    # not sent twice); the model leaves those out. With preempt about one real fault in six
+    # does, and it stands for 8 emulated ones, so the fault count falls by up to a third
+    # (measured 32-47 against 45.4): 15% holds the median latency and the blocktime, not it.
+    sc = load_scenario(ROOT / "scenarios" / "postcopy" / f"{name}.toml")
+    from cluster.runner import RunOptions, run_scenario
+    r = run_scenario(sc, RunOptions(out_dir=str(tmp_path)))
     assert r["status"] == "completed" and r["verified"], r["stop_reason"]
     pc, want = r["postcopy"], predict(sc)
     assert pc["switch_reason"] == "pure" and r["iterations"] == 0
+    assert pc["postcopy_preempt"] is sc.migration_plans()[0].options.postcopy_preempt
     assert pc["max_sends_per_page"] == 1 and pc["pages_requested_twice"] == 0
-    assert pc["pages_pushed"] + pc["pages_pulled"] == pytest.approx(0.5 * 2**30 / 4096)
+    assert pc["pages_pushed"] + pc["pages_pulled"] == pytest.approx(0.25 * 2**30 / 4096)
+    model = want["postcopy"]
+    on_their_way = pc["requests_for_pages_on_their_way"] > 0
+    assert pc["faults"] == pytest.approx(model["faults"], rel=0.35 if on_their_way else 0.15)
+    assert pc["latency_p50_us"] == pytest.approx(model["postcopy_latency_us"], rel=0.15)
+    assert pc["blocktime_ms"] == pytest.approx(model["blocktime_ms"], rel=0.15)
     assert r["total_time_s"] == pytest.approx(want["total_time_s"], rel=0.15)
-    # Faults depend on where the guest's next writes fall against the push, tick by
-    # tick: 16.6 predicted, 17 to 24.7 measured. The model gets their size, not more.
-    assert want["postcopy"]["faults"] / 2 < pc["faults"] < want["postcopy"]["faults"] * 2
     # No pages in it: the state, one way, and the Ray call that resumes the guest on the
     # destination (3-12 ms here, which the model leaves out).
     assert -2 < r["downtime_ms"] - want["downtime_ms"] < 25

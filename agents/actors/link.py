@@ -34,12 +34,13 @@ PAGING = -1  # the connection number remote paging's bytes are booked under on t
 @ray.remote(num_cpus=0, max_concurrency=4)
 class LinkAgent:
     def __init__(self, name: str, rate_bytes_s: float, one_way_s: float, background_bytes_s: float,
-                 rate_control: bool, reserved_bytes_s: float, monitor_period_s: float) -> None:
+                 rate_control: bool, reserved_bytes_s: float, monitor_period_s: float,
+                 memory_scale: float = 1.0) -> None:
         precise_threads()
         self.name = name
         self.shaper = LinkShaper(rate_bytes_s, one_way_s, background_bytes_s=background_bytes_s,
                                  rate_control=rate_control, reserved_bytes_s=reserved_bytes_s,
-                                 monitor_period_s=monitor_period_s)
+                                 monitor_period_s=monitor_period_s, memory_scale=memory_scale)
         self._listeners: list[Listener] = []
         self._rings: list[Region] = []
         self.corrupted = 0

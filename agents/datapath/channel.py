@@ -20,6 +20,10 @@ KIND_PAGE_REQUEST = 5
 # connection), acknowledged without being restored; a sender's request to drop what
 # its connection still has queued or in flight (the connection broke).
 KIND_NACK, KIND_DROPPED, KIND_RESET = 6, 7, 8
+# Post-copy's requested pages (agents/techniques/postcopy.py): a batch the link lets
+# through ahead of the connection's queue, interleaved with the batch leaving the NIC
+# (its frames go between theirs); it reaches the receiver as an ordinary KIND_BATCH.
+KIND_URGENT = 9
 
 
 class Listener:

@@ -34,6 +34,16 @@ it enters the link.
 One thread does admission, pacing and delivery, waiting in `select` and
 spinning only the last stretch: two threads spinning in one process would
 fight over the GIL and blur the latency by milliseconds.
+
+Urgent batches (KIND_URGENT: post-copy's requested pages) do not queue:
+each leaves at once at line rate, its frames interleaved with those of the
+batch leaving (a NIC's frames are 1.5 KiB, so the wait for the frame on the
+wire is left out), and the batches after it leave that much later. A real
+page stands for 1/memory_scale emulated ones, faulted one after the other
+(agents/guest/remote_memory.py): the first arrives after its own line time,
+memory_scale of the real page's, while the link is taken for all of them. Whatever
+wait the requested page had behind the stream's own backlog is the
+sender's to add (agents/techniques/postcopy.py), in emulated bytes.
 """
 from __future__ import annotations
 
@@ -44,7 +54,15 @@ import threading
 import time
 from dataclasses import dataclass
 
-from agents.datapath.channel import DESCRIPTOR, KIND_CLOSE, KIND_DROPPED, KIND_RESET, Channel
+from agents.datapath.channel import (
+    DESCRIPTOR,
+    KIND_BATCH,
+    KIND_CLOSE,
+    KIND_DROPPED,
+    KIND_RESET,
+    KIND_URGENT,
+    Channel,
+)
 from agents.datapath.fair_queue import DeficitRoundRobin
 from agents.datapath.token_bucket import TokenBucket
 
@@ -73,8 +91,9 @@ class _Connection:
 class LinkShaper:
     def __init__(self, rate_bytes_s: float, one_way_s: float,
                  background_bytes_s: float = 0.0, rate_control: bool = False, reserved_bytes_s: float = 0.0,
-                 monitor_period_s: float = 1.0) -> None:
+                 monitor_period_s: float = 1.0, memory_scale: float = 1.0) -> None:
         self.capacity = rate_bytes_s
+        self.memory_scale = memory_scale  # real bytes per emulated byte (urgent batches' own line time)
         self.background = background_bytes_s
         self.rate_control = rate_control
         self.reserved = reserved_bytes_s
@@ -101,6 +120,7 @@ class LinkShaper:
         self._bucket: TokenBucket | None = None
         self._queue = DeficitRoundRobin()  # batches received, not yet admitted into the bucket
         self._line: collections.deque = collections.deque()  # (arrival, connection, descriptor) on the wire
+        self._urgent: collections.deque = collections.deque()  # the same, for urgent batches (their own order)
         self._open: dict = {}  # inbound socket -> connection, until its close
 
     @property
@@ -185,7 +205,7 @@ class LinkShaper:
         now = time.monotonic()
         self._bucket = TokenBucket(rate, now)
         window = [now, self.bytes_carried]
-        while self._open or self._queue or self._line:
+        while self._open or self._queue or self._line or self._urgent:
             now = time.monotonic()
             self._apply_rate_change()
             if self.down:
@@ -206,6 +226,8 @@ class LinkShaper:
     def _next_event(self) -> float:
         """The next time the loop must act: a delivery, or the link free for a waiting batch."""
         due = self._line[0][0] if self._line else math.inf
+        if self._urgent:
+            due = min(due, self._urgent[0][0])
         if self._queue:
             due = min(due, self._bucket.free_at)
         return due
@@ -223,6 +245,7 @@ class LinkShaper:
         if back_up:  # what was on the wire when it went down goes again
             now = time.monotonic()
             self._line = collections.deque((max(a, now + self.one_way_s), c, d) for a, c, d in self._line)
+            self._urgent = collections.deque((max(a, now + self.one_way_s), c, d) for a, c, d in self._urgent)
             self._bucket.t = max(self._bucket.t, now)  # no credit for the time it was down
 
     def _monitor(self, now: float, window: list) -> None:
@@ -244,30 +267,44 @@ class LinkShaper:
             time.sleep(timeout)
             return
         ready, _, _ = select.select(list(self._open), [], [], timeout)
-        for sock in ready:
-            conn = self._open[sock]
-            d = conn.inbound.recv()
-            if d is None or d[0] == KIND_CLOSE:
-                del self._open[sock]
-                self._close(conn)
-                continue
-            if d[0] == KIND_RESET:
-                self._drop(conn)
-                continue
-            if self.corrupt_next is not None:
-                self.corrupt_next(conn.conn_id, d)
-            # Offered when the sender posted it (d[6]), not when this
-            # thread woke up: wake-up latency is not link latency.
-            self._queue.offer(conn.conn_id, d[4], (conn, min(d[6], time.monotonic()), d))
+        while ready:  # every descriptor waiting now: an urgent one must not wait behind the others unread
+            for sock in ready:
+                self._take(sock)
+            ready, _, _ = select.select(list(self._open), [], [], 0) if self._open else ([], [], [])
+
+    def _take(self, sock) -> None:
+        """One descriptor from `sock`: queued, interleaved (urgent), or acted on (close, reset)."""
+        conn = self._open[sock]
+        d = conn.inbound.recv()
+        if d is None or d[0] == KIND_CLOSE:
+            del self._open[sock]
+            self._close(conn)
+            return
+        if d[0] == KIND_RESET:
+            self._drop(conn)
+            return
+        if self.corrupt_next is not None:
+            self.corrupt_next(conn.conn_id, d)
+        # Offered when the sender posted it (d[6]), not when this
+        # thread woke up: wake-up latency is not link latency.
+        offered = min(d[6], time.monotonic())
+        if d[0] == KIND_URGENT:
+            d = (KIND_BATCH,) + d[1:]
+            if not self.down:
+                self._interleave(conn, offered, d)
+                return
+        self._queue.offer(conn.conn_id, d[4], (conn, offered, d))
 
     def _drop(self, conn: _Connection) -> None:
         """The connection broke: what it has queued or on the wire is lost; each batch's
         receiver hears of it (DROPPED) at once, so the sender gets its slot back."""
         lost = [d for _, _, d in self._queue.remove(conn.conn_id)]
         mine = [item for item in self._line if item[1] is conn and item[2] is not _CLOSE]
-        lost += [d for _, _, d in mine]
-        gone = {id(item) for item in mine}
+        urgent = [item for item in self._urgent if item[1] is conn]
+        lost += [d for _, _, d in mine + urgent]
+        gone = {id(item) for item in mine + urgent}
         self._line = collections.deque(item for item in self._line if id(item) not in gone)
+        self._urgent = collections.deque(item for item in self._urgent if id(item) not in gone)
         for d in lost:
             self.batches_dropped += 1
             try:
@@ -291,6 +328,15 @@ class LinkShaper:
             if conn.closing and not self._queue.waiting(cid):
                 self._put_on_line(conn, _CLOSE, now)
 
+    def _interleave(self, conn: _Connection, offered: float, d: tuple) -> None:
+        """An urgent batch leaves at once, at line rate; the batches after it leave that much later."""
+        line_time = d[4] / self._bucket.rate
+        self._bucket.t = max(self._bucket.t, offered) + line_time
+        arrival = offered + line_time * self.memory_scale + self.one_way_s
+        if self._urgent:  # urgent batches keep their order among themselves
+            arrival = max(arrival, self._urgent[-1][0])
+        self._urgent.append((arrival, conn, d))
+
     def _put_on_line(self, conn: _Connection, d: tuple, arrival: float) -> None:
         # Nothing overtakes on the wire, even when the latency has just shrunk.
         if self._line:
@@ -298,8 +344,12 @@ class LinkShaper:
         self._line.append((arrival, conn, d))
 
     def _deliver(self, now: float) -> None:
-        while self._line and self._line[0][0] <= now:
-            arrival, conn, d = self._line.popleft()
+        for line in (self._urgent, self._line):
+            self._deliver_from(line, now)
+
+    def _deliver_from(self, line: collections.deque, now: float) -> None:
+        while line and line[0][0] <= now:
+            arrival, conn, d = line.popleft()
             try:  # t_done: when it arrived on the emulated schedule, however late this thread is
                 conn.outbound.sock.send(DESCRIPTOR.pack(*d[:7], min(arrival, now)))
             except OSError:

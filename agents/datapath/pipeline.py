@@ -60,6 +60,7 @@ class _Call:
         self.wire = 0
         self.done_t = 0.0  # when its last task's charged work ended, on the emulated schedule
         self.error: BaseException | None = None
+        self.stopped = False  # its caller stopped it: tasks not begun are dropped (a cancel)
         self.cv = threading.Condition()
 
     def done(self, wire: int, t: float = 0.0) -> None:
@@ -106,13 +107,15 @@ class SourcePipeline:
     # --- the producer (the migration thread) -------------------------------
     def send_pages(self, vm: int, image: np.ndarray, idx: np.ndarray, phase: str,
                    should_stop: Callable[[], bool] = lambda: False) -> int:
-        """Send pages `idx` of `image` through the consumers; returns wire bytes (real)."""
+        """Send pages `idx` of `image` through the consumers; returns wire bytes (real).
+        Once `should_stop()` is true no more tasks are queued and those not begun are dropped."""
         self._crash_point()
         call = _Call()
         self._late = 0.0  # its tasks are scheduled from now (their queueing time) on
         for start in range(0, len(idx), self.task_pages):
             self._crash_point()
             if should_stop():
+                call.stopped = True
                 break
             chunk = idx[start:start + self.task_pages]
             nbytes = len(chunk) * PAGE
@@ -193,6 +196,10 @@ class SourcePipeline:
             n = len(task.idx)
             length = n * PAGE
             wire = 0
+            if task.call.stopped:  # cancelled while queued: dropped, as a cancel shuts the channel
+                self.pool.release(task.nbytes)
+                task.call.done(0, clock.t)
+                continue
             try:
                 slot = conn.acquire_slot()  # waiting for the wire takes no core
                 # The task starts on the emulated schedule: once this consumer's last task ended,

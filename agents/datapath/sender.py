@@ -16,6 +16,12 @@ waited for any acknowledgement, so a watchdog can `fail()` the connection
 the destination is gone, and fails it at once. `reset()` drops the
 connection's queued and in-flight batches at the link (its slots come back
 as DROPPED acknowledgements): what a broken connection loses.
+
+Post-copy's requested pages go through slots held back from the ring
+(`reserve_urgent`), so a page never waits for the ring to drain: they are
+posted as KIND_URGENT, which the link lets through at once (QEMU's
+postcopy-preempt channel, or the sender's own emulated wait before it,
+agents/techniques/postcopy.py).
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from agents.datapath.channel import (
     KIND_NACK,
     KIND_RESET,
     KIND_STATE,
+    KIND_URGENT,
     Channel,
 )
 from agents.datapath.wire_format import PackStats, SlotLayout, SlotView, pack_pages
@@ -89,6 +96,8 @@ class PageSender:
         self.failure: ConnectionLost | None = None
         self._closing = False
         self.on_resend = lambda vm, idx: None  # an XBZRLE cache forgets re-sent pages
+        self.urgent: set[int] = set()  # slots held back for urgent batches (reserve_urgent)
+        self.urgent_free: queue.Queue[int] = queue.Queue()
         self._ack_thread = threading.Thread(target=self._collect_acks, args=(acks,), daemon=True, name="acks")
         self._ack_thread.start()
 
@@ -105,7 +114,7 @@ class PageSender:
                 self._inflight.pop(d[2], None)
                 # Free since its restore ended on the emulated schedule (the ack's t_done).
                 self.freed_at[d[2]] = d[7] if d[0] == KIND_ACK and d[7] > 0 else time.monotonic()
-                self.free.put(d[2])
+                (self.urgent_free if d[2] in self.urgent else self.free).put(d[2])
                 with self._cv:
                     self._outstanding -= 1
                     self._progress_t = time.monotonic()
@@ -133,13 +142,39 @@ class PageSender:
     def acquire_slot(self) -> int:
         """A free slot; blocks while every slot is on the wire or being restored.
         Raises ConnectionLost once the connection has failed."""
+        return self._get(self.free)
+
+    def _get(self, slots: queue.Queue) -> int:
         while True:
             if self.failure is not None:
                 raise self.failure
             try:
-                return self.free.get(timeout=0.05)
+                return slots.get(timeout=0.05)
             except queue.Empty:
                 continue
+
+    def reserve_urgent(self, n: int = 1) -> None:
+        """Hold `n` slots back from the ring for `send_urgent` (waits for them to come back)."""
+        for _ in range(n):
+            slot = self.acquire_slot()
+            self.urgent.add(slot)
+            self.urgent_free.put(slot)
+
+    def release_urgent(self) -> None:
+        """Give the held-back slots to the ring again, once each is back."""
+        for _ in range(len(self.urgent)):
+            slot = self._get(self.urgent_free)
+            self.urgent.discard(slot)
+            self.free.put(slot)
+
+    def send_urgent(self, vm: int, image: np.ndarray, idx: np.ndarray) -> int:
+        """Pages `idx` (at most a slot's worth) in a held-back slot, posted ahead of the ring's
+        batches; returns their wire bytes. Raises ConnectionLost once the connection has failed."""
+        slot = self._get(self.urgent_free)
+        stats = self.pack(slot, image, idx, vm=vm)
+        self._count(stats)
+        self._post(KIND_URGENT, vm, slot, stats.pages, stats.wire_bytes)
+        return stats.wire_bytes
 
     # --- liveness -----------------------------------------------------------
     def stalled_s(self) -> float:
@@ -180,6 +215,10 @@ class PageSender:
     def post(self, slot: int, vm: int, npages: int, stats: PackStats, at: float | None = None) -> None:
         """Hand the packed slot to the link; `at`: when it was sent on the emulated schedule
         (monotonic seconds, not later than now; default now)."""
+        self._count(stats)
+        self._post(KIND_BATCH, vm, slot, npages, stats.wire_bytes, at)
+
+    def _count(self, stats: PackStats) -> None:
         with self._cv:
             c = self.counters
             c.pages_normal += stats.normal
@@ -192,7 +231,6 @@ class PageSender:
             c.encode_s += stats.encode_s
             c.encode_model_us += stats.model_us
             c.wire_bytes += stats.wire_bytes
-        self._post(KIND_BATCH, vm, slot, npages, stats.wire_bytes, at)
 
     def send_state(self, vm: int, state_bytes: int) -> None:
         """CPU and device state: one message of the given wire size (single-threaded, as in the paper)."""

@@ -190,6 +190,8 @@ POSTCOPY: tuple[Option, ...] = (
            "(stalled, max-iterations, max-sent) instead of a long stop-and-copy", bool),
     Option("adaptive_prepaging", True, "", "Push the remaining pages outward from the most recent fault "
            "(Hines' bubbling around a pivot) instead of in page order", bool),
+    Option("postcopy_preempt", False, "", "Send requested pages on a channel of their own instead of behind "
+           "the background push's socket buffers (10 MiB)", bool, qemu_name="postcopy-preempt"),
 )
 
 # After a migration to a host that pages (split, swap): how long the run keeps watching.
@@ -244,6 +246,8 @@ POLICY: tuple[Option, ...] = (
            int, ge=1, le=1000, optional=True),
     Option("downtime_delay_s_per_gib", None, "s/GiB", "Time between downtime steps, per GiB of memory "
            "(Nova's live_migration_downtime_delay)", float, ge=0, le=1e6, optional=True),
+    Option("policy_monitor_period_s", 0.5, "s", "How often the policy looks at the migration and acts (Nova's "
+           "libvirt driver polls the job every 0.5 s in _live_migration_monitor)", float, ge=0.01, le=3600),
     Option("hard_max_downtime_ms", None, "ms", "A stop-and-copy expected to pause the VM longer is refused: "
            "pre-copy goes on until a timeout, else the migration is cancelled", float, gt=0, le=3_600_000,
            optional=True),

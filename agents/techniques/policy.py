@@ -4,7 +4,8 @@ that tune or replace a preset's numbers. Pure logic: no clocks, no Ray.
 
 A policy watches pre-copy from outside, as a cloud's compute service does
 (it polls query-migrate and acts through the hypervisor's API), and decides,
-at each check of the stop rule (agents/techniques/precopy.py):
+every `policy_monitor_period_s` (Nova's monitor loop: 0.5 s) and at each
+check of the stop rule (agents/techniques/precopy.py):
 
 - the downtime limit now: raised in steps over time, the way OpenStack Nova
   raises QEMU's downtime limit (nova/virt/libvirt/migration.py,

@@ -8,12 +8,24 @@ switch-over: pause the guest, take the last dirty set, send the CPU and
 device state, and resume the guest on the destination at once, telling it
 which pages it lacks (QEMU's discard of the dirty bitmap). From then on the
 guest's accesses to missing pages fault and are requested over the return
-path (agents/guest/remote_memory.py); this thread serves those requests
-first, the faulting page alone in its own batch, and otherwise pushes the
-pages not sent yet in the background. With adaptive pre-paging the push
+path (agents/guest/remote_memory.py); a thread of their own answers them,
+the faulting pages in their own batch, while this thread pushes the pages
+not sent yet in the background. With adaptive pre-paging the push
 "bubbles" outward from the most recent fault (Hines' pivot); without it, it
 goes in page order. A page goes at most once: once sent it is never sent
 again, a request for a page on its way is dropped and the guest waits for it.
+How long a requested page queues on the source is an emulated quantity,
+not this machine's ring of slots (agents/datapath/sender.py holds slots back
+for requested pages, and the link lets them through at once). Without QEMU's
+`postcopy-preempt` the page goes on the migration stream, behind what the
+background push has in the socket buffers: the sender holds it for
+min(SOCKET_BACKLOG_BYTES, bytes left to push) at the stream's rate, taken
+from the push when its request reaches the source (it joins the stream
+then: the push cannot overtake it). With it,
+requested pages go on their own channel (QEMU docs/devel/migration/
+postcopy.rst, "Postcopy preemption mode") and wait behind nothing.
+cluster/predict_postcopy.py uses the same rule.
+
 The migration completes when every page is on the destination: only then
 can the source be released. Until that moment neither host holds the whole
 VM (the source's copy is stale where the guest wrote since, the destination
@@ -56,6 +68,19 @@ from agents.datapath.sender import ConnectionLost, DestinationGone
 from agents.datapath.shm import Region
 from agents.guest.dirty_log import DirtyLog
 from agents.techniques.precopy import PrecopyMigration, PrecopyResult, StopPolicy
+
+# The bytes a requested page waits behind on the migration stream without postcopy-preempt:
+# the push keeps the socket buffers full, Linux's default maxima 4 MiB of send buffer
+# (net.ipv4.tcp_wmem) plus 6 MiB of receive buffer (net.ipv4.tcp_rmem).
+SOCKET_BACKLOG_BYTES = (4 + 6) * 2**20
+URGENT_SLOTS = 2  # slots of the ring held back for requested pages
+
+
+def bytes_ahead_of_request(preempt: bool, left_bytes: float) -> float:
+    """Bytes (emulated) a requested page waits behind on the source: none on a preempt
+    channel; else the socket buffers' backlog, or what is left to push if that is less."""
+    return 0.0 if preempt else min(SOCKET_BACKLOG_BYTES, max(0.0, left_bytes))
+
 
 NEITHER_SIDE_WHOLE = ("during post-copy neither side holds the whole VM: the source's copy is stale where the "
                       "guest wrote since the switch, the destination lacks the pages not yet received; losing "
@@ -102,6 +127,7 @@ class PushOrder:
         self.fwd = 0  # next page to look at upwards (from the pivot, or from 0 in page order)
         self.back = -1  # next page to look at downwards from the pivot
         self.dropped = 0  # requests for pages already sent (on their way)
+        np.unique(np.zeros(1, dtype=np.int64), return_index=True)  # loads lazily (ms): not in a fault's latency
 
     def demand(self, pages) -> np.ndarray:
         """The requested pages not sent yet, in request order, now taken; the last becomes the pivot."""
@@ -203,6 +229,26 @@ class ReturnPath:
         self.received += len(out)
         return out
 
+    def next_due(self, stop: threading.Event, until: float = float("inf")) -> list[int]:
+        """Waits until requests reach the source (returns their pages), or until `until`
+        (real time) or `stop` is set (returns [])."""
+        while not stop.is_set():
+            out = self.arrived()
+            if out:
+                return out
+            next_t = min(self.due[0][0] if self.due else float("inf"), until)
+            wait = min(next_t - time.monotonic(), 0.05)
+            if self.inbox.empty() and wait < 0.002:
+                sleep_until(next_t)  # the last stretch precisely
+                if next_t == until:
+                    return []
+                continue
+            try:
+                heapq.heappush(self.due, self.inbox.get(timeout=min(max(wait - 0.001, 0.0), 0.05)))
+            except queue.Empty:
+                pass
+        return []
+
     def close(self) -> None:
         self.listener.close()
 
@@ -226,12 +272,17 @@ class PostcopyMigration(PrecopyMigration):
 
     name: ClassVar[str] = "postcopy"
 
-    def __init__(self, ctx, policy: StopPolicy, switch: SwitchPolicy, adaptive: bool, **kw) -> None:
+    def __init__(self, ctx, policy: StopPolicy, switch: SwitchPolicy, adaptive: bool, preempt: bool = False,
+                 **kw) -> None:
         super().__init__(ctx, policy, **kw)
         self.result = PostcopyResult()
         self.switch = switch
         self.adaptive = adaptive
+        self.preempt = preempt  # QEMU's postcopy-preempt: requested pages on a channel of their own
+        self._lock = threading.Lock()  # the push order and the counts, shared with the answering thread
+        self._answering = 0  # requested pages taken but not yet posted
         self._requested = False  # migrate-start-postcopy
+        self._request_reason = "requested"  # or "policy-force": a policy's timeout asked for it
         self._cancelled = False
         self._pass_todo = np.arange(len(self.image))  # the pre-copy pass under way, for a switch mid-pass
         self.order: PushOrder | None = None
@@ -249,7 +300,7 @@ class PostcopyMigration(PrecopyMigration):
         rounds = o.max_iterations if not after else min(after, o.max_iterations)
         policy = StopPolicy(o.downtime_limit_ms / 1000, rounds, o.stall_iterations, o.max_sent_ratio * memory_bytes)
         return cls(ctx, policy, SwitchPolicy(after, o.postcopy_on_stall), o.adaptive_prepaging,
-                   state_bytes=o.device_state_kib * 1024, setup_s=o.setup_ms / 1000,
+                   getattr(o, "postcopy_preempt", False), state_bytes=o.device_state_kib * 1024, setup_s=o.setup_ms / 1000,
                    resume_s=o.resume_ms / 1000)._with_policy(o)
 
     # --- control ------------------------------------------------------------------
@@ -266,6 +317,11 @@ class PostcopyMigration(PrecopyMigration):
             self._requested = True
             self.ctx.record("postcopy-requested")
             self.abort_requested = True  # ends the pass early; run() sees it was not a cancel
+
+    def _force(self, reason: str) -> None:
+        """A policy's forced completion: switch to post-copy (Nova's force_complete where post-copy is permitted)."""
+        self._request_reason = "policy-force"
+        self.start_postcopy()
 
     def recover(self) -> bool:
         """QEMU's migrate-recover: the link is back; a paused post-copy reconnects. False when not paused."""
@@ -327,12 +383,13 @@ class PostcopyMigration(PrecopyMigration):
         if self._requested and not self._cancelled:  # a pass cut short by migrate-start-postcopy
             self.abort_requested = False
             self.result.stop_reason = "postcopy"
-            return self._postcopy(self._pass_todo, "requested")
+            return self._postcopy(self._pass_todo, self._request_reason)
         return super()._cancel(paused)
 
     def switch_over(self, todo: np.ndarray) -> PostcopyResult:
         r = self.result
         why = switch_reason(self.switch, r.stop_reason, r.iteration_count, self._requested)
+        why = self._request_reason if why == "requested" else why
         if why is None:
             return super().switch_over(todo)
         return self._postcopy(todo, why)
@@ -344,13 +401,32 @@ class PostcopyMigration(PrecopyMigration):
         self.phase = "postcopy-switch"
         dest = self.ctx.destination
         back = ReturnPath(dest["return_path"], dest.get("one_way_s", 0.0))
+        self._sent = {"pulled": 0, "pushed": 0, "wire": 0}
+        self._stop_answering = threading.Event()
         try:
-            missing = self._switch(todo)
-            return self._serve(missing, back, why)
+            self._switch(todo, back)
+            return self._serve(back, why)
         finally:
+            self._stop_answering.set()
             back.close()
 
-    def _switch(self, todo: np.ndarray) -> np.ndarray:
+    def _answer_from(self, missing: np.ndarray, back: ReturnPath) -> None:
+        """Before the guest resumes on the destination: the push order, the slots held back
+        for requested pages and the thread that answers them, ready for its first fault."""
+        self.missing_at_switch = missing
+        self.order = PushOrder(missing, self.adaptive)
+        stream = self.sink.connections[0]
+        stream.reserve_urgent(URGENT_SLOTS)
+        threading.Thread(target=self._answer, args=(self.order, back, stream, self._sent, self._stop_answering),
+                         daemon=True, name="postcopy-answer").start()
+
+    def _hold_s(self) -> float:
+        """Real seconds a page requested now waits on the source before it leaves."""
+        rate = self.ctx.destination.get("stream_bytes_s", 0.0)
+        left = self.order.left * 4096 / self.scale if self.order is not None else 0.0
+        return bytes_ahead_of_request(self.preempt, left) * self.scale / rate if rate > 0 else 0.0
+
+    def _switch(self, todo: np.ndarray, back: ReturnPath) -> np.ndarray:
         """Pause, last dirty set, device state, resume on the destination. Returns the pages it lacks."""
         r = self.result
         r.paused_at = self.guest.pause()
@@ -365,6 +441,7 @@ class PostcopyMigration(PrecopyMigration):
         loaded = self.sink.drain()
         self.ctx.record("destination-loaded", t_real=loaded)
         sleep_until(loaded + self.resume_s * self.dilation)
+        self._answer_from(missing, back)
         # From here on the guest is the destination's: no way back.
         r.guest_on_destination = True
         dest = self.ctx.destination
@@ -377,27 +454,26 @@ class PostcopyMigration(PrecopyMigration):
         r.downtime_bytes = self.state_bytes
         return missing
 
-    def _serve(self, missing: np.ndarray, back: ReturnPath, why: str) -> PostcopyResult:
+    def _serve(self, back: ReturnPath, why: str) -> PostcopyResult:
         """Requests first, else the background push, until every page is sent and restored;
         a connection that gives up pauses post-copy until it recovers (or the VM is lost)."""
-        r = self.result
-        self.missing_at_switch = missing
-        self.order = order = PushOrder(missing, self.adaptive)
+        r, order, sent = self.result, self.order, self._sent
         self._enter("postcopy-active")
         # Each page goes once, so no copy can overtake another: no barrier between batches.
         if hasattr(self.sink, "barrier_each_pass"):
             self.sink.barrier_each_pass = False
         batch = getattr(self.sink, "task_pages", 64)
-        sent = {"pulled": 0, "pushed": 0, "wire": 0}
         while True:
             try:
-                self._push(order, back, batch, sent)
+                self._push(order, batch, sent)
                 released = self.sink.drain()
                 break
             except ConnectionLost as exc:
                 if isinstance(exc, (PostcopyLost, DestinationGone)):
                     raise  # the VM ran there: it is lost with its host
                 self._pause_and_recover(exc, order)
+        self._stop_answering.set()
+        self.sink.connections[0].release_urgent()
         self.ctx.record("source-released", t_real=released)
         r.memory_bytes_sent += sent["wire"] / self.scale
         r.total_time_s = self._emu(released - r.started_at)
@@ -406,23 +482,57 @@ class PostcopyMigration(PrecopyMigration):
                       "pages_pulled": sent["pulled"] / self.scale, "pages_pushed": sent["pushed"] / self.scale,
                       "requests_received": back.received / self.scale,
                       "requests_for_pages_on_their_way": order.dropped / self.scale,
-                      "adaptive_prepaging": self.adaptive,
+                      "adaptive_prepaging": self.adaptive, "postcopy_preempt": self.preempt,
                       "max_sends_per_page": int(order.sends.max()) if len(order.sends) else 0,
                       "postcopy_time_s": self._emu(released - r.resumed_at),
                       "source_released_after_s": r.total_time_s, "recovery": self._recovery_figures()}
         return r
 
-    def _push(self, order: PushOrder, back: ReturnPath, batch: int, sent: dict) -> None:
-        while order.left:
-            asked = back.arrived()
-            if asked:
-                pages = order.demand(asked)
-                sent["pulled"] += len(pages)
-            else:
+    def _push(self, order: PushOrder, batch: int, sent: dict) -> None:
+        """The background push, until every page is sent (requested ones by `_answer`)."""
+        while order.left or self._answering:
+            with self._lock:
                 pages = order.next_push(batch)
                 sent["pushed"] += len(pages)
-            if len(pages):
-                sent["wire"] += self.sink.send_pages(self.vm, self.image, pages, "postcopy", lambda: False)
+            if not len(pages):
+                time.sleep(0.001)  # the last pages are requested ones on their way out
+                continue
+            wire = self.sink.send_pages(self.vm, self.image, pages, "postcopy", lambda: False)
+            with self._lock:
+                sent["wire"] += wire
+
+    def _answer(self, order: PushOrder, back: ReturnPath, stream, sent: dict, stop: threading.Event) -> None:
+        """Requested pages: taken from the push when the request reaches the source (the
+        page joins the stream then, so the push cannot overtake it), sent once the queue
+        ahead of it has gone (`_hold_s`), in slots held back from the ring."""
+        held: list[tuple[float, int, np.ndarray]] = []  # (real time it leaves, seq, pages): a heap
+        seq = 0
+        while not stop.is_set():
+            asked = back.next_due(stop, held[0][0] if held else float("inf"))
+            while self.phase in ("postcopy-paused", "postcopy-recover") and not stop.is_set():
+                time.sleep(0.01)  # paused: answered once the new connection is up
+            if asked:
+                with self._lock:
+                    pages = order.demand(asked)
+                    sent["pulled"] += len(pages)
+                    self._answering += len(pages)
+                if len(pages):
+                    seq += 1
+                    heapq.heappush(held, (time.monotonic() + self._hold_s(), seq, pages))
+            while held and held[0][0] <= time.monotonic():
+                self._send_requested(heapq.heappop(held)[2], stream, sent)
+
+    def _send_requested(self, pages: np.ndarray, stream, sent: dict) -> None:
+        try:
+            for at in range(0, len(pages), stream.layout.batch_pages):
+                wire = stream.send_urgent(self.vm, self.image, pages[at:at + stream.layout.batch_pages])
+                with self._lock:
+                    sent["wire"] += wire
+        except ConnectionLost:
+            pass  # lost with the connection: the recovery sends them again
+        finally:
+            with self._lock:
+                self._answering -= len(pages)
 
     # --- recovery -------------------------------------------------------------------------
     def _pause_and_recover(self, exc: ConnectionLost, order: PushOrder) -> None:
@@ -450,7 +560,8 @@ class PostcopyMigration(PrecopyMigration):
             except ConnectionLost as again:
                 self._paused(f"recovery failed: {again}")
         received = self._destination_map("-recv")[:len(self.image)] != 0
-        lost = order.requeue(np.flatnonzero(self.missing_at_switch & ~received & ~order.pending))
+        with self._lock:
+            lost = order.requeue(np.flatnonzero(self.missing_at_switch & ~received & ~order.pending))
         self.recovery["pages_resent_after_recovery"] += lost / self.scale
         self.recovery["recovered"] += 1
         self.recovery["paused_s"] += self._emu(time.monotonic() - t0)

@@ -42,14 +42,20 @@ each dirty-log sync, lets it keep pre-copy going past a stop other than
 convergence while it can still slow the guest, and lifts its throttle at the end.
 
 A management-layer policy (agents/techniques/policy.py: Nova's or
-KubeVirt's timeouts, Nova's downtime steps, a hard maximum downtime) is
-asked at each stop-rule check, after the stop rule and convergence control
-(`_stop_check`): it may raise the downtime limit, cancel, force the
-switch-over ("policy-force": post-copy where the technique has it) or refuse
-a stop-and-copy; each decision is a `policy` event.
+KubeVirt's timeouts, Nova's downtime steps, a hard maximum downtime) watches
+from its own thread, every `policy_monitor_period_s` emulated seconds (Nova's
+libvirt driver polls the job in `_live_migration_monitor` every 0.5 s): it
+raises the downtime limit when a step begins and, on a timeout, cancels (the
+pass under way ends at once) or forces the switch-over (post-copy where the
+technique has it, else the VM is paused now, Nova's force_complete, and the
+pass finishes with the guest stopped). It is asked again at each stop-rule
+check, after the stop rule and convergence control (`_stop_check`), where it
+may also refuse a stop-and-copy; each decision is a `policy` event at the
+time it was taken.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
@@ -166,7 +172,11 @@ class PrecopyMigration:
         self.governor = Governor(convergence, ctx.guest, ctx.record) if convergence else None
         self._sync_at = (0.0, 0.0)  # real time and bytes sent (emulated) at the last sync
         self.mgmt: Policy | None = None  # the management layer's policy (agents/techniques/policy.py)
+        self.mgmt_period_s = 0.5  # how often it looks (emulated seconds)
         self._policy_said: set = set()
+        self._policy_lock = threading.Lock()  # the policy's state: asked by its monitor and at stop checks
+        self._bandwidth = 0.0  # the last measured bandwidth (emulated bytes/s), for the monitor
+        self._forced_at: float | None = None  # when a forced completion paused the VM (real)
 
     # --- the technique interface ------------------------------------------
     @classmethod
@@ -190,6 +200,7 @@ class PrecopyMigration:
         if settings is not None:
             memory_bytes = len(self.image) * 4096 / self.scale
             self.mgmt = Policy(settings, memory_bytes, self.policy.downtime_limit_s, postcopy=self.name == "postcopy")
+            self.mgmt_period_s = getattr(o, "policy_monitor_period_s", self.mgmt_period_s)
             self.policy = replace(self.policy, downtime_limit_s=self.mgmt.downtime_limit_s(0.0))
         return self
 
@@ -225,6 +236,8 @@ class PrecopyMigration:
 
     def _enter(self, phase: str, iteration: int = 0) -> None:
         self.phase = phase
+        if phase == "setup" and self.mgmt is not None:
+            threading.Thread(target=self._policy_monitor, daemon=True, name="policy-monitor").start()
         if self.ctx.enter(phase, iteration):
             self.abort("cancelled", f"cancelled by a scheduled event on entering {phase}")
 
@@ -262,24 +275,60 @@ class PrecopyMigration:
         policy, which may change the downtime limit, cancel (abort_requested is then set),
         force a switch ("policy-force") or refuse a stop-and-copy."""
         elapsed = self._emu(time.monotonic() - self.result.started_at)
+        self._bandwidth = bandwidth
         if self.mgmt is not None:
-            self._policy_limit(elapsed)
+            with self._policy_lock:
+                self._policy_limit(elapsed)
         rule = self.policy if stall else replace(self.policy, stall_iterations=1 << 30)
         why = stop_reason(rule, iteration, remaining, bandwidth, history, self.result.memory_bytes_sent)
         why = None if self._converging(why) else why
+        if self._forced_at is not None:
+            return "policy-force"  # the monitor forced it: the VM is paused already
         if self.mgmt is None:
             return why
-        d = self.mgmt.decide(elapsed, remaining, bandwidth, why)
+        with self._policy_lock:
+            d = self.mgmt.decide(elapsed, remaining, bandwidth, why)
         if d.action == "go-on":
             return why
-        if (d.action, d.reason) not in self._policy_said:
-            self._policy_said.add((d.action, d.reason))
-            self.ctx.record("policy", decision=d.action, reason=d.reason, elapsed_s=elapsed, remaining=remaining,
-                            downtime_limit_ms=self.policy.downtime_limit_s * 1000)
+        self._policy_record(d, elapsed, remaining)
         if d.action == "cancel":
             self.abort("cancelled", f"policy: {d.reason}")
             return None
         return "policy-force" if d.action == "force" else None
+
+    def _policy_record(self, d, elapsed: float, remaining: float) -> None:
+        if (d.action, d.reason) not in self._policy_said:
+            self._policy_said.add((d.action, d.reason))
+            self.ctx.record("policy", decision=d.action, reason=d.reason, elapsed_s=elapsed, remaining=remaining,
+                            downtime_limit_ms=self.policy.downtime_limit_s * 1000)
+
+    def _policy_monitor(self) -> None:
+        """The management layer's monitor loop: every `mgmt_period_s` (emulated) while
+        pre-copy runs, the downtime step under way and the timeouts, against query-migrate."""
+        period = self.mgmt_period_s * self.dilation
+        due = time.monotonic() + period
+        while self.phase in ("setup", "precopy") and not self.abort_requested:
+            sleep_until(due)
+            due += period
+            if self.phase not in ("setup", "precopy") or self.abort_requested or self._forced_at is not None:
+                return
+            elapsed = self._emu(time.monotonic() - self.result.started_at)
+            remaining = self.progress()["remaining_bytes"]
+            with self._policy_lock:
+                self._policy_limit(elapsed)
+                d = self.mgmt.decide(elapsed, remaining, self._bandwidth, None)
+            if d.action in ("cancel", "force"):
+                self._policy_record(d, elapsed, remaining)
+                if d.action == "cancel":
+                    self.abort("cancelled", f"policy: {d.reason}")
+                else:
+                    self._force(d.reason)
+
+    def _force(self, reason: str) -> None:
+        """A timeout's force_complete without post-copy: pause the VM now (Nova: guest.pause());
+        the pass under way finishes with nothing dirtied, then the stop-and-copy."""
+        self._forced_at = self.guest.pause()
+        self.ctx.record("vm-stopped", t_real=self._forced_at, by=f"policy-force: {reason}")
 
     def _policy_limit(self, elapsed: float) -> None:
         """Apply the downtime limit of the policy's step under way."""
@@ -507,8 +556,10 @@ class PrecopyMigration:
         self._enter("stop-and-copy")
         if self.abort_requested:  # cancelled on entering: the VM is not stopped at all
             return self._cancel()
-        r.paused_at = self.guest.pause()
-        self.ctx.record("vm-stopped", t_real=r.paused_at)
+        r.paused_at = self._forced_at
+        if r.paused_at is None:
+            r.paused_at = self.guest.pause()
+            self.ctx.record("vm-stopped", t_real=r.paused_at)
         self._convergence_stop()  # the final sync belongs to no throttling period
         # A mask, not np.union1d: that one loads lazily, costing ~10 ms of downtime on first use.
         mask = np.zeros(len(self.image), dtype=bool)
@@ -548,7 +599,7 @@ class PrecopyMigration:
         self.sink.drain()
         self._convergence_stop()
         self.guest.stop_dirty_log()  # no more write-protection faults for the guest
-        if paused:
+        if paused or self._forced_at is not None:
             self.guest.resume()
         r.status, r.stop_reason = self._abort_as
         r.total_time_s = self._emu(time.monotonic() - r.started_at)

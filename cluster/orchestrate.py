@@ -499,9 +499,10 @@ class Orchestrator:
         for idx, stats in zip(self.sl.links, got_links):
             if stats is not None:
                 self._sample_link(idx, stats, t)
-        for vm, got in zip(self.sl.scenario.vms, got_guests):
+        for i, (vm, got) in enumerate(zip(self.sl.scenario.vms, got_guests)):
             if got is not None:
                 self._sample_guest(vm.name, *got)
+                split_run.check_paging_lost(self, i, got[2], t)
         self.sampling_s += time.monotonic() - t_begin
 
     def _gather(self, refs: list) -> list:

@@ -21,6 +21,15 @@ the 12 GB run's (the paper's 21 minutes stand for 157 s here). A check of
 the mapping: 22% of the throughput before, 2 s after the switch-over at
 1/8 scale; 28%, 16 s after it at 12 GB.
 
+RapidWrite over HDD (Fig. 8: 188 s longer than the idle VM's HDD-assisted
+migration) finishes: 283.9 s, 3 iterations, converged (the idle one:
+129.4 s; +154 s). The destination reads back the re-sent pages it had
+swapped out; an HDD streams them (agents/split/swap.py: a seek per run of
+consecutive slots), where a seek per 32 KiB read-ahead window (2.5 MB/s)
+kept the row from finishing in 30 minutes. As QEMU 2.4.1 does, nothing caps
+the iterations: the second pass leaves the rewritten 6 GB resident, the
+third re-sends it from memory in 5 s, within the 5 s sleep.
+
 Not reproduced: the SSD and HDD baselines' seconds of extra downtime on an
 idle VM (+3.4 s, +30 s; the emulator +0 ms). `downtime_mechanisms()` puts
 each documented mechanism that could leave page-outs for the stop next to

@@ -17,18 +17,20 @@ ratios (half the memory free) and the same 48 MiB real image, so the same
 real pages, accessed alike (memory_scale 1/32 instead of 1/256); each real
 page stands for 8 times fewer emulated bytes, so every device and link
 second it costs is an eighth, and so are the times: its recovery x 8 is
-the 12 GB run's (the paper's 21 minutes stand for 157 s here). A check of
+the 12 GB run's (the paper's 21 minutes stand for 157 s here; measured:
+15.0 s and 20.5 s in two runs, i.e. 2-2.7 minutes at 12 GB). A check of
 the mapping: 22% of the throughput before, 2 s after the switch-over at
 1/8 scale; 28%, 16 s after it at 12 GB.
 
 RapidWrite over HDD (Fig. 8: 188 s longer than the idle VM's HDD-assisted
-migration) finishes: 283.9 s, 3 iterations, converged (the idle one:
-129.4 s; +154 s). The destination reads back the re-sent pages it had
-swapped out; an HDD streams them (agents/split/swap.py: a seek per run of
-consecutive slots), where a seek per 32 KiB read-ahead window (2.5 MB/s)
-kept the row from finishing in 30 minutes. As QEMU 2.4.1 does, nothing caps
-the iterations: the second pass leaves the rewritten 6 GB resident, the
-third re-sends it from memory in 5 s, within the 5 s sleep.
+migration) finishes: 283.7 s, 3 iterations, converged, +167 s over the
+idle VM's 117.0 s (SSD: +69 s, the paper's +55 s). The destination reads
+back the re-sent pages it had swapped out; an HDD streams them
+(agents/split/swap.py: a seek per run of consecutive slots), where a seek
+per 32 KiB read-ahead window (2.5 MB/s) kept the row from finishing in 30
+minutes. QEMU 2.4.1's rule converges without any cap: the second pass
+leaves the rewritten 6 GB resident, the third re-sends it from memory in
+5 s, within RapidWrite's 5 s sleep.
 
 Not reproduced: the SSD and HDD baselines' seconds of extra downtime on an
 idle VM (+3.4 s, +30 s; the emulator +0 ms). `downtime_mechanisms()` puts

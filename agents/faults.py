@@ -8,7 +8,9 @@ like from a source host:
   how long sent data may stay unacknowledged before the connection is
   closed), or the destination's end closed under it (its host is gone);
 - a crash of the migration thread itself (`MigrationThreadCrash`, raised in
-  the thread by the pipeline once injected).
+  the thread by the pipeline once injected);
+- after a split migration, a paging connection that gives up (`VMLost`,
+  raised in the guest by agents/guest/split_memory.py): the VM is lost.
 
 Before a post-copy switch either ends the migration "aborted": the VM keeps
 running on its source, whose memory the migration only ever read. After it,
@@ -25,11 +27,16 @@ import time
 
 from agents.datapath.sender import ConnectionLost
 
-__all__ = ["ENDS_MIGRATION", "ConnectionLost", "MigrationThreadCrash", "Watchdog"]
+__all__ = ["ENDS_MIGRATION", "ConnectionLost", "MigrationThreadCrash", "VMLost", "Watchdog"]
 
 
 class MigrationThreadCrash(RuntimeError):
     """The source's migration thread crashed (an injected fault)."""
+
+
+class VMLost(RuntimeError):
+    """The running VM cannot go on: pages it needs are out of reach for good (after a split
+    migration, its paging connection to a memory server gave up). Its vCPUs stop where they are."""
 
 
 MIN_REAL_S = 1.0

@@ -455,6 +455,9 @@ def combine(scenario: Scenario, path: str, per_vm: list[dict], scale: Scale, wal
         out["app"] = {(v["vm"] if names.count(v["vm"]) == 1 else f"{v['vm']} -> {v['destination']}"): v["app"]
                       for v in per_vm}
     out["vms"] = per_vm
+    # Where each VM runs when the run ends: a host's name, or "(lost)" for a VM that runs nowhere
+    # (a post-copy cut off, a split VM whose memory server or paging link is gone).
+    out["final_hosts"] = dict(final_hosts or {})
     out["evacuations"] = evacuations(per_vm, final_hosts or {})
     out["reference"] = scenario.reference.model_dump()
     saturation = max((v["saturation"] for v in per_vm), default=0.0)

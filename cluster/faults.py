@@ -11,7 +11,11 @@ migration enters a phase (the phases of post-copy included):
   post-copy pauses (QEMU's postcopy-paused) until a `link-up`, then recovers
   over a new connection (agents/techniques/postcopy.py). A paused post-copy
   whose link has no `link-up` (nor a duration) left to come gives up: the VM
-  is lost, and the result says how many pages each side held.
+  is lost, and the result says how many pages each side held. After a
+  split migration, a fault over a main<->sub paging link waits the same
+  way: back in time, the VM runs on (`survived`); not back within
+  `tcp_user_timeout_ms`, the VM is lost, with the pages on each host
+  (agents/guest/split_memory.py).
 - `link-up`: the link comes back; each paused post-copy over it recovers.
 - `corrupt-batch` (`count`): the next batches entering the link are damaged;
   each is caught by its checksum at the receiver, sent again and counted.
@@ -143,11 +147,17 @@ class FaultInjector:
         return [m for m in self.o.migs if m.status == "running"
                 and lp.index in {x.index for x in topo.links_of_migration(m.index)}]
 
+    def _hit_by_link(self, lp) -> list:
+        """What a fault on link `lp` hits: the migrations over it, and the VMs paging over it
+        after a split migration (their faults wait; agents/guest/split_memory.py)."""
+        from cluster.split_run import paging_over
+        return self._over_link(lp) + paging_over(self.o.sl, self.o.migs, lp.index)
+
     def _link_down(self, k: int, ev, now: float) -> None:
         import ray
         lp, link = self._link(ev.link)
         ray.get(link.set_down.remote(True), timeout=ACTOR_CALL_S)
-        f = self._new("link-down", k, ev.link, now, self._over_link(lp),
+        f = self._new("link-down", k, ev.link, now, self._hit_by_link(lp),
                       duration_s=ev.duration_s, for_good=ev.duration_s is None)
         self.down_links[ev.link] = f
         if ev.duration_s is not None:
@@ -161,7 +171,7 @@ class FaultInjector:
         if down is not None:
             down.detail["up_after_s"] = self.o.scale.emulated_seconds(now) - self.o.scale.emulated_seconds(
                 self.o.t_mig) - down.at_s
-            down.migrations = sorted(set(down.migrations) | {m.index for m in self._over_link(lp)})
+            down.migrations = sorted(set(down.migrations) | {m.index for m in self._hit_by_link(lp)})
         self.o.tl.event(now, "link-up", link=ev_link, by=by, index=k)
         for m in self._over_link(lp):  # QEMU's migrate-recover + migrate resume=true, for a paused post-copy
             if self.o.call(self.o._src(m).recover_postcopy.remote(m.index), False):

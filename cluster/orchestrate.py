@@ -510,8 +510,9 @@ class Orchestrator:
         for i, (vm, got) in enumerate(zip(self.sl.scenario.vms, got_guests)):
             if got is not None:
                 t_guest, ops, extra = got
-                self._sample_guest(vm.name, crossnode.to_driver_clock(self.sl, self.sl.guest_host[i], t_guest),
-                                   ops, extra)
+                t_guest = crossnode.to_driver_clock(self.sl, self.sl.guest_host[i], t_guest)
+                self._sample_guest(vm.name, t_guest, ops, extra)
+                split_run.check_paging_lost(self, i, extra, t_guest)
         self.sampling_s += time.monotonic() - t_begin
 
     def _gather(self, refs: list) -> list:

@@ -88,6 +88,27 @@ def memory_server_lost(orch, m, host: str, real_pages: int, now: float) -> None:
                   pages_lost=m.lost["pages_lost"])
 
 
+def check_paging_lost(orch, vm_index: int, progress: dict, now: float) -> None:
+    """The guest's progress (agents/actors/guest.py) says its paging connection to a memory
+    server gave up (agents/guest/split_memory.py): the VM is stopped on its main host for
+    good and reported lost, with the pages each host holds. Once per VM."""
+    from cluster.orchestrate import LOST
+    lost = (progress.get("remote_paging") or {}).get("lost")
+    m = next((m for m in orch.migs if m.vm_index == vm_index and paging_from(orch.sl, m)), None) if lost else None
+    if m is None:
+        return
+    m.vm_lost, m.lost = True, lost
+    orch.sl.location[vm_index] = (LOST, orch.sl.copy_key(vm_index, m.index))
+    orch.tl.event(now, "vm-lost", vm=m.vm, migration=m.index, reason=lost["reason"], host=lost["host"],
+                  pages_on_host=lost["pages_on_host"])
+
+
+def paging_over(sl, migs, link_index: int) -> list:
+    """Split migrations whose VM runs on its main host with remote paging over link `link_index`."""
+    return [m for m in migs if paging_from(sl, m) and link_index in
+            {sl.topo.paging_link(m.index, d).index for d in range(1, len(m.plan.destinations))}]
+
+
 def verify(sl, m, src, src_key: str, table: np.ndarray) -> list[int]:
     """Pages whose copy on their host differs from the source's."""
     import ray
@@ -151,6 +172,7 @@ def finish(orch, m, src, src_key: str) -> float:
         return ray.get(guest.resume.remote())
     main_key = sl.copy_key(m.vm_index, m.index)
     o, scale = m.plan.options, sl.scale
+    from agents.faults import MIN_REAL_S
     from agents.techniques.split import capacities, real_chunk_pages
     chunk = real_chunk_pages(o.chunk_pages, scale.memory_scale)
     split = {"page_host": table, "history": ray.get(src.split_history.remote(m.index)), "chunk_pages": chunk,
@@ -160,7 +182,10 @@ def finish(orch, m, src, src_key: str) -> float:
              "servers": {d: sl.hosts[h.name] for d, h in enumerate(m.plan.destinations) if d > 0},
              "links": paging_links(sl, m),
              "collect_s": scale.real_seconds(o.history_collect_ms / 1000), "age_every": o.history_age_collections,
-             "seed": sl.scenario.emulation.seed + m.index}
+             "seed": sl.scenario.emulation.seed + m.index, "hosts": [h.name for h in m.plan.destinations],
+             # The paging connections give up as the migration's do (agents/faults.py Watchdog).
+             "timeout_ms": o.tcp_user_timeout_ms,
+             "timeout_s": max(MIN_REAL_S, scale.real_seconds(o.tcp_user_timeout_ms / 1000))}
     resumed = ray.get(guest.resume_on.remote(sl.paths[main_key], None, split))
     sl.location[m.vm_index] = (m.plan.destinations[0].name, main_key)
     orch.tl.event(resumed, "switched-over", vm=m.vm, migration=m.index, host=m.plan.destinations[0].name,

@@ -179,3 +179,47 @@ def test_a_memory_server_killed_after_split_migration_loses_the_vm_and_its_pages
     # Stopped where it is: no operation after the loss (the last record is the final sample).
     ops = [e["ops_per_s"] for e in events if e.get("kind") == "guest" and e["t"] > lost_ev[0]["t"] + 0.2]
     assert ops and max(ops) == 0
+
+
+PAGING_LINK = "main:eth0->sub:eth0"
+
+
+def _with_paging_link_down(**fields) -> str:
+    """TINY with random splitting (faults go on after the switch-over), a 1 s user timeout,
+    4 s observed after the switch-over, and a link-down on the main<->sub paging link."""
+    text = TINY.replace('split_policy = "lru"', 'split_policy = "random"\ntcp_user_timeout_ms = 1000')
+    text = text.replace("observe_after_s = 2", "observe_after_s = 4")
+    return text + "\n[[events]]\naction = \"link-down\"\n" + f'link = "{PAGING_LINK}"\n' + "".join(
+        f"{k} = {v!r}\n" for k, v in fields.items())
+
+
+@pytest.mark.slow  # long end to end (about 30 s): make test-slow
+def test_a_paging_link_down_for_good_loses_the_vm_after_the_user_timeout_with_its_pages(ray_cluster, tmp_path):
+    r, v = _result(tmp_path, _with_paging_link_down(at_s=4.5))  # switched over at about 3.5 s
+    assert v["status"] == "completed" and v["verified"], "the migration itself completed"
+    assert r["faults"][0]["kind"] == "link-down" and r["faults"][0]["migrations"] == [0]
+    assert r["faults"][0]["outcome"] == "vm-lost" and r["fault_counts"] == {"link-down": {"vm-lost": 1}}
+    assert r["final_hosts"] == {"vm": "(lost)"}
+    lost = v["data_path_faults"]["lost"]
+    assert v["data_path_faults"]["vm_lost"] and lost["host"] == "sub" and "tcp_user_timeout_ms" in lost["reason"]
+    # Every page is on the main host or the sub-host: about half each (the main host holds 1 GiB of 2).
+    on = lost["pages_on_host"]
+    assert set(on) == {"main", "sub"} and on["main"] + on["sub"] == lost["pages_total"] == 2 * GIB_PAGES
+    assert 0.4 * lost["pages_total"] <= on["sub"] <= 0.6 * lost["pages_total"]
+    assert v["split"]["remote_paging"]["link_down_s"] >= 1.0, "the fault waited out the whole user timeout"
+    events = _events(tmp_path)
+    lost_ev = [e for e in events if e.get("event") == "vm-lost"]
+    assert lost_ev and lost_ev[0]["pages_on_host"] == on
+    ops = [e["ops_per_s"] for e in events if e.get("kind") == "guest" and e["t"] > lost_ev[0]["t"] + 0.2]
+    assert ops and max(ops) == 0, "stopped where it is: no operation after the loss"
+
+
+@pytest.mark.slow  # long end to end (about 30 s): make test-slow
+def test_a_short_paging_link_down_holds_the_faults_and_the_vm_survives(ray_cluster, tmp_path):
+    r, v = _result(tmp_path, _with_paging_link_down(at_s=4.5, duration_s=0.4))  # back well within 1 s
+    assert v["status"] == "completed" and v["verified"]
+    assert r["faults"][0]["migrations"] == [0] and r["faults"][0]["outcome"] == "survived"
+    assert r["final_hosts"] == {"vm": "main"} and not v["data_path_faults"]["vm_lost"]
+    rp = v["split"]["remote_paging"]
+    assert 0.0 < rp["link_down_s"] <= 0.4 + 0.1, "faults waited for the link, at most its outage"
+    assert "lost" not in rp and rp["misplaced_pages_at_end"] == 0 and rp["lost_pages_at_end"] == 0

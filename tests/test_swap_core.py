@@ -100,3 +100,26 @@ def test_a_page_first_received_as_zero_swapped_then_resent_with_contents_is_not_
         assert np.array_equal(dest.space.contents(), truth), f"round {rnd}"
         assert dest.space.resident_count <= 8
     dest.close()
+
+
+@pytest.mark.parametrize("device", ["ssd", "hdd"])
+def test_resent_pages_read_back_in_slot_order_seek_once_per_run_on_an_hdd_only(device):
+    """Pages swapped out in address order sit in ascending slots; re-sent in address order
+    (QEMU's walk) they are read back as one run: an HDD seeks once for it, an SSD pays its
+    access time per read-ahead window."""
+    image, sp = space(n=64, capacity=16, device=device)
+    for start in range(0, 64, 8):
+        idx = np.arange(start, start + 8)
+        sp.received(idx, lambda: None)
+    assert np.array_equal(np.diff(sp.slot[:48]), np.ones(47)), "swapped out in page order, ascending slots"
+    d = DEVICES[device]
+    before = sp.device_s
+    sp._page_in(np.arange(0, 16), faults=16 // READ_AHEAD, seeks=1)
+    read = sp.device_s - before
+    expected_ios = 1 if device == "hdd" else 16 // READ_AHEAD
+    assert read == pytest.approx(expected_ios * d.access_s + 16 * PAGE / d.read_bytes_s)
+    # Through `received`: pages 24-39 re-sent, two read-ahead windows, one run of slots.
+    before, write_before = sp.device_s, sp.swapped_out
+    sp.received(np.arange(24, 40), lambda: None)
+    cost = sp.device_s - before - d.write_s(sp.swapped_out - write_before)
+    assert cost == pytest.approx((1 if device == "hdd" else 2) * d.access_s + 16 * PAGE / d.read_bytes_s)

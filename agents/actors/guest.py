@@ -83,7 +83,8 @@ class GuestAgent(GuestHandOff):
             remote = SplitMemory(pages, split["page_host"], split["history"], split["chunk_pages"], split["capacity"],
                                  split["policy"], split["servers"], split["migration"], split["links"],
                                  self.guest.dilation, self.memory_scale, split["collect_s"], split["age_every"],
-                                 split.get("seed", 0))
+                                 split.get("seed", 0), split.get("hosts"), split.get("timeout_ms", 30_000),
+                                 split.get("timeout_s"))
         access = None
         if swap is not None:  # a destination that pages to swap: its kernel sees the accessed bits
             self._dest_access = Region.attach(dest_image_path + "-acc")

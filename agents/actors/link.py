@@ -53,6 +53,8 @@ class LinkAgent:
         real bytes go the other way. Returns (whether the link is down, real seconds from now
         until each message of `sizes` has arrived)."""
         s = self.shaper
+        if s.down:  # nothing crosses: the request waits on its side (split_memory asks again)
+            return True, []
         with self._paging_lock:
             arrivals = self.paging.book(time.monotonic(), max(1.0, s.migration_rate), s.one_way_s, forward, sizes, back)
         listed_way = sum(sizes) if forward else back

@@ -23,6 +23,13 @@ traffic and other migrations' batches share it) and says when each
 arrives. If the real calls take longer than the emulated arrival the
 excess is reported (`overrun_s`): the run is saturated there.
 
+A fault over a paging link that is down waits, as TCP keeps a request
+unacknowledged; it is asked again until the link is back (the wait is
+`link_down_s`) or `tcp_user_timeout_ms` has passed: then the connection to
+the memory server gives up and, S-memV having no fault tolerance (§VII),
+the VM cannot go on: `VMLost` stops its vCPUs where they are and the
+status says how many pages each host holds (`lost`).
+
 The access history the source sent with the main host's pages goes on
 being kept here (the guest's accesses are marked, collected and aged on
 the same schedule), so page-out decisions follow the VM's current use.
@@ -40,6 +47,7 @@ import time
 import numpy as np
 
 from agents.datapath.clock import sleep_until
+from agents.faults import VMLost
 from agents.guest.remote_memory import LatencyHistogram
 from agents.split.history import AccessHistory, bitmap_bytes, mark_accessed
 from agents.split.paging import MAIN, RemotePager
@@ -55,7 +63,9 @@ class SplitMemory:
     `servers`: sub-host number -> its HostAgent (memory server of migration
     `m`); `capacity`: chunks the main host holds; `links`: sub-host number ->
     (the LinkAgent between it and the main host, whether page-ins cross it the
-    way it is listed); `collect_s`/`age_every`: the history's schedule (real s).
+    way it is listed); `collect_s`/`age_every`: the history's schedule (real s);
+    `hosts`: the hosts' names (0 the main host); `timeout_ms`: the paging
+    connections' tcp_user_timeout_ms (emulated), `timeout_s` the same in real s.
     """
 
     faults_on_reads = True
@@ -63,8 +73,13 @@ class SplitMemory:
 
     def __init__(self, image: np.ndarray, page_host: np.ndarray, history: np.ndarray, chunk_pages: int,
                  capacity: int, policy: str, servers: dict, m: int, links: dict,
-                 dilation: float, memory_scale: float, collect_s: float, age_every: int, seed: int = 0) -> None:
+                 dilation: float, memory_scale: float, collect_s: float, age_every: int, seed: int = 0,
+                 hosts: list[str] | None = None, timeout_ms: float = 30_000, timeout_s: float | None = None) -> None:
         n = len(image)
+        self.hosts = hosts or [f"host{d}" for d in range(1 + len(servers))]
+        self.timeout_ms = timeout_ms
+        self.timeout_s = timeout_ms / 1000 * dilation if timeout_s is None else timeout_s
+        self.lost: dict | None = None
         self.image, self.servers, self.m, self.links = image, servers, m, links
         self.history = AccessHistory(n, chunk_pages)
         self.history.restore(history)
@@ -131,8 +146,15 @@ class SplitMemory:
         # The booking on the link and the faulting page's real bytes, asked for together.
         book = self._book(plan)
         booked = book()
-        self.image[page] = ray.get(server.swap.remote(self.m, plan.page_in[:1], None, None))[0]
-        first, rest = self._booked(booked, book, t0)
+        fetch = server.swap.remote(self.m, plan.page_in[:1], None, None)
+        down, arrivals = ray.get(booked)
+        if down:  # the request never crossed: the page stays on its sub-host while the link is down
+            head = plan.page_in[:1]
+            ray.get(server.swap.remote(self.m, head[:0], head, ray.get(fetch)))
+            t0, arrivals = self._wait_for_link(plan, book)
+            fetch = server.swap.remote(self.m, head, None, None)
+        self.image[page] = ray.get(fetch)[0]
+        first, rest = t0 + arrivals[0], t0 + arrivals[1]
         out = self.image[plan.page_out].copy() if plan.chunk_out is not None else None
         others = plan.page_in[1:]
         self._pending = (server.swap.remote(self.m, others, plan.page_out, out), others)
@@ -154,19 +176,33 @@ class SplitMemory:
         sizes = [page_real, len(plan.page_in) * PAGE - page_real]
         return lambda: link.carry_paging.remote(forward, sizes, len(plan.page_out) * PAGE)
 
-    def _booked(self, ref, book, t0: float) -> tuple[float, float]:
-        """Real times the faulting page and the rest of its chunk arrive (`ref`: the booking
-        made at `t0`). A link that is down holds the fault until it is back (booked again
-        every LINK_DOWN_POLL_S)."""
+    def _wait_for_link(self, plan, book) -> tuple[float, list[float]]:
+        """The link to sub-host `plan.host` is down: ask again every LINK_DOWN_POLL_S until it
+        is back (returns the real time of the booking that got through and its arrivals) or
+        tcp_user_timeout_ms has passed (raises VMLost, the VM stopped here for good)."""
         import ray
+        since = time.monotonic()
         while True:
-            down, arrivals = ray.get(ref)
-            if not down:
-                break
             time.sleep(self.LINK_DOWN_POLL_S)
             t0 = time.monotonic()
-            ref = book()
-        return t0 + arrivals[0], t0 + arrivals[1]
+            down, arrivals = ray.get(book())
+            if not down:
+                self.link_down_s += (t0 - since) / self.dilation
+                return t0, arrivals
+            if t0 - since >= self.timeout_s:
+                self.link_down_s += (t0 - since) / self.dilation
+                raise VMLost(self._give_up(plan.host))
+
+    def _give_up(self, host: int) -> str:
+        """The paging connection to sub-host `host` gave up: what the VM lost, kept in `lost`."""
+        counts = np.bincount(self.pager.table, minlength=len(self.hosts)) / self.scale
+        reason = (f"remote paging from sub-host \"{self.hosts[host]}\" got no answer for {self.timeout_ms:g} ms "
+                  f"(tcp_user_timeout_ms): the paging link is down; the VM's pages there are out of reach "
+                  f"and it cannot go on (S-memV has no fault tolerance)")
+        self.lost = {"reason": reason, "host": self.hosts[host],
+                     "pages_on_host": {name: float(c) for name, c in zip(self.hosts, counts)},
+                     "pages_total": len(self.pager.table) / self.scale}
+        return reason
 
     def _settle(self) -> None:
         """Write the rest of the last chunk once its real bytes are here."""
@@ -195,7 +231,8 @@ class SplitMemory:
                 "bandwidth_gbps": (self.bytes_in + self.bytes_out) * 8 / span / 1e9 if span > 0 else 0.0,
                 "fault_latency": {k.replace("postcopy_latency_dist", "histogram"): v
                                   for k, v in self.histogram.summary().items()},
-                "on_main_chunks": self.pager.on_main, "capacity_chunks": self.pager.capacity}
+                "on_main_chunks": self.pager.on_main, "capacity_chunks": self.pager.capacity} | (
+                    {"lost": self.lost} if self.lost else {})
 
     def where(self) -> np.ndarray:
         """The network page table (a copy): host per page, 0 the main host; every page

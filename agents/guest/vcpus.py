@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from agents.faults import VMLost
 from agents.guest.content import PageClasses, write_pages
 from agents.guest.dirty_log import DirtyLog
 from agents.guest.throttle import VcpuThrottle
@@ -49,6 +50,7 @@ class Guest:
         self.fault_s = fault_s
         self.rng = np.random.default_rng(seed + 7)
         self.paused = False
+        self.lost: str | None = None  # why the VM cannot go on (agents/faults.py VMLost); it stays stopped
         self.rate_factor = 1.0  # a scheduled event may scale the workload's offered rate
         self.ops = 0.0  # cumulative operations (emulated units)
         self.samples: list[tuple[float, float]] = []  # (real time, cumulative ops)
@@ -93,7 +95,7 @@ class Guest:
             self.log.clear_pause()
             if log is not None:
                 self.log = log
-            self.paused = False
+            self.paused = self.lost is not None  # a lost VM does not run again
             return time.monotonic()
 
     # --- the dirty log, for a migration in the same process ------------
@@ -122,7 +124,10 @@ class Guest:
                 last = t
                 if not self.paused:
                     ops_before = self.ops
-                    carry = self._tick(dt, carry)
+                    try:
+                        carry = self._tick(dt, carry)
+                    except VMLost as e:  # stopped where it is, for good
+                        self.lost, self.paused, self._blocked = str(e), True, 0.0
                     if self._blocked:
                         # vCPUs waiting for missing pages do not run: that time is not owed
                         # work, and the guest made no progress in it.

@@ -21,6 +21,14 @@ touches it after. Here:
   faulting one (swap read-ahead). A page the migration re-sends while it
   is swapped out is first read in (the kernel faults it in before QEMU's
   write can land; one fault per 8-page read-ahead window), then overwritten.
+- Seeks: an HDD (Linux's queue/rotational = 1) pays its access time per
+  seek, not per request: the re-sent pages of a batch come in address
+  order, and their slots were written in that order (reclaim takes the
+  LRU's tail, oldest received first, and the allocator hands out a
+  cluster's slots in ascending order), so reading them back is one seek
+  per run of consecutive slots, the rest streamed through the drive's
+  read-ahead at its sequential rate. The guest's own faults after the
+  migration land anywhere: each pays the access time, as on an SSD.
 
 Costs are emulated seconds; `memory_scale` turns real pages into the
 emulated pages they stand for (a real page is 1/memory_scale of them).
@@ -44,20 +52,23 @@ class SwapDevice:
     access_s: float  # per I/O: seek + rotation (HDD) or command latency (SSD)
     read_bytes_s: float
     write_bytes_s: float
+    rotational: bool = False  # an HDD: consecutive reads stream without a seek each
 
     def write_s(self, emulated_pages: float) -> float:
         """Emulated seconds to write `emulated_pages` in swap clusters."""
         ios = np.ceil(emulated_pages / SWAP_CLUSTER) if emulated_pages > 0 else 0
         return float(ios * self.access_s + emulated_pages * PAGE / self.write_bytes_s)
 
-    def read_s(self, faults: float, emulated_pages: float) -> float:
-        """Emulated seconds to serve `faults` page-ins reading `emulated_pages` in all."""
-        return float(faults * self.access_s + emulated_pages * PAGE / self.read_bytes_s)
+    def read_s(self, faults: float, emulated_pages: float, seeks: float | None = None) -> float:
+        """Emulated seconds to serve `faults` page-ins reading `emulated_pages` in all; on a
+        rotational device whose reads make `seeks` runs of consecutive slots, one access per run."""
+        ios = seeks if self.rotational and seeks is not None else faults
+        return float(ios * self.access_s + emulated_pages * PAGE / self.read_bytes_s)
 
 
 DEVICES = {
     "ssd": SwapDevice("ssd", 0.1e-3, 530e6, 510e6),
-    "hdd": SwapDevice("hdd", 12.7e-3, 150e6, 150e6),
+    "hdd": SwapDevice("hdd", 12.7e-3, 150e6, 150e6, rotational=True),
 }
 
 
@@ -99,8 +110,10 @@ class SwapSpace:
         """The migration writes pages `idx` (`data_written()` does the write once
         they are resident); returns the emulated device seconds it cost."""
         swapped = idx[self.slot[idx] >= 0]
-        # QEMU writes a batch in page order: swap read-ahead serves the next pages of each fault.
-        cost = self._page_in(swapped, faults=len(np.unique(swapped // READ_AHEAD)))
+        # QEMU writes a batch in page order: swap read-ahead serves the next pages of each fault,
+        # and an HDD seeks once per run of consecutive slots.
+        cost = self._page_in(swapped, faults=len(np.unique(swapped // READ_AHEAD)),
+                             seeks=len(_runs(np.sort(self.slot[swapped]))))
         self.resident[idx] = 1
         self.present[idx] = True
         self.touch(idx)
@@ -141,7 +154,7 @@ class SwapSpace:
         cand = np.unique(cand[cand < len(self.image)])
         return cand[self.slot[cand] >= 0]
 
-    def _page_in(self, pages: np.ndarray, faults: int | None = None) -> float:
+    def _page_in(self, pages: np.ndarray, faults: int | None = None, seeks: int | None = None) -> float:
         if not len(pages):
             return 0.0
         self.image[pages] = self._read(self.slot[pages])
@@ -150,7 +163,8 @@ class SwapSpace:
         self.swapped_in += len(pages)
         n_faults = len(pages) if faults is None else faults
         self.faults += n_faults
-        cost = self.device.read_s(n_faults / self.scale, len(pages) / self.scale)
+        # A seek is one however many emulated pages a real page stands for: not scaled.
+        cost = self.device.read_s(n_faults / self.scale, len(pages) / self.scale, seeks)
         self.device_s += cost
         return cost
 
@@ -162,8 +176,9 @@ class SwapSpace:
         keep[(self.resident == 0) | ~self.present] = np.iinfo(np.int64).max
         keep[exclude] = np.iinfo(np.int64).max - 1  # just written or touched: not the victims
         victims = np.argpartition(keep, over - 1)[:over]
-        victims = victims[(self.resident[victims] == 1) & self.present[victims]]
-        slots = self.free_slots[self.nfree - len(victims): self.nfree]
+        victims = np.sort(victims[(self.resident[victims] == 1) & self.present[victims]])
+        # Written in page order to ascending slots, as reclaim and the swap allocator do.
+        slots = np.sort(self.free_slots[self.nfree - len(victims): self.nfree])
         self.nfree -= len(victims)
         self._write(slots, self.image[victims])
         self.slot[victims] = slots

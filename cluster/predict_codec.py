@@ -152,6 +152,10 @@ def limits(scenario, mp) -> list[str]:
         out.append("content.working_set: the working set's class is not modelled; the image's mix is used")
     if mp.vm.io_bound and o.strategy != "time-sliced":
         out.append("I/O-bound guest: only the time-sliced strategy's I/O-thread share is modelled")
+    from agents.techniques.policy import settings_from_options
+    if settings_from_options(o) is not None:
+        out.append(f"management policy ({getattr(o, 'policy', 'none')}): its timeouts, downtime steps and hard "
+                   "maximum; the prediction is the technique's own, as if no policy decided")
     return out
 
 

@@ -225,3 +225,12 @@ def test_a_zipf_over_terabytes_is_binned_and_agrees_with_the_exact_sum(monkeypat
     from cluster.scenario import Vm
     huge = Vm.model_validate({"name": "z", "memory_gib": 16384, "workload": vm.workload.model_dump()})
     assert 0 < dirty_pages_after(huge, 1.0) <= 100_000
+
+
+def test_a_management_policy_is_named_as_not_modelled():
+    """The prediction ignores a policy's timeouts and steps: it says so in one line rather than
+    silently predicting a completion the policy would cancel (a fresh-eyes finding)."""
+    plain = predict(parse_scenario(scenario_text("p"), "p.toml"))
+    assert not any("management policy" in line for line in plain["not_modelled"])
+    nova = predict(parse_scenario(scenario_text("p", migration='policy = "nova"'), "p.toml"))
+    assert any(line.startswith("management policy (nova)") for line in nova["not_modelled"])

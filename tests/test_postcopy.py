@@ -88,6 +88,15 @@ def test_histogram_weights_and_percentiles():
     assert s["postcopy_latency_dist"][6] == 2 and s["postcopy_latency_dist"][8] == 4
     assert s["postcopy_latency_dist"][12] == 2 and sum(s["postcopy_latency_dist"]) == 8
     assert s["p50_us"] == 300
+    # Percentiles and mean weigh each value by the faults it stands for, as the buckets do: one
+    # real fault standing for 64 quick ones outweighs 3 slow ones standing for 1 each.
+    h = LatencyHistogram()
+    h.add(1500, 64.0)
+    for us in (56000, 56000, 56000):
+        h.add(us, 1.0)
+    s = h.summary()
+    assert s["p50_us"] == 1500 and s["p99_us"] == 56000 and s["max_us"] == 56000
+    assert s["mean_us"] == pytest.approx((1500 * 64 + 56000 * 3) / 67)
 
 
 # --- the destination's fault handler, without Ray ----------------------------------------

@@ -50,25 +50,36 @@ def latency_bucket(latency_us: float) -> int:
 
 
 class LatencyHistogram:
-    """Fault latencies: power-of-two buckets (QEMU's view) and every value (for percentiles)."""
+    """Fault latencies: power-of-two buckets (QEMU's view) and every measured value with the
+    number of emulated faults it stands for, so that the mean and percentiles weigh each value
+    as the buckets do."""
 
     def __init__(self) -> None:
         self.counts = [0.0] * BUCKETS
         self.values_us: list[float] = []
+        self.weights: list[float] = []
 
     def add(self, latency_us: float, weight: float = 1.0) -> None:
         """One measured fault, standing for `weight` faults (emulated)."""
         self.counts[latency_bucket(latency_us)] += weight
         self.values_us.append(latency_us)
+        self.weights.append(weight)
 
     def percentile(self, q: float) -> float | None:
-        return float(np.percentile(self.values_us, q)) if self.values_us else None
+        """The latency under which `q` percent of the (weighted) faults fall."""
+        if not self.values_us:
+            return None
+        v, w = np.asarray(self.values_us), np.asarray(self.weights)
+        order = np.argsort(v, kind="stable")
+        cum = np.cumsum(w[order])
+        at = int(np.searchsorted(cum, q / 100 * cum[-1], side="left"))
+        return float(v[order][min(at, len(v) - 1)])
 
     def summary(self) -> dict:
         v = self.values_us
         return {"postcopy_latency_dist": [int(round(c)) for c in self.counts],
                 "bucket_us": "bucket N counts faults resolved in [2^N, 2^(N+1)) us",
-                "mean_us": float(np.mean(v)) if v else None,
+                "mean_us": float(np.average(v, weights=self.weights)) if v else None,
                 "p50_us": self.percentile(50), "p99_us": self.percentile(99),
                 "max_us": max(v) if v else None}
 

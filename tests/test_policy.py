@@ -80,13 +80,26 @@ def test_progress_timeout_counts_from_the_last_new_low():
 def test_hard_maximum_refuses_a_long_stop_and_copy_or_cancels():
     s = PolicySettings(hard_max_downtime_ms=100, completion_timeout_s_per_gib=10, timeout_action="force")
     p = Policy(s, GIB, 0.3)
-    assert p.decide(1, 50e6, 1e9, "max-iterations").action == "go-on"  # 50 ms: allowed
+    assert p.decide(1, 50e6, 1e9, "converged").action == "go-on"  # 50 ms: allowed
     assert p.decide(1, 500e6, 1e9, "max-iterations").action == "refuse-switchover"
     d = p.decide(11, 500e6, 1e9, None)  # the timeout's force would pause for 500 ms: the fallback
     assert d.action == "cancel" and "hard_max_downtime_ms" in d.reason
     assert Policy(s, GIB, 0.3, postcopy=True).decide(11, 500e6, 1e9, None).action == "force"  # post-copy: short pause
     alone = Policy(PolicySettings(hard_max_downtime_ms=100), GIB, 0.3)  # no timeout would ever end it
     assert alone.decide(1, 500e6, 1e9, "stalled").action == "cancel"
+
+
+def test_under_a_policy_with_timeouts_only_the_downtime_limit_or_a_timeout_ends_pre_copy():
+    """libvirt's QEMU has no iteration, byte or stall cap: under Nova a stop rule's cap must not
+    force a stop-and-copy above the stepped limit (a fresh-eyes finding: 506 ms of downtime while
+    the step was 275 ms); the completion timeout ends it."""
+    nova = Policy(PRESETS["nova"], 4 * GIB, 0.3)
+    for cap in ("stalled", "max-iterations", "max-sent"):
+        assert nova.decide(10, 500e6, 1e9, cap).action == "refuse-switchover"
+    assert nova.decide(10, 200e6, 1e9, "converged").action == "go-on"
+    assert nova.decide(nova.completion_timeout_s + 1, 500e6, 1e9, None).action == "cancel"
+    plain = Policy(PolicySettings(downtime_max_ms=500, downtime_steps=10, downtime_delay_s_per_gib=75), GIB, 0.3)
+    assert plain.decide(10, 500e6, 1e9, "stalled").action == "go-on"  # no timeout: the caps still end it
 
 
 def test_options_name_a_preset_and_replace_its_numbers():

@@ -168,10 +168,15 @@ class Policy:
             if self._too_long(remaining, bandwidth):
                 return Decision("cancel", f"{timeout}: stop-and-copy would exceed hard_max_downtime_ms")
             return Decision("force", timeout)
+        has_timeout = bool(self.completion_timeout_s or self.settings.progress_timeout_s)
         if stop and stop != "converged" and not self.postcopy and self._too_long(remaining, bandwidth):
-            if not self.completion_timeout_s and not self.settings.progress_timeout_s:
+            if not has_timeout:
                 return Decision("cancel", f"{stop}: stop-and-copy would exceed hard_max_downtime_ms")
             return Decision("refuse-switchover", stop)
+        if stop and stop != "converged" and has_timeout:
+            # Under a manager with timeouts QEMU switches over only when the remainder fits the
+            # (stepped) downtime limit: it has no iteration or byte cap, and the timeouts end it.
+            return Decision("refuse-switchover", f"{stop}: only the downtime limit or a timeout ends pre-copy")
         return GO_ON
 
     def _too_long(self, remaining: float, bandwidth: float) -> bool:

@@ -216,3 +216,18 @@ def test_set_link_in_the_disk_copy_changes_the_disk_copys_pace(ray_cluster, tmp_
     assert sum(s["bytes"] for s in after[1:]) / span <= 0.25e9 / 8 * 1.15  # the new 0.25 Gbit/s, not 1
     # 134 MB at 125 MB/s take 1.07 s; at 31 MB/s after the change, much longer.
     assert r["disk"]["copy_time_s"] >= 2.0
+
+
+def test_a_policys_completion_timeout_counts_the_disk_copy_and_cancels_during_it(ray_cluster, tmp_path):
+    """Nova times the whole job: a completion timeout shorter than the disk copy (1.8 s alone) cancels
+    it there, within one monitor period, and the VM and its disk stay on the source (before, the policy
+    only started looking once the memory copy began)."""
+    policy = 'policy = "nova"\ncompletion_timeout_s_per_gib = 0.5\n'  # memory counted as 2 GiB: 1 s
+    r = _run(storage_scenario(disk_gib=0.5, mig_extra=policy), tmp_path)
+    assert r["status"] == "cancelled" and "completion-timeout" in r["stop_reason"], r["stop_reason"]
+    events = _events(r, tmp_path)
+    decided = next(e for e in events if e["event"] == "policy" and e.get("decision") == "cancel")
+    assert 1.0 <= decided["elapsed_s"] <= 1.0 + 0.5 + 0.1  # the timeout, plus at most one monitor period
+    assert decided["t"] - _disk_copy_started(events) < 1.7
+    assert r["disk"]["destination_removed"]
+    assert any(e["event"] == "stays-on-source" for e in events)

@@ -70,6 +70,7 @@ from agents.techniques.policy import Policy, settings_from_options
 GIB = 1 << 30
 _ABORTED = object()  # _before_pass: the migration was cancelled or aborted
 WINDOW_S = 0.1  # QEMU's BUFFER_DELAY: how often the qemu stop rule looks (emulated seconds)
+MONITORED_PHASES = ("disk-copy", "setup", "precopy")  # where the management policy's monitor loop looks
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,8 @@ class PrecopyMigration:
         self._sync_at = (0.0, 0.0)  # real time and bytes sent (emulated) at the last sync
         self.mgmt: Policy | None = None  # the management layer's policy (agents/techniques/policy.py)
         self.mgmt_period_s = 0.5  # how often it looks (emulated seconds)
+        self.job_started_at: float | None = None  # real: the whole job's start (a disk copy first), as Nova times it
+        self._monitoring = False
         self._policy_said: set = set()
         self._policy_lock = threading.Lock()  # the policy's state: asked by its monitor and at stop checks
         self._bandwidth = 0.0  # the last measured bandwidth (emulated bytes/s), for the monitor
@@ -236,7 +239,8 @@ class PrecopyMigration:
 
     def _enter(self, phase: str, iteration: int = 0) -> None:
         self.phase = phase
-        if phase == "setup" and self.mgmt is not None:
+        if phase in MONITORED_PHASES and self.mgmt is not None and not self._monitoring:
+            self._monitoring = True
             threading.Thread(target=self._policy_monitor, daemon=True, name="policy-monitor").start()
         if self.ctx.enter(phase, iteration):
             self.abort("cancelled", f"cancelled by a scheduled event on entering {phase}")
@@ -274,7 +278,7 @@ class PrecopyMigration:
         """Why pre-copy stops now, or None: the stop rule, then convergence control, then the
         policy, which may change the downtime limit, cancel (abort_requested is then set),
         force a switch ("policy-force") or refuse a stop-and-copy."""
-        elapsed = self._emu(time.monotonic() - self.result.started_at)
+        elapsed = self._policy_elapsed()
         self._bandwidth = bandwidth
         if self.mgmt is not None:
             with self._policy_lock:
@@ -307,12 +311,12 @@ class PrecopyMigration:
         pre-copy runs, the downtime step under way and the timeouts, against query-migrate."""
         period = self.mgmt_period_s * self.dilation
         due = time.monotonic() + period
-        while self.phase in ("setup", "precopy") and not self.abort_requested:
+        while self.phase in MONITORED_PHASES and not self.abort_requested:
             sleep_until(due)
             due += period
-            if self.phase not in ("setup", "precopy") or self.abort_requested or self._forced_at is not None:
+            if self.phase not in MONITORED_PHASES or self.abort_requested or self._forced_at is not None:
                 return
-            elapsed = self._emu(time.monotonic() - self.result.started_at)
+            elapsed = self._policy_elapsed()
             remaining = self.progress()["remaining_bytes"]
             with self._policy_lock:
                 self._policy_limit(elapsed)
@@ -323,6 +327,11 @@ class PrecopyMigration:
                     self.abort("cancelled", f"policy: {d.reason}")
                 else:
                     self._force(d.reason)
+
+    def _policy_elapsed(self) -> float:
+        """Emulated seconds since the job started: Nova's timeouts and downtime steps count the
+        whole job, a storage migration's disk copy included."""
+        return self._emu(time.monotonic() - (self.job_started_at or self.result.started_at))
 
     def _force(self, reason: str) -> None:
         """A timeout's force_complete without post-copy: pause the VM now (Nova: guest.pause());

@@ -75,7 +75,7 @@ class StorageMigration(PrecopyMigration):
     # --- phases -------------------------------------------------------------------
     def run(self):
         if self.disk is not None:
-            self._marks["start"] = self.result.started_at = time.monotonic()
+            self._marks["start"] = self.result.started_at = self.job_started_at = time.monotonic()
             if not self._disk_copy():
                 return self._cancel()
         return super().run()
@@ -219,7 +219,9 @@ class StorageMigration(PrecopyMigration):
         mk = self._marks
         if "start" not in mk:
             return {}
-        marks = [None, mk["start"], mk.get("copy_done", mk["start"]), self.result.paused_at or time.monotonic()]
+        copy_done = mk.get("copy_done", mk["start"])
+        # A policy's force pauses the VM during the disk copy: then no memory-copy window at all.
+        marks = [None, mk["start"], copy_done, max(copy_done, self.result.paused_at or time.monotonic())]
         rates = ray.get(self.disk["agent"].io_rates.remote(self.disk["vm"], marks))
         return dict(zip(("before", "disk_copy", "memory_copy"), rates))
 

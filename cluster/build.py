@@ -258,12 +258,13 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
 
     sl = Slice(cl, scenario, scale, plan(scenario, scale))
     configured = _hosts(sl)
-    if not opts.address:  # one node: guests need no placement, so their processes start meanwhile
+    if not opts.address:  # one node: links and guests need no placement, so their processes start meanwhile
+        _links(sl)
         _spawn_guests(sl)
     ray.get(configured)
-    sl.nodes = crossnode.locate(sl.hosts)  # links and guests go beside their hosts
-    _links(sl)
+    sl.nodes = crossnode.locate(sl.hosts)  # on a cluster, links and guests go beside their hosts
     if opts.address:
+        _links(sl)
         _spawn_guests(sl)
     ray.get(_images(sl))
     _wire(sl)

@@ -630,7 +630,7 @@ def bench_scaling(memory_gib: float = typer.Option(1.0, help="Emulated memory of
 
 @bench_app.command("checksum")
 def bench_checksum(repeats: int = typer.Option(200, help="Batches measured per size.")) -> None:
-    """The per-batch checksum (mmh3) against packing the batch, at 16, 64 and 256 pages per batch."""
+    """The per-batch checksum (XXH64, the receiver's full check) against packing the batch (which hashes as it copies), at 16, 64 and 256 pages per batch."""
     from cluster.bench import checksum_bench
     print(json.dumps(checksum_bench(repeats=repeats), indent=2))
 

@@ -23,8 +23,8 @@ per page keeps a page's ratio its own, whatever the batch size
 Every batch carries a checksum of what the receiver reads (page numbers,
 encodings, lengths and payload), set by the sender after packing and
 checked by the receiver before it writes a byte (`batch_checksum`): a batch
-damaged in transit is detected and sent again, never restored. It is XXH64
-(xxHash's 64-bit digest) of each part, combined by one more XXH64, computed
+damaged in transit is detected and sent again, never restored. It is XXH3
+(xxHash's 64-bit digest) of each part, combined by one more XXH3, computed
 in agents/datapath/_pagecopy.c without the GIL; packing plain pages computes
 the payload's digest as it copies them (one read of the bytes on the
 sender). mmh3 x64-128 (5 GiB/s, holding the GIL: 0.5 us per page on each
@@ -137,7 +137,7 @@ def _mmh3_digest(buf) -> int:
 
 
 def digest(buf) -> int:
-    """64-bit digest of a contiguous buffer (numpy array, bytes): XXH64, seed 0, without the
+    """64-bit digest of a contiguous buffer (numpy array, bytes): XXH3, seed 0, without the
     GIL; mmh3's first 64 bits when the compiled extension is missing."""
     if _pagecopy is None:
         return _mmh3_digest(buf)

@@ -37,12 +37,10 @@ class ActorPool:
         self.idle.setdefault(key, []).append(actor)
 
     def kill_idle(self) -> None:
-        """Kill every kept actor (none is wanted any more)."""
-        import ray
-        for actors in self.idle.values():
+        """Kill every kept actor (none is wanted any more); returns once their names are free."""
+        for (_, name), actors in self.idle.items():
             for a in actors:
-                with contextlib.suppress(Exception):
-                    ray.kill(a)
+                _kill_until_gone(a, name)
         self.idle.clear()
 
 

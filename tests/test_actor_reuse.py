@@ -53,20 +53,19 @@ def _maps_of_run(pid: int, run_id: str) -> list[str]:
         return [line for line in f if f"livemig-{run_id}-" in line]
 
 
-def test_a_second_run_in_kept_processes_verifies_and_the_first_runs_memory_is_unmapped():
+def test_a_second_run_in_kept_processes_verifies_and_the_first_runs_memory_is_unmapped(ray_cluster):
     """Two runs on one Ray inside reusing_actors(): the second builds its host, link and guest
     agents in the first's processes (same pids), verifies, and after each run's tear-down the
     kept processes map none of its shared memory."""
     import ray
 
     from cluster.actor_pool import reusing_actors
-    from cluster.build import local_ray
     from cluster.runner import RunOptions, run_scenario
     from cluster.scenario import parse_scenario
     from tests.conftest import scenario_text
 
     sc = parse_scenario(scenario_text("reuse", memory_gib=0.5, gbps=2), "reuse.toml")
-    with local_ray("livemig-test-reuse"), reusing_actors() as pool:
+    with reusing_actors() as pool:
         if pool is None:
             pytest.skip("LIVEMIG_REUSE_ACTORS=0")
         pids, results = [], []

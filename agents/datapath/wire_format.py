@@ -45,6 +45,9 @@ try:
     from agents.datapath import _pagecopy
 except ImportError:  # not built: numpy does the copies, holding the GIL
     _pagecopy = None
+# A build from before the checksum moved into C (no digest; gather returns a count only)
+# keeps working, with mmh3, until `python setup.py build_ext --inplace` is run again.
+_C_DIGEST = _pagecopy is not None and hasattr(_pagecopy, "digest")
 from agents.encodings.zero_pages import zero_mask
 
 PAGE = 4096
@@ -139,7 +142,7 @@ def _mmh3_digest(buf) -> int:
 def digest(buf) -> int:
     """64-bit digest of a contiguous buffer (numpy array, bytes): XXH3, seed 0, without the
     GIL; mmh3's first 64 bits when the compiled extension is missing."""
-    if _pagecopy is None:
+    if not _C_DIGEST:
         return _mmh3_digest(buf)
     return _pagecopy.digest(buf)
 
@@ -173,7 +176,8 @@ def _gather(image: np.ndarray, idx: np.ndarray, payload: np.ndarray) -> tuple[np
     n = len(idx)
     if _pagecopy is not None and image.flags.c_contiguous:
         zero = np.empty(n, dtype=np.uint8)
-        k, h = _pagecopy.gather(image, np.ascontiguousarray(idx, dtype=np.int64), payload, zero)
+        got = _pagecopy.gather(image, np.ascontiguousarray(idx, dtype=np.int64), payload, zero)
+        k, h = got if _C_DIGEST else (got, None)
         return zero.view(bool), k, h
     gathered = payload.reshape(n, PAGE)
     np.take(image, idx, axis=0, out=gathered)

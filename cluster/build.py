@@ -21,7 +21,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-from cluster import crossnode
+from cluster import actor_pool, crossnode
 from cluster.scaling import Scale, vm_real_pages
 from cluster.scenario import MIB, Scenario, ScenarioError
 from cluster.topology import Topology, plan
@@ -130,6 +130,7 @@ class Cluster:
         self.sock_dir = tempfile.mkdtemp(prefix=f"livemig-{self.run_id}-", dir="/tmp")
         self.actors: list = []
         self.hosts: list = []  # HostAgents: each clears its node of the run's files at tear-down
+        self.reusable: list = []  # (key, actor): may serve the next run of a sweep (cluster/actor_pool.py)
         self._started_ray = False
 
     def __enter__(self) -> "Cluster":
@@ -182,19 +183,26 @@ class Cluster:
         if sweeps:
             ray.wait(sweeps, num_returns=len(sweeps), timeout=5)
         self.hosts.clear()
+        kept = actor_pool.keep(self, self.reusable)
         for a in self.actors:
+            if id(a) in kept:
+                continue
             try:
                 ray.kill(a)
             except Exception:  # noqa: BLE001
                 pass
         self.actors.clear()
+        self.reusable.clear()
         if self._started_ray:
             stop_local_ray()
         shm.remove_run(self.run_id)
         shutil.rmtree(self.sock_dir, ignore_errors=True)
 
-    def track(self, actor):
+    def track(self, actor, reuse_key: tuple[str, str] | None = None):
+        """Tear `actor` down with the run; with a `reuse_key`, a sweep may keep it (cluster/actor_pool.py)."""
         self.actors.append(actor)
+        if reuse_key is not None:
+            self.reusable.append((reuse_key, actor))
         return actor
 
 
@@ -264,12 +272,13 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
 
     sl = Slice(cl, scenario, scale, plan(scenario, scale))
     configured = _hosts(sl)
-    if not opts.address:  # one node: guests need no placement, so their processes start meanwhile
+    if not opts.address:  # one node: links and guests need no placement, so their processes start meanwhile
+        _links(sl)
         _spawn_guests(sl)
     ray.get(configured)
-    sl.nodes = crossnode.locate(sl.hosts)  # links and guests go beside their hosts
-    _links(sl)
+    sl.nodes = crossnode.locate(sl.hosts)  # on a cluster, links and guests go beside their hosts
     if opts.address:
+        _links(sl)
         _spawn_guests(sl)
     ray.get(_images(sl))
     _wire(sl)
@@ -284,6 +293,8 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
     _access_histories(sl)
     _disks(sl)
     _share_cores(sl)
+    if (pool := actor_pool.active()) is not None:
+        pool.kill_idle()  # kept from the last run, not wanted by this one
     return sl
 
 
@@ -390,8 +401,8 @@ def _hosts(sl: Slice) -> list:
         if h.name not in used:
             continue
         roles = "+".join(h.roles)
-        actor = sl.cluster.track(HostAgent.options(name=f"{roles}:{h.name}", **crossnode.host_options(h))
-                                 .remote(roles, h.name))
+        actor = actor_pool.new_or_kept(sl.cluster, HostAgent, f"{roles}:{h.name}", (roles, h.name),
+                                       crossnode.host_options(h))
         sl.hosts[h.name] = actor
         sl.cluster.hosts.append(actor)
         cores = min(h.cores, cpu.migration_cores or h.cores)
@@ -406,10 +417,10 @@ def _links(sl: Slice) -> None:
     from agents.actors.link import LinkAgent
     net, scale = sl.scenario.network, sl.scale
     for lp in sl.topo.links:
-        sl.links[lp.index] = sl.cluster.track(LinkAgent.options(name=f"link:{lp.name}",
-                                                                **crossnode.beside(sl, lp.source)).remote(
+        sl.links[lp.index] = actor_pool.new_or_kept(sl.cluster, LinkAgent, f"link:{lp.name}", (
             lp.name, lp.rate_bytes_s, lp.one_way_s, lp.background_bytes_s, net.rate_control,
-            scale.real_rate(net.reserved_mbytes_s * MIB), scale.real_seconds(1.0), scale.memory_scale))
+            scale.real_rate(net.reserved_mbytes_s * MIB), scale.real_seconds(1.0), scale.memory_scale),
+            crossnode.beside(sl, lp.source))
 
 
 def _images(sl: Slice) -> list:
@@ -505,7 +516,7 @@ def _spawn_guests(sl: Slice) -> None:
 def _new_guest(sl: Slice, vm: str, host: str, name: str):
     """An empty GuestAgent on the Ray node of `host` (anywhere before the nodes are located)."""
     from agents.actors.guest import GuestAgent
-    return sl.cluster.track(GuestAgent.options(name=name, **crossnode.beside(sl, host)).remote(vm))
+    return actor_pool.new_or_kept(sl.cluster, GuestAgent, name, (vm,), crossnode.beside(sl, host))
 
 
 def _guests(sl: Slice) -> None:

@@ -85,8 +85,10 @@ def run(
     inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit; "
                                                 "'memory-server-refuses': a sub-host's memory server does not start."),
     interval: float = typer.Option(0.1, help="The timeline's sampling interval, emulated seconds (timeline.jsonl)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print where the wall clock went, phase by phase."),
 ) -> None:
     """Emulate the scenario's migrations and print the paper-style summary; writes result.json and timeline.jsonl."""
+    started_s = _process_age_s()  # the interpreter's start and the imports, before any work
     sc = _load(scenario)
     out_dir = out_dir or Path("runs") / sc.name
     _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir)
@@ -127,9 +129,28 @@ def run(
         print(path)
     else:
         _print_result(sc, result, path)
+    if verbose:
+        print(_phase_line(started_s, result["emulation"]["wall_clock_s"]), file=sys.stderr)
     # A VM lost after its migration (a memory server killed, post-copy cut off) fails the run too.
     lost = any(f.get("outcome") == "vm-lost" for f in result.get("faults") or [])
     raise typer.Exit(0 if result["status"] == "completed" and result["verified"] and not lost else 1)
+
+
+def _process_age_s() -> float:
+    """Real seconds since this process started (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+
+
+def _phase_line(started_s: float, wall: dict) -> str:
+    """One line: real seconds of each phase of a run, in order (--verbose)."""
+    parts = [("imports", started_s), ("Ray start", wall["ray_start_s"])]
+    parts += [(k.removesuffix("_s").replace("_", " "), v) for k, v in wall.get("phases", {}).items()]
+    return "wall clock: " + ", ".join(f"{k} {v:.2f}" for k, v in parts) + f"; run {wall['total_s']:.2f} s"
 
 
 def _check_join(address: str | None, token_file: str | None) -> None:
@@ -620,7 +641,7 @@ def bench_scaling(memory_gib: float = typer.Option(1.0, help="Emulated memory of
 
 @bench_app.command("checksum")
 def bench_checksum(repeats: int = typer.Option(200, help="Batches measured per size.")) -> None:
-    """The per-batch checksum (mmh3) against packing the batch, at 16, 64 and 256 pages per batch."""
+    """The per-batch checksum (XXH64, the receiver's full check) against packing the batch (which hashes as it copies), at 16, 64 and 256 pages per batch."""
     from cluster.bench import checksum_bench
     print(json.dumps(checksum_bench(repeats=repeats), indent=2))
 

@@ -126,6 +126,9 @@ class Orchestrator:
         self.events = list(sl.scenario.events)
         self.fired: set[int] = set()
         self.t_run = self.t_mig = 0.0  # real: guests started; migrations' clock zero
+        # The driver's clock (real, monotonic): guests started, first migration due, the last
+        # one seen ended, the window after it ended (the run's phase times).
+        self.t_started = self.t_due = self.t_migrated = self.t_after = 0.0
         self._sampled_at = 0.0
         self._samples: dict = {}  # what the previous sample saw, per entity
         self.sampling_s = 0.0  # real seconds the driver spent sampling (the timeline's cost)
@@ -151,11 +154,14 @@ class Orchestrator:
         self.tl.event(self.t_run, "guests-started")
         windows = self.sl.scenario.emulation
         self.t_mig = self.t_run + self.scale.real_seconds(windows.warmup_s)
+        self.t_started = time.monotonic()
+        self.t_due = self.t_started + self.t_mig - self.t_run
         try:
             self._loop(until=lambda: time.monotonic() >= self.t_mig)
             self._loop(until=lambda: all(m.status in FINISHED for m in self.migs))
         except KeyboardInterrupt:
             self._interrupt()
+        self.t_migrated = time.monotonic()  # real: when the driver saw the last migration end
         # The window after is counted from the last switch-over (for post-copy, the source's release,
         # where its "after" starts), not from when the driver saw it end.
         after_s = max(windows.after_s, split_run.observe_after_s(self.sl.scenario))
@@ -164,6 +170,7 @@ class Orchestrator:
                  if r["kind"] == "event" and r["event"] == "source-released"]
         t_after = min(max(ends, default=time.monotonic()), time.monotonic()) + self.scale.real_seconds(after_s)
         self._loop(until=lambda: time.monotonic() >= t_after)
+        self.t_after = time.monotonic()
         self._sample(time.monotonic(), force=True)
         self.unfired = [{"index": k, "action": ev.action} for k, ev in enumerate(self.sl.scenario.events)
                         if k not in self.fired]

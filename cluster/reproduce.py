@@ -50,9 +50,11 @@ def judge(row: dict, tolerance: float) -> dict:
 
 @contextlib.contextmanager
 def one_ray():
-    """One local Ray for every run of a reproduction, shut down after the last."""
+    """One local Ray for every run of a reproduction, shut down after the last; the runs
+    reuse each other's actors where they can (cluster/actor_pool.py)."""
+    from cluster.actor_pool import reusing_actors
     from cluster.build import local_ray
-    with local_ray("livemig-reproduce"):
+    with local_ray("livemig-reproduce"), reusing_actors():
         yield
 
 

@@ -82,8 +82,13 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
             unfired = orchestrator.unfired
             final_hosts = {vm.name: sl.location[i][0] for i, vm in enumerate(scenario.vms)}
             shm = run_bytes(run_id)
+            t_collected = time.monotonic()
             wall = {"ray_start_s": round(t_ray, 3), "setup_s": round(setup_s, 3),
-                    "timeline_sampling_s": round(orchestrator.sampling_s, 4)}
+                    "timeline_sampling_s": round(orchestrator.sampling_s, 4),
+                    # Where the rest went, real seconds in run order (setup_s includes Ray's start).
+                    "phases": _phases(wall0 + t_ray, wall0 + setup_s, orchestrator.t_started, orchestrator.t_due,
+                                      orchestrator.t_migrated, orchestrator.t_after, t_collected)}
+        wall["phases"]["teardown_s"] = round(time.monotonic() - t_collected, 3)
         wall["total_s"] = round(time.monotonic() - wall0, 3)
         if metrics and opts.linger_s > 0:
             time.sleep(opts.linger_s)  # the final figures stay up for Prometheus's next scrapes
@@ -104,6 +109,13 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
     if colocated:
         out["colocated"] = colocated
     return out
+
+
+def _phases(*t: float) -> dict:
+    """Real seconds between the run's milestones (monotonic): Ray up, slice built, guests
+    started, migrations started, migrations ended, window after ended, figures collected."""
+    names = ("build_s", "guests_start_s", "warmup_s", "migrations_s", "after_s", "collect_s")
+    return {n: round(b - a, 3) for n, a, b in zip(names, t, t[1:])}
 
 
 def _peak_memory(memory: MemorySampler, shm: int) -> dict:

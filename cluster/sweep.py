@@ -255,9 +255,10 @@ def run_sweep(spec: Spec, out: Path, points: list[Point], selected: list[Point] 
 
 
 def _run_all(spec: Spec, todo: list, progress) -> None:
+    from cluster.actor_pool import reusing_actors
     from cluster.build import local_ray
     from cluster.runner import RunOptions, run_scenario
-    with local_ray(f"livemig-sweep-{spec.name}"):
+    with local_ray(f"livemig-sweep-{spec.name}"), reusing_actors() as pool:
         for n, (point, sc, d) in enumerate(todo, 1):
             t = time.monotonic()
             result = _one_run(sc, d, f"{spec.path}#{point.name}", RunOptions, run_scenario)
@@ -266,6 +267,8 @@ def _run_all(spec: Spec, todo: list, progress) -> None:
             point.results.append(result)
             progress(f"[{n}/{len(todo)}] {point.name} {d.name}: {result['status']} "
                      f"in {time.monotonic() - t:.1f} s")
+        if pool is not None and todo:
+            progress(f"actors: {pool.started} started, {pool.reused} built again in the processes of earlier runs")
 
 
 def _one_run(sc, d: Path, source: str, RunOptions, run_scenario) -> dict:

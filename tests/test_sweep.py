@@ -1,5 +1,6 @@
 """`livemig sweep`: a tiny sweep (2 points x 2 repeats) really runs, summarises, resumes and reports."""
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -37,6 +38,9 @@ def test_a_filter_runs_only_its_point_and_the_rest_resumes(swept):
     assert [p["point"] for p in json.loads(part.stdout)["points"]] == ["speed_gbps=2"]
     assert len(ids) == 2
     assert "4 run(s), 2 reused" in first.stderr, first.stderr  # the first point's runs were kept
+    # The second run of each invocation built its agents in the first's processes (cluster/actor_pool.py).
+    started, again = map(int, re.search(r"actors: (\d+) started, (\d+) built again", part.stderr).groups())
+    assert started + again == 8 and again >= 1, part.stderr
     assert set(ids) <= set(_run_ids(d / "out"))
     r = _sweep(d, "--only", "speed_gbps=7")
     assert r.returncode == 2 and "no point matches" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -13,6 +13,7 @@ import numpy as np
 
 from agents.actors.crossnode import GuestHandOff
 from agents.datapath.channel import Channel
+from agents.actors.reuse import Reusable
 from agents.datapath.clock import precise_threads
 from agents.datapath.shm import Region
 from agents.guest.content import assign_classes, template_pools
@@ -26,9 +27,10 @@ from agents.split.history import bitmap_bytes
 
 
 @ray.remote(num_cpus=0, max_concurrency=4)
-class GuestAgent(GuestHandOff):
+class GuestAgent(GuestHandOff, Reusable):
     def __init__(self, name: str) -> None:
         """An empty VM: its process starts while the hosts make its image; `boot` gives it one."""
+        self.note_threads()
         precise_threads()
         self.name = name
         self.guest: Guest | None = None

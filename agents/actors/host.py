@@ -21,6 +21,7 @@ import ray
 from agents.actors.crossnode import CrossNodeEnds
 from agents.cpu import CorePool, CostModel
 from agents.datapath.channel import Channel, Listener
+from agents.actors.reuse import Reusable
 from agents.datapath.clock import precise_threads
 from agents.datapath.memory_pool import MemoryPool
 from agents.datapath.pipeline import SourcePipeline
@@ -44,8 +45,9 @@ LOCKS = {"global": GlobalLock, "rwlock": ReadWriteLock, "range": RangeLock}
 
 
 @ray.remote(num_cpus=0, max_concurrency=64)
-class HostAgent(CrossNodeEnds):
+class HostAgent(CrossNodeEnds, Reusable):
     def __init__(self, role: str, name: str) -> None:
+        self.note_threads()
         precise_threads()
         self.role, self.name = role, name
         self.images: dict[str, Region] = {}  # by key: "vm<i>" at its first host, "vm<i>-m<k>" as migration k's copy

@@ -21,6 +21,7 @@ import time
 import ray
 
 from agents.datapath.channel import KIND_BATCH, Listener
+from agents.actors.reuse import Reusable
 from agents.datapath.clock import precise_threads
 from agents.datapath.link import LinkShaper
 from agents.datapath.shm import Region
@@ -32,10 +33,11 @@ PAGING = -1  # the connection number remote paging's bytes are booked under on t
 
 
 @ray.remote(num_cpus=0, max_concurrency=4)
-class LinkAgent:
+class LinkAgent(Reusable):
     def __init__(self, name: str, rate_bytes_s: float, one_way_s: float, background_bytes_s: float,
                  rate_control: bool, reserved_bytes_s: float, monitor_period_s: float,
                  memory_scale: float = 1.0) -> None:
+        self.note_threads()
         precise_threads()
         self.name = name
         self.shaper = LinkShaper(rate_bytes_s, one_way_s, background_bytes_s=background_bytes_s,

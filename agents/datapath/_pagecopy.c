@@ -11,11 +11,23 @@
  * while they copy, so PMigrate's consumers (and its receivers) run in
  * parallel, as the paper's threads do.
  *
- * gather(image, index, out, zero_out) -> k
+ * The batch checksum (wire_format.batch_checksum) is XXH3, 64 bits, seed 0
+ * (Yann Collet's xxHash 0.8.1, vendored as xxhash.h): gather computes it
+ * over the pages it keeps as it copies them, while they are in the core's
+ * cache, so the sender reads the payload once; digest() hashes any buffer
+ * (the receiver's check, the batch's small fields).  Both without the GIL:
+ * the mmh3 digest the checksum used to be held it for 0.5 us per page on
+ * each side; XXH64 (13 GB/s here, bound by its 64-bit multiplies) still cost
+ * 0.3 us per page, XXH3 (SSE2) a third of that.
+ *
+ * gather(image, index, out, zero_out) -> (k, digest)
  *     image: pages of page_size bytes; index: int64 page numbers (n);
  *     out: writable, at least n pages; zero_out: writable uint8 (n), set to
  *     1 for a zero page, 0 otherwise.  The non-zero pages land in out back
- *     to back, in batch order; returns how many (k).
+ *     to back, in batch order; returns how many (k) and the XXH3 of those
+ *     k pages as they lie in out (equal to digest(out[:k * page_size])).
+ * digest(buffer) -> int
+ *     XXH3 64-bit digest of the bytes, seed 0, as an unsigned int.
  * scatter(image, index, payload) -> None
  *     page index[i] of the writable image gets page i of payload.
  * clear(image, index) -> None
@@ -29,6 +41,11 @@
 #include <string.h>
 
 #define PS 4096
+
+/* xxHash 0.8.1 (Yann Collet, BSD 2-Clause), vendored from Debian's libxxhash-dev:
+ * XXH3 64-bit, seed 0, compiled into this module (SSE2 on x86-64). */
+#define XXH_INLINE_ALL
+#include "xxhash.h"
 
 static int is_zero(const uint8_t *p)
 {
@@ -73,14 +90,22 @@ static PyObject *py_gather(PyObject *self, PyObject *args)
         const int64_t *p = ix.buf;
         uint8_t *o = out.buf, *z = zero.buf;
         Py_ssize_t k = 0;
+        uint64_t h;
+        XXH3_state_t st;
+        XXH3_64bits_reset(&st);
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = 0; i < n; i++) {
             const uint8_t *page = img + p[i] * PS;
             z[i] = (uint8_t)is_zero(page);
-            if (!z[i]) memcpy(o + (k++) * PS, page, PS);
+            if (!z[i]) {
+                uint8_t *dst = o + (k++) * PS;
+                memcpy(dst, page, PS);
+                XXH3_64bits_update(&st, dst, PS);  /* from the cache the copy just filled */
+            }
         }
+        h = XXH3_64bits_digest(&st);
         Py_END_ALLOW_THREADS
-        res = PyLong_FromSsize_t(k);
+        res = Py_BuildValue("nK", k, (unsigned long long)h);
     }
 done:
     PyBuffer_Release(&image);
@@ -138,8 +163,25 @@ done:
     return res;
 }
 
+static PyObject *py_digest(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "y*:digest", &buf)) return NULL;
+    uint64_t h;
+    if (buf.len >= 4096) {
+        Py_BEGIN_ALLOW_THREADS
+        h = XXH3_64bits(buf.buf, (size_t)buf.len);
+        Py_END_ALLOW_THREADS
+    } else {
+        h = XXH3_64bits(buf.buf, (size_t)buf.len);
+    }
+    PyBuffer_Release(&buf);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
 static PyMethodDef methods[] = {
-    {"gather", py_gather, METH_VARARGS, "gather(image, index, out, zero_out) -> k"},
+    {"gather", py_gather, METH_VARARGS, "gather(image, index, out, zero_out) -> (k, digest)"},
+    {"digest", py_digest, METH_VARARGS, "digest(buffer) -> int: XXH3 64-bit, seed 0"},
     {"scatter", py_scatter, METH_VARARGS, "scatter(image, index, payload) -> None"},
     {"clear", py_clear, METH_VARARGS, "clear(image, index) -> None"},
     {NULL, NULL, 0, NULL},

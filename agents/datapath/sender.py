@@ -130,7 +130,7 @@ class PageSender:
         vm, image, idx = self._inflight[slot]
         self.on_resend(vm, idx)
         stats = pack_pages(image, idx, self.views[slot])
-        self.views[slot].seal()
+        self.views[slot].seal(stats.payload_digest)
         with self._cv:
             self.counters.batches_corrupted += 1
             self.counters.batches_resent += 1
@@ -208,7 +208,8 @@ class PageSender:
             stats = pack_pages(image, idx, self.views[slot])
         else:
             stats = encoder.pack(vm, image, idx, self.views[slot], last_stage, bulk)
-        self.views[slot].seal()
+        # The digest packing computed as it copied; an encoder may rewrite the payload after it.
+        self.views[slot].seal(stats.payload_digest if encoder is None else None)
         self._inflight[slot] = (vm, image, idx.copy())
         return stats
 

@@ -23,9 +23,13 @@ per page keeps a page's ratio its own, whatever the batch size
 Every batch carries a checksum of what the receiver reads (page numbers,
 encodings, lengths and payload), set by the sender after packing and
 checked by the receiver before it writes a byte (`batch_checksum`): a batch
-damaged in transit is detected and sent again, never restored. It is 64
-bits of MurmurHash3 x64-128 (mmh3, as verification uses): 5 GiB/s here
-against zlib's crc32 at 2 GiB/s, which cost more than packing the batch.
+damaged in transit is detected and sent again, never restored. It is XXH3
+(xxHash's 64-bit digest) of each part, combined by one more XXH3, computed
+in agents/datapath/_pagecopy.c without the GIL; packing plain pages computes
+the payload's digest as it copies them (one read of the bytes on the
+sender). mmh3 x64-128 (5 GiB/s, holding the GIL: 0.5 us per page on each
+side, the largest share of a 1 GiB run's saturation) is the fallback when
+the extension is not built.
 """
 from __future__ import annotations
 
@@ -41,6 +45,9 @@ try:
     from agents.datapath import _pagecopy
 except ImportError:  # not built: numpy does the copies, holding the GIL
     _pagecopy = None
+# A build from before the checksum moved into C (no digest; gather returns a count only)
+# keeps working, with mmh3, until `python setup.py build_ext --inplace` is run again.
+_C_DIGEST = _pagecopy is not None and hasattr(_pagecopy, "digest")
 from agents.encodings.zero_pages import zero_mask
 
 PAGE = 4096
@@ -105,26 +112,39 @@ class SlotView:
         h0 = int(self.header[0])
         return h0 & 0xFFFFFFFF, h0 >> 32, int(self.header[1])
 
-    def seal(self) -> None:
-        """Store the batch's checksum in its header (the sender, once packed)."""
-        self.header[2] = batch_checksum(self)
+    def seal(self, payload_digest: int | None = None) -> None:
+        """Store the batch's checksum in its header (the sender, once packed). `payload_digest`:
+        the payload's digest if packing already computed it (PackStats.payload_digest)."""
+        self.header[2] = batch_checksum(self, payload_digest)
 
     def intact(self) -> bool:
         """Does the batch still match the checksum its sender stored?"""
         return int(self.header[2]) == batch_checksum(self)
 
 
-def batch_checksum(slot: SlotView) -> int:
+def batch_checksum(slot: SlotView, payload_digest: int | None = None) -> int:
     """A 64-bit checksum of a batch as the receiver reads it: its header's first two
-    words, page numbers, encodings, lengths and payload (a damaged count is caught too)."""
+    words, page numbers, encodings, lengths and payload (a damaged count is caught too).
+    `payload_digest`: `digest` of the payload, when the caller has it already."""
     n = min(int(slot.header[0]) & 0xFFFFFFFF, slot.batch_pages)
     payload_len = min(int(slot.header[1]), len(slot.payload))
-    parts = (slot.header[:2], slot.idx[:n], slot.enc[:n], slot.lengths[:n], slot.payload[:payload_len])
-    digests = b"".join(_digest(memoryview(p.view(np.uint8)).toreadonly()) for p in parts)
-    return int.from_bytes(_digest(digests)[:8], "little")
+    if payload_digest is None:
+        payload_digest = digest(slot.payload[:payload_len])
+    parts = (slot.header[:2], slot.idx[:n], slot.enc[:n], slot.lengths[:n])
+    digests = [digest(p) for p in parts] + [payload_digest]
+    return digest(np.array(digests, dtype=np.uint64))
 
 
-_digest = mmh3.mmh3_x64_128_digest
+def _mmh3_digest(buf) -> int:
+    return int.from_bytes(mmh3.mmh3_x64_128_digest(memoryview(buf).cast("B").toreadonly())[:8], "little")
+
+
+def digest(buf) -> int:
+    """64-bit digest of a contiguous buffer (numpy array, bytes): XXH3, seed 0, without the
+    GIL; mmh3's first 64 bits when the compiled extension is missing."""
+    if not _C_DIGEST:
+        return _mmh3_digest(buf)
+    return _pagecopy.digest(buf)
 
 
 @dataclass
@@ -141,6 +161,7 @@ class PackStats:
     wire_bytes: int = 0  # all of it: page headers, markers, payload
     encode_s: float = 0.0  # measured thread CPU seconds of compression (zstd, XBZRLE)
     model_us: float = 0.0  # the cost model's CPU for it, microseconds at scale 1 (agents/encodings/cost_model.py)
+    payload_digest: int | None = None  # `digest` of the payload as packed, when packing computed it
 
     @property
     def pages(self) -> int:
@@ -148,21 +169,23 @@ class PackStats:
         return self.normal + self.zero + self.compressed + self.delta
 
 
-def _gather(image: np.ndarray, idx: np.ndarray, payload: np.ndarray) -> tuple[np.ndarray, int]:
+def _gather(image: np.ndarray, idx: np.ndarray, payload: np.ndarray) -> tuple[np.ndarray, int, int | None]:
     """Copy the non-zero pages `idx` of `image` into `payload`, back to back; returns
-    (zero mask, number copied). One pass without the GIL (agents/datapath/_pagecopy.c)."""
+    (zero mask, number copied, their digest or None). One pass without the GIL, hashing
+    as it copies (agents/datapath/_pagecopy.c); numpy without it (no digest)."""
     n = len(idx)
     if _pagecopy is not None and image.flags.c_contiguous:
         zero = np.empty(n, dtype=np.uint8)
-        k = _pagecopy.gather(image, np.ascontiguousarray(idx, dtype=np.int64), payload, zero)
-        return zero.view(bool), k
+        got = _pagecopy.gather(image, np.ascontiguousarray(idx, dtype=np.int64), payload, zero)
+        k, h = got if _C_DIGEST else (got, None)
+        return zero.view(bool), k, h
     gathered = payload.reshape(n, PAGE)
     np.take(image, idx, axis=0, out=gathered)
     zero = zero_mask(gathered)
     k = n - int(np.count_nonzero(zero))
     if k < n:
         gathered[:k] = gathered[~zero]  # fancy indexing copies first, so the overlap is safe
-    return zero, k
+    return zero, k, None
 
 
 def pack_pages(image: np.ndarray, idx: np.ndarray, slot: SlotView) -> PackStats:
@@ -172,14 +195,15 @@ def pack_pages(image: np.ndarray, idx: np.ndarray, slot: SlotView) -> PackStats:
     zero pages are the others moved up to close the gaps.
     """
     n = len(idx)
-    zero, k = _gather(image, idx, slot.payload[: n * PAGE])
+    zero, k, h = _gather(image, idx, slot.payload[: n * PAGE])
     nz = n - k
     slot.idx[:n] = idx
     slot.enc[:n] = np.where(zero, ENC_ZERO, ENC_NORMAL)
     slot.lengths[:n] = np.where(zero, 0, PAGE)
     slot.set_header(n, 0, k * PAGE)
     wire = n * PAGE_HEADER_BYTES + nz * ZERO_MARKER_BYTES + k * PAGE
-    return PackStats(normal=k, zero=nz, raw_bytes=k * PAGE, payload_bytes=k * PAGE, wire_bytes=wire)
+    return PackStats(normal=k, zero=nz, raw_bytes=k * PAGE, payload_bytes=k * PAGE, wire_bytes=wire,
+                     payload_digest=h)
 
 
 class Unpacker:

@@ -102,6 +102,46 @@ def test_workload_reaches_its_rate_on_an_idle_datastore_and_slows_behind_a_copy(
     disk.unlink()
 
 
+def test_a_closed_loop_thinks_to_reach_its_iops_unloaded():
+    w = DISK_PRESETS["ds2"]
+    model = PRESETS["fast-san"]
+    assert w.clients == 12  # the seed's 12 DS2 users
+    # Little's law: N / (Z + R0) is the preset's 1,450 IOPS on the datastore it starts on.
+    assert w.clients / (w.think_s(model) + w.unloaded_latency_s(model)) == pytest.approx(w.iops)
+    # On a slower datastore R0 grows and the same clients complete fewer requests.
+    slow = PRESETS["slow-san"]
+    assert w.clients / (w.think_s(model) + w.unloaded_latency_s(slow)) < w.iops
+
+
+def test_a_closed_loop_slows_by_the_latency_a_copy_adds_on_its_datastore(tmp_path):
+    disk = DiskImage.create(str(tmp_path / "d.img"), 8 * MIB, seed=1)
+    dev = Device(PRESETS["hdd"], memory_scale=1 / 4)
+    w = DiskWorkload(read_iops=20, write_iops=5, read_kib=4, write_kib=4, clients=2)
+    runner = DiskWorkloadRunner(w, disk, dev)
+    runner.start()
+    time.sleep(3.0)
+    idle = runner.stats.reads + runner.stats.writes
+    # 25 emulated IOPS at 1/4 are 6.25 real requests a second: 19 in 3 s.
+    assert 14 <= idle <= 21, idle
+    stop = threading.Event()
+
+    def copy() -> None:  # a bulk copy keeping the spindle busy, in 16 MiB (emulated) reads
+        while not stop.is_set():
+            done = dev.reserve(False, 4 * MIB, random=False)
+            time.sleep(max(0.0, done - time.monotonic() - 0.02))
+    t = threading.Thread(target=copy, daemon=True)
+    t.start()
+    time.sleep(6.0)
+    stop.set()
+    t.join()
+    runner.stop()
+    busy = runner.stats.reads + runner.stats.writes - idle
+    r0 = w.unloaded_latency_s(dev.model)
+    assert runner.latency_avg > r0 * 1.2, (runner.latency_avg, r0)
+    assert busy / 6.0 < 0.8 * idle / 3.0, (idle, busy)
+    disk.unlink()
+
+
 # --- bulk copy and mirror -----------------------------------------------------------
 def _pair(tmp_path, nbytes: int, used: float = 1.0, seed: int = 0) -> tuple[DiskImage, DiskImage]:
     src = DiskImage.create(str(tmp_path / f"src-{seed}.img"), nbytes, used_fraction=used, seed=seed)

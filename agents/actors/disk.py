@@ -63,6 +63,17 @@ class DiskAgent:
         return [float(c) / self.scale / ((b - a) / self.dilation) if b > a else 0.0
                 for c, a, b in zip(counts, marks, marks[1:])]
 
+    def completions(self, vm: str) -> np.ndarray:
+        """Real monotonic times at which the guest's disk requests completed (each stands for
+        1/memory_scale emulated ones); empty without a workload."""
+        runner = self.runners.get(vm)
+        return np.asarray(runner.stats.completions if runner else [], dtype=float)
+
+    def pause_workload(self, vm: str) -> None:
+        """The VM stops (its disk stays where it is): no request is in flight when this returns."""
+        if vm in self.runners:
+            self.runners[vm].pause()
+
     def io_counts(self, vm: str) -> dict:
         """The guest's disk requests and bytes so far, read and written (emulated: real / memory_scale)."""
         runner = self.runners.get(vm)

@@ -271,6 +271,7 @@ class MirrorJob:
         self._bucket = TokenBucket(path.rate_bytes_s * memory_scale / dilation, 0.0) if path else None
         self.gate = gate if self._bucket is not None else None
         self._arrivals: deque[tuple[float, Entry]] = deque()
+        self._booked: dict[int, float] = {}  # a mirrored write's booked completion at the destination
         self._arrived = threading.Condition()
         self._threads: list[threading.Thread] = []
         self.error: str | None = None
@@ -326,8 +327,12 @@ class MirrorJob:
         self.dst.unlink()
 
     # --- the guest's writes (the I/O mirror) ---------------------------------
-    def guest_write(self, offset: int, data) -> None:
-        """A guest write: to the source, and mirrored when behind the copy's cursor."""
+    def guest_write(self, offset: int, data) -> float:
+        """A guest write: to the source, and mirrored when behind the copy's cursor.
+        Returns the real seconds one of the emulated writes it stands for (agents/guest/disk.py)
+        waits for the mirror: in write-blocking mode until the destination has it, as booked
+        on the path and the destination's device, less its own batch's booking there beyond a
+        single write's; in background mode the wait for room in the buffer."""
         t0 = time.monotonic()
         seq = 0
         with self.lock.hold(offset, len(data), "map"):
@@ -337,11 +342,27 @@ class MirrorJob:
                 seq = self.buffer.put(offset, bytes(data), True, self.buffer.capacity)
                 self.length += len(data)
         mode = self._observe(len(data) if seq else 0)
+        waited = time.monotonic() - t0
         if seq and mode == WRITE_BLOCKING:
             self.buffer.wait_applied(seq)
+            booked = self._booked.pop(seq, time.monotonic())
+            waited = max(waited, booked - t0 - self._batch_beyond_one_s(len(data)))
+        self._booked.pop(seq, None)
         lat = self.stats.write_latency_s[mode]
         lat[0] += 1
-        lat[1] += (time.monotonic() - t0) / self.dilation
+        lat[1] += waited / self.dilation
+        return waited
+
+    def _batch_beyond_one_s(self, nbytes: int) -> float:
+        """Real seconds a mirrored write of `nbytes` real bytes occupies the path and the
+        destination datastore beyond what one emulated write of that size would."""
+        beyond = 0.0
+        if self._bucket is not None:
+            beyond += nbytes / self._bucket.rate * (1 - self.scale)
+        if self.dst_dev is not None:
+            one = self.dst_dev.model.service_s(True, 1, nbytes, True) * self.dilation
+            beyond += self.dst_dev.real_service_s(True, 1, nbytes, True) - one
+        return beyond
 
     def _observe(self, nbytes: int) -> str:
         with self._mode_lock:
@@ -439,6 +460,7 @@ class MirrorJob:
             pace(arrival)
             self.dst.pwrite(entry.offset, entry.data)
             if entry.mirrored:
+                self._booked[entry.seq] = arrival
                 self.stats.mirrored_bytes += len(entry.data)
                 self.stats.mirrored_writes += 1
             else:

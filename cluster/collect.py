@@ -353,12 +353,13 @@ def disk_app_samples(samples: list, done, memory_scale: float) -> list:
 
 
 def _disk_io(done, at: dict, real, memory_scale: float) -> dict:
-    """The guest's disk requests (emulated) that completed between vm-stopped and vm-started."""
+    """The guest's disk requests (emulated) that completed between vm-stopped and vm-started, and after."""
     t1, t2 = real(at.get("vm-stopped")), real(at.get("vm-started"))
     if t1 is None or t2 is None:
         return {}
     done = np.asarray(done, dtype=float)
-    return {"disk_ios_in_downtime": float(np.count_nonzero((done > t1) & (done < t2))) / memory_scale}
+    return {"disk_ios_in_downtime": float(np.count_nonzero((done > t1) & (done < t2))) / memory_scale,
+            "disk_ios_after_downtime": float(np.count_nonzero(done >= t2)) / memory_scale}
 
 
 def _phases(samples: list, times: dict, at: dict, real, dilation: float, warmup_s: float,

@@ -216,3 +216,15 @@ def test_set_link_in_the_disk_copy_changes_the_disk_copys_pace(ray_cluster, tmp_
     assert sum(s["bytes"] for s in after[1:]) / span <= 0.25e9 / 8 * 1.15  # the new 0.25 Gbit/s, not 1
     # 134 MB at 125 MB/s take 1.07 s; at 31 MB/s after the change, much longer.
     assert r["disk"]["copy_time_s"] >= 2.0
+
+
+def test_a_disk_on_shared_storage_does_no_io_while_the_vm_is_stopped(ray_cluster, tmp_path):
+    # 20,000 IOPS at 1/64 are ~310 real requests a second: a 0.1 s downtime would see ~30.
+    text = storage_scenario(disk_gib=0.25, src_hosts='["src", "dst"]', target="san-a",
+                            workload='disk_workload = { read_iops = 16000, write_iops = 4000, read_kib = 4, '
+                                     'write_kib = 4 }\nworkload = { kind = "uniform", dirty_pages_per_s = 2000 }')
+    r = _run(text, tmp_path)
+    assert r["status"] == "completed" and r["verified"], r["stop_reason"]
+    assert "disk" not in r or not r["disk"].get("bytes_sent")  # the disk stayed where it was
+    assert r["downtime_ms"] > 0 and r["app"]["disk_ios_in_downtime"] == 0
+    assert r["app"]["disk_ios_after_downtime"] > 0  # and it went on once the VM ran again

@@ -222,6 +222,24 @@ def test_mode_switch_goes_write_blocking_when_writes_outrun_the_drain_and_back()
     assert fixed.observe(5.0, 0, 0) == WRITE_BLOCKING
 
 
+def test_mode_switch_judges_against_the_drain_it_measures_not_the_planned_one():
+    # Planned 100 B/s; the destination actually takes 20 B/s while it has work.
+    sw = ModeSwitch(capacity=10_000, drain_bytes_s=100, window_s=1.0)
+    assert sw.drain(0.0) == 100  # nothing measured yet: the plan stands in
+    for i in range(1, 11):  # an entry of 2 B every 0.1 s, the buffer never empty
+        sw.drained(i / 10, 2, buffer_fill=50)
+    assert sw.drain(1.0) == pytest.approx(20, rel=0.15)
+    # 40 B/s of mirrored writes: below the plan, above what is drained: synchronous.
+    assert sw.observe(1.05, 40, 40, 90) == WRITE_BLOCKING
+    # The destination recovers (1,000 B/s drained) and the writes slow to 10 B/s: back, after a window.
+    t = 1.05
+    for _ in range(30):
+        t += 0.1
+        sw.drained(t, 100, buffer_fill=10)
+        mode = sw.observe(t, 1, 1, 10)
+    assert sw.drain(t) > 500 and mode == BACKGROUND
+
+
 def test_job_goes_synchronous_while_writes_outrun_the_link_and_back_when_they_stop(tmp_path):
     src, dst = _pair(tmp_path, 4 * MIB, seed=9)
     path = DataPath("network", rate_bytes_s=2e6)  # 2 MB/s real

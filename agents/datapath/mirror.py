@@ -29,7 +29,9 @@ switches to synchronous ("write-blocking": the write completes once the
 destination has it) whenever guest writes outrun the data path or the
 destination datastore: mirrored bytes waiting in the buffer pass half the
 buffer, or the guest's mirrored write rate over the last `window_s` exceeds
-what the path drains. It switches back once the rate has stayed below
+what the path and the destination actually drained over that window while
+they had work (measured: a slowed link or a slow destination shows; the
+planned rate stands in only until a window has been measured). It switches back once the rate has stayed below
 `back_ratio` of the drain for a `window_s` (seed: "switches from
 asynchronous mode to synchronous mirror mode whenever the guest write I/O
 rate is faster than the network transfer rate ... or I/O throughput at the
@@ -194,18 +196,29 @@ class TransmitBuffer:
 class ModeSwitch:
     """When mirroring goes synchronous and back (pure: times are given in emulated s).
 
-    `observe(t, mirrored_bytes, mirror_fill)` is told of every mirrored write
-    (and may be told of none, to let time pass); it returns the mode now.
+    `observe(t, mirrored_bytes, mirror_fill, buffer_fill)` is told of every mirrored
+    write (and may be told of none, to let time pass); it returns the mode now.
+    `drained(t, nbytes)` is told of every entry the destination has written.
+
+    The drain it judges against is measured, not planned: the bytes the path and
+    the destination datastore actually took over the last window, per second in
+    which the buffer held something for them (a link slowed by a `set-link` or
+    by other traffic, a destination datastore slower than its figures, all
+    show). Until a window has been measured, `drain_bytes_s` (the planned
+    rate) stands in for it.
     """
 
     def __init__(self, capacity: int, drain_bytes_s: float, window_s: float, back_ratio: float = 0.8,
                  mode: str = BACKGROUND) -> None:
-        self.capacity, self.drain, self.window, self.back = capacity, drain_bytes_s, window_s, back_ratio
+        self.capacity, self.planned, self.window, self.back = capacity, drain_bytes_s, window_s, back_ratio
         self.mode = mode
         self.fixed = mode == WRITE_BLOCKING
         self.since = 0.0  # when the current mode began
         self._writes: deque[tuple[float, int]] = deque()
         self._in_window = 0
+        self._drains: deque[tuple[float, int, float]] = deque()  # (t, bytes written, busy s since the last)
+        self._drained, self._busy = 0, 0.0
+        self._last_t, self._backlog = 0.0, False
 
     def rate(self, t: float) -> float:
         """Mirrored bytes per emulated second over the last window."""
@@ -213,16 +226,42 @@ class ModeSwitch:
             self._in_window -= self._writes.popleft()[1]
         return self._in_window / self.window
 
-    def observe(self, t: float, nbytes: int, mirror_fill: int) -> str:
+    def drain(self, t: float) -> float:
+        """Bytes per emulated second the destination took while it had work, over the last window;
+        the planned rate until it has been busy a tenth of a window."""
+        while self._drains and self._drains[0][0] < t - self.window:
+            _, n, busy = self._drains.popleft()
+            self._drained -= n
+            self._busy -= busy
+        return self._drained / self._busy if self._busy >= self.window / 10 else self.planned
+
+    def _tick(self, t: float, buffer_fill: int) -> float:
+        """Time passes: the busy time since the last look (the buffer held something)."""
+        busy = max(0.0, t - self._last_t) if self._backlog else 0.0
+        self._last_t, self._backlog = t, buffer_fill > 0
+        return busy
+
+    def drained(self, t: float, nbytes: int, buffer_fill: int) -> None:
+        busy = self._tick(t, buffer_fill + nbytes)  # it held this entry until now
+        self._drains.append((t, nbytes, busy))
+        self._drained += nbytes
+        self._busy += busy
+        self._backlog = buffer_fill > 0
+
+    def observe(self, t: float, nbytes: int, mirror_fill: int, buffer_fill: int | None = None) -> str:
         if nbytes:
             self._writes.append((t, nbytes))
             self._in_window += nbytes
+        busy = self._tick(t, mirror_fill if buffer_fill is None else buffer_fill)
+        if busy:
+            self._drains.append((t, 0, busy))
+            self._busy += busy
         if self.fixed:
             return self.mode
-        rate = self.rate(t)
-        if self.mode == BACKGROUND and (mirror_fill >= self.capacity // 2 or rate > self.drain):
+        rate, drain = self.rate(t), self.drain(t)
+        if self.mode == BACKGROUND and (mirror_fill >= self.capacity // 2 or rate > drain):
             self.mode, self.since = WRITE_BLOCKING, t
-        elif (self.mode == WRITE_BLOCKING and t - self.since >= self.window and rate <= self.back * self.drain
+        elif (self.mode == WRITE_BLOCKING and t - self.since >= self.window and rate <= self.back * drain
               and mirror_fill < self.capacity // 4):
             self.mode, self.since = BACKGROUND, t
         return self.mode
@@ -368,7 +407,7 @@ class MirrorJob:
         with self._mode_lock:
             t = self.now()
             before = self.switch.mode
-            mode = self.switch.observe(t, nbytes, self.buffer.mirror_fill)
+            mode = self.switch.observe(t, nbytes, self.buffer.mirror_fill, self.buffer.fill)
             if mode != before:
                 self._account_mode(t, before)
                 self.stats.switches.append((round(t, 4), mode, self.buffer.fill))
@@ -466,6 +505,8 @@ class MirrorJob:
             else:
                 self.stats.copied_bytes += len(entry.data)
             self.buffer.done(entry)
+            with self._mode_lock:
+                self.switch.drained(self.now(), len(entry.data), self.buffer.fill)
             self._observe(0)
 
     # --- figures ------------------------------------------------------------

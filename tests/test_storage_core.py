@@ -281,14 +281,20 @@ def test_cancel_removes_the_partial_destination_and_leaves_the_source(tmp_path):
 
 
 def test_a_network_copy_waits_while_its_link_is_down_takes_the_links_rate_and_counts_on_it(tmp_path):
+    from agents.datapath.channel import KIND_CLOSE
+    import socket
+
+    from agents.datapath.channel import Channel
     from agents.datapath.link import LinkShaper
     src, dst = _pair(tmp_path, 4 * MIB, seed=5)
-    link = LinkShaper(40e6, 0.0)  # its state and counters, as the LinkAgent's carry_disk reads them
+    link = LinkShaper(40e6, 0.0)  # running, with one memory connection open: as the LinkAgent's
+    a, link_in = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    link_out, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    link.run([(7, Channel(link_in), Channel(link_out))])
     link.set_down(True)
 
-    def ask(nbytes: int):
-        link.add_disk_bytes(7, nbytes)
-        return link.down, link.migration_rate
+    def ask(nbytes: int):  # LinkAgent.carry_disk
+        return link.down, link.migration_rate, link.ask_disk(7, nbytes)
 
     # The path says 1 GB/s; the link allows 40 MB/s.
     job = MirrorJob(src, dst, None, None, DataPath("network", 1e9), region_bytes=EXTENT, buffer_bytes=4 * EXTENT,
@@ -302,8 +308,12 @@ def test_a_network_copy_waits_while_its_link_is_down_takes_the_links_rate_and_co
     assert time.monotonic() - t0 >= 4 * MIB / 40e6 * 0.95  # paced at the link's rate, not the path's
     job.finish()
     assert job.status()["link_down_s"] == 0
-    assert link.disk_bytes == link.disk_by_connection[7] == job.stats.copied_bytes == 4 * MIB
+    # Granted by the link's fair queue, and what was granted but not sent given back.
+    assert link.disk_bytes == link.disk_by_connection[7] == 4 * MIB
+    assert job.stats.copied_bytes == 4 * MIB
     assert len(job.verify()) == 0
+    Channel(a).send(KIND_CLOSE)
+    link.join(5)
 
 
 def test_bench_disk_reports_the_machine_and_the_agent(tmp_path):
@@ -352,3 +362,48 @@ def test_dirty_bitmap_resends_only_what_was_written(tmp_path):
     job.finish()
     assert job.stats.copied_bytes - src.nbytes <= 3 * EXTENT and bulk <= src.nbytes
     assert job.stats.mirrored_bytes == 0 and len(job.verify()) == 0
+
+
+def test_corrupted_disk_entries_are_caught_by_their_checksum_and_sent_again(tmp_path):
+    src, dst = _pair(tmp_path, 2 * MIB, seed=11)
+    job = MirrorJob(src, dst, None, None, DataPath("network", 20e6, 0.001), region_bytes=EXTENT,
+                    buffer_bytes=4 * EXTENT)
+    job.corrupt(3)
+    job.start()
+    assert job.wait_synced(30)
+    job.finish()
+    assert job.stats.batches_corrupted == job.stats.batches_resent == 3
+    assert len(job.verify()) == 0  # the damaged bytes never reached the destination disk
+
+
+def test_a_5_ms_link_down_stops_the_disk_copy_s_line_time():
+    """A link-down shorter than the gate's period (20 ms) is not missed: the copy sends only
+    what the link's fair queue granted, and a link that is down grants nothing."""
+    import socket
+
+    from agents.datapath.channel import KIND_CLOSE, Channel
+    from agents.datapath.link import LinkShaper
+    link = LinkShaper(40e6, 0.0)
+    a, link_in = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    link_out, _b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    link.run([(3, Channel(link_in), Channel(link_out))])
+    grants, asked = [], 0
+    t_end = time.monotonic() + 0.3
+    down_at = up_at = None
+    while (now := time.monotonic()) < t_end:
+        got = link.ask_disk(3, max(0, 400_000 - asked))  # 10 ms of line time kept asked
+        asked += max(0, 400_000 - asked) - got
+        grants.append((now, got))
+        if down_at is None and now > t_end - 0.2:
+            link.set_down(True)
+            down_at = time.monotonic()
+        elif up_at is None and down_at is not None and now >= down_at + 0.005:
+            link.set_down(False)
+            up_at = time.monotonic()
+        time.sleep(0.0005)
+    link.ask_disk(3, -1)
+    Channel(a).send(KIND_CLOSE)
+    link.join(5)
+    during = sum(g for t, g in grants if down_at + 0.0015 < t < up_at)
+    assert up_at - down_at < 0.01 and during == 0, (up_at - down_at, during)
+    assert sum(g for t, g in grants if up_at + 0.002 < t) > 0  # and it goes on once the link is up

@@ -111,6 +111,15 @@ class DiskAgent:
                                "copy_done_t": s.copy_done_t, "t0": job.t0, "buffer_high_water": job.buffer.high_water,
                                "write_latency_ms": _mean_ms(s.write_latency_s)}
 
+    def corrupt_disk(self, vm: str, count: int) -> bool:
+        """Fault injection (`corrupt-batch` on the link a network disk copy crosses): damage the
+        next `count` entries of `vm`'s copy on their way. False when no copy of it runs."""
+        job = self.jobs.get(vm)
+        if job is None:
+            return False
+        job.corrupt(count)
+        return True
+
     def sync_for_switchover(self, vm: str, timeout_s: float) -> dict:
         """The VM is stopped: hold its disk I/O and wait until the mirror is in sync.
         `t_enter` and `t_real`: when this began and ended here (real monotonic s)."""
@@ -169,7 +178,8 @@ class DiskAgent:
                 "mirrored_writes": s.mirrored_writes, "guest_writes": s.guest_writes,
                 "copy_time_s": s.copy_done_t, "mode_s": dict(s.mode_s), "switches": list(s.switches),
                 "write_latency_ms": lat, "buffer_high_water": job.buffer.high_water, "len": job.length,
-                "error": job.error, "passes": list(getattr(job, "passes", []))}
+                "error": job.error, "passes": list(getattr(job, "passes", [])),
+                "batches_corrupted": s.batches_corrupted, "batches_resent": s.batches_resent}
 
     def close(self) -> None:
         for runner in self.runners.values():
@@ -181,20 +191,23 @@ class DiskAgent:
 
 
 def _ask_links(links: list):
-    """`LinkGate`'s question to the links (LinkAgent, connection id): the bytes sent are shared
-    among the links up in proportion to their rates; down when all are down; the rate is their sum."""
+    """`LinkGate`'s question to the links (LinkAgent, connection id): the bytes asked are shared
+    among the links up in proportion to their rates (a withdrawal goes to all); down when all
+    are down; the rate is their sum; the bytes granted, the sum of theirs."""
     rates = [1.0] * len(links)
 
-    def ask(nbytes: int) -> tuple[bool, float | None]:
-        up = sum(rates)
-        refs = [agent.carry_disk.remote(conn, round(nbytes * r / up) if up else 0)
-                for (agent, conn), r in zip(links, rates)]
+    def ask(nbytes: int) -> tuple[bool, float | None, int]:
+        weights = rates if sum(rates) else [1.0] * len(rates)  # all down: asks wait on all of them
+        share = [round(nbytes * w / sum(weights)) for w in weights]
+        if nbytes < 0:  # a withdrawal: every link's asks, the unused grant off the first's count
+            share = [nbytes] + [-1] * (len(links) - 1)
+        refs = [agent.carry_disk.remote(conn, n) for (agent, conn), n in zip(links, share)]
         try:
             got = ray.get(refs, timeout=10)
         except Exception:  # noqa: BLE001 - a link's actor is gone (tear-down): keep the last state
-            return False, None
-        rates[:] = [0.0 if down else rate for down, rate in got]
-        return all(down for down, _ in got), (sum(rates) or None)
+            return False, None, 0
+        rates[:] = [0.0 if down else rate for down, rate, _ in got]
+        return all(down for down, _, _ in got), (sum(rates) or None), sum(g for _, _, g in got)
     return ask
 
 

@@ -39,17 +39,14 @@ destination datastore"). With `copy_mode = "write-blocking"` mirroring is
 synchronous throughout (Storage vMotion's local mirror, QEMU's copy-mode).
 
 On the `network` path the disk's bytes cross the migration's link: a
-`LinkGate` polls the link (its LinkAgent) every GATE_PERIOD_S of real time,
-reports the bytes sent since, and the transmitter follows the link's state:
-nothing leaves while the link is down (a `link-down` fault), and the pace is
-the rate a migration may take on the link now (a `set-link` bandwidth
-change, background traffic). The disk's bytes are not queued in the link's
-shaper (it carries page batches over sockets): they are paced here at the
-link's share, counted in its statistics, and their line time is taken from
-the page batches (agents/datapath/link.py `add_disk_bytes`): a memory copy
-running at the same time (pre-copy while the mirror goes on) gets what the
-disk leaves; the disk does not yield to it (the mirror's guest writes are
-small next to the link).
+`LinkGate` asks the link (its LinkAgent) for line time every GATE_PERIOD_S
+of real time, two looks' worth ahead, and the transmitter sends only bytes
+the link granted. The link's fair queue (deficit round robin, one flow per
+disk copy beside each memory connection) admits the asks as it admits page
+batches, and grants nothing while it is down (a `link-down` fault, however
+short); so a memory copy running at the same time (pre-copy while the
+mirror goes on) and the disk copy share the link as its queue says, and a
+`set-link` bandwidth change or background traffic slow both.
 
 QEMU's job vocabulary in `status()`: offset and len (the job's length grows
 as the guest rewrites copied blocks), ready (the bulk copy is done), and
@@ -57,8 +54,10 @@ actively_synced (ready and nothing left in flight).
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -104,27 +103,42 @@ class DataPath:
 class LinkGate:
     """The link a disk copy on the `network` path crosses, as its transmitter sees it.
 
-    `ask(nbytes) -> (down, rate_bytes_s)` tells the link of `nbytes` sent since the
-    last call and returns its state (real bytes/s; rate None: unchanged). Polled at
-    most every `period_s` real seconds; `down_s` is how long it has been down (0: up)."""
+    `ask(nbytes) -> (down, rate_bytes_s, granted)` asks the link for the line time of
+    `nbytes` more (negative: withdraw what is still asked) and returns its state (real
+    bytes/s; rate None: unchanged) and the bytes it granted since the last call: the
+    link's fair queue admits the copy's asks beside the memory batches
+    (agents/datapath/link.py `ask_disk`), and the copy sends only what was granted.
+    Asked at most every `period_s` real seconds; `down_s` is how long it has been down (0: up)."""
 
     def __init__(self, ask, period_s: float = GATE_PERIOD_S) -> None:
         self.ask, self.period = ask, period_s
         self.down, self.rate = False, None
-        self.pending = 0
+        self.credit = 0  # bytes granted and not yet sent
+        self.asked = 0  # bytes asked and not yet granted
         self.down_since: float | None = None
         self._t = -1e18
 
-    def sent(self, nbytes: int) -> None:
-        self.pending += nbytes
-
-    def poll(self, now: float, force: bool = False) -> None:
+    def poll(self, now: float, want: int = 0, force: bool = False) -> None:
+        """Look at the link (at most every period unless `force`), asking for enough line time
+        that `want` bytes are granted or asked."""
         if not force and now - self._t < self.period:
             return
         self._t = now
-        n, self.pending = self.pending, 0
-        self.down, self.rate = self.ask(n)
+        more = max(0, want - self.asked - self.credit)
+        self.down, self.rate, granted = self.ask(more)
+        self.asked += more - granted
+        self.credit += granted
         self.down_since = (self.down_since or now) if self.down else None
+
+    def take(self, nbytes: int) -> None:
+        self.credit -= nbytes
+
+    def withdraw(self) -> None:
+        """The copy is over: what it asked and was not granted leaves the link's queue, and
+        what was granted and not sent is taken off the link's count."""
+        if self.asked > 0 or self.credit > 0:
+            self.ask(-1 - self.credit)
+            self.asked = self.credit = 0
 
     def down_s(self) -> float:
         return time.monotonic() - self.down_since if self.down_since is not None else 0.0
@@ -136,6 +150,10 @@ class Entry:
     offset: int
     data: bytes
     mirrored: bool  # a guest write (True) or a bulk-copy region (False)
+    crc: int = 0  # its checksum when enqueued; the destination writer checks it
+
+    def __post_init__(self) -> None:
+        self.crc = zlib.crc32(self.data)
 
 
 class TransmitBuffer:
@@ -279,6 +297,8 @@ class MirrorStats:
     mode_s: dict = field(default_factory=lambda: {BACKGROUND: 0.0, WRITE_BLOCKING: 0.0})
     write_latency_s: dict = field(default_factory=lambda: {BACKGROUND: [0, 0.0], WRITE_BLOCKING: [0, 0.0]})
     copy_done_t: float | None = None
+    batches_corrupted: int = 0  # entries damaged on the way (a `corrupt-batch` fault), caught by their checksum
+    batches_resent: int = 0
 
 
 class MirrorJob:
@@ -309,8 +329,9 @@ class MirrorJob:
         self._mode_lock = threading.Lock()
         self._bucket = TokenBucket(path.rate_bytes_s * memory_scale / dilation, 0.0) if path else None
         self.gate = gate if self._bucket is not None else None
-        self._arrivals: deque[tuple[float, Entry]] = deque()
+        self._arrivals: deque[tuple[float, Entry, bytes]] = deque()  # (arrival, entry, bytes as they arrive)
         self._booked: dict[int, float] = {}  # a mirrored write's booked completion at the destination
+        self._corrupt_left = 0  # fault injection: entries to damage on the way
         self._arrived = threading.Condition()
         self._threads: list[threading.Thread] = []
         self.error: str | None = None
@@ -455,24 +476,29 @@ class MirrorJob:
     def _transmit(self) -> None:
         try:
             while (entry := self.buffer.get()) is not None:
-                self._follow_link()
+                self._follow_link(len(entry.data))
                 self._send(entry)
         finally:
-            if self.gate is not None and self.gate.pending:
-                self.gate.poll(time.monotonic(), force=True)  # the last bytes reach the link's statistics
+            if self.gate is not None:
+                self.gate.withdraw()
 
-    def _follow_link(self) -> None:
-        """The network path: wait while the link is down (no credit for the time it was);
-        take the rate the link allows now."""
+    def _follow_link(self, nbytes: int) -> None:
+        """The network path: wait until the link has granted `nbytes` of line time (none is
+        granted while it is down, and the link's fair queue shares it with the memory
+        batches); take the rate the link allows now."""
         g = self.gate
         if g is None:
             return
-        g.poll(time.monotonic())
-        if g.down:
-            while g.down and not self.buffer.closed:
-                time.sleep(g.period)
-                g.poll(time.monotonic())
-            self._bucket.t = max(self._bucket.t, time.monotonic())
+        want = lambda: max(nbytes, int(2 * g.period * min(self._bucket.rate, g.rate or math.inf)))  # noqa: E731 - two looks' worth ahead
+        g.poll(time.monotonic(), want())
+        waited = False
+        while (g.down or g.credit < nbytes) and not self.buffer.closed:
+            waited = True
+            time.sleep(g.period / 4)
+            g.poll(time.monotonic(), want())
+        if waited:
+            self._bucket.t = max(self._bucket.t, time.monotonic())  # no credit for the time it waited
+        g.take(nbytes)
         if g.rate and g.rate != self._bucket.rate:
             self._bucket.set_rate(g.rate, time.monotonic())
 
@@ -481,11 +507,37 @@ class MirrorJob:
         if self._bucket is not None:
             t = self._bucket.departure(len(entry.data), t)
             pace(t)
-            if self.gate is not None:
-                self.gate.sent(len(entry.data))
         with self._arrived:
-            self._arrivals.append((t + (self.path.delay_s * self.dilation if self.path else 0.0), entry))
+            self._arrivals.append((t + self._delay(), entry, self._on_the_way(entry.data)))
             self._arrived.notify()
+
+    def _delay(self) -> float:
+        return self.path.delay_s * self.dilation if self.path else 0.0
+
+    def corrupt(self, count: int) -> None:
+        """Fault injection (`corrupt-batch`): damage one byte of each of the next `count` entries sent."""
+        self._corrupt_left += count
+
+    def _on_the_way(self, data: bytes) -> bytes:
+        """What arrives: the entry's bytes, one of them flipped while a corrupt-batch fault lasts."""
+        if self._corrupt_left <= 0 or not data:
+            return data
+        self._corrupt_left -= 1
+        damaged = bytearray(data)
+        damaged[len(damaged) // 2] ^= 0xFF
+        return bytes(damaged)
+
+    def _received(self, entry: Entry, payload: bytes, arrival: float) -> float:
+        """The destination checks the entry's checksum; a damaged one is NACKed and sent again
+        (one more pass over the path); the real time its good copy arrived."""
+        while zlib.crc32(payload) != entry.crc:
+            self.stats.batches_corrupted += 1
+            self.stats.batches_resent += 1
+            t = arrival + self._delay()  # the NACK goes back
+            if self._bucket is not None:
+                t = self._bucket.departure(len(entry.data), t)
+            arrival, payload = t + self._delay(), self._on_the_way(entry.data)
+        return arrival
 
     def _write(self) -> None:
         while True:
@@ -493,7 +545,8 @@ class MirrorJob:
                 self._arrived.wait_for(lambda: self.buffer.closed or self._arrivals)
                 if self.buffer.closed:
                     return
-                arrival, entry = self._arrivals.popleft()
+                arrival, entry, payload = self._arrivals.popleft()
+            arrival = self._received(entry, payload, arrival)
             if self.dst_dev is not None:
                 arrival = self.dst_dev.reserve(True, len(entry.data), random=entry.mirrored, t=arrival)
             pace(arrival)

@@ -208,7 +208,8 @@ class StorageMigration(PrecopyMigration):
                                        for t, m, f in fig["switches"]],
                           "write_latency_ms": fig["write_latency_ms"],
                           "buffer_bytes": d["buffer_bytes"] / scale,
-                          "buffer_high_water_bytes": fig["buffer_high_water"] / scale}}
+                          "buffer_high_water_bytes": fig["buffer_high_water"] / scale},
+               "batches_corrupted": fig.get("batches_corrupted", 0), "batches_resent": fig.get("batches_resent", 0)}
         if "verified" in fig:
             out |= {"verified": fig["verified"], "actively_synced": fig["actively_synced"]}
         out["guest_iops"] = self._io_figures()

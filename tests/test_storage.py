@@ -228,3 +228,13 @@ def test_a_disk_on_shared_storage_does_no_io_while_the_vm_is_stopped(ray_cluster
     assert "disk" not in r or not r["disk"].get("bytes_sent")  # the disk stayed where it was
     assert r["downtime_ms"] > 0 and r["app"]["disk_ios_in_downtime"] == 0
     assert r["app"]["disk_ios_after_downtime"] > 0  # and it went on once the VM ran again
+
+
+def test_a_corrupt_batch_fault_damages_disk_entries_too_and_they_are_sent_again(ray_cluster, tmp_path):
+    events = _on_disk_copy("corrupt-batch", link='"src:eth0->dst:eth0"', count=3)
+    r = _run(storage_scenario(disk_gib=0.25, events=events), tmp_path)
+    assert r["status"] == "completed" and r["verified"], r["stop_reason"]
+    d = r["disk"]
+    assert d["path"] == "network" and d["verified"]
+    assert d["batches_corrupted"] == d["batches_resent"] == 3
+    assert r["faults"][0]["detail"]["disk_copies"] == ["db"]

@@ -238,3 +238,21 @@ def test_a_corrupt_batch_fault_damages_disk_entries_too_and_they_are_sent_again(
     assert d["path"] == "network" and d["verified"]
     assert d["batches_corrupted"] == d["batches_resent"] == 3
     assert r["faults"][0]["detail"]["disk_copies"] == ["db"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale, dilation", [(1 / 128, 1.0), (1 / 32, 1.0), (1 / 64, 2.0)])
+def test_a_disk_migration_s_figures_do_not_depend_on_scaling(ray_cluster, tmp_path, scale, dilation):
+    """Issue 10 item 8: total time and disk bytes sent within 5% of the base (1/64, dilation 1)."""
+    def run(sc: float, d: float, out) -> dict:
+        text = storage_scenario(disk_gib=2.0, memory_gib=0.5, scale=sc, dilation=d,
+                                workload='disk_workload = { preset = "ds2" }\n'
+                                         'workload = { kind = "uniform", dirty_pages_per_s = 2000 }')
+        r = _run(text, out)
+        assert r["status"] == "completed" and r["verified"], r["stop_reason"]
+        return r
+    base = run(1 / 64, 1.0, tmp_path / "base")
+    other = run(scale, dilation, tmp_path / "other")
+    assert other["total_time_s"] == pytest.approx(base["total_time_s"], rel=0.05)
+    assert other["disk_bytes_sent"] == pytest.approx(base["disk_bytes_sent"], rel=0.05)
+    assert other["disk"]["copy_time_s"] == pytest.approx(base["disk"]["copy_time_s"], rel=0.05)

@@ -280,17 +280,28 @@ def test_cancel_removes_the_partial_destination_and_leaves_the_source(tmp_path):
     assert all(not t.is_alive() for t in job._threads)
 
 
-def test_a_network_copy_waits_while_its_link_is_down_takes_the_links_rate_and_counts_on_it(tmp_path):
-    from agents.datapath.channel import KIND_CLOSE
+def _running_link(rate_bytes_s: float, conn_id: int):
+    """A link running with one memory connection open, as a LinkAgent's; and its close."""
     import socket
 
-    from agents.datapath.channel import Channel
+    from agents.datapath.channel import KIND_CLOSE, Channel
     from agents.datapath.link import LinkShaper
-    src, dst = _pair(tmp_path, 4 * MIB, seed=5)
-    link = LinkShaper(40e6, 0.0)  # running, with one memory connection open: as the LinkAgent's
+    link = LinkShaper(rate_bytes_s, 0.0)
     a, link_in = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     link_out, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    link.run([(7, Channel(link_in), Channel(link_out))])
+    link.run([(conn_id, Channel(link_in), Channel(link_out))])
+
+    def close() -> None:
+        Channel(a).send(KIND_CLOSE)
+        link.join(5)
+        for sock in (a, b):
+            sock.close()
+    return link, close
+
+
+def test_a_network_copy_waits_while_its_link_is_down_takes_the_links_rate_and_counts_on_it(tmp_path):
+    src, dst = _pair(tmp_path, 4 * MIB, seed=5)
+    link, close = _running_link(40e6, 7)
     link.set_down(True)
 
     def ask(nbytes: int):  # LinkAgent.carry_disk
@@ -312,8 +323,7 @@ def test_a_network_copy_waits_while_its_link_is_down_takes_the_links_rate_and_co
     assert link.disk_bytes == link.disk_by_connection[7] == 4 * MIB
     assert job.stats.copied_bytes == 4 * MIB
     assert len(job.verify()) == 0
-    Channel(a).send(KIND_CLOSE)
-    link.join(5)
+    close()
 
 
 def test_bench_disk_reports_the_machine_and_the_agent(tmp_path):
@@ -379,14 +389,7 @@ def test_corrupted_disk_entries_are_caught_by_their_checksum_and_sent_again(tmp_
 def test_a_5_ms_link_down_stops_the_disk_copy_s_line_time():
     """A link-down shorter than the gate's period (20 ms) is not missed: the copy sends only
     what the link's fair queue granted, and a link that is down grants nothing."""
-    import socket
-
-    from agents.datapath.channel import KIND_CLOSE, Channel
-    from agents.datapath.link import LinkShaper
-    link = LinkShaper(40e6, 0.0)
-    a, link_in = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    link_out, _b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    link.run([(3, Channel(link_in), Channel(link_out))])
+    link, close = _running_link(40e6, 3)
     grants, asked = [], 0
     t_end = time.monotonic() + 0.3
     down_at = up_at = None
@@ -402,8 +405,7 @@ def test_a_5_ms_link_down_stops_the_disk_copy_s_line_time():
             up_at = time.monotonic()
         time.sleep(0.0005)
     link.ask_disk(3, -1)
-    Channel(a).send(KIND_CLOSE)
-    link.join(5)
+    close()
     during = sum(g for t, g in grants if down_at + 0.0015 < t < up_at)
     assert up_at - down_at < 0.01 and during == 0, (up_at - down_at, during)
     assert sum(g for t, g in grants if up_at + 0.002 < t) > 0  # and it goes on once the link is up

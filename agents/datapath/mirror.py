@@ -489,7 +489,7 @@ class MirrorJob:
         g = self.gate
         if g is None:
             return
-        want = lambda: max(nbytes, int(2 * g.period * min(self._bucket.rate, g.rate or math.inf)))  # noqa: E731 - two looks' worth ahead
+        want = lambda: max(nbytes, int(2 * g.period * min(self._bucket.rate, g.rate or math.inf)))  # two looks' worth ahead
         g.poll(time.monotonic(), want())
         waited = False
         while (g.down or g.credit < nbytes) and not self.buffer.closed:

@@ -110,6 +110,7 @@ class LinkShaper:
         # admits is granted to it (the copy sends only bytes granted).
         self._disk_asks: list[tuple[int, int]] = []  # (connection, bytes) for the loop to queue
         self._disk_granted: dict[int, int] = {}  # bytes admitted, not yet collected by the copy
+        self._disk_withdrawn: set[int] = set()  # copies that withdrew their asks
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
         # The loop's state, touched by its thread only.
@@ -170,7 +171,10 @@ class LinkShaper:
                 unused = -nbytes - 1 + got
                 self.disk_bytes -= unused
                 self.disk_by_connection[conn_id] = self.disk_by_connection.get(conn_id, 0) - unused
+                self._disk_withdrawn.add(conn_id)  # nothing more is granted to it until it asks again
                 got = 0
+            elif nbytes > 0:
+                self._disk_withdrawn.discard(conn_id)
         if nbytes:
             try:
                 self._wake_w.send(b"x")
@@ -191,7 +195,11 @@ class LinkShaper:
                     self._queue.offer(("disk", cid), min(piece, n - k), (None, now, (cid, min(piece, n - k))))
 
     def _grant_disk(self, cid: int, n: int, offered: float) -> None:
-        """The fair queue admitted `n` disk bytes: their line time is booked, they are counted."""
+        """The fair queue admitted `n` disk bytes: their line time is booked, they are counted
+        (unless the copy withdrew its asks meanwhile)."""
+        with self._lock:
+            if cid in self._disk_withdrawn:
+                return
         self._bucket.departure(n, offered)
         with self._lock:
             self._disk_granted[cid] = self._disk_granted.get(cid, 0) + n

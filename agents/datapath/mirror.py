@@ -115,6 +115,7 @@ class LinkGate:
         self.down, self.rate = False, None
         self.credit = 0  # bytes granted and not yet sent
         self.asked = 0  # bytes asked and not yet granted
+        self.ask_s = 0.0  # how long the last ask took (real s; a Ray round trip to the links)
         self.down_since: float | None = None
         self._t = -1e18
 
@@ -126,6 +127,7 @@ class LinkGate:
         self._t = now
         more = max(0, want - self.asked - self.credit)
         self.down, self.rate, granted = self.ask(more)
+        self.ask_s = time.monotonic() - now
         self.asked += more - granted
         self.credit += granted
         self.down_since = (self.down_since or now) if self.down else None
@@ -489,22 +491,20 @@ class MirrorJob:
         g = self.gate
         if g is None:
             return
-        want = lambda: max(nbytes, int(2 * g.period * min(self._bucket.rate, g.rate or math.inf)))  # two looks' worth ahead
+        def want() -> int:  # asked ahead: two looks and two of the asks' round trips
+            return max(nbytes, int((2 * g.period + 2 * g.ask_s) * min(self._bucket.rate, g.rate or math.inf)))
         g.poll(time.monotonic(), want())
-        waited = False
         while (g.down or g.credit < nbytes) and not self.buffer.closed:
-            waited = True
             time.sleep(g.period / 4)
             g.poll(time.monotonic(), want())
-        if waited:
-            self._bucket.t = max(self._bucket.t, time.monotonic())  # no credit for the time it waited
         g.take(nbytes)
         if g.rate and g.rate != self._bucket.rate:
             self._bucket.set_rate(g.rate, time.monotonic())
 
     def _send(self, entry: Entry) -> None:
+        """Onto the path: paced at its rate; on the network path the link's grant paced it already."""
         t = time.monotonic()
-        if self._bucket is not None:
+        if self._bucket is not None and self.gate is None:
             t = self._bucket.departure(len(entry.data), t)
             pace(t)
         with self._arrived:

@@ -76,6 +76,7 @@ BACKGROUND, WRITE_BLOCKING = "background", "write-blocking"
 # gets further ahead, instead of spinning towards every region's deadline.
 PACE_SLACK_S = 0.002
 GATE_PERIOD_S = 0.02  # real seconds between two looks at the link's state (network path)
+IDLE = object()  # TransmitBuffer.get: nothing came in time
 
 
 def pace(deadline: float) -> None:
@@ -187,9 +188,11 @@ class TransmitBuffer:
             self._cond.notify_all()
             return self._seq
 
-    def get(self) -> Entry | None:
+    def get(self, timeout: float | None = None) -> Entry | None:
+        """The next entry; None once closed; IDLE when none came within `timeout`."""
         with self._cond:
-            self._cond.wait_for(lambda: self.closed or self._q)
+            if not self._cond.wait_for(lambda: self.closed or self._q, timeout):
+                return IDLE
             return None if self.closed else self._q.popleft()
 
     def done(self, entry: Entry) -> None:
@@ -477,7 +480,13 @@ class MirrorJob:
 
     def _transmit(self) -> None:
         try:
-            while (entry := self.buffer.get()) is not None:
+            while True:
+                entry = self.buffer.get(2 * self.gate.period if self.gate is not None else None)
+                if entry is IDLE:  # nothing to send for two looks: no line time held from the memory copy
+                    self.gate.withdraw()
+                    entry = self.buffer.get()
+                if entry is None:
+                    break
                 self._follow_link(len(entry.data))
                 self._send(entry)
         finally:

@@ -304,8 +304,8 @@ def test_a_network_copy_waits_while_its_link_is_down_takes_the_links_rate_and_co
     link, close = _running_link(40e6, 7)
     link.set_down(True)
 
-    def ask(nbytes: int):  # LinkAgent.carry_disk
-        return link.down, link.migration_rate, link.ask_disk(7, nbytes)
+    def ask(nbytes: int, need: int = 0, wait_s: float = 0.0):  # LinkAgent.carry_disk
+        return link.down, link.migration_rate, link.ask_disk(7, nbytes, need, wait_s)
 
     # The path says 1 GB/s; the link allows 40 MB/s.
     job = MirrorJob(src, dst, None, None, DataPath("network", 1e9), region_bytes=EXTENT, buffer_bytes=4 * EXTENT,

@@ -196,12 +196,13 @@ def _ask_links(links: list):
     are down; the rate is their sum; the bytes granted, the sum of theirs."""
     rates = [1.0] * len(links)
 
-    def ask(nbytes: int) -> tuple[bool, float | None, int]:
+    def ask(nbytes: int, need: int = 0, wait_s: float = 0.0) -> tuple[bool, float | None, int]:
         weights = rates if sum(rates) else [1.0] * len(rates)  # all down: asks wait on all of them
         share = [round(nbytes * w / sum(weights)) for w in weights]
         if nbytes < 0:  # a withdrawal: every link's asks, the unused grant off the first's count
             share = [nbytes] + [-1] * (len(links) - 1)
-        refs = [agent.carry_disk.remote(conn, n) for (agent, conn), n in zip(links, share)]
+        needs = [round(need * w / sum(weights)) for w in weights]
+        refs = [agent.carry_disk.remote(conn, n, k, wait_s) for (agent, conn), n, k in zip(links, share, needs)]
         try:
             got = ray.get(refs, timeout=10)
         except Exception:  # noqa: BLE001 - a link's actor is gone (tear-down): keep the last state

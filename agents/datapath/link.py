@@ -111,6 +111,7 @@ class LinkShaper:
         self._disk_asks: list[tuple[int, int]] = []  # (connection, bytes) for the loop to queue
         self._disk_granted: dict[int, int] = {}  # bytes admitted, not yet collected by the copy
         self._disk_withdrawn: set[int] = set()  # copies that withdrew their asks
+        self._granted = threading.Condition(self._lock)  # a grant came
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
         # The loop's state, touched by its thread only.
@@ -157,12 +158,13 @@ class LinkShaper:
             self.disk_by_connection[conn_id] = self.disk_by_connection.get(conn_id, 0) + nbytes
             self._disk_debt += nbytes  # line time the batches give up to them (the loop books it)
 
-    def ask_disk(self, conn_id: int, nbytes: int) -> int:
+    def ask_disk(self, conn_id: int, nbytes: int, need: int = 0, wait_s: float = 0.0) -> int:
         """A disk copy on the network path for connection `conn_id`'s migration asks for the line
         time of `nbytes` more (agents/datapath/mirror.py `LinkGate`); nbytes = -(1 + unused)
         withdraws what it asked and was not granted, and the `unused` bytes granted that it
         never sent. Returns the bytes granted since its last call: they crossed the link,
-        fair-queued with the batches (deficit round robin, one flow per disk copy)."""
+        fair-queued with the batches (deficit round robin, one flow per disk copy); waits up to
+        `wait_s` for `need` bytes to be granted (a copy with nothing in hand)."""
         with self._lock:
             if nbytes:
                 self._disk_asks.append((conn_id, nbytes))
@@ -180,6 +182,10 @@ class LinkShaper:
                 self._wake_w.send(b"x")
             except OSError:
                 pass
+        if need > got and wait_s > 0:
+            with self._granted:
+                self._granted.wait_for(lambda: got + self._disk_granted.get(conn_id, 0) >= need, wait_s)
+                got += self._disk_granted.pop(conn_id, 0)
         return got
 
     def _queue_disk_asks(self, now: float) -> None:
@@ -203,6 +209,7 @@ class LinkShaper:
         self._bucket.departure(n, offered)
         with self._lock:
             self._disk_granted[cid] = self._disk_granted.get(cid, 0) + n
+            self._granted.notify_all()
             self.disk_bytes += n
             self.disk_by_connection[cid] = self.disk_by_connection.get(cid, 0) + n
 

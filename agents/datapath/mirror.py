@@ -104,7 +104,7 @@ class DataPath:
 class LinkGate:
     """The link a disk copy on the `network` path crosses, as its transmitter sees it.
 
-    `ask(nbytes) -> (down, rate_bytes_s, granted)` asks the link for the line time of
+    `ask(nbytes, need, wait_s) -> (down, rate_bytes_s, granted)` asks the link for the line time of
     `nbytes` more (negative: withdraw what is still asked) and returns its state (real
     bytes/s; rate None: unchanged) and the bytes it granted since the last call: the
     link's fair queue admits the copy's asks beside the memory batches
@@ -120,14 +120,16 @@ class LinkGate:
         self.down_since: float | None = None
         self._t = -1e18
 
-    def poll(self, now: float, want: int = 0, force: bool = False) -> None:
-        """Look at the link (at most every period unless `force`), asking for enough line time
-        that `want` bytes are granted or asked."""
-        if not force and now - self._t < self.period:
+    def poll(self, now: float, want: int = 0, need: int = 0) -> None:
+        """Look at the link (at most every period unless `need` > the credit in hand), asking for
+        enough line time that `want` bytes are granted or asked; waiting up to a quarter
+        period for `need` (the copy has an entry to send and not the credit for it)."""
+        short = max(0, need - self.credit)
+        if not short and now - self._t < self.period:
             return
         self._t = now
         more = max(0, want - self.asked - self.credit)
-        self.down, self.rate, granted = self.ask(more)
+        self.down, self.rate, granted = self.ask(more, short, self.period / 4 if short else 0.0)
         self.ask_s = time.monotonic() - now
         self.asked += more - granted
         self.credit += granted
@@ -142,6 +144,7 @@ class LinkGate:
         if self.asked > 0 or self.credit > 0:
             self.ask(-1 - self.credit)
             self.asked = self.credit = 0
+            self._t = -1e18  # the next entry asks at once
 
     def down_s(self) -> float:
         return time.monotonic() - self.down_since if self.down_since is not None else 0.0
@@ -502,10 +505,11 @@ class MirrorJob:
             return
         def want() -> int:  # asked ahead: two looks and two of the asks' round trips
             return max(nbytes, int((2 * g.period + 2 * g.ask_s) * min(self._bucket.rate, g.rate or math.inf)))
-        g.poll(time.monotonic(), want())
+        g.poll(time.monotonic(), want(), nbytes)
         while (g.down or g.credit < nbytes) and not self.buffer.closed:
-            time.sleep(g.period / 4)
-            g.poll(time.monotonic(), want())
+            if g.down:
+                time.sleep(g.period / 4)
+            g.poll(time.monotonic(), want(), nbytes)
         g.take(nbytes)
         if g.rate and g.rate != self._bucket.rate:
             self._bucket.set_rate(g.rate, time.monotonic())

@@ -60,7 +60,11 @@ from agents.verify import chunk_digests
 
 BLOCK = 4096
 EXTENT = 64 * 1024  # allocation unit tracked for holes (VMFS-like; QEMU's default cluster size)
-LATENCY_EWMA = 0.1  # weight of the newest request in a closed loop's mean latency R
+# Weight of the newest request in a closed loop's mean latency R. High: one real request
+# already stands for 1/memory_scale emulated ones (an average over many clients), and a
+# low weight would keep the clients slow long after the latency fell (each real request
+# is paced by R itself, so few come to lower it).
+LATENCY_EWMA = 0.5
 
 
 class DiskImage:

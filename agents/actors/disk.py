@@ -41,6 +41,7 @@ class DiskAgent:
         self.disks: dict[str, DiskImage] = {}
         self.runners: dict[str, DiskWorkloadRunner] = {}
         self.jobs: dict[str, MirrorJob] = {}
+        self._corrupt_pending: dict[str, int] = {}  # corrupt-batch faults that came before the copy began
 
     def create_disk(self, vm: str, nbytes: int, used_fraction: float, seed: int) -> str:
         """A VM's disk on this datastore, filled; its path."""
@@ -98,6 +99,7 @@ class DiskAgent:
         job = (DirtyBitmapJob(*args, chunk_bytes=chunk_bytes, gate=gate) if chunk_bytes
                else MirrorJob(*args, gate=gate))
         self.jobs[vm] = job
+        job.corrupt(self._corrupt_pending.pop(vm, 0))
         if vm in self.runners:
             self.runners[vm].write = job.guest_write
         job.start()
@@ -113,10 +115,12 @@ class DiskAgent:
 
     def corrupt_disk(self, vm: str, count: int) -> bool:
         """Fault injection (`corrupt-batch` on the link a network disk copy crosses): damage the
-        next `count` entries of `vm`'s copy on their way. False when no copy of it runs."""
+        next `count` entries of `vm`'s copy on their way (of the copy about to start, when the
+        fault came with its disk-copy phase)."""
         job = self.jobs.get(vm)
-        if job is None:
-            return False
+        if job is None:  # the fault came with the disk-copy phase, before its job started: it waits for it
+            self._corrupt_pending[vm] = self._corrupt_pending.get(vm, 0) + count
+            return True
         job.corrupt(count)
         return True
 

@@ -272,7 +272,8 @@ class LinkShaper:
             rate = max(1.0, self.migration_rate)
             back_up, self._down_changed = self._down_changed and not self.down, False
             debt, self._disk_debt = self._disk_debt, 0
-        self._queue_disk_asks(time.monotonic())
+        if self._disk_asks:  # (read without the lock: a late one is queued at the next turn)
+            self._queue_disk_asks(time.monotonic())
         if t is not None:
             self._bucket.set_rate(rate, t)
         if debt:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import bisect
 
+import numpy as np
+
 from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from cluster import split_run
 from cluster.convergence_figures import convergence_figures
@@ -342,9 +344,45 @@ def fault_figures(m, events: list[dict], memory_scale: float) -> dict:
     return out
 
 
-def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until: float | None = None) -> dict:
+def disk_app_samples(samples: list, done, memory_scale: float) -> list:
+    """A closed-loop disk workload's application samples: at each of the guest's sample
+    times, the disk requests it completed so far (emulated: each real one is 1/memory_scale)."""
+    times = [t for t, _ in samples]
+    counts = np.searchsorted(np.sort(np.asarray(done, dtype=float)), times, side="right") / memory_scale
+    return [(t, float(c)) for t, c in zip(times, counts)]
+
+
+def _disk_io(done, at: dict, real, memory_scale: float) -> dict:
+    """The guest's disk requests (emulated) that completed between vm-stopped and vm-started, and after."""
+    t1, t2 = real(at.get("vm-stopped")), real(at.get("vm-started"))
+    if t1 is None or t2 is None:
+        return {}
+    done = np.asarray(done, dtype=float)
+    return {"disk_ios_in_downtime": float(np.count_nonzero((done > t1) & (done < t2))) / memory_scale,
+            "disk_ios_after_downtime": float(np.count_nonzero(done >= t2)) / memory_scale}
+
+
+def _phases(samples: list, times: dict, at: dict, real, dilation: float, warmup_s: float,
+            resumed: float | None) -> dict:
+    """The application's throughput in each phase of a unified migration (the seed's Figures 4
+    and 5): before, disk copy, memory copy, switch-over (from vm-stopped to one emulated second
+    after the guest really resumed) and after (the rest of the run)."""
+    t0, copied = real(times["started_at_s"]), real(at.get("disk-copy-done"))
+    stop = real(at.get("vm-stopped"))
+    end = samples[-1][0] if samples else t0
+    back = (resumed + dilation) if resumed else None
+    spans = {"before": (t0 - warmup_s * dilation * BEFORE_SHARE, t0), "disk_copy": (t0, copied or t0),
+             "memory_copy": (copied or t0, stop or end), "switch_over": (stop, back), "after": (back, end)}
+    return {k: (_rate(samples, a, b, dilation) if a is not None and b is not None else None)
+            for k, (a, b) in spans.items()}
+
+
+def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until: float | None = None,
+                     disk_done=None) -> dict:
     """One migration's figures (result.json's `vms[]` entry). `until`: real time at
-    which the VM's next migration started; its application figures stop there."""
+    which the VM's next migration started; its application figures stop there.
+    `disk_done`: real completion times of the VM's disk requests (None: no disk workload);
+    a closed-loop disk workload (clients > 0) is the application: its figures are disk I/Os."""
     scale, o = sl.scale, m.plan.options
     events = [r for r in tl.records if r["kind"] == "event" and r.get("migration") == m.index]
     intervals = [r for r in tl.records if r["kind"] == "migration" and r.get("migration") == m.index]
@@ -356,7 +394,18 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until:
     downtime_bytes = sum(r.get("bytes", 0.0) for r in events if r["event"] in ("last-page-sent", "device-state-sent"))
     real = lambda t: None if t is None else tl.t0 + t * scale.dilation  # noqa: E731
     at = {ev["event"]: ev["t"] for ev in events}
+    closed_loop = disk_done is not None and m.plan.vm.disk_workload.figures()["clients"] > 0
+    vcpus = samples
+    if closed_loop:
+        samples = disk_app_samples(samples, disk_done, scale.memory_scale)
     app = _app(m, times, at, [s for s in samples if until is None or s[0] <= until], real, scale.dilation, warmup_s)
+    if closed_loop and app:  # a stall is the vCPUs' (a disk request's completions are too sparse to tell one)
+        app["non_response_s"] = _app(m, times, at, vcpus, real, scale.dilation, warmup_s)["non_response_s"]
+    if disk_done is not None:
+        app |= _disk_io(disk_done, at, real, scale.memory_scale)
+    if closed_loop and app:
+        app |= {"unit": "disk I/Os", "ops_per_s_by_phase": _phases(samples, times, at, real, scale.dilation,
+                                                                    warmup_s, m.guest_resumed_at)}
     cpu = _cpu(sl, m, total)
     out = {
         "vm": m.vm, "migration": m.index, "technique": m.plan.technique,

@@ -19,6 +19,9 @@ migration enters a phase (the phases of post-copy included):
 - `link-up`: the link comes back; each paused post-copy over it recovers.
 - `corrupt-batch` (`count`): the next batches entering the link are damaged;
   each is caught by its checksum at the receiver, sent again and counted.
+  A storage migration's disk copy crossing the link (network path) has its
+  next `count` entries damaged too, caught by their checksum at the disk
+  writer and sent again (result `disk.batches_corrupted`, `batches_resent`).
 - `kill-destination`: the destination host's actor of the VM's running
   migration is killed (ray.kill). The source hears its connections close and
   aborts at once; the copy there is discarded; the VM stays on its source.
@@ -186,7 +189,20 @@ class FaultInjector:
         rings = {c.index: (region_path(self.o.sl.cluster.run_id, f"ring{c.index}"), c.batch_pages)
                  for c in topo.connections_of(lp.index)}
         ray.get(link.corrupt.remote(rings, ev.count), timeout=ACTOR_CALL_S)
-        self._new("corrupt-batch", k, ev.link, now, self._over_link(lp), count=ev.count)
+        disks = self._corrupt_disks(lp, ev.count)
+        self._new("corrupt-batch", k, ev.link, now, self._over_link(lp), count=ev.count,
+                  **({"disk_copies": disks} if disks else {}))
+
+    def _corrupt_disks(self, lp, count: int) -> list[str]:
+        """A disk copy crossing the link (network path) has its next `count` entries damaged
+        too; each is caught by its checksum at the destination and sent again. The VMs hit."""
+        hit = []
+        for m in self._over_link(lp):
+            mv = self.o.sl.disk_moves.get(m.index)
+            if mv is not None and mv["path"]["kind"] == "network" and \
+                    self.o.call(mv["agent"].corrupt_disk.remote(mv["vm"], count), False):
+                hit.append(mv["vm"])
+        return hit
 
     def _running_of(self, vm: str) -> list:
         return [m for m in self.o.migs if m.vm == vm and m.status == "running"]

@@ -260,6 +260,8 @@ class Orchestrator:
                        "stream_bytes_s": self.sl.topo.stream_rate(m.index) if lps else 0.0}
         if disk is not None:
             destination["disk"] = disk
+        elif (io := self._shared_disk_io(m)) is not None:
+            destination["disk_io"] = io
         if splits(m.plan):
             destination |= split_run.destination_fields(self.sl, m)
             try:
@@ -414,6 +416,7 @@ class Orchestrator:
         if splits(m.plan):
             m.receiver = _merged_receivers(self, m, conns)
             m.guest_resumed_at = split_run.finish(self, m, src, src_key)
+            self._resume_shared_disk(m)
             m.t_end = time.monotonic()
             m.links_after = self._link_stats(m)
             m.phase = m.status
@@ -458,10 +461,26 @@ class Orchestrator:
             self._discard(m, dst, dst_key)
             self.tl.event(now, "stays-on-source", vm=m.vm, migration=m.index, host=host, status=m.status,
                           reason=m.reason)
+        if not m.vm_lost:
+            self._resume_shared_disk(m)
         m.t_end = now
         m.links_after = self._link_stats(m)
         m.phase = m.status
         self._share_nics()
+
+    def _shared_disk_io(self, m: MigrationState) -> dict | None:
+        """A VM whose disk stays where it is and does I/O: its DiskAgent, to hold that I/O
+        through the downtime (agents/techniques/storage.py HoldsSharedDisk)."""
+        vm = self.sl.scenario.vms[m.vm_index]
+        f = vm.disk_workload.figures()
+        if vm.disk_gib <= 0 or f["read_iops"] + f["write_iops"] <= 0:
+            return None
+        return {"agent": self.sl.datastores[vm.datastore], "vm": vm.name}
+
+    def _resume_shared_disk(self, m: MigrationState) -> None:
+        """The guest runs again (on its destination, or on its source): so does its held disk I/O."""
+        if (io := self._shared_disk_io(m)) is not None:  # idempotent: a moved disk's mirror resumed it already
+            self.call(io["agent"].resume_workload.remote(io["vm"]))
 
     def _discard(self, m: MigrationState, dst, dst_key: str) -> None:
         """Discard the destination's partial copy; a dead host's, from here (its files in shared memory)."""

@@ -69,12 +69,13 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                           in enumerate(ray.get([g.timeline.remote() for g in sl.guests], timeout=60))]
             # A vCPU blocked for good (a page behind a dead link) never stops; tear-down kills it.
             ray.wait([g.stop.remote() for g in sl.guests], num_returns=len(sl.guests), timeout=10)
+            disk_done = _disk_completions(sl)
             per_vm = []
             for m in migs:
                 samples, m.guest_faults = guest_data[m.vm_index]
                 later = [n.t_start for n in migs if n.vm_index == m.vm_index and n.index > m.index and n.t_start]
                 per_vm.append(collect.migration_result(sl, timeline, m, samples, scenario.emulation.warmup_s,
-                                                         min(later, default=None)))
+                                                         min(later, default=None), disk_done.get(m.vm_index)))
                 if metrics:
                     metrics.finish(m.vm, per_vm[-1])
             colocated = _colocated(sl, migs, guest_data, scale)
@@ -133,6 +134,15 @@ def _provenance(run_id: str, started: str) -> dict:
     except PackageNotFoundError:
         v = "unknown"
     return {"livemig_version": v, "run_id": run_id, "started_at": started}
+
+
+def _disk_completions(sl) -> dict:
+    """Per VM with a disk workload: the real times its disk requests completed (its DiskAgent)."""
+    import ray
+    vms = [(i, vm) for i, vm in enumerate(sl.scenario.vms)
+           if vm.disk_gib > 0 and (f := vm.disk_workload.figures())["read_iops"] + f["write_iops"] > 0]
+    got = ray.get([sl.datastores[vm.datastore].completions.remote(vm.name) for _, vm in vms], timeout=60)
+    return {i: done for (i, _), done in zip(vms, got)}
 
 
 def _colocated(sl, migs, guest_data, scale) -> dict:

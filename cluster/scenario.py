@@ -337,6 +337,8 @@ class DiskWorkloadSpec(_Strict):
     write_kib: Annotated[float, Field(ge=4, le=16384)] | None = None
     pattern: Literal["random", "sequential"] | None = None
     span_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    # > 0: a closed loop of this many clients (the IOPS are then its throughput on its datastore unloaded)
+    clients: Annotated[int, Field(ge=0, le=100_000)] | None = None
 
     def figures(self) -> dict:
         from dataclasses import asdict

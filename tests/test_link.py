@@ -180,6 +180,30 @@ def test_disk_bytes_counted_on_the_link_take_their_line_time_from_the_batches():
     assert shaper.disk_by_connection == {0: shaper.disk_bytes}
 
 
+def test_a_disk_copy_asking_for_line_time_shares_the_link_fairly_with_a_memory_connection():
+    shaper = LinkShaper(RATE, ONE_WAY, monitor_period_s=60.0)
+    link = SharedLink(shaper, [0])
+    stop = threading.Event()
+    granted: list[tuple[float, int]] = []
+
+    def disk_copy() -> None:  # greedy: keeps two looks' worth of line time asked, as LinkGate does
+        asked = 0
+        while not stop.wait(0.02):
+            got = shaper.ask_disk(0, max(0, int(RATE * 0.04) - asked))
+            asked = int(RATE * 0.04) - got
+            granted.append((time.monotonic(), got))
+        shaper.ask_disk(0, -1)
+
+    link.drive({0: Sender(window=64)}, seconds=2.2,
+               events=[(1.0, threading.Thread(target=disk_copy, daemon=True).start)])
+    stop.set()
+    disk, memory = sum(g for t, g in granted if link.t0 + 1.2 < t <= link.t0 + 2.2), link.rate(1.2, 2.2)
+    # Two backlogged flows in the fair queue: half the link each.
+    assert abs(disk - memory) < 0.15 * RATE, (disk, memory)
+    assert disk + memory == pytest.approx(RATE, rel=0.10)
+    assert shaper.disk_by_connection == {0: shaper.disk_bytes}
+
+
 def test_each_connection_keeps_its_order_and_its_close_comes_last():
     rng = random.Random(7)
     sizes = {cid: [rng.randrange(1024, 64 * 1024) for _ in range(150)] for cid in (0, 1, 2)}

@@ -231,3 +231,43 @@ def test_a_policys_completion_timeout_counts_the_disk_copy_and_cancels_during_it
     assert decided["t"] - _disk_copy_started(events) < 1.7
     assert r["disk"]["destination_removed"]
     assert any(e["event"] == "stays-on-source" for e in events)
+
+
+def test_a_disk_on_shared_storage_does_no_io_while_the_vm_is_stopped(ray_cluster, tmp_path):
+    # 20,000 IOPS at 1/64 are ~310 real requests a second: a 0.1 s downtime would see ~30.
+    text = storage_scenario(disk_gib=0.25, src_hosts='["src", "dst"]', target="san-a",
+                            workload='disk_workload = { read_iops = 16000, write_iops = 4000, read_kib = 4, '
+                                     'write_kib = 4 }\nworkload = { kind = "uniform", dirty_pages_per_s = 2000 }')
+    r = _run(text, tmp_path)
+    assert r["status"] == "completed" and r["verified"], r["stop_reason"]
+    assert "disk" not in r or not r["disk"].get("bytes_sent")  # the disk stayed where it was
+    assert r["downtime_ms"] > 0 and r["app"]["disk_ios_in_downtime"] == 0
+    assert r["app"]["disk_ios_after_downtime"] > 0  # and it went on once the VM ran again
+
+
+def test_a_corrupt_batch_fault_damages_disk_entries_too_and_they_are_sent_again(ray_cluster, tmp_path):
+    events = _on_disk_copy("corrupt-batch", link='"src:eth0->dst:eth0"', count=3)
+    r = _run(storage_scenario(disk_gib=0.25, events=events), tmp_path)
+    assert r["status"] == "completed" and r["verified"], r["stop_reason"]
+    d = r["disk"]
+    assert d["path"] == "network" and d["verified"]
+    assert d["batches_corrupted"] == d["batches_resent"] == 3
+    assert r["faults"][0]["detail"]["disk_copies"] == ["db"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale, dilation", [(1 / 128, 1.0), (1 / 32, 1.0), (1 / 64, 2.0)])
+def test_a_disk_migration_s_figures_do_not_depend_on_scaling(ray_cluster, tmp_path, scale, dilation):
+    """Issue 10 item 8: total time and disk bytes sent within 5% of the base (1/64, dilation 1)."""
+    def run(sc: float, d: float, out) -> dict:
+        text = storage_scenario(disk_gib=2.0, memory_gib=0.5, scale=sc, dilation=d,
+                                workload='disk_workload = { preset = "ds2" }\n'
+                                         'workload = { kind = "uniform", dirty_pages_per_s = 2000 }')
+        r = _run(text, out)
+        assert r["status"] == "completed" and r["verified"], r["stop_reason"]
+        return r
+    base = run(1 / 64, 1.0, tmp_path / "base")
+    other = run(scale, dilation, tmp_path / "other")
+    assert other["total_time_s"] == pytest.approx(base["total_time_s"], rel=0.05)
+    assert other["disk_bytes_sent"] == pytest.approx(base["disk_bytes_sent"], rel=0.05)
+    assert other["disk"]["copy_time_s"] == pytest.approx(base["disk"]["copy_time_s"], rel=0.05)

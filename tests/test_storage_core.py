@@ -102,6 +102,46 @@ def test_workload_reaches_its_rate_on_an_idle_datastore_and_slows_behind_a_copy(
     disk.unlink()
 
 
+def test_a_closed_loop_thinks_to_reach_its_iops_unloaded():
+    w = DISK_PRESETS["ds2"]
+    model = PRESETS["fast-san"]
+    assert w.clients == 12  # the seed's 12 DS2 users
+    # Little's law: N / (Z + R0) is the preset's 1,450 IOPS on the datastore it starts on.
+    assert w.clients / (w.think_s(model) + w.unloaded_latency_s(model)) == pytest.approx(w.iops)
+    # On a slower datastore R0 grows and the same clients complete fewer requests.
+    slow = PRESETS["slow-san"]
+    assert w.clients / (w.think_s(model) + w.unloaded_latency_s(slow)) < w.iops
+
+
+def test_a_closed_loop_slows_by_the_latency_a_copy_adds_on_its_datastore(tmp_path):
+    disk = DiskImage.create(str(tmp_path / "d.img"), 8 * MIB, seed=1)
+    dev = Device(PRESETS["hdd"], memory_scale=1 / 4)
+    w = DiskWorkload(read_iops=20, write_iops=5, read_kib=4, write_kib=4, clients=2)
+    runner = DiskWorkloadRunner(w, disk, dev)
+    runner.start()
+    time.sleep(3.0)
+    idle = runner.stats.reads + runner.stats.writes
+    # 25 emulated IOPS at 1/4 are 6.25 real requests a second: 19 in 3 s.
+    assert 10 <= idle <= 21, idle  # fewer on a loaded machine
+    stop = threading.Event()
+
+    def copy() -> None:  # a bulk copy keeping the spindle busy, in 16 MiB (emulated) reads
+        while not stop.is_set():
+            done = dev.reserve(False, 4 * MIB, random=False)
+            time.sleep(max(0.0, done - time.monotonic() - 0.02))
+    t = threading.Thread(target=copy, daemon=True)
+    t.start()
+    time.sleep(6.0)
+    stop.set()
+    t.join()
+    runner.stop()
+    busy = runner.stats.reads + runner.stats.writes - idle
+    r0 = w.unloaded_latency_s(dev.model)
+    assert runner.latency_avg > r0 * 1.2, (runner.latency_avg, r0)
+    assert busy / 6.0 < 0.8 * idle / 3.0, (idle, busy)
+    disk.unlink()
+
+
 # --- bulk copy and mirror -----------------------------------------------------------
 def _pair(tmp_path, nbytes: int, used: float = 1.0, seed: int = 0) -> tuple[DiskImage, DiskImage]:
     src = DiskImage.create(str(tmp_path / f"src-{seed}.img"), nbytes, used_fraction=used, seed=seed)
@@ -182,6 +222,24 @@ def test_mode_switch_goes_write_blocking_when_writes_outrun_the_drain_and_back()
     assert fixed.observe(5.0, 0, 0) == WRITE_BLOCKING
 
 
+def test_mode_switch_judges_against_the_drain_it_measures_not_the_planned_one():
+    # Planned 100 B/s; the destination actually takes 20 B/s while it has work.
+    sw = ModeSwitch(capacity=10_000, drain_bytes_s=100, window_s=1.0)
+    assert sw.drain(0.0) == 100  # nothing measured yet: the plan stands in
+    for i in range(1, 11):  # an entry of 2 B every 0.1 s, the buffer never empty
+        sw.drained(i / 10, 2, buffer_fill=50)
+    assert sw.drain(1.0) == pytest.approx(20, rel=0.15)
+    # 40 B/s of mirrored writes: below the plan, above what is drained: synchronous.
+    assert sw.observe(1.05, 40, 40, 90) == WRITE_BLOCKING
+    # The destination recovers (1,000 B/s drained) and the writes slow to 10 B/s: back, after a window.
+    t = 1.05
+    for _ in range(30):
+        t += 0.1
+        sw.drained(t, 100, buffer_fill=10)
+        mode = sw.observe(t, 1, 1, 10)
+    assert sw.drain(t) > 500 and mode == BACKGROUND
+
+
 def test_job_goes_synchronous_while_writes_outrun_the_link_and_back_when_they_stop(tmp_path):
     src, dst = _pair(tmp_path, 4 * MIB, seed=9)
     path = DataPath("network", rate_bytes_s=2e6)  # 2 MB/s real
@@ -222,15 +280,32 @@ def test_cancel_removes_the_partial_destination_and_leaves_the_source(tmp_path):
     assert all(not t.is_alive() for t in job._threads)
 
 
-def test_a_network_copy_waits_while_its_link_is_down_takes_the_links_rate_and_counts_on_it(tmp_path):
+def _running_link(rate_bytes_s: float, conn_id: int):
+    """A link running with one memory connection open, as a LinkAgent's; and its close."""
+    import socket
+
+    from agents.datapath.channel import KIND_CLOSE, Channel
     from agents.datapath.link import LinkShaper
+    link = LinkShaper(rate_bytes_s, 0.0)
+    a, link_in = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    link_out, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    link.run([(conn_id, Channel(link_in), Channel(link_out))])
+
+    def close() -> None:
+        Channel(a).send(KIND_CLOSE)
+        link.join(5)
+        for sock in (a, b):
+            sock.close()
+    return link, close
+
+
+def test_a_network_copy_waits_while_its_link_is_down_takes_the_links_rate_and_counts_on_it(tmp_path):
     src, dst = _pair(tmp_path, 4 * MIB, seed=5)
-    link = LinkShaper(40e6, 0.0)  # its state and counters, as the LinkAgent's carry_disk reads them
+    link, close = _running_link(40e6, 7)
     link.set_down(True)
 
-    def ask(nbytes: int):
-        link.add_disk_bytes(7, nbytes)
-        return link.down, link.migration_rate
+    def ask(nbytes: int, need: int = 0, wait_s: float = 0.0):  # LinkAgent.carry_disk
+        return link.down, link.migration_rate, link.ask_disk(7, nbytes, need, wait_s)
 
     # The path says 1 GB/s; the link allows 40 MB/s.
     job = MirrorJob(src, dst, None, None, DataPath("network", 1e9), region_bytes=EXTENT, buffer_bytes=4 * EXTENT,
@@ -244,8 +319,11 @@ def test_a_network_copy_waits_while_its_link_is_down_takes_the_links_rate_and_co
     assert time.monotonic() - t0 >= 4 * MIB / 40e6 * 0.95  # paced at the link's rate, not the path's
     job.finish()
     assert job.status()["link_down_s"] == 0
-    assert link.disk_bytes == link.disk_by_connection[7] == job.stats.copied_bytes == 4 * MIB
+    # Granted by the link's fair queue, and what was granted but not sent given back.
+    assert link.disk_bytes == link.disk_by_connection[7] == 4 * MIB
+    assert job.stats.copied_bytes == 4 * MIB
     assert len(job.verify()) == 0
+    close()
 
 
 def test_bench_disk_reports_the_machine_and_the_agent(tmp_path):
@@ -294,3 +372,40 @@ def test_dirty_bitmap_resends_only_what_was_written(tmp_path):
     job.finish()
     assert job.stats.copied_bytes - src.nbytes <= 3 * EXTENT and bulk <= src.nbytes
     assert job.stats.mirrored_bytes == 0 and len(job.verify()) == 0
+
+
+def test_corrupted_disk_entries_are_caught_by_their_checksum_and_sent_again(tmp_path):
+    src, dst = _pair(tmp_path, 2 * MIB, seed=11)
+    job = MirrorJob(src, dst, None, None, DataPath("network", 20e6, 0.001), region_bytes=EXTENT,
+                    buffer_bytes=4 * EXTENT)
+    job.corrupt(3)
+    job.start()
+    assert job.wait_synced(30)
+    job.finish()
+    assert job.stats.batches_corrupted == job.stats.batches_resent == 3
+    assert len(job.verify()) == 0  # the damaged bytes never reached the destination disk
+
+
+def test_a_5_ms_link_down_stops_the_disk_copy_s_line_time():
+    """A link-down shorter than the gate's period (20 ms) is not missed: the copy sends only
+    what the link's fair queue granted, and a link that is down grants nothing."""
+    link, close = _running_link(40e6, 3)
+    grants, asked = [], 0
+    t_end = time.monotonic() + 0.3
+    down_at = up_at = None
+    while (now := time.monotonic()) < t_end:
+        got = link.ask_disk(3, max(0, 400_000 - asked))  # 10 ms of line time kept asked
+        asked += max(0, 400_000 - asked) - got
+        grants.append((now, got))
+        if down_at is None and now > t_end - 0.2:
+            link.set_down(True)
+            down_at = time.monotonic()
+        elif up_at is None and down_at is not None and now >= down_at + 0.005:
+            link.set_down(False)
+            up_at = time.monotonic()
+        time.sleep(0.0005)
+    link.ask_disk(3, -1)
+    close()
+    during = sum(g for t, g in grants if down_at + 0.0015 < t < up_at)
+    assert up_at - down_at < 0.01 and during == 0, (up_at - down_at, during)
+    assert sum(g for t, g in grants if up_at + 0.002 < t) > 0  # and it goes on once the link is up

@@ -41,6 +41,7 @@ class DiskAgent:
         self.disks: dict[str, DiskImage] = {}
         self.runners: dict[str, DiskWorkloadRunner] = {}
         self.jobs: dict[str, MirrorJob] = {}
+        self._corrupt_pending: dict[str, int] = {}  # corrupt-batch faults that came before the copy began
 
     def create_disk(self, vm: str, nbytes: int, used_fraction: float, seed: int) -> str:
         """A VM's disk on this datastore, filled; its path."""
@@ -62,6 +63,17 @@ class DiskAgent:
         counts = np.histogram(done, bins=marks)[0] if len(marks) > 1 else []
         return [float(c) / self.scale / ((b - a) / self.dilation) if b > a else 0.0
                 for c, a, b in zip(counts, marks, marks[1:])]
+
+    def completions(self, vm: str) -> np.ndarray:
+        """Real monotonic times at which the guest's disk requests completed (each stands for
+        1/memory_scale emulated ones); empty without a workload."""
+        runner = self.runners.get(vm)
+        return np.asarray(runner.stats.completions if runner else [], dtype=float)
+
+    def pause_workload(self, vm: str) -> None:
+        """The VM stops (its disk stays where it is): no request is in flight when this returns."""
+        if vm in self.runners:
+            self.runners[vm].pause()
 
     def io_counts(self, vm: str) -> dict:
         """The guest's disk requests and bytes so far, read and written (emulated: real / memory_scale)."""
@@ -87,6 +99,7 @@ class DiskAgent:
         job = (DirtyBitmapJob(*args, chunk_bytes=chunk_bytes, gate=gate) if chunk_bytes
                else MirrorJob(*args, gate=gate))
         self.jobs[vm] = job
+        job.corrupt(self._corrupt_pending.pop(vm, 0))
         if vm in self.runners:
             self.runners[vm].write = job.guest_write
         job.start()
@@ -99,6 +112,17 @@ class DiskAgent:
                                "mirrored_writes": s.mirrored_writes, "switches": list(s.switches),
                                "copy_done_t": s.copy_done_t, "t0": job.t0, "buffer_high_water": job.buffer.high_water,
                                "write_latency_ms": _mean_ms(s.write_latency_s)}
+
+    def corrupt_disk(self, vm: str, count: int) -> bool:
+        """Fault injection (`corrupt-batch` on the link a network disk copy crosses): damage the
+        next `count` entries of `vm`'s copy on their way (of the copy about to start, when the
+        fault came with its disk-copy phase)."""
+        job = self.jobs.get(vm)
+        if job is None:  # the fault came with the disk-copy phase, before its job started: it waits for it
+            self._corrupt_pending[vm] = self._corrupt_pending.get(vm, 0) + count
+            return True
+        job.corrupt(count)
+        return True
 
     def sync_for_switchover(self, vm: str, timeout_s: float) -> dict:
         """The VM is stopped: hold its disk I/O and wait until the mirror is in sync.
@@ -158,7 +182,8 @@ class DiskAgent:
                 "mirrored_writes": s.mirrored_writes, "guest_writes": s.guest_writes,
                 "copy_time_s": s.copy_done_t, "mode_s": dict(s.mode_s), "switches": list(s.switches),
                 "write_latency_ms": lat, "buffer_high_water": job.buffer.high_water, "len": job.length,
-                "error": job.error, "passes": list(getattr(job, "passes", []))}
+                "error": job.error, "passes": list(getattr(job, "passes", [])),
+                "batches_corrupted": s.batches_corrupted, "batches_resent": s.batches_resent}
 
     def close(self) -> None:
         for runner in self.runners.values():
@@ -170,20 +195,24 @@ class DiskAgent:
 
 
 def _ask_links(links: list):
-    """`LinkGate`'s question to the links (LinkAgent, connection id): the bytes sent are shared
-    among the links up in proportion to their rates; down when all are down; the rate is their sum."""
+    """`LinkGate`'s question to the links (LinkAgent, connection id): the bytes asked are shared
+    among the links up in proportion to their rates (a withdrawal goes to all); down when all
+    are down; the rate is their sum; the bytes granted, the sum of theirs."""
     rates = [1.0] * len(links)
 
-    def ask(nbytes: int) -> tuple[bool, float | None]:
-        up = sum(rates)
-        refs = [agent.carry_disk.remote(conn, round(nbytes * r / up) if up else 0)
-                for (agent, conn), r in zip(links, rates)]
+    def ask(nbytes: int, need: int = 0, wait_s: float = 0.0) -> tuple[bool, float | None, int]:
+        weights = rates if sum(rates) else [1.0] * len(rates)  # all down: asks wait on all of them
+        share = [round(nbytes * w / sum(weights)) for w in weights]
+        if nbytes < 0:  # a withdrawal: every link's asks, the unused grant off the first's count
+            share = [nbytes] + [-1] * (len(links) - 1)
+        needs = [round(need * w / sum(weights)) for w in weights]
+        refs = [agent.carry_disk.remote(conn, n, k, wait_s) for (agent, conn), n, k in zip(links, share, needs)]
         try:
             got = ray.get(refs, timeout=10)
         except Exception:  # noqa: BLE001 - a link's actor is gone (tear-down): keep the last state
-            return False, None
-        rates[:] = [0.0 if down else rate for down, rate in got]
-        return all(down for down, _ in got), (sum(rates) or None)
+            return False, None, 0
+        rates[:] = [0.0 if down else rate for down, rate, _ in got]
+        return all(down for down, _, _ in got), (sum(rates) or None), sum(g for _, _, g in got)
     return ask
 
 

@@ -309,6 +309,9 @@ class HostAgent(CrossNodeEnds, Reusable):
         if job.caches is not None:
             control.on_sync = lambda: job.caches.new_generation(m, time.monotonic() / self.dilation,
                                                                 self._pages_saved(job))
+        if (destination or {}).get("disk_io"):
+            from agents.techniques.storage import HoldsSharedDisk
+            control = HoldsSharedDisk(control, destination["disk_io"]["agent"], destination["disk_io"]["vm"])
         ctx = MigrationContext(m, pages, control, job.pipeline, self.memory_scale, self.dilation,
                                [Trigger(**tr) for tr in triggers], destination=destination or {},
                                access_history=self.histories.get(key))

@@ -118,14 +118,15 @@ class LinkAgent(Reusable):
         """What the co-located background flow wants, in real bytes/s."""
         self.shaper.set_background(bytes_s)
 
-    def carry_disk(self, conn_id: int, nbytes: int) -> tuple[bool, float]:
-        """A disk copy on the network path (agents/datapath/mirror.py `LinkGate`): count the
-        `nbytes` it sent since its last call for connection `conn_id`'s migration; whether the
-        link is down, and the rate (real bytes/s) a migration may take on it now."""
+    def carry_disk(self, conn_id: int, nbytes: int, need: int = 0, wait_s: float = 0.0) -> tuple[bool, float, int]:
+        """A disk copy on the network path (agents/datapath/mirror.py `LinkGate`) for connection
+        `conn_id`'s migration asks for the line time of `nbytes` more (< 0: withdraws its asks);
+        whether the link is down, the rate (real bytes/s) a migration may take on it now, and
+        the bytes the link's fair queue granted it since its last call (waiting up to `wait_s`
+        for `need` of them)."""
         s = self.shaper
-        if nbytes:
-            s.add_disk_bytes(conn_id, nbytes)
-        return s.down, s.migration_rate
+        granted = s.ask_disk(conn_id, nbytes, need, wait_s)
+        return s.down, s.migration_rate, granted
 
     def stats(self) -> dict:
         s = self.shaper

@@ -12,6 +12,12 @@ agents/datapath/token_bucket.py), and the batch is handed to its
 connection's receiver one one-way latency later. Bytes stay in shared memory; only descriptors pass
 through here.
 
+A storage migration's disk copy on the network path is one more flow of
+the fair queue: it asks for line time (`ask_disk`), its asks wait in the
+queue beside the batches, and the bytes admitted are granted to it; it
+sends only what was granted (agents/datapath/mirror.py `LinkGate`), so a
+disk copy and a memory copy on one link share it as the queue says.
+
 Background traffic of a co-located VM (e.g. a web server) shares the NIC.
 Each emulated second a monitor measures both NICs' use and sets the
 migration's share: without rate control the two flows split the link fairly
@@ -50,6 +56,7 @@ from __future__ import annotations
 import collections
 import math
 import select
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -72,6 +79,7 @@ from agents.datapath.token_bucket import TokenBucket
 # migration (the consumer and the receiver ran late for it). A select with a fine timer slack
 # wakes within ~0.03-0.1 ms of its timeout, which the spin absorbs.
 _SPIN_S = 0.0002
+DISK_PIECE_BYTES = 64 * 1024  # a disk copy's ask joins the fair queue in pieces of this size at most
 _CLOSE = (KIND_CLOSE, 0, 0, 0, 0, 0, 0.0, 0.0)
 
 
@@ -121,6 +129,15 @@ class LinkShaper:
         self._lock = threading.Lock()
         self._rate_changed_at: float | None = None  # a setter changed the share; the loop applies it
         self._disk_debt = 0  # disk bytes whose line time the loop has not booked yet
+        # A storage migration's disk copy asks for line time (`ask_disk`): its requests wait in
+        # the fair queue as flow ("disk", connection) beside the batches, and what the queue
+        # admits is granted to it (the copy sends only bytes granted).
+        self._disk_asks: list[tuple[int, int]] = []  # (connection, bytes) for the loop to queue
+        self._disk_granted: dict[int, int] = {}  # bytes admitted, not yet collected by the copy
+        self._disk_withdrawn: set[int] = set()  # copies that withdrew their asks
+        self._granted = threading.Condition(self._lock)  # a grant came
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
         # The loop's state, touched by its thread only.
         self._bucket: TokenBucket | None = None
         self._queue = DeficitRoundRobin()  # batches received, not yet admitted into the bucket
@@ -176,6 +193,8 @@ class LinkShaper:
             return now  # nothing crosses: the counters are exact
         try:
             due = self._line[0][0] if self._line else now
+            if self._urgent:
+                due = min(due, self._urgent[0][0])
             if self._queue:
                 due = min(due, self._bucket.free_at + self.one_way_s)
         except (IndexError, AttributeError):  # the loop moved on, or has not started
@@ -183,6 +202,61 @@ class LinkShaper:
         # Never before an earlier answer: a batch admitted late can be due before it.
         self._counted_until = max(min(now, due), getattr(self, "_counted_until", -math.inf))
         return self._counted_until
+
+    def ask_disk(self, conn_id: int, nbytes: int, need: int = 0, wait_s: float = 0.0) -> int:
+        """A disk copy on the network path for connection `conn_id`'s migration asks for the line
+        time of `nbytes` more (agents/datapath/mirror.py `LinkGate`); nbytes = -(1 + unused)
+        withdraws what it asked and was not granted, and the `unused` bytes granted that it
+        never sent. Returns the bytes granted since its last call: they crossed the link,
+        fair-queued with the batches (deficit round robin, one flow per disk copy); waits up to
+        `wait_s` for `need` bytes to be granted (a copy with nothing in hand)."""
+        with self._lock:
+            if nbytes:
+                self._disk_asks.append((conn_id, nbytes))
+            got = self._disk_granted.pop(conn_id, 0)
+            if nbytes < 0:  # granted and never sent: not carried after all
+                unused = -nbytes - 1 + got
+                self.disk_bytes -= unused
+                self.disk_by_connection[conn_id] = self.disk_by_connection.get(conn_id, 0) - unused
+                self._disk_withdrawn.add(conn_id)  # nothing more is granted to it until it asks again
+                got = 0
+            elif nbytes > 0:
+                self._disk_withdrawn.discard(conn_id)
+        if nbytes:
+            try:
+                self._wake_w.send(b"x")
+            except OSError:
+                pass
+        if need > got and wait_s > 0:
+            with self._granted:
+                self._granted.wait_for(lambda: got + self._disk_granted.get(conn_id, 0) >= need, wait_s)
+                got += self._disk_granted.pop(conn_id, 0)
+        return got
+
+    def _queue_disk_asks(self, now: float) -> None:
+        """The loop: disk copies' asks join the fair queue (a withdrawal empties their flow)."""
+        with self._lock:
+            asks, self._disk_asks = self._disk_asks, []
+        for cid, n in asks:
+            if n < 0:
+                self._queue.remove(("disk", cid))
+            else:  # in pieces no larger than a batch, so that a turn of the queue is not one big ask
+                piece = max(1, min(n, DISK_PIECE_BYTES))
+                for k in range(0, n, piece):
+                    self._queue.offer(("disk", cid), min(piece, n - k), (None, now, (cid, min(piece, n - k))))
+
+    def _grant_disk(self, cid: int, n: int, offered: float) -> None:
+        """The fair queue admitted `n` disk bytes: their line time is booked, they are counted
+        (unless the copy withdrew its asks meanwhile)."""
+        with self._lock:
+            if cid in self._disk_withdrawn:
+                return
+        self._bucket.departure(n, offered)
+        with self._lock:
+            self._disk_granted[cid] = self._disk_granted.get(cid, 0) + n
+            self._granted.notify_all()
+            self.disk_bytes += n
+            self.disk_by_connection[cid] = self.disk_by_connection.get(cid, 0) + n
 
     @property
     def bytes_carried(self) -> int:
@@ -228,6 +302,8 @@ class LinkShaper:
             self._receive(0.0)  # what came in while spinning competes for this turn too
             self._admit(time.monotonic())
             self._deliver(time.monotonic())
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _next_event(self) -> float:
         """The next time the loop must act: a delivery, or the link free for a waiting batch."""
@@ -244,6 +320,8 @@ class LinkShaper:
             rate = max(1.0, self.migration_rate)
             back_up, self._down_changed = self._down_changed and not self.down, False
             debt, self._disk_debt = self._disk_debt, 0
+        if self._disk_asks:  # (read without the lock: a late one is queued at the next turn)
+            self._queue_disk_asks(time.monotonic())
         if t is not None:
             self._bucket.set_rate(rate, t)
         if debt:
@@ -272,11 +350,15 @@ class LinkShaper:
         if not self._open:
             time.sleep(timeout)
             return
-        ready, _, _ = select.select(list(self._open), [], [], timeout)
+        ready, _, _ = select.select([*self._open, self._wake_r], [], [], timeout)
         while ready:  # every descriptor waiting now: an urgent one must not wait behind the others unread
             for sock in ready:
+                if sock is self._wake_r:  # a disk copy asked for line time
+                    self._wake_r.recv(4096)
+                    self._queue_disk_asks(time.monotonic())
+                    continue
                 self._take(sock)
-            ready, _, _ = select.select(list(self._open), [], [], 0) if self._open else ([], [], [])
+            ready, _, _ = select.select([*self._open, self._wake_r], [], [], 0) if self._open else ([], [], [])
 
     def _take(self, sock) -> None:
         """One descriptor from `sock`: queued, interleaved (urgent), or acted on (close, reset)."""
@@ -329,6 +411,9 @@ class LinkShaper:
         """While the link can take a batch, the fair queue says whose goes next."""
         while self._queue and self._bucket.free_at <= now:
             cid, (conn, offered, d) = self._queue.pop()
+            if conn is None:
+                self._grant_disk(*d, offered)
+                continue
             done = self._bucket.departure(d[4], offered)
             self._put_on_line(conn, d, done + self.one_way_s)
             if conn.closing and not self._queue.waiting(cid):

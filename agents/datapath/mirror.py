@@ -29,7 +29,9 @@ switches to synchronous ("write-blocking": the write completes once the
 destination has it) whenever guest writes outrun the data path or the
 destination datastore: mirrored bytes waiting in the buffer pass half the
 buffer, or the guest's mirrored write rate over the last `window_s` exceeds
-what the path drains. It switches back once the rate has stayed below
+what the path and the destination actually drained over that window while
+they had work (measured: a slowed link or a slow destination shows; the
+planned rate stands in only until a window has been measured). It switches back once the rate has stayed below
 `back_ratio` of the drain for a `window_s` (seed: "switches from
 asynchronous mode to synchronous mirror mode whenever the guest write I/O
 rate is faster than the network transfer rate ... or I/O throughput at the
@@ -37,17 +39,14 @@ destination datastore"). With `copy_mode = "write-blocking"` mirroring is
 synchronous throughout (Storage vMotion's local mirror, QEMU's copy-mode).
 
 On the `network` path the disk's bytes cross the migration's link: a
-`LinkGate` polls the link (its LinkAgent) every GATE_PERIOD_S of real time,
-reports the bytes sent since, and the transmitter follows the link's state:
-nothing leaves while the link is down (a `link-down` fault), and the pace is
-the rate a migration may take on the link now (a `set-link` bandwidth
-change, background traffic). The disk's bytes are not queued in the link's
-shaper (it carries page batches over sockets): they are paced here at the
-link's share, counted in its statistics, and their line time is taken from
-the page batches (agents/datapath/link.py `add_disk_bytes`): a memory copy
-running at the same time (pre-copy while the mirror goes on) gets what the
-disk leaves; the disk does not yield to it (the mirror's guest writes are
-small next to the link).
+`LinkGate` asks the link (its LinkAgent) for line time every GATE_PERIOD_S
+of real time, two looks' worth ahead, and the transmitter sends only bytes
+the link granted. The link's fair queue (deficit round robin, one flow per
+disk copy beside each memory connection) admits the asks as it admits page
+batches, and grants nothing while it is down (a `link-down` fault, however
+short); so a memory copy running at the same time (pre-copy while the
+mirror goes on) and the disk copy share the link as its queue says, and a
+`set-link` bandwidth change or background traffic slow both.
 
 QEMU's job vocabulary in `status()`: offset and len (the job's length grows
 as the guest rewrites copied blocks), ready (the bulk copy is done), and
@@ -55,8 +54,10 @@ actively_synced (ready and nothing left in flight).
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -75,6 +76,7 @@ BACKGROUND, WRITE_BLOCKING = "background", "write-blocking"
 # gets further ahead, instead of spinning towards every region's deadline.
 PACE_SLACK_S = 0.002
 GATE_PERIOD_S = 0.02  # real seconds between two looks at the link's state (network path)
+IDLE = object()  # TransmitBuffer.get: nothing came in time
 
 
 def pace(deadline: float) -> None:
@@ -102,27 +104,47 @@ class DataPath:
 class LinkGate:
     """The link a disk copy on the `network` path crosses, as its transmitter sees it.
 
-    `ask(nbytes) -> (down, rate_bytes_s)` tells the link of `nbytes` sent since the
-    last call and returns its state (real bytes/s; rate None: unchanged). Polled at
-    most every `period_s` real seconds; `down_s` is how long it has been down (0: up)."""
+    `ask(nbytes, need, wait_s) -> (down, rate_bytes_s, granted)` asks the link for the line time of
+    `nbytes` more (negative: withdraw what is still asked) and returns its state (real
+    bytes/s; rate None: unchanged) and the bytes it granted since the last call: the
+    link's fair queue admits the copy's asks beside the memory batches
+    (agents/datapath/link.py `ask_disk`), and the copy sends only what was granted.
+    Asked at most every `period_s` real seconds; `down_s` is how long it has been down (0: up)."""
 
     def __init__(self, ask, period_s: float = GATE_PERIOD_S) -> None:
         self.ask, self.period = ask, period_s
         self.down, self.rate = False, None
-        self.pending = 0
+        self.credit = 0  # bytes granted and not yet sent
+        self.asked = 0  # bytes asked and not yet granted
+        self.ask_s = 0.0  # how long the last ask took (real s; a Ray round trip to the links)
         self.down_since: float | None = None
         self._t = -1e18
 
-    def sent(self, nbytes: int) -> None:
-        self.pending += nbytes
-
-    def poll(self, now: float, force: bool = False) -> None:
-        if not force and now - self._t < self.period:
+    def poll(self, now: float, want: int = 0, need: int = 0) -> None:
+        """Look at the link (at most every period unless `need` > the credit in hand), asking for
+        enough line time that `want` bytes are granted or asked; waiting up to a quarter
+        period for `need` (the copy has an entry to send and not the credit for it)."""
+        short = max(0, need - self.credit)
+        if not short and now - self._t < self.period:
             return
         self._t = now
-        n, self.pending = self.pending, 0
-        self.down, self.rate = self.ask(n)
+        more = max(0, want - self.asked - self.credit)
+        self.down, self.rate, granted = self.ask(more, short, self.period / 4 if short else 0.0)
+        self.ask_s = time.monotonic() - now
+        self.asked += more - granted
+        self.credit += granted
         self.down_since = (self.down_since or now) if self.down else None
+
+    def take(self, nbytes: int) -> None:
+        self.credit -= nbytes
+
+    def withdraw(self) -> None:
+        """The copy is over: what it asked and was not granted leaves the link's queue, and
+        what was granted and not sent is taken off the link's count."""
+        if self.asked > 0 or self.credit > 0:
+            self.ask(-1 - self.credit)
+            self.asked = self.credit = 0
+            self._t = -1e18  # the next entry asks at once
 
     def down_s(self) -> float:
         return time.monotonic() - self.down_since if self.down_since is not None else 0.0
@@ -134,6 +156,10 @@ class Entry:
     offset: int
     data: bytes
     mirrored: bool  # a guest write (True) or a bulk-copy region (False)
+    crc: int = 0  # its checksum when enqueued; the destination writer checks it
+
+    def __post_init__(self) -> None:
+        self.crc = zlib.crc32(self.data)
 
 
 class TransmitBuffer:
@@ -165,9 +191,11 @@ class TransmitBuffer:
             self._cond.notify_all()
             return self._seq
 
-    def get(self) -> Entry | None:
+    def get(self, timeout: float | None = None) -> Entry | None:
+        """The next entry; None once closed; IDLE when none came within `timeout`."""
         with self._cond:
-            self._cond.wait_for(lambda: self.closed or self._q)
+            if not self._cond.wait_for(lambda: self.closed or self._q, timeout):
+                return IDLE
             return None if self.closed else self._q.popleft()
 
     def done(self, entry: Entry) -> None:
@@ -194,18 +222,29 @@ class TransmitBuffer:
 class ModeSwitch:
     """When mirroring goes synchronous and back (pure: times are given in emulated s).
 
-    `observe(t, mirrored_bytes, mirror_fill)` is told of every mirrored write
-    (and may be told of none, to let time pass); it returns the mode now.
+    `observe(t, mirrored_bytes, mirror_fill, buffer_fill)` is told of every mirrored
+    write (and may be told of none, to let time pass); it returns the mode now.
+    `drained(t, nbytes)` is told of every entry the destination has written.
+
+    The drain it judges against is measured, not planned: the bytes the path and
+    the destination datastore actually took over the last window, per second in
+    which the buffer held something for them (a link slowed by a `set-link` or
+    by other traffic, a destination datastore slower than its figures, all
+    show). Until a window has been measured, `drain_bytes_s` (the planned
+    rate) stands in for it.
     """
 
     def __init__(self, capacity: int, drain_bytes_s: float, window_s: float, back_ratio: float = 0.8,
                  mode: str = BACKGROUND) -> None:
-        self.capacity, self.drain, self.window, self.back = capacity, drain_bytes_s, window_s, back_ratio
+        self.capacity, self.planned, self.window, self.back = capacity, drain_bytes_s, window_s, back_ratio
         self.mode = mode
         self.fixed = mode == WRITE_BLOCKING
         self.since = 0.0  # when the current mode began
         self._writes: deque[tuple[float, int]] = deque()
         self._in_window = 0
+        self._drains: deque[tuple[float, int, float]] = deque()  # (t, bytes written, busy s since the last)
+        self._drained, self._busy = 0, 0.0
+        self._last_t, self._backlog = 0.0, False
 
     def rate(self, t: float) -> float:
         """Mirrored bytes per emulated second over the last window."""
@@ -213,16 +252,42 @@ class ModeSwitch:
             self._in_window -= self._writes.popleft()[1]
         return self._in_window / self.window
 
-    def observe(self, t: float, nbytes: int, mirror_fill: int) -> str:
+    def drain(self, t: float) -> float:
+        """Bytes per emulated second the destination took while it had work, over the last window;
+        the planned rate until it has been busy a tenth of a window."""
+        while self._drains and self._drains[0][0] < t - self.window:
+            _, n, busy = self._drains.popleft()
+            self._drained -= n
+            self._busy -= busy
+        return self._drained / self._busy if self._busy >= self.window / 10 else self.planned
+
+    def _tick(self, t: float, buffer_fill: int) -> float:
+        """Time passes: the busy time since the last look (the buffer held something)."""
+        busy = max(0.0, t - self._last_t) if self._backlog else 0.0
+        self._last_t, self._backlog = t, buffer_fill > 0
+        return busy
+
+    def drained(self, t: float, nbytes: int, buffer_fill: int) -> None:
+        busy = self._tick(t, buffer_fill + nbytes)  # it held this entry until now
+        self._drains.append((t, nbytes, busy))
+        self._drained += nbytes
+        self._busy += busy
+        self._backlog = buffer_fill > 0
+
+    def observe(self, t: float, nbytes: int, mirror_fill: int, buffer_fill: int | None = None) -> str:
         if nbytes:
             self._writes.append((t, nbytes))
             self._in_window += nbytes
+        busy = self._tick(t, mirror_fill if buffer_fill is None else buffer_fill)
+        if busy:
+            self._drains.append((t, 0, busy))
+            self._busy += busy
         if self.fixed:
             return self.mode
-        rate = self.rate(t)
-        if self.mode == BACKGROUND and (mirror_fill >= self.capacity // 2 or rate > self.drain):
+        rate, drain = self.rate(t), self.drain(t)
+        if self.mode == BACKGROUND and (mirror_fill >= self.capacity // 2 or rate > drain):
             self.mode, self.since = WRITE_BLOCKING, t
-        elif (self.mode == WRITE_BLOCKING and t - self.since >= self.window and rate <= self.back * self.drain
+        elif (self.mode == WRITE_BLOCKING and t - self.since >= self.window and rate <= self.back * drain
               and mirror_fill < self.capacity // 4):
             self.mode, self.since = BACKGROUND, t
         return self.mode
@@ -240,6 +305,8 @@ class MirrorStats:
     mode_s: dict = field(default_factory=lambda: {BACKGROUND: 0.0, WRITE_BLOCKING: 0.0})
     write_latency_s: dict = field(default_factory=lambda: {BACKGROUND: [0, 0.0], WRITE_BLOCKING: [0, 0.0]})
     copy_done_t: float | None = None
+    batches_corrupted: int = 0  # entries damaged on the way (a `corrupt-batch` fault), caught by their checksum
+    batches_resent: int = 0
 
 
 class MirrorJob:
@@ -270,7 +337,9 @@ class MirrorJob:
         self._mode_lock = threading.Lock()
         self._bucket = TokenBucket(path.rate_bytes_s * memory_scale / dilation, 0.0) if path else None
         self.gate = gate if self._bucket is not None else None
-        self._arrivals: deque[tuple[float, Entry]] = deque()
+        self._arrivals: deque[tuple[float, Entry, bytes]] = deque()  # (arrival, entry, bytes as they arrive)
+        self._booked: dict[int, float] = {}  # a mirrored write's booked completion at the destination
+        self._corrupt_left = 0  # fault injection: entries to damage on the way
         self._arrived = threading.Condition()
         self._threads: list[threading.Thread] = []
         self.error: str | None = None
@@ -326,8 +395,12 @@ class MirrorJob:
         self.dst.unlink()
 
     # --- the guest's writes (the I/O mirror) ---------------------------------
-    def guest_write(self, offset: int, data) -> None:
-        """A guest write: to the source, and mirrored when behind the copy's cursor."""
+    def guest_write(self, offset: int, data) -> float:
+        """A guest write: to the source, and mirrored when behind the copy's cursor.
+        Returns the real seconds one of the emulated writes it stands for (agents/guest/disk.py)
+        waits for the mirror: in write-blocking mode until the destination has it, as booked
+        on the path and the destination's device, less its own batch's booking there beyond a
+        single write's; in background mode the wait for room in the buffer."""
         t0 = time.monotonic()
         seq = 0
         with self.lock.hold(offset, len(data), "map"):
@@ -337,17 +410,33 @@ class MirrorJob:
                 seq = self.buffer.put(offset, bytes(data), True, self.buffer.capacity)
                 self.length += len(data)
         mode = self._observe(len(data) if seq else 0)
+        waited = time.monotonic() - t0
         if seq and mode == WRITE_BLOCKING:
             self.buffer.wait_applied(seq)
+            booked = self._booked.pop(seq, time.monotonic())
+            waited = max(waited, booked - t0 - self._batch_beyond_one_s(len(data)))
+        self._booked.pop(seq, None)
         lat = self.stats.write_latency_s[mode]
         lat[0] += 1
-        lat[1] += (time.monotonic() - t0) / self.dilation
+        lat[1] += waited / self.dilation
+        return waited
+
+    def _batch_beyond_one_s(self, nbytes: int) -> float:
+        """Real seconds a mirrored write of `nbytes` real bytes occupies the path and the
+        destination datastore beyond what one emulated write of that size would."""
+        beyond = 0.0
+        if self._bucket is not None:
+            beyond += nbytes / self._bucket.rate * (1 - self.scale)
+        if self.dst_dev is not None:
+            one = self.dst_dev.model.service_s(True, 1, nbytes, True) * self.dilation
+            beyond += self.dst_dev.real_service_s(True, 1, nbytes, True) - one
+        return beyond
 
     def _observe(self, nbytes: int) -> str:
         with self._mode_lock:
             t = self.now()
             before = self.switch.mode
-            mode = self.switch.observe(t, nbytes, self.buffer.mirror_fill)
+            mode = self.switch.observe(t, nbytes, self.buffer.mirror_fill, self.buffer.fill)
             if mode != before:
                 self._account_mode(t, before)
                 self.stats.switches.append((round(t, 4), mode, self.buffer.fill))
@@ -394,38 +483,74 @@ class MirrorJob:
 
     def _transmit(self) -> None:
         try:
-            while (entry := self.buffer.get()) is not None:
-                self._follow_link()
+            while True:
+                entry = self.buffer.get(2 * self.gate.period if self.gate is not None else None)
+                if entry is IDLE:  # nothing to send for two looks: no line time held from the memory copy
+                    self.gate.withdraw()
+                    entry = self.buffer.get()
+                if entry is None:
+                    break
+                self._follow_link(len(entry.data))
                 self._send(entry)
         finally:
-            if self.gate is not None and self.gate.pending:
-                self.gate.poll(time.monotonic(), force=True)  # the last bytes reach the link's statistics
+            if self.gate is not None:
+                self.gate.withdraw()
 
-    def _follow_link(self) -> None:
-        """The network path: wait while the link is down (no credit for the time it was);
-        take the rate the link allows now."""
+    def _follow_link(self, nbytes: int) -> None:
+        """The network path: wait until the link has granted `nbytes` of line time (none is
+        granted while it is down, and the link's fair queue shares it with the memory
+        batches); take the rate the link allows now."""
         g = self.gate
         if g is None:
             return
-        g.poll(time.monotonic())
-        if g.down:
-            while g.down and not self.buffer.closed:
-                time.sleep(g.period)
-                g.poll(time.monotonic())
-            self._bucket.t = max(self._bucket.t, time.monotonic())
+        def want() -> int:  # asked ahead: two looks and two of the asks' round trips
+            return max(nbytes, int((2 * g.period + 2 * g.ask_s) * min(self._bucket.rate, g.rate or math.inf)))
+        g.poll(time.monotonic(), want(), nbytes)
+        while (g.down or g.credit < nbytes) and not self.buffer.closed:
+            if g.down:
+                time.sleep(g.period / 4)
+            g.poll(time.monotonic(), want(), nbytes)
+        g.take(nbytes)
         if g.rate and g.rate != self._bucket.rate:
             self._bucket.set_rate(g.rate, time.monotonic())
 
     def _send(self, entry: Entry) -> None:
+        """Onto the path: paced at its rate; on the network path the link's grant paced it already."""
         t = time.monotonic()
-        if self._bucket is not None:
+        if self._bucket is not None and self.gate is None:
             t = self._bucket.departure(len(entry.data), t)
             pace(t)
-            if self.gate is not None:
-                self.gate.sent(len(entry.data))
         with self._arrived:
-            self._arrivals.append((t + (self.path.delay_s * self.dilation if self.path else 0.0), entry))
+            self._arrivals.append((t + self._delay(), entry, self._on_the_way(entry.data)))
             self._arrived.notify()
+
+    def _delay(self) -> float:
+        return self.path.delay_s * self.dilation if self.path else 0.0
+
+    def corrupt(self, count: int) -> None:
+        """Fault injection (`corrupt-batch`): damage one byte of each of the next `count` entries sent."""
+        self._corrupt_left += count
+
+    def _on_the_way(self, data: bytes) -> bytes:
+        """What arrives: the entry's bytes, one of them flipped while a corrupt-batch fault lasts."""
+        if self._corrupt_left <= 0 or not data:
+            return data
+        self._corrupt_left -= 1
+        damaged = bytearray(data)
+        damaged[len(damaged) // 2] ^= 0xFF
+        return bytes(damaged)
+
+    def _received(self, entry: Entry, payload: bytes, arrival: float) -> float:
+        """The destination checks the entry's checksum; a damaged one is NACKed and sent again
+        (one more pass over the path); the real time its good copy arrived."""
+        while zlib.crc32(payload) != entry.crc:
+            self.stats.batches_corrupted += 1
+            self.stats.batches_resent += 1
+            t = arrival + self._delay()  # the NACK goes back
+            if self._bucket is not None:
+                t = self._bucket.departure(len(entry.data), t)
+            arrival, payload = t + self._delay(), self._on_the_way(entry.data)
+        return arrival
 
     def _write(self) -> None:
         while True:
@@ -433,17 +558,21 @@ class MirrorJob:
                 self._arrived.wait_for(lambda: self.buffer.closed or self._arrivals)
                 if self.buffer.closed:
                     return
-                arrival, entry = self._arrivals.popleft()
+                arrival, entry, payload = self._arrivals.popleft()
+            arrival = self._received(entry, payload, arrival)
             if self.dst_dev is not None:
                 arrival = self.dst_dev.reserve(True, len(entry.data), random=entry.mirrored, t=arrival)
             pace(arrival)
             self.dst.pwrite(entry.offset, entry.data)
             if entry.mirrored:
+                self._booked[entry.seq] = arrival
                 self.stats.mirrored_bytes += len(entry.data)
                 self.stats.mirrored_writes += 1
             else:
                 self.stats.copied_bytes += len(entry.data)
             self.buffer.done(entry)
+            with self._mode_lock:
+                self.switch.drained(self.now(), len(entry.data), self.buffer.fill)
             self._observe(0)
 
     # --- figures ------------------------------------------------------------

@@ -10,7 +10,8 @@ A `DiskWorkload` is the guest's I/O in physical units: read and write IOPS,
 request sizes, random or sequential, over a span of the disk. Presets:
 - ds2: the seed's DS2 SQL Server database disk, about 1,250 read and 200
   write IOPS (vMotion 5.1 paper, "Test scenario"); 8 KiB requests, SQL
-  Server's page size; random.
+  Server's page size; random; a closed loop of 12 clients (the seed's
+  "load of 12 DS2 users").
 - dbench: PMigrate Table 8's DBench VM. Its total disk send grew 3.8 GB
   over the 256 s vanilla migration and 1.2 GB over the 77 s PMigrate one,
   about 15 MB/s of fresh writes: 240 write IOPS of 64 KiB, sequential.
@@ -21,8 +22,28 @@ request sizes, random or sequential, over a span of the disk. Presets:
 datastore (agents/datapath/datastore.py: the device is shared with any
 copy) and then really reads or writes the image; writes go through a
 `write` callable so a storage migration's I/O mirror can intercept them.
-Closed loop with one request outstanding: when the device is busy the
-guest's IOPS fall, which is its application throughput.
+
+Open or closed loop. With `clients = 0` the requests are offered at the
+workload's IOPS (open loop; a request still waits for the one before it).
+With `clients = N > 0` the workload is a closed loop of N clients (DS2's
+users, a database's outstanding I/Os): each client thinks for Z, issues
+one request, waits for its completion, and thinks again, so by Little's law
+the throughput is X = N / (Z + R) with R the mean request latency. The
+workload's IOPS are its throughput on its datastore unloaded (R = R0, the
+device's service time of one request plus its latency); Z = N / IOPS - R0.
+Latency the guest meets (the bulk copy queued ahead of it on the source
+datastore, a mirrored write waiting for the destination in write-blocking
+mode, a slower datastore after the move) lowers X, and X is the
+application's throughput (DS2's orders per second follow its completed
+I/Os: vMotion 5.1 seed, "The drop in the write IOPS during the disk copy
+phase was consistent with the drop in the SQL Server throughput").
+
+One real request stands for 1/memory_scale emulated ones; its own service
+on a device is booked as theirs together, so the latency an emulated
+request meets is the booked one less that batch's service beyond a single
+request's (`_latency_s`); booked, not measured, so that this machine's
+scheduling delays (amplified by a small dilation) do not count as the
+device's. R is a moving average of those latencies.
 """
 from __future__ import annotations
 
@@ -34,11 +55,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agents.datapath.clock import sleep_until
-from agents.datapath.datastore import Device, IoCounts
+from agents.datapath.datastore import DatastoreModel, Device, IoCounts
 from agents.verify import chunk_digests
 
 BLOCK = 4096
 EXTENT = 64 * 1024  # allocation unit tracked for holes (VMFS-like; QEMU's default cluster size)
+# Weight of the newest request in a closed loop's mean latency R. High: one real request
+# already stands for 1/memory_scale emulated ones (an average over many clients), and a
+# low weight would keep the clients slow long after the latency fell (each real request
+# is paced by R itself, so few come to lower it).
+LATENCY_EWMA = 0.5
 
 
 class DiskImage:
@@ -115,6 +141,7 @@ class DiskWorkload:
     write_kib: float = 8.0
     pattern: str = "random"  # random | sequential
     span_fraction: float = 1.0  # the part of the disk the requests fall in (from its start)
+    clients: int = 0  # > 0: a closed loop of this many clients (the IOPS are its unloaded throughput)
 
     def __post_init__(self) -> None:
         if self.read_iops < 0 or self.write_iops < 0:
@@ -123,6 +150,8 @@ class DiskWorkload:
             raise ValueError("read_kib and write_kib must be > 0")
         if self.pattern not in ("random", "sequential"):
             raise ValueError(f"pattern must be random or sequential; got {self.pattern!r}")
+        if self.clients < 0:
+            raise ValueError(f"clients must be >= 0; got {self.clients!r}")
 
     @property
     def iops(self) -> float:
@@ -131,13 +160,27 @@ class DiskWorkload:
     def write_mbytes_s(self) -> float:
         return self.write_iops * self.write_kib * 1024 / 1e6
 
+    def request_bytes(self, write: bool) -> int:
+        """One request's size in bytes (a multiple of 4 KiB)."""
+        return int((self.write_kib if write else self.read_kib) * 1024) // BLOCK * BLOCK or BLOCK
+
+    def unloaded_latency_s(self, model: DatastoreModel) -> float:
+        """R0: the mean emulated seconds one request takes on `model` with nothing else on it."""
+        random = self.pattern == "random"
+        each = [model.service_s(w, 1, self.request_bytes(w), random) + model.latency_ms / 1000 for w in (False, True)]
+        return (self.read_iops * each[0] + self.write_iops * each[1]) / self.iops
+
+    def think_s(self, model: DatastoreModel) -> float:
+        """Z, a closed-loop client's think time (emulated s): N / IOPS - R0 on the datastore it starts on."""
+        return max(0.0, self.clients / self.iops - self.unloaded_latency_s(model))
+
 
 def _soliddb(iops: float, mbytes_s: float) -> DiskWorkload:
     return DiskWorkload(write_iops=iops, write_kib=mbytes_s * 1e6 / iops / 1024)
 
 
 DISK_PRESETS: dict[str, DiskWorkload] = {
-    "ds2": DiskWorkload(read_iops=1250, write_iops=200, read_kib=8, write_kib=8),
+    "ds2": DiskWorkload(read_iops=1250, write_iops=200, read_kib=8, write_kib=8, clients=12),
     "dbench": DiskWorkload(write_iops=240, write_kib=64, pattern="sequential", span_fraction=0.25),
     "soliddb-8": _soliddb(906, 13.68),
     "soliddb-16": _soliddb(1444, 22.21),
@@ -174,6 +217,8 @@ class DiskWorkloadRunner:
         self._cursor = 0
         self._thread: threading.Thread | None = None
         self.started_at = 0.0
+        self.think_s = workload.think_s(device.model) if workload.clients else 0.0  # Z, emulated s
+        self.latency_avg = workload.unloaded_latency_s(device.model) if workload.iops else 0.0  # R, emulated s
 
     def start(self) -> None:
         self.started_at = time.monotonic()
@@ -214,30 +259,53 @@ class DiskWorkloadRunner:
         return is_write, blocks
 
     def _loop(self, batch: int = 64) -> None:
-        w, dev = self.w, self.device
-        interval = dev.dilation / (w.iops * dev.scale)  # real seconds between requests at the target rate
         due = time.monotonic()
         while not self._stop.is_set():
             for is_write, block in zip(*self._requests(batch)):
                 if self._stop.is_set():
                     return
                 self._running.wait()
+                interval = self._interval()
                 due = max(due + interval, time.monotonic() - interval)  # no catching up after a pause
                 sleep_until(due)
-                self._one(bool(is_write), int(block) * BLOCK)
+                latency = self._one(bool(is_write), int(block) * BLOCK)
+                if latency is not None:
+                    self.latency_avg += LATENCY_EWMA * (latency - self.latency_avg)
 
-    def _one(self, is_write: bool, offset: int) -> None:
+    def _interval(self) -> float:
+        """Real seconds between two real requests: open loop at the IOPS; closed loop at
+        N / (Z + R) with R the moving average of the latencies met."""
+        dev, w = self.device, self.w
+        rate = w.clients / (self.think_s + self.latency_avg) if w.clients else w.iops
+        return dev.dilation / (rate * dev.scale)
+
+    def _one(self, is_write: bool, offset: int) -> float | None:
+        """Issue one real request; the emulated latency one of the requests it stands for met
+        (None: not issued, the VM paused meanwhile)."""
         with self._lock:
             if not self._running.is_set():  # paused while this request waited for its turn: not issued
-                return
+                return None
             t0 = time.monotonic()
-            size = int((self.w.write_kib if is_write else self.w.read_kib) * 1024) // BLOCK * BLOCK or BLOCK
-            size = min(size, self.image.nbytes - offset)
-            sleep_until(self.device.reserve(is_write, size, self.w.pattern == "random", t=t0))
+            size = min(self.w.request_bytes(is_write), self.image.nbytes - offset)
+            random = self.w.pattern == "random"
+            booked = self.device.reserve(is_write, size, random, t=t0)
+            sleep_until(booked)
+            mirror = 0.0
             if is_write:
-                self.write(offset, self._rng.bytes(size))
+                mirror = self.write(offset, self._rng.bytes(size)) or 0.0
             else:
                 self.image.pread(offset, size)
-            self.stats.latency_s += time.monotonic() - t0
-            self.stats.completions.append(time.monotonic())
+            done = time.monotonic()
+            self.stats.latency_s += done - t0
+            self.stats.completions.append(done)
             self.stats.add(is_write, 1, size)
+            return _latency_s(self.device, is_write, size, random, booked - t0 + mirror)
+
+
+def _latency_s(dev: Device, write: bool, nbytes: int, random: bool, real_s: float) -> float:
+    """The emulated latency of one of the requests a real request of `nbytes` stands for, from
+    its booked real latency `real_s` (the device's queue, service and latency as booked, plus
+    the mirror's wait; not this process's scheduling): its batch's service beyond one
+    request's is not waited by any single request."""
+    one = dev.model.service_s(write, 1, nbytes, random) * dev.dilation
+    return max(0.0, real_s - (dev.real_service_s(write, 1, nbytes, random) - one)) / dev.dilation

@@ -208,7 +208,8 @@ class StorageMigration(PrecopyMigration):
                                        for t, m, f in fig["switches"]],
                           "write_latency_ms": fig["write_latency_ms"],
                           "buffer_bytes": d["buffer_bytes"] / scale,
-                          "buffer_high_water_bytes": fig["buffer_high_water"] / scale}}
+                          "buffer_high_water_bytes": fig["buffer_high_water"] / scale},
+               "batches_corrupted": fig.get("batches_corrupted", 0), "batches_resent": fig.get("batches_resent", 0)}
         if "verified" in fig:
             out |= {"verified": fig["verified"], "actively_synced": fig["actively_synced"]}
         out["guest_iops"] = self._io_figures()
@@ -240,6 +241,8 @@ class _HoldsDiskToo:
         return getattr(self._inner, name)
 
     def pause(self) -> float:
+        d = self._m.disk
+        ray.get(d["agent"].pause_workload.remote(d["vm"]))  # before the vCPUs: no disk I/O completes in the downtime
         t = self._inner.pause()
         self._m.sync_disk()
         return t
@@ -248,3 +251,43 @@ class _HoldsDiskToo:
         d = self._m.disk
         ray.get(d["agent"].resume_workload.remote(d["vm"]))
         return self._inner.resume()
+
+
+class HoldsSharedDisk:
+    """The guest control of a VM whose disk stays where it is (shared storage both hosts
+    reach) and does I/O: the VM's disk I/O stops with its vCPUs and goes on when it runs
+    again (on its source after a cancel, on the destination after post-copy's switch, or
+    when the control plane resumes it after switch-over: `resume_shared_disk`). Its DiskAgent
+    holds the I/O before the vCPUs stop, so none completes within the downtime."""
+
+    def __init__(self, inner, agent, vm: str) -> None:
+        self._inner, self._agent, self._vm = inner, agent, vm
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def pause(self) -> float:
+        ray.get(self._agent.pause_workload.remote(self._vm))
+        return self._inner.pause()
+
+    def resume(self) -> float:
+        t = self._inner.resume()
+        self._agent.resume_workload.remote(self._vm)
+        return t
+
+    def resume_async(self) -> None:
+        self._inner.resume_async()
+        self._agent.resume_workload.remote(self._vm)
+
+    def resume_on_destination(self, image_path: str, missing, return_path: str = "") -> float:
+        t = self._inner.resume_on_destination(image_path, missing, return_path)
+        self._agent.resume_workload.remote(self._vm)
+        return t
+
+
+def resume_shared_disk(destination: dict) -> None:
+    """After switch-over (the guest runs on the destination): a held shared disk's I/O goes on."""
+    io = destination.get("disk_io")
+    if io is not None:
+        ray.get(io["agent"].resume_workload.remote(io["vm"]), timeout=60)
+

@@ -182,51 +182,60 @@ class SourcePipeline:
     # --- the consumers -----------------------------------------------------
     def _consume(self, me: int) -> None:
         conn = self.connections[me % len(self.connections)]
-        base = me * _WINDOW
-        c = self.costs
-        shootdown = c.shootdown_us * (self.consumers - 1)
         clock = CoreClock()  # its place in emulated CPU time, from one task to the next
         while True:
             task = self.tasks.get()
             if task is None:
                 return
-            n = len(task.idx)
-            length = n * PAGE
             wire = 0
             try:
-                slot = conn.acquire_slot()  # waiting for the wire takes no core
-                # The task starts on the emulated schedule: once this consumer's last task ended,
-                # the task was queued and its slot came back, not when this thread got to it.
-                clock.busy, clock.not_before = True, max(task.queued_at, conn.freed_at[slot])
-                # One core for the whole task: fewer hand-overs between threads,
-                # so per-task overhead stays inside the charged time. A consumer
-                # waiting for the address-space lock keeps its core, as a thread
-                # spinning on mmap_sem's wait queue would.
-                with self.cores.core(self.tag, clock) as core:
-                    self._locked_step(core, base, length, "mmap", c.mmap_us, n)
-                    self._locked_step(core, base, length, "map", c.map_us, n)
-                    stats = conn.pack(slot, task.image, task.idx, self.encoders and self.encoders[me], task.vm,
-                                      task.phase == "downtime", bulk=task.phase == "bulk")
-                    # Every page is checked; only pages with contents are transferred.
-                    # Compression costs what the codec cost model says for these pages
-                    # (not their measured time, whose per-call part 1/memory_scale would
-                    # magnify), scaled like a per-page cost.
-                    core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, stats.pages - stats.zero)
-                                + self.real_s(stats.model_us, 1))
-                    capped = self.limit.active
-                    if not capped:  # sent when its charged work ended, however late this thread is
-                        conn.post(slot, task.vm, stats.pages, stats, at=core.t)
-                    wire = stats.wire_bytes
-                    self._locked_step(core, base, length, "munmap", c.munmap_us + shootdown, n)
-                if capped:
-                    # Paced to the cap after leaving the core: a rate-limited sender sleeps.
-                    self.limit.pace(stats.wire_bytes)
-                    conn.post(slot, task.vm, stats.pages, stats)
+                # A task larger than a slot goes out as several batches, back to back on this
+                # consumer: the task is the paper's unit of work, the slot only this machine's.
+                slot_pages = conn.layout.batch_pages
+                for start in range(0, len(task.idx), slot_pages):
+                    wire += self._batch(me, conn, clock, task, task.idx[start:start + slot_pages])
             except BaseException as exc:  # surfaced by send_pages
                 task.call.error = exc
             finally:
                 self.pool.release(task.nbytes)
                 task.call.done(wire, clock.t)
+
+    def _batch(self, me: int, conn: PageSender, clock: CoreClock, task: _Task, idx: np.ndarray) -> int:
+        """Map, encode, send and unmap one slot's worth of `task` (pages `idx`); returns its wire bytes."""
+        n = len(idx)
+        length = n * PAGE
+        base = me * _WINDOW
+        c = self.costs
+        slot = conn.acquire_slot()  # waiting for the wire takes no core
+        # The batch starts on the emulated schedule: once this consumer's last one ended,
+        # the task was queued and its slot came back, not when this thread got to it.
+        clock.busy, clock.not_before = True, max(task.queued_at, conn.freed_at[slot])
+        # One core for the whole batch: fewer hand-overs between threads,
+        # so per-batch overhead stays inside the charged time. A consumer
+        # waiting for the address-space lock keeps its core, as a thread
+        # spinning on mmap_sem's wait queue would.
+        with self.cores.core(self.tag, clock) as core:
+            self._locked_step(core, base, length, "mmap", c.mmap_us, n)
+            self._locked_step(core, base, length, "map", c.map_us, n)
+            stats = conn.pack(slot, task.image, idx, self.encoders and self.encoders[me], task.vm,
+                              task.phase == "downtime", bulk=task.phase == "bulk")
+            # Every page is checked; only pages with contents are transferred.
+            # Compression costs what the codec cost model says for these pages
+            # (not their measured time, whose per-call part 1/memory_scale would
+            # magnify), scaled like a per-page cost. Its bytes stream out as they are
+            # encoded (`began`): the link need not wait for the whole batch.
+            began = core.t
+            core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, stats.pages - stats.zero)
+                        + self.real_s(stats.model_us, 1))
+            capped = self.limit.active
+            if not capped:  # sent when its charged work ended, however late this thread is
+                conn.post(slot, task.vm, stats.pages, stats, at=core.t, began=began)
+            self._locked_step(core, base, length, "munmap", c.munmap_us + c.shootdown_us * (self.consumers - 1), n)
+        if capped:
+            # Paced to the cap after leaving the core: a rate-limited sender sleeps.
+            self.limit.pace(stats.wire_bytes)
+            conn.post(slot, task.vm, stats.pages, stats)
+        return stats.wire_bytes
 
     def _locked_step(self, core, start: int, length: int, mode: str, us_per_page: float, n: int) -> None:
         """A modelled address-space operation: hold the lock for its cost, on `core`."""

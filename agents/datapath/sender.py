@@ -177,9 +177,11 @@ class PageSender:
         self._inflight[slot] = (vm, image, idx.copy())
         return stats
 
-    def post(self, slot: int, vm: int, npages: int, stats: PackStats, at: float | None = None) -> None:
+    def post(self, slot: int, vm: int, npages: int, stats: PackStats, at: float | None = None,
+             began: float = 0.0) -> None:
         """Hand the packed slot to the link; `at`: when it was sent on the emulated schedule
-        (monotonic seconds, not later than now; default now)."""
+        (monotonic seconds, not later than now; default now); `began`: when its encoding
+        began, its first page ready to leave (0: the batch is ready only whole, at `at`)."""
         with self._cv:
             c = self.counters
             c.pages_normal += stats.normal
@@ -192,7 +194,7 @@ class PageSender:
             c.encode_s += stats.encode_s
             c.encode_model_us += stats.model_us
             c.wire_bytes += stats.wire_bytes
-        self._post(KIND_BATCH, vm, slot, npages, stats.wire_bytes, at)
+        self._post(KIND_BATCH, vm, slot, npages, stats.wire_bytes, at, began)
 
     def send_state(self, vm: int, state_bytes: int) -> None:
         """CPU and device state: one message of the given wire size (single-threaded, as in the paper)."""
@@ -203,7 +205,10 @@ class PageSender:
             self.counters.state_bytes += state_bytes
         self._post(KIND_STATE, vm, slot, 0, state_bytes)
 
-    def _post(self, kind: int, vm: int, slot: int, npages: int, wire_bytes: int, at: float | None = None) -> None:
+    def _post(self, kind: int, vm: int, slot: int, npages: int, wire_bytes: int, at: float | None = None,
+              began: float = 0.0) -> None:
+        """To the link: t_sent is when the batch was ready whole, t_first when its first page
+        was (`began`, for the cut-through link; 0: not before t_sent)."""
         with self._cv:
             if self._outstanding == 0:
                 self._progress_t = time.monotonic()
@@ -212,7 +217,8 @@ class PageSender:
             seq = self._seq
             self.counters.batches += 1
             now = time.monotonic()
-            self.to_link.send(kind, vm, slot, npages, wire_bytes, seq, now if at is None else min(at, now))
+            sent = now if at is None else min(at, now)
+            self.to_link.send(kind, vm, slot, npages, wire_bytes, seq, sent, 0.0, min(began, sent) if began > 0 else 0.0)
 
     def drain(self, timeout: float = 600.0) -> float:
         """Wait until every batch posted so far is restored; returns the last restore time."""

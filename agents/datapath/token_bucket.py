@@ -34,7 +34,11 @@ class TokenBucket:
         """When the batches offered so far have fully left: the next may start then."""
         return self.t
 
-    def departure(self, nbytes: int, t: float) -> float:
-        """Time at which `nbytes` offered at `t` have fully left the link: serialized at line rate."""
-        self.t = max(self.t, t) + nbytes / self.rate
+    def departure(self, nbytes: int, t: float, ready: float = 0.0, tail_bytes: int = 0) -> float:
+        """Time at which `nbytes` offered at `t` have fully left the link: serialized at line rate.
+
+        A batch produced as a stream (cut through, not stored and forwarded) begins to
+        leave at `t` as its first page is ready, but its last `tail_bytes` are ready only at
+        `ready`: it has left no earlier than `ready + tail_bytes / rate`."""
+        self.t = max(max(self.t, t) + nbytes / self.rate, ready + tail_bytes / self.rate)
         return self.t

@@ -91,6 +91,9 @@ def test_a_streamed_batch_leaves_as_it_is_encoded_not_after():
     # Encoding slower than the wire: the last page sets the end.
     tb = TokenBucket(RATE, T0)
     assert tb.departure(n, T0, ready=T0 + 2 * wire, tail_bytes=page) == pytest.approx(T0 + 2 * wire + page / RATE)
+    # Meanwhile the link is busy for the batch's line time only: another consumer's batch takes the gaps.
+    assert tb.free_at == pytest.approx(T0 + wire)
+    assert tb.departure(n, T0) == pytest.approx(T0 + 2 * wire)
     # Encoding faster than the wire: line rate from the first page on, not after the whole batch.
     tb = TokenBucket(RATE, T0)
     assert tb.departure(n, T0, ready=T0 + wire / 2, tail_bytes=page) == pytest.approx(T0 + wire)

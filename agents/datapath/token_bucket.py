@@ -39,6 +39,8 @@ class TokenBucket:
 
         A batch produced as a stream (cut through, not stored and forwarded) begins to
         leave at `t` as its first page is ready, but its last `tail_bytes` are ready only at
-        `ready`: it has left no earlier than `ready + tail_bytes / rate`."""
-        self.t = max(max(self.t, t) + nbytes / self.rate, ready + tail_bytes / self.rate)
-        return self.t
+        `ready`: it has left no earlier than `ready + tail_bytes / rate`. The link is busy
+        for its line time only: while it trickles out at its producer's pace, other
+        batches' bytes take the gaps (packets of concurrent flows interleave on a NIC)."""
+        self.t = max(self.t, t) + nbytes / self.rate
+        return max(self.t, ready + tail_bytes / self.rate)

@@ -303,7 +303,7 @@ class LinkShaper:
         while self._line and self._line[0][0] <= now:
             arrival, conn, d = self._line.popleft()
             try:  # when its first and last pages arrived on the emulated schedule, however late this thread is
-                first = min(d[8], now)
+                first = min(d[8] if d[8] > 0 else arrival, now)  # unstamped (a close): when it is due
                 conn.outbound.sock.send(DESCRIPTOR.pack(*d[:7], max(d[7], first), first))
             except OSError:
                 pass  # the receiver is gone (tear-down)

@@ -485,9 +485,17 @@ def _pipelines(sl: Slice) -> None:
                            xbzrle_budget=o.xbzrle_budget)
         waits.append(sl.hosts[mp.source.name].start_pipeline.remote(
             mp.index, [c.index for c in conns], o.consumers, o.address_space_lock,
-            int(o.memory_pool_mib * MIB * sl.scale.memory_scale), min(c.batch_pages for c in conns), compression,
+            int(o.memory_pool_mib * MIB * sl.scale.memory_scale), task_pages(o, conns, sl.scale.memory_scale), compression,
             _costs(sl.scenario, o.address_space_lock), [c.host for c in conns]))
     ray.get(waits)
+
+
+def task_pages(o, conns, memory_scale: float) -> int:
+    """Real pages per task of the producer. Several consumers share out tasks of `o.task_pages`
+    emulated pages (PMigrate's unit of work: how evenly a pass's last pages spread over them),
+    at least one real page; one consumer takes a batch at a time, whose size then changes nothing."""
+    batch = min(c.batch_pages for c in conns)
+    return batch if o.consumers == 1 else max(1, int(round(o.task_pages * memory_scale)))
 
 
 def _access_histories(sl: Slice) -> None:

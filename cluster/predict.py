@@ -177,16 +177,19 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan, precopy_only: bool 
     # The first pass meets the image's zero pages; every page sent after it
     # was written by the guest, so it holds data (agents/guest/content.py).
     first = _pass_rates(scenario, mp, z, wire_rate)
-    dirty = _pass_rates(scenario, mp, 0.0, wire_rate, dirty=True, interval_s=(vm.memory_gib * GIB / PAGE) / first[1])
+    interval = (vm.memory_gib * GIB / PAGE) / first[1]
+    dirty = _pass_rates(scenario, mp, 0.0, wire_rate, dirty=True, interval_s=interval)
+    # The first pass over dirty pages fills the XBZRLE cache (cluster/predict_codec.py).
+    cold = _pass_rates(scenario, mp, 0.0, wire_rate, dirty=True, interval_s=interval, cached=False)
     bytes_per_page, pages_per_s = first
     mem_pages = vm.memory_gib * GIB / PAGE
     sync_s = costs.dirty_sync_ns * 1e-9 * mem_pages  # each fetch of the dirty log
     policy = StopPolicy(mig.downtime_limit_ms / 1000, mig.max_iterations, mig.stall_iterations,
                         mig.max_sent_ratio * vm.memory_gib * GIB)
     one_way = _links(scenario, mp)[0].rtt_ms / 2000
-    todo, sent, elapsed, count, reason, log = _iterate(mp, policy, mem_pages, first, dirty, sync_s)
+    todo, sent, elapsed, count, reason, log = _iterate(mp, policy, mem_pages, first, (cold, dirty), sync_s)
     if mig.strategy != "time-sliced":
-        bytes_per_page, pages_per_s = dirty
+        bytes_per_page, pages_per_s = dirty if count > 1 else cold
     # The stop-and-copy at its own rate (the link's, unless the cap still applies).
     switch_pps = min(switch_rate / bytes_per_page, cpu_pages_per_s(scenario, 0.0, mp))
     elapsed += mig.setup_ms / 1000
@@ -195,7 +198,7 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan, precopy_only: bool 
     downtime = sync_s + todo / switch_pps + state / switch_rate + one_way + mig.resume_ms / 1000
     sent += todo * bytes_per_page
     total = elapsed + downtime
-    by_pass = _pages_by_pass(scenario, mp, mem_pages, sent, wire_rate)
+    by_pass = _pages_by_pass(scenario, mp, mem_pages, sent, wire_rate, log)
     pages = _pages_by_encoding(by_pass)
     zero_pages, sent_pages = pages["zero"], sum(pages.values())
     source_us = costs.source_us(mig.consumers)
@@ -240,9 +243,11 @@ def _disk_prediction(scenario: Scenario, mp: MigrationPlan, memory_s: float) -> 
     return {"disk": disk, "disk_bytes_sent": disk["bytes_sent"], "total_time_s": memory_s + disk["copy_time_s"]}
 
 
-def _iterate(mp: MigrationPlan, policy: StopPolicy, mem_pages: float, first, dirty, sync_s: float):
+def _iterate(mp: MigrationPlan, policy: StopPolicy, mem_pages: float, first, later, sync_s: float):
     """The pre-copy iterations of the migration's strategy: (left for stop-and-copy,
-    sent, elapsed, iterations, reason, log)."""
+    sent, elapsed, iterations, reason, log). `later`: the rates of the first pass over
+    dirty pages and of the passes after it."""
+    cold, dirty = later
     vm, mig = mp.vm, mp.options
     if mig.strategy == "time-sliced":
         # An I/O-bound guest gets only part of the I/O thread: it runs (and
@@ -253,20 +258,21 @@ def _iterate(mp: MigrationPlan, policy: StopPolicy, mem_pages: float, first, dir
     throttled = throttled_iterations(mig)  # convergence control: cluster/predict_convergence.py
     if throttled:
         return throttled(vm, policy, mem_pages, first, dirty, sync_s)
-    return _image_oriented(vm, policy, mem_pages, first, dirty, sync_s, mig.stop_rule)
+    return _image_oriented(vm, policy, mem_pages, first, dirty, sync_s, mig.stop_rule, cold)
 
 
 def _pass_rates(scenario: Scenario, mp: MigrationPlan, zero: float, wire_rate: float, dirty: bool = False,
-                interval_s: float = 1.0) -> tuple[float, float]:
+                interval_s: float = 1.0, cached: bool = True) -> tuple[float, float]:
     """(wire bytes per page, pages per second) of a pass over pages of which `zero` are zero pages,
     encoded as the migration's compression says (cluster/predict_codec.py)."""
-    enc = predict_codec.encoding(mp.vm, mp.options, zero, dirty, interval_s)
+    enc = predict_codec.encoding(mp.vm, mp.options, zero, dirty, interval_s, cached)
     cpu = cpu_pages_per_s(scenario, zero, mp, (enc.source_us, enc.destination_us))
     return enc.bytes_per_page, min(wire_rate / enc.bytes_per_page, cpu)
 
 
-def _pages_by_pass(scenario, mp, mem_pages: float, sent: float, wire_rate: float) -> list:
-    """[(pages, PassEncoding)]: the first pass over the image, then the dirty pages
+def _pages_by_pass(scenario, mp, mem_pages: float, sent: float, wire_rate: float, log: list = ()) -> list:
+    """[(pages, PassEncoding)]: the first pass over the image, the first over dirty pages (which
+    fills the XBZRLE cache: `log`'s second iteration), then the other dirty pages
     (time-sliced: the model keeps the image's encoding throughout)."""
     z = mp.vm.content.zero
     first = predict_codec.encoding(mp.vm, mp.options, z, False)
@@ -274,8 +280,11 @@ def _pages_by_pass(scenario, mp, mem_pages: float, sent: float, wire_rate: float
         return [(sent / first.bytes_per_page, first)]
     _, first_rate = _pass_rates(scenario, mp, z, wire_rate)
     dirty = predict_codec.encoding(mp.vm, mp.options, 0.0, True, mem_pages / first_rate)
+    cold = predict_codec.encoding(mp.vm, mp.options, 0.0, True, mem_pages / first_rate, cached=False)
     rest = max(0.0, sent - mem_pages * first.bytes_per_page)
-    return [(mem_pages, first), (rest / dirty.bytes_per_page, dirty)]
+    cold_pages = min(rest / cold.bytes_per_page, log[1]["pages"] if len(log) > 1 else rest / cold.bytes_per_page)
+    rest -= cold_pages * cold.bytes_per_page
+    return [(mem_pages, first), (cold_pages, cold), (rest / dirty.bytes_per_page, dirty)]
 
 
 def _pages_by_encoding(by_pass: list) -> dict:
@@ -297,10 +306,11 @@ def _compression_prediction(mig, by_pass: list, total_s: float) -> dict:
         "cpu_model": cost_model.load().provenance(mig.zstd_level if mig.compression.endswith("zstd") else None)}}
 
 
-def _image_oriented(vm, policy, mem_pages, first, dirty, sync_s, rule="pass"):
-    """Passes over the dirty image, the first at rates `first`, the others at
-    `dirty` ((bytes per page, pages/s) each): (left for stop-and-copy, sent,
-    elapsed, iterations, reason, log). `rule` "qemu" cuts a pass short."""
+def _image_oriented(vm, policy, mem_pages, first, dirty, sync_s, rule="pass", cold=None):
+    """Passes over the dirty image, the first at rates `first`, the second at `cold`
+    (default `dirty`: it meets an empty XBZRLE cache), the others at `dirty`
+    ((bytes per page, pages/s) each): (left for stop-and-copy, sent, elapsed,
+    iterations, reason, log). `rule` "qemu" cuts a pass short."""
     todo, sent, elapsed = mem_pages, 0.0, 0.0
     history: list[float] = []
     log: list[dict] = []
@@ -325,7 +335,7 @@ def _image_oriented(vm, policy, mem_pages, first, dirty, sync_s, rule="pass"):
         rest = todo - pages
         # The pages dirtied meanwhile, less those among the rest of the pass (a uniform share).
         todo = min(mem_pages, rest + dirty_pages_after(vm, dt + sync_s) * (1 - rest / ws if ws else 1))
-        bytes_per_page, pages_per_s = dirty
+        bytes_per_page, pages_per_s = (cold or dirty) if len(log) == 1 else dirty
 
 
 def _qemu_pass(todo: float, pages_per_s: float, threshold_pages: float) -> float:

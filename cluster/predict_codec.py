@@ -8,8 +8,10 @@ emulator's own cost model (agents/encodings/cost_model.py):
 * zero pages cost a header and a marker;
 * zstd: every non-zero page is tried; a class whose page frame pays (its
   calibrated ratio) travels compressed with a 4-byte length;
-* XBZRLE: the first pass meets an empty cache (all misses); later passes hit
-  with probability min(1, cache / working set); a hit's delta is the share of
+* XBZRLE: nothing is cached before the walk's first round over the image is
+  complete (QEMU's xbzrle_started), so the first pass and the first pass over
+  dirty pages meet an empty cache (all misses; that pass fills it); later
+  passes hit with probability min(1, cache / working set); a hit's delta is the share of
   the page the workload changed since it was sent (partial writers), or the
   whole page (whole-page writers, whose rewrites overflow the budget).
 
@@ -57,15 +59,16 @@ def class_mix(vm, zero: float, dirty: bool) -> dict:
     return {k: v / total * (1 - zero) for k, v in mix.items()} | {"zero": zero}
 
 
-def encoding(vm, options, zero: float, dirty: bool, dirty_interval_s: float = 1.0) -> PassEncoding:
-    """The average page of a pass whose pages are `zero` zero pages (first pass: `dirty` False)."""
+def encoding(vm, options, zero: float, dirty: bool, dirty_interval_s: float = 1.0, cached: bool = True) -> PassEncoding:
+    """The average page of a pass whose pages are `zero` zero pages (first pass: `dirty` False;
+    `cached` False: a pass over dirty pages that meets an empty XBZRLE cache)."""
     costs = cost_model.load()
     mix = class_mix(vm, zero, dirty)
     z = mix.get("zero", 0.0)
     shares = {"normal": 0.0, "zero": z, "compressed": 0.0, "delta": 0.0}
     wire = z * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES)
     src_us = dst_us = 0.0
-    hit = _hit_rate(vm, options) if dirty and options.compression.startswith("xbzrle") else 0.0
+    hit = _hit_rate(vm, options) if dirty and cached and options.compression.startswith("xbzrle") else 0.0
     if hit > 0:
         share = _delta_share(vm, dirty_interval_s)
         data = 1 - z

@@ -27,7 +27,8 @@ class Harness:
     """Source image -> pipeline -> connections (no link) -> receivers -> destination image."""
 
     def __init__(self, npages=2048, consumers=4, connections=2, batch=8, slots=4, pool_bytes=1 << 20,
-                 restore_s_per_page=0.0, lock=None, cores=64, costs=FREE, real_s=lambda us, n: us * 1e-6 * n):
+                 restore_s_per_page=0.0, lock=None, cores=64, costs=FREE, real_s=lambda us, n: us * 1e-6 * n,
+                 task=None):
         rng = np.random.default_rng(1)
         self.src = rng.integers(0, 256, (npages, PAGE), dtype=np.uint8)
         self.src[::7] = 0  # some zero pages
@@ -43,7 +44,7 @@ class Harness:
                                                lambda n, full: restore_s_per_page * n, {0: self.dst}))
         self.pool = MemoryPool(pool_bytes)
         self.pipe = SourcePipeline(self.senders, consumers, CorePool(cores), lock or RangeLock(), costs,
-                                   real_s, self.pool, batch)
+                                   real_s, self.pool, task or batch)
 
     def close(self):
         self.pipe.close()
@@ -66,6 +67,31 @@ def test_more_consumers_never_lose_a_page():
         assert all(r.pages_restored > 0 for r in h.receivers)  # every connection carried pages
     finally:
         h.close()
+
+
+def test_a_task_larger_than_a_slot_goes_as_several_batches_of_its_consumer():
+    """PMigrate's tasks have an emulated size (cluster/build.py task_pages): at a larger
+    memory_scale a task holds more real pages than a slot, and is sent slot by slot."""
+    h = Harness(npages=200, consumers=2, connections=2, batch=8, task=20)
+    try:
+        h.pipe.send_pages(0, h.src, np.arange(200), "precopy")
+        h.pipe.drain()
+        assert np.array_equal(h.src, h.dst)
+        # 10 tasks of 20 pages, each 8 + 8 + 4: 30 batches over the two connections.
+        assert sum(s.counters.batches for s in h.senders) == 30
+    finally:
+        h.close()
+
+
+def test_the_task_size_is_emulated_and_one_consumer_takes_a_batch():
+    from types import SimpleNamespace
+
+    from cluster.build import task_pages
+    conns = [SimpleNamespace(batch_pages=64)]
+    assert task_pages(SimpleNamespace(consumers=4, task_pages=1024), conns, 1 / 64) == 16
+    assert task_pages(SimpleNamespace(consumers=4, task_pages=1024), conns, 1 / 32) == 32
+    assert task_pages(SimpleNamespace(consumers=4, task_pages=1024), conns, 1 / 4096) == 1  # at least a page
+    assert task_pages(SimpleNamespace(consumers=1, task_pages=1024), conns, 1 / 32) == 64
 
 
 def test_a_slow_receiver_bounds_the_producers_memory():

@@ -48,7 +48,7 @@ def test_a_batch_crosses_tcp_into_another_ring_intact_and_restores_exactly():
         src = SlotView(src_ring, 1, layout)
         stats = pack_pages(image, np.arange(32, 64), src)
         src.seal()
-        d = (KIND_BATCH, 0, 1, 32, stats.wire_bytes, 7, 1.5, 0.0)
+        d = (KIND_BATCH, 0, 1, 32, stats.wire_bytes, 7, 1.5, 0.0, 0.0)
         sent = send_frame(a, d, src)
         got = recv_frame(b, lambda desc: SlotView(dst_ring, desc[2], layout))
         assert got == d
@@ -60,8 +60,8 @@ def test_a_batch_crosses_tcp_into_another_ring_intact_and_restores_exactly():
         restore_pages(out, dst)
         assert np.array_equal(out[32:], image[32:]) and not out[:32].any()
         # A descriptor without bytes, then the peer closing.
-        send_frame(a, (KIND_ACK, 0, 1, 32, 0, 7, 1.5, 2.0))
-        assert recv_frame(b) == (KIND_ACK, 0, 1, 32, 0, 7, 1.5, 2.0)
+        send_frame(a, (KIND_ACK, 0, 1, 32, 0, 7, 1.5, 2.0, 0.0))
+        assert recv_frame(b) == (KIND_ACK, 0, 1, 32, 0, 7, 1.5, 2.0, 0.0)
         a.close()
         assert recv_frame(b) is None
     finally:
@@ -79,8 +79,8 @@ def test_a_batch_damaged_before_sending_arrives_damaged_and_fails_its_checksum()
         src.seal()
         src.payload[100] ^= 0xFF
         src.header[0] += 1  # a damaged page count changes what is sent: the frame still parses
-        send_frame(a, (KIND_BATCH, 0, 0, 16, 0, 1, 0.0, 0.0), src)
-        send_frame(a, (KIND_CLOSE, 0, 0, 0, 0, 0, 0.0, 0.0))
+        send_frame(a, (KIND_BATCH, 0, 0, 16, 0, 1, 0.0, 0.0, 0.0), src)
+        send_frame(a, (KIND_CLOSE, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0))
         view = lambda d: SlotView(dst_ring, d[2], layout)
         assert recv_frame(b, view)[0] == KIND_BATCH
         assert not SlotView(dst_ring, 0, layout).intact()

@@ -80,3 +80,23 @@ def test_free_at_is_when_the_last_batch_has_left():
     assert tb.free_at == T0
     done = tb.departure(1_250_000, T0)
     assert tb.free_at == done == pytest.approx(T0 + 0.01)
+
+
+def test_a_streamed_batch_leaves_as_it_is_encoded_not_after():
+    """Cut through (agents/datapath/link.py): a batch whose encoding ran from t to `ready`
+    leaves at line rate from t on, its last page no earlier than `ready` plus that page's line time."""
+    pages, page = 64, 4096
+    n = pages * page
+    wire = n / RATE
+    # Encoding slower than the wire: the last page sets the end.
+    tb = TokenBucket(RATE, T0)
+    assert tb.departure(n, T0, ready=T0 + 2 * wire, tail_bytes=page) == pytest.approx(T0 + 2 * wire + page / RATE)
+    # Meanwhile the link is busy for the batch's line time only: another consumer's batch takes the gaps.
+    assert tb.free_at == pytest.approx(T0 + wire)
+    assert tb.departure(n, T0) == pytest.approx(T0 + 2 * wire)
+    # Encoding faster than the wire: line rate from the first page on, not after the whole batch.
+    tb = TokenBucket(RATE, T0)
+    assert tb.departure(n, T0, ready=T0 + wire / 2, tail_bytes=page) == pytest.approx(T0 + wire)
+    # Stored and forwarded (ready only whole) costs the sum: what the real batch size used to add.
+    tb = TokenBucket(RATE, T0)
+    assert tb.departure(n, T0 + wire / 2) == pytest.approx(T0 + wire / 2 + wire)

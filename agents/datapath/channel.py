@@ -10,8 +10,11 @@ import os
 import socket
 import struct
 
-# kind, vm, slot, npages, wire_bytes, seq, t_sent, t_done
-DESCRIPTOR = struct.Struct("<BxxxIIIQQdd")
+# kind, vm, slot, npages, wire_bytes, seq, t_sent, t_done, t_first. A batch cut through the
+# link (agents/datapath/link.py): t_first is, on its way to the link, when its encoding began
+# (0: ready only whole, at t_sent) and, on its way to the receiver, when its first page arrived
+# (t_done: its last).
+DESCRIPTOR = struct.Struct("<BxxxIIIQQddd")
 KIND_BATCH, KIND_STATE, KIND_ACK, KIND_CLOSE = 1, 2, 3, 4
 # Post-copy's return path, destination -> source: one page request (page number in wire_bytes).
 KIND_PAGE_REQUEST = 5
@@ -63,8 +66,8 @@ class Channel:
         return cls(s)
 
     def send(self, kind: int, vm: int = 0, slot: int = 0, npages: int = 0, wire_bytes: int = 0,
-             seq: int = 0, t_sent: float = 0.0, t_done: float = 0.0) -> None:
-        self.sock.send(DESCRIPTOR.pack(kind, vm, slot, npages, wire_bytes, seq, t_sent, t_done))
+             seq: int = 0, t_sent: float = 0.0, t_done: float = 0.0, t_first: float = 0.0) -> None:
+        self.sock.send(DESCRIPTOR.pack(kind, vm, slot, npages, wire_bytes, seq, t_sent, t_done, t_first))
 
     def recv(self) -> tuple | None:
         """A descriptor tuple, or None when the peer closed."""

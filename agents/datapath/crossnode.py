@@ -41,7 +41,7 @@ from agents.datapath.channel import (
 from agents.datapath.tcp_frames import recv_frame, send_frame
 from agents.datapath.wire_format import SlotLayout, SlotView
 
-_CLOSE = (KIND_CLOSE, 0, 0, 0, 0, 0, 0.0, 0.0)
+_CLOSE = (KIND_CLOSE, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0)
 SOCK_BUFFER = 4 << 20  # bytes of kernel buffer each way: a few batches in flight at 10 Gbit/s
 
 

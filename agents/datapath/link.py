@@ -80,7 +80,7 @@ from agents.datapath.token_bucket import TokenBucket
 # wakes within ~0.03-0.1 ms of its timeout, which the spin absorbs.
 _SPIN_S = 0.0002
 DISK_PIECE_BYTES = 64 * 1024  # a disk copy's ask joins the fair queue in pieces of this size at most
-_CLOSE = (KIND_CLOSE, 0, 0, 0, 0, 0, 0.0, 0.0)
+_CLOSE = (KIND_CLOSE, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0)
 
 
 def migration_share(capacity: float, background: float, rate_control: bool, reserved: float) -> float:
@@ -91,6 +91,13 @@ def migration_share(capacity: float, background: float, rate_control: bool, rese
         return min(capacity, max(reserved, capacity - background))
     # Max-min fairness between two greedy-enough flows.
     return capacity - min(background, capacity / 2)
+
+
+def _later(arrival: float, conn, d: tuple, by: float) -> tuple:
+    """A batch on the wire delayed `by` seconds (the link went down): its arrival and its stamps."""
+    if by <= 0 or d[0] == KIND_CLOSE:
+        return arrival + by, conn, d
+    return arrival + by, conn, (*d[:7], *(t + by if t > 0 else t for t in d[7:9]))  # unstamped stays so
 
 
 @dataclass
@@ -328,8 +335,9 @@ class LinkShaper:
             self._bucket.departure(debt, time.monotonic())
         if back_up:  # what was on the wire when it went down goes again
             now = time.monotonic()
-            self._line = collections.deque((max(a, now + self.one_way_s), c, d) for a, c, d in self._line)
-            self._urgent = collections.deque((max(a, now + self.one_way_s), c, d) for a, c, d in self._urgent)
+            self._line = collections.deque(_later(a, c, d, max(0.0, now + self.one_way_s - a)) for a, c, d in self._line)
+            self._urgent = collections.deque(_later(a, c, d, max(0.0, now + self.one_way_s - a))
+                                             for a, c, d in self._urgent)
             self._bucket.t = max(self._bucket.t, now)  # no credit for the time it was down
 
     def _monitor(self, now: float, window: list) -> None:
@@ -414,8 +422,8 @@ class LinkShaper:
             if conn is None:
                 self._grant_disk(*d, offered)
                 continue
-            done = self._bucket.departure(d[4], offered)
-            self._put_on_line(conn, d, done + self.one_way_s)
+            d = self._cut_through(d, offered)
+            self._put_on_line(conn, d, d[8])
             if conn.closing and not self._queue.waiting(cid):
                 self._put_on_line(conn, _CLOSE, now)
 
@@ -428,7 +436,21 @@ class LinkShaper:
             arrival = max(arrival, self._urgent[-1][0])
         self._urgent.append((arrival, conn, d))
 
+    def _cut_through(self, d: tuple, offered: float) -> tuple:
+        """Book the batch's line time; returns its descriptor for the receiver, t_first now when its
+        first page arrives, t_done when its last. A batch whose encoding began at t_first streams:
+        its first pages leave while the last are encoded (TCP sends as the sender writes), so a
+        batch costs its stages' longest time, not their sum, and the real batch size does not set
+        how long a batch waits (a stored and forwarded 16 MiB batch blurred every downtime by its
+        own encoding and restoring)."""
+        began = d[8] if 0 < d[8] <= offered else offered
+        start = max(self._bucket.free_at, began)
+        done = self._bucket.departure(d[4], began, offered, d[4] // max(1, d[3]))
+        first = min(done, start + d[4] / max(1, d[3]) / self._bucket.rate) + self.one_way_s
+        return (*d[:7], done + self.one_way_s, first)
+
     def _put_on_line(self, conn: _Connection, d: tuple, arrival: float) -> None:
+        """`arrival`: when the batch is handed to the receiver (a streamed batch: as its first page arrives)."""
         # Nothing overtakes on the wire, even when the latency has just shrunk.
         if self._line:
             arrival = max(arrival, self._line[-1][0])
@@ -441,8 +463,9 @@ class LinkShaper:
     def _deliver_from(self, line: collections.deque, now: float) -> None:
         while line and line[0][0] <= now:
             arrival, conn, d = line.popleft()
-            try:  # t_done: when it arrived on the emulated schedule, however late this thread is
-                conn.outbound.sock.send(DESCRIPTOR.pack(*d[:7], min(arrival, now)))
+            try:  # when its first and last pages arrived on the emulated schedule, however late this thread is
+                first = min(d[8] if d[8] > 0 else arrival, now)  # unstamped (a close, an urgent batch): when due
+                conn.outbound.sock.send(DESCRIPTOR.pack(*d[:7], max(d[7], first), first))
             except OSError:
                 pass  # the receiver is gone (tear-down)
             if d is _CLOSE:

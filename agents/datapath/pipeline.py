@@ -185,55 +185,76 @@ class SourcePipeline:
     # --- the consumers -----------------------------------------------------
     def _consume(self, me: int) -> None:
         conn = self.connections[me % len(self.connections)]
-        base = me * _WINDOW
-        c = self.costs
-        shootdown = c.shootdown_us * (self.consumers - 1)
         clock = CoreClock()  # its place in emulated CPU time, from one task to the next
         while True:
             task = self.tasks.get()
             if task is None:
                 return
-            n = len(task.idx)
-            length = n * PAGE
             wire = 0
             if task.call.stopped:  # cancelled while queued: dropped, as a cancel shuts the channel
                 self.pool.release(task.nbytes)
                 task.call.done(0, clock.t)
                 continue
             try:
-                slot = conn.acquire_slot()  # waiting for the wire takes no core
-                # The task starts on the emulated schedule: once this consumer's last task ended,
-                # the task was queued and its slot came back, not when this thread got to it.
-                clock.busy, clock.not_before = True, max(task.queued_at, conn.freed_at[slot])
-                # One core for the whole task: fewer hand-overs between threads,
-                # so per-task overhead stays inside the charged time. A consumer
-                # waiting for the address-space lock keeps its core, as a thread
-                # spinning on mmap_sem's wait queue would.
-                with self.cores.core(self.tag, clock) as core:
-                    self._locked_step(core, base, length, "mmap", c.mmap_us, n)
-                    self._locked_step(core, base, length, "map", c.map_us, n)
-                    stats = conn.pack(slot, task.image, task.idx, self.encoders and self.encoders[me], task.vm,
-                                      task.phase == "downtime", bulk=task.phase == "bulk")
-                    # Every page is checked; only pages with contents are transferred.
-                    # Compression costs what the codec cost model says for these pages
-                    # (not their measured time, whose per-call part 1/memory_scale would
-                    # magnify), scaled like a per-page cost.
-                    core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, stats.pages - stats.zero)
-                                + self.real_s(stats.model_us, 1))
-                    capped = self.limit.active
-                    if not capped:  # sent when its charged work ended, however late this thread is
-                        conn.post(slot, task.vm, stats.pages, stats, at=core.t)
-                    wire = stats.wire_bytes
-                    self._locked_step(core, base, length, "munmap", c.munmap_us + shootdown, n)
-                if capped:
-                    # Paced to the cap after leaving the core: a rate-limited sender sleeps.
-                    self.limit.pace(stats.wire_bytes)
-                    conn.post(slot, task.vm, stats.pages, stats)
+                wire = self._task(me, conn, clock, task)
             except BaseException as exc:  # surfaced by send_pages
                 task.call.error = exc
             finally:
                 self.pool.release(task.nbytes)
                 task.call.done(wire, clock.t)
+
+    def _task(self, me: int, conn: PageSender, clock: CoreClock, task: _Task) -> int:
+        """Map `task`'s pages, encode and send them slot by slot, unmap them; returns its wire bytes.
+
+        The task is the paper's unit (Xen maps and unmaps a batch at a time: how long the
+        address-space lock is held, and so how consumers contend for it); a slot is only this
+        machine's, so a task larger than a slot goes out as several batches, back to back."""
+        n = len(task.idx)
+        length, base, c = n * PAGE, me * _WINDOW, self.costs
+        slot_pages = conn.layout.batch_pages
+        slot = conn.acquire_slot()  # waiting for the wire takes no core
+        # The task starts on the emulated schedule: once this consumer's last one ended,
+        # the task was queued and its slot came back, not when this thread got to it.
+        clock.busy, clock.not_before = True, max(task.queued_at, conn.freed_at[slot])
+        capped = self.limit.active
+        held: list = []  # (slot, stats) packed under a cap, posted once paced
+        # One core for the whole task: fewer hand-overs between threads,
+        # so per-task overhead stays inside the charged time. A consumer
+        # waiting for the address-space lock keeps its core, as a thread
+        # spinning on mmap_sem's wait queue would.
+        with self.cores.core(self.tag, clock) as core:
+            self._locked_step(core, base, length, "mmap", c.mmap_us, n)
+            self._locked_step(core, base, length, "map", c.map_us, n)
+            for start in range(0, n, slot_pages):
+                if start:
+                    slot = conn.acquire_slot()
+                stats = self._send_slot(me, conn, core, task, slot, task.idx[start:start + slot_pages], capped)
+                held.append((slot, stats))
+            self._locked_step(core, base, length, "munmap", c.munmap_us + c.shootdown_us * (self.consumers - 1), n)
+        if capped:
+            for slot, stats in held:
+                # Paced to the cap after leaving the core: a rate-limited sender sleeps.
+                self.limit.pace(stats.wire_bytes)
+                conn.post(slot, task.vm, stats.pages, stats)
+        return sum(stats.wire_bytes for _, stats in held)
+
+    def _send_slot(self, me: int, conn: PageSender, core, task: _Task, slot: int, idx: np.ndarray, capped: bool):
+        """Encode pages `idx` into `slot` on `core`, charge it, and post it unless a cap holds it back."""
+        n = len(idx)
+        c = self.costs
+        stats = conn.pack(slot, task.image, idx, self.encoders and self.encoders[me], task.vm,
+                          task.phase == "downtime", bulk=task.phase == "bulk")
+        # Every page is checked; only pages with contents are transferred.
+        # Compression costs what the codec cost model says for these pages
+        # (not their measured time, whose per-call part 1/memory_scale would
+        # magnify), scaled like a per-page cost. Its bytes stream out as they are
+        # encoded (`began`): the link need not wait for the whole batch.
+        began = core.t
+        core.charge(self.real_s(c.handle_us, n) + self.real_s(c.send_us, stats.pages - stats.zero)
+                    + self.real_s(stats.model_us, 1))
+        if not capped:  # sent when its charged work ended, however late this thread is
+            conn.post(slot, task.vm, stats.pages, stats, at=core.t, began=began)
+        return stats
 
     def _locked_step(self, core, start: int, length: int, mode: str, us_per_page: float, n: int) -> None:
         """A modelled address-space operation: hold the lock for its cost, on `core`."""

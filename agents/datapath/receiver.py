@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from agents.cpu import CoreClock, CorePool
+from agents.datapath.clock import sleep_until
 from agents.datapath.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, KIND_DROPPED, KIND_NACK, Channel
 from agents.datapath.wire_format import (
     ENC_ZERO,
@@ -82,9 +83,12 @@ class PageReceiver:
             done = time.monotonic()
             if kind == KIND_BATCH:
                 device_wait = 0.0
-                # It starts when it arrived (the link's t_done) or when the last batch's restore
-                # ended on the emulated schedule, whichever is later; not when this thread woke up.
-                clock.busy, clock.not_before = d[7] > 0, d[7]
+                # It starts when its first page arrived (the link's t_first; the link cuts batches
+                # through) or when the last batch's restore ended on the emulated schedule,
+                # whichever is later; not when this thread woke up. It ends no earlier than its
+                # last page's restore after that page arrived (t_done).
+                first = d[8] if 0 < d[8] <= d[7] else d[7]
+                clock.busy, clock.not_before = d[7] > 0, first
                 with self.cores.core((vm, "receive"), clock) as core:
                     zero = int(np.count_nonzero(self.views[slot].enc[:npages] == ENC_ZERO))
                     try:
@@ -102,8 +106,13 @@ class PageReceiver:
                     self.decode_s += self.unpacker.take_decode_s()
                     model_us = self.unpacker.take_model_us()
                     self.decode_model_us += model_us
-                    core.charge(self.restore_cost(npages, npages - zero) + self.decode_cost(model_us))
+                    cost = self.restore_cost(npages, npages - zero) + self.decode_cost(model_us)
+                    core.charge(cost)
                 done = min(core.t, time.monotonic())  # restored when its charged work ended
+                last = d[7] + cost / max(1, npages)  # ... and not before its last page arrived and was restored
+                if last > done:  # (the core is free meanwhile: it restored the pages as they came)
+                    sleep_until(last)
+                    done = last
                 if device_wait > 0:  # the swap device, not a core, holds the batch up
                     time.sleep(device_wait)
                 self.pages_restored += npages

@@ -213,11 +213,13 @@ class PageSender:
         self._inflight[slot] = (vm, image, idx.copy())
         return stats
 
-    def post(self, slot: int, vm: int, npages: int, stats: PackStats, at: float | None = None) -> None:
+    def post(self, slot: int, vm: int, npages: int, stats: PackStats, at: float | None = None,
+             began: float = 0.0) -> None:
         """Hand the packed slot to the link; `at`: when it was sent on the emulated schedule
-        (monotonic seconds, not later than now; default now)."""
+        (monotonic seconds, not later than now; default now); `began`: when its encoding
+        began, its first page ready to leave (0: the batch is ready only whole, at `at`)."""
         self._count(stats)
-        self._post(KIND_BATCH, vm, slot, npages, stats.wire_bytes, at)
+        self._post(KIND_BATCH, vm, slot, npages, stats.wire_bytes, at, began)
 
     def _count(self, stats: PackStats) -> None:
         with self._cv:
@@ -242,7 +244,10 @@ class PageSender:
             self.counters.state_bytes += state_bytes
         self._post(KIND_STATE, vm, slot, 0, state_bytes)
 
-    def _post(self, kind: int, vm: int, slot: int, npages: int, wire_bytes: int, at: float | None = None) -> None:
+    def _post(self, kind: int, vm: int, slot: int, npages: int, wire_bytes: int, at: float | None = None,
+              began: float = 0.0) -> None:
+        """To the link: t_sent is when the batch was ready whole, t_first when its first page
+        was (`began`, for the cut-through link; 0: not before t_sent)."""
         with self._cv:
             if self._outstanding == 0:
                 self._progress_t = time.monotonic()
@@ -251,7 +256,8 @@ class PageSender:
             seq = self._seq
             self.counters.batches += 1
             now = time.monotonic()
-            self.to_link.send(kind, vm, slot, npages, wire_bytes, seq, now if at is None else min(at, now))
+            sent = now if at is None else min(at, now)
+            self.to_link.send(kind, vm, slot, npages, wire_bytes, seq, sent, 0.0, min(began, sent) if began > 0 else 0.0)
 
     def drain(self, timeout: float = 600.0) -> float:
         """Wait until every batch posted so far is restored; returns the last restore time."""

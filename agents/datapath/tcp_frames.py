@@ -6,7 +6,7 @@ cannot be shared, so each descriptor crosses a TCP connection followed by
 the bytes its slot holds (agents/datapath/wire_format.py's layout, only the
 parts in use), and is written into the same slot of a ring on the far side:
 
-    frame = DESCRIPTOR (40 bytes) | u32 body length | body
+    frame = DESCRIPTOR (48 bytes) | u32 body length | body
     body  = slot header (24 bytes) | page numbers (8 n) | encodings (n)
             | lengths (4 n) | payload (payload_len bytes)
 

@@ -34,7 +34,13 @@ class TokenBucket:
         """When the batches offered so far have fully left: the next may start then."""
         return self.t
 
-    def departure(self, nbytes: int, t: float) -> float:
-        """Time at which `nbytes` offered at `t` have fully left the link: serialized at line rate."""
+    def departure(self, nbytes: int, t: float, ready: float = 0.0, tail_bytes: int = 0) -> float:
+        """Time at which `nbytes` offered at `t` have fully left the link: serialized at line rate.
+
+        A batch produced as a stream (cut through, not stored and forwarded) begins to
+        leave at `t` as its first page is ready, but its last `tail_bytes` are ready only at
+        `ready`: it has left no earlier than `ready + tail_bytes / rate`. The link is busy
+        for its line time only: while it trickles out at its producer's pace, other
+        batches' bytes take the gaps (packets of concurrent flows interleave on a NIC)."""
         self.t = max(self.t, t) + nbytes / self.rate
-        return self.t
+        return max(self.t, ready + tail_bytes / self.rate)

@@ -136,6 +136,10 @@ PIPELINE: tuple[Option, ...] = (
            "shared) or range (only overlapping ranges exclude)", str, choices=("global", "rwlock", "range")),
     Option("memory_pool_mib", 128, "MiB", "Bounded memory pool per pipeline stage, emulated", float, gt=0,
            le=MAX_MIB),
+    # Xen 4.1's tools/libxc/xc_domain_save.c: MAX_BATCH_SIZE 1024 pages (4 MiB) mapped and sent at a time.
+    Option("task_pages", 1024, "pages", "Pages per task the producer hands a consumer, emulated (PMigrate on "
+           "Xen 4.1: xc_domain_save's batch of 1024); with one consumer a task is a batch", int, ge=1,
+           le=1 << 22),
 )
 
 # Page compression (agents/encodings/encoding.py).

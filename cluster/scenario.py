@@ -297,8 +297,10 @@ Workload = Annotated[
 ]
 
 
-IopsValue = Annotated[float, Field(gt=0, le=100_000_000)]  # 100 M IOPS: above any array
-DiskMbytesS = Annotated[float, Field(gt=0, le=MAX_RATE_MBYTES_S)]
+# Physical bounds: 1 IOPS and 0.01 MB/s are below any disk (a floppy moves 0.06 MB/s); a
+# smaller figure only turns a prediction into 1e16 s. 100 M IOPS is above any array.
+IopsValue = Annotated[float, Field(ge=1, le=100_000_000)]
+DiskMbytesS = Annotated[float, Field(ge=0.01, le=MAX_RATE_MBYTES_S)]
 
 
 class Datastore(_Strict):

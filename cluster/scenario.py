@@ -928,10 +928,37 @@ def _convergence_problems(s: Scenario) -> Problems:
         if o.cpu_throttle_initial > o.max_cpu_throttle:
             problems.append((f"{path}.cpu_throttle_initial", f"{o.cpu_throttle_initial} is above max_cpu_throttle "
                                                               f"({o.max_cpu_throttle}); lower it or raise the maximum"))
-    return problems
+    return problems or _idle_setting_problems(s)
 
 
 _CONVERGENCE_NAMES = {"auto_converge", "dirty_limit", "sdps", "cpu_throttle_initial", "max_cpu_throttle"}
+# A convergence setting and the methods that read it: set while they are all off, it does nothing.
+_SETTING_USED_BY = {
+    "throttle_trigger_threshold": ("auto_converge", "dirty_limit"), "cpu_throttle_initial": ("auto_converge",),
+    "cpu_throttle_increment": ("auto_converge",), "cpu_throttle_tailslow": ("auto_converge",),
+    "max_cpu_throttle": ("auto_converge", "sdps"), "vcpu_dirty_limit_mbytes_s": ("dirty_limit",),
+    "x_vcpu_dirty_limit_period_ms": ("dirty_limit",), "sdps_target_ratio": ("sdps",),
+}
+
+
+def _idle_setting_problems(s: Scenario) -> Problems:
+    """A throttle setting changed from its default where no migration turns on a method that
+    reads it (a forgotten `auto_converge = true` would otherwise run unthrottled without a word)."""
+    plans = list(zip(s.migration_plans(), s.migration_entries()))
+
+    def off(name: str, options) -> bool:
+        return not any(getattr(options, m, False) for m in _SETTING_USED_BY[name])
+    problems: Problems = []
+    for name, methods in _SETTING_USED_BY.items():
+        turn_on = " or ".join(f"{m} = true" for m in methods)
+        changed = name in s.migration.model_fields_set and getattr(s.migration, name) != OPTIONS[name].default
+        if changed and all(off(name, p.options) for p, _ in plans):
+            problems.append((f"migration.{name}", f"has no effect: no migration sets {turn_on}"))
+        for p, e in plans:
+            if s.migrations and name in e.overrides() and off(name, p.options):
+                problems.append((f"migrations[{p.index}].{name}", f"has no effect: this migration does not set "
+                                                                  f"{turn_on}"))
+    return problems
 
 
 def _option_problems(technique: str, given, path: str) -> Problems:

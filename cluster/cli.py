@@ -273,7 +273,9 @@ def _progress_bar():
 @app.command()
 def predict(scenario: Path = typer.Argument(..., help="Scenario TOML file."),
             json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON (result.json keys).")) -> None:
-    """The analytic pre-copy model's figures for the scenario, instantly and without Ray."""
+    """The analytic model's figures for the scenario, instantly and without Ray: pre-copy (with
+    compression, PMigrate's consumers, auto-converge, dirty-limit, SDPS), post-copy, storage,
+    split and swap; what it does not model is listed under 'not modelled'."""
     sc = _load(scenario)
     from cluster.predict import predict as model
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 from cluster.compare import ROWS, figure
 
 PAGE = 4096
-MB = 1e6
+MIB = 2**20  # plots and tables in MiB and MiB/s, as the CLI's tables and result.json's *_mbytes_s
 # Shades by phase; pre-copy iterations alternate between two blues.
 PHASE_COLOURS = {"setup": "#d9d9d9", "stop-and-copy": "#f4a582", "switch-over": "#ca0020",
                  "postcopy-switch": "#b2abd2", "postcopy-active": "#8073ac"}
@@ -264,10 +264,10 @@ def plot_iterations(run: Run):
     for (vm, mig), (left, right) in zip(migs, axes):
         its = _iterations(run, vm, mig)
         n = [r["iteration"] for r in its]
-        left.bar(n, [r["remaining"] / MB for r in its], color="#4393c3")
-        left.set(title=f"{vm}: bytes remaining after each iteration", xlabel="iteration", ylabel="MB")
-        right.bar(n, [r["bytes"] / r["duration_s"] / MB if r["duration_s"] else 0 for r in its], color="#d6604d")
-        right.set(title=f"{vm}: transfer rate of each iteration", xlabel="iteration", ylabel="MB/s")
+        left.bar(n, [r["remaining"] / MIB for r in its], color="#4393c3")
+        left.set(title=f"{vm}: bytes remaining after each iteration", xlabel="iteration", ylabel="MiB")
+        right.bar(n, [r["bytes"] / r["duration_s"] / MIB if r["duration_s"] else 0 for r in its], color="#d6604d")
+        right.set(title=f"{vm}: transfer rate of each iteration", xlabel="iteration", ylabel="MiB/s")
         for ax in (left, right):
             ax.set_xticks(n)
             ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1.0))  # an idle VM's zero bars too
@@ -281,13 +281,13 @@ def plot_dirty_vs_transfer(run: Run):
     t0 = run.t0
     for vm, mig in run.migrations():
         s = run.of("migration", vm=vm, migration=mig)
-        line, = ax.plot([r["t"] - t0 for r in s], [r["transfer_rate"] / MB for r in s], label=f"{vm} transfer")
+        line, = ax.plot([r["t"] - t0 for r in s], [r["transfer_rate"] / MIB for r in s], label=f"{vm} transfer")
         its = [r for r in _iterations(run, vm, mig) if r.get("dirty_pages_rate") is not None]
         if its:  # each iteration's dirty rate over the iteration it was measured in
-            ax.hlines([r["dirty_pages_rate"] * PAGE / MB for r in its], [r["t"] - r["duration_s"] - t0 for r in its],
+            ax.hlines([r["dirty_pages_rate"] * PAGE / MIB for r in its], [r["t"] - r["duration_s"] - t0 for r in its],
                       [r["t"] - t0 for r in its], colors=line.get_color(), linestyles="--", lw=2,
                       label=f"{vm} dirty (per iteration)")
-    ax.set(title="Dirty rate against transfer rate", xlabel="emulated s since migration start", ylabel="MB/s")
+    ax.set(title="Dirty rate against transfer rate", xlabel="emulated s since migration start", ylabel="MiB/s")
     ax.legend(fontsize="small")
     return _done(fig)
 
@@ -352,18 +352,18 @@ def plot_overlay(runs: list[Run]):
         m = run.of("migration")
         for i, (vm, mig) in enumerate(run.migrations()):
             s = [r for r in m if r["vm"] == vm and r["migration"] == mig]
-            axes[0].plot([r["t"] - t0 for r in s], [r["remaining"] / MB for r in s],
+            axes[0].plot([r["t"] - t0 for r in s], [r["remaining"] / MIB for r in s],
                          label=run.name if i == 0 else None, **style)
-            axes[1].plot([r["t"] - t0 for r in s], [r["transfer_rate"] / MB for r in s], **style)
+            axes[1].plot([r["t"] - t0 for r in s], [r["transfer_rate"] / MIB for r in s], **style)
         for vm in sorted({r["vm"] for r in run.of("guest")}):
             g = run.of("guest", vm=vm)
             axes[2].plot([r["t"] - t0 for r in g], [r["ops_per_s"] for r in g], **style)
         links = run.of("link")
         for link in sorted({r["link"] for r in links}):
             s = [r for r in links if r["link"] == link]
-            axes[3].plot([r["t"] - t0 for r in s], [r["throughput_bytes_s"] / MB for r in s], **style)
-    for ax, (title, unit) in zip(axes, [("Bytes remaining", "MB"), ("Transfer rate", "MB/s"),
-                                        ("Guest operations per second", "ops/s"), ("Link throughput", "MB/s")]):
+            axes[3].plot([r["t"] - t0 for r in s], [r["throughput_bytes_s"] / MIB for r in s], **style)
+    for ax, (title, unit) in zip(axes, [("Bytes remaining", "MiB"), ("Transfer rate", "MiB/s"),
+                                        ("Guest operations per second", "ops/s"), ("Link throughput", "MiB/s")]):
         ax.set(title=title, xlabel="emulated s since migration start", ylabel=unit)
     axes[0].legend(fontsize="small", ncol=2)
     return _done(fig)
@@ -382,11 +382,14 @@ def plot_iterations_overlay(runs: list[Run]):
         for i, (vm, mig) in enumerate(run.migrations()):
             its = _iterations(run, vm, mig)
             n = [r["iteration"] for r in its]
-            left.plot(n, [r["remaining"] / MB for r in its], marker="o", label=None if i else run.name, **style)
-            right.plot(n, [r["bytes"] / r["duration_s"] / MB if r["duration_s"] else 0 for r in its],
+            left.plot(n, [r["remaining"] / MIB for r in its], marker="o", label=None if i else run.name, **style)
+            right.plot(n, [r["bytes"] / r["duration_s"] / MIB if r["duration_s"] else 0 for r in its],
                        marker="o", **style)
-    left.set(title="Bytes remaining after each iteration", xlabel="iteration", ylabel="MB")
-    right.set(title="Transfer rate of each iteration", xlabel="iteration", ylabel="MB/s")
+    left.set(title="Bytes remaining after each iteration", xlabel="iteration", ylabel="MiB")
+    right.set(title="Transfer rate of each iteration", xlabel="iteration", ylabel="MiB/s")
+    from matplotlib.ticker import MaxNLocator
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are counted, not measured
     left.legend(fontsize="x-small", ncol=2)
     return _done(fig)
 
@@ -395,7 +398,7 @@ def plot_sweep(summ: dict):
     """A sweep's points: median and min-max of each repeat's figures (sweep.json), as error bars."""
     plt = _plt()
     shown = [("total_time_s", "Migration time", "s", 1.0), ("downtime_ms", "Downtime", "ms", 1.0),
-             ("memory_bytes_sent", "Memory sent", "GB", 1e-9), ("avg_throughput_mbytes_s", "Throughput", "MB/s", 1.0)]
+             ("memory_bytes_sent", "Memory sent", "GiB", 2**-30), ("avg_throughput_mbytes_s", "Throughput", "MiB/s", 1.0)]
     points = summ["points"]
     fig, axes = plt.subplots(1, len(shown), figsize=(12, 3.4))
     x = list(range(len(points)))
@@ -467,13 +470,13 @@ def _app(result: dict) -> dict:
 
 def iteration_table(run: Run) -> str:
     """Every migration's iterations (QEMU's figures per pass), as an HTML table."""
-    lines = ["<table><tr><th>VM</th><th>iteration</th><th>pages</th><th>MB sent</th><th>duration s</th>"
-             "<th>MB/s</th><th>dirty pages/s</th><th>MB remaining</th></tr>"]
+    lines = ["<table><tr><th>VM</th><th>iteration</th><th>pages</th><th>MiB sent</th><th>duration s</th>"
+             "<th>MiB/s</th><th>dirty pages/s</th><th>MiB remaining</th></tr>"]
     for vm, mig in run.migrations():
         for r in _iterations(run, vm, mig):
-            rate = r["bytes"] / r["duration_s"] / MB if r.get("duration_s") else None
-            cells = [r["iteration"], r.get("pages"), r["bytes"] / MB, r.get("duration_s"), rate,
-                     r.get("dirty_pages_rate"), r["remaining"] / MB]
+            rate = r["bytes"] / r["duration_s"] / MIB if r.get("duration_s") else None
+            cells = [r["iteration"], r.get("pages"), r["bytes"] / MIB, r.get("duration_s"), rate,
+                     r.get("dirty_pages_rate"), r["remaining"] / MIB]
             lines.append(f"<tr><td>{html.escape(vm)}</td>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>")
     lines.append("</table>")
     return "\n".join(lines)

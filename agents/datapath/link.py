@@ -8,9 +8,13 @@ agents/datapath/fair_queue.py) picks the connection, so backlogged
 connections get equal shares (max-min) and each keeps its own order. One
 token bucket per link gives the time that batch has finished leaving the
 NIC (bandwidth): bytes serialize at line rate, with no idle credit (see
-agents/datapath/token_bucket.py), and the batch is handed to its
-connection's receiver one one-way latency later. Bytes stay in shared memory; only descriptors pass
-through here.
+agents/datapath/token_bucket.py). Batches cut through: a batch whose encoding
+began at its descriptor's t_first starts to leave then, and its last page
+no earlier than the encoding's end plus that page's line time; it is handed
+to its connection's receiver as its first page arrives, one one-way latency
+later, stamped with when its first and last pages arrive, and the receiver
+restores pages as they come. Bytes stay in shared memory; only descriptors
+pass through here.
 
 A storage migration's disk copy on the network path is one more flow of
 the fair queue: it asks for line time (`ask_disk`), its asks wait in the

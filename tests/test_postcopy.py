@@ -254,6 +254,8 @@ def test_hybrid_switch_on_request_with_a_guest_that_keeps_writing(ray_cluster, t
     assert r["status"] == "completed" and r["verified"], r["stop_reason"]
     pc = r["postcopy"]
     assert pc["switch_reason"] == "requested" and pc["precopy_iterations"] >= 1
+    # The summary says how pre-copy ended and what the downtime carried (the device state).
+    assert r["stop_reason"] == "postcopy" and r["downtime_bytes_sent"] == 256 * 1024
     # The guest wrote during post-copy, faulted, and still every page verified.
     assert pc["pages_written_on_destination"] > 0 and pc["faults"] > 0
     assert pc["max_sends_per_page"] == 1 and pc["pages_requested_twice"] == 0

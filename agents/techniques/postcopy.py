@@ -392,6 +392,7 @@ class PostcopyMigration(PrecopyMigration):
         why = self._request_reason if why == "requested" else why
         if why is None:
             return super().switch_over(todo)
+        r.stop_reason = "postcopy"  # pre-copy ended in a switch to post-copy; `why` says what made it
         return self._postcopy(todo, why)
 
     # --- post-copy ----------------------------------------------------------------------
@@ -437,7 +438,7 @@ class PostcopyMigration(PrecopyMigration):
         missing[self._harvest()] = True
         self.guest.stop_dirty_log()
         self.sink.send_state(self.vm, max(1, int(self.state_bytes * self.scale)))
-        self.ctx.record("device-state-sent", transferred=self.state_bytes)
+        self.ctx.record("device-state-sent", bytes=self.state_bytes)  # the downtime's bytes, as pre-copy's
         loaded = self.sink.drain()
         self.ctx.record("destination-loaded", t_real=loaded)
         sleep_until(loaded + self.resume_s * self.dilation)

@@ -34,15 +34,23 @@ class CompareError(Exception):
     pass
 
 
+def strict_json(text: str):
+    """JSON as livemig writes it: NaN and Infinity, which Python's json reads but a run never
+    writes (cluster/results.py `finite`), are refused with ValueError."""
+    def refuse(name: str):
+        raise ValueError(f"holds {name}, which no run writes")
+    return json.loads(text, parse_constant=refuse)
+
+
 def load(path: str | Path) -> dict:
     p = Path(path)
     if p.is_dir():
         p = p / "result.json"
     try:
-        return json.loads(p.read_text())
+        return strict_json(p.read_text())
     except FileNotFoundError:
         raise CompareError(f"{p}: no such file; give a result.json or the directory holding it") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # json.JSONDecodeError too
         raise CompareError(f"{p}: not a result.json ({exc})") from None
 
 

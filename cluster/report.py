@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.compare import ROWS, figure
+from cluster.compare import ROWS, figure, strict_json
 
 PAGE = 4096
 MIB = 2**20  # plots and tables in MiB and MiB/s, as the CLI's tables and result.json's *_mbytes_s
@@ -96,8 +96,8 @@ def load_run(path: Path, base: Path | None = None, warn=print, lenient: bool = F
     """A run directory's result and timeline; ReportError when either is missing or unreadable.
     `lenient`: malformed timeline records are left out with one warning (see `read_timeline`)."""
     try:
-        result = json.loads((path / "result.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        result = strict_json((path / "result.json").read_text())
+    except (OSError, ValueError) as exc:
         raise ReportError(f"{path / 'result.json'}: unreadable ({exc})") from None
     tl = path / "timeline.jsonl"
     if not tl.is_file():

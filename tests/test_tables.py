@@ -144,3 +144,14 @@ def test_bench_rows_mark_saturated_runs():
     assert saturation_fields(_sat_result(0.02)) == {"saturation": 0.02, "saturated": False}
     assert saturation_fields(_sat_result(0.3)) == {"saturation": 0.3, "saturated": True}
     assert saturation_fields({"status": "failed"})["saturated"]  # a run without a figure is not trusted
+
+
+def test_compare_refuses_a_result_json_holding_infinity(tmp_path):
+    """A run never writes NaN or Infinity; a file that holds one is not a result.json (one line, exit 2),
+    rather than a table showing 'inf s' (a fresh-eyes finding)."""
+    a = _result(tmp_path / "a", "vanilla", 12.0, 300.0)
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "result.json").write_text('{"scenario": "x", "total_time_s": Infinity}')
+    r = subprocess.run([LIVEMIG, "compare", str(a), str(b)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Infinity" in r.stderr, r.stderr

@@ -277,6 +277,7 @@ def test_an_urgent_batch_goes_ahead_of_the_queue_and_delays_the_rest_by_its_line
     # 24 batches queued: 20 ms of backlog at 40 MB/s. A requested page posted behind them
     # arrives after its own line time and the one-way delay, as an ordinary batch.
     link = SharedLink(LinkShaper(RATE, ONE_WAY), [0])
+    time.sleep(0.05)  # the loop has started: its token bucket's clock begins before t0, not after it
     t0 = time.monotonic()
     for seq in range(24):
         link.to_link[0].send(KIND_BATCH, 0, 0, 0, BATCH, seq, t0)

@@ -136,7 +136,7 @@ def _shared_disk_problems(s, mp, places: set, where: str) -> list[tuple[str, str
     dst, known = mp.destinations[0], [s.datastore_named(d) for d in places if s.datastore_named(d) is not None]
     if mp.vm.disk_gib <= 0 or not known or any(dst.name in d.hosts for d in known):
         return []  # no disk, or one _disk_problems already refuses
-    on = " or ".join(f'"{d}"' for d in sorted(places))
+    on = " or ".join(f'"{d.name}"' for d in sorted(known, key=lambda d: d.name))
     return [(f"{where}.technique", f"{mp.vm.name}'s disk stays on datastore {on}, which destination host "
                                    f"\"{dst.name}\" does not reach; move it with technique = \"storage\" and a "
                                    f"target_datastore that host reaches, or put it on a datastore both hosts reach")]

@@ -133,7 +133,7 @@ def _disk_problems(s) -> list[tuple[str, str]]:
 def _shared_disk_problems(s, mp, places: set, where: str) -> list[tuple[str, str]]:
     """A migration that leaves the disk where it is needs a destination that reaches it (shared
     storage, vMotion's usual case); otherwise the VM would run on without its disk."""
-    dst, known = mp.destinations[0], [s.datastore_named(d) for d in places if s.datastore_named(d) is not None]
+    dst, known = mp.destinations[0], [ds for ds in map(s.datastore_named, places) if ds is not None]
     if mp.vm.disk_gib <= 0 or not known or any(dst.name in d.hosts for d in known):
         return []  # no disk, or one _disk_problems already refuses
     on = " or ".join(f'"{d.name}"' for d in sorted(known, key=lambda d: d.name))

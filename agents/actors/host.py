@@ -69,9 +69,6 @@ class HostAgent(CrossNodeEnds, Reusable):
         self._accepted: dict[str, Channel] = {}
         self._closing = False
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def configure(self, cores: int, costs: dict, memory_scale: float, dilation: float,
                   shared_cores: int = 0, priority: float = 1.0) -> None:
         """The emulated cores this host lends its migrations, and what each step costs."""

@@ -80,8 +80,8 @@ def soak_bench(rounds: int = 10, memory_gib: float = 1.0, memory_scale: float = 
     r, mem, t0 = _run(soak_scenario(rounds, memory_gib, memory_scale), "soak")
     vms = r["vms"]
     # A round ends when its second migration (back to a) does. The timeline's
-    # zero is when the guests started, after set-up; emulated = real time here.
-    zero = t0 + r["emulation"]["wall_clock_s"]["setup_s"]
+    # zero is when the guests started, during set-up; emulated = real time here.
+    zero = t0 + r["emulation"]["wall_clock_s"]["guests_started_s"]
     ends = [zero + v["finished_at_s"] for v in vms[1::2]]
     per_round = [mem.at(t) or mem.samples[-1][1] for t in ends]
     half = len(per_round) // 2

@@ -61,14 +61,45 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
     """
     import ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, namespace=namespace,
-                   log_to_driver=False, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                   dashboard_port=dashboard_port, configure_logging=False,
-                   # Ray starts its workers at niceness 15; the hosts' and links' timing is the
-                   # emulation, so they run at the priority of the command that started them.
-                   _system_config={"worker_niceness": 0})
+    with contextlib.nullcontext() if dashboard else _head_without_dashboard_processes():
+        ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, namespace=namespace,
+                       log_to_driver=False, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                       dashboard_port=dashboard_port, configure_logging=False,
+                       # Ray starts its workers at niceness 15; the hosts' and links' timing is the
+                       # emulation, so they run at the priority of the command that started them.
+                       _system_config={"worker_niceness": 0})
     url = getattr(ctx, "dashboard_url", None)
     return f"http://{url}" if dashboard and url else None
+
+
+@contextlib.contextmanager
+def _head_without_dashboard_processes():
+    """Start Ray's head without the two processes only its dashboard uses.
+
+    Ray 2.60 starts its dashboard's head process even with include_dashboard=False
+    (for its usage-statistics module alone, which livemig turns off) and waits for
+    it to publish an address; and it starts the autoscaler monitor, which a
+    one-machine cluster has nothing to scale with (it feeds `ray status` and the
+    dashboard). On 2 cores the two cost 0.5-0.8 s of every run's start. Skipped
+    here as Ray itself skips the first on a minimal install (no process, no
+    address); with --dashboard both start. Ray's private Node methods: if a Ray
+    release renames them, nothing is skipped and the run is only slower.
+    """
+    try:
+        from ray._private.node import Node
+        saved = Node.start_api_server, Node.start_monitor
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def no_api_server(self, **_):
+        self._webui_url = None
+
+    Node.start_api_server, Node.start_monitor = no_api_server, lambda self: None
+    try:
+        yield
+    finally:
+        Node.start_api_server, Node.start_monitor = saved
 
 
 def stop_local_ray() -> None:
@@ -240,6 +271,7 @@ class Slice:
     nodes: dict = field(default_factory=dict)  # host name -> its Ray node {"id", "ip"} (cluster/crossnode.py)
     standby: dict = field(default_factory=dict)  # migration index -> the guest waiting on its destination's node
     guest_host: dict = field(default_factory=dict)  # VM index -> the host beside whose node its guest actor runs
+    guests_started_at: float = 0.0  # real, monotonic: the guests' vCPUs started (the warm-up's start)
 
     @staticmethod
     def first_key(vm: int) -> str:
@@ -281,6 +313,12 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
         _links(sl)
         _spawn_guests(sl)
     ray.get(_images(sl))
+    _guests(sl)
+    _access_histories(sl)
+    _disks(sl)
+    # The warm-up runs while the data path is wired: the guests and their disks are up and
+    # measured from here; no migration starts before the rest is set up and the warm-up is over.
+    _start_guests(sl)
     _wire(sl)
     _pipelines(sl)
     if opts.inject_fault == "corrupt-page":
@@ -289,13 +327,18 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
         # Damaged before its checksum was taken: the transport cannot see it, verification must.
         ray.get(sl.links[c0.link].corrupt.remote({c0.index: (region_path(cl.run_id, f"ring{c0.index}"), c0.batch_pages)},
                                                  1, True))
-    _guests(sl)
-    _access_histories(sl)
-    _disks(sl)
     _share_cores(sl)
     if (pool := actor_pool.active()) is not None:
         pool.kill_idle()  # kept from the last run, not wanted by this one
     return sl
+
+
+def _start_guests(sl: Slice) -> None:
+    """Start every guest's vCPUs at once; `sl.guests_started_at` is when (real, monotonic)."""
+    import ray
+
+    from cluster.faults import ACTOR_CALL_S
+    sl.guests_started_at = ray.get([g.start.remote() for g in sl.guests], timeout=ACTOR_CALL_S)[0]
 
 
 def _disks(sl: Slice) -> None:

@@ -108,6 +108,7 @@ def run(
                       inject_fault=inject_fault, progress=progress_cb, out_dir=str(out_dir), interval_s=interval,
                       linger_s=linger)
     signal.signal(signal.SIGTERM, _interrupt)  # tear down cleanly when killed, too
+    loaded_s = _process_age_s()  # the scenario read and checked, the runner imported
     try:
         result = run_scenario(sc, opts, str(scenario))
     except KeyboardInterrupt:
@@ -128,9 +129,10 @@ def run(
     if quiet:
         print(path)
     else:
-        _print_result(sc, result, path)
+        _print_result(sc, result, path, _process_age_s() or result["emulation"]["wall_clock_s"]["total_s"])
     if verbose:
-        print(_phase_line(started_s, result["emulation"]["wall_clock_s"]), file=sys.stderr)
+        print(_phase_line(started_s, loaded_s, result["emulation"]["wall_clock_s"], _process_age_s()),
+              file=sys.stderr)
     # A VM lost after its migration (a memory server killed, post-copy cut off) fails the run too.
     lost = any(f.get("outcome") == "vm-lost" for f in result.get("faults") or [])
     raise typer.Exit(0 if result["status"] == "completed" and result["verified"] and not lost else 1)
@@ -146,11 +148,17 @@ def _process_age_s() -> float:
         return 0.0
 
 
-def _phase_line(started_s: float, wall: dict) -> str:
-    """One line: real seconds of each phase of a run, in order (--verbose)."""
-    parts = [("imports", started_s), ("Ray start", wall["ray_start_s"])]
+def _phase_line(started_s: float, loaded_s: float, wall: dict, ended_s: float) -> str:
+    """One line: real seconds of each phase of a run, in order, and of the whole command (--verbose).
+    `started_s`, `loaded_s`, `ended_s`: the process's age when the command began, when the run
+    began, and now (0 where /proc is missing: then only the run's phases are shown)."""
+    parts = [("imports", started_s), ("load", loaded_s - started_s)] if ended_s else []
+    parts += [("Ray start", wall["ray_start_s"])]
     parts += [(k.removesuffix("_s").replace("_", " "), v) for k, v in wall.get("phases", {}).items()]
-    return "wall clock: " + ", ".join(f"{k} {v:.2f}" for k, v in parts) + f"; run {wall['total_s']:.2f} s"
+    whole = f"; command {ended_s:.2f} s" if ended_s else ""
+    if ended_s:
+        parts.append(("result and table", ended_s - loaded_s - wall["total_s"]))
+    return "wall clock: " + ", ".join(f"{k} {v:.2f}" for k, v in parts) + f"; run {wall['total_s']:.2f} s{whole}"
 
 
 def _check_join(address: str | None, token_file: str | None) -> None:
@@ -210,8 +218,9 @@ def _report_crash(name: str, scenario_file: str, out_dir: Path, exc: Exception) 
     raise typer.Exit(1)
 
 
-def _print_result(sc, result: dict, path: Path) -> None:
-    """The summary table (a column per migration), evacuations, fidelity."""
+def _print_result(sc, result: dict, path: Path, wall_s: float) -> None:
+    """The summary table (a column per migration), evacuations, fidelity; `wall_s`: the
+    command's real seconds so far, from its process's start."""
     names = [v["vm"] for v in result["vms"]]
     cols = [(v["vm"] if names.count(v["vm"]) == 1 else f"{v['vm']} -> {v['destination']}", v) for v in result["vms"]]
     out.print(_summary_table(f"{sc.name}: emulated at memory_scale {sc.emulation.memory_scale:g}, "
@@ -230,7 +239,7 @@ def _print_result(sc, result: dict, path: Path) -> None:
                   f"(or a smaller memory_scale)[/]")
     for u in result.get("events_not_fired") or []:
         err.print(f"[yellow]events[{u['index']}] ({u['action']}) never fired: the run ended before it[/yellow]")
-    out.print(f"result: {path}   (wall clock {result['emulation']['wall_clock_s']['total_s']:.1f} s)")
+    out.print(f"result: {path}   (wall clock {wall_s:.1f} s)")
 
 
 def unsaturating_dilation(dilation: float, saturation: float) -> float:

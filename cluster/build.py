@@ -41,6 +41,7 @@ class RunOptions:
     linger_s: float = 0.0  # real seconds the metrics exporter stays up after the run, for a last scrape
 
 
+STARTUP_CONCURRENCY = 8  # worker processes the embedded Ray starts at once (Ray's default: the cores)
 RAY_TOKEN_FILE = "~/.ray/auth_token"  # Ray 2.60's token for its dashboard and API (token authentication)
 
 
@@ -61,6 +62,10 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
     """
     import ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A run's actors each need a worker process, and Ray starts as many at once as there are
+    # cores: on 2 cores the quickstart's five came up in three waves. Starting them together
+    # overlaps their waits (sockets, registration) with each other's imports.
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(STARTUP_CONCURRENCY))
     with contextlib.nullcontext() if dashboard else _head_without_dashboard_processes():
         ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, namespace=namespace,
                        log_to_driver=False, include_dashboard=dashboard, dashboard_host="127.0.0.1",
@@ -354,7 +359,7 @@ def _disks(sl: Slice) -> None:
     used = {vm.datastore for vm in sc.vms if vm.disk_gib > 0} | {mv.target.name for mv in moves.values() if mv}
     for ds in sc.datastores:
         if ds.name in used:
-            sl.datastores[ds.name] = sl.cluster.track(DiskAgent.options(name=f"datastore:{ds.name}").remote(
+            sl.datastores[ds.name] = actor_pool.new_or_kept(sl.cluster, DiskAgent, f"datastore:{ds.name}", (
                 ds.name, ds.model_figures(), _datastore_dir(sl, ds.name), scale.memory_scale, scale.dilation))
     waits = []
     for i, vm in enumerate(sc.vms):

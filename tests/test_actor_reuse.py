@@ -78,3 +78,27 @@ def test_a_second_run_in_kept_processes_verifies_and_the_first_runs_memory_is_un
         assert [r["verified"] for r in results] == [True, True]
         assert len(pids[0]) == 4  # two hosts, a link and a guest were kept
         assert pids[1] == pids[0] and pool.reused == 4 and pool.started == 4
+
+
+def test_a_datastores_disk_agent_serves_the_next_run_and_its_disks_are_gone(ray_cluster, tmp_path):
+    """A storage migration run twice inside reusing_actors(): the second run's datastores are
+    played by the first's DiskAgent processes, both runs verify their disk and memory, and no
+    disk image of the first run is left in its directory."""
+    import ray
+
+    from cluster.actor_pool import reusing_actors
+    from cluster.runner import RunOptions, run_scenario
+    from cluster.scenario import parse_scenario
+    from tests.test_storage_plan import storage_scenario
+
+    sc = parse_scenario(storage_scenario(disk_gib=0.25), "storage.toml")
+    with reusing_actors() as pool:
+        if pool is None:
+            pytest.skip("LIVEMIG_REUSE_ACTORS=0")
+        pids = []
+        for k in range(2):
+            r = run_scenario(sc, RunOptions(out_dir=str(tmp_path / f"run{k}")))
+            assert r["verified"] and r["disk"]["verified"], r["stop_reason"]
+            disks = [a for (cls, _), actors in pool.idle.items() if cls == "DiskAgent" for a in actors]
+            pids.append(sorted(ray.get([a.pid.remote() for a in disks], timeout=30)))
+        assert len(pids[0]) == 2 and pids[1] == pids[0]  # source and target datastores, kept and reused

@@ -23,6 +23,7 @@ import time
 import numpy as np
 import ray
 
+from agents.actors.reuse import Reusable
 from agents.datapath.block_dirty import DirtyBitmapJob
 from agents.datapath.clock import precise_threads
 from agents.datapath.datastore import DatastoreModel, Device
@@ -31,8 +32,9 @@ from agents.guest.disk import DiskImage, DiskWorkload, DiskWorkloadRunner
 
 
 @ray.remote(num_cpus=0, max_concurrency=16)
-class DiskAgent:
+class DiskAgent(Reusable):
     def __init__(self, name: str, figures: dict, directory: str, memory_scale: float, dilation: float) -> None:
+        self.note_threads()  # a sweep may build the next run's agent in this process (agents/actors/reuse.py)
         precise_threads()
         self.name, self.dir = name, directory
         self.scale, self.dilation = memory_scale, dilation

@@ -488,8 +488,8 @@ def _print_markdown(md: str, markdown_out: bool, title: str) -> None:
 @app.command()
 def schema() -> None:
     """The scenario file's JSON schema (from the same declarations as validation), for editors."""
-    from cluster.scenario import Scenario
-    print(json.dumps(Scenario.model_json_schema(by_alias=True), indent=2))
+    from cluster.scenario import json_schema
+    print(json.dumps(json_schema(), indent=2))
 
 
 def _version(value: bool) -> None:

@@ -90,7 +90,7 @@ NAME_TEXT = "1 to 64 letters, digits, '_', '-' or '.', and does not start with '
 Gbps = Annotated[float, Field(ge=MIN_GBPS, le=MAX_GBPS)]
 MemoryGib = Annotated[float, Field(gt=0, le=MAX_MEMORY_GIB)]
 MemoryMib = Annotated[float, Field(gt=0, le=MAX_MEMORY_MIB)]
-MbytesS = Annotated[float, Field(ge=0, le=MAX_RATE_MBYTES_S)]
+MbytesS = Annotated[float, Field(ge=0, le=MAX_RATE_MBYTES_S)]  # link traffic: MiB/s (2^20 bytes per second)
 PagesS = Annotated[float, Field(ge=0, le=MAX_PAGES_S)]
 OpsS = Annotated[float, Field(gt=0, le=MAX_OPS_S)]
 RttMs = Annotated[float, Field(ge=0, le=10_000)]  # 10 s: beyond any metro or intercontinental path
@@ -368,7 +368,7 @@ Workload = Annotated[
 # Physical bounds: 1 IOPS and 0.01 MB/s are below any disk (a floppy moves 0.06 MB/s); a
 # smaller figure only turns a prediction into 1e16 s. 100 M IOPS is above any array.
 IopsValue = Annotated[float, Field(ge=1, le=100_000_000)]
-DiskMbytesS = Annotated[float, Field(ge=0.01, le=MAX_RATE_MBYTES_S)]
+DiskMbytesS = Annotated[float, Field(ge=0.01, le=MAX_RATE_MBYTES_S)]  # the vMotion seed's MB/s: 10^6 bytes/s
 
 
 class Datastore(_Strict):

@@ -469,9 +469,10 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories (liv
         if out_file is not None and out_file.is_dir():  # a directory given: the page goes into it
             target = out_file / "report.html"
         check_out(target)
+        sweep = load_sweep(run_dirs)
     except ReportError as exc:
         _fail_input([f"report: {exc}"])
-    done = render(runs, target, load_sweep(run_dirs))
+    done = render(runs, target, sweep)
     print(f"{done['html']} ({done['bytes'] / 1e6:.2f} MB, {len(runs)} run(s)); "
           f"PNG: {', '.join(p.name for p in done['pngs'])}")
 

@@ -1460,6 +1460,11 @@ def _postcopy_switch_problems(s: Scenario, i: int, ev) -> Problems:
     if not plans:
         return [(f"events[{i}].vm", f"\"{ev.vm}\" has no migration with technique = \"postcopy\" "
                                     f"(QEMU's postcopy-ram); set it on the VM's migration or drop this event")]
+    plans = [p for p in plans if p.options.postcopy_after_iterations != 0]
+    if not plans:
+        return [(f"events[{i}].action", f"\"start-postcopy\" switches a pre-copy to post-copy, but the migration "
+                                        f"of \"{ev.vm}\" is post-copy from the start (postcopy_after_iterations = 0); "
+                                        f"drop this event, or set postcopy_after_iterations >= 1 or leave it unset")]
     if ev.on is not None and ev.on.phase != "precopy":
         when = "before any connection exists" if ev.on.phase == "setup" else "once stop-and-copy has begun"
         return [(f"events[{i}].on.phase", f"a post-copy switch on entering \"{ev.on.phase}\" comes {when}; "

@@ -90,7 +90,7 @@ def run(
     auth_token_file: Optional[str] = typer.Option(None, help="With --address: the cluster's token file (Ray's "
                                                   "RAY_AUTH_TOKEN_PATH); default: RAY_AUTH_TOKEN, or ~/.ray/auth_token."),
     dashboard: bool = typer.Option(False, help="Start the Ray dashboard on 127.0.0.1 and print its address; it asks "
-                                   "for the token in ~/.ray/auth_token (default: no dashboard)."),
+                                   "for the token in ~/.ray/auth_token."),
     dashboard_port: int = typer.Option(8265, help="The Ray dashboard's TCP port, with --dashboard."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT (a TCP port) during the run (default: no "
                                                 "metrics served)."),

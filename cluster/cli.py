@@ -32,6 +32,17 @@ from rich.table import Table
 
 from cluster.scenario import ScenarioError, load_scenario
 
+def _show_no_type_for_flags() -> None:
+    """typer (0.2x, with click 8.2+) shows a value type for every option, `<bool>` for a flag,
+    which takes no value: `--help` then reads as if `--quiet <bool>` were expected. Flags show none."""
+    shown = typer.core.TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+    typer.core.TyperOption.display_type_rich = display_type_rich
+
+
+_show_no_type_for_flags()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="livemig: a live VM migration emulator. Real bytes move between Ray actors over shaped links.")
 bench_app = typer.Typer(no_args_is_help=True, help="Measure what this machine does (prints JSON).")
@@ -69,23 +80,26 @@ def _summary_table(title: str, columns: list[tuple[str, dict]]) -> Table:
 @app.command()
 def run(
     scenario: Path = typer.Argument(..., help="Scenario TOML file (see `livemig list`)."),
-    out_dir: Path = typer.Option(None, "--out", help="Directory for result.json (default: runs/<scenario name>)."),
-    dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second; overrides the scenario. Raise it when the result reports saturation."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table; only the result path."),
+    out_dir: Path = typer.Option(None, "--out", help="Directory for result.json and timeline.jsonl (default: runs/<scenario name>)."),
+    dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second, overriding the scenario's emulation.dilation (default: the "
+                                            "scenario's). Raise it when the result reports saturation."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no progress bar and no table, only the result path (default: both are printed)."),
     address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (HEAD:6379, or 'auto') instead of "
-                                          "starting one; hosts with ray_node run on the nodes offering that resource."),
+                                          "starting one (default: a local Ray for this run); hosts with ray_node run on the nodes "
+                                          "offering that resource."),
     auth_token_file: Optional[str] = typer.Option(None, help="With --address: the cluster's token file (Ray's "
                                                   "RAY_AUTH_TOKEN_PATH); default: RAY_AUTH_TOKEN, or ~/.ray/auth_token."),
     dashboard: bool = typer.Option(False, help="Start the Ray dashboard on 127.0.0.1 and print its address; it asks "
                                    "for the token in ~/.ray/auth_token."),
-    dashboard_port: int = typer.Option(8265, help="The Ray dashboard's port, with --dashboard."),
-    metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT during the run."),
+    dashboard_port: int = typer.Option(8265, help="The Ray dashboard's TCP port, with --dashboard."),
+    metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on 127.0.0.1:PORT (a TCP port) during the run (default: no "
+                                                "metrics served)."),
     linger: float = typer.Option(0.0, help="Keep the metrics exporter up this many real seconds after the run, "
                                  "so Prometheus scrapes the final figures (with --metrics-port)."),
     inject_fault: Optional[str] = typer.Option(None, hidden=True, help="Testing: 'corrupt-page' flips a byte in transit; "
                                                 "'memory-server-refuses': a sub-host's memory server does not start."),
-    interval: float = typer.Option(0.1, help="The timeline's sampling interval, emulated seconds (timeline.jsonl)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print where the wall clock went, phase by phase."),
+    interval: float = typer.Option(0.1, help="The timeline's sampling interval (timeline.jsonl), in emulated seconds."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print where the wall clock went, phase by phase (default: not printed)."),
 ) -> None:
     """Emulate the scenario's migrations and print the paper-style summary; writes result.json and timeline.jsonl."""
     started_s = _process_age_s()  # the interpreter's start and the imports, before any work
@@ -281,7 +295,7 @@ def _progress_bar():
 
 @app.command()
 def predict(scenario: Path = typer.Argument(..., help="Scenario TOML file."),
-            json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON (result.json keys).")) -> None:
+            json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON, keyed as result.json (default: a table).")) -> None:
     """The analytic model's figures for the scenario, instantly and without Ray: pre-copy (with
     compression, PMigrate's consumers, auto-converge, dirty-limit, SDPS), post-copy, storage,
     split and swap; what it does not model is listed under 'not modelled'."""
@@ -311,8 +325,8 @@ def validate(scenario: Path = typer.Argument(..., help="Scenario TOML file.")) -
 @app.command()
 def compare(result_a: Path = typer.Argument(..., help="result.json (or its directory) of the baseline, e.g. vanilla."),
             result_b: Path = typer.Argument(..., help="result.json (or its directory) to compare, e.g. PMigrate."),
-            json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
-            markdown_out: bool = typer.Option(False, "--markdown", help="Print the table as Markdown.")) -> None:
+            json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON (default: a table)."),
+            markdown_out: bool = typer.Option(False, "--markdown", help="Print the table as Markdown (default: a table for the terminal).")) -> None:
     """Two results side by side with ratios A/B (and the paper's, when the scenarios give them)."""
     from cluster.compare import CompareError, load, rows, status_of
     try:
@@ -352,12 +366,14 @@ def compare(result_a: Path = typer.Argument(..., help="result.json (or its direc
 
 
 @app.command()
-def reproduce(suite: str = typer.Argument(..., help="pmigrate, xbrle, convergence, smemv, or model (emulator against predictor)"),
+def reproduce(suite: str = typer.Argument(..., help="Which experiments: pmigrate, xbrle, convergence, smemv, or model (emulator "
+                                                    "against predictor)."),
               out_dir: Path = typer.Option(Path("runs/reproduce"), "--out", help="Where each run's result.json goes."),
-              tolerance: float = typer.Option(0.25, help="Allowed deviation of a ratio from the paper's."),
-              markdown_out: bool = typer.Option(False, "--markdown", help="Print the table as Markdown."),
+              tolerance: float = typer.Option(0.25, help="Allowed deviation of a ratio from the paper's, as a fraction (0.25: 25%)."),
+              markdown_out: bool = typer.Option(False, "--markdown", help="Print the table as Markdown (default: a "
+                                                                      "table for the terminal)."),
               only: str = typer.Option("", help="smemv: only these experiments, comma-separated "
-                                                "(e.g. idle-12g-10gbe,memcached-12g)")) -> None:
+                                                "(e.g. idle-12g-10gbe,memcached-12g; default: all).")) -> None:
     """Run a paper's experiment pairs and compare every ratio with the paper's (takes minutes)."""
     from cluster.reproduce import SUITES, markdown, run_suite
     if suite == "model":
@@ -422,11 +438,12 @@ def _reproduce_model(out_dir: Path, markdown_out: bool) -> None:
 @app.command()
 def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario, \\[vary] one or two settings, repeats."),
           out_dir: Optional[Path] = typer.Option(None, "--out", help="Directory of the sweep (default: runs/sweep-<name>)."),
-          only: list[str] = typer.Option([], "--only", help="Run only the points where SETTING=VALUE (the dotted "
-                                         "path or its last name); repeat for several."),
-          fresh: bool = typer.Option(False, "--fresh", help="Run every point again instead of reusing finished runs."),
-          dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second for every run."),
-          json_out: bool = typer.Option(False, "--json", help="Print sweep.json instead of the table.")) -> None:
+          only: list[str] = typer.Option([], "--only", metavar="SETTING=VALUE", help="Run only the points where SETTING=VALUE (the dotted "
+                                         "path or its last name); repeat for several (default: every point)."),
+          fresh: bool = typer.Option(False, "--fresh", help="Run every point again instead of reusing finished runs (default: reuse)."),
+          dilation: Optional[float] = typer.Option(None, help="Real seconds per emulated second for every run (default: each "
+                                                                 "scenario's emulation.dilation)."),
+          json_out: bool = typer.Option(False, "--json", help="Print sweep.json instead of the table (default: the table).")) -> None:
     """Vary one or two settings of a base scenario, each point repeated (default 3): medians and spread (min to
     max) on screen, in sweep.csv and sweep.json; completed, verified runs are reused, so an interrupted sweep
     resumes (Ctrl-C stops the sweep; the interrupted run is run again)."""
@@ -478,9 +495,10 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories (liv
         if out_file is not None and out_file.is_dir():  # a directory given: the page goes into it
             target = out_file / "report.html"
         check_out(target)
+        sweep = load_sweep(run_dirs)
     except ReportError as exc:
         _fail_input([f"report: {exc}"])
-    done = render(runs, target, load_sweep(run_dirs))
+    done = render(runs, target, sweep)
     print(f"{done['html']} ({done['bytes'] / 1e6:.2f} MB, {len(runs)} run(s)); "
           f"PNG: {', '.join(p.name for p in done['pngs'])}")
 
@@ -497,8 +515,8 @@ def _print_markdown(md: str, markdown_out: bool, title: str) -> None:
 @app.command()
 def schema() -> None:
     """The scenario file's JSON schema (from the same declarations as validation), for editors."""
-    from cluster.scenario import Scenario
-    print(json.dumps(Scenario.model_json_schema(by_alias=True), indent=2))
+    from cluster.scenario import json_schema
+    print(json.dumps(json_schema(), indent=2))
 
 
 def _version(value: bool) -> None:
@@ -529,7 +547,7 @@ def list_scenarios() -> None:
 
 
 @app.command()
-def techniques(json_out: bool = typer.Option(False, "--json", help="Print the declarations as JSON.")) -> None:
+def techniques(json_out: bool = typer.Option(False, "--json", help="Print the declarations as JSON (default: a table per technique).")) -> None:
     """The migration techniques and their options: default, unit, allowed values, QEMU name, help."""
     from agents.techniques import registry
     specs = registry.all_specs()
@@ -574,16 +592,16 @@ def _technique_table(spec) -> Table:
 
 
 @bench_app.command("pipeline")
-def bench_pipeline(mib: int = typer.Option(256, help="Real MiB of guest memory per content mix."),
-                   batch_pages: int = typer.Option(256, help="Pages per batch.")) -> None:
+def bench_pipeline(mib: int = typer.Option(256, help="Guest memory per content mix, in real MiB."),
+                   batch_pages: int = typer.Option(256, help="Pages per batch (4 KiB pages).")) -> None:
     """Unshaped real MB/s of the whole path (scan, encode, send, restore, verify) per content mix."""
     from cluster.bench import pipeline_bench
     print(json.dumps(pipeline_bench(mib, batch_pages), indent=2))
 
 
 @bench_app.command("crossnode")
-def bench_crossnode(mib: int = typer.Option(64, min=1, max=4096, help="Real MiB of guest image sent."),
-                    batch_pages: int = typer.Option(256, min=1, max=4096, help="Pages per batch."),
+def bench_crossnode(mib: int = typer.Option(64, min=1, max=4096, help="Guest image sent, in real MiB."),
+                    batch_pages: int = typer.Option(256, min=1, max=4096, help="Pages per batch (4 KiB pages)."),
                     repeats: int = typer.Option(3, min=1, max=20, help="Sends per path; the best is kept."),
                     mix: str = typer.Option("random", help="Content of the image: random, text, mixed or zero.")) -> None:
     """Cross-node (TCP) against same-node (shared memory) throughput, and Ray's object transfer, on a
@@ -595,11 +613,17 @@ def bench_crossnode(mib: int = typer.Option(64, min=1, max=4096, help="Real MiB 
     print(json.dumps(crossnode_bench(mib, batch_pages, repeats, mix), indent=2))
 
 
+CAPACITY_STEPS = ("Runs spent narrowing each boundary: once doubling (or halving) a knob makes the run change side "
+                  "(saturated or not), each further run halves the gap between the last two values (geometric "
+                  "bisection); 0: report the doubling's bracket.")
+
+
 @bench_app.command("capacity")
-def bench_capacity(scenario: Path = typer.Argument(..., help="Scenario whose faithful range to find."),
-                   knob: list[str] = typer.Option(["dilation", "memory_scale", "link_gbps"], "--knob",
-                                                  help="What to search: dilation, memory_scale, link_gbps."),
-                   steps: int = typer.Option(3, min=0, max=10, help="Bisection runs after the side changes.")) -> None:
+def bench_capacity(scenario: Path = typer.Argument(..., help="Scenario TOML file whose faithful range to find."),
+                   knob: list[str] = typer.Option(["dilation", "memory_scale", "link_gbps"], "--knob", metavar="KNOB",
+                                                  help="What to search: dilation, memory_scale, link_gbps; repeat "
+                                                       "for several."),
+                   steps: int = typer.Option(3, min=0, max=10, help=CAPACITY_STEPS)) -> None:
     """The smallest dilation, and at dilation 1 the largest memory_scale and link speed, at which
     SCENARIO runs unsaturated (fidelity.saturation < 0.05): a few runs in one Ray per knob."""
     from cluster.capacity import KNOBS, capacity
@@ -619,9 +643,9 @@ def bench_capacity(scenario: Path = typer.Argument(..., help="Scenario whose fai
 
 
 @bench_app.command("lru")
-def bench_lru(sizes: str = typer.Option("1,4,16,64,256,1024,2048", help="Memory sizes in GiB, comma-separated."),
+def bench_lru(sizes: str = typer.Option("1,4,16,64,256,1024,2048", help="Emulated memory sizes, in GiB, comma-separated."),
               chunk_pages: int = typer.Option(256, help="Pages per chunk (the paper's 256)."),
-              repeats: int = typer.Option(3, help="Repeats per size (best kept).")) -> None:
+              repeats: int = typer.Option(3, help="Measurements per size; the best is kept.")) -> None:
     """S-memV Fig. 14: access-history collection, LRU splitting and page-out decision time against memory size."""
     from cluster.bench import lru_bench
     try:
@@ -636,30 +660,30 @@ def bench_lru(sizes: str = typer.Option("1,4,16,64,256,1024,2048", help="Memory 
 
 
 @bench_app.command("link")
-def bench_link(seconds: float = typer.Option(3.0, help="Seconds per rate measured.")) -> None:
+def bench_link(seconds: float = typer.Option(3.0, help="Real seconds of sending per rate measured.")) -> None:
     """Achieved rate against target at 1 and 10 Gbit/s, and latency error at 1 and 10 ms RTT."""
     from cluster.bench import link_bench
     print(json.dumps(link_bench(seconds), indent=2))
 
 
 @bench_app.command("scaling")
-def bench_scaling(memory_gib: float = typer.Option(1.0, help="Emulated memory of the idle VM."),
-                  dilation: float = typer.Option(0.15, help="Real seconds per emulated second.")) -> None:
+def bench_scaling(memory_gib: float = typer.Option(1.0, help="Memory of the idle VM, in emulated GiB."),
+                  dilation: float = typer.Option(0.15, help="Real seconds per emulated second (time dilation).")) -> None:
     """PMigrate Figures 6-7: migration time and speed-up with 1, 2, 4, 8 consumers under each address-space lock."""
     from cluster.bench import scaling_bench
     print(json.dumps(scaling_bench(memory_gib=memory_gib, dilation=dilation), indent=2))
 
 
 @bench_app.command("checksum")
-def bench_checksum(repeats: int = typer.Option(200, help="Batches measured per size.")) -> None:
+def bench_checksum(repeats: int = typer.Option(200, help="Batches timed at each batch size.")) -> None:
     """The per-batch checksum (XXH64, the receiver's full check) against packing the batch (which hashes as it copies), at 16, 64 and 256 pages per batch."""
     from cluster.bench import checksum_bench
     print(json.dumps(checksum_bench(repeats=repeats), indent=2))
 
 
 @bench_app.command("timeline")
-def bench_timeline(scenario: Path = typer.Argument(Path("scenarios/quickstart.toml"), help="Scenario to run."),
-                   repeats: int = typer.Option(2, help="Runs at each interval.")) -> None:
+def bench_timeline(scenario: Path = typer.Argument(Path("scenarios/quickstart.toml"), help="Scenario TOML file to run."),
+                   repeats: int = typer.Option(2, help="Runs at each sampling interval.")) -> None:
     """The timeline's cost: the driver's time spent sampling at 0.1 s intervals, as a share of the run."""
     _load(scenario)
     from cluster.bench import timeline_bench
@@ -667,17 +691,17 @@ def bench_timeline(scenario: Path = typer.Argument(Path("scenarios/quickstart.to
 
 
 @bench_app.command("soak")
-def bench_soak(rounds: int = typer.Option(10, min=1, max=500, help="Round trips a -> b -> a."),
-               memory_gib: float = typer.Option(1.0, min=0.0625, max=64, help="Emulated memory of the VM.")) -> None:
+def bench_soak(rounds: int = typer.Option(10, min=1, max=500, help="Round trips a -> b -> a (two migrations each)."),
+               memory_gib: float = typer.Option(1.0, min=0.0625, max=64, help="Memory of the VM, in emulated GiB.")) -> None:
     """A writing VM migrated back and forth: rounds, failures, and private memory growth per round."""
     from cluster.bench_scale import soak_bench
     print(json.dumps(soak_bench(rounds, memory_gib), indent=2))
 
 
 @bench_app.command("evacuation")
-def bench_evacuation(vms: list[int] = typer.Option([8, 16, 32], "--vms", min=1, max=256,
-                                                   help="Numbers of VMs evacuated at once (repeat the option)."),
-                     dilation: float = typer.Option(1.0, min=0.01, max=100, help="Real seconds per emulated second.")
+def bench_evacuation(vms: list[int] = typer.Option([8, 16, 32], "--vms", min=1, max=256, metavar="N",
+                                                   help="How many VMs are evacuated at once, one run per number (repeat the option)."),
+                     dilation: float = typer.Option(1.0, min=0.01, max=100, help="Real seconds per emulated second (time dilation).")
                      ) -> None:
     """Many small VMs off one host at once: wall clock, peak memory, saturation; the largest unsaturated."""
     from cluster.bench_scale import evacuation_bench
@@ -685,18 +709,18 @@ def bench_evacuation(vms: list[int] = typer.Option([8, 16, 32], "--vms", min=1, 
 
 
 @bench_app.command("disk")
-def bench_disk(mib: int = typer.Option(256, help="Real MiB of the test file."),
-               seconds: float = typer.Option(2.0, help="Seconds per case."),
-               directory: Path = typer.Option(None, help="Where the test files go (default: the temp dir).")) -> None:
+def bench_disk(mib: int = typer.Option(256, help="Size of the test file, in real MiB."),
+               seconds: float = typer.Option(2.0, help="Real seconds per case."),
+               directory: Path = typer.Option(None, help="Directory where the test files go (default: the temp directory).")) -> None:
     """The machine's file I/O (dd-like, sequential 1 MiB and random 4 KiB) against the disk agent's."""
     from cluster.bench import disk_bench
     print(json.dumps(disk_bench(mib, seconds, str(directory) if directory else None), indent=2))
 
 
 @bench_app.command("codec")
-def bench_codec(seconds: float = typer.Option(0.5, help="Seconds per case."),
+def bench_codec(seconds: float = typer.Option(0.5, help="Real seconds per case."),
                 calibrate: bool = typer.Option(False, "--calibrate", help="Measure the codec cost model's figures "
-                                               "and store them (agents/encodings/codec_costs.json).")) -> None:
+                                               "and store them (agents/encodings/codec_costs.json); default: only print them.")) -> None:
     """Real MB/s on one core: zero detection, zstd levels 1 and 3, XBZRLE encode and decode."""
     from agents.encodings import codec_bench
     if not calibrate:

@@ -26,6 +26,7 @@ from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from cluster import split_run
 from cluster.convergence_figures import convergence_figures
 from cluster.postcopy_figures import postcopy_figures
+from cluster.results import with_throughput
 from cluster.scaling import Scale
 from cluster.scenario import GIB, MIB, Scenario
 from cluster.timeline import Timeline
@@ -418,7 +419,6 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until:
         "iterations": len(iterations), "dirty_sync_count": m.report.get("dirty_sync_count", 0),
         "memory_bytes_sent": sent, "disk_bytes_sent": m.report.get("disk", {}).get("bytes_sent", 0.0), "downtime_bytes_sent": downtime_bytes,
         "pages": {k: int(round(v)) for k, v in pages.items()},
-        "avg_throughput_mbytes_s": sent / total / MIB if total > 0 else 0.0,
         "cpu_seconds": cpu["cpu_seconds"],
         "cpu_usage_percent": 100 * cpu["cpu_seconds"] / total if total > 0 else 0.0,
         "cpu_seconds_destination": cpu["cpu_seconds_destination"],
@@ -448,12 +448,14 @@ def migration_result(sl, tl: Timeline, m, samples: list, warmup_s: float, until:
         # when it is high.
         "saturation": cpu["saturation"],
     }
+    out = with_throughput(out)  # memory and a disk that crossed the network
     out["physical_floors"] = physical_floors(out, link_floor_rates(sl, tl, m), o.resume_ms / 1000, scale.dilation)
     return out
 
 
 # --- the run ------------------------------------------------------------------------
-_SUMMED = ("total_time_s", "memory_bytes_sent", "disk_bytes_sent", "downtime_bytes_sent", "cpu_seconds", "iterations")
+_SUMMED = ("total_time_s", "memory_bytes_sent", "disk_bytes_sent", "network_bytes_sent", "downtime_bytes_sent",
+           "cpu_seconds", "iterations")
 
 
 def evacuations(per_vm: list[dict], final_hosts: dict[str, str]) -> dict:
@@ -498,7 +500,7 @@ def combine(scenario: Scenario, path: str, per_vm: list[dict], scale: Scale, wal
         out["downtime_ms"] = max(v["downtime_ms"] for v in per_vm)
         out["setup_time_s"] = max(v["setup_time_s"] for v in per_vm)
         out["pages"] = {k: sum(v["pages"][k] for v in per_vm) for k in per_vm[0]["pages"]}
-        out["avg_throughput_mbytes_s"] = out["memory_bytes_sent"] / out["total_time_s"] / MIB if out["total_time_s"] else 0.0
+        out |= with_throughput(out)
         out["cpu_usage_percent"] = 100 * out["cpu_seconds"] / out["total_time_s"] if out["total_time_s"] else 0.0
         names = [v["vm"] for v in per_vm]
         out["app"] = {(v["vm"] if names.count(v["vm"]) == 1 else f"{v['vm']} -> {v['destination']}"): v["app"]

@@ -25,7 +25,7 @@ from agents.encodings import cost_model
 from agents.datapath.wire_format import PAGE_HEADER_BYTES, ZERO_MARKER_BYTES
 from agents.techniques.precopy import WINDOW_S, StopPolicy, stop_reason
 from cluster import predict_codec
-from cluster.results import MIB
+from cluster.results import MIB, network_bytes, with_throughput
 from cluster.predict_convergence import convergence_summary, throttled_iterations
 from cluster.scenario import GIB, MigrationPlan, Scenario, Vm
 
@@ -205,7 +205,7 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan, precopy_only: bool 
     codec_src = sum(n * enc.source_us for n, enc in by_pass)
     codec_dst = sum(n * enc.destination_us for n, enc in by_pass)
     cpu_s = (sent_pages * source_us - zero_pages * costs.send_us + codec_src) * 1e-6 + sync_s * (count + 1)  # the source's, as PMigrate counts
-    return {
+    return with_throughput({
         "vm": vm.name,
         "migration": mp.index,
         "status": "predicted",
@@ -220,7 +220,6 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan, precopy_only: bool 
         "disk_bytes_sent": 0,
         "downtime_bytes_sent": downtime_bytes,
         "pages": {k: int(round(v)) for k, v in pages.items()},
-        "avg_throughput_mbytes_s": sent / total / MIB,
         "cpu_seconds": cpu_s,
         "cpu_usage_percent": 100 * cpu_s / total,
         "cpu_seconds_destination": (sent_pages * costs.destination_us() - zero_pages * costs.receive_us
@@ -228,8 +227,8 @@ def predict_migration(scenario: Scenario, mp: MigrationPlan, precopy_only: bool 
         "app": None,
         "iteration_log": log,
         "convergence": convergence_summary(mig, log),
-    } | _compression_prediction(mig, by_pass, total) | {"not_modelled": predict_codec.limits(scenario, mp)} \
-      | _disk_prediction(scenario, mp, total)
+    } | _compression_prediction(mig, by_pass, total) | {"not_modelled": predict_codec.limits(scenario, mp)}
+        | _disk_prediction(scenario, mp, total))
 
 
 def _disk_prediction(scenario: Scenario, mp: MigrationPlan, memory_s: float) -> dict:
@@ -381,7 +380,8 @@ def predict(scenario: Scenario, path: str = "") -> dict:
         for k in ("total_time_s", "memory_bytes_sent", "downtime_bytes_sent", "cpu_seconds", "iterations", "setup_time_s"):
             out[k] = sum(v[k] for v in per_vm)
         out["downtime_ms"] = max(v["downtime_ms"] for v in per_vm)
-        out["avg_throughput_mbytes_s"] = out["memory_bytes_sent"] / out["total_time_s"] / MIB
+        out["network_bytes_sent"] = sum(network_bytes(v) for v in per_vm)
+        out |= with_throughput(out)
     out["not_modelled"] = sorted({line for v in per_vm for line in v.get("not_modelled", [])})
     out["vms"] = per_vm
     return out

@@ -85,7 +85,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
 def _sweep_order(d: Path) -> list[Path]:
     """A sweep directory's runs in its points' order (sweep.json), repeats in order."""
     try:
-        points = json.loads((d / "sweep.json").read_text())["points"]
+        points = strict_json((d / "sweep.json").read_text())["points"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
     return [r.parent for p in points for r in sorted((d / p["point"]).glob("r*/result.json"),
@@ -141,7 +141,7 @@ def load_runs(paths: list[Path], warn=print) -> list[Run]:
 
 def _status(d: Path) -> str:
     try:
-        r = json.loads((d / "result.json").read_text())
+        r = strict_json((d / "result.json").read_text())
         return f"{r.get('status')}: {r.get('stop_reason', '')}"
     except (OSError, ValueError):
         return "unreadable result.json"
@@ -525,14 +525,18 @@ def figures(runs: list[Run], sweep: dict | None = None) -> list[tuple[str, str, 
 
 
 def load_sweep(paths: list[Path]) -> dict | None:
-    """sweep.json of a single sweep directory given, or None."""
+    """sweep.json of a single sweep directory given, or None (none there); ReportError (one line)
+    for one that is not JSON or holds NaN or Infinity, which `livemig sweep` never writes."""
     if len(paths) != 1:
         return None
+    path = paths[0] / "sweep.json"
     try:
-        summ = json.loads((paths[0] / "sweep.json").read_text())
-    except (OSError, ValueError):
+        summ = strict_json(path.read_text())
+    except OSError:
         return None
-    return summ if summ.get("points") else None
+    except ValueError as exc:  # json.JSONDecodeError too
+        raise ReportError(f"{path}: not a sweep.json ({exc})") from None
+    return summ if isinstance(summ, dict) and summ.get("points") else None
 
 
 PLOT_STEMS = ("iterations", "dirty-vs-transfer", "guest", "links", "cpu", "sweep", "overlay")

@@ -26,7 +26,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       model_validator)
 
 from agents.techniques import registry
-from agents.techniques.options import Option
+from agents.techniques.options import Option, range_text
 
 PAGE_SIZE = 4096
 GIB = 1 << 30
@@ -54,7 +54,9 @@ def _one_line(text: str) -> str:
 class _Strict(BaseModel):
     # strict: TOML has types, so `vcpus = true` or `memory_gib = "0.5"` is a mistake, not a coercion;
     # no NaN or infinity: no physical quantity is either, and both poison every figure derived from them.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    # Field docstrings are the fields' descriptions in `livemig schema` (what editors show).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -83,11 +85,12 @@ MAX_FILE_BYTES = 1 << 20  # 1 MiB: hundreds of times the largest shipped scenari
 # A name: used in actor names, link names ("host:nic->host:nic") and the default run directory
 # (runs/<scenario name>), so no "/", ":" or ">" and no leading dot (".." would leave runs/).
 NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+NAME_TEXT = "1 to 64 letters, digits, '_', '-' or '.', and does not start with '.'"
 
 Gbps = Annotated[float, Field(ge=MIN_GBPS, le=MAX_GBPS)]
 MemoryGib = Annotated[float, Field(gt=0, le=MAX_MEMORY_GIB)]
 MemoryMib = Annotated[float, Field(gt=0, le=MAX_MEMORY_MIB)]
-MbytesS = Annotated[float, Field(ge=0, le=MAX_RATE_MBYTES_S)]
+MbytesS = Annotated[float, Field(ge=0, le=MAX_RATE_MBYTES_S)]  # link traffic: MiB/s (2^20 bytes per second)
 PagesS = Annotated[float, Field(ge=0, le=MAX_PAGES_S)]
 OpsS = Annotated[float, Field(gt=0, le=MAX_OPS_S)]
 RttMs = Annotated[float, Field(ge=0, le=10_000)]  # 10 s: beyond any metro or intercontinental path
@@ -97,9 +100,12 @@ PageCostUs = Annotated[float, Field(ge=0, le=MAX_PAGE_COST_US)]
 
 class Nic(_Strict):
     name: str = Field(pattern=NAME)
+    """The NIC's name, unique on its host; links name it "host:nic"."""
     speed_gbps: Gbps
-    # A pass-through NIC (SR-IOV / DirectPath I/O) cannot be live-migrated.
+    """Line rate in Gbit/s (10^9 bits per second)."""
     passthrough: bool = False
+    """A pass-through NIC (SR-IOV / DirectPath I/O) belongs to its VM: no migration traffic can use it and it cannot be
+    live-migrated."""
 
 
 ROLES = ("source", "destination", "main", "sub-host")
@@ -130,16 +136,22 @@ def _roles_in(value: Any) -> Any:
 
 class Host(_Strict):
     name: str = Field(pattern=NAME)
-    # One role, or several: a host may be the destination of one migration and the source of another.
+    """The host's name, unique in the scenario."""
     role: Annotated[Role | tuple[Role, ...], BeforeValidator(_roles_in)]
+    """What the host does: one role, or a list of them (a host may be the destination of one migration and the source
+    of another)."""
     cores: Annotated[int, Field(ge=1, le=4096)] = 16
+    """Physical cores; pipeline stages charge their CPU to them."""
     memory_gib: MemoryGib = 64
+    """Memory in GiB (2^30 bytes), for the VMs placed on it."""
     nics: list[Nic] = Field(min_length=1, max_length=MAX_NICS)
-    # The host's storage interface (HBA): how fast it copies between datastores it reaches (8 Gbit/s FC).
+    """The host's NICs."""
     storage_gbps: Gbps = 8.0
-    # The Ray node that plays this host: the name of a custom resource the node was started
-    # with (`ray start --resources='{"node-b": 1}'`); unset: wherever Ray places it.
+    """The storage interface (HBA) in Gbit/s: how fast the host copies between datastores it reaches (8 Gbit/s Fibre
+    Channel by default)."""
     ray_node: str | None = Field(None, pattern=NAME)
+    """The Ray node that plays this host: the name of a custom resource the node was started with (ray start
+    --resources='{"node-b": 1}'); unset: wherever Ray places it."""
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -150,16 +162,22 @@ class BackgroundTraffic(_Strict):
     """A co-located VM's traffic sharing the link (e.g. a web server)."""
 
     mbytes_s: MbytesS = 0.0
+    """Rate of the co-located traffic in MiB/s (2^20 bytes per second)."""
 
 
 class Link(_Strict):
     """One NIC pair: `from_nic` and `to_nic` are written "host:nic"."""
 
     from_nic: str = Field(alias="from", pattern=r"^[^:]+:[^:]+$")
+    """The sending NIC, "host:nic"."""
     to_nic: str = Field(alias="to", pattern=r"^[^:]+:[^:]+$")
-    bandwidth_gbps: Gbps | None = None  # default: the slower NIC's speed
+    """The receiving NIC, "host:nic"."""
+    bandwidth_gbps: Gbps | None = None
+    """The link's rate in Gbit/s; unset: the slower NIC's speed."""
     rtt_ms: RttMs = 0.2
+    """Round-trip time in ms."""
     background: BackgroundTraffic = BackgroundTraffic()
+    """Traffic of co-located VMs sharing the link."""
 
 
 class Network(_Strict):
@@ -167,13 +185,17 @@ class Network(_Strict):
     by link speed (the vMotion rule, cluster/nic_pairing.py) when `links` is empty."""
 
     links: list[Link] = Field([], max_length=MAX_COUNT)
-    rtt_ms: RttMs = 0.2  # for automatically paired links
-    # PMigrate §3.2: migration takes only spare bandwidth, keeping a reserved minimum.
+    """The NIC pairs the migrations use; empty: paired automatically by link speed."""
+    rtt_ms: RttMs = 0.2
+    """Round-trip time in ms of the automatically paired links."""
     rate_control: bool = False
+    """PMigrate §3.2 network rate control: the migration takes only the bandwidth other traffic leaves, keeping
+    reserved_mbytes_s."""
     reserved_mbytes_s: MbytesS = 0.0
-    # How a connection's bytes cross: "auto" shares memory when both ends are on one Ray
-    # node and uses TCP when not; "tcp" always crosses TCP (the cross-node path on one node).
+    """The minimum rate kept for the migration under rate_control, in MiB/s (2^20 bytes per second)."""
     transport: Literal["auto", "tcp"] = "auto"
+    """How a connection's bytes cross: auto shares memory when both ends are on one Ray node and uses TCP when not; tcp
+    always crosses TCP (the cross-node path on one node)."""
 
 
 class ContentMix(_Strict):
@@ -189,12 +211,21 @@ class ContentMix(_Strict):
     write their own bytes into parts of pages.)"""
 
     zero: Fraction = 0.25
+    """Fraction of pages that are all zeros."""
     text: Fraction = 0.25
+    """Fraction of pages holding text-like words (about 3-4x compressible with zstd)."""
     structured: Fraction = 0.25
+    """Fraction of pages holding records of small integers (highly compressible)."""
     random: Fraction = 0.25
+    """Fraction of pages holding random bytes (incompressible, like encrypted data)."""
     working_set: Literal["zero", "text", "structured", "random"] | None = None
+    """A class that fills the workload's working set instead of the fractions; unset: the fractions apply to all of
+    memory."""
     working_set_fraction: Fraction | None = None
+    """Share of memory the working_set class fills; unset: the workload's footprint."""
     writes: Literal["image", "text", "structured", "random"] = "image"
+    """What a whole-page guest write leaves in a page: image keeps the page's class (a zero page takes one of the
+    image's non-zero classes); a class name makes every written page that class."""
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> "ContentMix":
@@ -206,28 +237,38 @@ class ContentMix(_Strict):
 
 class IdleWorkload(_Strict):
     kind: Literal["idle"]
+    """An idle guest: it writes nothing."""
 
 
 class UniformWorkload(_Strict):
     """Writes pages chosen uniformly at random in a working set."""
 
     kind: Literal["uniform"]
+    """Selects this workload."""
     dirty_pages_per_s: PagesS
-    working_set_gib: MemoryGib | None = None  # default: all of memory
-    # A hot set inside the working set, written at its own rate on top (e.g.
-    # memcached's hash table and LRU heads while gets touch random items).
+    """Pages written per second (4 KiB pages)."""
+    working_set_gib: MemoryGib | None = None
+    """The working set in GiB, from the start of memory; unset: all of memory."""
     hot_set_gib: Annotated[float, Field(ge=0, le=MAX_MEMORY_GIB)] = 0.0
+    """A hot set inside the working set in GiB, written at hot_pages_per_s on top (memcached's hash table and LRU
+    heads)."""
     hot_pages_per_s: PagesS = 0.0
+    """Pages of the hot set written per second (4 KiB pages)."""
 
 
 class HotsetWorkload(_Strict):
     """memcached-like: Zipf-skewed keys over a hot set, a read/write mix."""
 
     kind: Literal["hotset"]
+    """Selects this workload."""
     ops_per_s: OpsS
+    """Requests per second."""
     write_fraction: Fraction = 0.1
+    """Fraction of requests that write."""
     zipf_s: Annotated[float, Field(gt=1, le=5)] = 1.2
+    """Zipf exponent of the key popularity (larger: more skewed)."""
     working_set_gib: MemoryGib | None = None
+    """The keys' memory in GiB; unset: all of memory."""
 
 
 class ReadMostlyWorkload(_Strict):
@@ -236,19 +277,28 @@ class ReadMostlyWorkload(_Strict):
     written, and writes `dirty_pages_per_s` in the first `working_set_gib`."""
 
     kind: Literal["readmostly"]
+    """Selects this workload."""
     reads_per_s: PagesS
+    """Pages read per second (4 KiB pages), uniformly in the read set."""
     read_set_gib: MemoryGib
+    """The read set in GiB, never written."""
     dirty_pages_per_s: PagesS = 0.0
+    """Pages written per second (4 KiB pages) in the working set."""
     working_set_gib: Annotated[float, Field(ge=0, le=MAX_MEMORY_GIB)] = 0.0
+    """The written working set in GiB, from the start of memory."""
 
 
 class SweeperWorkload(_Strict):
     """RapidWrite-like: writes `sweep_gib` sequentially, then sleeps."""
 
     kind: Literal["sweeper"]
+    """Selects this workload."""
     sweep_gib: MemoryGib
+    """Memory written by one sweep, in GiB."""
     write_mbytes_s: Annotated[float, Field(gt=0, le=MAX_MEM_BW_MBYTES_S)] = 1000
+    """Write rate of a sweep in MB/s (10^6 bytes per second)."""
     sleep_s: ScheduleS = 5
+    """Sleep between sweeps, in emulated seconds."""
 
 
 class MemwriteWorkload(_Strict):
@@ -256,9 +306,13 @@ class MemwriteWorkload(_Strict):
     pages of a working set, over and over (near-ideal for delta encoding)."""
 
     kind: Literal["memwrite"]
+    """Selects this workload."""
     writes_per_s: Annotated[float, Field(ge=0, le=MAX_WRITES_S)]
+    """Writes per second."""
     bytes_per_write: Annotated[int, Field(ge=1, le=PAGE_SIZE)] = 64
+    """Bytes per write."""
     working_set_gib: MemoryGib | None = None
+    """The working set in GiB; unset: all of memory."""
 
 
 class VideoWorkload(_Strict):
@@ -266,9 +320,13 @@ class VideoWorkload(_Strict):
     per frame, `changed_fraction` of every page (its moving part) changes."""
 
     kind: Literal["video"]
+    """Selects this workload."""
     frame_mib: MemoryMib
+    """The frame buffers in MiB."""
     fps: Annotated[float, Field(gt=0, le=1000)] = 25  # 1000 frames/s: above any display or camera
+    """Frames per second."""
     changed_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """Fraction of every page (its moving part) that changes per frame."""
 
 
 class ErpWorkload(_Strict):
@@ -279,15 +337,25 @@ class ErpWorkload(_Strict):
     a downtime exceeds `max_downtime_ms`."""
 
     kind: Literal["erp"]
+    """Selects this workload."""
     ops_per_s: OpsS
+    """Transactions per second."""
     writes_per_op: Annotated[int, Field(ge=1, le=1000)] = 8
+    """Records written per transaction."""
     record_bytes: Annotated[int, Field(ge=1, le=PAGE_SIZE)] = 128
+    """Bytes per record."""
     log_bytes_per_op: Annotated[int, Field(ge=0, le=PAGE_SIZE)] = 256
+    """Bytes appended to the redo log per transaction."""
     log_mib: MemoryMib = 64
+    """The redo log in MiB (a ring)."""
     session_mib: Annotated[float, Field(ge=0, le=MAX_MEMORY_MIB)] = 0
+    """The session (roll) area in MiB; 0: none."""
     session_kib_per_op: Annotated[float, Field(ge=0, le=1 << 20)] = 64  # 1 GiB rewritten per transaction at most
+    """KiB of the session area rewritten per transaction."""
     working_set_gib: MemoryGib | None = None
+    """The tables in GiB; unset: all of memory."""
     max_downtime_ms: Annotated[float, Field(gt=0, le=MAX_MS)] = 500
+    """Longest downtime in ms the application survives; a longer one breaks it (it stops responding)."""
 
 
 Workload = Annotated[
@@ -300,7 +368,7 @@ Workload = Annotated[
 # Physical bounds: 1 IOPS and 0.01 MB/s are below any disk (a floppy moves 0.06 MB/s); a
 # smaller figure only turns a prediction into 1e16 s. 100 M IOPS is above any array.
 IopsValue = Annotated[float, Field(ge=1, le=100_000_000)]
-DiskMbytesS = Annotated[float, Field(ge=0.01, le=MAX_RATE_MBYTES_S)]
+DiskMbytesS = Annotated[float, Field(ge=0.01, le=MAX_RATE_MBYTES_S)]  # the vMotion seed's MB/s: 10^6 bytes/s
 
 
 class Datastore(_Strict):
@@ -310,17 +378,29 @@ class Datastore(_Strict):
     them without the hosts: VAAI)."""
 
     name: str = Field(pattern=NAME)
+    """The datastore's name, unique in the scenario."""
     kind: Literal["fast-san", "slow-san", "local-ssd", "hdd", "nfs"] = "fast-san"
+    """A preset of figures (IOPS, MB/s, latency); the figures below override it."""
     read_iops: IopsValue | None = None
+    """Read requests per second; unset: the kind's."""
     write_iops: IopsValue | None = None
+    """Write requests per second; unset: the kind's."""
     read_mbytes_s: DiskMbytesS | None = None
+    """Read throughput in MB/s (10^6 bytes per second); unset: the kind's."""
     write_mbytes_s: DiskMbytesS | None = None
+    """Write throughput in MB/s (10^6 bytes per second); unset: the kind's."""
     latency_ms: Annotated[float, Field(ge=0, le=10_000)] | None = None
+    """Latency of one request in ms; unset: the kind's."""
     capacity_gib: Annotated[float, Field(gt=0, le=MAX_DISK_GIB)] = 2048
+    """Capacity in GiB."""
     hosts: list[str] = Field(max_length=MAX_COUNT)
+    """The hosts that reach this datastore."""
     array: str | None = Field(None, pattern=NAME)
-    offload: bool = False  # the array can copy between its datastores (VAAI XCOPY)
+    """The array the datastore lives on; unset: its own."""
+    offload: bool = False
+    """The array can copy between its datastores without the hosts (VAAI XCOPY)."""
     offload_mbytes_s: DiskMbytesS = 1000
+    """The array's copy rate under offload, in MB/s (10^6 bytes per second)."""
 
     def model_figures(self) -> dict:
         """The datastore's performance: its kind's preset with the figures given here."""
@@ -333,14 +413,23 @@ class DiskWorkloadSpec(_Strict):
     """The guest's disk I/O (agents/guest/disk.py): a preset, or figures (which override a preset's)."""
 
     preset: Literal["none", "ds2", "dbench", "soliddb-8", "soliddb-16", "soliddb-32", "soliddb-64"] = "none"
+    """A preset of the papers' disk workloads (vMotion seed: DS2, dbench, SolidDB with 8 to 64 clients); none: no disk
+    I/O unless figures are given."""
     read_iops: Annotated[float, Field(ge=0, le=100_000_000)] | None = None
+    """Read requests per second; unset: the preset's."""
     write_iops: Annotated[float, Field(ge=0, le=100_000_000)] | None = None
+    """Write requests per second; unset: the preset's."""
     read_kib: Annotated[float, Field(ge=4, le=16384)] | None = None
+    """Size of a read in KiB; unset: the preset's."""
     write_kib: Annotated[float, Field(ge=4, le=16384)] | None = None
+    """Size of a write in KiB; unset: the preset's."""
     pattern: Literal["random", "sequential"] | None = None
+    """Where requests fall: random or sequential offsets; unset: the preset's."""
     span_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
-    # > 0: a closed loop of this many clients (the IOPS are then its throughput on its datastore unloaded)
+    """Part of the disk the requests fall in, from its start; unset: the preset's."""
     clients: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    """> 0: a closed loop of this many clients (the IOPS are then its throughput on its datastore unloaded); 0: an open
+    loop at the IOPS; unset: the preset's."""
 
     def figures(self) -> dict:
         from dataclasses import asdict
@@ -352,22 +441,32 @@ class DiskWorkloadSpec(_Strict):
 
 class Vm(_Strict):
     name: str = Field(pattern=NAME)
+    """The VM's name, unique in the scenario."""
     memory_gib: MemoryGib
+    """Guest memory in GiB (2^30 bytes), emulated; the real image is memory_gib x emulation.memory_scale."""
     vcpus: Annotated[int, Field(ge=1, le=1024)] = 2
+    """Virtual CPUs."""
     nic: Literal["virtio", "e1000", "vmxnet3", "passthrough"] = "virtio"
+    """The guest's NIC model; passthrough (DirectPath I/O) forbids live migration."""
     disk_gib: Annotated[float, Field(ge=0, le=MAX_DISK_GIB)] = 0
-    datastore: str | None = None  # where the disk is; needed when disk_gib > 0
-    disk_used_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0  # allocated share of a thin disk
+    """Virtual disk in GiB; 0: no disk."""
+    datastore: str | None = None
+    """The datastore the disk is on; needed when disk_gib > 0."""
+    disk_used_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """Allocated share of a thin disk (what a disk copy moves)."""
     disk_workload: DiskWorkloadSpec = DiskWorkloadSpec()
+    """The guest's disk I/O."""
     workload: Workload = IdleWorkload(kind="idle")
+    """What the guest runs, chosen by kind."""
     content: ContentMix = ContentMix()
-    # Its operations are network requests served by the hypervisor's I/O thread.
+    """What the guest's pages hold."""
     io_bound: bool = False
-    # false: a co-located VM that stays on the source; its throughput before
-    # and during the others' migration is reported (PMigrate §6.3).
+    """Its operations are network requests served by the hypervisor's I/O thread."""
     migrate: bool = True
-    # Where it runs at the start; default: the only host with role "source".
+    """false: a co-located VM that stays on its host; its throughput before and during the others' migration is
+    reported (PMigrate §6.3)."""
     host: str | None = None
+    """Where it runs at the start; unset: the only host with role "source"."""
 
     @model_validator(mode="after")
     def _size_placed_working_set(self) -> "Vm":
@@ -400,13 +499,14 @@ def _declared_options() -> dict[str, Option]:
 
 OPTIONS = _declared_options()
 TechniqueName = Literal[registry.names()]
+TECHNIQUE_TEXT = "The migration technique (`livemig techniques` lists each with its options)."
 
 # The scenario-wide [migration] table: every option of every technique, with its declared default.
 Migration = create_model(
     "Migration", __base__=_Strict, __module__=__name__,
     __doc__="The scenario-wide [migration] table; generated from the techniques' option declarations.",
-    technique=(TechniqueName, "precopy"),
-    **{name: (_annotation(opt), opt.default) for name, opt in OPTIONS.items()},
+    technique=(TechniqueName, Field("precopy", description=TECHNIQUE_TEXT)),
+    **{name: (_annotation(opt), Field(opt.default, description=opt.description())) for name, opt in OPTIONS.items()},
 )
 
 
@@ -422,9 +522,13 @@ class _MigrationEntryBase(_Strict):
     """One [[migrations]] entry: a VM from one host to one host (or a main host and sub-hosts)."""
 
     vm: str = Field(min_length=1)
+    """The VM that migrates."""
     to: Annotated[tuple[str, ...], BeforeValidator(_host_names), Field(min_length=1)]
-    from_host: str | None = Field(None, alias="from")  # default: the VM's host at that point
-    start_s: ScheduleS = 0.0  # emulated seconds after warm-up
+    """The destination host, or a main host then sub-hosts (split migration)."""
+    from_host: str | None = Field(None, alias="from")
+    """The source host; unset: where the VM is by then."""
+    start_s: ScheduleS = 0.0
+    """When it starts, in emulated seconds after the warm-up."""
 
     def overrides(self) -> dict[str, Any]:
         """The options this entry sets, over the [migration] table's."""
@@ -432,10 +536,12 @@ class _MigrationEntryBase(_Strict):
 
 
 # Every option may be overridden per migration; unset ones (None) fall back to [migration].
+_UNSET = " Unset: the [migration] table's."
 MigrationEntry = create_model(
     "MigrationEntry", __base__=_MigrationEntryBase, __module__=__name__,
-    technique=(Optional[TechniqueName], None),
-    **{name: (Optional[_annotation(opt)], None) for name, opt in OPTIONS.items()},
+    technique=(Optional[TechniqueName], Field(None, description=TECHNIQUE_TEXT + _UNSET)),
+    **{name: (Optional[_annotation(opt)], Field(None, description=opt.description() + _UNSET))
+       for name, opt in OPTIONS.items()},
 )
 
 
@@ -455,9 +561,12 @@ class PhaseTrigger(_Strict):
     """When a migration of `vm` enters `phase` (for precopy: optionally its `iteration`)."""
 
     vm: str = Field(min_length=1)
+    """The VM whose migration is watched."""
     # post-copy's phases too: a fault may be injected on entering them (cluster/faults.py)
     phase: Literal["disk-copy", "setup", "precopy", "stop-and-copy", "postcopy-active", "postcopy-recover"]
+    """The phase whose start fires the event."""
     iteration: Annotated[int, Field(ge=1, le=1_000_000)] | None = None  # max_iterations' bound
+    """With phase precopy: the pre-copy iteration (from 1) whose start fires it; unset: entering the phase fires it."""
 
     @model_validator(mode="after")
     def _iteration_only_in_precopy(self) -> "PhaseTrigger":
@@ -470,7 +579,9 @@ class _Event(_Strict):
     """Fires once: at an emulated time after warm-up, or when a migration enters a phase."""
 
     at_s: ScheduleS | None = None
+    """When it fires, in emulated seconds after the warm-up (or use on)."""
     on: PhaseTrigger | None = None
+    """Fires when a migration enters a phase (or use at_s)."""
 
     @model_validator(mode="after")
     def _one_trigger(self) -> "_Event":
@@ -481,9 +592,13 @@ class _Event(_Strict):
 
 class SetLinkEvent(_Event):
     action: Literal["set-link"]
+    """Changes a link's bandwidth, round-trip time or both."""
     link: LinkName
+    """The link, "host:nic->host:nic"."""
     bandwidth_gbps: Gbps | None = None
+    """The new rate in Gbit/s; unset: unchanged."""
     rtt_ms: RttMs | None = None
+    """The new round-trip time in ms; unset: unchanged."""
 
     @model_validator(mode="after")
     def _changes_something(self) -> "SetLinkEvent":
@@ -494,75 +609,97 @@ class SetLinkEvent(_Event):
 
 class SetBackgroundEvent(_Event):
     action: Literal["set-background"]
+    """Changes a link's background traffic."""
     link: LinkName
+    """The link, "host:nic->host:nic"."""
     mbytes_s: MbytesS
+    """The new background rate in MiB/s (2^20 bytes per second)."""
 
 
 class SetWorkloadEvent(_Event):
     action: Literal["set-workload"]
+    """Scales a VM's workload rate."""
     vm: str = Field(min_length=1)
+    """The VM."""
     # Multiplies the workload's configured rate; 1000x is past any load spike (and the rate bounds).
     rate_factor: Annotated[float, Field(ge=0, le=1000)]
+    """Multiplies the workload's configured rate (0 stops it)."""
 
 
 class CancelEvent(_Event):
     action: Literal["cancel"]
+    """Cancels the VM's running migration (QEMU's migrate_cancel): the VM stays on its source."""
     vm: str = Field(min_length=1)
+    """The VM."""
 
 
 class StartPostcopyEvent(_Event):
     """QEMU's migrate-start-postcopy: the VM's running post-copy migration switches now."""
 
     action: Literal["start-postcopy"]
+    """Switches the VM's running pre-copy to post-copy now (QEMU's migrate-start-postcopy); needs a post-copy technique
+    that did not start in post-copy."""
     vm: str = Field(min_length=1)
+    """The VM."""
 
 
 # Faults (cluster/faults.py): what each does and how its outcome is judged is documented there.
 class _LinkFault(_Event):
     link: LinkName
+    """The link, "host:nic->host:nic"."""
 
 
 class _VmFault(_Event):
     vm: str = Field(min_length=1)
+    """The VM whose running migration the fault hits."""
 
 
 class LinkDownEvent(_LinkFault):
     """The link goes down: for `duration_s` emulated seconds, or for good (no duration)."""
 
     action: Literal["link-down"]
+    """The link goes down."""
     duration_s: Annotated[float, Field(gt=0, le=MAX_SCHEDULE_S)] | None = None
+    """How long it stays down, in emulated seconds; unset: for good."""
 
 
 class LinkUpEvent(_LinkFault):
     """The link comes back (a paused post-copy over it recovers)."""
 
     action: Literal["link-up"]
+    """The link comes back (a paused post-copy over it recovers)."""
 
 
 class CorruptBatchEvent(_LinkFault):
     """The next `count` batches with contents entering the link are damaged in transit."""
 
     action: Literal["corrupt-batch"]
+    """Damages batches in transit."""
     count: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Batches with contents entering the link that are damaged."""
 
 
 class KillDestinationEvent(_VmFault):
     """The host actor of the destination of `vm`'s running migration is killed."""
 
     action: Literal["kill-destination"]
+    """Kills the host actor of the destination of the VM's running migration."""
 
 
 class CrashMigrationThreadEvent(_VmFault):
     """The source's migration thread of `vm`'s running migration crashes."""
 
     action: Literal["crash-migration-thread"]
+    """Crashes the source's migration thread of the VM's running migration."""
 
 
 class KillMemoryServerEvent(_Event):
     """The host actor of sub-host `host`, with the memory server of a split migration, is killed."""
 
     action: Literal["kill-memory-server"]
+    """Kills the host actor of a sub-host holding a split migration's memory server."""
     host: str = Field(min_length=1)
+    """The sub-host."""
 
 
 Event = Annotated[SetLinkEvent | SetBackgroundEvent | SetWorkloadEvent | CancelEvent | StartPostcopyEvent
@@ -580,22 +717,37 @@ class CpuModel(_Strict):
     """
 
     profile: Literal["modern", "xen-4.1", "kvm-0.14"] = "modern"
+    """Per-page CPU costs: modern, xen-4.1 (PMigrate's Table 2) or kvm-0.14; the costs below override it."""
     mmap_us: PageCostUs | None = None
+    """The mmap step of mapping guest memory (Xen 4.1: PMigrate Table 9), in µs of CPU per 4 KiB page; unset: the
+    profile's."""
     map_us: PageCostUs | None = None
+    """The foreign-map step of mapping guest memory, in µs of CPU per 4 KiB page; unset: the profile's."""
     munmap_us: PageCostUs | None = None
+    """The munmap step of mapping guest memory, in µs of CPU per 4 KiB page; unset: the profile's."""
     handle_us: PageCostUs | None = None
+    """Handling a page (unused and page-table pages included), in µs of CPU per 4 KiB page; unset: the profile's."""
     send_us: PageCostUs | None = None
+    """Sending a page (transport: encryption, checksum, TCP), in µs of CPU per 4 KiB page; unset: the profile's."""
     receive_us: PageCostUs | None = None
+    """Receiving a page, in µs of CPU per 4 KiB page; unset: the profile's."""
     restore_us: PageCostUs | None = None
+    """Writing a page into the destination's memory, in µs of CPU per 4 KiB page; unset: the profile's."""
     shootdown_us: PageCostUs | None = None
+    """TLB shootdown per page per other consumer, in µs of CPU; unset: the profile's."""
     dirty_sync_ns: Annotated[float, Field(ge=0, le=MAX_PAGE_COST_US * 1000)] | None = None
+    """Fetching the dirty log, in ns of CPU per 4 KiB page of memory each time; unset: the profile's."""
     guest_fault_us: PageCostUs | None = None
+    """The guest's first write to a page after each dirty-log fetch, in µs of guest CPU; unset: the profile's."""
     migration_cores: Annotated[int, Field(ge=1, le=4096)] | None = None
+    """Cores of each host the migration may use (PMigrate's CPU rate control); unset: all of them."""
     # CPU rate control: how many of the migration's cores on the source are
     # also run by co-located VMs, and the migration's share of such a core
     # when both want it (PMigrate: "by default its priority is set below the average").
     shared_cores: Annotated[int, Field(ge=0, le=4096)] = 0
+    """How many of the migration's cores on the source are also run by co-located VMs."""
     migration_priority: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """The migration's share of a shared core when both want it (PMigrate: below the average by default)."""
 
     def overrides(self) -> dict[str, float | None]:
         return {k: getattr(self, k) for k in ("mmap_us", "map_us", "munmap_us", "handle_us", "send_us", "receive_us",
@@ -607,16 +759,24 @@ MIN_WINDOW_S = 0.1  # the shortest warm-up or after window: 40 guest ticks in it
 
 class Emulation(_Strict):
     memory_scale: Annotated[float, Field(gt=0, le=1)] = 1 / 64
+    """Real bytes allocated per emulated byte (1/64 turns a 16 GiB guest into a 256 MiB image); rates in bytes and
+    pages scale with it."""
     dilation: Annotated[float, Field(gt=0, le=MAX_DILATION)] = 1.0
+    """Real seconds per emulated second (time dilation, as in DieCast): 4 makes the run 4 times longer and gives every
+    emulated core 4 times the real CPU."""
     # numpy seeds are non-negative and under 2**32; VM i uses seed + 1000 * i.
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 1
+    """Seed of the random numbers; VM i uses seed + 1000 x i."""
     # The windows around the migrations (emulated seconds): the guests run `warmup_s`
     # before the first migration starts (the application's "before" is measured over
     # its last 80%), and the run goes on `after_s` after the last switch-over (its
     # "after"). The guest ticks every 2 real ms: 0.5 s gives its figures 200 ticks and
     # the timeline 5 records on each side; the run costs 1 s less than with 1 s each.
     warmup_s: Annotated[float, Field(ge=MIN_WINDOW_S, le=3600)] = 0.5
+    """Emulated seconds the guests run before the first migration starts (the application's "before" is measured over
+    its last 80%)."""
     after_s: Annotated[float, Field(ge=MIN_WINDOW_S, le=3600)] = 0.5
+    """Emulated seconds the run goes on after the last switch-over (the application's "after")."""
 
 
 REFERENCE_KEYS = ("total_time_s", "downtime_ms", "iterations", "memory_bytes_sent", "downtime_bytes_sent",
@@ -628,7 +788,9 @@ class Reference(_Strict):
     """What the paper measured for this experiment, for `livemig compare`."""
 
     source: str = ""
+    """Where the figures come from (paper, table or figure)."""
     figures: dict[Literal[REFERENCE_KEYS], float] = {}
+    """The paper's figures by result key, in result.json's units (s, ms, bytes, MiB/s, %)."""
 
 
 @dataclass(frozen=True)
@@ -660,18 +822,31 @@ def _host_of(ref: str) -> str:
 
 class Scenario(_Strict):
     name: str = Field(pattern=NAME)
+    """The scenario's name (the default run directory is runs/<name>)."""
     description: str = ""
+    """Free text: what the experiment shows."""
     reference: Reference = Reference()
+    """What the paper measured for this experiment, for livemig compare."""
     hosts: list[Host] = Field(min_length=2, max_length=MAX_COUNT)
+    """The hosts, at least two."""
     network: Network = Network()
+    """The links between the hosts."""
     vms: list[Vm] = Field(min_length=1, max_length=MAX_COUNT)
+    """The virtual machines."""
     datastores: list[Datastore] = Field([], max_length=MAX_COUNT)
+    """The datastores that hold the VMs' disks."""
     migration: Migration = Migration()
+    """The options of every migration; a [[migrations]] entry may override each."""
     # Without it, every VM with migrate = true goes from its host to the one destination, at once.
     migrations: list[MigrationEntry] = Field([], max_length=MAX_COUNT)
+    """Each migration: which VM, from where to where, when; empty: every VM with migrate = true goes from its host to
+    the one destination, at once."""
     events: list[Event] = Field([], max_length=MAX_COUNT)
+    """Events at a time or a phase: link changes, workload changes, cancellation, start-postcopy, faults."""
     cpu: CpuModel = CpuModel()
+    """The charged CPU costs."""
     emulation: Emulation = Emulation()
+    """How the scenario maps onto this machine: memory scale, time dilation, seed, windows."""
 
     def as_loaded(self) -> dict:
         """The scenario as result.json records it (JSON types, defaults filled in), with only the
@@ -794,6 +969,40 @@ class Scenario(_Strict):
         host_name, nic_name = ref.split(":")
         host = next(h for h in self.hosts if h.name == host_name)
         return next(n for n in host.nics if n.name == nic_name)
+
+
+def json_schema() -> dict:
+    """The scenario file's JSON schema (for editors): every property described by its field's
+    docstring or option declaration, with its unit, and what is allowed (its bounds or choices,
+    in words, from the same constraints validation uses) appended."""
+    schema = Scenario.model_json_schema(by_alias=True)
+    for model in (schema, *schema["$defs"].values()):
+        for prop in model.get("properties", {}).values():
+            text = " ".join(prop.get("description", "").split())  # a docstring's line breaks go
+            allowed = _allowed_text(prop)
+            prop["description"] = f"{text} Allowed: {allowed}." if allowed and text else text
+    return schema
+
+
+_JSON_BOUNDS = (("minimum", "ge"), ("exclusiveMinimum", "gt"), ("maximum", "le"), ("exclusiveMaximum", "lt"))
+
+
+def _allowed_text(prop: dict) -> str:
+    """A JSON-schema property's allowed values in words ("0 to 1 (or unset)"); "" for an object or list."""
+    words, unset = [], False
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") == "null":
+            unset = True
+        elif "enum" in branch or "const" in branch:
+            words.append(" | ".join(json.dumps(v) for v in branch.get("enum", [branch.get("const")])))
+        elif branch.get("type") == "boolean":
+            words.append("true | false")
+        elif branch.get("pattern") == NAME:
+            words.append(NAME_TEXT)
+        elif branch.get("type") in ("number", "integer"):
+            bounds = {name: branch[key] for key, name in _JSON_BOUNDS if key in branch}
+            words.append(range_text(bounds) or f"any {branch['type']}")
+    return " or ".join(words) + (" (or unset)" if unset and words else "")
 
 
 # --- checks pydantic cannot express: each a (field path, message) -----------------------
@@ -1251,6 +1460,11 @@ def _postcopy_switch_problems(s: Scenario, i: int, ev) -> Problems:
     if not plans:
         return [(f"events[{i}].vm", f"\"{ev.vm}\" has no migration with technique = \"postcopy\" "
                                     f"(QEMU's postcopy-ram); set it on the VM's migration or drop this event")]
+    plans = [p for p in plans if p.options.postcopy_after_iterations != 0]
+    if not plans:
+        return [(f"events[{i}].action", f"\"start-postcopy\" switches a pre-copy to post-copy, but the migration "
+                                        f"of \"{ev.vm}\" is post-copy from the start (postcopy_after_iterations = 0); "
+                                        f"drop this event, or set postcopy_after_iterations >= 1 or leave it unset")]
     if ev.on is not None and ev.on.phase != "precopy":
         when = "before any connection exists" if ev.on.phase == "setup" else "once stop-and-copy has begun"
         return [(f"events[{i}].on.phase", f"a post-copy switch on entering \"{ev.on.phase}\" comes {when}; "
@@ -1347,7 +1561,7 @@ def _pydantic_lines(path: str, errors: list[dict]) -> list[str]:
         else:
             got = err.get("input")
             if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NAME:
-                msg = "a name is 1 to 64 letters, digits, '_', '-' or '.', and does not start with '.'"
+                msg = f"a name is {NAME_TEXT}"
             if not isinstance(got, (dict, list)):
                 msg = f"{msg} (got {_short(repr(got))})"
         lines.append((loc if kind == "missing" else (), f"{path}: {_format_location(loc)}: {msg.replace('Value error, ', '')}"))

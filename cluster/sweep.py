@@ -30,7 +30,7 @@ from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.compare import ROWS, figure
+from cluster.compare import ROWS, figure, strict_json
 from cluster.tables import SATURATED, SATURATION_LIMIT
 from cluster.scenario import NAME, ScenarioError, read_scenario_text, scenario_from_data
 
@@ -216,13 +216,18 @@ def interrupted(result: dict) -> bool:
     return any(e.get("status") == "aborted" and "interrupted" in str(e.get("stop_reason") or "") for e in entries)
 
 
-def reusable(run_dir: Path, scenario) -> dict | None:
+def reusable(run_dir: Path, scenario, warn=print) -> dict | None:
     """The run's result when it exists, completed and verified, and was made from this very
-    scenario (as loaded); a failed, aborted or unverified run is run again."""
+    scenario (as loaded); a failed, aborted or unverified run is run again. A result.json that is
+    not JSON, or holds NaN or Infinity (which no run writes), is run again after one `warn` line."""
     from cluster.results import finite
+    path = run_dir / "result.json"
     try:
-        result = json.loads((run_dir / "result.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        result = strict_json(path.read_text())
+    except OSError:
+        return None
+    except ValueError as exc:  # json.JSONDecodeError too
+        warn(f"sweep: {path}: not reused, not a result.json ({exc}); running it again")
         return None
     if not isinstance(result, dict) or result.get("status") != "completed" or result.get("verified") is not True:
         return None
@@ -241,7 +246,7 @@ def run_sweep(spec: Spec, out: Path, points: list[Point], selected: list[Point] 
         run_it = selected is None or p in selected
         for i in range(1, spec.repeats + 1):
             d = out / p.name / f"r{i}"
-            old = None if fresh and run_it else reusable(d, sc)
+            old = None if fresh and run_it else reusable(d, sc, progress)
             if old is not None:
                 p.results.append(old)
                 p.reused += 1

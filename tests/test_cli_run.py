@@ -58,6 +58,18 @@ def test_version_and_schema():
     # The migration options come from the techniques' declarations.
     options = schema["$defs"]["Migration"]["properties"]
     assert options["downtime_limit_ms"]["default"] == 300 and "consumers" in options
+    # Editors show descriptions: every property has one, on one line, with what is allowed.
+    props = {f"{model}.{name}": p for model, d in [("Scenario", schema), *schema["$defs"].items()]
+             for name, p in d.get("properties", {}).items()}
+    assert len(props) > 300
+    assert not [name for name, p in props.items() if not p.get("description", "").strip()]
+    assert not [name for name, p in props.items() if "\n" in p["description"]]
+    assert props["Vm.vcpus"]["description"].endswith("Allowed: 1 to 1,024.")
+    # Units: the datastore's MB/s are 10^6 bytes, background traffic's MiB/s 2^20; options say theirs.
+    assert "10^6 bytes" in props["Datastore.read_mbytes_s"]["description"]
+    assert "MiB/s" in props["BackgroundTraffic.mbytes_s"]["description"]
+    assert "Unit: MiB/s" in options["vcpu_dirty_limit_mbytes_s"]["description"]
+    assert "QEMU: downtime-limit" in options["downtime_limit_ms"]["description"]
 
 
 @pytest.mark.slow  # long end to end: make test-slow

@@ -27,7 +27,7 @@ LIVEMIG = ROOT / ".venv" / "bin" / "livemig"
 CASES = sorted(HOSTILE.iterdir())
 # Through the real CLI too: a type, a bound, NaN, a semantic check, a file-level refusal, a directory.
 CLI_CASES = ["type-vcpus-string.toml", "zero-nic-speed.toml", "nan-memory.toml", "passthrough-vm-nic.toml",
-             "not-utf8.toml", "directory.toml", "own-destination.toml"]
+             "not-utf8.toml", "directory.toml", "own-destination.toml", "start-postcopy-on-pure-postcopy.toml"]
 
 
 def expectation(case: Path) -> tuple[str, str]:

@@ -192,3 +192,15 @@ def test_a_malformed_record_below_a_sweep_directory_is_left_out_with_one_warning
     assert "q/r1 left out:" in warnings[1] and "result.json: unreadable" in warnings[1]
     with pytest.raises(ReportError, match="timeline.jsonl:2:"):
         load_runs([bad])
+
+
+def test_a_sweep_json_holding_nan_is_one_line(tmp_path):
+    """`livemig sweep` never writes NaN or Infinity (allow_nan=False): a sweep.json holding one is
+    refused in one line (exit 2), as a result.json holding one is, not plotted."""
+    _failed_run(tmp_path / "p" / "r1", f"{GOOD}\n")
+    (tmp_path / "sweep.json").write_text('{"points": [{"point": "p", "total_time_s": {"median": NaN}}]}')
+    r = subprocess.run([LIVEMIG, "report", str(tmp_path), "--out", str(tmp_path / "r.html")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "sweep.json: not a sweep.json (holds NaN" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r.html").exists()

@@ -634,3 +634,15 @@ def test_cli_validate_a_slice(tmp_path):
     r = livemig("validate", p)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"{p}: ok (2 VM(s), 3 hosts)")
+
+
+def test_every_byte_rate_field_says_which_megabyte():
+    """`*_mbytes_s` fields mean 10^6 bytes/s (datastores, the sweeper: the seeds' MB/s) or 2^20
+    (link traffic, the dirty limit): each field's schema description says which."""
+    from cluster.scenario import json_schema
+    schema = json_schema()
+    rates = {f"{model}.{name}": p["description"] for model, d in [("Scenario", schema), *schema["$defs"].items()]
+             for name, p in d.get("properties", {}).items() if name.endswith("mbytes_s")}
+    assert len(rates) >= 8
+    unclear = [n for n, text in rates.items() if not ("(10^6 bytes per second)" in text or "MiB/s" in text)]
+    assert not unclear, unclear

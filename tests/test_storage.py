@@ -32,6 +32,9 @@ def test_disk_then_memory_then_switch_over_verifies_both(ray_cluster, tmp_path):
     # The whole disk (fully allocated) went, plus the guest's writes behind the copy.
     assert r["disk_bytes_sent"] == pytest.approx(0.5 * GIB + d["mirror"]["mirrored_bytes"])
     assert d["network_bytes"] == r["disk_bytes_sent"]
+    # The links carried memory and disk: the network throughput counts both.
+    assert r["network_bytes_sent"] == pytest.approx(r["memory_bytes_sent"] + d["network_bytes"])
+    assert r["avg_throughput_mbytes_s"] == pytest.approx(r["network_bytes_sent"] / r["total_time_s"] / 2**20)
     assert d["mirror"]["mirrored_writes"] > 0
     # Bound by the slow SAN's 300 MB/s write: 512 MiB take at least 1.79 s.
     floor = 0.5 * GIB / 300e6
@@ -55,6 +58,7 @@ def test_storage_interface_moves_no_bytes_over_the_migration_network(ray_cluster
     r = _run(storage_scenario(disk_gib=0.25, tgt_hosts='["src", "dst"]'), tmp_path)
     assert r["status"] == "completed" and r["disk"]["verified"]
     assert r["disk"]["path"] == "storage-interface" and r["disk"]["network_bytes"] == 0
+    assert r["network_bytes_sent"] == r["memory_bytes_sent"]
     assert r["disk_bytes_sent"] == pytest.approx(0.25 * GIB)
 
 

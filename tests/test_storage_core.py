@@ -409,3 +409,17 @@ def test_a_5_ms_link_down_stops_the_disk_copy_s_line_time():
     during = sum(g for t, g in grants if down_at + 0.0015 < t < up_at)
     assert up_at - down_at < 0.01 and during == 0, (up_at - down_at, during)
     assert sum(g for t, g in grants if up_at + 0.002 < t) > 0  # and it goes on once the link is up
+
+
+def test_a_window_with_too_few_real_requests_is_not_measured():
+    """disk.guest_iops: at memory_scale 1/256 a 0.5 s warm-up holds about 2 real DS2 requests; their
+    'rate' is noise, so the window is null with its reason, and a well-filled window is a rate."""
+    from agents.guest.disk import MIN_MEASURED_REQUESTS, measured_rates, window_rates
+    done = np.concatenate([[0.1, 0.3], np.linspace(1.01, 1.99, 100)])  # 2 requests, then 100
+    windows = window_rates(done, [0.0, 1.0, 2.0], scale=1 / 256, dilation=2.0)
+    assert windows[0] == (2 * 256 / 0.5, 2) and windows[1] == (100 * 256 / 0.5, 100)
+    out = measured_rates(("before", "disk_copy"), windows)
+    assert out["before"] is None and out["disk_copy"] == 51_200
+    assert list(out["not_measured"]) == ["before"]
+    assert f"2 real disk requests in the window, fewer than {MIN_MEASURED_REQUESTS}" in out["not_measured"]["before"]
+    assert "not_measured" not in measured_rates(("disk_copy",), windows[1:])

@@ -119,3 +119,19 @@ def test_the_schema_offers_exactly_the_presets_there_are():
                                               'read_iops = 150.0'))
     figures = s.datastore_named("x").model_figures()
     assert figures["read_iops"] == 150 and figures["write_iops"] == PRESETS["hdd"].write_iops
+
+
+@pytest.mark.parametrize("tgt_hosts, disk_on_network", [('["dst"]', True), ('["src", "dst"]', False)])
+def test_network_throughput_counts_the_disk_when_it_crossed_the_network(tgt_hosts, disk_on_network):
+    """vMotion's unified migration shares the links between memory and disk: "Avg. network
+    throughput" counts both (and says so), as PMigrate's Table 6 does with its disk; a disk
+    copied through the storage interface is not counted."""
+    from cluster.predict import predict
+    from cluster.results import summary_rows
+    r = predict(parse_scenario(storage_scenario(tgt_hosts=tgt_hosts, disk_gib=1.0)))
+    disk = r["disk"]["network_bytes"]
+    assert (disk > 0.99 * 2**30) == disk_on_network and (disk == 0) != disk_on_network
+    assert r["network_bytes_sent"] == r["memory_bytes_sent"] + disk
+    assert r["avg_throughput_mbytes_s"] == pytest.approx(r["network_bytes_sent"] / r["total_time_s"] / 2**20)
+    row = dict(summary_rows(r))["Avg. network throughput"]
+    assert row.endswith("(memory + disk)") == disk_on_network

@@ -154,6 +154,13 @@ def test_only_a_completed_verified_run_is_reused(tmp_path):
     (tmp_path / "list").mkdir()
     (tmp_path / "list" / "result.json").write_text("[1]")
     assert reusable(tmp_path / "list", sc) is None
+    # NaN or Infinity, which no run writes: not reused, said in one line (Python's json would take it).
+    (tmp_path / "nan").mkdir()
+    (tmp_path / "nan" / "result.json").write_text((tmp_path / "good" / "result.json").read_text()
+                                                  .replace('"verified": true', '"verified": true, "x": NaN'))
+    said = []
+    assert reusable(tmp_path / "nan", sc, said.append) is None
+    assert len(said) == 1 and "nan/result.json: not reused" in said[0] and "NaN" in said[0], said
 
 
 def test_an_interrupted_run_is_recognised():

@@ -28,7 +28,7 @@ from agents.datapath.block_dirty import DirtyBitmapJob
 from agents.datapath.clock import precise_threads
 from agents.datapath.datastore import DatastoreModel, Device
 from agents.datapath.mirror import DataPath, LinkGate, MirrorJob
-from agents.guest.disk import DiskImage, DiskWorkload, DiskWorkloadRunner
+from agents.guest.disk import DiskImage, DiskWorkload, DiskWorkloadRunner, window_rates
 
 
 @ray.remote(num_cpus=0, max_concurrency=16)
@@ -55,16 +55,14 @@ class DiskAgent(Reusable):
         self.runners[vm] = runner
         runner.start()
 
-    def io_rates(self, vm: str, marks: list) -> list[float]:
-        """The guest's disk requests per emulated second between consecutive real times
-        `marks` (the first None: since its workload started)."""
+    def io_rates(self, vm: str, marks: list) -> list[tuple[float, int]]:
+        """(the guest's disk requests per emulated second, the real requests counted) between
+        consecutive real times `marks` (the first None: since its workload started)."""
         runner = self.runners.get(vm)
         done = np.asarray(runner.stats.completions if runner else [], dtype=float)
         if marks and marks[0] is None:
             marks = [runner.started_at if runner else marks[1], *marks[1:]]
-        counts = np.histogram(done, bins=marks)[0] if len(marks) > 1 else []
-        return [float(c) / self.scale / ((b - a) / self.dilation) if b > a else 0.0
-                for c, a, b in zip(counts, marks, marks[1:])]
+        return window_rates(done, marks, self.scale, self.dilation)
 
     def completions(self, vm: str) -> np.ndarray:
         """Real monotonic times at which the guest's disk requests completed (each stands for

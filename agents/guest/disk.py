@@ -189,6 +189,34 @@ DISK_PRESETS: dict[str, DiskWorkload] = {
 }
 
 
+# Fewer real requests in a window than this, and their rate is too noisy to report (at 20, one
+# request more or less moves it by 5%; at memory_scale 1/256 a 0.5 s warm-up of DS2 holds about 2).
+MIN_MEASURED_REQUESTS = 20
+
+
+def window_rates(done: np.ndarray, marks: list[float], scale: float, dilation: float) -> list[tuple[float, int]]:
+    """(emulated requests per emulated second, real requests) in each window between consecutive
+    real times `marks`; `done`: the real completion times. Each real request stands for
+    1/`scale` emulated ones, each real second for 1/`dilation` emulated ones."""
+    counts = np.histogram(done, bins=marks)[0] if len(marks) > 1 else []
+    return [(float(c) / scale / ((b - a) / dilation) if b > a else 0.0, int(c))
+            for c, a, b in zip(counts, marks, marks[1:])]
+
+
+def measured_rates(names: tuple[str, ...], windows: list[tuple[float, int]],
+                   least: int = MIN_MEASURED_REQUESTS) -> dict:
+    """The windows' rates by name, None for a window with fewer than `least` real requests, whose
+    reason is under `not_measured` (present only when one is not)."""
+    out: dict = {}
+    why: dict = {}
+    for name, (rate, count) in zip(names, windows):
+        out[name] = rate if count >= least else None
+        if count < least:
+            why[name] = (f"{count} real disk requests in the window, fewer than {least}: too few for a rate "
+                         f"(raise emulation.memory_scale or the window)")
+    return out | ({"not_measured": why} if why else {})
+
+
 @dataclass
 class IoStats(IoCounts):
     """A runner's completed requests (real counts; latencies in real seconds)."""

@@ -59,8 +59,14 @@ class Option:
         elif self.type is bool:
             text = "true | false"
         else:
-            text = _range_text(self.bounds()) or f"any {self.type.__name__}"
+            text = range_text(self.bounds()) or f"any {self.type.__name__}"
         return text + (" (or unset)" if self.optional else "")
+
+    def description(self) -> str:
+        """The help with its unit and QEMU name, one paragraph (the option's text in `livemig schema`)."""
+        unit = f" Unit: {self.unit}." if self.unit else ""
+        qemu = f" QEMU: {self.qemu_name}." if self.qemu_name else ""
+        return f"{self.help}.{unit}{qemu}"
 
     def describe(self) -> dict:
         """A JSON-ready description (for `livemig techniques --json`)."""
@@ -71,7 +77,8 @@ class Option:
         return d
 
 
-def _range_text(b: dict[str, float]) -> str:
+def range_text(b: dict[str, float]) -> str:
+    """Bounds by pydantic's names (gt, ge, le, lt) in words: "1 to 64", "> 0", ">= 1, < 100"."""
     low = b.get("ge", b.get("gt"))
     high = b.get("le", b.get("lt"))
     if "ge" in b and "le" in b:

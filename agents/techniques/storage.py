@@ -43,6 +43,7 @@ from typing import ClassVar
 import ray
 
 from agents.faults import ConnectionLost
+from agents.guest.disk import measured_rates
 from agents.techniques.precopy import PrecopyMigration
 
 MIB = 1 << 20
@@ -134,7 +135,7 @@ class StorageMigration(PrecopyMigration):
             self._record_switches(st["switches"], st["t0"])
             self.ctx.record("disk-progress", offset=st["offset"] / self.scale, len=st["len"] / self.scale,
                             mode=st["mode"], buffer_fill=st["buffer_fill"] / self.scale, ready=st["ready"],
-                            guest_iops=rates[0], write_latency_ms=st["write_latency_ms"],
+                            guest_iops=rates[0][0], write_latency_ms=st["write_latency_ms"],
                             actively_synced=st["actively_synced"], copied_bytes=st["copied_bytes"] / self.scale,
                             mirrored_bytes=st["mirrored_bytes"] / self.scale,
                             mirrored_writes=st["mirrored_writes"] / self.scale, guest_io=io)
@@ -216,7 +217,8 @@ class StorageMigration(PrecopyMigration):
         return out
 
     def _io_figures(self) -> dict:
-        """The guest's disk IOPS (emulated) before the migration, during the disk copy and the memory copy."""
+        """The guest's disk IOPS (emulated) before the migration, during the disk copy and the memory
+        copy; a window with too few real requests for a rate is null, its reason under `not_measured`."""
         mk = self._marks
         if "start" not in mk:
             return {}
@@ -224,7 +226,7 @@ class StorageMigration(PrecopyMigration):
         # A policy's force pauses the VM during the disk copy: then no memory-copy window at all.
         marks = [None, mk["start"], copy_done, max(copy_done, self.result.paused_at or time.monotonic())]
         rates = ray.get(self.disk["agent"].io_rates.remote(self.disk["vm"], marks))
-        return dict(zip(("before", "disk_copy", "memory_copy"), rates))
+        return measured_rates(("before", "disk_copy", "memory_copy"), rates)
 
     def report(self) -> dict:
         return super().report() | ({"disk": self.disk_report} if self.disk_report else {})

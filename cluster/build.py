@@ -46,7 +46,7 @@ RAY_TOKEN_FILE = "~/.ray/auth_token"  # Ray 2.60's token for its dashboard and A
 
 
 def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | None = None,
-                    dashboard_port: int = 8265) -> str | None:
+                    dashboard_port: int = 8265, ray_metrics: bool = False) -> str | None:
     """Start the embedded one-machine Ray cluster livemig runs on.
 
     Token authentication stays on (Ray 2.60's default, the token kept in
@@ -58,7 +58,8 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
     the environment or a cluster left by `ray start` would silently take the
     run over (and num_cpus then fails); another cluster is joined only with
     `--address`. The dashboard, when asked for, listens on 127.0.0.1 only;
-    its address is returned (None without it).
+    its address is returned (None without it). `ray_metrics`: Ray exports its
+    own metrics (`ray_*`, for Prometheus and Grafana) even without the dashboard.
     """
     import ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -66,7 +67,7 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
     # cores: on 2 cores the quickstart's five came up in three waves. Starting them together
     # overlaps their waits (sockets, registration) with each other's imports.
     os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(STARTUP_CONCURRENCY))
-    with contextlib.nullcontext() if dashboard else _head_without_dashboard_processes():
+    with contextlib.nullcontext() if dashboard else _lean_head(minimal_agent=not ray_metrics):
         ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, namespace=namespace,
                        log_to_driver=False, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                        dashboard_port=dashboard_port, configure_logging=False,
@@ -78,21 +79,27 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
 
 
 @contextlib.contextmanager
-def _head_without_dashboard_processes():
-    """Start Ray's head without the two processes only its dashboard uses.
+def _lean_head(minimal_agent: bool):
+    """Start Ray's head without what only its dashboard and its own metrics use.
 
-    Ray 2.60 starts its dashboard's head process even with include_dashboard=False
-    (for its usage-statistics module alone, which livemig turns off) and waits for
-    it to publish an address; and it starts the autoscaler monitor, which a
-    one-machine cluster has nothing to scale with (it feeds `ray status` and the
-    dashboard). On 2 cores the two cost 0.5-0.8 s of every run's start. Skipped
-    here as Ray itself skips the first on a minimal install (no process, no
-    address); with --dashboard both start. Ray's private Node methods: if a Ray
-    release renames them, nothing is skipped and the run is only slower.
+    - Ray 2.60 starts its dashboard's head process even with include_dashboard=False
+      (for its usage-statistics module alone, which livemig turns off) and waits for
+      it to publish an address: not started, as on Ray's minimal install.
+    - The autoscaler monitor: a one-machine cluster has nothing to scale (it feeds
+      `ray status` and the dashboard): not started.
+    - With `minimal_agent`, the node's dashboard agent starts as on a minimal install:
+      without the modules that report node statistics and export Ray's metrics. The
+      raylet waits for its agent before it registers, and the full agent's imports
+      took 4-5 s of a loaded 2-core machine (Ray's start: 7.5 s against 2.9 s).
+
+    On a quiet 2-core machine the first two cost 0.5-0.8 s of every run's start. Ray's
+    private functions: if a Ray release renames them, nothing is skipped and the run
+    is only slower. livemig's own metrics (--metrics-port) are its own exporter's.
     """
     try:
+        import ray._private.utils as ray_utils
         from ray._private.node import Node
-        saved = Node.start_api_server, Node.start_monitor
+        saved = Node.start_api_server, Node.start_monitor, ray_utils.get_dashboard_dependency_error
     except (ImportError, AttributeError):
         yield
         return
@@ -101,10 +108,12 @@ def _head_without_dashboard_processes():
         self._webui_url = None
 
     Node.start_api_server, Node.start_monitor = no_api_server, lambda self: None
+    if minimal_agent:
+        ray_utils.get_dashboard_dependency_error = lambda: "livemig: neither the dashboard nor Ray's metrics asked for"
     try:
         yield
     finally:
-        Node.start_api_server, Node.start_monitor = saved
+        Node.start_api_server, Node.start_monitor, ray_utils.get_dashboard_dependency_error = saved
 
 
 def stop_local_ray() -> None:
@@ -195,7 +204,8 @@ class Cluster:
                 raise ScenarioError([join_refused(self.opts.address, exc)]) from None
         else:
             url = start_local_ray(f"livemig-{self.run_id}", dashboard=self.opts.dashboard,
-                                  dashboard_port=self.opts.dashboard_port)
+                                  dashboard_port=self.opts.dashboard_port,
+                                  ray_metrics=self.opts.metrics_port is not None)
             if url:  # the user asked for it to watch the run: say where it is, and its token
                 print(f"Ray dashboard: {url} (actors named by role; token: {RAY_TOKEN_FILE})",
                       file=sys.stderr, flush=True)

@@ -49,3 +49,16 @@ def test_metrics_exporter_listens_on_loopback_only():
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).status == 200
     finally:
         m.close()
+
+
+def test_without_dashboard_or_ray_metrics_the_head_starts_only_what_a_run_uses(ray_cluster):
+    """The test session's Ray (started as `livemig run` starts it without --dashboard or
+    --metrics-port): no dashboard head process, no autoscaler monitor, and the node's
+    dashboard agent in minimal mode: no metrics agent for the raylet to export Ray's metrics
+    to (its port -1 in the session directory; cluster/build.py `_lean_head`)."""
+    import ray
+
+    node = ray._private.worker._global_node
+    assert "dashboard" not in node.all_processes and "monitor" not in node.all_processes
+    port = Path(node.get_session_dir_path()) / f"metrics_agent_port_{node.node_id}"
+    assert port.read_text().strip() == "-1"

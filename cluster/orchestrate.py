@@ -441,8 +441,9 @@ class Orchestrator:
         elif moved:
             m.guest_resumed_at = m.report.get("resumed_at") or now
             self.sl.location[m.vm_index] = (m.plan.destinations[0].name, dst_key)
+            # The guest switched before verification (post-copy): the `verification` event after it says.
             self.tl.event(m.guest_resumed_at, "switched-over", vm=m.vm, migration=m.index,
-                          host=m.plan.destinations[0].name, by="technique", verified=m.verified)
+                          host=m.plan.destinations[0].name, by="technique")
         elif m.verified and m.index in self.sl.standby:  # to another Ray node: a guest there runs on
             m.guest_resumed_at = crossnode.hand_over(self.sl, m.index, m.vm_index, m.plan.destinations[0].name,
                                                      ACTOR_CALL_S)

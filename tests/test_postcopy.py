@@ -312,6 +312,10 @@ def test_hybrid_switch_on_request_with_a_guest_that_keeps_writing(ray_cluster, t
     # window counted from the post-copy switch (a fresh-eyes finding: 0.04-0.16 s, inflated rates).
     timeline = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
     released = next(e["t"] for e in timeline if e.get("event") == "source-released")
+    # The switch precedes verification; it does not claim the outcome the later `verification` decides.
+    switched = next(e for e in timeline if e.get("event") == "switched-over")
+    verification = next(e for e in timeline if e.get("event") == "verification")
+    assert "verified" not in switched and verification["verified"] and verification["t"] >= switched["t"]
     last = max(e["t"] for e in timeline if e["kind"] == "guest")
     assert last - released >= 0.9 * r["emulation"]["after_s"]
     # The Ray call that resumed the guest on the destination is out of the downtime.

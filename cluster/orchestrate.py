@@ -571,7 +571,8 @@ class Orchestrator:
         m.phase, m.iteration = polled.get("phase", m.phase), polled.get("iteration", m.iteration)
         m.remaining_bytes = polled.get("remaining_bytes", m.remaining_bytes)
         m.sent_bytes = now_c["transferred_bytes"]
-        m.throughput_bytes_s = delta["transferred_bytes"] / dt if dt > 0 else 0.0
+        # What the link carried (acknowledged), not what the sender posted into its ring ahead of it.
+        m.throughput_bytes_s = delta["delivered_bytes"] / dt if dt > 0 else 0.0
         last = m.last_iteration
         # QEMU's expected-downtime: what remains over the bandwidth its last iteration measured.
         bandwidth = last["bytes"] / last["duration_s"] if last.get("duration_s") else 0.0

@@ -269,6 +269,7 @@ def test_pure_postcopy_faults_latency_and_blocktime_match_the_predictor(ray_clus
     assert pc["postcopy_preempt"] is sc.migration_plans()[0].options.postcopy_preempt
     assert pc["max_sends_per_page"] == 1 and pc["pages_requested_twice"] == 0
     assert pc["pages_pushed"] + pc["pages_pulled"] == pytest.approx(0.25 * 2**30 / 4096)
+    assert 0 < pc["requests_for_pages_on_their_way"] < pc["faults"] / 2
     model = want["postcopy"]
     print(f"\n{name}: faults {pc['faults']:.1f} (model {model['faults']:.1f}), on their way "
           f"{pc['requests_for_pages_on_their_way']:.0f} ({model['requests_for_pages_on_their_way']:.1f}), p50 "
@@ -276,14 +277,9 @@ def test_pure_postcopy_faults_latency_and_blocktime_match_the_predictor(ray_clus
           f"{pc['blocktime_ms']:.0f} ms ({model['blocktime_ms']:.0f}), total {r['total_time_s']:.3f} s "
           f"({want['total_time_s']:.3f})")
     assert pc["faults_measured"] == pytest.approx(pc["faults"])  # memory_scale 1: each fault is itself
-    if model["postcopy_preempt"]:
-        assert pc["faults"] == pytest.approx(model["faults"], rel=0.15)
-    else:
-        # About 8 faults, 2 to 4 of them on pages on their way: a handful of draws. Each fault
-        # lasts at most the socket buffers' wait, so at least blocktime / latency of them; the
-        # mean-field model (which averages the draws) is the most.
-        assert pc["blocktime_ms"] / (model["postcopy_latency_us"] / 1000) * 0.95 <= pc["faults"]
-        assert pc["faults"] <= model["faults"] * 1.15
+    # About 150 faults with preempt, 23 without; their run-to-run spread (a renewal count,
+    # see the scenarios' comment) is 5-6%, so 15% is some 3 standard deviations.
+    assert pc["faults"] == pytest.approx(model["faults"], rel=0.15)
     assert pc["latency_p50_us"] == pytest.approx(model["postcopy_latency_us"], rel=0.15)
     assert pc["blocktime_ms"] == pytest.approx(model["blocktime_ms"], rel=0.15)
     assert r["total_time_s"] == pytest.approx(want["total_time_s"], rel=0.15)

@@ -366,7 +366,9 @@ def plot_postcopy(run: Run):
                        f"({pc.get('blocktime_ms', 0):.0f} ms)", xlabel="emulated s since migration start",
                  ylabel="faults/s")
         twin = left.twinx()
-        twin.plot([t - t0 for t in ts[1:]], blocked, color="#e66101", marker=".", label="blocked (% of interval)")
+        if blocked:  # each value over the interval it measures
+            twin.plot([t - t0 for t in ts], blocked[:1] + blocked, color="#e66101", drawstyle="steps-pre",
+                      label="blocked (% of interval)")
         twin.set(ylabel="% of time blocked", ylim=(0, 105))
         left.set_ylim(bottom=0)
         handles = left.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]

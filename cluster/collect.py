@@ -45,12 +45,16 @@ CHECKPOINTS = ("vm-stopped", "last-page-sent", "device-state-sent", "destination
 
 def counters_of(polled: dict, memory_scale: float) -> dict:
     """A migration's cumulative counters (HostAgent.poll, real units) in emulated units:
-    bytes of memory on the wire by encoding, and pages by encoding."""
+    bytes of memory on the wire by encoding, and pages by encoding, counted as the sender
+    posts them; `delivered_bytes`: memory bytes the receiver has acknowledged (what the link
+    carried: the timeline's transfer rate, which the sender's ring, larger in emulated bytes
+    than a socket buffer, would otherwise run ahead of)."""
     ms = memory_scale
     memory = (polled.get("wire_bytes", 0) - polled.get("state_bytes", 0)) / ms
+    delivered = (polled.get("delivered_bytes", 0) - polled.get("delivered_state_bytes", 0)) / ms
     normal = polled.get("pages_normal", 0) * (PAGE + PAGE_HEADER_BYTES) / ms
     zero = polled.get("pages_zero", 0) * (PAGE_HEADER_BYTES + ZERO_MARKER_BYTES) / ms
-    out = {"transferred_bytes": memory, "normal_bytes": normal, "zero_bytes": zero,
+    out = {"transferred_bytes": memory, "delivered_bytes": delivered, "normal_bytes": normal, "zero_bytes": zero,
            "encoded_bytes": memory - normal - zero}
     out |= {f"pages_{e}": polled.get(f"pages_{e}", 0) / ms for e in ENCODINGS}
     return out

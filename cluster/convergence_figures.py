@@ -2,8 +2,11 @@
 
 Computed from the migration's timeline events (agents/techniques/convergence.py
 `Governor`: throttle-start, throttle, dirty-limit, throttle-stop) and its
-guest's samples: which method, when it kicked in (emulated seconds after the
-migration started, and at which dirty-log sync), every throttle step, the
+guest's samples: which method, when it kicked in (`kicked_in_at_s`: emulated
+seconds on the run's clock, from the guests' start, as `started_at_s` and every
+other `*_at_s` of result.json; `kicked_in_after_s`: since this migration
+started, what `livemig predict` gives; and at which dirty-log sync), every
+throttle step (`at_s` on the run's clock, `after_s` since the start), the
 highest throttle, and what it cost the application (its throughput while
 throttled against before the migration). For dirty-limit, the vCPUs' dirty
 rates the guest measured while the limit held.
@@ -21,17 +24,18 @@ def convergence_figures(options, events: list[dict], guest_records: list[dict], 
     policy = policy_from_options(options)
     if policy is None:
         return None
-    out: dict = {"method": policy.name, "kicked_in": False, "kicked_in_at_s": None, "kicked_in_sync": None,
-                 "throttle_steps": [], "max_throttle_pct": 0.0}
+    out: dict = {"method": policy.name, "kicked_in": False, "kicked_in_at_s": None, "kicked_in_after_s": None,
+                 "kicked_in_sync": None, "throttle_steps": [], "max_throttle_pct": 0.0}
     at = {ev["event"]: ev for ev in reversed(events)}  # the first of each kind
     start = at.get("throttle-start")
     if start is None:
         return out
     stop_t = at.get("vm-stopped", at.get("throttle-stop", events[-1]))["t"]
     steps = [ev for ev in events if ev["event"] == "throttle"]
-    out |= {"kicked_in": True, "kicked_in_at_s": start["t"] - started_at_s, "kicked_in_sync": start.get("dirty_sync_count"),
-            "throttled_s": stop_t - start["t"],
-            "throttle_steps": [{"at_s": ev["t"] - started_at_s, "throttle_pct": ev["throttle_pct"]} for ev in steps],
+    out |= {"kicked_in": True, "kicked_in_at_s": start["t"], "kicked_in_after_s": start["t"] - started_at_s,
+            "kicked_in_sync": start.get("dirty_sync_count"), "throttled_s": stop_t - start["t"],
+            "throttle_steps": [{"at_s": ev["t"], "after_s": ev["t"] - started_at_s, "throttle_pct": ev["throttle_pct"]}
+                               for ev in steps],
             "max_throttle_pct": max((ev["throttle_pct"] for ev in steps), default=0.0),
             "dirty_rate_at_kick_in_bytes_s": start.get("dirty_rate_bytes_s"),
             "transfer_rate_at_kick_in_bytes_s": start.get("transfer_rate_bytes_s")}

@@ -440,8 +440,9 @@ class Orchestrator:
         elif moved:
             m.guest_resumed_at = m.report.get("resumed_at") or now
             self.sl.location[m.vm_index] = (m.plan.destinations[0].name, dst_key)
+            # The guest switched before verification (post-copy): the `verification` event after it says.
             self.tl.event(m.guest_resumed_at, "switched-over", vm=m.vm, migration=m.index,
-                          host=m.plan.destinations[0].name, by="technique", verified=m.verified)
+                          host=m.plan.destinations[0].name, by="technique")
         elif m.verified and m.index in self.sl.standby:  # to another Ray node: a guest there runs on
             m.guest_resumed_at = crossnode.hand_over(self.sl, m.index, m.vm_index, m.plan.destinations[0].name,
                                                      ACTOR_CALL_S)
@@ -569,7 +570,8 @@ class Orchestrator:
         m.phase, m.iteration = polled.get("phase", m.phase), polled.get("iteration", m.iteration)
         m.remaining_bytes = polled.get("remaining_bytes", m.remaining_bytes)
         m.sent_bytes = now_c["transferred_bytes"]
-        m.throughput_bytes_s = delta["transferred_bytes"] / dt if dt > 0 else 0.0
+        # What the link carried (acknowledged), not what the sender posted into its ring ahead of it.
+        m.throughput_bytes_s = delta["delivered_bytes"] / dt if dt > 0 else 0.0
         last = m.last_iteration
         # QEMU's expected-downtime: what remains over the bandwidth its last iteration measured.
         bandwidth = last["bytes"] / last["duration_s"] if last.get("duration_s") else 0.0

@@ -89,7 +89,8 @@ def _passes(vm, policy, control, mem_pages, first, dirty, sync_s):
 
 
 def convergence_summary(mig, log: list[dict]) -> dict | None:
-    """The `convergence` section of a prediction: when the policy kicked in, its steps, the guest's cost."""
+    """The `convergence` section of a prediction: when the policy kicked in (`kicked_in_after_s`, since
+    the migration's start: the model has no run clock), its steps, the guest's cost."""
     control = policy_from_options(mig)
     if control is None or not log:
         return None
@@ -101,7 +102,7 @@ def convergence_summary(mig, log: list[dict]) -> dict | None:
             steps.append(it["throttle_pct"])
         t += it["duration_s"]
         ran += it["running_share"] * it["duration_s"]
-    out = {"method": control.name, "kicked_in_at_s": kicked, "throttle_steps": steps,
+    out = {"method": control.name, "kicked_in_after_s": kicked, "throttle_steps": steps,
            "max_throttle_pct": max(steps, default=0),
            # Operations lost while pre-copying, as a share of those offered (the throttle's cost).
            "app_degradation": 1 - ran / t if t > 0 else 0.0}

@@ -22,6 +22,26 @@ at page 0, and the dirty set of a hybrid lies in it) and the faults bring
 them: dU/dt = -(R + F). Integrated numerically until U = 0. Blocktime is the
 time not run, (1 - u) dt. No Ray, no threads.
 
+A fault can hit a page the push already sent that has not arrived yet. The
+source does not send it twice (QEMU's ram.c clears a page's dirty bit as it
+sends it; a request for a clean page sends nothing, with or without
+postcopy-preempt), so the guest waits for it on the stream. In the emulator
+the push's pages on their way are its ring's slots less those held for
+requested pages, and the batch it has taken and waits to post, Q pages (emulated; topology's ring at the scenario's scale,
+the emulated stand-in for the sockets' buffers): from the page the stream
+delivers next to the one the push will have sent when the request reaches
+the source, each arriving at the stream's rate. A fault lands among them with
+probability q = min(1, Q / U) and then waits min(Q, U) / (2 R) on average
+(uniform over the window), else L. With preempt L is the round trip, so these
+faults wait longer than the others and, in the regime where the guest is
+blocked most of the time, fewer of them fit (F = 1 / latency). A fault is
+one draw in time, not an average: once a fresh fault's latency outlasts what
+is left of the working set's push (U / R), the guest that takes one stays
+blocked until the end and faults no more; the share of runs still faulting,
+`free`, falls by those faults, so the end's fast faults on pages on their
+way count only where no such fault came first (without preempt, L is the
+sockets' 84 ms: the last 2,500 pages).
+
 The push reaches the working set at the rate of its pages' encoding: a pure
 post-copy's working set has lost the zero pages the guest wrote before the
 switch (a whole-page write leaves no zero page: agents/guest/content.py), a
@@ -64,24 +84,43 @@ def fault_latency(scenario: Scenario, mp: MigrationPlan) -> Callable[[float], fl
 
 def faults_while_missing(rate: float, ws: float, missing: float, push: float,
                          latency: float | Callable[[float], float], left: float = 0.0,
-                         steps: int = 4000) -> tuple[float, float, float]:
-    """(faults, blocked seconds, seconds until the working set is all there); see the module docstring.
-    `latency`: seconds, or a function of the pages left to send (`left` of them at the start)."""
+                         in_flight: float = 0.0, steps: int = 4000) -> tuple[float, float, float, float]:
+    """(faults, blocked seconds, seconds until the working set is all there, faults on pages on
+    their way); see the module docstring. `latency`: seconds, or a function of the pages left to
+    send (`left` of them at the start); `in_flight`: the push's pages sent but not yet there (Q)."""
     if missing <= 0 or ws <= 0:
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0
     latency_of = latency if callable(latency) else (lambda _: latency)
     dt = missing / push / steps
-    u_left, faults, blocked, t = missing, 0.0, 0.0, 0.0
+    u_left, faults, on_way, blocked, t = missing, 0.0, 0.0, 0.0, 0.0
+    free = 1.0  # probability no fault yet outlasts what is left of the working set's push
     while u_left > 0:
         p = u_left / ws
-        run = 1.0 / (1.0 + rate * p * latency_of(left))
-        f = rate * run * p
+        q = min(1.0, in_flight / u_left)
+        fresh = latency_of(left)
+        lat = (1 - q) * fresh + q * min(in_flight, u_left) / (2 * push)
+        run = 1.0 / (1.0 + rate * p * lat)
+        f = rate * run * p * free
         faults += f * dt
-        blocked += (1 - run) * dt
-        u_left -= (push + f) * dt
-        left = max(0.0, left - (push + f) * dt)
+        on_way += q * f * dt
+        blocked += (free * (1 - run) + (1 - free)) * dt
+        if fresh >= u_left / push:  # a fresh fault now ends after the push has brought the rest
+            free -= (1 - q) * f * dt
+        u_left -= (push + (1 - q) * f) * dt  # a fault on a page on its way brings nothing new
+        left = max(0.0, left - (push + (1 - q) * f) * dt)
         t += dt
-    return faults, blocked, t
+    return faults, blocked, t, on_way
+
+
+def push_in_flight_pages(scenario: Scenario, mp: MigrationPlan) -> float:
+    """Emulated pages of the push sent and not yet on the destination (Q in the module docstring):
+    the ring's slots, less those held back for requested pages, and the batch the push has taken
+    and waits to post (agents/techniques/postcopy.py `_push`), at the scenario's own scale."""
+    from agents.techniques.postcopy import URGENT_SLOTS
+    from cluster.scaling import scale_of
+    from cluster.topology import plan
+    conn = plan(scenario, scale_of(scenario)).connections_of_migration(mp.index)[0]
+    return (max(0, conn.slots - URGENT_SLOTS) + 1) * conn.batch_pages / scenario.emulation.memory_scale
 
 
 def working_set_zero_share(scenario: Scenario, mp: MigrationPlan, rate: float, ws: float) -> float:
@@ -129,7 +168,8 @@ def predict_postcopy(scenario: Scenario, mp: MigrationPlan) -> dict:
     push = pages_per_s
     if after == 0:  # the working set's own encoding (a hybrid's missing pages are dirty ones already)
         push = pre._pass_rates(scenario, mp, working_set_zero_share(scenario, mp, rate, ws), wire_rate)[1]
-    faults, blocked, ws_s = faults_while_missing(rate, ws, missing_ws, push / bubbling, latency, todo)
+    faults, blocked, ws_s, on_way = faults_while_missing(rate, ws, missing_ws, push / bubbling, latency, todo,
+                                                         push_in_flight_pages(scenario, mp))
     setup = mig.setup_ms / 1000
     total = setup + elapsed + downtime + post_s
     sent += todo * bytes_per_page
@@ -140,9 +180,9 @@ def predict_postcopy(scenario: Scenario, mp: MigrationPlan) -> dict:
         "downtime_bytes_sent": state, "avg_throughput_mbytes_s": sent / total / 2**20, "app": None,
         "iteration_log": log,
         "postcopy": {"switched": True, "switch_reason": why, "precopy_iterations": count,
-                     "faults": faults, "blocktime_ms": blocked * 1000, "postcopy_latency_us": latency(todo) * 1e6,
+                     "faults": faults, "requests_for_pages_on_their_way": on_way, "blocktime_ms": blocked * 1000, "postcopy_latency_us": latency(todo) * 1e6,
                      "postcopy_preempt": mig.postcopy_preempt,
-                     "pages_pulled": faults, "pages_pushed": todo - faults, "postcopy_time_s": post_s,
+                     "pages_pulled": faults - on_way, "pages_pushed": todo - faults + on_way, "postcopy_time_s": post_s,
                      "working_set_arrived_after_s": ws_s, "source_released_after_s": total,
                      "model": "uniform writer over its working set; the push reaches the working set first"},
     }

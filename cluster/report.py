@@ -2,9 +2,13 @@
 
 Reads each run directory's `timeline.jsonl` and `result.json` (the timeline is
 the data; cluster/timeline.py) and draws, with matplotlib, for one run:
-bytes remaining and transfer rate per iteration, the dirty rate against the
-transfer rate, the guest's operations per second with the migration's phases
-shaded (the shape of the vMotion seed's Figures 4, 5 and 7), link use and CPU
+bytes remaining and transfer rate per iteration (left out, with a note, when
+no migration ran a pre-copy iteration: pure post-copy), the dirty rate against
+the transfer rate, the guest's operations per second with the migration's
+phases shaded (the shape of the vMotion seed's Figures 4, 5 and 7; the line
+breaks where the guest, blocked on post-copy faults, left no sample), for a
+migration that switched to post-copy its faults and blocktime over time and
+its fault-latency histogram (QEMU's postcopy-latency-dist), link use and CPU
 per host; for several runs, the same time series overlaid, aligned at each
 run's first migration start. The figures are written as PNG files and
 embedded as base64 in one HTML page, which fetches nothing when opened, with
@@ -19,6 +23,7 @@ import io
 import json
 import tempfile
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 from cluster.compare import ROWS, figure, strict_json
@@ -301,12 +306,105 @@ def plot_guest(run: Run):
     for (vm, mig), (ax,) in zip(migs, axes):
         _shade(ax, phase_spans(run, vm, mig), t0)
         g = run.of("guest", vm=vm)
-        ax.plot([r["t"] - t0 for r in g], [r["ops_per_s"] for r in g], color="black", lw=1.2, label="ops/s")
+        ts, ys = break_gaps([r["t"] - t0 for r in g], [r["ops_per_s"] for r in g])
+        ax.plot(ts, ys, color="black", lw=1.2, label="ops/s")
         ax.set(title=f"{vm}: guest operations per second", xlabel="emulated s since migration start",
                ylabel="ops/s")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize="small", loc="lower left", ncol=4)
     return _done(fig)
+
+
+def break_gaps(ts: list[float], ys: list[float], factor: float = 1.5) -> tuple[list[float], list[float]]:
+    """The samples with a NaN point inserted wherever two are further apart than `factor` times
+    the median interval (a guest blocked on post-copy faults leaves none), so a line breaks there
+    instead of being drawn straight across."""
+    if len(ts) < 3:
+        return list(ts), list(ys)
+    gaps = sorted(b - a for a, b in pairwise(ts))
+    limit = factor * gaps[len(gaps) // 2]
+    out_t, out_y = [ts[0]], [ys[0]]
+    for (a, b), y in zip(pairwise(ts), ys[1:]):
+        if b - a > limit:
+            out_t.append((a + b) / 2)
+            out_y.append(float("nan"))
+        out_t.append(b)
+        out_y.append(y)
+    return out_t, out_y
+
+
+def postcopy_migrations(run: Run) -> list[tuple[str, int, dict]]:
+    """(vm, migration, its result's `postcopy` section) of each migration that switched to post-copy."""
+    per_vm = run.result.get("vms") or [run.result]
+    out = []
+    for vm, mig in run.migrations():
+        res = next((v for v in per_vm if v.get("vm") == vm and v.get("migration", mig) == mig), {})
+        pc = res.get("postcopy") or {}
+        if pc.get("switched") or pc.get("faults") is not None:
+            out.append((vm, mig, pc))
+    return out
+
+
+def plot_postcopy(run: Run):
+    """Per migration that switched to post-copy: faults per second and the share of time the
+    guest was blocked (blocktime) in each sample interval, phases shaded; and the fault-latency
+    histogram (power-of-two buckets, QEMU's postcopy-latency-dist)."""
+    plt = _plt()
+    migs = postcopy_migrations(run)
+    fig, axes = plt.subplots(len(migs), 2, figsize=(10, 3.0 * len(migs)), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2]})
+    t0 = run.t0
+    for (vm, mig, pc), (left, right) in zip(migs, axes):
+        _shade(left, [sp for sp in phase_spans(run, vm, mig) if sp[2].startswith("postcopy")], t0)
+        g = [r for r in run.of("guest", vm=vm) if "postcopy_faults" in r]
+        ts, rates, blocked = _postcopy_intervals(g)
+        left.bar([t - t0 for t in ts[1:]], rates, width=[-(b - a) * 0.95 for a, b in pairwise(ts)],
+                 align="edge", color="#1b7837", label="faults/s")  # each over the interval it counts
+        if len(g) < 2:
+            left.text(0.5, 0.5, "no fault samples in the timeline", transform=left.transAxes, ha="center")
+        left.set(title=f"{vm}: post-copy faults ({pc.get('faults', 0):.0f}) and blocktime "
+                       f"({pc.get('blocktime_ms', 0):.0f} ms)", xlabel="emulated s since migration start",
+                 ylabel="faults/s")
+        twin = left.twinx()
+        if blocked:  # each value over the interval it measures
+            twin.plot([t - t0 for t in ts], blocked[:1] + blocked, color="#e66101", drawstyle="steps-pre",
+                      label="blocked (% of interval)")
+        twin.set(ylabel="% of time blocked", ylim=(0, 105))
+        left.set_ylim(bottom=0)
+        handles = left.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        left.legend(handles=handles, fontsize="small", loc="upper right")
+        _latency_histogram(right, vm, pc)
+    return _done(fig)
+
+
+def _postcopy_intervals(g: list[dict]) -> tuple[list[float], list[float], list[float]]:
+    """Sample times, faults per emulated second and % of time blocked in each interval, from the
+    guest records' cumulative `postcopy_faults` and `postcopy_blocktime_s`."""
+    ts = [r["t"] for r in g]
+    rates, blocked = [], []
+    for a, b in pairwise(g):
+        dt = b["t"] - a["t"]
+        rates.append((b["postcopy_faults"] - a["postcopy_faults"]) / dt if dt > 0 else 0.0)
+        blocked.append(min(100.0, 100 * (b["postcopy_blocktime_s"] - a["postcopy_blocktime_s"]) / dt) if dt > 0 else 0.0)
+    return ts, rates, blocked
+
+
+def _latency_histogram(ax, vm: str, pc: dict) -> None:
+    """Bucket N of `postcopy_latency_dist` holds faults resolved in [2^N, 2^(N+1)) us: bars at
+    their lower bounds, in ms, on a log axis; p50 and p99 marked."""
+    dist = pc.get("postcopy_latency_dist") or []
+    used = [n for n, c in enumerate(dist) if c]
+    if used:
+        lo, hi = used[0], used[-1] + 1
+        edges = [2.0 ** n / 1000 for n in range(lo, hi + 1)]
+        ax.bar(edges[:-1], dist[lo:hi], width=[b - a for a, b in pairwise(edges)], align="edge",
+               color="#b2abd2", edgecolor="#5e3c99", label="faults")
+        ax.set_xscale("log", base=2)
+    for key, style in (("latency_p50_us", "--"), ("latency_p99_us", ":")):
+        if pc.get(key):
+            ax.axvline(pc[key] / 1000, color="black", ls=style, label=f"{key.split('_')[1]} {pc[key] / 1000:.1f} ms")
+    ax.set(title=f"{vm}: fault latency", xlabel="latency (ms, emulated)", ylabel="faults")
+    ax.legend(fontsize="small")
 
 
 def plot_links(run: Run):
@@ -516,12 +614,25 @@ def figures(runs: list[Run], sweep: dict | None = None) -> list[tuple[str, str, 
             return []
         plots = [("iterations", "Bytes remaining and transfer rate per iteration", plot_iterations),
                  ("dirty-vs-transfer", "Dirty rate against transfer rate", plot_dirty_vs_transfer),
-                 ("guest", "Guest operations per second, phases shaded", plot_guest),
+                 ("guest", "Guest operations per second, phases shaded (gaps: blocked on faults)", plot_guest),
+                 ("postcopy", "Post-copy: faults, blocktime and fault latency", plot_postcopy),
                  ("links", "Link use", plot_links), ("cpu", "CPU per host", plot_cpu)]
-        return [(stem, caption, draw(run)) for stem, caption, draw in plots]
+        left_out = set(omitted_plots(run))
+        return [(stem, caption, draw(run)) for stem, caption, draw in plots if stem not in left_out]
     out = [("sweep", "The sweep's points: median and min-max", plot_sweep(sweep))] if sweep else []
     return out + [("overlay", f"{len(runs)} runs overlaid", plot_overlay(runs)),
                   ("iterations", "Each run's iterations (every migration)", plot_iterations_overlay(runs))]
+
+
+def omitted_plots(run: Run) -> dict[str, str]:
+    """Plots left out of one run's page, with why (said on the page)."""
+    out = {}
+    if not any(_iterations(run, vm, mig) for vm, mig in run.migrations()):
+        why = "No pre-copy iteration ran (pure post-copy sends every page after the switch), "
+        out["iterations"] = why + "so there is no per-iteration plot; the post-copy plot shows its faults instead."
+    if not postcopy_migrations(run):
+        out["postcopy"] = ""  # nothing switched to post-copy: nothing to say
+    return out
 
 
 def load_sweep(paths: list[Path]) -> dict | None:
@@ -539,7 +650,7 @@ def load_sweep(paths: list[Path]) -> dict | None:
     return summ if isinstance(summ, dict) and summ.get("points") else None
 
 
-PLOT_STEMS = ("iterations", "dirty-vs-transfer", "guest", "links", "cpu", "sweep", "overlay")
+PLOT_STEMS = ("iterations", "dirty-vs-transfer", "guest", "postcopy", "links", "cpu", "sweep", "overlay")
 
 
 def check_out(target: Path) -> Path:
@@ -575,6 +686,8 @@ def render(runs: list[Run], out_html: Path, sweep: dict | None = None) -> dict:
         data = base64.b64encode(png).decode()
         parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if len(runs) == 1 and runs[0].migrations():
+        parts += [f'<p class="note">{html.escape(why)}</p>' for why in omitted_plots(runs[0]).values() if why]
     out_html.write_text(_page(runs, parts))
     return {"html": out_html, "pngs": pngs, "bytes": out_html.stat().st_size}
 

@@ -34,7 +34,7 @@ def row(label: str, result: dict) -> dict:
     return {"method": label, "verified": result["verified"], "total_time_s": v["total_time_s"],
             "downtime_ms": v["downtime_ms"], "memory_bytes_sent": v["memory_bytes_sent"],
             "degradation": v["app"].get("degradation"), "non_response_s": v["app"].get("non_response_s"),
-            "faults": post.get("faults"), "kicked_in_at_s": conv.get("kicked_in_at_s"),
+            "faults": post.get("faults"), "kicked_in_after_s": conv.get("kicked_in_after_s"),
             "saturation": saturation_of(result)}
 
 
@@ -45,8 +45,8 @@ def checks(methods: list[dict], nics: list[dict]) -> list[tuple[str, bool]]:
     out += [(f"{r['method']}: downtime under a fifth of forced stop-and-copy's", r["downtime_ms"] < forced / 5)
             for r in methods[1:]]
     one, two = nics
-    out.append(("SDPS kicks in on one NIC", one["kicked_in_at_s"] is not None))
-    out.append(("SDPS does not kick in on two NICs", two["kicked_in_at_s"] is None))
+    out.append(("SDPS kicks in on one NIC", one["kicked_in_after_s"] is not None))
+    out.append(("SDPS does not kick in on two NICs", two["kicked_in_after_s"] is None))
     reduction = 1 - two["total_time_s"] / one["total_time_s"]
     out.append((f"two NICs take {reduction:.0%} less time (seed: 30%, within 10 points)",
                 abs(reduction - SEED_TWO_NIC_REDUCTION) <= 0.10))
@@ -76,7 +76,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['method']} | {r['total_time_s']:.1f} s | {r['downtime_ms']:.0f} ms "
                      f"| {r['memory_bytes_sent'] / 1e9:.1f} GB | {f(r['degradation'], '.1%')} "
                      f"| {f(r['non_response_s'], '.2f')} s | {f(r['faults'], ',.0f')} "
-                     f"| {f(r['kicked_in_at_s'], '.1f')}{'' if r['kicked_in_at_s'] is None else ' s'} "
+                     f"| {f(r['kicked_in_after_s'], '.1f')}{'' if r['kicked_in_after_s'] is None else ' s'} "
                      f"| {saturation_cell(r.get('saturation'))} |")
     lines.append("")
     lines += [f"- {'✓' if c['holds'] else '✗'} {c['check']}" for c in report["checks"]]

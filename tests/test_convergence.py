@@ -171,7 +171,7 @@ def test_predictor_the_busy_vm_converges_only_under_control():
                 "dirty_limit = true\nvcpu_dirty_limit_mbytes_s = 250\nx_vcpu_dirty_limit_period_ms = 100"):
         p = _predicted(mig)
         assert p["stop_reason"] == "converged" and p["downtime_ms"] <= 110, mig
-        assert p["convergence"]["kicked_in_at_s"] > 0
+        assert p["convergence"]["kicked_in_after_s"] > 0
 
 
 # --- bad input -----------------------------------------------------------------

@@ -49,7 +49,11 @@ def _converged(r: dict) -> None:
     assert r["status"] == "completed" and r["verified"], r.get("stop_reason")
     assert r["stop_reason"] == "converged"
     assert r["downtime_ms"] < 250  # alone it stops for over 400 ms (test_convergence.py)
-    assert r["convergence"]["kicked_in"] and r["convergence"]["kicked_in_at_s"] > 0
+    c = r["convergence"]
+    assert c["kicked_in"] and c["kicked_in_after_s"] > 0
+    # On the run's clock, as started_at_s (a fresh-eyes finding: it counted from the migration's start).
+    assert c["kicked_in_at_s"] == pytest.approx(r["started_at_s"] + c["kicked_in_after_s"])
+    assert all(s["at_s"] == pytest.approx(r["started_at_s"] + s["after_s"]) for s in c["throttle_steps"])
 
 
 def test_auto_converge_converges_and_steps_as_configured(auto):

@@ -275,7 +275,8 @@ def test_a_stop_and_copy_after_an_idle_moment_takes_at_least_bytes_over_bandwidt
 
 def test_an_urgent_batch_goes_ahead_of_the_queue_and_delays_the_rest_by_its_line_time():
     # 24 batches queued: 20 ms of backlog at 40 MB/s. A requested page posted behind them
-    # arrives after its own line time and the one-way delay, as an ordinary batch.
+    # arrives after its own line time and the one-way delay, still marked urgent (its
+    # receiver restores it without waiting for the batch streaming in: agents/datapath/receiver.py).
     link = SharedLink(LinkShaper(RATE, ONE_WAY), [0])
     time.sleep(0.05)  # the loop has started: its token bucket's clock begins before t0, not after it
     t0 = time.monotonic()
@@ -293,6 +294,6 @@ def test_an_urgent_batch_goes_ahead_of_the_queue_and_delays_the_rest_by_its_line
     assert order.index(99) < 12  # ahead of the backlog (at once, unless this thread was slow to post it)
     urgent = got[order.index(99)]
     # Its arrival on the emulated schedule (t_done), however late the threads ran.
-    assert urgent[0] == KIND_BATCH and urgent[7] == pytest.approx(t0 + page / RATE + ONE_WAY, abs=1e-6)
+    assert urgent[0] == KIND_URGENT and urgent[7] == pytest.approx(t0 + page / RATE + ONE_WAY, abs=1e-6)
     # The batches behind it lost its line time: the last one leaves after all 25.
     assert got[-1][7] == pytest.approx(t0 + (24 * BATCH + page) / RATE + ONE_WAY, abs=1e-6)

@@ -12,7 +12,7 @@ from agents.datapath.pipeline import SourcePipeline
 from agents.datapath.range_lock import GlobalLock, RangeLock
 from agents.datapath.receiver import PageReceiver
 from agents.datapath.sender import PageSender
-from agents.datapath.wire_format import SlotLayout
+from agents.datapath.wire_format import SlotLayout, SlotView, pack_pages
 
 PAGE = 4096
 FREE = CostModel(send_us=0.0, receive_us=0.0, restore_us=0.0, dirty_sync_ns=0.0)
@@ -145,3 +145,36 @@ def test_the_address_space_lock_serialises_mapping_or_not(lock, expect_parallel)
         assert h.pipe.lock.stats()["acquisitions"] >= 8
     finally:
         h.close()
+
+
+def test_a_requested_page_is_restored_while_a_streamed_batch_still_arrives():
+    # Post-copy: a batch of the push streams in for 200 ms (its last page then); a requested page
+    # arriving meanwhile is restored at once (QEMU's preempt channel has its own thread on the
+    # destination), not after the push's batch. Its acknowledgement comes first.
+    from agents.datapath.channel import KIND_ACK, KIND_BATCH, KIND_CLOSE, KIND_URGENT
+    layout = SlotLayout(8)
+    ring = np.zeros(2 * layout.slot_bytes, dtype=np.uint8)
+    src = np.random.default_rng(3).integers(0, 256, (128, PAGE), dtype=np.uint8)
+    dst, marks = np.zeros_like(src), np.zeros(128, dtype=np.uint8)
+    to_rx, from_link = _pair()
+    acks_rx, acks_tx = _pair()
+    rx = PageReceiver(ring, 2, layout, from_link, acks_tx, CorePool(2), lambda n, full: 0.0, {0: dst},
+                      received={0: marks})
+    views = [SlotView(ring, i, layout) for i in range(2)]
+    push = pack_pages(src, np.arange(8), views[0])
+    urgent = pack_pages(src, np.array([100, 101]), views[1])
+    for view, stats in zip(views, (push, urgent)):
+        view.seal(stats.payload_digest)
+    t0 = time.monotonic()
+    to_rx.send(KIND_BATCH, 0, 0, push.pages, push.wire_bytes, 1, t0, t0 + 0.2, t0)
+    time.sleep(0.02)
+    to_rx.send(KIND_URGENT, 0, 1, urgent.pages, urgent.wire_bytes, 2, t0, time.monotonic(), 0.0)
+    first = acks_rx.recv()
+    took = time.monotonic() - t0
+    assert first[0] == KIND_ACK and first[2] == 1 and took < 0.15, took  # the urgent slot, long before 200 ms
+    assert marks[[100, 101]].all() and np.array_equal(dst[[100, 101]], src[[100, 101]])
+    second = acks_rx.recv()
+    assert second[2] == 0 and time.monotonic() - t0 >= 0.195  # the push's batch when its last page came
+    assert np.array_equal(dst[:8], src[:8])
+    to_rx.send(KIND_CLOSE)
+    rx.join(5)

@@ -118,10 +118,37 @@ def test_a_vcpu_waits_for_missing_pages_and_counts_each_fault_once():
     blocked = rm.ensure(np.array([1, 3, 3, 7, 9]))
     # Blocked from the fault until the pages came, whatever the thread's start cost on a loaded machine.
     assert arrived[0] - t_call - 0.002 <= blocked <= time.monotonic() - t_call
-    assert rm.faults == 2 and rm.page_requests == 2 and rm.requested_twice == 0
+    # The writes go in order: page 3 faults; page 7 came with it, so the write to it does not.
+    assert rm.faults == 1 and rm.page_requests == 1 and rm.requested_twice == 0
     s = rm.status(1.0)
-    assert sum(s["postcopy_latency_dist"]) == 2 and s["p50_us"] >= (arrived[0] - t_call - 0.002) * 1e6
+    assert sum(s["postcopy_latency_dist"]) == 1 and s["p50_us"] >= (arrived[0] - t_call - 0.002) * 1e6
     assert rm.ensure(np.array([3, 7])) == 0.0  # present now: no fault
+
+
+def test_writes_fault_one_after_the_other_each_when_the_vcpu_reaches_it():
+    received = np.ones(64, dtype=np.uint8)
+    received[[3, 7, 9]] = 0
+    rm = RemoteMemory(received, None, 0, dilation=1.0, memory_scale=1.0)
+    marks = []
+
+    def arrive():
+        time.sleep(0.02)
+        received[[3, 9]] = 1  # page 9 arrives while the vCPU waits for page 3 (the push brought it)
+        marks.append(time.monotonic())
+        time.sleep(0.03)
+        received[7] = 1
+    rm.missing(np.array([1]))
+    threading.Thread(target=arrive).start()
+    blocked = rm.ensure(np.array([3, 7, 9]))
+    # Two faults: 3, then 7 once 3 was resolved (requested after page 3 arrived); 9 was there by then.
+    assert rm.faults == 2 and 0.045 <= blocked
+    assert rm.histogram.values_us[1] <= (time.monotonic() - marks[0]) * 1e6
+    # All at once (a workload that writes in place faults in its whole footprint): both requested together.
+    received[[3, 7]] = 0
+    rm2 = RemoteMemory(received, None, 0, dilation=1.0, memory_scale=1.0)
+    threading.Thread(target=lambda: (time.sleep(0.02), received.__setitem__([3, 7], 1))).start()
+    rm2.ensure(np.array([3, 7]), in_order=False)
+    assert rm2.faults == 2 and rm2.page_requests == 2
 
 
 def test_at_a_memory_scale_a_fault_stands_for_many_until_the_working_set_is_there():
@@ -144,13 +171,25 @@ def test_at_a_memory_scale_a_fault_stands_for_many_until_the_working_set_is_ther
 # --- the fault model ---------------------------------------------------------------------
 def test_fault_model_regimes():
     # Rare faults (r p L << 1): about the writes that land on missing pages.
-    faults, blocked, t = faults_while_missing(rate=10, ws=10_000, missing=10_000, push=10_000, latency=1e-3)
+    faults, blocked, t, _ = faults_while_missing(rate=10, ws=10_000, missing=10_000, push=10_000, latency=1e-3)
     assert t == pytest.approx(1.0, rel=0.01)
     assert faults == pytest.approx(10 * 0.5, rel=0.05) and blocked < 0.01
     # Blocking faults (r p L >> 1): about one per latency while the working set is missing.
-    faults, blocked, t = faults_while_missing(rate=1e6, ws=10_000, missing=10_000, push=10_000, latency=0.01)
+    faults, blocked, t, _ = faults_while_missing(rate=1e6, ws=10_000, missing=10_000, push=10_000, latency=0.01)
     assert faults == pytest.approx(t / 0.01, rel=0.1) and blocked == pytest.approx(t, rel=0.05)
     assert faults_while_missing(0, 100, 100, 100, 0.01)[0] == 0
+
+
+def test_faults_on_pages_on_their_way_wait_on_the_stream():
+    # Blocking faults with a 10 ms round trip; 1,000 of the push's pages on their way at 10,000
+    # pages/s (up to 100 ms, 50 on average): the faults that land there wait longer, fewer fit.
+    base = faults_while_missing(rate=1e6, ws=10_000, missing=10_000, push=10_000, latency=0.01)
+    faults, blocked, t, on_way = faults_while_missing(rate=1e6, ws=10_000, missing=10_000, push=10_000,
+                                                      latency=0.01, in_flight=1_000)
+    assert base[3] == 0 and 0 < on_way < faults < base[0]
+    assert blocked == pytest.approx(base[1], rel=0.05)  # the guest is blocked throughout either way
+    # They bring no page of their own: the working set arrives at the push's pace, faults or not.
+    assert t >= base[2]
 
 
 def test_a_requested_page_waits_behind_the_socket_buffers_unless_preempt():
@@ -211,8 +250,7 @@ def _run(text: str, tmp_path):
     return sc, run_scenario(sc, RunOptions(out_dir=str(tmp_path)))
 
 
-# make test-slow: ~20 s each, and a loaded machine that saturates the run (its working set
-# then arrives late) moves blocktime by more than the margin.
+# make test-slow: ~25 s each (memory_scale 1: every fault measured, none standing for others).
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["fault-queue-1gbe", "fault-queue-preempt-metro"])
 def test_pure_postcopy_faults_latency_and_blocktime_match_the_predictor(ray_cluster, tmp_path, name):
@@ -220,11 +258,8 @@ def test_pure_postcopy_faults_latency_and_blocktime_match_the_predictor(ray_clus
     from cluster.scenario import load_scenario
     # What a requested page waits behind is emulated (the socket buffers, or nothing with
     # postcopy-preempt), so faults, their latency and the blocktime follow the model's rule.
-    # At memory_scale 1/8 a few real faults are measured; the median stands for them. A fault
-    # on a page the push already sent waits for the stream instead (QEMU's too: the page is
-    # not sent twice); the model leaves those out. With preempt about one real fault in six
-    # does, and it stands for 8 emulated ones, so the fault count falls by up to a third
-    # (measured 32-47 against 45.4): 15% holds the median latency and the blocktime, not it.
+    # A fault on a page the push already sent waits for it on the stream (QEMU does not send a
+    # page twice); the model counts those too (Q/U of the faults, cluster/predict_postcopy.py).
     sc = load_scenario(ROOT / "scenarios" / "postcopy" / f"{name}.toml")
     from cluster.runner import RunOptions, run_scenario
     r = run_scenario(sc, RunOptions(out_dir=str(tmp_path)))
@@ -234,9 +269,17 @@ def test_pure_postcopy_faults_latency_and_blocktime_match_the_predictor(ray_clus
     assert pc["postcopy_preempt"] is sc.migration_plans()[0].options.postcopy_preempt
     assert pc["max_sends_per_page"] == 1 and pc["pages_requested_twice"] == 0
     assert pc["pages_pushed"] + pc["pages_pulled"] == pytest.approx(0.25 * 2**30 / 4096)
+    assert 0 < pc["requests_for_pages_on_their_way"] < pc["faults"] / 2
     model = want["postcopy"]
-    on_their_way = pc["requests_for_pages_on_their_way"] > 0
-    assert pc["faults"] == pytest.approx(model["faults"], rel=0.35 if on_their_way else 0.15)
+    print(f"\n{name}: faults {pc['faults']:.1f} (model {model['faults']:.1f}), on their way "
+          f"{pc['requests_for_pages_on_their_way']:.0f} ({model['requests_for_pages_on_their_way']:.1f}), p50 "
+          f"{pc['latency_p50_us'] / 1000:.2f} ms ({model['postcopy_latency_us'] / 1000:.2f}), blocktime "
+          f"{pc['blocktime_ms']:.0f} ms ({model['blocktime_ms']:.0f}), total {r['total_time_s']:.3f} s "
+          f"({want['total_time_s']:.3f})")
+    assert pc["faults_measured"] == pytest.approx(pc["faults"])  # memory_scale 1: each fault is itself
+    # About 150 faults with preempt, 23 without; their run-to-run spread (a renewal count,
+    # see the scenarios' comment) is 5-6%, so 15% is some 3 standard deviations.
+    assert pc["faults"] == pytest.approx(model["faults"], rel=0.15)
     assert pc["latency_p50_us"] == pytest.approx(model["postcopy_latency_us"], rel=0.15)
     assert pc["blocktime_ms"] == pytest.approx(model["blocktime_ms"], rel=0.15)
     assert r["total_time_s"] == pytest.approx(want["total_time_s"], rel=0.15)
@@ -265,6 +308,10 @@ def test_hybrid_switch_on_request_with_a_guest_that_keeps_writing(ray_cluster, t
     # window counted from the post-copy switch (a fresh-eyes finding: 0.04-0.16 s, inflated rates).
     timeline = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
     released = next(e["t"] for e in timeline if e.get("event") == "source-released")
+    # The switch precedes verification; it does not claim the outcome the later `verification` decides.
+    switched = next(e for e in timeline if e.get("event") == "switched-over")
+    verification = next(e for e in timeline if e.get("event") == "verification")
+    assert "verified" not in switched and verification["verified"] and verification["t"] >= switched["t"]
     last = max(e["t"] for e in timeline if e["kind"] == "guest")
     assert last - released >= 0.9 * r["emulation"]["after_s"]
     # The Ray call that resumed the guest on the destination is out of the downtime.

@@ -204,3 +204,52 @@ def test_a_sweep_json_holding_nan_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "sweep.json: not a sweep.json (holds NaN" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+# --- post-copy ----------------------------------------------------------------------------------
+def test_a_line_breaks_where_samples_are_missing():
+    from cluster.report import break_gaps
+    ts, ys = break_gaps([0.0, 0.1, 0.2, 0.6, 0.7], [5.0, 5.0, 5.0, 1.0, 5.0])
+    assert ts == [0.0, 0.1, 0.2, 0.4, 0.6, 0.7]
+    assert ys[3] != ys[3] and ys[:3] == [5.0, 5.0, 5.0] and ys[4:] == [1.0, 5.0]  # NaN in the gap only
+    assert break_gaps([0.0, 0.1, 0.2, 0.3], [1.0] * 4) == ([0.0, 0.1, 0.2, 0.3], [1.0] * 4)
+
+
+@pytest.fixture(scope="module")
+def postcopy_run(ray_cluster, tmp_path_factory):
+    """A real pure post-copy of a guest writing over its working set (16 MiB image, ~10 s)."""
+    from cluster.results import write_result
+    from cluster.runner import RunOptions, run_scenario
+    from cluster.scenario import parse_scenario
+    from tests.conftest import scenario_text
+    out = tmp_path_factory.mktemp("pc")
+    text = scenario_text("pc", memory_gib=0.25, scale=1 / 16, rtt_ms=10,
+                         workload='{ kind = "uniform", dirty_pages_per_s = 20000, working_set_gib = 0.0625 }',
+                         migration='technique = "postcopy"\npostcopy_after_iterations = 0\n'
+                                   'adaptive_prepaging = false\npostcopy_preempt = true')
+    r = run_scenario(parse_scenario(text, "pc.toml"), RunOptions(out_dir=str(out)))
+    assert r["status"] == "completed" and r["postcopy"]["faults"] > 0, r["stop_reason"]
+    write_result(r, out)  # as `livemig run` does
+    return out
+
+
+def test_a_postcopy_run_has_its_plot_and_no_empty_iterations_plot(postcopy_run, tmp_path):
+    from matplotlib.image import imread
+
+    from cluster.report import _postcopy_intervals
+    (run,) = load_runs([postcopy_run])
+    pc = run.result["postcopy"]
+    g = [r for r in run.of("guest", vm="vm") if "postcopy_faults" in r]
+    # The timeline's cumulative figures end where result.json's do; the intervals add up to them.
+    assert g[-1]["postcopy_faults"] == pytest.approx(pc["faults"])
+    assert g[-1]["postcopy_blocktime_s"] * 1000 == pytest.approx(pc["blocktime_ms"])
+    ts, rates, blocked = _postcopy_intervals(g)
+    assert sum(f * (b - a) for f, a, b in zip(rates, ts, ts[1:])) == pytest.approx(pc["faults"] - g[0]["postcopy_faults"])
+    assert all(0 <= x <= 100 for x in blocked) and max(blocked) > 0
+    page = tmp_path / "r.html"
+    got = render([run], page)
+    names = sorted(p.name for p in got["pngs"])
+    assert names == ["r-cpu.png", "r-dirty-vs-transfer.png", "r-guest.png", "r-links.png", "r-postcopy.png"]
+    assert "no per-iteration plot" in page.read_text()  # said on the page, not silently left out
+    img = imread(tmp_path / "r-postcopy.png")
+    assert img.shape[0] >= 200 and img.shape[1] >= 600

@@ -7,7 +7,7 @@ from cluster.reproduce_convergence import checks, markdown
 def r(method: str, time_s: float, downtime_ms: float, kicked: float | None = None) -> dict:
     return {"method": method, "verified": True, "total_time_s": time_s, "downtime_ms": downtime_ms,
             "memory_bytes_sent": 1e10, "degradation": 0.1, "non_response_s": 0.3, "faults": None,
-            "kicked_in_at_s": kicked}
+            "kicked_in_after_s": kicked}
 
 
 def test_the_study_holds_when_methods_beat_forced_downtime_and_two_nics_save_30_percent():

@@ -123,13 +123,18 @@ class GuestAgent(GuestHandOff, Reusable):
     def progress(self) -> tuple[float, float, dict]:
         """(real time, cumulative operations) of the latest tick, and, while a
         migration logs its writes or throttles it, the vCPUs' throttle and dirty rates;
-        after a split migration, `remote_paging`: its figures so far (`split_status`)."""
+        after a split migration, `remote_paging`: its figures so far (`split_status`);
+        after a post-copy switch, `postcopy_faults` and `postcopy_blocktime_s` so far
+        (emulated faults and seconds, cumulative: the report's faults over time)."""
         s = self.guest.samples
         t, ops = s[-1] if s else (time.monotonic(), 0.0)
         g = self.guest
         extra = g.throttle.status() if g.logging or g.throttle.active else {}
         if isinstance(g.remote, SplitMemory):
             extra = extra | {"remote_paging": self.split_status()}
+        elif isinstance(g.remote, RemoteMemory):
+            extra = extra | {"postcopy_faults": g.remote.emulated_faults,
+                             "postcopy_blocktime_s": g.remote.blocked_s / g.dilation}
         return t, ops, extra
 
     def timeline(self) -> tuple[list, float]:

@@ -373,7 +373,7 @@ class HostAgent(CrossNodeEnds, Reusable):
         out["error"] = job.error
         out["done"] = job.done.is_set()
         cs = [self.senders[c].counters for c in job.conns]
-        for key in ("wire_bytes", "state_bytes", "pages_normal", "pages_zero", "pages_compressed", "pages_delta",
+        for key in ("wire_bytes", "state_bytes", "delivered_bytes", "delivered_state_bytes", "pages_normal", "pages_zero", "pages_compressed", "pages_delta",
                     "pages_unchanged", "raw_bytes", "payload_bytes", "encode_s", "encode_model_us", "batches",
                     "batches_corrupted", "batches_resent", "batches_dropped"):
             out[key] = sum(getattr(c, key) for c in cs)

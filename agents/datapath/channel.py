@@ -25,7 +25,7 @@ KIND_PAGE_REQUEST = 5
 KIND_NACK, KIND_DROPPED, KIND_RESET = 6, 7, 8
 # Post-copy's requested pages (agents/techniques/postcopy.py): a batch the link lets
 # through ahead of the connection's queue, interleaved with the batch leaving the NIC
-# (its frames go between theirs); it reaches the receiver as an ordinary KIND_BATCH.
+# (its frames go between theirs); the receiver restores it without waiting for the push's batch.
 KIND_URGENT = 9
 
 

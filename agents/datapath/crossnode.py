@@ -35,6 +35,7 @@ from agents.datapath.channel import (
     KIND_BATCH,
     KIND_CLOSE,
     KIND_STATE,
+    KIND_URGENT,
     Channel,
     Listener,
 )
@@ -58,7 +59,7 @@ def _views(ring: np.ndarray, slots: int, layout: SlotLayout) -> list[SlotView]:
 
 
 def _carries_bytes(kind: int) -> bool:
-    return kind in (KIND_BATCH, KIND_STATE)
+    return kind in (KIND_BATCH, KIND_STATE, KIND_URGENT)
 
 
 def _start(end, loops) -> list[threading.Thread]:

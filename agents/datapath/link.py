@@ -67,7 +67,6 @@ from dataclasses import dataclass
 
 from agents.datapath.channel import (
     DESCRIPTOR,
-    KIND_BATCH,
     KIND_CLOSE,
     KIND_DROPPED,
     KIND_RESET,
@@ -388,11 +387,9 @@ class LinkShaper:
         # Offered when the sender posted it (d[6]), not when this
         # thread woke up: wake-up latency is not link latency.
         offered = min(d[6], time.monotonic())
-        if d[0] == KIND_URGENT:
-            d = (KIND_BATCH,) + d[1:]
-            if not self.down:
-                self._interleave(conn, offered, d)
-                return
+        if d[0] == KIND_URGENT and not self.down:
+            self._interleave(conn, offered, d)
+            return
         self._queue.offer(conn.conn_id, d[4], (conn, offered, d))
 
     def _drop(self, conn: _Connection) -> None:

@@ -71,6 +71,8 @@ class SendCounters:
     encode_model_us: float = 0.0  # what the codec cost model charged for it (us at scale 1)
     wire_bytes: int = 0  # everything: pages, their headers, and CPU/device state
     state_bytes: int = 0  # of which CPU and device state
+    delivered_bytes: int = 0  # wire bytes the receiver acknowledged (restored): what the link has carried
+    delivered_state_bytes: int = 0  # of which CPU and device state
     batches: int = 0
     last_restore_t: float = 0.0
     batches_corrupted: int = 0  # NACKs: batches the receiver found damaged
@@ -92,6 +94,7 @@ class PageSender:
         self._outstanding = 0
         self._cv = threading.Condition()
         self._inflight: dict[int, tuple] = {}  # slot -> (vm, image, page numbers), to pack again on a NACK
+        self._posted = [(0, False)] * slots  # per slot: (wire bytes, device state?) of what it carries now
         self._progress_t = time.monotonic()  # the last acknowledgement, or when the first batch went out
         self.failure: ConnectionLost | None = None
         self._closing = False
@@ -112,6 +115,7 @@ class PageSender:
                 self._resend(d[2])
             elif d[0] in (KIND_ACK, KIND_DROPPED):
                 self._inflight.pop(d[2], None)
+                nbytes, state = self._posted[d[2]]  # before the slot is free to carry another batch
                 # Free since its restore ended on the emulated schedule (the ack's t_done).
                 self.freed_at[d[2]] = d[7] if d[0] == KIND_ACK and d[7] > 0 else time.monotonic()
                 (self.urgent_free if d[2] in self.urgent else self.free).put(d[2])
@@ -122,6 +126,8 @@ class PageSender:
                         self.counters.batches_dropped += 1
                     else:
                         self.counters.last_restore_t = max(self.counters.last_restore_t, d[7])
+                        self.counters.delivered_bytes += nbytes
+                        self.counters.delivered_state_bytes += nbytes if state else 0
                     self._cv.notify_all()
 
     def _resend(self, slot: int) -> None:
@@ -255,6 +261,7 @@ class PageSender:
             self._seq += 1
             seq = self._seq
             self.counters.batches += 1
+            self._posted[slot] = (wire_bytes, kind == KIND_STATE)
             now = time.monotonic()
             sent = now if at is None else min(at, now)
             self.to_link.send(kind, vm, slot, npages, wire_bytes, seq, sent, 0.0, min(began, sent) if began > 0 else 0.0)

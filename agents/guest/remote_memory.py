@@ -15,7 +15,10 @@ blocked is QEMU's postcopy-blocktime.
 
 The emulated vCPUs share one thread, so a fault blocks them all, and faults
 are taken one after the other: blocktime here is the whole VM's, QEMU's
-worst case.
+worst case. A tick's writes are done in order: the first missing page
+faults, and the writes after it look at the received map only once it is
+resolved (a page that arrived meanwhile no longer faults; one the push sent
+meanwhile is waited for on the stream).
 
 Scaling: a real page stands for 1/memory_scale emulated pages, so one real
 fault stands for that many emulated faults, taken in a row at full scale.
@@ -111,17 +114,35 @@ class RemoteMemory:
         """The distinct pages of `idx` that are not here yet."""
         return np.unique(idx[self.received[idx] == 0])
 
-    def ensure(self, idx: np.ndarray) -> float:
-        """Fault in the missing pages of `idx` and wait for them; returns the real seconds blocked."""
-        missing = self.missing(idx)
-        if len(missing):
-            t0 = time.monotonic()
-            self._request(missing, t0)
-            latencies = self._wait(missing, t0)
-            blocked = self._stand_for(latencies, t0)
-            self.blocked_s += blocked
-        else:
-            blocked = 0.0
+    def ensure(self, idx: np.ndarray, in_order: bool = True) -> float:
+        """Fault in the missing pages of `idx` and wait for them; returns the real seconds blocked.
+
+        `in_order`: `idx` are writes done one after the other (a vCPU's): the first missing
+        page faults, and only once it (and the faults it stands for) is resolved does the next
+        write look, so a page that arrived meanwhile, or is on its way by then, is met as it is
+        at that moment (at full scale each fault is its own draw in time; cluster/
+        predict_postcopy.py integrates the same way). Otherwise every missing page faults at once."""
+        if not in_order:
+            return self._fault(self.missing(idx))
+        blocked, at = 0.0, 0
+        while at < len(idx):
+            miss = np.flatnonzero(self.received[idx[at:]] == 0)
+            if not len(miss):
+                break
+            at += int(miss[0])
+            blocked += self._fault(idx[at:at + 1])
+            at += 1
+        return blocked
+
+    def _fault(self, missing: np.ndarray) -> float:
+        """Request `missing` (distinct, not here), wait for them and the faults they stand for."""
+        if not len(missing):
+            return 0.0
+        t0 = time.monotonic()
+        self._request(missing, t0)
+        latencies = self._wait(missing, t0)
+        blocked = self._stand_for(latencies, t0)
+        self.blocked_s += blocked
         return blocked
 
     def wrote(self, idx: np.ndarray) -> None:

@@ -100,9 +100,10 @@ class SplitMemory:
         self.written = np.zeros(n, dtype=bool)
 
     # --- what the guest calls ----------------------------------------------
-    def ensure(self, idx: np.ndarray) -> float:
+    def ensure(self, idx: np.ndarray, in_order: bool = True) -> float:
         """Page in whatever of `idx` is not on the main host, and wait for pages of
-        a chunk still on its way; returns real seconds blocked."""
+        a chunk still on its way; returns real seconds blocked. `in_order` is the post-copy
+        handler's (agents/guest/remote_memory.py); here every chunk away is faulted in turn either way."""
         self._account(idx)
         t0 = time.monotonic()
         settled = self._pending is not None and bool(self.in_flight[idx].any())

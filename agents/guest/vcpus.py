@@ -159,7 +159,7 @@ class Guest:
         if wl.writes_in_place:
             if self.remote is not None and ops > 0:
                 # Its writes are picked and done in one call: fault in all it may write.
-                self._blocked += self.remote.ensure(np.arange(wl.footprint or len(self.pages)))
+                self._blocked += self.remote.ensure(np.arange(wl.footprint or len(self.pages)), in_order=False)
             idx = wl.write(self.pages, ops)  # partial-page writes, done by the workload
         else:
             idx = wl.step(ops)

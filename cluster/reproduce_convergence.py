@@ -71,7 +71,7 @@ def markdown(report: dict) -> str:
     """The two tables and the checks, as Markdown."""
     f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
     lines = ["| method | migration time | downtime | memory sent | app degradation | non-response | faults "
-             "| kicked in at | saturation |", "|" + " --- |" * 9]
+             "| kicked in after | saturation |", "|" + " --- |" * 9]
     for r in report["methods"] + report["nics"]:
         lines.append(f"| {r['method']} | {r['total_time_s']:.1f} s | {r['downtime_ms']:.0f} ms "
                      f"| {r['memory_bytes_sent'] / 1e9:.1f} GB | {f(r['degradation'], '.1%')} "

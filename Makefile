@@ -31,14 +31,14 @@ bench: $(STAMP)
 	$(VENV)/bin/livemig bench pipeline
 	$(VENV)/bin/livemig bench link
 
-# The report pictures under docs/ (README): the quickstart run (at dilation 2, so that a busy
-# machine does not saturate it), then its report's PNG files.
+# The report pictures under docs/ (README): a pre-copy of several iterations (at dilation 1,
+# twice the scenario's, so that a busy machine does not saturate it), then its report's PNG files.
 docs: $(STAMP)
-	$(VENV)/bin/livemig run scenarios/quickstart.toml --out runs/docs/quickstart --quiet --dilation 2
-	$(VENV)/bin/livemig report runs/docs/quickstart --out runs/docs/quickstart-report.html
+	$(VENV)/bin/livemig run scenarios/uniform-1gbe.toml --out runs/docs/uniform-1gbe --quiet --dilation 1
+	$(VENV)/bin/livemig report runs/docs/uniform-1gbe --out runs/docs/report.html
 	mkdir -p docs
 	for p in guest iterations dirty-vs-transfer links cpu; do \
-	  cp runs/docs/quickstart-report-$$p.png docs/quickstart-$$p.png; done
+	  cp runs/docs/report-$$p.png docs/report-$$p.png; done
 
 # The Grafana dashboards' JSON from their code (cluster/dashboards.py).
 dashboards: $(STAMP)

@@ -349,8 +349,8 @@ class PostcopyMigration(PrecopyMigration):
         if self.ctx.postcopy_requested:
             self.start_postcopy()
 
-    def _harvest(self) -> np.ndarray:
-        idx = super()._harvest()
+    def _harvest(self, at: float | None = None) -> np.ndarray:
+        idx = super()._harvest(at)
         if self._requested:  # the pass cut short may not have sent its pages: keep them
             mask = np.zeros(len(self.image), dtype=bool)
             mask[self._pass_todo] = True

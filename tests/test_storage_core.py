@@ -423,3 +423,22 @@ def test_a_window_with_too_few_real_requests_is_not_measured():
     assert list(out["not_measured"]) == ["before"]
     assert f"2 real disk requests in the window, fewer than {MIN_MEASURED_REQUESTS}" in out["not_measured"]["before"]
     assert "not_measured" not in measured_rates(("disk_copy",), windows[1:])
+
+
+@pytest.mark.parametrize("dilation, overloaded", [(0.0005, True), (0.25, False)])
+def test_a_copy_whose_threads_cannot_keep_its_pace_reports_its_overrun(tmp_path, dilation, overloaded):
+    """The copy's reads, the path's sends and the destination writer pace themselves to their
+    devices' and path's schedule; work that keeps them behind it (this machine's) is their
+    saturation. At dilation 0.0005 a 2 GiB disk at 1/64 would have to move 32 MiB in 3.6 ms."""
+    src, dst = _pair(tmp_path, 32 * MIB)
+    scale = 1 / 64
+    job = MirrorJob(src, dst, Device(PRESETS["fast-san"], scale, dilation), Device(PRESETS["slow-san"], scale, dilation),
+                    DataPath("storage-interface", 1e9), buffer_bytes=4 * MIB, memory_scale=scale, dilation=dilation)
+    job.start()
+    assert job.wait_synced(60)
+    job.finish()
+    assert len(job.verify()) == 0
+    if overloaded:
+        assert job.saturation() > 0.05
+    else:  # 18 real MB/s: 57 ms per region of 1 MiB
+        assert job.saturation() < 0.05

@@ -210,7 +210,9 @@ class StorageMigration(PrecopyMigration):
                           "write_latency_ms": fig["write_latency_ms"],
                           "buffer_bytes": d["buffer_bytes"] / scale,
                           "buffer_high_water_bytes": fig["buffer_high_water"] / scale},
-               "batches_corrupted": fig.get("batches_corrupted", 0), "batches_resent": fig.get("batches_resent", 0)}
+               "batches_corrupted": fig.get("batches_corrupted", 0), "batches_resent": fig.get("batches_resent", 0),
+               # Share of the disk job's real time its slowest thread ran behind its schedule (mirror.py Behind).
+               "saturation": fig.get("saturation", 0.0), "overrun_real_s": fig.get("overrun_real_s", {})}
         if "verified" in fig:
             out |= {"verified": fig["verified"], "actively_synced": fig["actively_synced"]}
         out["guest_iops"] = self._io_figures()

@@ -369,6 +369,7 @@ class MirrorJob:
         self._arrivals: deque[tuple[float, Entry, bytes]] = deque()  # (arrival, entry, bytes as they arrive)
         self._booked: dict[int, float] = {}  # a mirrored write's booked completion at the destination
         self._corrupt_left = 0  # fault injection: entries to damage on the way
+        self._gate_lock = threading.Lock()  # the transmitter and a resend (the writer's) ask the link in turn
         self._arrived = threading.Condition()
         self._threads: list[threading.Thread] = []
         self.error: str | None = None
@@ -548,7 +549,7 @@ class MirrorJob:
                 asked = time.monotonic()
                 entry = self.buffer.get(2 * self.gate.period if self.gate is not None else None)
                 if entry is IDLE:  # nothing to send for two looks: no line time held from the memory copy
-                    self.gate.withdraw()
+                    self._withdraw()
                     entry = self.buffer.get()
                 if entry is None:
                     break
@@ -557,15 +558,25 @@ class MirrorJob:
                 self._send(entry)
         finally:
             if self.gate is not None:
-                self.gate.withdraw()
+                self._withdraw()
+
+    def _withdraw(self) -> None:
+        with self._gate_lock:
+            self.gate.withdraw()
 
     def _follow_link(self, nbytes: int) -> None:
         """The network path: wait until the link has granted `nbytes` of line time (none is
         granted while it is down, and the link's fair queue shares it with the memory
         batches); take the rate the link allows now."""
-        g = self.gate
-        if g is None:
+        if self.gate is None:
             return
+        with self._gate_lock:
+            self._granted(nbytes)
+
+    def _granted(self, nbytes: int) -> None:
+        """_follow_link's wait, under the gate's lock."""
+        g = self.gate
+
         def want() -> int:  # asked ahead: two looks and two of the asks' round trips
             return max(nbytes, int((2 * g.period + 2 * g.ask_s) * min(self._bucket.rate, g.rate or math.inf)))
         g.poll(time.monotonic(), want(), nbytes)
@@ -611,7 +622,11 @@ class MirrorJob:
             self.stats.batches_corrupted += 1
             self.stats.batches_resent += 1
             t = arrival + self._delay()  # the NACK goes back
-            if self._bucket is not None:
+            if self.gate is not None:  # the network path: the resend asks the link for its line time, as any bytes
+                pace(t)
+                self._follow_link(len(entry.data))
+                t = max(t, time.monotonic())
+            elif self._bucket is not None:
                 t = self._bucket.departure(len(entry.data), t)
             arrival, payload = t + self._delay(), self._on_the_way(entry.data)
         return arrival

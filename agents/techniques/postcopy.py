@@ -435,7 +435,7 @@ class PostcopyMigration(PrecopyMigration):
         self._convergence_stop()
         missing = np.zeros(len(self.image), dtype=bool)
         missing[todo] = True
-        missing[self._harvest(at=r.paused_at)] = True  # charged from the pause on, as pre-copy's last sync
+        missing[self._harvest(at=self._stopped_at(r.paused_at))] = True  # charged from the pause on, as pre-copy's
         self.guest.stop_dirty_log()
         self.sink.send_state(self.vm, max(1, int(self.state_bytes * self.scale)), at=self.guest.synced_at)
         self.ctx.record("device-state-sent", bytes=self.state_bytes)  # the downtime's bytes, as pre-copy's

@@ -572,6 +572,7 @@ class PrecopyMigration:
         self._enter("stop-and-copy")
         if self.abort_requested:  # cancelled on entering: the VM is not stopped at all
             return self._cancel()
+        forced = self._forced_at is not None  # paused mid-pass: the pass's own sending came after it
         r.paused_at = self._forced_at
         if r.paused_at is None:
             r.paused_at = self.guest.pause()
@@ -583,7 +584,7 @@ class PrecopyMigration:
         # The last sync is charged from the pause on, and the last pages are ready when its
         # charge ended: this machine's delay in harvesting and handing over (1-17 ms under
         # load) is made up by the batches' charges, not added to the downtime at dilation 1.
-        mask[self._harvest(at=r.paused_at)] = True
+        mask[self._harvest(at=None if forced else self._stopped_at(r.paused_at))] = True
         ready = self.guest.synced_at
         todo = np.flatnonzero(mask)
         self.guest.stop_dirty_log()
@@ -611,6 +612,12 @@ class PrecopyMigration:
         r.status = "completed"
         self.phase = "switchover"
         return r
+
+    def _stopped_at(self, paused_at: float) -> float:
+        """When the stop-and-copy's own work begins on the emulated schedule (real monotonic s):
+        at the pause. A technique with work of its own while the VM is stopped, before the last
+        sync (storage: the mirror's last writes), says when that ended."""
+        return paused_at
 
     def _cancel(self, paused: bool = False) -> PrecopyResult:
         """Abandon the migration: the guest keeps running on the source, whose

@@ -259,6 +259,8 @@ def _cpu(sl, m, total_s: float) -> dict:
     # Passes that ended later than their batches' emulated stamps say (agents/datapath/pipeline.py drift_s).
     drift = m.final.get("drift_s", 0.0)
     saturation = max(saturation, drift / real_total if real_total > 0 else 0.0)
+    # The disk copy's threads, against their devices' and path's schedule (agents/datapath/mirror.py).
+    saturation = max(saturation, (m.report.get("disk") or {}).get("saturation", 0.0))
     return {"cpu_seconds": of(ua, "charged_by", send) / sl.scale.dilation,
             "cpu_seconds_destination": of(da, "charged_by", recv) / sl.scale.dilation,
             "saturation": saturation}

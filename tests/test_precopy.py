@@ -94,7 +94,7 @@ class CopySink:
         self.next_free = max(self.next_free, time.monotonic()) + nbytes / self.rate
         sleep_until(self.next_free)
 
-    def send_pages(self, vm, image, idx, phase, should_stop) -> int:
+    def send_pages(self, vm, image, idx, phase, should_stop, at=None) -> int:  # paced in real time: `at` unused
         self.calls.append(phase)
         wire = 0
         for start in range(0, len(idx), self.batch):
@@ -108,7 +108,7 @@ class CopySink:
             self.pages_by_phase[phase] = self.pages_by_phase.get(phase, 0) + len(b)
         return wire
 
-    def send_state(self, vm, state_bytes) -> None:
+    def send_state(self, vm, state_bytes, at=None) -> None:
         self.calls.append("state")
         self.state_bytes = state_bytes
         self._pace(state_bytes)

@@ -249,6 +249,21 @@ def test_a_disk_on_shared_storage_does_no_io_while_the_vm_is_stopped(ray_cluster
     assert r["app"]["disk_ios_after_downtime"] > 0  # and it went on once the VM ran again
 
 
+@pytest.mark.parametrize("disk_gib, dilation, saturated", [(4.0, 0.01, True), (1.0, 1.0, False)])
+def test_a_disk_copy_faster_than_this_machine_reports_saturation(ray_cluster, tmp_path, disk_gib, dilation,
+                                                                 saturated):
+    """The disk threads' overrun counts in fidelity.saturation: at dilation 0.01 the 4 GiB disk
+    (64 MiB here) must cross in 0.14 real seconds; at dilation 1, 1 GiB has 3.6 s."""
+    r = _run(storage_scenario(disk_gib=disk_gib, dilation=dilation), tmp_path)
+    assert r["status"] == "completed" and r["verified"], r["stop_reason"]
+    fid = r["emulation"]["fidelity"]
+    assert fid["saturation"] >= r["disk"]["saturation"]
+    if saturated:
+        assert r["disk"]["saturation"] > 0.05 and not fid["faithful"]
+    else:
+        assert r["disk"]["saturation"] < 0.05
+
+
 def test_a_corrupt_batch_fault_damages_disk_entries_too_and_they_are_sent_again(ray_cluster, tmp_path):
     events = _on_disk_copy("corrupt-batch", link='"src:eth0->dst:eth0"', count=3)
     r = _run(storage_scenario(disk_gib=0.25, events=events), tmp_path)

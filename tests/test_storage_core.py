@@ -423,3 +423,50 @@ def test_a_window_with_too_few_real_requests_is_not_measured():
     assert list(out["not_measured"]) == ["before"]
     assert f"2 real disk requests in the window, fewer than {MIN_MEASURED_REQUESTS}" in out["not_measured"]["before"]
     assert "not_measured" not in measured_rates(("disk_copy",), windows[1:])
+
+
+@pytest.mark.parametrize("dilation, overloaded", [(0.0005, True), (0.25, False)])
+def test_a_copy_whose_threads_cannot_keep_its_pace_reports_its_overrun(tmp_path, dilation, overloaded):
+    """The copy's reads, the path's sends and the destination writer pace themselves to their
+    devices' and path's schedule; work that keeps them behind it (this machine's) is their
+    saturation. At dilation 0.0005 a 2 GiB disk at 1/64 would have to move 32 MiB in 3.6 ms."""
+    src, dst = _pair(tmp_path, 32 * MIB)
+    scale = 1 / 64
+    job = MirrorJob(src, dst, Device(PRESETS["fast-san"], scale, dilation), Device(PRESETS["slow-san"], scale, dilation),
+                    DataPath("storage-interface", 1e9), buffer_bytes=4 * MIB, memory_scale=scale, dilation=dilation)
+    job.start()
+    assert job.wait_synced(60)
+    job.finish()
+    assert len(job.verify()) == 0
+    if overloaded:
+        assert job.saturation() > 0.05
+    else:  # 18 real MB/s: 57 ms per region of 1 MiB
+        assert job.saturation() < 0.05
+
+
+def test_a_resent_damaged_entry_asks_the_link_for_its_line_time_again(tmp_path):
+    """corrupt-batch on a network disk copy: each damaged entry is NACKed and sent again, and the
+    resend crosses the link like any bytes: the link's fair queue grants (and counts) it, so the
+    copy cannot end before all its bytes, the resent ones included, had their line time."""
+    rate, region, disk = 40e6, 8 * EXTENT, 4 * MIB  # 8 entries of 512 KiB: 105 ms of line time
+    figures = {}
+    for bad in (0, 5):
+        src, dst = _pair(tmp_path, disk, seed=20 + bad)
+        link, close = _running_link(rate, 7)
+
+        def ask(nbytes: int, need: int = 0, wait_s: float = 0.0, link=link):  # LinkAgent.carry_disk
+            return link.down, link.migration_rate, link.ask_disk(7, nbytes, need, wait_s)
+
+        job = MirrorJob(src, dst, None, None, DataPath("network", 1e9), region_bytes=region,
+                        buffer_bytes=2 * region, gate=LinkGate(ask))
+        job.corrupt(bad)
+        job.start()
+        assert job.wait_synced(30)
+        job.finish()
+        assert len(job.verify()) == 0 and job.stats.batches_resent == bad
+        figures[bad] = (job.stats.copy_done_t, link.disk_by_connection[7])
+        close()
+    assert figures[0][1] == disk and figures[5][1] == disk + 5 * region  # the resends crossed the link
+    assert figures[0][0] >= disk / rate * 0.98
+    # At least 5 x 512 KiB / 40 MB/s (66 ms) longer than the copy's own line time (dilation 1).
+    assert figures[5][0] >= (disk + 5 * region) / rate * 0.98, figures

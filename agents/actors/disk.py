@@ -183,7 +183,9 @@ class DiskAgent(Reusable):
                 "copy_time_s": s.copy_done_t, "mode_s": dict(s.mode_s), "switches": list(s.switches),
                 "write_latency_ms": lat, "buffer_high_water": job.buffer.high_water, "len": job.length,
                 "error": job.error, "passes": list(getattr(job, "passes", [])),
-                "batches_corrupted": s.batches_corrupted, "batches_resent": s.batches_resent}
+                "batches_corrupted": s.batches_corrupted, "batches_resent": s.batches_resent,
+                "saturation": job.saturation(),
+                "overrun_real_s": {"read": job.read_behind.s, "send": job.send_behind.s, "write": job.write_overrun_s}}
 
     def close(self) -> None:
         for runner in self.runners.values():

@@ -19,7 +19,7 @@ import numpy as np
 import ray
 
 from agents.actors.crossnode import CrossNodeEnds
-from agents.cpu import CorePool, CostModel
+from agents.cpu import CoreClock, CorePool, CostModel
 from agents.datapath.channel import Channel, Listener
 from agents.actors.reuse import Reusable
 from agents.datapath.clock import precise_threads
@@ -533,6 +533,7 @@ class _GuestControl:
     def __init__(self, log: DirtyLog, handle, cores: CorePool, sync_real_s: float, tag=None) -> None:
         self.log, self.h, self.cores, self.sync_real_s, self.tag = log, handle, cores, sync_real_s, tag
         self.on_sync = lambda: None  # a dirty-log sync ages the XBZRLE cache
+        self.synced_at = 0.0  # when the last fetch's charged work ended, on the emulated schedule
 
     def start_dirty_log(self) -> None:
         self.log.start()
@@ -549,11 +550,20 @@ class _GuestControl:
     def set_dirty_limit(self, quota_bytes_s: float, period_s: float) -> None:
         self.log.set_dirty_limit(quota_bytes_s, period_s)
 
-    def harvest(self) -> np.ndarray:
-        with self.cores.core(self.tag) as core:
+    def harvest(self, at: float | None = None) -> np.ndarray:
+        """The dirty log's pages since the last fetch (sorted); the fetch is charged to a core
+        (QEMU's migration_bitmap_sync). `at`: when it began on the emulated schedule (monotonic
+        seconds, e.g. the moment the VM stopped); its charge runs from then, not from when this
+        thread got to it, and `synced_at` is when it ended (at high dilation it sleeps to that)."""
+        clock = None
+        if at is not None:
+            clock = CoreClock()
+            clock.t, clock.busy = at, True
+        with self.cores.core(self.tag, clock) as core:
             idx = self.log.harvest()
             self.on_sync()
             core.charge(self.sync_real_s)
+        self.synced_at = core.t
         return idx
 
     def pause(self) -> float:

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from agents.datapath.mirror import MirrorJob, pace
+from agents.datapath.mirror import MirrorJob
 from agents.guest.disk import BLOCK, EXTENT
 
 
@@ -89,6 +89,7 @@ class DirtyBitmapJob(MirrorJob):
     def _pass(self, chunks: np.ndarray, final: bool) -> None:
         """Send `chunks` in order; stopped by quiesce (not the final pass), the rest go back in the bitmap."""
         t0, sent = self.now(), 0
+        self.read_behind.restart()  # the wait between passes is the schedule's
         for k, c in enumerate(chunks.tolist()):
             if self.buffer.closed or (self._quiesce.is_set() and not final):
                 with self._bitmap_lock:
@@ -96,9 +97,8 @@ class DirtyBitmapJob(MirrorJob):
                 break
             start = c * self.chunk
             n = min(self.chunk, self.src.nbytes - start)
-            if self.src_dev is not None:
-                pace(self.src_dev.reserve(False, n, random=len(self.passes) > 0))
-            self.buffer.put(start, self.src.pread(start, n), False, self.buffer.capacity)
+            self._paced_read(n, random=len(self.passes) > 0)
+            self._enqueue(start, self.src.pread(start, n), self.buffer.capacity)
             self.cursor = start + n
             sent += n
         self.passes.append({"number": len(self.passes) + 1, "chunks": len(chunks), "bytes": sent,

@@ -85,6 +85,35 @@ def pace(deadline: float) -> None:
         sleep_until(deadline - PACE_SLACK_S)
 
 
+class Behind:
+    """Real seconds a copy thread's own work kept it behind its schedule: its overrun.
+
+    A thread that paces itself to a schedule (the source device's completion of its last
+    read, the path's line time) should be ready for its next step as the last one ends;
+    how much later it comes, less what it spent waiting for others (room in the buffer,
+    a guest write's lock, an empty buffer), is this machine's overhead, which stretches
+    the copy's emulated time as a late pipeline stage does (cluster/collect.py saturation)."""
+
+    def __init__(self) -> None:
+        self.s = 0.0
+        self.due: float | None = None  # when the next step was due (None: no schedule to keep yet)
+        self.waited = 0.0  # real seconds waited for others since the last step
+
+    def wait(self, since: float) -> None:
+        """The thread waited for others from `since` until now."""
+        self.waited += time.monotonic() - since
+
+    def step(self, now: float, due_next: float) -> None:
+        """A step begins at `now`; the next is due at `due_next` (real monotonic seconds)."""
+        if self.due is not None:
+            self.s += max(0.0, now - self.due - self.waited)
+        self.due, self.waited = due_next, 0.0
+
+    def restart(self) -> None:
+        """A pause the schedule has (between a dirty bitmap's passes): no lateness across it."""
+        self.due = None
+
+
 @dataclass(frozen=True)
 class DataPath:
     """How the disk's bytes travel, in physical units: `kind` is network (the
@@ -340,10 +369,16 @@ class MirrorJob:
         self._arrivals: deque[tuple[float, Entry, bytes]] = deque()  # (arrival, entry, bytes as they arrive)
         self._booked: dict[int, float] = {}  # a mirrored write's booked completion at the destination
         self._corrupt_left = 0  # fault injection: entries to damage on the way
+        self._gate_lock = threading.Lock()  # the transmitter and a resend (the writer's) ask the link in turn
         self._arrived = threading.Condition()
         self._threads: list[threading.Thread] = []
         self.error: str | None = None
         self.t0 = 0.0
+        self.t_end: float | None = None  # when finish() stopped the threads (real)
+        # Overrun (real s) of the copy's reads and of the path's sends against their schedules,
+        # and how late the destination writer ran behind its entries' arrivals (`_writer_behind`).
+        self.read_behind, self.send_behind = Behind(), Behind()
+        self.write_overrun_s, self._write_late = 0.0, 0.0
 
     # --- life cycle --------------------------------------------------------
     def start(self) -> None:
@@ -387,7 +422,16 @@ class MirrorJob:
             self._arrived.notify_all()
         for t in self._threads:
             t.join(timeout=10)
+        self.t_end = self.t_end or time.monotonic()
         self._account_mode(self.now())
+
+    def saturation(self) -> float:
+        """The share of the job's real time by which its slowest thread ran behind its schedule
+        (this machine's overhead in the copy, the mirror and the destination writer: their
+        work took longer than the devices and the path allow it). Above 0.05, raise dilation."""
+        elapsed = (self.t_end or time.monotonic()) - self.t0
+        worst = max(self.read_behind.s, self.send_behind.s, self.write_overrun_s)
+        return worst / elapsed if elapsed > 0 and self.t0 > 0 else 0.0
 
     def cancel(self) -> None:
         """Stop and remove the destination's partial disk; the source is left as the guest wrote it."""
@@ -464,14 +508,32 @@ class MirrorJob:
             if self.buffer.closed:
                 return
             n = min(self.region, self.src.nbytes - start)
+            asked = time.monotonic()
             with self.lock.hold(start, n, "map"):
+                self.read_behind.wait(asked)  # a guest write held the region
                 self.cursor = start + n  # writes to this region now wait, then are mirrored
                 for a, b in self._allocated_runs(start, n):
-                    if self.src_dev is not None:
-                        pace(self.src_dev.reserve(False, b - a, random=False))
-                    last = self.buffer.put(a, self.src.pread(a, b - a), False, half) or last
+                    self._paced_read(b - a, random=False)
+                    last = self._enqueue(a, self.src.pread(a, b - a), half) or last
         self.buffer.wait_applied(last)  # the copy is done once its last region is written
         self.stats.copy_done_t = self.now()
+
+    def _paced_read(self, nbytes: int, random: bool) -> None:
+        """Book a read of `nbytes` on the source device and wait for it; count how late this
+        thread came to it against the completion of its previous read (`read_behind`)."""
+        if self.src_dev is None:
+            return
+        now = time.monotonic()
+        done = self.src_dev.reserve(False, nbytes, random=random, t=now)
+        self.read_behind.step(now, done)
+        pace(done)
+
+    def _enqueue(self, offset: int, data: bytes, limit: int) -> int:
+        """A region into the transmit buffer (its sequence number); waiting for room is not overrun."""
+        t = time.monotonic()
+        seq = self.buffer.put(offset, data, False, limit)
+        self.read_behind.wait(t)
+        return seq
 
     def _allocated_runs(self, start: int, n: int) -> list[tuple[int, int]]:
         """Byte ranges [a, b) of the region [start, start + n) that hold allocated extents (holes are skipped)."""
@@ -484,25 +546,37 @@ class MirrorJob:
     def _transmit(self) -> None:
         try:
             while True:
+                asked = time.monotonic()
                 entry = self.buffer.get(2 * self.gate.period if self.gate is not None else None)
                 if entry is IDLE:  # nothing to send for two looks: no line time held from the memory copy
-                    self.gate.withdraw()
+                    self._withdraw()
                     entry = self.buffer.get()
                 if entry is None:
                     break
+                self.send_behind.wait(asked)  # nothing to send meanwhile
                 self._follow_link(len(entry.data))
                 self._send(entry)
         finally:
             if self.gate is not None:
-                self.gate.withdraw()
+                self._withdraw()
+
+    def _withdraw(self) -> None:
+        with self._gate_lock:
+            self.gate.withdraw()
 
     def _follow_link(self, nbytes: int) -> None:
         """The network path: wait until the link has granted `nbytes` of line time (none is
         granted while it is down, and the link's fair queue shares it with the memory
         batches); take the rate the link allows now."""
-        g = self.gate
-        if g is None:
+        if self.gate is None:
             return
+        with self._gate_lock:
+            self._granted(nbytes)
+
+    def _granted(self, nbytes: int) -> None:
+        """_follow_link's wait, under the gate's lock."""
+        g = self.gate
+
         def want() -> int:  # asked ahead: two looks and two of the asks' round trips
             return max(nbytes, int((2 * g.period + 2 * g.ask_s) * min(self._bucket.rate, g.rate or math.inf)))
         g.poll(time.monotonic(), want(), nbytes)
@@ -518,7 +592,8 @@ class MirrorJob:
         """Onto the path: paced at its rate; on the network path the link's grant paced it already."""
         t = time.monotonic()
         if self._bucket is not None and self.gate is None:
-            t = self._bucket.departure(len(entry.data), t)
+            now, t = t, self._bucket.departure(len(entry.data), t)
+            self.send_behind.step(now, t)
             pace(t)
         with self._arrived:
             self._arrivals.append((t + self._delay(), entry, self._on_the_way(entry.data)))
@@ -547,7 +622,11 @@ class MirrorJob:
             self.stats.batches_corrupted += 1
             self.stats.batches_resent += 1
             t = arrival + self._delay()  # the NACK goes back
-            if self._bucket is not None:
+            if self.gate is not None:  # the network path: the resend asks the link for its line time, as any bytes
+                pace(t)
+                self._follow_link(len(entry.data))
+                t = max(t, time.monotonic())
+            elif self._bucket is not None:
                 t = self._bucket.departure(len(entry.data), t)
             arrival, payload = t + self._delay(), self._on_the_way(entry.data)
         return arrival
@@ -563,6 +642,7 @@ class MirrorJob:
             if self.dst_dev is not None:
                 arrival = self.dst_dev.reserve(True, len(entry.data), random=entry.mirrored, t=arrival)
             pace(arrival)
+            self._writer_behind(arrival)
             self.dst.pwrite(entry.offset, entry.data)
             if entry.mirrored:
                 self._booked[entry.seq] = arrival
@@ -574,6 +654,14 @@ class MirrorJob:
             with self._mode_lock:
                 self.switch.drained(self.now(), len(entry.data), self.buffer.fill)
             self._observe(0)
+
+    def _writer_behind(self, due: float) -> None:
+        """The destination writer got to an entry due at `due` (real); what it fell further behind
+        its entries' schedule since the last one is overrun (a writer that catches up again
+        does not give it back: the entries it held late held the buffer, and the copy, too)."""
+        late = time.monotonic() - due
+        self.write_overrun_s += max(0.0, late - self._write_late)
+        self._write_late = max(0.0, late)
 
     # --- figures ------------------------------------------------------------
     def status(self) -> dict:

@@ -106,12 +106,17 @@ class SourcePipeline:
 
     # --- the producer (the migration thread) -------------------------------
     def send_pages(self, vm: int, image: np.ndarray, idx: np.ndarray, phase: str,
-                   should_stop: Callable[[], bool] = lambda: False) -> int:
+                   should_stop: Callable[[], bool] = lambda: False, at: float | None = None) -> int:
         """Send pages `idx` of `image` through the consumers; returns wire bytes (real).
-        Once `should_stop()` is true no more tasks are queued and those not begun are dropped."""
+        Once `should_stop()` is true no more tasks are queued and those not begun are dropped.
+        `at`: when the pages were ready on the emulated schedule (monotonic seconds; e.g. the
+        stop-and-copy's, once the last dirty-log sync's charge ended): the tasks are scheduled
+        from then, not from when this thread queued them, so this machine's delay in between
+        is made up by the charges after it, as between batches. Default: as each is queued."""
         self._crash_point()
         call = _Call()
         self._late = 0.0  # its tasks are scheduled from now (their queueing time) on
+        ready = lambda: time.monotonic() if at is None else min(at, time.monotonic())  # noqa: E731
         for start in range(0, len(idx), self.task_pages):
             self._crash_point()
             if should_stop():
@@ -122,7 +127,7 @@ class SourcePipeline:
             self.pool.acquire(nbytes)  # blocks while the consumers are behind
             with call.cv:
                 call.outstanding += 1
-            self.tasks.put(_Task(vm, image, chunk, phase, nbytes, call, time.monotonic()))
+            self.tasks.put(_Task(vm, image, chunk, phase, nbytes, call, ready()))
         with call.cv:
             while call.outstanding:
                 call.cv.wait(0.5)
@@ -143,10 +148,15 @@ class SourcePipeline:
         if self.crash is not None:
             raise self.crash
 
-    def send_state(self, vm: int, state_bytes: int) -> None:
-        self.drain()  # all memory first, then the state, then resume
+    def send_state(self, vm: int, state_bytes: int, at: float | None = None) -> None:
+        """CPU and device state, once all memory is restored. `at`: when the state was ready on
+        the emulated schedule (monotonic seconds): it is then posted once that and the last
+        batch's restore (its emulated stamp) are past, not when this thread heard of them (the
+        acknowledgements' round trip through threads is this machine's, not the network's).
+        Default: posted now."""
+        restored = self.drain()  # all memory first, then the state, then resume
         self.limit.pace(state_bytes)
-        self.connections[0].send_state(vm, state_bytes)
+        self.connections[0].send_state(vm, state_bytes, at=None if at is None else max(at, restored))
 
     def set_rate_limit(self, rate_bytes_s: float | None) -> None:
         """Cap this migration's sending at `rate_bytes_s` real bytes/s over all its connections; None: no cap."""

@@ -103,7 +103,9 @@ class PageReceiver:
             self.batches_corrupted += 1
             self.acks.send(KIND_NACK, vm, slot, npages, 0, d[5], d[6], time.monotonic())
             return None
-        done, after = time.monotonic(), None
+        # A message with no pages (CPU and device state) is in when its last byte arrived on the
+        # emulated schedule (the link's t_done), not when this thread woke up for it.
+        done, after = (time.monotonic() if d[7] <= 0 else min(d[7], time.monotonic())), None
         if restores:
             done, cost, device_wait = self._restore(d, clock)
             last = d[7] + cost / max(1, npages)  # ... and not before its last page arrived and was restored

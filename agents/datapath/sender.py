@@ -241,14 +241,15 @@ class PageSender:
             c.encode_model_us += stats.model_us
             c.wire_bytes += stats.wire_bytes
 
-    def send_state(self, vm: int, state_bytes: int) -> None:
-        """CPU and device state: one message of the given wire size (single-threaded, as in the paper)."""
+    def send_state(self, vm: int, state_bytes: int, at: float | None = None) -> None:
+        """CPU and device state: one message of the given wire size (single-threaded, as in the paper);
+        `at`: when it was sent on the emulated schedule (not later than now; default now)."""
         slot = self.acquire_slot()
         self.views[slot].set_header(0, 0, 0)
         with self._cv:
             self.counters.wire_bytes += state_bytes
             self.counters.state_bytes += state_bytes
-        self._post(KIND_STATE, vm, slot, 0, state_bytes)
+        self._post(KIND_STATE, vm, slot, 0, state_bytes, at)
 
     def _post(self, kind: int, vm: int, slot: int, npages: int, wire_bytes: int, at: float | None = None,
               began: float = 0.0) -> None:

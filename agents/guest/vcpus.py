@@ -105,8 +105,11 @@ class Guest:
     def stop_dirty_log(self) -> None:
         self.log.stop()
 
-    def harvest(self) -> np.ndarray:
-        return self.log.harvest()
+    def harvest(self, at: float | None = None) -> np.ndarray:
+        """Pages written since the last harvest; in-process, nothing is charged (`at` unused)."""
+        idx = self.log.harvest()
+        self.synced_at = time.monotonic()
+        return idx
 
     @property
     def logging(self) -> bool:

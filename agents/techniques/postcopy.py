@@ -349,8 +349,8 @@ class PostcopyMigration(PrecopyMigration):
         if self.ctx.postcopy_requested:
             self.start_postcopy()
 
-    def _harvest(self) -> np.ndarray:
-        idx = super()._harvest()
+    def _harvest(self, at: float | None = None) -> np.ndarray:
+        idx = super()._harvest(at)
         if self._requested:  # the pass cut short may not have sent its pages: keep them
             mask = np.zeros(len(self.image), dtype=bool)
             mask[self._pass_todo] = True
@@ -435,9 +435,9 @@ class PostcopyMigration(PrecopyMigration):
         self._convergence_stop()
         missing = np.zeros(len(self.image), dtype=bool)
         missing[todo] = True
-        missing[self._harvest()] = True
+        missing[self._harvest(at=self._stopped_at(r.paused_at))] = True  # charged from the pause on, as pre-copy's
         self.guest.stop_dirty_log()
-        self.sink.send_state(self.vm, max(1, int(self.state_bytes * self.scale)))
+        self.sink.send_state(self.vm, max(1, int(self.state_bytes * self.scale)), at=self.guest.synced_at)
         self.ctx.record("device-state-sent", bytes=self.state_bytes)  # the downtime's bytes, as pre-copy's
         loaded = self.sink.drain()
         self.ctx.record("destination-loaded", t_real=loaded)

@@ -104,7 +104,8 @@ class SplitSink:
     def route(self, page_host: np.ndarray) -> None:
         self.page_host = page_host
 
-    def send_pages(self, vm: int, image: np.ndarray, idx: np.ndarray, phase: str, should_stop=lambda: False) -> int:
+    def send_pages(self, vm: int, image: np.ndarray, idx: np.ndarray, phase: str, should_stop=lambda: False,
+                   at: float | None = None) -> int:
         hosts = self.page_host[idx]
         parts = [(p, idx[hosts == h]) for h, p in enumerate(self.pipelines)]
         parts = [(p, part) for p, part in parts if len(part)]
@@ -113,7 +114,7 @@ class SplitSink:
 
         def send(k: int, pipeline, part) -> None:
             try:
-                wire[k] = pipeline.send_pages(vm, image, part, phase, should_stop)
+                wire[k] = pipeline.send_pages(vm, image, part, phase, should_stop, at)
             except BaseException as exc:  # re-raised in the migration thread
                 errors.append(exc)
 
@@ -130,9 +131,9 @@ class SplitSink:
     def pages_sent(self) -> int:
         return sum(p.pages_sent for p in self.pipelines)
 
-    def send_state(self, vm: int, state_bytes: int) -> None:
-        self.drain()
-        self.pipelines[0].send_state(vm, state_bytes)
+    def send_state(self, vm: int, state_bytes: int, at: float | None = None) -> None:
+        restored = self.drain()  # every host's memory first
+        self.pipelines[0].send_state(vm, state_bytes, None if at is None else max(at, restored))
 
     def set_rate_limit(self, rate_bytes_s: float | None) -> None:
         """The migration's cap over all its hosts together (None: none but the NIC's)."""

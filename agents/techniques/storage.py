@@ -69,6 +69,7 @@ class StorageMigration(PrecopyMigration):
         m._mirror_open = False  # started, and neither completed nor cancelled
         m._user_timeout_s = getattr(o, "tcp_user_timeout_ms", 30_000) / 1000 * m.dilation
         m._switches_seen = 0
+        m._disk_synced_at = 0.0  # when sync_disk returned (real monotonic s; 0: not yet)
         if m.disk is not None:
             m.guest = _HoldsDiskToo(m.guest, m)
         return m
@@ -151,11 +152,16 @@ class StorageMigration(PrecopyMigration):
         d = self.disk
         t_call = time.monotonic()
         got = ray.get(d["agent"].sync_for_switchover.remote(d["vm"], SYNC_TIMEOUT_EMULATED_S * self.dilation))
-        self._control_hop(t_call, time.monotonic(), busy_real_s=got["t_real"] - got["t_enter"])
+        self._disk_synced_at = time.monotonic()  # the memory's stop-and-copy goes on from here (its hops excluded)
+        self._control_hop(t_call, self._disk_synced_at, busy_real_s=got["t_real"] - got["t_enter"])
         self._watch_stop.set()
         self.ctx.record("disk-synced", t_real=got["t_real"], synced=got["synced"])
         if not got["synced"]:
             self.abort("failed", "the disk mirror did not get in sync at switch-over")
+
+    def _stopped_at(self, paused_at: float) -> float:
+        """The memory's stop-and-copy begins once the mirror's last writes are in (sync_disk)."""
+        return max(paused_at, self._disk_synced_at)
 
     def switch_over(self, todo):
         r = super().switch_over(todo)
@@ -210,7 +216,9 @@ class StorageMigration(PrecopyMigration):
                           "write_latency_ms": fig["write_latency_ms"],
                           "buffer_bytes": d["buffer_bytes"] / scale,
                           "buffer_high_water_bytes": fig["buffer_high_water"] / scale},
-               "batches_corrupted": fig.get("batches_corrupted", 0), "batches_resent": fig.get("batches_resent", 0)}
+               "batches_corrupted": fig.get("batches_corrupted", 0), "batches_resent": fig.get("batches_resent", 0),
+               # Share of the disk job's real time its slowest thread ran behind its schedule (mirror.py Behind).
+               "saturation": fig.get("saturation", 0.0), "overrun_real_s": fig.get("overrun_real_s", {})}
         if "verified" in fig:
             out |= {"verified": fig["verified"], "actively_synced": fig["actively_synced"]}
         out["guest_iops"] = self._io_figures()

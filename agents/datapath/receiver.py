@@ -89,6 +89,10 @@ class PageReceiver:
             if d is None or d[0] == KIND_CLOSE:
                 break
             d = self._handle(d, urgent_clock if d[0] == KIND_URGENT else clock, urgent_clock)
+        try:  # the close goes back too: the sender's acknowledgement thread (or a bridge) ends on it
+            self.acks.send(KIND_CLOSE)
+        except OSError:
+            pass
 
     def _handle(self, d: tuple, clock: CoreClock, urgent_clock: CoreClock) -> tuple | None:
         """Restore (or drop, or NACK) one batch and acknowledge it. Returns the next descriptor

@@ -166,12 +166,13 @@ def _phase_line(started_s: float, loaded_s: float, wall: dict, ended_s: float) -
     """One line: real seconds of each phase of a run, in order, and of the whole command (--verbose).
     `started_s`, `loaded_s`, `ended_s`: the process's age when the command began, when the run
     began, and now (0 where /proc is missing: then only the run's phases are shown)."""
-    parts = [("imports", started_s), ("load", loaded_s - started_s)] if ended_s else []
-    parts += [("Ray start", wall["ray_start_s"])]
+    parts = [("Ray start", wall["ray_start_s"])]
     parts += [(k.removesuffix("_s").replace("_", " "), v) for k, v in wall.get("phases", {}).items()]
-    whole = f"; command {ended_s:.2f} s" if ended_s else ""
+    whole = ""
     if ended_s:
-        parts.append(("result and table", ended_s - loaded_s - wall["total_s"]))
+        parts = [("imports", started_s), ("load", loaded_s - started_s), *parts,
+                 ("result and table", ended_s - loaded_s - wall["total_s"])]
+        whole = f"; command {ended_s:.2f} s"
     return "wall clock: " + ", ".join(f"{k} {v:.2f}" for k, v in parts) + f"; run {wall['total_s']:.2f} s{whole}"
 
 

@@ -126,9 +126,9 @@ class Orchestrator:
         self.events = list(sl.scenario.events)
         self.fired: set[int] = set()
         self.t_run = self.t_mig = 0.0  # real: guests started; migrations' clock zero
-        # The driver's clock (real, monotonic): guests started, first migration due, the last
-        # one seen ended, the window after it ended (the run's phase times).
-        self.t_started = self.t_due = self.t_migrated = self.t_after = 0.0
+        # The driver's clock (real, monotonic): first migration due (or the run loop's start,
+        # if later), the last one seen ended, the window after it ended (the run's phase times).
+        self.t_due = self.t_migrated = self.t_after = 0.0
         self._sampled_at = 0.0
         self._samples: dict = {}  # what the previous sample saw, per entity
         self.sampling_s = 0.0  # real seconds the driver spent sampling (the timeline's cost)
@@ -153,8 +153,7 @@ class Orchestrator:
         self.tl.event(self.t_run, "guests-started")
         windows = self.sl.scenario.emulation
         self.t_mig = self.t_run + self.scale.real_seconds(windows.warmup_s)
-        self.t_started = time.monotonic()
-        self.t_due = max(self.t_started, self.t_mig)
+        self.t_due = max(time.monotonic(), self.t_mig)
         try:
             self._loop(until=lambda: time.monotonic() >= self.t_mig)
             self._loop(until=lambda: all(m.status in FINISHED for m in self.migs))

@@ -253,7 +253,7 @@ def scaling_bench(memory_gib: float = 1.0, memory_scale: float = 1 / 512, dilati
     by giving it a NIC pair of its own at that speed (0.3355 Gbit/s).
     """
 
-    from cluster.build import local_ray
+    from cluster.local_ray import local_ray
     from cluster.runner import RunOptions, run_scenario
     from cluster.scenario import parse_scenario
 
@@ -284,7 +284,7 @@ def timeline_bench(scenario_path: str, repeats: int = 2) -> dict:
     """What recording the timeline costs: the driver's real time spent sampling
     at 0.1 emulated-second intervals, as a share of the run, and the figures
     with the timeline sampled every 0.1 s against every 10 s."""
-    from cluster.build import local_ray
+    from cluster.local_ray import local_ray
     from cluster.runner import RunOptions, run_scenario
     from cluster.scenario import load_scenario
 

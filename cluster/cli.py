@@ -736,7 +736,29 @@ def bench_codec(seconds: float = typer.Option(0.5, help="Real seconds per case."
 
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    app()
+    try:
+        app()
+    except SystemExit as exc:  # every command ends here, its tear-down done
+        _leave(exc.code)
+
+
+def _leave(code) -> None:
+    """Exit with `code` (SystemExit's: None, a number or a message) without the interpreter's
+    final clean-up of its modules, which took 0.2 s after every command with Ray loaded
+    (its compiled objects' destructors). Threads are joined, atexit handlers run and the
+    output is flushed first, as a normal exit does; the command released what it made."""
+    import atexit
+    import threading
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

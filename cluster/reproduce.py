@@ -53,7 +53,7 @@ def one_ray():
     """One local Ray for every run of a reproduction, shut down after the last; the runs
     reuse each other's actors where they can (cluster/actor_pool.py)."""
     from cluster.actor_pool import reusing_actors
-    from cluster.build import local_ray
+    from cluster.local_ray import local_ray
     with local_ray("livemig-reproduce"), reusing_actors():
         yield
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from agents.datapath.shm import run_bytes
 from cluster import crossnode
-from cluster.build import Cluster, RunOptions, build_slice, start_local_ray, swaps
+from cluster.build import Cluster, RunOptions, build_slice, swaps
+from cluster.local_ray import start_local_ray
 from cluster.footprint import MemorySampler, guard
 from cluster.orchestrate import Orchestrator, verify_images
 from cluster.scaling import scale_of

@@ -261,7 +261,7 @@ def run_sweep(spec: Spec, out: Path, points: list[Point], selected: list[Point] 
 
 def _run_all(spec: Spec, todo: list, progress) -> None:
     from cluster.actor_pool import reusing_actors
-    from cluster.build import local_ray
+    from cluster.local_ray import local_ray
     from cluster.runner import RunOptions, run_scenario
     with local_ray(f"livemig-sweep-{spec.name}"), reusing_actors() as pool:
         for n, (point, sc, d) in enumerate(todo, 1):

@@ -18,7 +18,7 @@ def ray_cluster():
     sweep's runs do): started by the first test that asks for it, 3-6 s saved per module
     after that. A test that needs a Ray of its own (several nodes, a kill of Ray itself)
     must not ask for this one, and must run where none is up (`ray.is_initialized()`)."""
-    from cluster.build import local_ray
+    from cluster.local_ray import local_ray
     with local_ray("livemig-tests", num_cpus=2):
         yield
 

@@ -130,3 +130,25 @@ def test_an_out_directory_nothing_can_be_written_to_fails_at_once(out):
     r = _livemig("run", "scenarios/quickstart.toml", "--out", out, timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.startswith(f"--out: {out} cannot be written") and "Traceback" not in r.stderr
+
+
+def test_the_command_leaves_at_once_but_joins_its_threads_and_flushes_first(tmp_path):
+    """`livemig` exits without the interpreter's final clean-up (cluster/cli.py `_leave`), but
+    as a normal exit would: its threads joined, atexit handlers run, output flushed, the
+    exit code kept (a message given to SystemExit: printed, code 1)."""
+    done = tmp_path / "thread-done"
+    code = ("import atexit, threading, time, sys\n"
+            "from cluster.cli import _leave\n"
+            f"threading.Thread(target=lambda: (time.sleep(0.3), open({str(done)!r}, 'w').close())).start()\n"
+            "atexit.register(lambda: print('atexit ran'))\n"
+            "print('unflushed', end='')\n"
+            "_leave(sys.argv[1] if sys.argv[1] != 'none' else None)\n")
+    for arg, rc in (("none", 0), ("refused", 1)):
+        r = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", code, arg], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == rc and done.exists()
+        assert r.stdout == "unflushedatexit ran\n"
+        assert r.stderr == ("refused\n" if rc else "")
+        done.unlink()
+    ok = subprocess.run([str(LIVEMIG), "--version"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.startswith("livemig ")

@@ -32,7 +32,7 @@ def test_quickstart_runs_with_a_bogus_ray_address(tmp_path):
 def test_local_ray_is_started_not_joined_and_its_dashboard_is_local(monkeypatch):
     import ray
 
-    from cluster.build import start_local_ray
+    from cluster.local_ray import start_local_ray
     calls = []
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     start_local_ray("t", dashboard=True, num_cpus=1)
@@ -55,10 +55,28 @@ def test_without_dashboard_or_ray_metrics_the_head_starts_only_what_a_run_uses(r
     """The test session's Ray (started as `livemig run` starts it without --dashboard or
     --metrics-port): no dashboard head process, no autoscaler monitor, and the node's
     dashboard agent in minimal mode: no metrics agent for the raylet to export Ray's metrics
-    to (its port -1 in the session directory; cluster/build.py `_lean_head`)."""
+    to (its port -1 in the session directory; cluster/local_ray.py `_lean_head`)."""
     import ray
 
     node = ray._private.worker._global_node
     assert "dashboard" not in node.all_processes and "monitor" not in node.all_processes
     port = Path(node.get_session_dir_path()) / f"metrics_agent_port_{node.node_id}"
     assert port.read_text().strip() == "-1"
+
+
+def test_the_prompt_registration_wait_answers_as_ray_does_and_is_put_back(ray_cluster):
+    """ray.init's node lookup, with the driver's own 20 ms poll of the GCS in front of it
+    (cluster/local_ray.py `_prompt_registration`), returns what Ray's lookup returns for
+    the session's node, and Ray's function is restored when the block ends."""
+    import ray
+    import ray._private.services as services
+
+    from cluster.local_ray import _prompt_registration
+    node = ray._private.worker._global_node
+    own = services.get_node
+    with _prompt_registration():
+        assert services.get_node is not own
+        info = services.get_node(node.gcs_address, node.node_id)
+    assert services.get_node is own
+    assert info == own(node.gcs_address, node.node_id)
+    assert info["node_manager_port"] == node.node_manager_port

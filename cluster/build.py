@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -80,6 +81,7 @@ class Cluster:
         self.hosts: list = []  # HostAgents: each clears its node of the run's files at tear-down
         self.reusable: list = []  # (key, actor): may serve the next run of a sweep (cluster/actor_pool.py)
         self._started_ray = False
+        self.ray_stop_s = 0.0  # real seconds Ray's shutdown took, at tear-down (0 for a joined Ray)
 
     def __enter__(self) -> "Cluster":
         from agents.datapath import shm
@@ -143,7 +145,9 @@ class Cluster:
         self.actors.clear()
         self.reusable.clear()
         if self._started_ray:
+            t = time.monotonic()
             stop_local_ray()
+            self.ray_stop_s = time.monotonic() - t
         shm.remove_run(self.run_id)
         shutil.rmtree(self.sock_dir, ignore_errors=True)
 
@@ -190,6 +194,7 @@ class Slice:
     standby: dict = field(default_factory=dict)  # migration index -> the guest waiting on its destination's node
     guest_host: dict = field(default_factory=dict)  # VM index -> the host beside whose node its guest actor runs
     guests_started_at: float = 0.0  # real, monotonic: the guests' vCPUs started (the warm-up's start)
+    actor_processes_s: float = 0.0  # real seconds the build waited for Ray to start actors' processes
 
     @staticmethod
     def first_key(vm: int) -> str:
@@ -225,7 +230,7 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
     if not opts.address:  # one node: links and guests need no placement, so their processes start meanwhile
         _links(sl)
         _spawn_guests(sl)
-    ray.get(configured)
+    _waiting_for_actors(sl, configured)  # the hosts' processes (their configuration is quick)
     sl.nodes = crossnode.locate(sl.hosts)  # on a cluster, links and guests go beside their hosts
     if opts.address:
         _links(sl)
@@ -249,6 +254,15 @@ def build_slice(cl: Cluster, scenario: Scenario, scale: Scale, opts: RunOptions)
     if (pool := actor_pool.active()) is not None:
         pool.kill_idle()  # kept from the last run, not wanted by this one
     return sl
+
+
+def _waiting_for_actors(sl: Slice, refs: list) -> None:
+    """Wait for `refs`, answered by actors as soon as Ray has their processes up; the wait counts
+    in `sl.actor_processes_s` (Ray's part of the build: a worker process's start, 0.5 s of CPU)."""
+    import ray
+    t = time.monotonic()
+    ray.get(refs)
+    sl.actor_processes_s += time.monotonic() - t
 
 
 def _start_guests(sl: Slice) -> None:
@@ -508,4 +522,5 @@ def _guests(sl: Slice) -> None:
         booted.append(boot(g, i, key))
         return g
     crossnode.standby_guests(sl, standby)
+    _waiting_for_actors(sl, [g.pid.remote() for g in sl.guests])  # their processes, started with the hosts'
     ray.get(booted + [boot(g, i, sl.first_key(i)) for i, g in enumerate(sl.guests)])

@@ -163,17 +163,31 @@ def _process_age_s() -> float:
 
 
 def _phase_line(started_s: float, loaded_s: float, wall: dict, ended_s: float) -> str:
-    """One line: real seconds of each phase of a run, in order, and of the whole command (--verbose).
-    `started_s`, `loaded_s`, `ended_s`: the process's age when the command began, when the run
-    began, and now (0 where /proc is missing: then only the run's phases are shown)."""
+    """One line: real seconds of each phase of a run, in order, and of the whole command (--verbose);
+    then how much of it was Ray's own (its start, its actors' processes, its shutdown) and how much
+    livemig's, migrations included. `started_s`, `loaded_s`, `ended_s`: the process's age when the
+    command began, when the run began, and now (0 where /proc is missing: then only the run's phases)."""
+    ray = wall.get("ray_s", {})
+    within = {"build_s": ("Ray's actor processes", ray.get("actor_processes_s")),
+              "teardown_s": ("Ray's shutdown", ray.get("shutdown_s"))}
     parts = [("Ray start", wall["ray_start_s"])]
-    parts += [(k.removesuffix("_s").replace("_", " "), v) for k, v in wall.get("phases", {}).items()]
-    whole = ""
+    parts += [(k.removesuffix("_s").replace("_", " "), v, within.get(k)) for k, v in wall.get("phases", {}).items()]
+    whole = wall["total_s"]
     if ended_s:
         parts = [("imports", started_s), ("load", loaded_s - started_s), *parts,
                  ("result and table", ended_s - loaded_s - wall["total_s"])]
-        whole = f"; command {ended_s:.2f} s"
-    return "wall clock: " + ", ".join(f"{k} {v:.2f}" for k, v in parts) + f"; run {wall['total_s']:.2f} s{whole}"
+        whole = ended_s
+    line = "wall clock: " + ", ".join(_phase(*p) for p in parts) + f"; run {wall['total_s']:.2f} s"
+    line += f"; command {ended_s:.2f} s" if ended_s else ""
+    if ray:
+        own = ray["start_s"] + ray["actor_processes_s"] + ray["shutdown_s"]
+        line += (f"; Ray's own {own:.2f} s, livemig's {whole - own:.2f} s "
+                 f"(migrations {wall['phases'].get('migrations_s', 0):.2f})")
+    return line
+
+
+def _phase(name: str, seconds: float, within: tuple | None = None) -> str:
+    return f"{name} {seconds:.2f}" + (f" ({within[0]} {within[1]:.2f})" if within and within[1] is not None else "")
 
 
 def _check_join(address: str | None, token_file: str | None) -> None:

@@ -92,6 +92,9 @@ def run_scenario(scenario: Scenario, opts: RunOptions, scenario_path: str = "") 
                     "phases": _phases(wall0 + t_ray, wall0 + setup_s, orchestrator.t_due,
                                       orchestrator.t_migrated, orchestrator.t_after, t_collected)}
         wall["phases"]["teardown_s"] = round(time.monotonic() - t_collected, 3)
+        # Ray's own part of the phases: its start, its actors' processes (in build), its shutdown.
+        wall["ray_s"] = {"start_s": round(t_ray, 3), "actor_processes_s": round(sl.actor_processes_s, 3),
+                         "shutdown_s": round(cl.ray_stop_s, 3)}
         wall["total_s"] = round(time.monotonic() - wall0, 3)
         if metrics and opts.linger_s > 0:
             time.sleep(opts.linger_s)  # the final figures stay up for Prometheus's next scrapes

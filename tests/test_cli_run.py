@@ -47,6 +47,13 @@ def test_quickstart_completes_and_verifies(tmp_path):
     assert r["scenario_as_loaded"]["migration"]["downtime_limit_ms"] == 300
     assert (tmp_path / "timeline.jsonl").stat().st_size > 0
     assert not _leftover_shm(p.pid), "shared memory left behind"
+    # Where the wall clock went, Ray's own part apart: its start, its actors' processes
+    # (within the build) and its shutdown (within the tear-down).
+    wall = e["wall_clock_s"]
+    ray = wall["ray_s"]
+    assert ray["start_s"] == wall["ray_start_s"] > 0
+    assert 0 < ray["actor_processes_s"] < wall["phases"]["build_s"]
+    assert 0 < ray["shutdown_s"] <= wall["phases"]["teardown_s"]
 
 
 def test_version_and_schema():
@@ -152,3 +159,16 @@ def test_the_command_leaves_at_once_but_joins_its_threads_and_flushes_first(tmp_
         done.unlink()
     ok = subprocess.run([str(LIVEMIG), "--version"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and ok.stdout.startswith("livemig ")
+
+
+def test_the_verbose_line_shows_each_phase_and_what_was_ray_s_own():
+    from cluster.cli import _phase_line
+    wall = {"ray_start_s": 1.6, "total_s": 6.0, "ray_s": {"start_s": 1.6, "actor_processes_s": 0.9, "shutdown_s": 0.3},
+            "phases": {"build_s": 1.4, "warmup_s": 0.5, "migrations_s": 1.2, "after_s": 0.5, "collect_s": 0.0,
+                       "teardown_s": 0.4}}
+    line = _phase_line(0.3, 0.4, wall, 6.5)
+    assert line.startswith("wall clock: imports 0.30, load 0.10, Ray start 1.60, build 1.40 (Ray's actor processes 0.90)")
+    assert "teardown 0.40 (Ray's shutdown 0.30), result and table 0.10; run 6.00 s; command 6.50 s" in line
+    assert line.endswith("Ray's own 2.80 s, livemig's 3.70 s (migrations 1.20)")
+    # Without /proc: the run's phases alone, Ray's part counted against the run.
+    assert _phase_line(0, 0, wall, 0).endswith("run 6.00 s; Ray's own 2.80 s, livemig's 3.20 s (migrations 1.20)")

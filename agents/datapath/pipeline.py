@@ -97,6 +97,9 @@ class SourcePipeline:
         # Real seconds by which passes ended after their last batch was restored on the emulated
         # schedule (the batches' stamps): this machine's lateness that stretched the migration.
         self.drift_s = 0.0
+        # When the last pass's sending ended on the emulated schedule (monotonic seconds): its
+        # last task's charged work, or the restore of its last batch if it was drained.
+        self.pass_ended_at = 0.0
         self._drained_to = 0.0
         self._late = 0.0  # the lateness found at the last check
         self._threads = [threading.Thread(target=self._consume, args=(i,), daemon=True, name=f"consumer-{i}")
@@ -132,6 +135,7 @@ class SourcePipeline:
             while call.outstanding:
                 call.cv.wait(0.5)
         self._behind(call.done_t)  # the next tasks are queued from now: count how late this is
+        self.pass_ended_at = max(self.pass_ended_at, call.done_t)
         if call.error is not None:
             raise call.error
         if self.barrier_each_pass:
@@ -170,6 +174,7 @@ class SourcePipeline:
         if last > self._drained_to:
             self._behind(last)
             self._drained_to = last
+        self.pass_ended_at = max(self.pass_ended_at, last)
         return last
 
     def _behind(self, scheduled: float) -> None:

@@ -131,6 +131,11 @@ class SplitSink:
     def pages_sent(self) -> int:
         return sum(p.pages_sent for p in self.pipelines)
 
+    @property
+    def pass_ended_at(self) -> float:
+        """When the last pass's sending ended on the emulated schedule: on its last host."""
+        return max(p.pass_ended_at for p in self.pipelines)
+
     def send_state(self, vm: int, state_bytes: int, at: float | None = None) -> None:
         restored = self.drain()  # every host's memory first
         self.pipelines[0].send_state(vm, state_bytes, None if at is None else max(at, restored))

@@ -160,3 +160,36 @@ def test_after_a_forced_pause_the_last_syncs_follow_the_pass_not_this_machine(gu
         assert r.downtime_s < bound + LATE_PASS / 4, (r.downtime_s, bound)
     finally:
         pipe.close()
+
+
+def test_drift_counts_passes_that_ended_late_and_not_the_stop_and_copys_hand_over():
+    """`drift_s` (in the run's saturation) is what passes ended after their batches' stamps;
+    the stop-and-copy's hand-over, late by LATE here and made up by its stamps, is
+    `handover_late_s`, not drift."""
+    src, dst, pipe = _wire(256)
+    try:
+        pipe.send_pages(0, src, np.arange(128), "precopy")  # on time
+        pipe.drain()
+        assert pipe.drift_s < LATE / 4
+        # A pass whose end this machine got to LATE after its last restore (an image-oriented
+        # pass ends when its pages are in).
+        pipe.send_pages(0, src, np.arange(128, 256), "precopy")
+        time.sleep(LATE)
+        pipe.drain()
+        pass_late = pipe.drift_s
+        assert pass_late > LATE * 0.5
+        paused = time.monotonic()
+        time.sleep(LATE)  # the harvest and the hand-over, late on a loaded machine
+        pipe.send_pages(0, src, np.arange(0, 256, 4), "downtime", at=paused)
+        pipe.send_state(0, 16 * PAGE, at=paused)
+        pipe.drain()
+        assert np.array_equal(src, dst)
+        assert pipe.drift_s == pass_late  # the stop-and-copy added nothing to it
+        assert pipe.handover_late_s > LATE * 0.5
+        # A pass after it (post-copy's push) counts again.
+        pipe.send_pages(0, src, np.arange(64), "postcopy")
+        time.sleep(LATE)
+        pipe.drain()
+        assert pipe.drift_s > pass_late + LATE * 0.5
+    finally:
+        pipe.close()

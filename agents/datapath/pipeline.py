@@ -94,9 +94,15 @@ class SourcePipeline:
         self.barrier_each_pass = len(connections) > 1
         self.limit = RateLimit()
         self.crash: BaseException | None = None  # an injected crash, raised in the migration thread
-        # Real seconds by which passes ended after their last batch was restored on the emulated
-        # schedule (the batches' stamps): this machine's lateness that stretched the migration.
+        # Real seconds by which passes ended after their batches' emulated stamps (their last task's
+        # charged work, their last restore where drained): this machine's lateness that stretched
+        # the migration (in the run's saturation).
         self.drift_s = 0.0
+        # The most real seconds the stop-and-copy (its last pages, the drains before the device
+        # state and before the resume) came back after its stamps: made up by the stamps, as the
+        # state and the resume are posted at them, so it stretches nothing; not a pass, not in drift_s.
+        self.handover_late_s = 0.0
+        self._stopped = False  # in the stop-and-copy: from its last pages (or the state) to the next pass
         # When the last pass's sending ended on the emulated schedule (monotonic seconds): its
         # last task's charged work, or the restore of its last batch if it was drained.
         self.pass_ended_at = 0.0
@@ -118,6 +124,7 @@ class SourcePipeline:
         is made up by the charges after it, as between batches. Default: as each is queued."""
         self._crash_point()
         call = _Call()
+        self._stopped = phase == "downtime"
         self._late = 0.0  # its tasks are scheduled from now (their queueing time) on
         ready = lambda: time.monotonic() if at is None else min(at, time.monotonic())  # noqa: E731
         for start in range(0, len(idx), self.task_pages):
@@ -158,6 +165,7 @@ class SourcePipeline:
         batch's restore (its emulated stamp) are past, not when this thread heard of them (the
         acknowledgements' round trip through threads is this machine's, not the network's).
         Default: posted now."""
+        self._stopped = True
         restored = self.drain()  # all memory first, then the state, then resume
         self.limit.pace(state_bytes)
         self.connections[0].send_state(vm, state_bytes, at=None if at is None else max(at, restored))
@@ -168,7 +176,8 @@ class SourcePipeline:
 
     def drain(self) -> float:
         """Wait until every batch is restored; returns when the last was, on the emulated schedule.
-        How much later than that this really happened adds to `drift_s`."""
+        How much later than that this really happened adds to `drift_s` when it ends a pass, and
+        is `handover_late_s` in the stop-and-copy."""
         self._crash_point()
         last = max(c.drain() for c in self.connections)
         if last > self._drained_to:
@@ -184,8 +193,12 @@ class SourcePipeline:
         if scheduled <= 0:
             return
         late = max(0.0, time.monotonic() - scheduled)
+        if self._stopped:  # the hand-over, not a pass: the stamps make it up (see handover_late_s)
+            self.handover_late_s = max(self.handover_late_s, late)
+            return
         self.drift_s += max(0.0, late - self._late)
         self._late = late
+
     def reset(self) -> None:
         """The connections broke: drop what they still hold at the link (post-copy recovery)."""
         for c in self.connections:

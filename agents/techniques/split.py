@@ -132,6 +132,16 @@ class SplitSink:
         return sum(p.pages_sent for p in self.pipelines)
 
     @property
+    def drift_s(self) -> float:
+        """Real seconds passes ended after their stamps, over all hosts' pipelines (SourcePipeline.drift_s)."""
+        return sum(p.drift_s for p in self.pipelines)
+
+    @property
+    def handover_late_s(self) -> float:
+        """The stop-and-copy's worst lateness after its stamps, over all hosts (SourcePipeline.handover_late_s)."""
+        return max(p.handover_late_s for p in self.pipelines)
+
+    @property
     def pass_ended_at(self) -> float:
         """When the last pass's sending ended on the emulated schedule: on its last host."""
         return max(p.pass_ended_at for p in self.pipelines)

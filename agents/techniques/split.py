@@ -83,6 +83,11 @@ class NicPacer(RateLimit):
         sleep_until(until)
 
 
+def _over_hosts(name: str, combine, doc: str) -> property:
+    """A SplitSink property: SourcePipeline's `name` combined over every host's pipeline."""
+    return property(lambda self: combine(getattr(p, name) for p in self.pipelines), doc=doc)
+
+
 class SplitSink:
     """The source's pipelines to the destination hosts (0: main, 1..k: sub-hosts),
     behind the one sink a technique sends to: each page goes to the pipeline
@@ -127,24 +132,11 @@ class SplitSink:
             raise errors[0]
         return sum(wire)
 
-    @property
-    def pages_sent(self) -> int:
-        return sum(p.pages_sent for p in self.pipelines)
-
-    @property
-    def drift_s(self) -> float:
-        """Real seconds passes ended after their stamps, over all hosts' pipelines (SourcePipeline.drift_s)."""
-        return sum(p.drift_s for p in self.pipelines)
-
-    @property
-    def handover_late_s(self) -> float:
-        """The stop-and-copy's worst lateness after its stamps, over all hosts (SourcePipeline.handover_late_s)."""
-        return max(p.handover_late_s for p in self.pipelines)
-
-    @property
-    def pass_ended_at(self) -> float:
-        """When the last pass's sending ended on the emulated schedule: on its last host."""
-        return max(p.pass_ended_at for p in self.pipelines)
+    # SourcePipeline's figures over every host's pipeline.
+    pages_sent = _over_hosts("pages_sent", sum, "Real pages handed to the wire so far.")
+    drift_s = _over_hosts("drift_s", sum, "Real seconds passes ended after their stamps.")
+    handover_late_s = _over_hosts("handover_late_s", max, "The stop-and-copy's worst lateness after its stamps.")
+    pass_ended_at = _over_hosts("pass_ended_at", max, "When the last pass's sending ended (on its last host).")
 
     def send_state(self, vm: int, state_bytes: int, at: float | None = None) -> None:
         restored = self.drain()  # every host's memory first

@@ -50,6 +50,7 @@ class _Task:
     nbytes: int
     call: "_Call"
     queued_at: float = 0.0  # when the producer handed it over (monotonic seconds)
+    paced_to: float = 0.0  # under a cap: when its last batch left at the capped rate (0: not capped)
 
 
 class _Call:
@@ -229,7 +230,8 @@ class SourcePipeline:
                 task.call.error = exc
             finally:
                 self.pool.release(task.nbytes)
-                task.call.done(wire, clock.t)
+                # Its end on the schedule: its charged work, or under a cap its last paced batch.
+                task.call.done(wire, max(clock.t, task.paced_to))
 
     def _task(self, me: int, conn: PageSender, clock: CoreClock, task: _Task) -> int:
         """Map `task`'s pages, encode and send them slot by slot, unmap them; returns its wire bytes.
@@ -262,7 +264,7 @@ class SourcePipeline:
         if capped:
             for slot, stats in held:
                 # Paced to the cap after leaving the core: a rate-limited sender sleeps.
-                self.limit.pace(stats.wire_bytes)
+                task.paced_to = self.limit.pace(stats.wire_bytes)
                 conn.post(slot, task.vm, stats.pages, stats)
         return sum(stats.wire_bytes for _, stats in held)
 

@@ -74,13 +74,14 @@ class NicPacer(RateLimit):
 
     BURST_S = 0.02
 
-    def pace(self, nbytes: int) -> None:
+    def pace(self, nbytes: int) -> float:
         with self._lock:
             if not self.rate:
-                return
+                return time.monotonic()
             self._paid_until = max(self._paid_until, time.monotonic() - self.BURST_S) + nbytes / self.rate
             until = self._paid_until
         sleep_until(until)
+        return until
 
 
 def _over_hosts(name: str, combine, doc: str) -> property:

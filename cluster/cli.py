@@ -32,17 +32,27 @@ from rich.table import Table
 
 from cluster.scenario import ScenarioError, load_scenario
 
-def _show_no_type_for_flags() -> None:
+def _readable_help_types() -> None:
     """typer (0.2x, with click 8.2+) shows a value type for every option, `<bool>` for a flag,
-    which takes no value: `--help` then reads as if `--quiet <bool>` were expected. Flags show none."""
+    which takes no value: `--help` then reads as if `--quiet <bool>` were expected. Flags show none.
+    An argument that takes several values shows Python's `<list[Path]>`: it shows its values'
+    type as a single one does, repeated (`<path>...`)."""
     shown = typer.core.TyperOption.display_type_rich
+    shown_argument = typer.core.TyperArgument.display_type_rich
 
     def display_type_rich(self, ctx):
         return None if self.is_flag else shown(self, ctx)
+
+    def argument_type_rich(self, ctx):
+        t = shown_argument(self, ctx)
+        if self.nargs == 1 or not t or not t.startswith("<list[") or not t.endswith("]>"):
+            return t
+        return f"<{t[len('<list['):-len(']>')].lower()}>..."
     typer.core.TyperOption.display_type_rich = display_type_rich
+    typer.core.TyperArgument.display_type_rich = argument_type_rich
 
 
-_show_no_type_for_flags()
+_readable_help_types()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="livemig: a live VM migration emulator. Real bytes move between Ray actors over shaped links.")
 bench_app = typer.Typer(no_args_is_help=True, help="Measure what this machine does (prints JSON).")
@@ -498,7 +508,7 @@ def sweep(spec_file: Path = typer.Argument(..., help="Sweep TOML: base scenario,
 
 
 @app.command()
-def report(run_dirs: list[Path] = typer.Argument(..., help="Run directories (livemig run --out), or a sweep's directory."),
+def report(run_dirs: list[Path] = typer.Argument(..., metavar="run_dir", help="Run directories (livemig run --out), or a sweep's directory."),
            out_file: Optional[Path] = typer.Option(None, "--out", help="The HTML page (default: report.html in the "
                                                    "first directory); its PNG files go next to it.")) -> None:
     """Plots of one run (iterations, dirty against transfer rate, guest ops/s with phases, links, CPU) or of

@@ -67,8 +67,11 @@ def latency_stats(what: str, histogram: str) -> list[P]:
               [(f"{histogram}_sum{{{VM}}} / {histogram}_count{{{VM}}}", "{{vm}}")], 6)]
 
 
-TRANSFER = P("timeseries", "Transfer rate", "Bps", "Memory bytes on the wire per emulated second, per VM.",
-             [(per_emulated_s(inc("livemig_memory_sent_bytes_total", "vm", VM)), "{{vm}}")])
+TRANSFER = P("timeseries", "Transfer rate", "Bps",
+             "Memory bytes per emulated second, per VM: sent (posted to the wire) and delivered (acknowledged "
+             "by the destination: what the links carried, the report's transfer rate).",
+             [(per_emulated_s(inc("livemig_memory_sent_bytes_total", "vm", VM)), "{{vm}} sent"),
+              (per_emulated_s(inc("livemig_memory_delivered_bytes_total", "vm", VM)), "{{vm}} delivered")])
 LINKS = P("timeseries", "Link throughput", "Bps",
           "Migration and background bytes per emulated second on each link.",
           [(per_emulated_s(inc("livemig_link_sent_bytes_total", "link")), "{{link}} migration"),
@@ -83,9 +86,10 @@ OVERVIEW = [
     per_vm("timeseries", "Iteration", "none", "Pre-copy iteration in progress.",
            "livemig_iteration"),
     P("timeseries", "Dirty rate against transfer rate", "Bps",
-      "Bytes dirtied per emulated second in the last iteration (dashed in the report) against bytes sent.",
+      "Bytes dirtied per emulated second in the last iteration (dashed in the report) against bytes the "
+      "destination acknowledged (delivered, as the report's transfer rate).",
       [(f"livemig_dirty_pages_per_second{{{VM}}} * {PAGE}", "{{vm}} dirty"),
-       (per_emulated_s(inc("livemig_memory_sent_bytes_total", "vm", VM)), "{{vm}} transfer")]),
+       (per_emulated_s(inc("livemig_memory_delivered_bytes_total", "vm", VM)), "{{vm}} transfer")]),
     LINKS,
     P("timeseries", "Guest operations per second", "ops",
       "The guest application's operations per emulated second; the phases are annotated.",

@@ -33,6 +33,8 @@ DOWNTIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 # Counters: name without `_total` -> (help, label names).
 COUNTERS = {
     "livemig_memory_sent_bytes": ("Memory bytes sent on the wire, by encoding", ("vm", "encoding")),
+    "livemig_memory_delivered_bytes": ("Memory bytes the destination acknowledged (what the links carried; "
+                                       "the timeline's transfer_rate), all encodings", ("vm",)),
     "livemig_pages_sent": ("Pages sent, by encoding", ("vm", "encoding")),
     "livemig_link_sent_bytes": ("Migration bytes carried by a link", ("link",)),
     "livemig_link_background_bytes": ("Background (non-migration) bytes carried by a link", ("link",)),
@@ -136,6 +138,7 @@ class MetricsExporter:
         vm, g = r["vm"], self.gauges
         for enc, key in ENCODINGS.items():
             self._add("livemig_memory_sent_bytes", (vm, enc), r[key])
+        self._add("livemig_memory_delivered_bytes", (vm,), r.get("delivered_bytes"))
         for enc in PAGE_ENCODINGS:
             self._add("livemig_pages_sent", (vm, enc), r[f"pages_{enc}"])
         g["iterations"][(vm,)] = r["iteration"]

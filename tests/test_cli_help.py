@@ -37,4 +37,17 @@ def test_every_option_and_argument_has_help_and_the_command_a_summary(path, cmd)
     # Every help line is a sentence that ends, and a flag shows no value type.
     out = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
     assert "<bool>" not in out, out
+    assert "<list[" not in out, out  # Python's type of a repeated argument
     assert all(p.help.rstrip().endswith((".", ")")) for p in shown if getattr(p, "help", None)), path
+
+
+def test_report_names_its_repeated_argument_as_the_other_commands_name_theirs():
+    """`livemig report --help` read `<list[Path]>`; its run directories read as `run --help`'s scenario does."""
+    out = CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "200"}).output
+    usage = next(line for line in out.splitlines() if "Usage:" in line)
+    assert usage.split()[-3:] == ["report", "[OPTIONS]", "{run_dir}..."], usage
+    row = next(line for line in out.splitlines() if "Run directories" in line)
+    assert row.split()[1:4] == ["*", "run_dir", "<path>..."], row
+    single = next(line for line in CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
+                  .splitlines() if "Scenario TOML file" in line)
+    assert single.split()[1:4] == ["*", "scenario", "<path>"], single

@@ -167,6 +167,9 @@ def _counters_are_each_vms_own(out) -> None:
             assert {e: m.counters["livemig_pages_sent"][(v["vm"], e)] for e in v["pages"]} == v["pages"], v["vm"]
             sent = sum(m.counters["livemig_memory_sent_bytes"][(v["vm"], e)] for e in ("normal", "zero", "compressed"))
             assert sent == pytest.approx(v["memory_bytes_sent"], rel=1e-9), v["vm"]
+            # Everything sent was acknowledged by the run's end (the timeline's transfer_rate counts it).
+            delivered = m.counters["livemig_memory_delivered_bytes"][(v["vm"],)]
+            assert delivered == pytest.approx(v["memory_bytes_sent"], rel=1e-9), v["vm"]
             c = v.get("compression") or {}
             if c.get("xbzrle"):  # QEMU's xbzrle pages count every cache hit: deltas, unchanged pages and overflows
                 x = c["xbzrle"]

@@ -86,6 +86,7 @@ class CopySink:
         self.rate = bytes_s
         self.batch = batch
         self.next_free = time.monotonic()
+        self.pass_ended_at = 0.0  # paced in real time: a pass ends when its call returns
         self.pages_by_phase: dict[str, int] = {}
         self.state_bytes = 0
         self.calls: list[str] = []
@@ -106,6 +107,7 @@ class CopySink:
             self._pace(nbytes)
             wire += nbytes
             self.pages_by_phase[phase] = self.pages_by_phase.get(phase, 0) + len(b)
+        self.pass_ended_at = time.monotonic()
         return wire
 
     def send_state(self, vm, state_bytes, at=None) -> None:

@@ -381,7 +381,8 @@ class HostAgent(CrossNodeEnds, Reusable):
             out["xbzrle"] = job.caches.counters(m)
         out["pool_high_water_bytes"] = job.pipeline.pool.high_water
         out["lock"] = job.pipeline.lock.stats()
-        out["drift_s"] = getattr(job.pipeline, "drift_s", 0.0)
+        out["drift_s"] = job.pipeline.drift_s
+        out["handover_late_s"] = job.pipeline.handover_late_s
         out["events"] = job.ctx.events[since:] if job.ctx else []
         return out
 

@@ -50,6 +50,7 @@ class _Task:
     nbytes: int
     call: "_Call"
     queued_at: float = 0.0  # when the producer handed it over (monotonic seconds)
+    paced_to: float = 0.0  # under a cap: when its last batch left at the capped rate (0: not capped)
 
 
 class _Call:
@@ -94,9 +95,18 @@ class SourcePipeline:
         self.barrier_each_pass = len(connections) > 1
         self.limit = RateLimit()
         self.crash: BaseException | None = None  # an injected crash, raised in the migration thread
-        # Real seconds by which passes ended after their last batch was restored on the emulated
-        # schedule (the batches' stamps): this machine's lateness that stretched the migration.
+        # Real seconds by which passes ended after their batches' emulated stamps (their last task's
+        # charged work, their last restore where drained): this machine's lateness that stretched
+        # the migration (in the run's saturation).
         self.drift_s = 0.0
+        # The most real seconds the stop-and-copy (its last pages, the drains before the device
+        # state and before the resume) came back after its stamps: made up by the stamps, as the
+        # state and the resume are posted at them, so it stretches nothing; not a pass, not in drift_s.
+        self.handover_late_s = 0.0
+        self._stopped = False  # in the stop-and-copy: from its last pages (or the state) to the next pass
+        # When the last pass's sending ended on the emulated schedule (monotonic seconds): its
+        # last task's charged work, or the restore of its last batch if it was drained.
+        self.pass_ended_at = 0.0
         self._drained_to = 0.0
         self._late = 0.0  # the lateness found at the last check
         self._threads = [threading.Thread(target=self._consume, args=(i,), daemon=True, name=f"consumer-{i}")
@@ -115,6 +125,7 @@ class SourcePipeline:
         is made up by the charges after it, as between batches. Default: as each is queued."""
         self._crash_point()
         call = _Call()
+        self._stopped = phase == "downtime"
         self._late = 0.0  # its tasks are scheduled from now (their queueing time) on
         ready = lambda: time.monotonic() if at is None else min(at, time.monotonic())  # noqa: E731
         for start in range(0, len(idx), self.task_pages):
@@ -132,6 +143,7 @@ class SourcePipeline:
             while call.outstanding:
                 call.cv.wait(0.5)
         self._behind(call.done_t)  # the next tasks are queued from now: count how late this is
+        self.pass_ended_at = max(self.pass_ended_at, call.done_t)
         if call.error is not None:
             raise call.error
         if self.barrier_each_pass:
@@ -154,6 +166,7 @@ class SourcePipeline:
         batch's restore (its emulated stamp) are past, not when this thread heard of them (the
         acknowledgements' round trip through threads is this machine's, not the network's).
         Default: posted now."""
+        self._stopped = True
         restored = self.drain()  # all memory first, then the state, then resume
         self.limit.pace(state_bytes)
         self.connections[0].send_state(vm, state_bytes, at=None if at is None else max(at, restored))
@@ -164,12 +177,14 @@ class SourcePipeline:
 
     def drain(self) -> float:
         """Wait until every batch is restored; returns when the last was, on the emulated schedule.
-        How much later than that this really happened adds to `drift_s`."""
+        How much later than that this really happened adds to `drift_s` when it ends a pass, and
+        is `handover_late_s` in the stop-and-copy."""
         self._crash_point()
         last = max(c.drain() for c in self.connections)
         if last > self._drained_to:
             self._behind(last)
             self._drained_to = last
+        self.pass_ended_at = max(self.pass_ended_at, last)
         return last
 
     def _behind(self, scheduled: float) -> None:
@@ -179,8 +194,12 @@ class SourcePipeline:
         if scheduled <= 0:
             return
         late = max(0.0, time.monotonic() - scheduled)
+        if self._stopped:  # the hand-over, not a pass: the stamps make it up (see handover_late_s)
+            self.handover_late_s = max(self.handover_late_s, late)
+            return
         self.drift_s += max(0.0, late - self._late)
         self._late = late
+
     def reset(self) -> None:
         """The connections broke: drop what they still hold at the link (post-copy recovery)."""
         for c in self.connections:
@@ -211,7 +230,8 @@ class SourcePipeline:
                 task.call.error = exc
             finally:
                 self.pool.release(task.nbytes)
-                task.call.done(wire, clock.t)
+                # Its end on the schedule: its charged work, or under a cap its last paced batch.
+                task.call.done(wire, max(clock.t, task.paced_to))
 
     def _task(self, me: int, conn: PageSender, clock: CoreClock, task: _Task) -> int:
         """Map `task`'s pages, encode and send them slot by slot, unmap them; returns its wire bytes.
@@ -244,7 +264,7 @@ class SourcePipeline:
         if capped:
             for slot, stats in held:
                 # Paced to the cap after leaving the core: a rate-limited sender sleeps.
-                self.limit.pace(stats.wire_bytes)
+                task.paced_to = self.limit.pace(stats.wire_bytes)
                 conn.post(slot, task.vm, stats.pages, stats)
         return sum(stats.wire_bytes for _, stats in held)
 

@@ -40,11 +40,13 @@ class RateLimit:
     def active(self) -> bool:
         return self.rate is not None
 
-    def pace(self, nbytes: int) -> None:
-        """Wait until `nbytes`, ready now, have left at the capped rate (no wait without a cap)."""
+    def pace(self, nbytes: int) -> float:
+        """Wait until `nbytes`, ready now, have left at the capped rate (no wait without a cap);
+        returns when they left on that schedule (monotonic seconds; now without a cap)."""
         with self._lock:
             if not self.rate:
-                return
+                return time.monotonic()
             self._paid_until = max(self._paid_until, time.monotonic()) + nbytes / self.rate
             until = self._paid_until
         sleep_until(until)
+        return until

@@ -50,6 +50,7 @@ class Guest:
         self.fault_s = fault_s
         self.rng = np.random.default_rng(seed + 7)
         self.paused = False
+        self.synced_at = 0.0  # when the last harvest was made (GuestControl's; nothing is charged here)
         self.lost: str | None = None  # why the VM cannot go on (agents/faults.py VMLost); it stays stopped
         self.rate_factor = 1.0  # a scheduled event may scale the workload's offered rate
         self.ops = 0.0  # cumulative operations (emulated units)

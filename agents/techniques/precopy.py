@@ -252,8 +252,10 @@ class PrecopyMigration:
         self.ctx.record("rate-limit", bytes_s=emulated_bytes_s)
 
     def _harvest(self, at: float | None = None) -> np.ndarray:
-        """A dirty-log sync; `at`: when it began on the emulated schedule (see GuestControl.harvest)."""
+        """A dirty-log sync; `at`: when it began on the emulated schedule (see GuestControl.harvest;
+        default: after a forced pause, `_sync_due()`; otherwise when it is made)."""
         self.dirty_syncs += 1
+        at = self._sync_due() if at is None else at
         idx = self.guest.harvest() if at is None else self.guest.harvest(at=at)
         if self.governor is not None:
             self._convergence_sync(len(idx))
@@ -572,8 +574,7 @@ class PrecopyMigration:
         self._enter("stop-and-copy")
         if self.abort_requested:  # cancelled on entering: the VM is not stopped at all
             return self._cancel()
-        forced = self._forced_at is not None  # paused mid-pass: the pass's own sending came after it
-        r.paused_at = self._forced_at
+        r.paused_at = self._forced_at  # a policy's force paused it mid-pass: that pass sent on after it
         if r.paused_at is None:
             r.paused_at = self.guest.pause()
             self.ctx.record("vm-stopped", t_real=r.paused_at)
@@ -581,10 +582,11 @@ class PrecopyMigration:
         # A mask, not np.union1d: that one loads lazily, costing ~10 ms of downtime on first use.
         mask = np.zeros(len(self.image), dtype=bool)
         mask[todo] = True
-        # The last sync is charged from the pause on, and the last pages are ready when its
+        # The last sync is charged from the pause on (after a forced pause, from where the pass
+        # and the sync after it ended: `_sync_due`), and the last pages are ready when its
         # charge ended: this machine's delay in harvesting and handing over (1-17 ms under
         # load) is made up by the batches' charges, not added to the downtime at dilation 1.
-        mask[self._harvest(at=None if forced else self._stopped_at(r.paused_at))] = True
+        mask[self._harvest(at=self._stopped_at(self._sync_due() or r.paused_at))] = True
         ready = self.guest.synced_at
         todo = np.flatnonzero(mask)
         self.guest.stop_dirty_log()
@@ -612,6 +614,17 @@ class PrecopyMigration:
         r.status = "completed"
         self.phase = "switchover"
         return r
+
+    def _sync_due(self) -> float | None:
+        """When the next dirty-log sync begins on the emulated schedule (real monotonic s); None
+        while the guest runs (when it is made). After a policy's forced pause the pass under way
+        went on sending with the VM stopped, and every moment from the pause on is downtime: the
+        syncs follow that pass's own schedule (where its sending ended on its batches' stamps,
+        then where the sync before ended), as the stop-and-copy's follows the pause, not this
+        machine's lateness in getting to them (QEMU's migration_bitmap_sync, `dirty_sync_ns`)."""
+        if self._forced_at is None:
+            return None
+        return max(self._forced_at, self.sink.pass_ended_at, self.guest.synced_at)
 
     def _stopped_at(self, paused_at: float) -> float:
         """When the stop-and-copy's own work begins on the emulated schedule (real monotonic s):

@@ -74,13 +74,19 @@ class NicPacer(RateLimit):
 
     BURST_S = 0.02
 
-    def pace(self, nbytes: int) -> None:
+    def pace(self, nbytes: int) -> float:
         with self._lock:
             if not self.rate:
-                return
+                return time.monotonic()
             self._paid_until = max(self._paid_until, time.monotonic() - self.BURST_S) + nbytes / self.rate
             until = self._paid_until
         sleep_until(until)
+        return until
+
+
+def _over_hosts(name: str, combine, doc: str) -> property:
+    """A SplitSink property: SourcePipeline's `name` combined over every host's pipeline."""
+    return property(lambda self: combine(getattr(p, name) for p in self.pipelines), doc=doc)
 
 
 class SplitSink:
@@ -127,9 +133,11 @@ class SplitSink:
             raise errors[0]
         return sum(wire)
 
-    @property
-    def pages_sent(self) -> int:
-        return sum(p.pages_sent for p in self.pipelines)
+    # SourcePipeline's figures over every host's pipeline.
+    pages_sent = _over_hosts("pages_sent", sum, "Real pages handed to the wire so far.")
+    drift_s = _over_hosts("drift_s", sum, "Real seconds passes ended after their stamps.")
+    handover_late_s = _over_hosts("handover_late_s", max, "The stop-and-copy's worst lateness after its stamps.")
+    pass_ended_at = _over_hosts("pass_ended_at", max, "When the last pass's sending ended (on its last host).")
 
     def send_state(self, vm: int, state_bytes: int, at: float | None = None) -> None:
         restored = self.drain()  # every host's memory first

@@ -132,11 +132,24 @@ def _check_vary(path: Path, vary) -> dict:
         bad = next((v for v in values if isinstance(v, str) and "\0" in v), None)
         if bad is not None:
             raise SweepError(f"{path}: vary.{key}: {bad!r} holds a NUL byte; it cannot be part of a directory name")
+    _check_distinct(path, vary)
     longest = point_name({k: max(vs, key=lambda v: len(str(v).encode())) for k, vs in vary.items()})
     if len(longest.encode()) > MAX_DIR_NAME:
         raise SweepError(f"{path}: vary: the point {longest[:40]!r}... makes a directory name of "
                          f"{len(longest.encode())} bytes; at most {MAX_DIR_NAME} are allowed (use shorter values)")
     return vary
+
+
+def _check_distinct(path: Path, vary: dict) -> None:
+    """Every point gets a directory of its own: two points that name the same directory (a value
+    listed twice, or "a b" beside "a_b") would share its runs, the second overwriting the first's."""
+    keys, seen = list(vary), {}
+    for values in itertools.product(*(vary[k] for k in keys)):
+        name = point_name(dict(zip(keys, values)))
+        if name in seen:
+            what = "a value is listed twice" if seen[name] == values else f"{seen[name]!r} and {values!r} too"
+            raise SweepError(f"{path}: vary: two points make the directory {name!r} ({what}); give each value once")
+        seen[name] = values
 
 
 def point_name(settings: dict) -> str:

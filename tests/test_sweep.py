@@ -114,7 +114,10 @@ def test_bad_spec_is_one_line(tmp_path):
                         ('base = "base.toml"\n[vary]\n"vms.0.name" = ["a\\u0000b"]\n', "NUL byte"),
                         (f'base = "base.toml"\n[vary]\n"vms.0.name" = ["a", "{"b" * 251}"]\n', "at most 255"),
                         (f'base = "base.toml"\n[vary]\n"a.x" = ["{"b" * 130}"]\n"c.y" = ["{"b" * 130}"]\n',
-                         "at most 255")]:
+                         "at most 255"),
+                        # Two points in one directory: the second would overwrite the first's runs.
+                        ('base = "base.toml"\n[vary]\n"emulation.dilation" = [1, 2, 1]\n', "listed twice"),
+                        ('base = "base.toml"\n[vary]\n"vms.0.name" = ["a b", "a_b"]\n', "make the directory 'name=a_b'")]:
         (tmp_path / "spec.toml").write_text(body)
         r = subprocess.run([LIVEMIG, "sweep", str(tmp_path / "spec.toml"), "--out", str(tmp_path / "o")],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -42,16 +42,76 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
+# What the tables (compare, report, sweep) read of a result.json and of each entry of its `vms`:
+# each a number (or a string) when present; a file that holds another type is not a run's.
+NUMBERS = tuple(key for _, key, _, _ in ROWS if key not in ("non_response_s", "degradation", "memory_compress_rate",
+                                                            "saturation")) + (
+    "app.non_response_s", "app.degradation", "app.ops_per_s_before", "app.ops_per_s_during",
+    "app.ops_per_s_after", "compression.memory_compress_rate", "emulation.fidelity.saturation", "postcopy.faults")
+TEXTS = ("scenario", "status", "stop_reason", "vm")
+
+
 def load(path: str | Path) -> dict:
+    """A result.json (or the one in a directory); CompareError (one line) when it is missing or
+    is not what a run writes."""
     p = Path(path)
     if p.is_dir():
         p = p / "result.json"
     try:
-        return strict_json(p.read_text())
+        result = strict_json(p.read_text())
     except FileNotFoundError:
         raise CompareError(f"{p}: no such file; give a result.json or the directory holding it") from None
     except ValueError as exc:  # json.JSONDecodeError too
         raise CompareError(f"{p}: not a result.json ({exc})") from None
+    problem = shape_problem(result)
+    if problem:
+        raise CompareError(f"{p}: not a result.json ({problem})")
+    return result
+
+
+def shape_problem(result) -> str | None:
+    """What makes `result` unreadable for the tables, as 'field: what is wrong', or None: the
+    top level and each `vms` entry an object, the figures numbers, the names strings."""
+    if not isinstance(result, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(result), "a number")
+        return f"{kind}, not an object"
+    vms = result.get("vms")
+    if vms is not None and not (isinstance(vms, list) and all(isinstance(v, dict) for v in vms)):
+        return "vms: not a list of objects"
+    ref = result.get("reference")
+    if ref is not None and not isinstance(ref, dict):
+        return "reference: not an object"
+    figures = (ref or {}).get("figures")
+    if figures is not None and not (isinstance(figures, dict) and all(map(_is_number, figures.values()))):
+        return "reference.figures: not an object of numbers"
+    for prefix, entry in [("", result), *((f"vms[{i}].", v) for i, v in enumerate(vms or []))]:
+        for path, ok, what in [*((p, _is_number, "a number") for p in NUMBERS), *((p, _is_text, "a string") for p in TEXTS)]:
+            value, where = _at(entry, path)
+            if where:
+                return f"{prefix}{where}: not an object"
+            if value is not None and not ok(value):
+                return f"{prefix}{path}: {value!r} is not {what}"
+    return None
+
+
+def _at(entry: dict, path: str):
+    """(value at the dotted path or None, the part that is not an object or '')."""
+    node, parts = entry, path.split(".")
+    for i, part in enumerate(parts[:-1]):
+        node = node.get(part)
+        if node is None:
+            return None, ""
+        if not isinstance(node, dict):
+            return None, ".".join(parts[:i + 1])
+    return node.get(parts[-1]), ""
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_text(v) -> bool:
+    return isinstance(v, str)
 
 
 def status_of(result: dict) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from cluster.compare import ROWS, figure, strict_json
+from cluster.compare import ROWS, figure, shape_problem, strict_json
 
 PAGE = 4096
 MIB = 2**20  # plots and tables in MiB and MiB/s, as the CLI's tables and result.json's *_mbytes_s
@@ -104,6 +104,9 @@ def load_run(path: Path, base: Path | None = None, warn=print, lenient: bool = F
         result = strict_json((path / "result.json").read_text())
     except (OSError, ValueError) as exc:
         raise ReportError(f"{path / 'result.json'}: unreadable ({exc})") from None
+    problem = shape_problem(result)
+    if problem:
+        raise ReportError(f"{path / 'result.json'}: not a result.json ({problem})")
     tl = path / "timeline.jsonl"
     if not tl.is_file():
         raise ReportError(f"{tl}: missing; the report is drawn from the timeline a run writes with --out")

@@ -30,7 +30,7 @@ from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.compare import ROWS, figure, strict_json
+from cluster.compare import ROWS, figure, shape_problem, strict_json
 from cluster.tables import SATURATED, SATURATION_LIMIT
 from cluster.scenario import NAME, ScenarioError, read_scenario_text, scenario_from_data
 
@@ -242,7 +242,11 @@ def reusable(run_dir: Path, scenario, warn=print) -> dict | None:
     except ValueError as exc:  # json.JSONDecodeError too
         warn(f"sweep: {path}: not reused, not a result.json ({exc}); running it again")
         return None
-    if not isinstance(result, dict) or result.get("status") != "completed" or result.get("verified") is not True:
+    problem = shape_problem(result)
+    if problem:
+        warn(f"sweep: {path}: not reused, not a result.json ({problem}); running it again")
+        return None
+    if result.get("status") != "completed" or result.get("verified") is not True:
         return None
     wanted = json.loads(json.dumps(finite(scenario.as_loaded())))
     return result if result.get("scenario_as_loaded") == wanted else None

@@ -155,3 +155,26 @@ def test_compare_refuses_a_result_json_holding_infinity(tmp_path):
     (b / "result.json").write_text('{"scenario": "x", "total_time_s": Infinity}')
     r = subprocess.run([LIVEMIG, "compare", str(a), str(b)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Infinity" in r.stderr, r.stderr
+
+
+def test_compare_and_report_refuse_a_result_json_of_another_shape(tmp_path):
+    """Valid JSON that no run writes (an array, a figure that is a string, `vms` of numbers, `app`
+    a list, a status that is a number) is refused in one line naming the field, exit 2, by
+    compare and report alike; it used to end in a traceback (a fresh-eyes finding)."""
+    a = _result(tmp_path / "a", "vanilla", 12.0, 300.0)
+    for n, (body, words) in enumerate([("[1, 2]", "an array, not an object"),
+                                       ('{"status": "completed", "total_time_s": "fast"}', "total_time_s: 'fast'"),
+                                       ('{"status": "completed", "vms": [1]}', "vms: not a list of objects"),
+                                       ('{"status": "completed", "vms": [{"vm": "x", "app": [1]}]}',
+                                        "vms[0].app: not an object"),
+                                       ('{"status": 3}', "status: 3 is not a string"),
+                                       ('{"reference": {"figures": {"downtime_ms": "1 s"}}}', "reference.figures")]):
+        b = tmp_path / f"b{n}"
+        b.mkdir()
+        (b / "result.json").write_text(body)
+        (b / "timeline.jsonl").write_text('{"t": 0.0, "kind": "event", "event": "guests-started"}\n')
+        for args in (["compare", str(a), str(b)], ["report", str(b), "--out", str(tmp_path / "r.html")]):
+            r = subprocess.run([LIVEMIG, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 2 and len(lines) == 1 and "not a result.json" in lines[0], (args, r.stderr)
+            assert f"{b / 'result.json'}: not a result.json ({words}" in lines[0], (args, lines[0])

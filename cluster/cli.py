@@ -400,7 +400,30 @@ def reproduce(suite: str = typer.Argument(..., help="Which experiments: pmigrate
               only: str = typer.Option("", help="smemv: only these experiments, comma-separated "
                                                 "(e.g. idle-12g-10gbe,memcached-12g; default: all).")) -> None:
     """Run a paper's experiment pairs and compare every ratio with the paper's (takes minutes)."""
-    from cluster.reproduce import SUITES, markdown, run_suite
+    from cluster.reproduce import SUITES
+    known = [*SUITES, "convergence", "smemv", "model"]
+    if suite not in known:
+        _fail_input([f"reproduce: unknown suite {suite!r}; known: {', '.join(known)}"])
+    _check_reproduce_options(suite, out_dir, tolerance, only)
+    signal.signal(signal.SIGTERM, _interrupt)  # killed: stop as at Ctrl-C
+    try:
+        _reproduce(suite, out_dir, tolerance, markdown_out, only)
+    except KeyboardInterrupt:  # the suite stops at its interrupted run; nothing is checked
+        err.print(f"interrupted: the finished runs stay in {out_dir}; nothing was checked")
+        raise typer.Exit(1)
+
+
+def _check_reproduce_options(suite: str, out_dir: Path, tolerance: float, only: str) -> None:
+    """Refuse bad options in one line before the first run (a suite takes minutes)."""
+    if not 0 <= tolerance <= 10:  # NaN is refused too
+        _fail_input([f"--tolerance: must be a fraction from 0 to 10 (0.25: 25%) (got {tolerance:g})"])
+    if only and suite != "smemv":
+        _fail_input([f"--only: picks experiments of the smemv suite only; {suite} runs all of its own"])
+    _check_run_options(None, 0.1, None, None, out_dir)
+
+
+def _reproduce(suite: str, out_dir: Path, tolerance: float, markdown_out: bool, only: str) -> None:
+    from cluster.reproduce import markdown, run_suite
     if suite == "model":
         _reproduce_model(out_dir, markdown_out)
         return
@@ -409,9 +432,6 @@ def reproduce(suite: str = typer.Argument(..., help="Which experiments: pmigrate
     if suite == "smemv":
         _reproduce_smemv(out_dir, markdown_out, [g for g in only.split(",") if g.strip()])
         return
-    if suite not in SUITES:
-        known = [*SUITES, "convergence", "smemv", "model"]
-        _fail_input([f"reproduce: unknown suite {suite!r}; known: {', '.join(known)}"])
     report = run_suite(suite, out_dir, tolerance, progress=lambda m: err.print(m))
     (out_dir / f"{suite}.json").write_text(json.dumps(report, indent=2, default=float))
     _print_markdown(markdown(report), markdown_out, f"reproduce {suite}")

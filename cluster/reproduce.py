@@ -60,13 +60,21 @@ def one_ray():
 
 def run_kept(path: Path, out_dir: Path, progress=print, label: str = "") -> dict:
     """Run a shipped scenario (inside `one_ray`); its result.json goes to out_dir/<file stem>."""
-    from cluster.results import write_result
     from cluster.runner import RunOptions, run_scenario
     from cluster.scenario import load_scenario
     progress(f"running {label or path.name}")
-    r = run_scenario(load_scenario(path), RunOptions(), str(path))
-    write_result(r, out_dir / path.stem)
-    return r
+    return kept(run_scenario(load_scenario(path), RunOptions(), str(path)), out_dir / path.stem)
+
+
+def kept(result: dict, run_dir: Path) -> dict:
+    """The run's result, written to run_dir; KeyboardInterrupt when Ctrl-C (or SIGTERM) aborted
+    the run, so that the suite stops there instead of going on with its next runs."""
+    from cluster.results import write_result
+    from cluster.sweep import interrupted
+    write_result(result, run_dir)
+    if interrupted(result):
+        raise KeyboardInterrupt
+    return result
 
 
 def run_suite(suite: str, out_dir: Path, tolerance: float = 0.25, progress=print) -> list[dict]:
@@ -147,7 +155,6 @@ def run_model(out_dir: Path, progress=print) -> list[dict]:
     import itertools
 
     from cluster.predict import predict
-    from cluster.results import write_result
     from cluster.runner import RunOptions, run_scenario
     from cluster.scenario import parse_scenario
 
@@ -156,8 +163,7 @@ def run_model(out_dir: Path, progress=print) -> list[dict]:
         for dirty, gbps, limit in itertools.product(*MODEL_GRID.values()):
             sc = parse_scenario(model_scenario(dirty, gbps, limit), f"model-{dirty}-{gbps}-{limit}.toml")
             progress(f"running {sc.name}")
-            r = run_scenario(sc, RunOptions())
-            write_result(r, out_dir / sc.name)
+            r = kept(run_scenario(sc, RunOptions()), out_dir / sc.name)
             p = predict(sc)
             rows.append({"scenario": sc.name, "dirty_pages_per_s": dirty, "gbps": gbps, "downtime_limit_ms": limit,
                          "verified": r["verified"], "saturation": saturation_of(r),

@@ -125,11 +125,34 @@ def test_ctrl_c_aborts_and_vm_stays_on_source(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["run", "scenarios/quickstart.toml", "--linger", "5"], "needs --metrics-port"),
     (["reproduce", "nope"], "known: pmigrate, xbrle, convergence, smemv, model"),
+    # A suite takes minutes: a bad option is refused before its first run, not ignored or met after it.
+    (["reproduce", "xbrle", "--tolerance", "-1"], "--tolerance: must be a fraction from 0 to 10"),
+    (["reproduce", "xbrle", "--tolerance", "nan"], "--tolerance: must be a fraction from 0 to 10"),
+    (["reproduce", "model", "--only", "x"], "--only: picks experiments of the smemv suite only"),
 ])
 def test_options_refused_in_one_line_before_ray(tmp_path, args, words):
     r = _livemig(*args, "--out", str(tmp_path / "out"), timeout=60)
     assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_reproduce_refuses_an_out_that_is_a_file_before_its_first_run(tmp_path):
+    (tmp_path / "f").write_text("")
+    r = _livemig("reproduce", "xbrle", "--out", str(tmp_path / "f"), timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith(f"--out: {tmp_path / 'f'} is a file"), r.stderr
+
+
+def test_an_interrupted_run_stops_a_reproduction_after_keeping_its_result(tmp_path):
+    """Ctrl-C aborts the running scenario; the suite must stop there, not go on with its next runs
+    (it went on: `reproduce xbrle` ran its five other scenarios after a Ctrl-C; a fresh-eyes finding)."""
+    from cluster.reproduce import kept
+    done = {"status": "completed", "verified": True, "vms": []}
+    assert kept(done, tmp_path / "a") == done and (tmp_path / "a" / "result.json").exists()
+    aborted = {"status": "aborted", "verified": False, "vms": [{"vm": "vm", "status": "aborted",
+                                                                "stop_reason": "interrupted (Ctrl-C)"}]}
+    with pytest.raises(KeyboardInterrupt):
+        kept(aborted, tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "result.json").read_text())["status"] == "aborted"
 
 
 @pytest.mark.parametrize("out", ["/proc/livemig-out", "/sys/livemig-out"])

@@ -11,19 +11,16 @@ what happens next is cluster/orchestrate.py's business.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 
 from cluster import actor_pool, crossnode
-from cluster.local_ray import RAY_TOKEN_FILE, start_local_ray, stop_local_ray
+from cluster.local_ray import RAY_TOKEN_FILE, keeping_sigterm_handler, start_local_ray, stop_local_ray
 from cluster.scaling import Scale, vm_real_pages
 from cluster.scenario import MIB, Scenario, ScenarioError
 from cluster.topology import Topology, plan
@@ -53,19 +50,6 @@ def _sweep_socket_dirs() -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _keeping_sigterm_handler():
-    """ray.init replaces the driver's SIGTERM handler with one that exits at
-    once; put back the caller's (the CLI's aborts cleanly and keeps the result)."""
-    main = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGTERM) if main else None
-    try:
-        yield
-    finally:
-        if main and before is not None:
-            signal.signal(signal.SIGTERM, before)
-
-
 def new_run_id() -> str:
     return f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
@@ -93,7 +77,7 @@ class Cluster:
     def _start_ray(self) -> None:
         import ray
         if not ray.is_initialized():
-            with _keeping_sigterm_handler():
+            with keeping_sigterm_handler():
                 self._init_ray()
             self._started_ray = True
 

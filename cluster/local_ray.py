@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 import time
 
 STARTUP_CONCURRENCY = 8  # worker processes the embedded Ray starts at once (Ray's default: the cores)
@@ -38,7 +40,8 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
     # cores: on 2 cores the quickstart's five came up in three waves. Starting them together
     # overlaps their waits (sockets, registration) with each other's imports.
     os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(STARTUP_CONCURRENCY))
-    with _prompt_registration(), contextlib.nullcontext() if dashboard else _lean_head(minimal_agent=not ray_metrics):
+    with keeping_sigterm_handler(), _prompt_registration(), \
+            contextlib.nullcontext() if dashboard else _lean_head(minimal_agent=not ray_metrics):
         ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, namespace=namespace,
                        log_to_driver=False, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                        dashboard_port=dashboard_port, configure_logging=False,
@@ -47,6 +50,20 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
                        _system_config={"worker_niceness": 0})
     url = getattr(ctx, "dashboard_url", None)
     return f"http://{url}" if dashboard and url else None
+
+
+@contextlib.contextmanager
+def keeping_sigterm_handler():
+    """ray.init replaces the driver's SIGTERM handler with one that exits at
+    once; put back the caller's (the CLI's aborts cleanly and keeps the result,
+    in a run, a sweep and a reproduction alike)."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 @contextlib.contextmanager

@@ -80,3 +80,16 @@ def test_the_prompt_registration_wait_answers_as_ray_does_and_is_put_back(ray_cl
     assert services.get_node is own
     assert info == own(node.gcs_address, node.node_id)
     assert info["node_manager_port"] == node.node_manager_port
+
+
+def test_the_embedded_ray_for_several_runs_keeps_the_callers_sigterm_handler():
+    """ray.init puts in a SIGTERM handler that aborts the process at once (a C++ stack on stderr,
+    exit 134); `livemig sweep` and `reproduce` start Ray through `local_ray` after setting theirs,
+    which stops them as Ctrl-C does. It was lost there (a fresh-eyes finding); `run` kept it."""
+    import sys
+    code = ("import signal\nfrom cluster.local_ray import local_ray\nh = lambda *a: None\n"
+            "signal.signal(signal.SIGTERM, h)\nwith local_ray('livemig-sigterm-test', num_cpus=1):\n"
+            "    print(signal.getsignal(signal.SIGTERM) is h)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "RAY_ADDRESS": ""})
+    assert r.returncode == 0 and r.stdout.strip() == "True", (r.stdout, r.stderr[-2000:])

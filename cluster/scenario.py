@@ -1348,11 +1348,20 @@ def _cache_problems(s: Scenario) -> Problems:
 
 
 def _split_problems(s: Scenario) -> Problems:
-    """A split migration (S-memV) needs a chunk no larger than its VM, and a
-    main host that holds at least the VM's state plus one chunk."""
+    """A split migration (S-memV) needs a main host and sub-hosts (and only it sends to
+    several hosts), a chunk no larger than its VM, and a main host that holds at least
+    the VM's state plus one chunk."""
     problems: dict[str, str] = {}
     for p in s.migration_plans():
+        to = f"migrations[{p.index}].to" if s.migrations else "migration.technique"
+        if p.technique != "split" and len(p.destinations) > 1:
+            problems.setdefault(to, f"{len(p.destinations)} hosts, but technique \"{p.technique}\" sends to one; "
+                                    f"only \"split\" takes a main host then sub-hosts")
         if p.technique != "split":
+            continue
+        if len(p.destinations) < 2:
+            problems.setdefault(to, f"technique \"split\" needs a main host then at least one sub-host: "
+                                    f"a [[migrations]] entry with to = [\"<main>\", \"<sub-host>\", ...]")
             continue
         o, vm_bytes = p.options, p.vm.memory_gib * GIB
         chunk_bytes = o.chunk_pages * PAGE_SIZE

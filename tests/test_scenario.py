@@ -518,9 +518,24 @@ def test_a_vm_migrated_twice_starts_where_the_first_migration_left_it():
 def test_split_migration_to_a_main_host_and_sub_hosts():
     text = slice_edit('role = "destination"\nmemory_gib = 8', 'role = "main"\nmemory_gib = 8')
     text += '\n[[hosts]]\nname = "M1"\nrole = "sub-host"\nnics = [{ name = "eth0", speed_gbps = 10 }]\n'
-    text += '\n[[migrations]]\nvm = "web"\nto = ["C", "M1"]\n'
+    text += '\n[[network.links]]\nfrom = "C:eth0"\nto = "M1:eth0"\n'  # remote paging after the split
+    text += '\n[[migrations]]\nvm = "web"\nto = ["C", "M1"]\ntechnique = "split"\n'
     plan = parse_scenario(text, F).migration_plans()[2]
     assert [d.name for d in plan.destinations] == ["C", "M1"] and plan.destination.name == "C"
+
+
+def test_only_a_split_migration_goes_to_several_hosts_and_it_needs_them():
+    """Pre-copy to ["C", "M1"] migrated to C and ignored M1; split to one host ended in an
+    AttributeError when it ran: both are refused in one line (fresh-eyes findings)."""
+    text = slice_edit('role = "destination"\nmemory_gib = 8', 'role = "main"\nmemory_gib = 8')
+    text += '\n[[hosts]]\nname = "M1"\nrole = "sub-host"\nnics = [{ name = "eth0", speed_gbps = 10 }]\n'
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(text + '\n[[migrations]]\nvm = "web"\nto = ["C", "M1"]\n', F)
+    assert info.value.lines == [f'{F}: migrations[2].to: 2 hosts, but technique "precopy" sends to one; only '
+                                '"split" takes a main host then sub-hosts']
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(text + '\n[[migrations]]\nvm = "web"\nto = ["C"]\ntechnique = "split"\n', F)
+    assert info.value.lines[0].startswith(f'{F}: migrations[2].to: technique "split" needs a main host then at least')
 
 
 def test_todays_scenarios_get_one_implicit_migration_per_vm():

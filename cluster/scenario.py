@@ -1069,6 +1069,10 @@ def _host_problems(s: Scenario) -> Problems:
     for i, first in _repeats([h.name for h in s.hosts]):
         problems.append((f"hosts[{i}].name", f"\"{s.hosts[i].name}\" is already the name of hosts[{first}]; "
                                              f"host names must be unique"))
+    for i, h in enumerate(s.hosts):  # links name a NIC as "host:nic": two of one name would be one
+        for j, first in _repeats([n.name for n in h.nics]):
+            problems.append((f"hosts[{i}].nics[{j}].name", f"\"{h.nics[j].name}\" is already the name of "
+                                                           f"hosts[{i}].nics[{first}]; NIC names must be unique on a host"))
     most = max(h.cores for h in s.hosts)
     if s.cpu.migration_cores is not None and s.cpu.migration_cores > most:
         problems.append(("cpu.migration_cores", f"{s.cpu.migration_cores} is more than any host has (the most is "

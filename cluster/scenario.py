@@ -1594,6 +1594,8 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
         raise ScenarioError([f"{path}: not valid TOML: {exc}"]) from None
     except RecursionError:  # arrays or tables nested thousands deep
         raise ScenarioError([f"{path}: not valid TOML: nested too deeply"]) from None
+    if {"base", "vary"} <= set(data):  # one line, not one per field a scenario lacks or does not know
+        raise ScenarioError([f"{path}: a sweep file (base, vary), not a scenario; run it with `livemig sweep {path}`"])
     return scenario_from_data(data, path)
 
 

@@ -661,3 +661,12 @@ def test_every_byte_rate_field_says_which_megabyte():
     assert len(rates) >= 8
     unclear = [n for n, text in rates.items() if not ("(10^6 bytes per second)" in text or "MiB/s" in text)]
     assert not unclear, unclear
+
+
+def test_a_sweep_file_given_as_a_scenario_is_named_so_in_one_line():
+    """`livemig validate|run` of a sweep file gave five lines (hosts and vms missing, base, repeats
+    and vary unknown) that never said what the file is (a fresh-eyes finding)."""
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(ROOT / "scenarios" / "sweeps" / "quickstart-bandwidth.toml")
+    assert len(info.value.lines) == 1 and "a sweep file (base, vary), not a scenario; run it with `livemig sweep " \
+        in info.value.lines[0], info.value.lines

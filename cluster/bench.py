@@ -254,7 +254,7 @@ def scaling_bench(memory_gib: float = 1.0, memory_scale: float = 1 / 512, dilati
     """
 
     from cluster.local_ray import local_ray
-    from cluster.runner import RunOptions, run_scenario
+    from cluster.runner import RunOptions, run_in_series
     from cluster.scenario import parse_scenario
 
     nic_gbps = 40 * 2**20 * 8 / 1e9
@@ -267,7 +267,7 @@ def scaling_bench(memory_gib: float = 1.0, memory_scale: float = 1 / 512, dilati
                 nics = ", ".join(f'{{ name = "eth{k}", speed_gbps = {nic_gbps:.6f} }}' for k in range(n))
                 text = _SCALING_SCENARIO.format(lock=lock, n=n, scale=memory_scale, dilation=dilation,
                                                 nics=nics, memory_gib=memory_gib)
-                r = run_scenario(parse_scenario(text, f"scaling-{lock}-{n}"), RunOptions())
+                r = run_in_series(parse_scenario(text, f"scaling-{lock}-{n}"), RunOptions())
                 rows.append({"workers": n, "migration_time_s": round(r["total_time_s"], 2),
                              "throughput_mbytes_s": round(r["avg_throughput_mbytes_s"], 1),
                              "cpu_seconds": round(r["cpu_seconds"], 1), "verified": r["verified"],
@@ -285,7 +285,7 @@ def timeline_bench(scenario_path: str, repeats: int = 2) -> dict:
     at 0.1 emulated-second intervals, as a share of the run, and the figures
     with the timeline sampled every 0.1 s against every 10 s."""
     from cluster.local_ray import local_ray
-    from cluster.runner import RunOptions, run_scenario
+    from cluster.runner import RunOptions, run_in_series
     from cluster.scenario import load_scenario
 
     sc = load_scenario(scenario_path)
@@ -293,7 +293,7 @@ def timeline_bench(scenario_path: str, repeats: int = 2) -> dict:
     with local_ray("livemig-bench"):
         for _ in range(repeats):
             for interval in (0.1, 10.0):
-                r = run_scenario(sc, RunOptions(interval_s=interval))
+                r = run_in_series(sc, RunOptions(interval_s=interval))
                 wall = r["emulation"]["wall_clock_s"]
                 run_s = wall["total_s"] - wall["setup_s"]
                 out["runs"].append({

@@ -60,12 +60,12 @@ def evacuation_scenario(vms: int, memory_gib: float, scale: float, dilation: flo
 
 
 def _run(text: str, name: str) -> tuple[dict, MemorySampler, float]:
-    from cluster.runner import RunOptions, run_scenario
+    from cluster.runner import RunOptions, run_in_series
     from cluster.scenario import parse_scenario
     sc = parse_scenario(text, f"{name}.toml")
     t0 = time.monotonic()
     with MemorySampler() as mem:
-        r = run_scenario(sc, RunOptions())
+        r = run_in_series(sc, RunOptions())
     return r, mem, t0
 
 

@@ -673,7 +673,7 @@ def bench_capacity(scenario: Path = typer.Argument(..., help="Scenario TOML file
     SCENARIO runs unsaturated (fidelity.saturation < 0.05): a few runs in one Ray per knob."""
     from cluster.capacity import KNOBS, capacity
     from cluster.reproduce import one_ray
-    from cluster.runner import RunOptions, run_scenario
+    from cluster.runner import RunOptions, run_in_series
     from cluster.scenario import read_scenario_text
 
     bad = [k for k in knob if k not in KNOBS]
@@ -682,7 +682,7 @@ def bench_capacity(scenario: Path = typer.Argument(..., help="Scenario TOML file
     _load(scenario)  # a bad scenario: one line, exit 2, before Ray starts
     err = Console(stderr=True)
     with one_ray():
-        out = capacity(read_scenario_text(scenario), str(scenario), lambda sc: run_scenario(sc, RunOptions()),
+        out = capacity(read_scenario_text(scenario), str(scenario), lambda sc: run_in_series(sc, RunOptions()),
                        tuple(knob), steps, progress=lambda line: err.print(line, highlight=False))
     print(json.dumps(out, indent=2))
 

@@ -69,8 +69,7 @@ def run_kept(path: Path, out_dir: Path, progress=print, label: str = "") -> dict
 def kept(result: dict, run_dir: Path) -> dict:
     """The run's result, written to run_dir; KeyboardInterrupt when Ctrl-C (or SIGTERM) aborted
     the run, so that the suite stops there instead of going on with its next runs."""
-    from cluster.results import write_result
-    from cluster.sweep import interrupted
+    from cluster.results import interrupted, write_result
     write_result(result, run_dir)
     if interrupted(result):
         raise KeyboardInterrupt

@@ -22,6 +22,13 @@ def write_result(result: dict, out_dir: str | Path) -> Path:
     return p
 
 
+def interrupted(result: dict) -> bool:
+    """Whether a run's result was aborted by an interrupt, Ctrl-C or SIGTERM (cluster/orchestrate.py
+    `_interrupt`): a command running several scenarios in a row stops there."""
+    entries = [result, *(v for v in result.get("vms") or [] if isinstance(v, dict))]
+    return any(e.get("status") == "aborted" and "interrupted" in str(e.get("stop_reason") or "") for e in entries)
+
+
 def finite(value):
     """The value with numpy scalars made Python numbers and NaN or infinity made null:
     JSON has neither, and a figure that is not a number is better absent than invalid."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.compare import ROWS, figure, shape_problem, strict_json
+from cluster.results import interrupted
 from cluster.tables import SATURATED, SATURATION_LIMIT
 from cluster.scenario import NAME, ScenarioError, read_scenario_text, scenario_from_data
 
@@ -221,12 +222,6 @@ def select(points: list[Point], only: list[str]) -> list[Point]:
 
 class SweepInterrupted(KeyboardInterrupt):
     """A run came back aborted by Ctrl-C (or SIGTERM): the sweep stops; finished runs stay for resume."""
-
-
-def interrupted(result: dict) -> bool:
-    """Whether a run's result was aborted by an interrupt (cluster/orchestrate.py `_interrupt`)."""
-    entries = [result, *(v for v in result.get("vms") or [] if isinstance(v, dict))]
-    return any(e.get("status") == "aborted" and "interrupted" in str(e.get("stop_reason") or "") for e in entries)
 
 
 def reusable(run_dir: Path, scenario, warn=print) -> dict | None:

@@ -65,3 +65,24 @@ def test_sigkill_of_the_driver_is_swept_and_the_next_run_works(tmp_path):
     assert nxt.returncode == 0, nxt.stderr
     assert leftovers(p.pid, wait_s=0) == {}
     assert os.path.exists(tmp_path / "next" / "result.json")
+
+
+@pytest.mark.slow  # 15-30 s: `make test-slow`
+def test_ctrl_c_stops_a_benchmark_of_several_runs(tmp_path):
+    """Ctrl-C aborts the running scenario and the command stops there: `bench capacity` went on
+    with its next runs and printed the aborted run as a probe ("NOT verified") among its figures
+    (a fresh-eyes finding; `reproduce` did the same)."""
+    from tests.conftest import SLOW_WRITER, scenario_text
+    f = tmp_path / "slow.toml"
+    f.write_text(scenario_text("slow", memory_gib=1, workload=SLOW_WRITER, gbps=1, dilation=1.0))
+    p = subprocess.Popen([LIVEMIG, "bench", "capacity", str(f), "--knob", "dilation", "--steps", "0"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not glob.glob(f"/dev/shm/livemig-{p.pid}_*-ring0"):
+        time.sleep(0.1)
+    time.sleep(2.0)  # the rings are wired; the pre-copy (about 10 s) is under way
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode != 0 and out == "", (out, err)
+    assert "dilation = " not in err, err  # no probe printed: the aborted run is not a figure
+    assert leftovers(p.pid) == {}

@@ -223,6 +223,8 @@ def _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir: 
         _fail_input([f"--inject-fault: unknown fault {inject_fault!r}; allowed: corrupt-page, memory-server-refuses"])
     if metrics_port is not None and not 1 <= metrics_port <= 65535:
         _fail_input([f"--metrics-port: must be a TCP port, 1 to 65535 (got {metrics_port})"])
+    if metrics_port is not None:
+        _check_port_free(metrics_port)
     from cluster.footprint import nearest_existing
     blocker = nearest_existing(out_dir)
     if not blocker.is_dir():
@@ -241,6 +243,18 @@ def _check_run_options(dilation, interval, inject_fault, metrics_port, out_dir: 
                 p.rmdir()
     if not writable:
         _fail_input([f"--out: {out_dir} cannot be written ({why}); give a directory you can write"])
+
+
+def _check_port_free(port: int) -> None:
+    """The exporter's port must be free on 127.0.0.1: taken, the run failed after its set-up with
+    an OSError and a traceback file; now one line before anything starts."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the exporter binds
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            _fail_input([f"--metrics-port: 127.0.0.1:{port} cannot be used ({exc.strerror}); pick a free port"])
 
 
 def _report_crash(name: str, scenario_file: str, out_dir: Path, exc: Exception) -> None:

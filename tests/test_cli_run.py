@@ -136,6 +136,20 @@ def test_options_refused_in_one_line_before_ray(tmp_path, args, words):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_metrics_port_in_use_is_refused_in_one_line_before_anything_starts(tmp_path):
+    """It was a failed run (exit 1), an OSError and a traceback file (a fresh-eyes finding)."""
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = _livemig("run", "scenarios/quickstart.toml", "--metrics-port", str(port), "--out", str(tmp_path / "out"),
+                     timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == (f"--metrics-port: 127.0.0.1:{port} cannot be used (Address "
+                                                      "already in use); pick a free port"), r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_reproduce_refuses_an_out_that_is_a_file_before_its_first_run(tmp_path):
     (tmp_path / "f").write_text("")
     r = _livemig("reproduce", "xbrle", "--out", str(tmp_path / "f"), timeout=60)

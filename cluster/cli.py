@@ -651,8 +651,8 @@ def _technique_table(spec) -> Table:
 
 
 @bench_app.command("pipeline")
-def bench_pipeline(mib: int = typer.Option(256, help="Guest memory per content mix, in real MiB."),
-                   batch_pages: int = typer.Option(256, help="Pages per batch (4 KiB pages).")) -> None:
+def bench_pipeline(mib: int = typer.Option(256, min=1, max=4096, help="Guest memory per content mix, in real MiB."),
+                   batch_pages: int = typer.Option(256, min=1, max=4096, help="Pages per batch (4 KiB pages).")) -> None:
     """Unshaped real MB/s of the whole path (scan, encode, send, restore, verify) per content mix."""
     from cluster.bench import pipeline_bench
     print(json.dumps(pipeline_bench(mib, batch_pages), indent=2))
@@ -719,30 +719,33 @@ def bench_lru(sizes: str = typer.Option("1,4,16,64,256,1024,2048", help="Emulate
 
 
 @bench_app.command("link")
-def bench_link(seconds: float = typer.Option(3.0, help="Real seconds of sending per rate measured.")) -> None:
+def bench_link(seconds: float = typer.Option(3.0, min=0.1, max=600,
+                                             help="Real seconds of sending per rate measured.")) -> None:
     """Achieved rate against target at 1 and 10 Gbit/s, and latency error at 1 and 10 ms RTT."""
     from cluster.bench import link_bench
     print(json.dumps(link_bench(seconds), indent=2))
 
 
 @bench_app.command("scaling")
-def bench_scaling(memory_gib: float = typer.Option(1.0, help="Memory of the idle VM, in emulated GiB."),
-                  dilation: float = typer.Option(0.15, help="Real seconds per emulated second (time dilation).")) -> None:
+def bench_scaling(memory_gib: float = typer.Option(1.0, min=0.0625, max=64,
+                                                  help="Memory of the idle VM, in emulated GiB."),
+                  dilation: float = typer.Option(0.15, min=0.001, max=1000,
+                                                 help="Real seconds per emulated second (time dilation).")) -> None:
     """PMigrate Figures 6-7: migration time and speed-up with 1, 2, 4, 8 consumers under each address-space lock."""
     from cluster.bench import scaling_bench
     print(json.dumps(scaling_bench(memory_gib=memory_gib, dilation=dilation), indent=2))
 
 
 @bench_app.command("checksum")
-def bench_checksum(repeats: int = typer.Option(200, help="Batches timed at each batch size.")) -> None:
-    """The per-batch checksum (XXH64, the receiver's full check) against packing the batch (which hashes as it copies), at 16, 64 and 256 pages per batch."""
+def bench_checksum(repeats: int = typer.Option(200, min=1, max=100_000, help="Batches timed at each batch size.")) -> None:
+    """The per-batch checksum (XXH3, the receiver's full check) against packing the batch (which hashes as it copies), at 16, 64 and 256 pages per batch."""
     from cluster.bench import checksum_bench
     print(json.dumps(checksum_bench(repeats=repeats), indent=2))
 
 
 @bench_app.command("timeline")
 def bench_timeline(scenario: Path = typer.Argument(Path("scenarios/quickstart.toml"), help="Scenario TOML file to run."),
-                   repeats: int = typer.Option(2, help="Runs at each sampling interval.")) -> None:
+                   repeats: int = typer.Option(2, min=1, max=20, help="Runs at each sampling interval.")) -> None:
     """The timeline's cost: the driver's time spent sampling at 0.1 s intervals, as a share of the run."""
     _load(scenario)
     from cluster.bench import timeline_bench
@@ -751,7 +754,8 @@ def bench_timeline(scenario: Path = typer.Argument(Path("scenarios/quickstart.to
 
 @bench_app.command("soak")
 def bench_soak(rounds: int = typer.Option(10, min=1, max=500, help="Round trips a -> b -> a (two migrations each)."),
-               memory_gib: float = typer.Option(1.0, min=0.0625, max=64, help="Memory of the VM, in emulated GiB.")) -> None:
+               memory_gib: float = typer.Option(1.0, min=0.0625, max=64,
+                                                help="Memory of the VM, in emulated GiB.")) -> None:
     """A writing VM migrated back and forth: rounds, failures, and private memory growth per round."""
     from cluster.bench_scale import soak_bench
     print(json.dumps(soak_bench(rounds, memory_gib), indent=2))
@@ -760,7 +764,8 @@ def bench_soak(rounds: int = typer.Option(10, min=1, max=500, help="Round trips 
 @bench_app.command("evacuation")
 def bench_evacuation(vms: list[int] = typer.Option([8, 16, 32], "--vms", min=1, max=256, metavar="N",
                                                    help="How many VMs are evacuated at once, one run per number (repeat the option)."),
-                     dilation: float = typer.Option(1.0, min=0.01, max=100, help="Real seconds per emulated second (time dilation).")
+                     dilation: float = typer.Option(1.0, min=0.01, max=100,
+                                                    help="Real seconds per emulated second (time dilation).")
                      ) -> None:
     """Many small VMs off one host at once: wall clock, peak memory, saturation; the largest unsaturated."""
     from cluster.bench_scale import evacuation_bench
@@ -768,16 +773,17 @@ def bench_evacuation(vms: list[int] = typer.Option([8, 16, 32], "--vms", min=1, 
 
 
 @bench_app.command("disk")
-def bench_disk(mib: int = typer.Option(256, help="Size of the test file, in real MiB."),
-               seconds: float = typer.Option(2.0, help="Real seconds per case."),
-               directory: Path = typer.Option(None, help="Directory where the test files go (default: the temp directory).")) -> None:
+def bench_disk(mib: int = typer.Option(256, min=1, max=65536, help="Size of the test file, in real MiB."),
+               seconds: float = typer.Option(2.0, min=0.1, max=600, help="Real seconds per case."),
+               directory: Path = typer.Option(None, exists=True, file_okay=False, writable=True,
+                                              help="Directory where the test files go (default: the temp directory).")) -> None:
     """The machine's file I/O (dd-like, sequential 1 MiB and random 4 KiB) against the disk agent's."""
     from cluster.bench import disk_bench
     print(json.dumps(disk_bench(mib, seconds, str(directory) if directory else None), indent=2))
 
 
 @bench_app.command("codec")
-def bench_codec(seconds: float = typer.Option(0.5, help="Real seconds per case."),
+def bench_codec(seconds: float = typer.Option(0.5, min=0.01, max=600, help="Real seconds per case."),
                 calibrate: bool = typer.Option(False, "--calibrate", help="Measure the codec cost model's figures "
                                                "and store them (agents/encodings/codec_costs.json); default: only print them.")) -> None:
     """Real MB/s on one core: zero detection, zstd levels 1 and 3, XBZRLE encode and decode."""

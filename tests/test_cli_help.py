@@ -51,3 +51,20 @@ def test_report_names_its_repeated_argument_as_the_other_commands_name_theirs():
     single = next(line for line in CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
                   .splitlines() if "Scenario TOML file" in line)
     assert single.split()[1:4] == ["*", "scenario", "<path>"], single
+
+
+@pytest.mark.parametrize("args", [["pipeline", "--mib", "0"], ["pipeline", "--batch-pages", "0"],
+                                  ["link", "--seconds", "-1"], ["link", "--seconds", "nan"],
+                                  ["scaling", "--memory-gib", "-1"], ["timeline", "--repeats", "0"],
+                                  ["checksum", "--repeats", "0"], ["disk", "--mib", "-5"],
+                                  ["disk", "--directory", "/nonexistent"], ["codec", "--seconds", "nan"]],
+                         ids=lambda a: " ".join(a))
+def test_a_bad_bench_option_is_refused_with_exit_2_not_a_traceback(args):
+    """Each ended in a traceback (OSError, ZeroDivisionError, IndexError, StatisticsError...) after
+    doing part of its work (a fresh-eyes finding); now the option's range is checked first."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    livemig = Path(sys.executable).parent / "livemig"
+    r = subprocess.run([str(livemig), "bench", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Invalid value for" in r.stderr and "Traceback" not in r.stderr, r.stderr[-800:]

@@ -602,7 +602,10 @@ def list_scenarios() -> None:
             desc = lines[0] if lines else ""
         except (tomllib.TOMLDecodeError, OSError):
             desc = "(unreadable)"
-        print(f"{p.relative_to(SCENARIO_DIR.parent)}  {desc}")
+        # A path the user can pass to `livemig run` from where they are: relative below the working
+        # directory (scenarios/... in the repository), absolute elsewhere.
+        shown = p.relative_to(Path.cwd()) if p.is_relative_to(Path.cwd()) else p
+        print(f"{shown}  {desc}")
 
 
 @app.command()

@@ -404,6 +404,16 @@ def test_cli_list_one_line_per_scenario():
     assert "pre-copy" in quick
 
 
+def test_cli_list_gives_paths_that_run_from_where_it_is_typed(tmp_path):
+    """Outside the repository `list` printed scenarios/... which `run` then did not find, and whose
+    refusal pointed back at `list` (a fresh-eyes finding): there it prints absolute paths."""
+    import sys
+    r = subprocess.run([str(Path(sys.executable).parent / "livemig"), "list"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    paths = [Path(line.split()[0]) for line in r.stdout.splitlines()]
+    assert r.returncode == 0 and paths and all(p.is_absolute() and p.is_file() for p in paths), r.stdout[:500]
+
+
 def test_cli_list_survives_blank_description(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

@@ -661,6 +661,9 @@ def check_out(target: Path) -> Path:
     directory made if missing); ReportError (one line) otherwise, before anything is drawn."""
     if target.is_dir():
         raise ReportError(f"--out: {target} is a directory; give the page's file name, e.g. {target / 'report.html'}")
+    if target.suffix.lower() not in (".html", ".htm"):  # x.png would get the page, beside x-guest.png ...
+        raise ReportError(f"--out: {target} does not end in .html; the page is HTML (its PNG files go beside it), "
+                          f"e.g. {target.with_suffix('.html')}")
     blocker = next((p for p in target.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise ReportError(f"--out: {blocker} is a file, not a directory")

@@ -111,7 +111,9 @@ def test_out_is_checked_before_drawing(tmp_path):
     (tmp_path / "r-guest.png").mkdir()
     (tmp_path / "f").write_text("")
     for target, words in [(tmp_path / "page.html", "is a directory"), (tmp_path / "r.html", "r-guest.png is a dir"),
-                          (tmp_path / "f" / "x.html", "is a file"), (Path("/proc/r.html"), "cannot write in /proc")]:
+                          (tmp_path / "f" / "x.html", "is a file"), (Path("/proc/r.html"), "cannot write in /proc"),
+                          # The HTML page went into x.png, or a file named "afile" (a fresh-eyes finding).
+                          (tmp_path / "x.png", "does not end in .html"), (tmp_path / "afile", "does not end in .html")]:
         with pytest.raises(ReportError, match=words):
             check_out(target)
     assert check_out(tmp_path / "new" / "ok.html") == tmp_path / "new" / "ok.html"

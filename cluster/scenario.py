@@ -1636,10 +1636,12 @@ def read_scenario_text(path: str | Path) -> str:
     if len(data) > MAX_FILE_BYTES:
         raise ScenarioError([f"{p}: too large: over {MAX_FILE_BYTES // MIB} MiB; a scenario is a hand-written "
                              f"experiment (at most {MAX_COUNT} hosts, VMs or migrations)"])
+    body = data.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark (Windows editors write one) is not TOML
     try:
-        return data.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ScenarioError([f"{p}: not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}; "
+        offset = exc.start + len(data) - len(body)
+        raise ScenarioError([f"{p}: not UTF-8: byte 0x{body[exc.start]:02x} at offset {offset}; "
                              f"save the file as UTF-8"]) from None
 
 

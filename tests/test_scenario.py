@@ -342,6 +342,18 @@ def test_not_utf8(tmp_path):
     assert info.value.lines[0].startswith(f"{p}: ")
 
 
+def test_a_utf8_byte_order_mark_is_not_part_of_the_toml(tmp_path):
+    """Windows editors save UTF-8 with a byte-order mark; it read as "not valid TOML: Invalid statement
+    (at line 1, column 1)" (a fresh-eyes finding). A bad byte after it is still found, at its offset."""
+    p = tmp_path / "bom.toml"
+    p.write_bytes(b"\xef\xbb\xbf" + BASE.encode())
+    assert load_scenario(p).name == parse_scenario(BASE).name
+    p.write_bytes(b"\xef\xbb\xbfname = \"x\xff\"\n")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(p)
+    assert info.value.lines == [f"{p}: not UTF-8: byte 0xff at offset 12; save the file as UTF-8"]
+
+
 # --- the CLI -----------------------------------------------------------------
 
 def livemig(*args: str) -> subprocess.CompletedProcess:

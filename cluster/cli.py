@@ -125,6 +125,9 @@ def run(
     from cluster.runner import RunOptions, run_scenario
 
     progress_cb, stop_progress = (None, lambda: None) if quiet else _progress_bar()
+    if quiet:  # only the result path, not Ray's notice that its token authentication is on (see the README)
+        import logging
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if not 1 <= dashboard_port <= 65535:
         _fail_input([f"--dashboard-port: must be a TCP port, 1 to 65535 (got {dashboard_port})"])
     opts = RunOptions(address=address, dilation=dilation, dashboard=dashboard, dashboard_port=dashboard_port,

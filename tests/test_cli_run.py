@@ -26,6 +26,8 @@ def test_quickstart_completes_and_verifies(tmp_path):
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = p.communicate(timeout=180)
     assert p.returncode == 0, err
+    # --quiet: the result path, not Ray's token notice (a fresh-eyes finding; a saturation warning may show).
+    assert out.strip() == str(tmp_path / "result.json") and "Token authentication" not in err, (out, err)
     r = json.loads((tmp_path / "result.json").read_text())
     assert REQUIRED_KEYS <= set(r)
     assert r["status"] == "completed" and r["verified"] is True

@@ -1364,8 +1364,8 @@ def _split_problems(s: Scenario) -> Problems:
         if p.technique != "split":
             continue
         if len(p.destinations) < 2:
-            problems.setdefault(to, f"technique \"split\" needs a main host then at least one sub-host: "
-                                    f"a [[migrations]] entry with to = [\"<main>\", \"<sub-host>\", ...]")
+            problems.setdefault(to, "technique \"split\" needs a main host then at least one sub-host: "
+                                    "a [[migrations]] entry with to = [\"<main>\", \"<sub-host>\", ...]")
             continue
         o, vm_bytes = p.options, p.vm.memory_gib * GIB
         chunk_bytes = o.chunk_pages * PAGE_SIZE

@@ -46,8 +46,8 @@ def start_local_ray(namespace: str, dashboard: bool = False, num_cpus: int | Non
     # The raylet connects to the object store it has just started, and a refused try is retried
     # after raylet_client_connect_timeout_milliseconds (Ray's default: 1000, 10 tries). The store
     # was up a few ms after the first try in about half of the starts here: those took 2.6-2.9 s
-    # against 1.7-1.9 s. Retried every 50 ms (as its workers' and drivers' connections are),
-    # 200 times: Ray's 10 s budget is kept.
+    # against 1.7-1.9 s. Retried every 50 ms, 200 times (the workers' and the driver's connections
+    # to the raylet too): Ray's 10 s budget is kept.
     for name, value in RAYLET_CONNECT_RETRY.items():
         os.environ.setdefault(name, value)
     with keeping_sigterm_handler(), _prompt_registration(), \

@@ -55,6 +55,8 @@ class MigrationState:
     t_end: float = 0.0
     events_seen: int = 0
     counters: dict = field(default_factory=dict)  # last cumulative counters, emulated units
+    # (real monotonic t, delivered bytes so far) back to a sampling period ago: the transfer rate's window
+    delivered_window: list = field(default_factory=list)
     last_iteration: dict = field(default_factory=dict)  # the latest `iteration` event
     usage_after: dict = field(default_factory=dict)  # host name -> CorePool.usage() when it ended
     receiver: dict = field(default_factory=dict)  # the destination's receivers, when it ended
@@ -184,7 +186,7 @@ class Orchestrator:
         # Each sample calls every actor, which costs their processes a little CPU:
         # at least 0.1 real seconds apart (as often as the old runner polled),
         # so a low dilation gives coarser records instead of a slower emulation.
-        period = max(MIN_SAMPLE_REAL_S, self.scale.real_seconds(self.opts.interval_s))
+        period = self._sampling_period()
         while not until():
             now = time.monotonic()
             if now >= self.t_mig:
@@ -548,6 +550,23 @@ class Orchestrator:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ray.exceptions.RayTaskError):
             return [self.call(r) for r in refs]
 
+    def _sampling_period(self) -> float:
+        """Real seconds between samples: the timeline's interval, at least MIN_SAMPLE_REAL_S."""
+        return max(MIN_SAMPLE_REAL_S, self.scale.real_seconds(self.opts.interval_s))
+
+    def _transfer_rate(self, m: MigrationState, t: float) -> float:
+        """Bytes the destination acknowledged per emulated second over the last sampling period at
+        least: a sample closer to the one before it (the one at switch-over, milliseconds after)
+        would divide acknowledgements that came bunched by a few milliseconds."""
+        w = m.delivered_window
+        if not w:
+            w.append((m.t_start, 0.0))
+        w.append((t, m.counters["delivered_bytes"]))
+        while len(w) > 2 and t - w[1][0] >= self._sampling_period():
+            w.pop(0)
+        dt = self.scale.emulated_seconds(t - w[0][0])
+        return (w[-1][1] - w[0][1]) / dt if dt > 0 else 0.0
+
     def _sample_migration(self, m: MigrationState, polled: dict, t: float, final: bool = False) -> None:
         """The migration's events so far, then its interval record: what moved since the last one."""
         from cluster.collect import counters_of
@@ -563,14 +582,12 @@ class Orchestrator:
         now_c = counters_of(polled, self.scale.memory_scale)
         prev = m.counters or {k: 0 for k in now_c}
         delta = {k: now_c[k] - prev.get(k, 0) for k in now_c}
-        dt = self.scale.emulated_seconds(t - (self._samples.get(("m", m.index)) or m.t_start))
-        self._samples[("m", m.index)] = t
         m.counters = now_c
         m.phase, m.iteration = polled.get("phase", m.phase), polled.get("iteration", m.iteration)
         m.remaining_bytes = polled.get("remaining_bytes", m.remaining_bytes)
         m.sent_bytes = now_c["transferred_bytes"]
         # What the link carried (acknowledged), not what the sender posted into its ring ahead of it.
-        m.throughput_bytes_s = delta["delivered_bytes"] / dt if dt > 0 else 0.0
+        m.throughput_bytes_s = self._transfer_rate(m, t)
         last = m.last_iteration
         # QEMU's expected-downtime: what remains over the bandwidth its last iteration measured.
         bandwidth = last["bytes"] / last["duration_s"] if last.get("duration_s") else 0.0

@@ -49,6 +49,11 @@ def test_quickstart_completes_and_verifies(tmp_path):
     assert r["scenario_as_loaded"]["migration"]["downtime_limit_ms"] == 300
     assert (tmp_path / "timeline.jsonl").stat().st_size > 0
     assert not _leftover_shm(p.pid), "shared memory left behind"
+    # The transfer rate is counted over a sampling period at least: the sample at busy-vm's
+    # switch-over, milliseconds after the one before, read 1.5-2 times the 25 GbE link before.
+    records = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    rates = [x["transfer_rate"] / (25e9 / 8) for x in records if x["kind"] == "migration"]
+    assert len(rates) >= 20 and max(rates) <= 1.3, rates
     # Where the wall clock went, Ray's own part apart: its start, its actors' processes
     # (within the build) and its shutdown (within the tear-down).
     wall = e["wall_clock_s"]

@@ -77,8 +77,7 @@ class Cluster:
     def _start_ray(self) -> None:
         import ray
         if not ray.is_initialized():
-            with keeping_sigterm_handler():
-                self._init_ray()
+            self._init_ray()
             self._started_ray = True
 
     def _init_ray(self) -> None:
@@ -86,8 +85,9 @@ class Cluster:
         if self.opts.address:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             try:
-                ray.init(address=self.opts.address, namespace=f"livemig-{self.run_id}", log_to_driver=False,
-                         include_dashboard=self.opts.dashboard, configure_logging=False)
+                with keeping_sigterm_handler():  # start_local_ray keeps it for its own ray.init
+                    ray.init(address=self.opts.address, namespace=f"livemig-{self.run_id}", log_to_driver=False,
+                             include_dashboard=self.opts.dashboard, configure_logging=False)
             except ConnectionError as exc:  # unreachable, or refused: a wrong or missing token
                 from cluster.join import join_refused
                 raise ScenarioError([join_refused(self.opts.address, exc)]) from None

@@ -69,11 +69,9 @@ def run_kept(path: Path, out_dir: Path, progress=print, label: str = "") -> dict
 def kept(result: dict, run_dir: Path) -> dict:
     """The run's result, written to run_dir; KeyboardInterrupt when Ctrl-C (or SIGTERM) aborted
     the run, so that the suite stops there instead of going on with its next runs."""
-    from cluster.results import interrupted, write_result
+    from cluster.results import unless_interrupted, write_result
     write_result(result, run_dir)
-    if interrupted(result):
-        raise KeyboardInterrupt
-    return result
+    return unless_interrupted(result)
 
 
 def run_suite(suite: str, out_dir: Path, tolerance: float = 0.25, progress=print) -> list[dict]:

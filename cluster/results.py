@@ -29,6 +29,14 @@ def interrupted(result: dict) -> bool:
     return any(e.get("status") == "aborted" and "interrupted" in str(e.get("stop_reason") or "") for e in entries)
 
 
+def unless_interrupted(result: dict) -> dict:
+    """`result`, or KeyboardInterrupt when Ctrl-C (or SIGTERM) aborted its run: a command running
+    scenarios one after another stops there instead of going on with its next runs."""
+    if interrupted(result):
+        raise KeyboardInterrupt
+    return result
+
+
 def finite(value):
     """The value with numpy scalars made Python numbers and NaN or infinity made null:
     JSON has neither, and a figure that is not a number is better absent than invalid."""

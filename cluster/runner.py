@@ -20,7 +20,7 @@ from cluster.build import Cluster, RunOptions, build_slice, swaps
 from cluster.local_ray import start_local_ray
 from cluster.footprint import MemorySampler, guard
 from cluster.orchestrate import Orchestrator, verify_images
-from cluster.results import interrupted
+from cluster.results import unless_interrupted
 from cluster.scaling import scale_of
 from cluster.scenario import Scenario
 from cluster.timeline import Timeline
@@ -122,10 +122,7 @@ def run_in_series(scenario: Scenario, opts: RunOptions, scenario_path: str = "")
     """run_scenario for a command that runs scenarios one after another (a benchmark, a capacity
     search): KeyboardInterrupt when Ctrl-C or SIGTERM aborted this run, so that the command stops
     there instead of going on with its next runs."""
-    result = run_scenario(scenario, opts, scenario_path)
-    if interrupted(result):
-        raise KeyboardInterrupt
-    return result
+    return unless_interrupted(run_scenario(scenario, opts, scenario_path))
 
 
 def _phases(*t: float) -> dict:
